@@ -1,0 +1,94 @@
+//! Errors of the index.
+
+use std::path::PathBuf;
+
+use arbor_record::KeyId;
+use thiserror::Error;
+
+/// Boxed error of a record source feeding a build.
+pub type SourceError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Everything that can go wrong opening, writing or reading an index.
+#[derive(Debug, Error)]
+pub enum IndexError {
+    /// RocksDB failed (IO, corruption it detected, a failed merge).
+    #[error("rocksdb failed to {op}: {source}")]
+    Storage {
+        /// What the index was doing.
+        op: &'static str,
+        /// RocksDB's error.
+        #[source]
+        source: rocksdb::Error,
+    },
+    /// Bytes read back from RocksDB are not what the index writes.
+    #[error("corrupt entry in column family {cf} at key {key}: {reason}")]
+    Corrupt {
+        /// The column family.
+        cf: &'static str,
+        /// The entry's key, hex (at most 64 bytes of it).
+        key: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The index was written by another on-disk format.
+    #[error("index at {path} has format {stored}, this build reads format {supported}")]
+    Format {
+        /// The index directory.
+        path: PathBuf,
+        /// The stored format.
+        stored: u32,
+        /// The format this build reads.
+        supported: u32,
+    },
+    /// The index hashes records with another canonical encoding version.
+    #[error("index uses canonical encoding v{stored}, expected v{expected}")]
+    EncodingVersion {
+        /// The stored version.
+        stored: u32,
+        /// The version asked for.
+        expected: u32,
+    },
+    /// The index was built with another dataset secret.
+    #[error("index was built with key id {stored}, the configured secret has key id {expected}")]
+    KeyId {
+        /// Key id of the stored index.
+        stored: KeyId,
+        /// Key id of the configured secret.
+        expected: KeyId,
+    },
+    /// The index was built for another schema.
+    #[error("index was built for schema {stored}, the configured schema is {expected}")]
+    Schema {
+        /// Stored fingerprint, hex.
+        stored: String,
+        /// Configured fingerprint, hex.
+        expected: String,
+    },
+    /// A full build started and never committed (the process died); the index
+    /// must be rebuilt before it is used.
+    #[error("index at {path} holds an unfinished full build: rebuild it")]
+    IncompleteBuild {
+        /// The index directory.
+        path: PathBuf,
+    },
+    /// The record source failed during a build.
+    #[error("reading records from the source failed")]
+    Source(#[source] SourceError),
+    /// A read asked for something that cannot exist.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+}
+
+impl IndexError {
+    pub(crate) fn storage(op: &'static str) -> impl FnOnce(rocksdb::Error) -> IndexError {
+        move |source| IndexError::Storage { op, source }
+    }
+
+    pub(crate) fn corrupt(cf: &'static str, key: &[u8], reason: impl Into<String>) -> IndexError {
+        IndexError::Corrupt {
+            cf,
+            key: hex::encode(&key[..key.len().min(64)]),
+            reason: reason.into(),
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! Consistent reads: everything a peer asks during one compare comes from
+//! one RocksDB snapshot, so the root, the nodes and the leaves it reports
+//! describe the same state of the dataset even while changes are applied.
+
+use arbor_record::{Digest, ENCODING_VERSION, KeyId};
+use arbor_tree::{FANOUT, MAX_LEVEL, Node, Prefix};
+use rocksdb::{DB, DBRawIteratorWithThreadMode, ReadOptions, Snapshot};
+
+use crate::cf::{self, meta};
+use crate::error::IndexError;
+use crate::store::Index;
+
+/// What a dataset's index says about itself: enough for a peer to check that
+/// a compare is meaningful and to know whether anything differs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Description {
+    /// Canonical encoding version of the digests.
+    pub encoding_version: u32,
+    /// Id of the secret the hashes are keyed with.
+    pub key_id: KeyId,
+    /// Fingerprint of the dataset's schema.
+    pub schema_fingerprint: [u8; 32],
+    /// Deepest stored node level.
+    pub stored_depth: u8,
+    /// The root node: sum of all digests and the record count.
+    pub root: Node,
+    /// How far the index has followed its source, if it tracks that.
+    pub watermark: Option<Vec<u8>>,
+}
+
+impl Description {
+    /// Records in the dataset.
+    pub fn count(&self) -> u64 {
+        self.root.count
+    }
+}
+
+/// One record as a peer exchanges it at the leaves: no values, only where it
+/// sits, its key and its digest.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Leaf {
+    /// Position in the tree.
+    pub position: u64,
+    /// Canonical key bytes.
+    pub key: Vec<u8>,
+    /// Row digest.
+    pub digest: Digest,
+}
+
+/// A read-only view of an index at one point in time.
+pub struct IndexSnapshot<'a> {
+    index: &'a Index,
+    snap: Snapshot<'a>,
+    depth: u8,
+}
+
+impl Index {
+    /// Takes a snapshot to read from. Fails on an index whose full build did
+    /// not commit.
+    pub fn snapshot(&self) -> Result<IndexSnapshot<'_>, IndexError> {
+        let snap = self.db.snapshot();
+        let get = |k: &'static [u8]| -> Result<Vec<u8>, IndexError> {
+            snap.get_cf(self.cf(cf::META), k)
+                .map_err(IndexError::storage("read index metadata"))?
+                .ok_or_else(|| IndexError::corrupt(cf::META, k, "missing metadata entry"))
+        };
+        if get(meta::STATE)? != meta::STATE_READY {
+            return Err(IndexError::IncompleteBuild {
+                path: self.path.clone(),
+            });
+        }
+        let depth = match get(meta::DEPTH)?.as_slice() {
+            [d] if (1..=arbor_tree::MAX_STORED_DEPTH).contains(d) => *d,
+            _ => {
+                return Err(IndexError::corrupt(
+                    cf::META,
+                    meta::DEPTH,
+                    "depth is not one byte in 1..=6",
+                ));
+            }
+        };
+        Ok(IndexSnapshot {
+            index: self,
+            snap,
+            depth,
+        })
+    }
+}
+
+impl<'a> IndexSnapshot<'a> {
+    pub(crate) fn raw(&self) -> &Snapshot<'a> {
+        &self.snap
+    }
+
+    /// Deepest stored level; nodes below it are computed from records.
+    pub fn depth(&self) -> u8 {
+        self.depth
+    }
+
+    /// The index's description at this snapshot.
+    pub fn describe(&self) -> Result<Description, IndexError> {
+        let watermark = self
+            .snap
+            .get_cf(self.index.cf(cf::META), meta::WATERMARK)
+            .map_err(IndexError::storage("read the watermark"))?;
+        Ok(Description {
+            encoding_version: ENCODING_VERSION,
+            key_id: self.index.config.keys.key_id(),
+            schema_fingerprint: self.index.config.schema_fingerprint,
+            stored_depth: self.depth,
+            root: self.root()?,
+            watermark,
+        })
+    }
+
+    /// The root node.
+    pub fn root(&self) -> Result<Node, IndexError> {
+        let key = cf::node_key(Prefix::ROOT);
+        match self
+            .snap
+            .get_cf(self.index.cf(cf::NODES), key)
+            .map_err(IndexError::storage("read the root"))?
+        {
+            Some(v) => cf::node_value(&key, &v),
+            None => Ok(Node::EMPTY),
+        }
+    }
+
+    fn iter(
+        &self,
+        name: &'static str,
+        lower: &[u8],
+        upper: Option<Vec<u8>>,
+    ) -> DBRawIteratorWithThreadMode<'a, DB> {
+        let mut ro = ReadOptions::default();
+        ro.set_snapshot(&self.snap);
+        if let Some(u) = upper {
+            ro.set_iterate_upper_bound(u);
+        }
+        // Range scans read each block once: keep them out of the block cache
+        // so a compare does not evict the hot set of incremental updates.
+        ro.fill_cache(false);
+        let mut it = self.index.db.raw_iterator_cf_opt(self.index.cf(name), ro);
+        it.seek(lower);
+        it
+    }
+
+    /// The non-empty children of each parent, in parent order then child
+    /// order. Parents above the stored depth read stored nodes; deeper ones
+    /// are summed from a range scan of their records.
+    pub fn children(&self, parents: &[Prefix]) -> Result<Vec<(Prefix, Node)>, IndexError> {
+        let mut out = Vec::new();
+        for &parent in parents {
+            if parent.level() >= MAX_LEVEL {
+                return Err(IndexError::InvalidRequest(format!(
+                    "{parent} is at the deepest level and has no children"
+                )));
+            }
+            if parent.level() < self.depth {
+                self.stored_children(parent, &mut out)?;
+            } else {
+                self.computed_children(parent, &mut out)?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn stored_children(
+        &self,
+        parent: Prefix,
+        out: &mut Vec<(Prefix, Node)>,
+    ) -> Result<(), IndexError> {
+        let first = parent.child(0).expect("checked above the deepest level");
+        let last = parent
+            .child(FANOUT as u8 - 1)
+            .expect("checked above the deepest level");
+        let mut upper = cf::node_key(last).to_vec();
+        upper.push(0);
+        let mut it = self.iter(cf::NODES, &cf::node_key(first), Some(upper));
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            let prefix = cf::split_node_key(k)?;
+            let node = cf::node_value(k, v)?;
+            if !node.is_empty() {
+                out.push((prefix, node));
+            }
+            it.next();
+        }
+        it.status().map_err(IndexError::storage("read nodes"))
+    }
+
+    fn computed_children(
+        &self,
+        parent: Prefix,
+        out: &mut Vec<(Prefix, Node)>,
+    ) -> Result<(), IndexError> {
+        let mut sums = [Node::EMPTY; FANOUT];
+        let level = parent.level() + 1;
+        self.scan_range(parent, |position, _, digest| {
+            let child = Prefix::of(position, level).value() as usize % FANOUT;
+            sums[child] += Node::of_digest(&digest.0);
+            Ok(())
+        })?;
+        for (i, n) in sums.into_iter().enumerate() {
+            if !n.is_empty() {
+                out.push((
+                    parent
+                        .child(i as u8)
+                        .expect("checked above the deepest level"),
+                    n,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Visits every record under `range` in (position, key) order.
+    pub fn scan_range(
+        &self,
+        range: Prefix,
+        mut visit: impl FnMut(u64, &[u8], Digest) -> Result<(), IndexError>,
+    ) -> Result<(), IndexError> {
+        let span = range.range();
+        let upper = span.end().checked_add(1).map(|e| e.to_be_bytes().to_vec());
+        let mut it = self.iter(cf::RECORDS, &span.start().to_be_bytes(), upper);
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            let (position, key) = cf::split_record_key(k)?;
+            visit(position, key, cf::record_digest(k, v)?)?;
+            it.next();
+        }
+        it.status().map_err(IndexError::storage("scan records"))
+    }
+
+    /// The leaves under each range, ranges in the order given.
+    pub fn leaves(&self, ranges: &[Prefix]) -> Result<Vec<Leaf>, IndexError> {
+        let mut out = Vec::new();
+        for &r in ranges {
+            self.scan_range(r, |position, key, digest| {
+                out.push(Leaf {
+                    position,
+                    key: key.to_vec(),
+                    digest,
+                });
+                Ok(())
+            })?;
+        }
+        Ok(out)
+    }
+
+    /// The stored node at `prefix` (empty if absent). Only levels up to the
+    /// stored depth are stored.
+    pub fn stored_node(&self, prefix: Prefix) -> Result<Node, IndexError> {
+        let key = cf::node_key(prefix);
+        match self
+            .snap
+            .get_cf(self.index.cf(cf::NODES), key)
+            .map_err(IndexError::storage("read a node"))?
+        {
+            Some(v) => cf::node_value(&key, &v),
+            None => Ok(Node::EMPTY),
+        }
+    }
+}

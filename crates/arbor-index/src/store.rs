@@ -1,0 +1,643 @@
+//! The index handle: opening and checking an index, full builds and
+//! incremental changes.
+//!
+//! Writes are serialised by one writer lock; reads go through
+//! [`IndexSnapshot`](crate::IndexSnapshot)s and never block writers.
+//!
+//! * **Incremental changes** ([`Index::apply`]) read the old digests, then
+//!   commit the record puts/deletes, every ancestor's node delta (as merge
+//!   operands) and the watermark in **one WriteBatch**: a crash leaves either
+//!   all of a batch or none of it.
+//! * **Full builds** ([`Index::build`]) mark the index `building` (synced),
+//!   stream records in chunks that are hashed in parallel and written without
+//!   the WAL, then compute every stored node in one ordered scan of the
+//!   records, flush, and mark it `ready` (synced). A crash in between leaves
+//!   `building`, which [`Index::open`] reports so nothing half-built is used.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::mpsc::sync_channel;
+use std::time::Instant;
+
+use arbor_record::{DatasetKeys, Digest, ENCODING_VERSION, HashedRecord, KeyId, Record, Value};
+use arbor_tree::{Aggregator, Node, Prefix, ancestor_deltas, stored_depth};
+use rayon::prelude::*;
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Options,
+    WriteBatch, WriteOptions,
+};
+use tracing::{info, instrument};
+
+use crate::cf::{self, meta};
+use crate::error::{IndexError, SourceError};
+
+/// On-disk format version of the index (the layout in [`crate::cf`]).
+pub const INDEX_FORMAT: u32 = 1;
+/// Records hashed and written per chunk of a full build. Large enough to
+/// amortise WriteBatch and rayon overhead, small enough that a chunk in flight
+/// is a few MiB whatever the dataset size.
+pub const BUILD_CHUNK_RECORDS: usize = 32_768;
+/// A full build logs its progress every this many chunks (~1M records).
+const PROGRESS_EVERY_CHUNKS: u64 = 32;
+/// Chunks queued between the hashing and the writing stage of a build.
+const BUILD_QUEUE_CHUNKS: usize = 2;
+/// Node entries per WriteBatch when a build writes its nodes.
+const NODE_BATCH_ENTRIES: usize = 65_536;
+/// Changes per batch above which [`Index::apply`] hashes in parallel.
+const PARALLEL_HASH_MIN: usize = 1_024;
+/// RocksDB block cache shared by the column families of one index.
+const BLOCK_CACHE_BYTES: usize = 64 << 20;
+/// RocksDB memtable size per column family.
+const WRITE_BUFFER_BYTES: usize = 64 << 20;
+
+/// What identifies the records an index may hold: its hashing keys and schema.
+#[derive(Debug, Clone)]
+pub struct IndexConfig {
+    /// Hashing keys derived from the dataset secret.
+    pub keys: DatasetKeys,
+    /// Fingerprint of the dataset schema.
+    pub schema_fingerprint: [u8; 32],
+}
+
+/// One change to apply incrementally.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Insert or replace a record.
+    Upsert(Record),
+    /// Remove the record with this key (a no-op if absent).
+    Delete(Vec<Value>),
+}
+
+/// A change whose key is already encoded and hashed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashedChange {
+    /// Insert or replace.
+    Upsert(HashedRecord),
+    /// Remove.
+    Delete {
+        /// Position of the key.
+        position: u64,
+        /// Canonical key bytes.
+        key: Vec<u8>,
+    },
+}
+
+/// What a full build did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuildStats {
+    /// Records read from the source (duplicates counted).
+    pub records_read: u64,
+    /// Distinct records in the index afterwards.
+    pub records: u64,
+    /// Stored node depth chosen.
+    pub depth: u8,
+    /// Nodes written.
+    pub nodes: u64,
+}
+
+/// What an incremental apply did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    /// Records that did not exist before.
+    pub inserted: u64,
+    /// Records whose digest changed.
+    pub updated: u64,
+    /// Upserts that changed nothing (same digest).
+    pub unchanged: u64,
+    /// Records removed.
+    pub deleted: u64,
+    /// Deletes of keys that were not there.
+    pub absent: u64,
+}
+
+/// A dataset's Merkle index in RocksDB.
+pub struct Index {
+    pub(crate) db: DB,
+    pub(crate) path: PathBuf,
+    pub(crate) config: IndexConfig,
+    writer: Mutex<()>,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index")
+            .field("path", &self.path)
+            .field("key_id", &self.config.keys.key_id())
+            .finish_non_exhaustive()
+    }
+}
+
+fn db_options() -> (Options, Vec<ColumnFamilyDescriptor>) {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    opts.increase_parallelism(2);
+    opts.set_max_background_jobs(2);
+    let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+    let cfs = cf::ALL
+        .iter()
+        .map(|&name| {
+            let mut o = Options::default();
+            let mut table = BlockBasedOptions::default();
+            table.set_block_cache(&cache);
+            if name == cf::RECORDS {
+                // Point lookups of old digests on every incremental change.
+                table.set_bloom_filter(10.0, false);
+            }
+            o.set_block_based_table_factory(&table);
+            o.set_write_buffer_size(WRITE_BUFFER_BYTES);
+            o.set_max_write_buffer_number(4);
+            o.set_level_compaction_dynamic_level_bytes(true);
+            // Digests and positions are random bytes: compression costs CPU
+            // and saves nothing.
+            o.set_compression_type(DBCompressionType::None);
+            if name == cf::NODES {
+                o.set_merge_operator_associative(cf::NODE_MERGE_OPERATOR, cf::merge_nodes);
+            }
+            ColumnFamilyDescriptor::new(name, o)
+        })
+        .collect();
+    (opts, cfs)
+}
+
+impl Index {
+    /// Opens the index at `path`, creating an empty one if there is none.
+    ///
+    /// An existing index must match `config` (format, encoding version, key id
+    /// and schema): a mismatch is an error naming both sides, never a silently
+    /// different tree.
+    #[instrument(skip_all, fields(path = %path.as_ref().display()))]
+    pub fn open(path: impl AsRef<Path>, config: IndexConfig) -> Result<Index, IndexError> {
+        let path = path.as_ref().to_path_buf();
+        let (opts, cfs) = db_options();
+        let db = DB::open_cf_descriptors(&opts, &path, cfs)
+            .map_err(IndexError::storage("open the index"))?;
+        let index = Index {
+            db,
+            path,
+            config,
+            writer: Mutex::new(()),
+        };
+        index.check_or_init_meta()?;
+        Ok(index)
+    }
+
+    fn check_or_init_meta(&self) -> Result<(), IndexError> {
+        let format = self.get_meta(meta::FORMAT)?;
+        let Some(format) = format else {
+            let mut batch = WriteBatch::default();
+            let m = self.cf(cf::META);
+            batch.put_cf(m, meta::FORMAT, INDEX_FORMAT.to_le_bytes());
+            batch.put_cf(m, meta::ENCODING_VERSION, ENCODING_VERSION.to_le_bytes());
+            batch.put_cf(m, meta::KEY_ID, self.config.keys.key_id().0);
+            batch.put_cf(m, meta::SCHEMA, self.config.schema_fingerprint);
+            batch.put_cf(m, meta::DEPTH, [1u8]);
+            batch.put_cf(m, meta::STATE, meta::STATE_READY);
+            self.write(batch, true)?;
+            info!("created empty index");
+            return Ok(());
+        };
+        let stored = read_u32(meta::FORMAT, &format)?;
+        if stored != INDEX_FORMAT {
+            return Err(IndexError::Format {
+                path: self.path.clone(),
+                stored,
+                supported: INDEX_FORMAT,
+            });
+        }
+        let version = read_u32(
+            meta::ENCODING_VERSION,
+            &self.require_meta(meta::ENCODING_VERSION)?,
+        )?;
+        if version != ENCODING_VERSION {
+            return Err(IndexError::EncodingVersion {
+                stored: version,
+                expected: ENCODING_VERSION,
+            });
+        }
+        let key_id = self.require_meta(meta::KEY_ID)?;
+        let key_id: [u8; 8] = key_id
+            .as_slice()
+            .try_into()
+            .map_err(|_| IndexError::corrupt(cf::META, meta::KEY_ID, "key id is not 8 bytes"))?;
+        if KeyId(key_id) != self.config.keys.key_id() {
+            return Err(IndexError::KeyId {
+                stored: KeyId(key_id),
+                expected: self.config.keys.key_id(),
+            });
+        }
+        let schema = self.require_meta(meta::SCHEMA)?;
+        if schema.as_slice() != self.config.schema_fingerprint {
+            return Err(IndexError::Schema {
+                stored: hex::encode(&schema),
+                expected: hex::encode(self.config.schema_fingerprint),
+            });
+        }
+        self.depth()?;
+        Ok(())
+    }
+
+    /// The directory of the index.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The configuration the index was opened with.
+    pub fn config(&self) -> &IndexConfig {
+        &self.config
+    }
+
+    /// Whether the last full build committed. An index that is not ready
+    /// refuses reads and incremental changes until [`Index::build`] succeeds.
+    pub fn is_ready(&self) -> Result<bool, IndexError> {
+        Ok(self.require_meta(meta::STATE)?.as_slice() == meta::STATE_READY)
+    }
+
+    pub(crate) fn ensure_ready(&self) -> Result<(), IndexError> {
+        if self.is_ready()? {
+            Ok(())
+        } else {
+            Err(IndexError::IncompleteBuild {
+                path: self.path.clone(),
+            })
+        }
+    }
+
+    /// The deepest stored node level.
+    pub fn depth(&self) -> Result<u8, IndexError> {
+        let d = self.require_meta(meta::DEPTH)?;
+        match d.as_slice() {
+            [d] if (1..=arbor_tree::MAX_STORED_DEPTH).contains(d) => Ok(*d),
+            _ => Err(IndexError::corrupt(
+                cf::META,
+                meta::DEPTH,
+                "depth is not one byte in 1..=6",
+            )),
+        }
+    }
+
+    pub(crate) fn cf(&self, name: &'static str) -> &ColumnFamily {
+        // The handles of every CF in `cf::ALL` are created by `open`.
+        self.db
+            .cf_handle(name)
+            .expect("column family opened with the index")
+    }
+
+    fn get_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, IndexError> {
+        self.db
+            .get_cf(self.cf(cf::META), key)
+            .map_err(IndexError::storage("read index metadata"))
+    }
+
+    fn require_meta(&self, key: &'static [u8]) -> Result<Vec<u8>, IndexError> {
+        self.get_meta(key)?
+            .ok_or_else(|| IndexError::corrupt(cf::META, key, "missing metadata entry"))
+    }
+
+    fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), IndexError> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        self.db
+            .write_opt(batch, &wo)
+            .map_err(IndexError::storage("write a batch"))
+    }
+
+    fn write_unlogged(&self, batch: WriteBatch) -> Result<(), IndexError> {
+        let mut wo = WriteOptions::default();
+        wo.disable_wal(true);
+        self.db
+            .write_opt(batch, &wo)
+            .map_err(IndexError::storage("write a build batch"))
+    }
+
+    /// Replaces the whole index with the given records, hashing them in
+    /// parallel. Memory stays bounded by a few chunks whatever the count.
+    pub fn build<I, E>(
+        &self,
+        records: I,
+        watermark: Option<&[u8]>,
+    ) -> Result<BuildStats, IndexError>
+    where
+        I: IntoIterator<Item = Result<Record, E>>,
+        E: Into<SourceError>,
+    {
+        let keys = &self.config.keys;
+        self.build_chunks(records, watermark, |chunk: Vec<Record>| {
+            chunk
+                .par_iter()
+                .map_init(Vec::new, |scratch, r| r.hash(keys, scratch))
+                .collect()
+        })
+    }
+
+    /// [`Index::build`] from records already hashed (by a connector that
+    /// hashes as it reads, or by tests placing records at chosen positions).
+    pub fn build_hashed<I, E>(
+        &self,
+        records: I,
+        watermark: Option<&[u8]>,
+    ) -> Result<BuildStats, IndexError>
+    where
+        I: IntoIterator<Item = Result<HashedRecord, E>>,
+        E: Into<SourceError>,
+    {
+        self.build_chunks(records, watermark, |chunk: Vec<HashedRecord>| chunk)
+    }
+
+    #[instrument(skip_all, fields(path = %self.path.display()))]
+    fn build_chunks<T, I, E, H>(
+        &self,
+        records: I,
+        watermark: Option<&[u8]>,
+        hash: H,
+    ) -> Result<BuildStats, IndexError>
+    where
+        T: Send,
+        I: IntoIterator<Item = Result<T, E>>,
+        E: Into<SourceError>,
+        H: Fn(Vec<T>) -> Vec<HashedRecord> + Sync,
+    {
+        let _guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let started = Instant::now();
+        self.begin_build()?;
+        let records_cf = self.cf(cf::RECORDS);
+
+        // Stage 1 (this thread): pull a chunk from the source and hash it in
+        // parallel. Stage 2 (writer thread): write the previous chunk.
+        let mut records_read = 0u64;
+        let write_result = std::thread::scope(|scope| -> Result<(), IndexError> {
+            let (tx, rx) = sync_channel::<Vec<HashedRecord>>(BUILD_QUEUE_CHUNKS);
+            let writer = scope.spawn(move || -> Result<(), IndexError> {
+                for chunk in rx {
+                    let mut batch = WriteBatch::default();
+                    for r in &chunk {
+                        batch.put_cf(records_cf, cf::record_key(r.position, &r.key), r.digest.0);
+                    }
+                    self.write_unlogged(batch)?;
+                }
+                Ok(())
+            });
+            let mut source = records.into_iter();
+            let pulled = loop {
+                let mut chunk = Vec::with_capacity(BUILD_CHUNK_RECORDS);
+                for item in source.by_ref().take(BUILD_CHUNK_RECORDS) {
+                    match item {
+                        Ok(r) => chunk.push(r),
+                        Err(e) => {
+                            drop(tx);
+                            let _ = writer.join();
+                            return Err(IndexError::Source(e.into()));
+                        }
+                    }
+                }
+                if chunk.is_empty() {
+                    break Ok(());
+                }
+                records_read += chunk.len() as u64;
+                let hashed = hash(chunk);
+                if tx.send(hashed).is_err() {
+                    // The writer stopped early: its error is reported below.
+                    break Ok(());
+                }
+                if records_read.is_multiple_of(PROGRESS_EVERY_CHUNKS * BUILD_CHUNK_RECORDS as u64) {
+                    info!(records_read, "full build progress");
+                }
+            };
+            drop(tx);
+            let written = writer.join().unwrap_or_else(|_| {
+                Err(IndexError::InvalidRequest(
+                    "build writer thread panicked".into(),
+                ))
+            });
+            pulled.and(written)
+        });
+        write_result?;
+
+        let depth = stored_depth(records_read);
+        let (records, nodes) = self.write_all_nodes(depth)?;
+        self.finish_build(depth, watermark)?;
+        let stats = BuildStats {
+            records_read,
+            records,
+            depth,
+            nodes,
+        };
+        info!(
+            records,
+            records_read,
+            depth,
+            nodes,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "full build committed"
+        );
+        Ok(stats)
+    }
+
+    fn begin_build(&self) -> Result<(), IndexError> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(cf::META), meta::STATE, meta::STATE_BUILDING);
+        self.write(batch, true)?;
+        self.clear_cf(cf::RECORDS)?;
+        self.clear_cf(cf::NODES)?;
+        Ok(())
+    }
+
+    /// Deletes every entry of a column family (range tombstone, then any key
+    /// the range could not name).
+    fn clear_cf(&self, name: &'static str) -> Result<(), IndexError> {
+        let handle = self.cf(name);
+        let end = [0xffu8; 32];
+        self.db
+            .delete_range_cf(handle, &[][..], &end[..])
+            .map_err(IndexError::storage("clear a column family"))?;
+        let mut it = self.db.raw_iterator_cf(handle);
+        it.seek(end);
+        let mut batch = WriteBatch::default();
+        while let Some(k) = it.key() {
+            batch.delete_cf(handle, k);
+            it.next();
+        }
+        it.status()
+            .map_err(IndexError::storage("clear a column family"))?;
+        self.write(batch, false)
+    }
+
+    /// Streams the records in position order and writes every node of levels
+    /// `0..=depth`. Returns (distinct records, nodes written).
+    fn write_all_nodes(&self, depth: u8) -> Result<(u64, u64), IndexError> {
+        let nodes_cf = self.cf(cf::NODES);
+        let mut aggregator = Aggregator::new(depth);
+        let mut batch = WriteBatch::default();
+        let mut nodes = 0u64;
+        let mut records = 0u64;
+        let mut pending_error: Option<IndexError> = None;
+        let mut emit = |p: Prefix, n: Node, batch: &mut WriteBatch| {
+            batch.put_cf(nodes_cf, cf::node_key(p), n.to_bytes());
+            nodes += 1;
+        };
+        let mut it = self.db.raw_iterator_cf(self.cf(cf::RECORDS));
+        it.seek_to_first();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            let (position, _) = cf::split_record_key(k)?;
+            let digest = cf::record_digest(k, v)?;
+            aggregator.push(position, Node::of_digest(&digest.0), |p, n| {
+                emit(p, n, &mut batch)
+            });
+            records += 1;
+            if batch.len() >= NODE_BATCH_ENTRIES {
+                let full = std::mem::take(&mut batch);
+                if let Err(e) = self.write_unlogged(full) {
+                    pending_error = Some(e);
+                    break;
+                }
+            }
+            it.next();
+        }
+        if let Some(e) = pending_error {
+            return Err(e);
+        }
+        it.status().map_err(IndexError::storage("scan records"))?;
+        aggregator.finish(|p, n| emit(p, n, &mut batch));
+        self.write_unlogged(batch)?;
+        Ok((records, nodes))
+    }
+
+    fn finish_build(&self, depth: u8, watermark: Option<&[u8]>) -> Result<(), IndexError> {
+        // Unlogged writes live only in memtables until flushed: flush before
+        // the synced `ready` marks them as the index.
+        for name in [cf::RECORDS, cf::NODES] {
+            self.db
+                .flush_cf(self.cf(name))
+                .map_err(IndexError::storage("flush the build"))?;
+        }
+        let mut batch = WriteBatch::default();
+        let m = self.cf(cf::META);
+        batch.put_cf(m, meta::DEPTH, [depth]);
+        match watermark {
+            Some(w) => batch.put_cf(m, meta::WATERMARK, w),
+            None => batch.delete_cf(m, meta::WATERMARK),
+        }
+        batch.put_cf(m, meta::STATE, meta::STATE_READY);
+        self.write(batch, true)
+    }
+
+    /// Applies typed changes in one atomic batch (see [`Index::apply_hashed`]).
+    pub fn apply(
+        &self,
+        changes: &[Change],
+        watermark: Option<&[u8]>,
+    ) -> Result<ApplyStats, IndexError> {
+        let keys = &self.config.keys;
+        let hash_one = |scratch: &mut Vec<u8>, c: &Change| match c {
+            Change::Upsert(r) => HashedChange::Upsert(r.hash(keys, scratch)),
+            Change::Delete(key) => {
+                let key = arbor_record::tuple_bytes(key);
+                HashedChange::Delete {
+                    position: keys.position_of_encoded_key(&key),
+                    key,
+                }
+            }
+        };
+        let hashed: Vec<HashedChange> = if changes.len() >= PARALLEL_HASH_MIN {
+            changes.par_iter().map_init(Vec::new, hash_one).collect()
+        } else {
+            let mut scratch = Vec::new();
+            changes.iter().map(|c| hash_one(&mut scratch, c)).collect()
+        };
+        self.apply_hashed(&hashed, watermark)
+    }
+
+    /// Applies changes in one atomic WriteBatch: each record put or delete,
+    /// the node deltas of all its ancestors and the watermark commit together
+    /// or not at all. Later changes to the same key in the batch win.
+    #[instrument(skip_all, fields(path = %self.path.display(), changes = changes.len()))]
+    pub fn apply_hashed(
+        &self,
+        changes: &[HashedChange],
+        watermark: Option<&[u8]>,
+    ) -> Result<ApplyStats, IndexError> {
+        let _guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        self.ensure_ready()?;
+        let depth = self.depth()?;
+        let records_cf = self.cf(cf::RECORDS);
+
+        let record_keys: Vec<Vec<u8>> = changes
+            .iter()
+            .map(|c| match c {
+                HashedChange::Upsert(r) => cf::record_key(r.position, &r.key),
+                HashedChange::Delete { position, key } => cf::record_key(*position, key),
+            })
+            .collect();
+        let old = self
+            .db
+            .multi_get_cf(record_keys.iter().map(|k| (records_cf, k.as_slice())));
+
+        // What the batch has written so far, so repeated keys see each other.
+        let mut overlay: HashMap<&[u8], Option<Digest>> = HashMap::new();
+        let mut deltas: HashMap<Prefix, Node> = HashMap::new();
+        let mut batch = WriteBatch::default();
+        let mut stats = ApplyStats::default();
+        for ((change, rk), stored) in changes.iter().zip(&record_keys).zip(old) {
+            let before = match overlay.get(rk.as_slice()) {
+                Some(d) => *d,
+                None => match stored.map_err(IndexError::storage("read a record"))? {
+                    Some(v) => Some(cf::record_digest(rk, &v)?),
+                    None => None,
+                },
+            };
+            let (position, after) = match change {
+                HashedChange::Upsert(r) => (r.position, Some(r.digest)),
+                HashedChange::Delete { position, .. } => (*position, None),
+            };
+            let delta = match (before, after) {
+                (Some(b), Some(a)) if a == b => {
+                    stats.unchanged += 1;
+                    continue;
+                }
+                (None, None) => {
+                    stats.absent += 1;
+                    continue;
+                }
+                (Some(b), Some(a)) => {
+                    stats.updated += 1;
+                    batch.put_cf(records_cf, rk, a.0);
+                    Node::of_digest(&a.0) - Node::of_digest(&b.0)
+                }
+                (None, Some(a)) => {
+                    stats.inserted += 1;
+                    batch.put_cf(records_cf, rk, a.0);
+                    Node::of_digest(&a.0)
+                }
+                (Some(b), None) => {
+                    stats.deleted += 1;
+                    batch.delete_cf(records_cf, rk);
+                    -Node::of_digest(&b.0)
+                }
+            };
+            overlay.insert(rk.as_slice(), after);
+            for (p, d) in ancestor_deltas(position, delta, depth) {
+                let e = deltas.entry(p).or_default();
+                *e += d;
+            }
+        }
+        let nodes_cf = self.cf(cf::NODES);
+        for (p, d) in deltas {
+            if !d.is_empty() {
+                batch.merge_cf(nodes_cf, cf::node_key(p), d.to_bytes());
+            }
+        }
+        if let Some(w) = watermark {
+            batch.put_cf(self.cf(cf::META), meta::WATERMARK, w);
+        }
+        self.write(batch, false)?;
+        Ok(stats)
+    }
+}
+
+fn read_u32(name: &'static [u8], v: &[u8]) -> Result<u32, IndexError> {
+    let b: [u8; 4] = v
+        .try_into()
+        .map_err(|_| IndexError::corrupt(cf::META, name, "expected a 4-byte integer"))?;
+    Ok(u32::from_le_bytes(b))
+}

@@ -1,0 +1,361 @@
+//! The index against its own invariants: the tree is a function of the
+//! record set (not of order, batching or history), verify catches every kind
+//! of tampering, and bad bytes or parameters are typed errors.
+
+use std::collections::BTreeMap;
+
+use arbor_index::{Change, Index, IndexConfig, IndexError, IndexSnapshot, Leaf, cf};
+use arbor_record::{Column, DatasetKeys, Record, Schema, Value, ValueKind};
+use arbor_tree::{Node, Prefix};
+use proptest::prelude::*;
+use tempfile::TempDir;
+
+fn schema() -> Schema {
+    Schema::new(
+        vec![Column::new("id", ValueKind::Integer)],
+        vec![Column::new("v", ValueKind::Integer)],
+    )
+    .expect("valid schema")
+}
+
+fn config(secret: &[u8]) -> IndexConfig {
+    IndexConfig {
+        keys: DatasetKeys::derive(secret),
+        schema_fingerprint: schema().fingerprint(),
+    }
+}
+
+fn record(k: i64, v: i64) -> Record {
+    Record::new(
+        vec![Value::Integer(k.into())],
+        vec![Value::Integer(v.into())],
+    )
+}
+
+fn build(dir: &TempDir, name: &str, rows: impl IntoIterator<Item = (i64, i64)>) -> Index {
+    let index = Index::open(dir.path().join(name), config(b"test")).expect("open");
+    index
+        .build(
+            rows.into_iter()
+                .map(|(k, v)| Ok::<_, IndexError>(record(k, v))),
+            None,
+        )
+        .expect("build");
+    index
+}
+
+/// The whole logical tree down to `levels`, plus every leaf: equal for two
+/// indexes exactly when they hold the same records (whatever their stored depth).
+fn logical_tree(s: &IndexSnapshot<'_>, levels: u8) -> (Vec<(Prefix, Node)>, Vec<Leaf>) {
+    let mut all = vec![(Prefix::ROOT, s.root().unwrap())];
+    let mut frontier = vec![Prefix::ROOT];
+    for _ in 0..levels {
+        let children = s.children(&frontier).unwrap();
+        frontier = children.iter().map(|(p, _)| *p).collect();
+        all.extend(children);
+    }
+    (all, s.leaves(&[Prefix::ROOT]).unwrap())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Incremental changes in any batching reach the tree of a fresh build of
+    /// the final records, and verify passes along the way.
+    #[test]
+    fn incremental_equals_fresh_build(
+        base in proptest::collection::btree_map(0i64..400, any::<i64>(), 0..300),
+        ops in proptest::collection::vec((0i64..400, proptest::option::of(any::<i64>())), 0..300),
+        batch in 1usize..64,
+    ) {
+        let dir = TempDir::new().unwrap();
+        let inc = build(&dir, "inc", base.clone());
+        let mut want = base.clone();
+        let changes: Vec<Change> = ops.iter().map(|&(k, v)| match v {
+            Some(v) => { want.insert(k, v); Change::Upsert(record(k, v)) }
+            None => { want.remove(&k); Change::Delete(vec![Value::Integer(k.into())]) }
+        }).collect();
+        for chunk in changes.chunks(batch) {
+            inc.apply(chunk, None).unwrap();
+        }
+        let fresh = build(&dir, "fresh", want.clone());
+        let (a, b) = (inc.snapshot().unwrap(), fresh.snapshot().unwrap());
+        prop_assert_eq!(a.root().unwrap().count, want.len() as u64);
+        prop_assert_eq!(logical_tree(&a, 4), logical_tree(&b, 4));
+        prop_assert!(inc.verify().unwrap().is_ok());
+        prop_assert!(fresh.verify().unwrap().is_ok());
+    }
+
+    /// The root does not depend on the order records arrive in.
+    #[test]
+    fn root_ignores_insertion_order(rows in proptest::collection::btree_map(any::<i64>(), any::<i64>(), 0..200), seed in any::<u64>()) {
+        let dir = TempDir::new().unwrap();
+        let mut shuffled: Vec<(i64, i64)> = rows.clone().into_iter().collect();
+        let mut x = seed | 1;
+        for i in (1..shuffled.len()).rev() {
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+            shuffled.swap(i, (x % (i as u64 + 1)) as usize);
+        }
+        let a = build(&dir, "a", rows.clone());
+        let b = build(&dir, "b", shuffled);
+        // And one record at a time, from empty.
+        let c = Index::open(dir.path().join("c"), config(b"test")).unwrap();
+        for (&k, &v) in rows.iter().rev() {
+            c.apply(&[Change::Upsert(record(k, v))], None).unwrap();
+        }
+        let root = |i: &Index| i.snapshot().unwrap().root().unwrap();
+        prop_assert_eq!(root(&a), root(&b));
+        prop_assert_eq!(root(&a), root(&c));
+    }
+}
+
+#[test]
+fn apply_counts_what_it_did_and_repeated_keys_in_a_batch_see_each_other() {
+    let dir = TempDir::new().unwrap();
+    let index = build(&dir, "i", [(1, 1), (2, 2)]);
+    let stats = index
+        .apply(
+            &[
+                Change::Upsert(record(1, 1)),            // unchanged
+                Change::Upsert(record(2, 20)),           // updated
+                Change::Upsert(record(3, 3)),            // inserted
+                Change::Upsert(record(3, 30)),           // updated (same batch)
+                Change::Delete(vec![Value::Integer(4)]), // absent
+                Change::Delete(vec![Value::Integer(1)]), // deleted
+            ],
+            Some(b"wm-1"),
+        )
+        .unwrap();
+    assert_eq!(
+        (
+            stats.inserted,
+            stats.updated,
+            stats.unchanged,
+            stats.deleted,
+            stats.absent
+        ),
+        (1, 2, 1, 1, 1)
+    );
+    let fresh = build(&dir, "f", [(2, 20), (3, 30)]);
+    let d = index.snapshot().unwrap().describe().unwrap();
+    assert_eq!(d.root, fresh.snapshot().unwrap().root().unwrap());
+    assert_eq!(d.watermark.as_deref(), Some(&b"wm-1"[..]));
+    assert!(index.verify().unwrap().is_ok());
+}
+
+#[test]
+fn reopen_keeps_everything() {
+    let dir = TempDir::new().unwrap();
+    let root = {
+        let index = build(&dir, "i", (0..5000).map(|k| (k, k * 7)));
+        index
+            .apply(&[Change::Delete(vec![Value::Integer(17)])], None)
+            .unwrap();
+        index.snapshot().unwrap().root().unwrap()
+    };
+    let index = Index::open(dir.path().join("i"), config(b"test")).unwrap();
+    assert_eq!(index.snapshot().unwrap().root().unwrap(), root);
+    assert_eq!(root.count, 4999);
+    assert!(index.verify().unwrap().is_ok());
+}
+
+#[test]
+fn a_snapshot_does_not_see_later_changes() {
+    let dir = TempDir::new().unwrap();
+    let index = build(&dir, "i", (0..100).map(|k| (k, k)));
+    let snap = index.snapshot().unwrap();
+    let before = snap.root().unwrap();
+    index
+        .apply(&[Change::Upsert(record(1000, 1))], None)
+        .unwrap();
+    assert_eq!(snap.root().unwrap(), before);
+    assert_eq!(snap.leaves(&[Prefix::ROOT]).unwrap().len(), 100);
+    assert_eq!(index.snapshot().unwrap().root().unwrap().count, 101);
+}
+
+#[test]
+fn mismatched_parameters_are_named_errors() {
+    let dir = TempDir::new().unwrap();
+    drop(build(&dir, "i", [(1, 1)]));
+    let path = dir.path().join("i");
+    match Index::open(&path, config(b"another secret")) {
+        Err(IndexError::KeyId { stored, expected }) => assert_ne!(stored, expected),
+        other => panic!("expected a key id error, got {other:?}"),
+    }
+    let other_schema = IndexConfig {
+        keys: DatasetKeys::derive(b"test"),
+        schema_fingerprint: [0; 32],
+    };
+    assert!(matches!(
+        Index::open(&path, other_schema),
+        Err(IndexError::Schema { .. })
+    ));
+
+    for (key, value, want) in [
+        (
+            cf::meta::ENCODING_VERSION,
+            2u32.to_le_bytes(),
+            "canonical encoding v2",
+        ),
+        (cf::meta::FORMAT, 9u32.to_le_bytes(), "has format 9"),
+    ] {
+        let saved = raw_get(&path, cf::META, key);
+        raw_put(&path, cf::META, key, &value);
+        let err = Index::open(&path, config(b"test")).unwrap_err();
+        assert!(err.to_string().contains(want), "{err}");
+        raw_put(&path, cf::META, key, &saved);
+    }
+    assert!(Index::open(&path, config(b"test")).is_ok());
+}
+
+fn raw_db(path: &std::path::Path) -> rocksdb::DB {
+    let opts = rocksdb::Options::default();
+    let cfs = cf::ALL.iter().map(|&name| {
+        let mut o = rocksdb::Options::default();
+        if name == cf::NODES {
+            o.set_merge_operator_associative(cf::NODE_MERGE_OPERATOR, cf::merge_nodes);
+        }
+        rocksdb::ColumnFamilyDescriptor::new(name, o)
+    });
+    rocksdb::DB::open_cf_descriptors(&opts, path, cfs).expect("raw open")
+}
+
+fn raw_put(path: &std::path::Path, cf_name: &str, key: &[u8], value: &[u8]) {
+    let db = raw_db(path);
+    db.put_cf(db.cf_handle(cf_name).unwrap(), key, value)
+        .unwrap();
+}
+
+fn raw_get(path: &std::path::Path, cf_name: &str, key: &[u8]) -> Vec<u8> {
+    let db = raw_db(path);
+    db.get_cf(db.cf_handle(cf_name).unwrap(), key)
+        .unwrap()
+        .unwrap()
+}
+
+#[test]
+fn corrupt_bytes_are_typed_errors_and_verify_finds_tampering() {
+    let dir = TempDir::new().unwrap();
+    let rows: BTreeMap<i64, i64> = (0..3000).map(|k| (k, k)).collect();
+    let path = dir.path().join("i");
+    let (depth, some_leaf) = {
+        let index = build(&dir, "i", rows.clone());
+        let s = index.snapshot().unwrap();
+        (s.depth(), s.leaves(&[Prefix::ROOT]).unwrap()[10].clone())
+    };
+    let node_at = Prefix::of(some_leaf.position, depth);
+
+    // A stored node with a wrong sum: verify names it.
+    let good_node = raw_get(&path, cf::NODES, &cf::node_key(node_at));
+    let mut bad = Node::from_bytes(&good_node).unwrap();
+    bad.count += 1;
+    raw_put(&path, cf::NODES, &cf::node_key(node_at), &bad.to_bytes());
+    {
+        let index = Index::open(&path, config(b"test")).unwrap();
+        let report = index.verify().unwrap();
+        assert_eq!(report.node_mismatches, 1);
+        assert_eq!(report.mismatches[0].prefix, node_at);
+        assert_eq!(report.mismatches[0].stored, bad);
+    }
+
+    // A node value of the wrong length: reads fail with Corrupt, no panic.
+    raw_put(&path, cf::NODES, &cf::node_key(node_at), &[1, 2, 3]);
+    {
+        let index = Index::open(&path, config(b"test")).unwrap();
+        let parent = node_at.parent().unwrap();
+        let err = index.snapshot().unwrap().children(&[parent]).unwrap_err();
+        assert!(
+            matches!(err, IndexError::Corrupt { cf: "nodes", .. }),
+            "{err}"
+        );
+        assert!(index.verify().is_err());
+    }
+    raw_put(&path, cf::NODES, &cf::node_key(node_at), &good_node);
+
+    // A record digest of the wrong length, and a record at the wrong position.
+    let rk = cf::record_key(some_leaf.position, &some_leaf.key);
+    raw_put(&path, cf::RECORDS, &rk, &[0; 31]);
+    let misplaced = cf::record_key(some_leaf.position ^ 1, &some_leaf.key);
+    {
+        let index = Index::open(&path, config(b"test")).unwrap();
+        let err = index
+            .snapshot()
+            .unwrap()
+            .leaves(&[Prefix::ROOT])
+            .unwrap_err();
+        assert!(
+            matches!(err, IndexError::Corrupt { cf: "records", .. }),
+            "{err}"
+        );
+        let report = index.verify().unwrap();
+        assert_eq!(report.bad_records, 1);
+        // Deleting that key reads the corrupt digest: the batch is refused
+        // whole, the insert before it included.
+        let key = arbor_record::decode_tuple(&some_leaf.key).unwrap();
+        let before = index.snapshot().unwrap().root().unwrap();
+        let err = index
+            .apply(
+                &[Change::Upsert(record(99_999, 1)), Change::Delete(key)],
+                None,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(err, IndexError::Corrupt { cf: "records", .. }),
+            "{err}"
+        );
+        assert_eq!(index.snapshot().unwrap().root().unwrap(), before);
+    }
+    raw_put(&path, cf::RECORDS, &rk, &some_leaf.digest.0);
+    raw_put(&path, cf::RECORDS, &misplaced, &some_leaf.digest.0);
+    {
+        let index = Index::open(&path, config(b"test")).unwrap();
+        let report = index.verify().unwrap();
+        assert!(report.bad_records >= 1, "{report:?}");
+        assert!(
+            report
+                .records_with_problems
+                .iter()
+                .any(|b| b.reason.contains("position"))
+        );
+    }
+
+    // A malformed merge operand: RocksDB reports corruption, we return it.
+    {
+        let db = raw_db(&path);
+        let nodes = db.cf_handle(cf::NODES).unwrap();
+        db.merge_cf(nodes, cf::node_key(Prefix::ROOT), [9u8; 5])
+            .unwrap();
+    }
+    let index = Index::open(&path, config(b"test")).unwrap();
+    let err = index.snapshot().unwrap().root().unwrap_err();
+    assert!(matches!(err, IndexError::Storage { .. }), "{err}");
+}
+
+#[test]
+fn an_interrupted_build_is_reported_not_read() {
+    let dir = TempDir::new().unwrap();
+    let index = build(&dir, "i", (0..100).map(|k| (k, k)));
+    // The source fails half way: the index stays marked as building.
+    let failing = (0..50_000i64).map(|k| {
+        if k == 40_000 {
+            Err("source connection reset".to_string())
+        } else {
+            Ok(record(k, k))
+        }
+    });
+    let err = index.build(failing, None).unwrap_err();
+    assert!(matches!(err, IndexError::Source(_)), "{err}");
+    assert!(!index.is_ready().unwrap());
+    assert!(matches!(
+        index.snapshot(),
+        Err(IndexError::IncompleteBuild { .. })
+    ));
+    assert!(matches!(
+        index.apply(&[Change::Upsert(record(1, 1))], None),
+        Err(IndexError::IncompleteBuild { .. })
+    ));
+    index
+        .build((0..10).map(|k| Ok::<_, IndexError>(record(k, k))), None)
+        .unwrap();
+    assert_eq!(index.snapshot().unwrap().root().unwrap().count, 10);
+}
