@@ -1,0 +1,21 @@
+//! Comparing two datasets: the descent engine over the [`Peer`] trait.
+//!
+//! The engine never sees a transport or a database: a [`Peer`] answers
+//! Describe, children-of-these-parents and leaves-of-these-ranges, from one
+//! consistent state. [`LocalPeer`] serves an in-process index (tests,
+//! benches, the agent's own side); the gRPC client in the root package
+//! serves a remote agent. See [`descent`] for the algorithm and its bounds,
+//! and [`wire`] for how bytes on the wire are accounted.
+//!
+//! Repairs (plans and policies) will live here too; they build on the drift
+//! this crate classifies.
+
+pub mod descent;
+pub mod peer;
+pub mod wire;
+
+pub use descent::{
+    CompareError, CompareOptions, CompareStats, DEFAULT_LEAF_THRESHOLD, DEFAULT_MAX_LEAF_BATCH,
+    Drift, DriftKind, Side, Traffic, compare, compare_collect,
+};
+pub use peer::{LocalPeer, Peer, PeerError};
