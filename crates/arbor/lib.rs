@@ -1,0 +1,27 @@
+//! arbor: keeps records consistent across systems by Merkle-tree
+//! anti-entropy.
+//!
+//! This package is the agent binary and the gRPC edge. The engine lives in
+//! the workspace crates, bottom-up:
+//!
+//! * [`arbor_record`]: typed values, canonical encoding, keyed hashing;
+//! * [`arbor_tree`]: positions, levels, additive node sums, node-set diff;
+//! * [`arbor_index`]: the RocksDB index of one dataset;
+//! * [`arbor_sync`]: the descent engine over the `Peer` trait.
+//!
+//! Only this package links tonic and prost; generated types stay in
+//! [`proto`] and are converted to domain types at the edge.
+
+pub use arbor_index;
+pub use arbor_record;
+pub use arbor_sync;
+pub use arbor_tree;
+
+/// Generated protobuf and gRPC code of `proto/arbor/v1/`.
+pub mod proto {
+    /// Package `arbor.v1`.
+    #[allow(missing_docs, clippy::all, clippy::pedantic)]
+    pub mod v1 {
+        tonic::include_proto!("arbor.v1");
+    }
+}

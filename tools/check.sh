@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# What "clean" means for arbor: formatting, lints, docs, tests, benches compile.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source tools/env.sh
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+cargo test --workspace --locked
+cargo bench --workspace --no-run --locked
+echo "check: clean"
