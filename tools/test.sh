@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
-# The README's test command: install what is missing, then run the whole
-# workspace's tests (unit, property, integration, crash and wire tests).
+# The README's test command: install what is missing, make PostgreSQL and
+# MariaDB reachable (see tools/databases.sh), run the whole workspace's
+# tests, and stop any database it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source tools/env.sh
+source tools/databases.sh
 
 tools/setup.sh
+trap arbor_databases_down EXIT
+arbor_databases_up
+psql "$ARBOR_TEST_POSTGRES_URL" -tAc "select 'postgres reachable: ' || version()"
+mariadb --no-defaults -h 127.0.0.1 -P "$(echo "$ARBOR_TEST_MYSQL_URL" | sed -E 's#.*:([0-9]+)/.*#\1#')" \
+  -uarbor -parbor -N -e "select concat('mariadb reachable: ', version())"
+
 echo "test: building and running the workspace tests (target dir $CARGO_TARGET_DIR)"
 cargo test --workspace --locked
