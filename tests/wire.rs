@@ -10,6 +10,8 @@ use arbor::proto::v1 as pb;
 use prost::Message;
 
 const GRPC_PREFIX: u64 = wire::GRPC_MESSAGE_PREFIX;
+/// A session id at its worst case: every varint byte used.
+const SESSION: u64 = u64::MAX;
 
 fn node(seed: u8, count: u64) -> Node {
     Node {
@@ -55,6 +57,7 @@ fn describe_sizes_match_prost() {
             stored_depth: 3,
             root: Some(entry(Prefix::ROOT, root)),
             watermark: watermark.unwrap_or_default(),
+            session: SESSION,
         };
         assert_eq!(
             wire::describe_response(&d),
@@ -80,6 +83,7 @@ fn node_sizes_match_prost() {
         dataset: "orders".into(),
         level: 3,
         parents: parents.iter().map(|p| p.value()).collect(),
+        session: SESSION,
     };
     assert_eq!(
         wire::nodes_request("orders", &parents),
@@ -116,6 +120,7 @@ fn leaf_sizes_match_prost() {
                 prefix: r.value(),
             })
             .collect(),
+        session: SESSION,
     };
     assert_eq!(
         wire::leaves_request("orders", &ranges),

@@ -53,7 +53,11 @@ pub fn row(id: u64, version: u64) -> Record {
             )),
             Value::Text(format!("customer.{id}.{}@example-mail.com", x % 1000)),
             Value::Text(format!("Customer Number {id} {}", x % 7919)),
-            Value::text(if x.is_multiple_of(3) { "active" } else { "dormant" }),
+            Value::text(if x.is_multiple_of(3) {
+                "active"
+            } else {
+                "dormant"
+            }),
             Value::Integer((x % 10_000).into()),
         ],
     )

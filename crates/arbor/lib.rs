@@ -12,6 +12,10 @@
 //! Only this package links tonic and prost; generated types stay in
 //! [`proto`] and are converted to domain types at the edge.
 
+pub mod client;
+pub mod convert;
+pub mod service;
+
 pub use arbor_index;
 pub use arbor_record;
 pub use arbor_sync;

@@ -32,7 +32,7 @@ mod store;
 mod verify;
 
 pub use error::{IndexError, SourceError};
-pub use snapshot::{Description, IndexSnapshot, Leaf};
+pub use snapshot::{Description, IndexSnapshot, Leaf, SharedSnapshot};
 pub use store::{
     ApplyStats, BUILD_CHUNK_RECORDS, BuildStats, Change, HashedChange, INDEX_FORMAT, Index,
     IndexConfig,

@@ -2,6 +2,8 @@
 //! one RocksDB snapshot, so the root, the nodes and the leaves it reports
 //! describe the same state of the dataset even while changes are applied.
 
+use std::sync::Arc;
+
 use arbor_record::{Digest, ENCODING_VERSION, KeyId};
 use arbor_tree::{FANOUT, MAX_LEVEL, Node, Prefix};
 use rocksdb::{DB, DBRawIteratorWithThreadMode, ReadOptions, Snapshot};
@@ -258,5 +260,66 @@ impl<'a> IndexSnapshot<'a> {
             Some(v) => cf::node_value(&key, &v),
             None => Ok(Node::EMPTY),
         }
+    }
+}
+
+self_cell::self_cell!(
+    struct SharedSnapshotCell {
+        owner: Arc<Index>,
+        #[covariant]
+        dependent: IndexSnapshot,
+    }
+);
+
+/// A snapshot that owns a handle on its index, so it can outlive the call
+/// that took it: an agent pins one per compare session, across many RPCs.
+pub struct SharedSnapshot(SharedSnapshotCell);
+
+impl SharedSnapshot {
+    /// Snapshots a shared index.
+    pub fn new(index: Arc<Index>) -> Result<SharedSnapshot, IndexError> {
+        SharedSnapshotCell::try_new(index, |i| i.snapshot()).map(SharedSnapshot)
+    }
+
+    /// The snapshot.
+    pub fn get(&self) -> &IndexSnapshot<'_> {
+        self.0.borrow_dependent()
+    }
+}
+
+impl std::fmt::Debug for SharedSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedSnapshot")
+            .field("index", &self.0.borrow_owner().path())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Change, IndexConfig};
+    use arbor_record::{DatasetKeys, Record, Value};
+
+    #[test]
+    fn a_shared_snapshot_outlives_its_caller_and_stays_put() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let config = IndexConfig {
+            keys: DatasetKeys::derive(b"s"),
+            schema_fingerprint: [0; 32],
+        };
+        let index = Arc::new(Index::open(dir.path(), config).unwrap());
+        let rec = |k: i64| Record::new(vec![Value::Integer(k.into())], vec![]);
+        index.apply(&[Change::Upsert(rec(1))], None).unwrap();
+        let shared = {
+            let i = Arc::clone(&index);
+            SharedSnapshot::new(i).unwrap()
+        };
+        index.apply(&[Change::Upsert(rec(2))], None).unwrap();
+        let moved = std::thread::spawn(move || shared.get().root().unwrap().count)
+            .join()
+            .unwrap();
+        assert_eq!(moved, 1);
+        assert_eq!(index.snapshot().unwrap().root().unwrap().count, 2);
     }
 }

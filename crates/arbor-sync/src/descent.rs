@@ -39,6 +39,9 @@ use crate::wire;
 pub const DEFAULT_LEAF_THRESHOLD: u64 = 12;
 /// Default [`CompareOptions::max_leaf_batch`].
 pub const DEFAULT_MAX_LEAF_BATCH: u64 = 65_536;
+/// Default [`CompareOptions::max_parents_per_request`]: 8,192 parents bring
+/// back at most 131,072 children, about 6 MiB on the wire.
+pub const DEFAULT_MAX_PARENTS_PER_REQUEST: usize = 8_192;
 
 /// Tuning of a compare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +51,9 @@ pub struct CompareOptions {
     pub leaf_threshold: u64,
     /// Most records one leaf request may cover; bounds memory and message size.
     pub max_leaf_batch: u64,
+    /// Most parents in one children request; a level with more differing
+    /// parents takes several requests (each counted as a round trip).
+    pub max_parents_per_request: usize,
 }
 
 impl Default for CompareOptions {
@@ -55,6 +61,7 @@ impl Default for CompareOptions {
         CompareOptions {
             leaf_threshold: DEFAULT_LEAF_THRESHOLD,
             max_leaf_batch: DEFAULT_MAX_LEAF_BATCH,
+            max_parents_per_request: DEFAULT_MAX_PARENTS_PER_REQUEST,
         }
     }
 }
@@ -218,9 +225,21 @@ fn protocol(side: Side, detail: impl Into<String>) -> CompareError {
 }
 
 /// Compares two peers and calls `on_drift` for every drifting key, in
-/// (position, key) order within each leaf batch.
+/// (position, key) order within each leaf batch. Both peers are told to
+/// [finish](Peer::finish) afterwards, whatever the outcome.
 #[instrument(skip_all, fields(left = left.dataset(), right = right.dataset()))]
 pub async fn compare<L: Peer, R: Peer>(
+    left: &L,
+    right: &R,
+    options: &CompareOptions,
+    on_drift: impl FnMut(Drift),
+) -> Result<CompareStats, CompareError> {
+    let outcome = descend(left, right, options, on_drift).await;
+    tokio::join!(left.finish(), right.finish());
+    outcome
+}
+
+async fn descend<L: Peer, R: Peer>(
     left: &L,
     right: &R,
     options: &CompareOptions,
@@ -268,27 +287,30 @@ pub async fn compare<L: Peer, R: Peer>(
         if parents.is_empty() {
             break;
         }
-        let (cl, cr) = tokio::join!(left.children(&parents), right.children(&parents));
-        let (cl, cr) = (
-            cl.map_err(peer_err(Side::Left))?,
-            cr.map_err(peer_err(Side::Right))?,
-        );
-        stats.round_trips += 1;
         stats.levels += 1;
-        check_children(Side::Left, &parents, &cl)?;
-        check_children(Side::Right, &parents, &cr)?;
-        add_traffic(
-            &mut stats.left,
-            wire::nodes_request(left.dataset(), &parents),
-            wire::nodes_response(&cl),
-        );
-        add_traffic(
-            &mut stats.right,
-            wire::nodes_request(right.dataset(), &parents),
-            wire::nodes_response(&cr),
-        );
-        stats.nodes_received += (cl.len() + cr.len()) as u64;
-        frontier = diff_nodes(&cl, &cr);
+        frontier = Vec::new();
+        for chunk in parents.chunks(options.max_parents_per_request.max(1)) {
+            let (cl, cr) = tokio::join!(left.children(chunk), right.children(chunk));
+            let (cl, cr) = (
+                cl.map_err(peer_err(Side::Left))?,
+                cr.map_err(peer_err(Side::Right))?,
+            );
+            stats.round_trips += 1;
+            check_children(Side::Left, chunk, &cl)?;
+            check_children(Side::Right, chunk, &cr)?;
+            add_traffic(
+                &mut stats.left,
+                wire::nodes_request(left.dataset(), chunk),
+                wire::nodes_response(&cl),
+            );
+            add_traffic(
+                &mut stats.right,
+                wire::nodes_request(right.dataset(), chunk),
+                wire::nodes_response(&cr),
+            );
+            stats.nodes_received += (cl.len() + cr.len()) as u64;
+            frontier.extend(diff_nodes(&cl, &cr));
+        }
         debug!(
             level = stats.levels,
             differing = frontier.len(),

@@ -16,6 +16,6 @@ pub mod wire;
 
 pub use descent::{
     CompareError, CompareOptions, CompareStats, DEFAULT_LEAF_THRESHOLD, DEFAULT_MAX_LEAF_BATCH,
-    Drift, DriftKind, Side, Traffic, compare, compare_collect,
+    DEFAULT_MAX_PARENTS_PER_REQUEST, Drift, DriftKind, Side, Traffic, compare, compare_collect,
 };
 pub use peer::{LocalPeer, Peer, PeerError};

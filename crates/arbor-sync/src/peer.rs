@@ -53,6 +53,12 @@ pub trait Peer: Sync {
         &self,
         ranges: &[Prefix],
     ) -> impl Future<Output = Result<Vec<Leaf>, PeerError>> + Send;
+
+    /// Releases what the peer holds for this compare (a remote snapshot).
+    /// Best effort: called once the compare is over, whatever its outcome.
+    fn finish(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 /// A peer over an index in this process, reading one snapshot.

@@ -48,9 +48,13 @@ pub fn describe_request(dataset: &str) -> u64 {
     GRPC_MESSAGE_PREFIX + len_field(dataset.len() as u64)
 }
 
+/// A session id as the agents issue them (random 64-bit, so 10 varint bytes
+/// at worst); accounting assumes the worst case.
+pub const SESSION_ID_BYTES: u64 = 1 + 10;
+
 /// `DescribeResponse { uint32 encoding_version = 1; bytes key_id = 2;
 /// bytes schema_fingerprint = 3; uint32 stored_depth = 4; NodeEntry root = 5;
-/// bytes watermark = 6; }`
+/// bytes watermark = 6; uint64 session = 7; }` (session at its worst case)
 pub fn describe_response(d: &arbor_index::Description) -> u64 {
     GRPC_MESSAGE_PREFIX
         + scalar_field(u64::from(d.encoding_version))
@@ -59,13 +63,19 @@ pub fn describe_response(d: &arbor_index::Description) -> u64 {
         + scalar_field(u64::from(d.stored_depth))
         + message_field(node_entry_len(Prefix::ROOT, d.root))
         + len_field(d.watermark.as_ref().map_or(0, |w| w.len() as u64))
+        + SESSION_ID_BYTES
 }
 
-/// `GetNodesRequest { string dataset = 1; uint32 level = 2; repeated uint64 parents = 3 [packed]; }`
+/// `GetNodesRequest { string dataset = 1; uint32 level = 2; repeated uint64
+/// parents = 3 [packed]; uint64 session = 4; }`
 pub fn nodes_request(dataset: &str, parents: &[Prefix]) -> u64 {
     let level = parents.first().map_or(0, |p| u64::from(p.level()));
     let packed: u64 = parents.iter().map(|p| varint(p.value())).sum();
-    GRPC_MESSAGE_PREFIX + len_field(dataset.len() as u64) + scalar_field(level) + len_field(packed)
+    GRPC_MESSAGE_PREFIX
+        + len_field(dataset.len() as u64)
+        + scalar_field(level)
+        + len_field(packed)
+        + SESSION_ID_BYTES
 }
 
 /// `GetNodesResponse { repeated NodeEntry nodes = 1; }`
@@ -77,7 +87,7 @@ pub fn nodes_response(nodes: &[(Prefix, Node)]) -> u64 {
             .sum::<u64>()
 }
 
-/// `StreamLeavesRequest { string dataset = 1; repeated Range ranges = 2; }`,
+/// `StreamLeavesRequest { string dataset = 1; repeated Range ranges = 2; uint64 session = 3; }`,
 /// `Range { uint32 level = 1; uint64 prefix = 2; }`
 pub fn leaves_request(dataset: &str, ranges: &[Prefix]) -> u64 {
     GRPC_MESSAGE_PREFIX
@@ -86,6 +96,7 @@ pub fn leaves_request(dataset: &str, ranges: &[Prefix]) -> u64 {
             .iter()
             .map(|r| message_field(scalar_field(u64::from(r.level())) + scalar_field(r.value())))
             .sum::<u64>()
+        + SESSION_ID_BYTES
 }
 
 /// `LeafEntry { fixed64 position = 1; bytes key = 2; bytes digest = 3; }`

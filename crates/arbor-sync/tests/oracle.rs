@@ -129,11 +129,12 @@ proptest! {
         ops in ops(),
         threshold in prop_oneof![Just(0u64), 1u64..40, Just(1_000_000)],
         batch in prop_oneof![Just(1u64), 2u64..200, Just(arbor_sync::DEFAULT_MAX_LEAF_BATCH)],
+        parents in prop_oneof![Just(1usize), 2usize..20, Just(arbor_sync::DEFAULT_MAX_PARENTS_PER_REQUEST)],
     ) {
         let dir = TempDir::new().unwrap();
         let right_rows = apply_ops(&base, &ops);
         let (l, r) = (build(&dir, "l", &base), build(&dir, "r", &right_rows));
-        let options = CompareOptions { leaf_threshold: threshold, max_leaf_batch: batch };
+        let options = CompareOptions { leaf_threshold: threshold, max_leaf_batch: batch, max_parents_per_request: parents };
         let (got, stats) = run(&l, &r, &options);
         let want = oracle(&base, &right_rows);
         prop_assert_eq!(&got, &want);

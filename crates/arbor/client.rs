@@ -1,0 +1,227 @@
+//! The gRPC client of a remote agent, as a [`Peer`] for the descent.
+//!
+//! `describe` opens a session on the agent (a pinned snapshot); every later
+//! call names it, and `finish` ends it. Transient failures (`Unavailable`,
+//! `ResourceExhausted`, `DeadlineExceeded`) are retried with exponential
+//! backoff, since every call of a session is an idempotent read of one
+//! snapshot. If the agent restarts, the session is gone and the compare
+//! fails with the agent's reason rather than mixing two states.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arbor_index::{Description, Leaf};
+use arbor_sync::{Peer, PeerError};
+use arbor_tree::{Node, Prefix};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+use tracing::warn;
+
+use crate::convert;
+use crate::proto::v1 as pb;
+use crate::proto::v1::agent_service_client::AgentServiceClient;
+
+/// Largest gRPC message either side accepts.
+pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+
+/// How a client retries transient failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub attempts: u32,
+    /// Wait before the first retry; doubles after each.
+    pub first_backoff: Duration,
+    /// Longest wait between attempts.
+    pub max_backoff: Duration,
+    /// Deadline of each call.
+    pub call_timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 4,
+            first_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            call_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A dataset on a remote agent.
+pub struct GrpcPeer {
+    client: AgentServiceClient<Channel>,
+    address: String,
+    dataset: String,
+    session: AtomicU64,
+    retry: RetryPolicy,
+}
+
+/// Whether a failed call may succeed if tried again. A connection that broke
+/// mid-call surfaces as `Unknown` with the transport error as its source
+/// (a status decoded from an agent's reply never has a local source).
+fn is_transient(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        Code::Unavailable | Code::ResourceExhausted | Code::DeadlineExceeded
+    ) || (s.code() == Code::Unknown && std::error::Error::source(s).is_some())
+}
+
+fn peer_error(address: &str, s: Status) -> PeerError {
+    let what = format!("{address}: {} ({:?})", s.message(), s.code());
+    if is_transient(&s) {
+        PeerError::Unavailable(what)
+    } else {
+        PeerError::Refused(what)
+    }
+}
+
+impl GrpcPeer {
+    /// A peer for `dataset` on the agent at `address` (`http://host:port`).
+    /// Connects lazily: an unreachable agent fails the first call. Must be
+    /// called within a Tokio runtime (the connection's worker is spawned on it).
+    pub fn new(
+        address: &str,
+        dataset: impl Into<String>,
+        retry: RetryPolicy,
+    ) -> Result<GrpcPeer, PeerError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(PeerError::Refused(format!(
+                "cannot connect to {address}: no Tokio runtime is running"
+            )));
+        }
+        let endpoint = Endpoint::from_shared(address.to_owned())
+            .map_err(|e| PeerError::Refused(format!("invalid agent address {address:?}: {e}")))?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(retry.call_timeout)
+            .tcp_nodelay(true);
+        let client = AgentServiceClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        Ok(GrpcPeer {
+            client,
+            address: address.to_owned(),
+            dataset: dataset.into(),
+            session: AtomicU64::new(0),
+            retry,
+        })
+    }
+
+    async fn call<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T, PeerError>
+    where
+        F: Fn(AgentServiceClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let mut backoff = self.retry.first_backoff;
+        let mut attempt = 1;
+        loop {
+            match f(self.client.clone()).await {
+                Ok(v) => return Ok(v),
+                Err(s) if is_transient(&s) && attempt < self.retry.attempts => {
+                    warn!(peer = %self.address, call = what, attempt, code = ?s.code(), "transient peer error, retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.retry.max_backoff);
+                    attempt += 1;
+                }
+                Err(s) => return Err(peer_error(&self.address, s)),
+            }
+        }
+    }
+
+    fn session(&self) -> u64 {
+        self.session.load(Ordering::Acquire)
+    }
+}
+
+impl Peer for GrpcPeer {
+    fn dataset(&self) -> &str {
+        &self.dataset
+    }
+
+    async fn describe(&self) -> Result<Description, PeerError> {
+        let req = pb::DescribeRequest {
+            dataset: self.dataset.clone(),
+        };
+        let resp = self
+            .call("Describe", |mut c| {
+                let req = req.clone();
+                async move { c.describe(req).await.map(tonic::Response::into_inner) }
+            })
+            .await?;
+        let (description, session) = convert::description(&resp)
+            .map_err(|e| PeerError::Malformed(format!("{}: {e}", self.address)))?;
+        self.session.store(session, Ordering::Release);
+        Ok(description)
+    }
+
+    async fn children(&self, parents: &[Prefix]) -> Result<Vec<(Prefix, Node)>, PeerError> {
+        let Some(level) = parents.first().map(|p| p.level()) else {
+            return Ok(Vec::new());
+        };
+        let req = pb::GetNodesRequest {
+            dataset: self.dataset.clone(),
+            level: u32::from(level),
+            parents: parents.iter().map(|p| p.value()).collect(),
+            session: self.session(),
+        };
+        let resp = self
+            .call("GetNodes", |mut c| {
+                let req = req.clone();
+                async move { c.get_nodes(req).await.map(tonic::Response::into_inner) }
+            })
+            .await?;
+        resp.nodes
+            .iter()
+            .map(|e| convert::node_from_entry(level + 1, e))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| PeerError::Malformed(format!("{}: {e}", self.address)))
+    }
+
+    async fn leaves(&self, ranges: &[Prefix]) -> Result<Vec<Leaf>, PeerError> {
+        let req = pb::StreamLeavesRequest {
+            dataset: self.dataset.clone(),
+            ranges: ranges
+                .iter()
+                .map(|r| pb::Range {
+                    level: u32::from(r.level()),
+                    prefix: r.value(),
+                })
+                .collect(),
+            session: self.session(),
+        };
+        // The whole stream is retried: a partial stream is never used.
+        self.call("StreamLeaves", |mut c| {
+            let req = req.clone();
+            let address = self.address.clone();
+            async move {
+                let mut stream = c.stream_leaves(req).await?.into_inner();
+                let mut out = Vec::new();
+                while let Some(batch) = stream.message().await? {
+                    for e in batch.leaves {
+                        out.push(
+                            convert::leaf(e)
+                                .map_err(|m| Status::data_loss(format!("{address}: {m}")))?,
+                        );
+                    }
+                }
+                Ok(out)
+            }
+        })
+        .await
+    }
+
+    async fn finish(&self) {
+        let session = self.session.swap(0, Ordering::AcqRel);
+        if session == 0 {
+            return;
+        }
+        let req = pb::EndSessionRequest {
+            dataset: self.dataset.clone(),
+            session,
+        };
+        if let Err(s) = self.client.clone().end_session(req).await {
+            warn!(peer = %self.address, code = ?s.code(), "could not end the session; it will expire");
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! The edge between generated protobuf types and domain types.
+//!
+//! Everything that arrives from the network goes through a checked
+//! conversion here: prefixes must fit their level, digests and sums must be
+//! exactly 32 bytes, key ids 8. A malformed message becomes an error naming
+//! the field, never a panic. Errors of the engine map to `tonic::Status`
+//! codes in exactly one place, [`index_status`].
+
+use arbor_index::{Description, IndexError, Leaf};
+use arbor_record::{Digest, KeyId};
+use arbor_tree::{MAX_LEVEL, MAX_STORED_DEPTH, Node, Prefix, Sum256};
+use tonic::{Code, Status};
+
+use crate::proto::v1 as pb;
+
+/// A field of a message that does not hold what the protocol says.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct Malformed {
+    /// The field, as `message.field`.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+fn malformed(field: &'static str, problem: impl Into<String>) -> Malformed {
+    Malformed {
+        field,
+        problem: problem.into(),
+    }
+}
+
+impl From<Malformed> for Status {
+    fn from(m: Malformed) -> Status {
+        Status::invalid_argument(m.to_string())
+    }
+}
+
+/// A prefix from its level and value.
+pub fn prefix(field: &'static str, level: u32, value: u64) -> Result<Prefix, Malformed> {
+    let level = u8::try_from(level)
+        .ok()
+        .filter(|l| *l <= MAX_LEVEL)
+        .ok_or_else(|| malformed(field, format!("level {level} is beyond {MAX_LEVEL}")))?;
+    Prefix::new(level, value).map_err(|e| malformed(field, e.to_string()))
+}
+
+/// A node sum: 32 bytes, or empty for zero (proto3 omits empty bytes).
+fn sum(field: &'static str, bytes: &[u8]) -> Result<Sum256, Malformed> {
+    match bytes.len() {
+        0 => Ok(Sum256::ZERO),
+        32 => {
+            let mut b = [0u8; 32];
+            b.copy_from_slice(bytes);
+            Ok(Sum256::from_le_bytes(&b))
+        }
+        n => Err(malformed(field, format!("{n} bytes, expected 32"))),
+    }
+}
+
+/// The wire form of a node.
+pub fn node_entry(p: Prefix, n: Node) -> pb::NodeEntry {
+    pb::NodeEntry {
+        prefix: p.value(),
+        sum: if n.sum == Sum256::ZERO {
+            Vec::new()
+        } else {
+            n.sum.to_le_bytes().to_vec()
+        },
+        count: n.count,
+    }
+}
+
+/// A node of a known level from the wire.
+pub fn node_from_entry(level: u8, e: &pb::NodeEntry) -> Result<(Prefix, Node), Malformed> {
+    let p = prefix("NodeEntry.prefix", u32::from(level), e.prefix)?;
+    Ok((
+        p,
+        Node {
+            sum: sum("NodeEntry.sum", &e.sum)?,
+            count: e.count,
+        },
+    ))
+}
+
+/// The wire form of a description.
+pub fn describe_response(d: &Description, session: u64) -> pb::DescribeResponse {
+    pb::DescribeResponse {
+        encoding_version: d.encoding_version,
+        key_id: d.key_id.0.to_vec(),
+        schema_fingerprint: d.schema_fingerprint.to_vec(),
+        stored_depth: u32::from(d.stored_depth),
+        root: Some(node_entry(Prefix::ROOT, d.root)),
+        watermark: d.watermark.clone().unwrap_or_default(),
+        session,
+    }
+}
+
+/// A description from the wire, and its session.
+pub fn description(r: &pb::DescribeResponse) -> Result<(Description, u64), Malformed> {
+    let key_id: [u8; 8] = r.key_id.as_slice().try_into().map_err(|_| {
+        malformed(
+            "DescribeResponse.key_id",
+            format!("{} bytes, expected 8", r.key_id.len()),
+        )
+    })?;
+    let schema_fingerprint: [u8; 32] =
+        r.schema_fingerprint.as_slice().try_into().map_err(|_| {
+            malformed(
+                "DescribeResponse.schema_fingerprint",
+                format!("{} bytes, expected 32", r.schema_fingerprint.len()),
+            )
+        })?;
+    let stored_depth = u8::try_from(r.stored_depth)
+        .ok()
+        .filter(|d| (1..=MAX_STORED_DEPTH).contains(d))
+        .ok_or_else(|| {
+            malformed(
+                "DescribeResponse.stored_depth",
+                format!("{} is not in 1..={MAX_STORED_DEPTH}", r.stored_depth),
+            )
+        })?;
+    let root = r
+        .root
+        .as_ref()
+        .ok_or_else(|| malformed("DescribeResponse.root", "missing"))?;
+    let (_, root) = node_from_entry(0, root)?;
+    Ok((
+        Description {
+            encoding_version: r.encoding_version,
+            key_id: KeyId(key_id),
+            schema_fingerprint,
+            stored_depth,
+            root,
+            watermark: (!r.watermark.is_empty()).then(|| r.watermark.clone()),
+        },
+        r.session,
+    ))
+}
+
+/// The wire form of a leaf.
+pub fn leaf_entry(l: &Leaf) -> pb::LeafEntry {
+    pb::LeafEntry {
+        position: l.position,
+        key: l.key.clone(),
+        digest: l.digest.0.to_vec(),
+    }
+}
+
+/// A leaf from the wire.
+pub fn leaf(e: pb::LeafEntry) -> Result<Leaf, Malformed> {
+    let digest = Digest::from_slice(&e.digest).ok_or_else(|| {
+        malformed(
+            "LeafEntry.digest",
+            format!("{} bytes, expected 32", e.digest.len()),
+        )
+    })?;
+    if e.key.is_empty() {
+        return Err(malformed("LeafEntry.key", "empty"));
+    }
+    Ok(Leaf {
+        position: e.position,
+        key: e.key,
+        digest,
+    })
+}
+
+/// The one mapping of index errors to gRPC status codes.
+pub fn index_status(e: IndexError) -> Status {
+    let code = match &e {
+        IndexError::Corrupt { .. } => Code::DataLoss,
+        IndexError::IncompleteBuild { .. } => Code::FailedPrecondition,
+        IndexError::Format { .. }
+        | IndexError::EncodingVersion { .. }
+        | IndexError::KeyId { .. }
+        | IndexError::Schema { .. } => Code::FailedPrecondition,
+        IndexError::InvalidRequest(_) => Code::InvalidArgument,
+        IndexError::Source(_) => Code::Unavailable,
+        IndexError::Storage { .. } => Code::Internal,
+    };
+    Status::new(code, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_fields_are_named() {
+        let e = node_from_entry(
+            2,
+            &pb::NodeEntry {
+                prefix: 0x100,
+                sum: vec![],
+                count: 1,
+            },
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "NodeEntry.prefix");
+        let e = node_from_entry(
+            2,
+            &pb::NodeEntry {
+                prefix: 1,
+                sum: vec![0; 31],
+                count: 1,
+            },
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "NodeEntry.sum");
+        let e = leaf(pb::LeafEntry {
+            position: 1,
+            key: vec![1],
+            digest: vec![0; 33],
+        })
+        .unwrap_err();
+        assert_eq!(e.field, "LeafEntry.digest");
+        assert!(prefix("Range.level", 17, 0).is_err());
+        assert!(prefix("Range.level", u32::MAX, 0).is_err());
+        let bad = pb::DescribeResponse {
+            key_id: vec![1; 7],
+            ..Default::default()
+        };
+        assert_eq!(
+            description(&bad).unwrap_err().field,
+            "DescribeResponse.key_id"
+        );
+    }
+
+    #[test]
+    fn descriptions_round_trip() {
+        let d = Description {
+            encoding_version: 1,
+            key_id: KeyId([1; 8]),
+            schema_fingerprint: [2; 32],
+            stored_depth: 4,
+            root: Node::of_digest(&[3; 32]),
+            watermark: Some(b"lsn".to_vec()),
+        };
+        assert_eq!(description(&describe_response(&d, 77)).unwrap(), (d, 77));
+    }
+}

@@ -1,0 +1,317 @@
+//! `AgentService`: the peer-facing gRPC service of an agent (hashes only).
+//!
+//! Each Describe pins a snapshot of the dataset's index in a **session**;
+//! GetNodes and StreamLeaves name the session, so every answer of one
+//! compare comes from the same state. Sessions end with EndSession or after
+//! [`ServiceLimits::session_idle`] without use; at most
+//! [`ServiceLimits::max_sessions`] are open at once.
+//!
+//! Requests are validated before any work (prefix ranges, ordering, batch
+//! sizes): a bad request is `InvalidArgument`, an unknown dataset or
+//! session `NotFound`, and the agent keeps serving. RocksDB reads run on the
+//! blocking pool; leaves are streamed as they are read, with backpressure.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use arbor_index::{Index, SharedSnapshot};
+use arbor_tree::{MAX_LEVEL, Prefix};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::{debug, instrument};
+
+use crate::convert::{self, index_status};
+use crate::proto::v1 as pb;
+use crate::proto::v1::agent_service_server::AgentService;
+
+/// Leaves per streamed `LeafBatch` (matches `arbor_sync::wire::LEAVES_PER_MESSAGE`).
+pub const LEAVES_PER_BATCH: usize = arbor_sync::wire::LEAVES_PER_MESSAGE;
+/// Leaf batches buffered ahead of a slow reader.
+const LEAF_STREAM_BUFFER: usize = 4;
+
+/// Bounds on what one client can ask of the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceLimits {
+    /// Parents in one GetNodes request.
+    pub max_parents_per_request: usize,
+    /// Ranges in one StreamLeaves request.
+    pub max_ranges_per_request: usize,
+    /// Sessions (pinned snapshots) open at once.
+    pub max_sessions: usize,
+    /// A session unused this long is closed.
+    pub session_idle: Duration,
+}
+
+impl Default for ServiceLimits {
+    fn default() -> Self {
+        ServiceLimits {
+            max_parents_per_request: arbor_sync::DEFAULT_MAX_PARENTS_PER_REQUEST,
+            max_ranges_per_request: 65_536,
+            max_sessions: 256,
+            session_idle: Duration::from_secs(300),
+        }
+    }
+}
+
+struct Session {
+    dataset: String,
+    snapshot: Arc<SharedSnapshot>,
+    last_used: Instant,
+}
+
+/// The agent's datasets and open sessions, shared by its services.
+pub struct AgentState {
+    datasets: HashMap<String, Arc<Index>>,
+    sessions: Mutex<HashMap<u64, Session>>,
+    limits: ServiceLimits,
+    session_seed: [u8; 32],
+    session_counter: AtomicU64,
+}
+
+impl AgentState {
+    /// State serving these datasets by name.
+    pub fn new(datasets: HashMap<String, Arc<Index>>, limits: ServiceLimits) -> AgentState {
+        // Session ids need only be unguessable by accident, not by an
+        // attacker (authorisation is separate): hash a per-process seed.
+        let mut seed_input = Vec::new();
+        seed_input.extend_from_slice(&std::process::id().to_le_bytes());
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        seed_input.extend_from_slice(&now.to_le_bytes());
+        seed_input.extend_from_slice(&(&seed_input as *const _ as usize).to_le_bytes());
+        AgentState {
+            datasets,
+            sessions: Mutex::new(HashMap::new()),
+            limits,
+            session_seed: *blake3::hash(&seed_input).as_bytes(),
+            session_counter: AtomicU64::new(0),
+        }
+    }
+
+    fn index(&self, dataset: &str) -> Result<&Arc<Index>, Status> {
+        self.datasets
+            .get(dataset)
+            .ok_or_else(|| Status::not_found(format!("unknown dataset {dataset:?}")))
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Session>> {
+        // A panic while holding the lock leaves a map that is still valid.
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn open_session(&self, dataset: &str, snapshot: SharedSnapshot) -> Result<u64, Status> {
+        let mut sessions = self.sessions();
+        let idle = self.limits.session_idle;
+        sessions.retain(|_, s| s.last_used.elapsed() < idle);
+        if sessions.len() >= self.limits.max_sessions {
+            return Err(Status::resource_exhausted(format!(
+                "{} compare sessions are open; retry later",
+                sessions.len()
+            )));
+        }
+        let n = self.session_counter.fetch_add(1, Ordering::Relaxed);
+        let mut h = blake3::Hasher::new_keyed(&self.session_seed);
+        h.update(&n.to_le_bytes());
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&h.finalize().as_bytes()[..8]);
+        let id = u64::from_le_bytes(id) | 1; // never 0, which means "no session"
+        sessions.insert(
+            id,
+            Session {
+                dataset: dataset.to_owned(),
+                snapshot: Arc::new(snapshot),
+                last_used: Instant::now(),
+            },
+        );
+        Ok(id)
+    }
+
+    fn session(&self, dataset: &str, id: u64) -> Result<Arc<SharedSnapshot>, Status> {
+        self.index(dataset)?;
+        let mut sessions = self.sessions();
+        match sessions.get_mut(&id) {
+            Some(s) if s.dataset == dataset && s.last_used.elapsed() < self.limits.session_idle => {
+                s.last_used = Instant::now();
+                Ok(Arc::clone(&s.snapshot))
+            }
+            _ => Err(Status::not_found(format!(
+                "no open session {id} for dataset {dataset:?} (expired or never opened): describe again"
+            ))),
+        }
+    }
+
+    /// Number of open sessions (for status and tests).
+    pub fn open_sessions(&self) -> usize {
+        self.sessions().len()
+    }
+}
+
+/// The gRPC implementation of `arbor.v1.AgentService`.
+#[derive(Clone)]
+pub struct AgentServer {
+    state: Arc<AgentState>,
+}
+
+impl AgentServer {
+    /// A service over shared agent state.
+    pub fn new(state: Arc<AgentState>) -> AgentServer {
+        AgentServer { state }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("index task failed: {e}")))?
+}
+
+fn ascending(field: &'static str, prefixes: &[Prefix]) -> Result<(), Status> {
+    for w in prefixes.windows(2) {
+        if w[0].range().end() >= w[1].range().start() {
+            return Err(Status::invalid_argument(format!(
+                "{field}: {} and {} are not ascending and disjoint",
+                w[0], w[1]
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl AgentService for AgentServer {
+    #[instrument(skip_all, fields(dataset = %request.get_ref().dataset))]
+    async fn describe(
+        &self,
+        request: Request<pb::DescribeRequest>,
+    ) -> Result<Response<pb::DescribeResponse>, Status> {
+        let dataset = request.into_inner().dataset;
+        let index = Arc::clone(self.state.index(&dataset)?);
+        let (snapshot, description) = blocking(move || {
+            let snapshot = SharedSnapshot::new(index).map_err(index_status)?;
+            let description = snapshot.get().describe().map_err(index_status)?;
+            Ok((snapshot, description))
+        })
+        .await?;
+        let session = self.state.open_session(&dataset, snapshot)?;
+        debug!(session, records = description.count(), "session opened");
+        Ok(Response::new(convert::describe_response(
+            &description,
+            session,
+        )))
+    }
+
+    #[instrument(skip_all, fields(dataset = %request.get_ref().dataset, level = request.get_ref().level, parents = request.get_ref().parents.len()))]
+    async fn get_nodes(
+        &self,
+        request: Request<pb::GetNodesRequest>,
+    ) -> Result<Response<pb::GetNodesResponse>, Status> {
+        let req = request.into_inner();
+        if req.parents.len() > self.state.limits.max_parents_per_request {
+            return Err(Status::invalid_argument(format!(
+                "GetNodesRequest.parents: {} parents, at most {} per request",
+                req.parents.len(),
+                self.state.limits.max_parents_per_request
+            )));
+        }
+        if req.level >= u32::from(MAX_LEVEL) {
+            return Err(Status::invalid_argument(format!(
+                "GetNodesRequest.level: {} has no children (deepest level is {MAX_LEVEL})",
+                req.level
+            )));
+        }
+        let parents = req
+            .parents
+            .iter()
+            .map(|&p| convert::prefix("GetNodesRequest.parents", req.level, p))
+            .collect::<Result<Vec<_>, _>>()?;
+        ascending("GetNodesRequest.parents", &parents)?;
+        let snapshot = self.state.session(&req.dataset, req.session)?;
+        let children =
+            blocking(move || snapshot.get().children(&parents).map_err(index_status)).await?;
+        Ok(Response::new(pb::GetNodesResponse {
+            nodes: children
+                .into_iter()
+                .map(|(p, n)| convert::node_entry(p, n))
+                .collect(),
+        }))
+    }
+
+    type StreamLeavesStream = Pin<Box<dyn Stream<Item = Result<pb::LeafBatch, Status>> + Send>>;
+
+    #[instrument(skip_all, fields(dataset = %request.get_ref().dataset, ranges = request.get_ref().ranges.len()))]
+    async fn stream_leaves(
+        &self,
+        request: Request<pb::StreamLeavesRequest>,
+    ) -> Result<Response<Self::StreamLeavesStream>, Status> {
+        let req = request.into_inner();
+        if req.ranges.len() > self.state.limits.max_ranges_per_request {
+            return Err(Status::invalid_argument(format!(
+                "StreamLeavesRequest.ranges: {} ranges, at most {} per request",
+                req.ranges.len(),
+                self.state.limits.max_ranges_per_request
+            )));
+        }
+        let ranges = req
+            .ranges
+            .iter()
+            .map(|r| convert::prefix("StreamLeavesRequest.ranges", r.level, r.prefix))
+            .collect::<Result<Vec<_>, _>>()?;
+        ascending("StreamLeavesRequest.ranges", &ranges)?;
+        let snapshot = self.state.session(&req.dataset, req.session)?;
+        let (tx, rx) = mpsc::channel(LEAF_STREAM_BUFFER);
+        tokio::task::spawn_blocking(move || {
+            let mut batch = Vec::with_capacity(LEAVES_PER_BATCH);
+            let send = |batch: Vec<pb::LeafEntry>| {
+                tx.blocking_send(Ok(pb::LeafBatch { leaves: batch }))
+                    .is_ok()
+            };
+            for range in ranges {
+                let scanned = snapshot.get().scan_range(range, |position, key, digest| {
+                    batch.push(convert::leaf_entry(&arbor_index::Leaf {
+                        position,
+                        key: key.to_vec(),
+                        digest,
+                    }));
+                    if batch.len() == LEAVES_PER_BATCH && !send(std::mem::take(&mut batch)) {
+                        // The client went away: stop reading.
+                        return Err(arbor_index::IndexError::InvalidRequest(
+                            "stream closed by the client".into(),
+                        ));
+                    }
+                    Ok(())
+                });
+                if let Err(e) = scanned {
+                    let _ = tx.blocking_send(Err(index_status(e)));
+                    return;
+                }
+            }
+            if !batch.is_empty() {
+                send(batch);
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn end_session(
+        &self,
+        request: Request<pb::EndSessionRequest>,
+    ) -> Result<Response<pb::EndSessionResponse>, Status> {
+        let req = request.into_inner();
+        let mut sessions = self.state.sessions();
+        if sessions
+            .get(&req.session)
+            .is_some_and(|s| s.dataset == req.dataset)
+        {
+            sessions.remove(&req.session);
+        }
+        Ok(Response::new(pb::EndSessionResponse {}))
+    }
+}
