@@ -41,7 +41,10 @@ pub enum Value {
 }
 
 /// The type of a column, used by schemas and their fingerprints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum ValueKind {
     /// [`Value::Bool`]
     Bool,

@@ -1,0 +1,85 @@
+//! Connectors: reading a system's records through a dataset mapping.
+//!
+//! A [`Mapping`] says which source columns form the key, which are compared,
+//! their canonical names and kinds. A [`Source`] streams every row of a
+//! dataset as a [`Record`](arbor_record::Record) in the mapping's canonical
+//! column order, and fetches rows by key (for column digests and repairs).
+//! Connectors open their systems **read-only**.
+//!
+//! ```text
+//!   system row ──read──▶ typed values (per declared kind) ──mapping──▶ Record
+//! ```
+//!
+//! Today: SQLite ([`sqlite`], the embedded default). PostgreSQL, MySQL and
+//! CSV/JSONL follow the same trait.
+
+pub mod mapping;
+pub mod sqlite;
+
+use arbor_record::{Record, Value};
+use thiserror::Error;
+
+pub use mapping::{ColumnMapping, Mapping};
+pub use sqlite::SqliteSource;
+
+/// Errors of reading a source.
+#[derive(Debug, Error)]
+pub enum SourceError {
+    /// The system could not be opened or reached.
+    #[error("cannot open {what}: {reason}")]
+    Open {
+        /// Which system (a path or address, never a password).
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// The dataset's shape does not match its mapping.
+    #[error("dataset {dataset}: {problem}")]
+    Schema {
+        /// The dataset (table or query).
+        dataset: String,
+        /// What does not match, naming the column.
+        problem: String,
+    },
+    /// A value could not be read as its declared kind.
+    #[error("dataset {dataset}, column {column:?}: {problem}")]
+    Value {
+        /// The dataset.
+        dataset: String,
+        /// The source column.
+        column: String,
+        /// What was wrong (never the value of a redacted column).
+        problem: String,
+    },
+    /// The system failed while reading.
+    #[error("reading {dataset} failed: {reason}")]
+    Read {
+        /// The dataset.
+        dataset: String,
+        /// Why.
+        reason: String,
+    },
+    /// A caller asked the scan to stop (its consumer went away).
+    #[error("scan stopped by its consumer")]
+    Stopped,
+}
+
+/// A dataset in a system, read through a mapping.
+pub trait Source: Send {
+    /// The mapping this source reads through.
+    fn mapping(&self) -> &Mapping;
+
+    /// Checks that the dataset exists and has every mapped column, reading
+    /// nothing but its shape.
+    fn check(&mut self) -> Result<(), SourceError>;
+
+    /// Streams every record to `visit`, in no particular order; returns the
+    /// number of records read. `visit` may stop the scan by returning an error.
+    fn scan(
+        &mut self,
+        visit: &mut dyn FnMut(Record) -> Result<(), SourceError>,
+    ) -> Result<u64, SourceError>;
+
+    /// The current record of each key (`None` if absent), in key order.
+    fn fetch(&mut self, keys: &[Vec<Value>]) -> Result<Vec<Option<Record>>, SourceError>;
+}

@@ -1,0 +1,133 @@
+//! Dataset mappings: from a system's column names to canonical names and
+//! kinds, so `customers.email` in one system can meet `clients.mail` in
+//! another.
+
+use arbor_record::{Column, Schema, SchemaError, ValueKind};
+use serde::{Deserialize, Serialize};
+
+/// One mapped column.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnMapping {
+    /// The column's name in the system.
+    pub source: String,
+    /// The canonical name both sides agree on (default: the source name).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The canonical kind values are read as.
+    pub kind: ValueKind,
+}
+
+impl ColumnMapping {
+    /// A column read as `kind` under the canonical name `name`.
+    pub fn new(
+        source: impl Into<String>,
+        name: impl Into<String>,
+        kind: ValueKind,
+    ) -> ColumnMapping {
+        ColumnMapping {
+            source: source.into(),
+            name: Some(name.into()),
+            kind,
+        }
+    }
+
+    /// The canonical name.
+    pub fn canonical(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.source)
+    }
+}
+
+/// How a dataset's rows become records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapping {
+    key: Vec<ColumnMapping>,
+    /// Value columns in canonical (name) order, matching the schema.
+    columns: Vec<ColumnMapping>,
+    schema: Schema,
+}
+
+/// Kinds a key column may have: exact, totally ordered, stable across engines.
+pub const KEY_KINDS: [ValueKind; 3] = [ValueKind::Integer, ValueKind::Text, ValueKind::Uuid];
+
+impl Mapping {
+    /// Checks a mapping: key columns of key kinds, unique canonical names.
+    pub fn new(
+        key: Vec<ColumnMapping>,
+        mut columns: Vec<ColumnMapping>,
+    ) -> Result<Mapping, SchemaError> {
+        for k in &key {
+            if !KEY_KINDS.contains(&k.kind) {
+                return Err(SchemaError::Kind {
+                    column: k.canonical().to_owned(),
+                    expected: ValueKind::Integer,
+                    found: k.kind,
+                });
+            }
+        }
+        columns.sort_by(|a, b| a.canonical().cmp(b.canonical()));
+        let schema = Schema::new(
+            key.iter()
+                .map(|c| Column::new(c.canonical(), c.kind))
+                .collect(),
+            columns
+                .iter()
+                .map(|c| Column::new(c.canonical(), c.kind))
+                .collect(),
+        )?;
+        Ok(Mapping {
+            key,
+            columns,
+            schema,
+        })
+    }
+
+    /// Key columns, in key order.
+    pub fn key(&self) -> &[ColumnMapping] {
+        &self.key
+    }
+
+    /// Value columns, in canonical order.
+    pub fn columns(&self) -> &[ColumnMapping] {
+        &self.columns
+    }
+
+    /// The canonical schema.
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn different_source_names_meet_under_canonical_names() {
+        let crm = Mapping::new(
+            vec![ColumnMapping::new("customer_id", "id", ValueKind::Integer)],
+            vec![
+                ColumnMapping::new("email", "email", ValueKind::Text),
+                ColumnMapping::new("full_name", "name", ValueKind::Text),
+            ],
+        )
+        .unwrap();
+        let erp = Mapping::new(
+            vec![ColumnMapping::new("client_no", "id", ValueKind::Integer)],
+            vec![
+                ColumnMapping::new("display_name", "name", ValueKind::Text),
+                ColumnMapping::new("mail", "email", ValueKind::Text),
+            ],
+        )
+        .unwrap();
+        assert_eq!(crm.schema().fingerprint(), erp.schema().fingerprint());
+        assert_eq!(erp.columns()[0].source, "mail");
+    }
+
+    #[test]
+    fn float_keys_are_refused() {
+        let err =
+            Mapping::new(vec![ColumnMapping::new("x", "x", ValueKind::Float)], vec![]).unwrap_err();
+        assert!(err.to_string().contains("\"x\""), "{err}");
+    }
+}
