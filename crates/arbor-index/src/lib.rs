@@ -27,11 +27,13 @@
 
 pub mod cf;
 mod error;
+pub mod runs;
 mod snapshot;
 mod store;
 mod verify;
 
 pub use error::{IndexError, SourceError};
+pub use runs::RunStore;
 pub use snapshot::{Description, IndexSnapshot, Leaf, SharedSnapshot};
 pub use store::{
     ApplyStats, BUILD_CHUNK_RECORDS, BuildStats, Change, HashedChange, INDEX_FORMAT, Index,

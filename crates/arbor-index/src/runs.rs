@@ -1,0 +1,170 @@
+//! The run store: where an agent keeps the reports of its compares.
+//!
+//! | CF      | key                      | value                          |
+//! |---------|--------------------------|--------------------------------|
+//! | `runs`  | run id (UTF-8)           | the run's summary (opaque bytes, JSON in practice) |
+//! | `drift` | run id ‖ 0x00 ‖ seq (u64 BE) | one drift entry (opaque bytes) |
+//!
+//! Run ids sort by start time, so listing newest-first is a reverse scan.
+//! The store knows nothing of the report schema: the agent owns that.
+
+use std::path::Path;
+
+use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions};
+
+use crate::error::IndexError;
+
+/// Run summaries by run id.
+pub const RUNS: &str = "runs";
+/// Drift entries by run id and sequence number.
+pub const DRIFT: &str = "drift";
+
+/// A RocksDB store of run reports.
+pub struct RunStore {
+    db: DB,
+}
+
+impl std::fmt::Debug for RunStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunStore")
+            .field("path", &self.db.path())
+            .finish()
+    }
+}
+
+fn drift_key(run_id: &str, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(run_id.len() + 9);
+    k.extend_from_slice(run_id.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+impl RunStore {
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<RunStore, IndexError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let cfs = [RUNS, DRIFT].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, path.as_ref(), cfs)
+            .map_err(IndexError::storage("open the run store"))?;
+        Ok(RunStore { db })
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("column family opened with the run store")
+    }
+
+    /// Writes (or replaces) a run's summary, synced: a run marked finished
+    /// stays finished across a crash.
+    pub fn put_run(&self, run_id: &str, summary: &[u8]) -> Result<(), IndexError> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db
+            .put_cf_opt(self.cf(RUNS), run_id.as_bytes(), summary, &wo)
+            .map_err(IndexError::storage("write a run summary"))
+    }
+
+    /// Appends drift entries numbered from `first_seq`.
+    pub fn put_drift(
+        &self,
+        run_id: &str,
+        first_seq: u64,
+        entries: &[Vec<u8>],
+    ) -> Result<(), IndexError> {
+        let mut batch = WriteBatch::default();
+        for (i, e) in entries.iter().enumerate() {
+            batch.put_cf(self.cf(DRIFT), drift_key(run_id, first_seq + i as u64), e);
+        }
+        self.db
+            .write(batch)
+            .map_err(IndexError::storage("write drift entries"))
+    }
+
+    /// A run's summary.
+    pub fn get_run(&self, run_id: &str) -> Result<Option<Vec<u8>>, IndexError> {
+        self.db
+            .get_cf(self.cf(RUNS), run_id.as_bytes())
+            .map_err(IndexError::storage("read a run summary"))
+    }
+
+    /// Up to `limit` summaries, newest first.
+    pub fn list_runs(&self, limit: usize) -> Result<Vec<Vec<u8>>, IndexError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(RUNS), IteratorMode::End) {
+            if out.len() >= limit {
+                break;
+            }
+            let (_, v) = item.map_err(IndexError::storage("list runs"))?;
+            out.push(v.to_vec());
+        }
+        Ok(out)
+    }
+
+    /// Visits a run's drift entries in order until `visit` returns false.
+    pub fn drift(
+        &self,
+        run_id: &str,
+        mut visit: impl FnMut(&[u8]) -> bool,
+    ) -> Result<(), IndexError> {
+        let start = drift_key(run_id, 0);
+        let mut it = self.db.raw_iterator_cf(self.cf(DRIFT));
+        it.seek(&start);
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if k.len() != start.len() || !k.starts_with(&start[..start.len() - 8]) {
+                break;
+            }
+            if !visit(v) {
+                return Ok(());
+            }
+            it.next();
+        }
+        it.status()
+            .map_err(IndexError::storage("read drift entries"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_list_newest_first_and_drift_stays_with_its_run() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = RunStore::open(dir.path()).unwrap();
+        store.put_run("0001-a", b"first").unwrap();
+        store.put_run("0002-b", b"second").unwrap();
+        store.put_run("0001-a", b"first, finished").unwrap();
+        assert_eq!(
+            store.list_runs(10).unwrap(),
+            vec![b"second".to_vec(), b"first, finished".to_vec()]
+        );
+        assert_eq!(store.list_runs(1).unwrap().len(), 1);
+        store
+            .put_drift("0001-a", 0, &[b"x".to_vec(), b"y".to_vec()])
+            .unwrap();
+        store.put_drift("0001-a", 2, &[b"z".to_vec()]).unwrap();
+        // A run id that extends another must not see its drift.
+        store.put_drift("0001-ab", 0, &[b"other".to_vec()]).unwrap();
+        let mut seen = Vec::new();
+        store
+            .drift("0001-a", |e| {
+                seen.push(e.to_vec());
+                true
+            })
+            .unwrap();
+        assert_eq!(seen, vec![b"x".to_vec(), b"y".to_vec(), b"z".to_vec()]);
+        let mut first = Vec::new();
+        store
+            .drift("0001-a", |e| {
+                first.push(e.to_vec());
+                false
+            })
+            .unwrap();
+        assert_eq!(first.len(), 1);
+        assert!(store.get_run("nope").unwrap().is_none());
+    }
+}
