@@ -165,6 +165,17 @@ pub fn leaf(e: pb::LeafEntry) -> Result<Leaf, Malformed> {
     })
 }
 
+/// The one mapping of source (system) errors to gRPC status codes.
+pub fn source_status(e: arbor_source::SourceError) -> Status {
+    use arbor_source::SourceError as E;
+    let code = match &e {
+        E::Open { .. } | E::Read { .. } => Code::Unavailable,
+        E::Schema { .. } | E::Value { .. } => Code::FailedPrecondition,
+        E::Stopped => Code::Cancelled,
+    };
+    Status::new(code, e.to_string())
+}
+
 /// The one mapping of index errors to gRPC status codes.
 pub fn index_status(e: IndexError) -> Status {
     let code = match &e {

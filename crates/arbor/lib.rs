@@ -12,8 +12,11 @@
 //! Only this package links tonic and prost; generated types stay in
 //! [`proto`] and are converted to domain types at the edge.
 
+pub mod agent;
 pub mod client;
+pub mod config;
 pub mod convert;
+pub mod report;
 pub mod service;
 
 pub use arbor_index;
@@ -23,6 +26,10 @@ pub use arbor_tree;
 
 /// Generated protobuf and gRPC code of `proto/arbor/v1/`.
 pub mod proto {
+    /// The encoded descriptor set of every arbor proto, for gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/arbor_descriptor.bin"));
+
     /// Package `arbor.v1`.
     #[allow(missing_docs, clippy::all, clippy::pedantic)]
     pub mod v1 {

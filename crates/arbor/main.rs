@@ -1,26 +1,557 @@
-//! The `arbor` command.
+//! The `arbor` command: the agent and the operator's CLI.
 //!
-//! The agent and its CLI (`arbor agent`, `arbor compare`, ...) arrive with
-//! the gRPC layer; today the binary reports its version and the formats it
-//! speaks, so operators can check what a host has installed.
+//! Exit codes: 0 in sync (or success), 1 drift found, 2 error.
 
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use arbor::agent;
+use arbor::config::{AgentConfig, Overrides};
+use arbor::proto::v1 as pb;
+use arbor::proto::v1::audit_service_client::AuditServiceClient;
+use arbor::report::{DriftEntry, RunSummary};
+use arbor_index::Index;
+use clap::{Args, Parser, Subcommand};
+
+mod demo;
+
+/// Merkle-tree anti-entropy: find and report drift between systems.
+#[derive(Parser)]
+#[command(name = "arbor", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an agent beside a system.
+    Agent {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Listen address (overrides the file and ARBOR_LISTEN).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Data directory (overrides the file and ARBOR_DATA_DIR).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Check a configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Work on an index directly (the agent must not be running).
+    Index {
+        #[command(subcommand)]
+        command: IndexCommand,
+    },
+    /// Compare a dataset on one agent with a dataset on a peer agent.
+    Compare(CompareArgs),
+    /// Stored runs of an agent.
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
+    },
+    /// Create the demo's two SQLite systems and agent configs.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Args)]
+struct ConfigArgs {
+    /// The agent's TOML configuration.
+    #[arg(long, short, env = "ARBOR_CONFIG")]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate the file and open each dataset's system read-only.
+    Check(ConfigArgs),
+}
+
+#[derive(Subcommand)]
+enum IndexCommand {
+    /// Build a dataset's index from its system.
+    Build(IndexArgs),
+    /// Show a dataset's index.
+    Status(IndexArgs),
+    /// Recompute every stored node from the records.
+    Verify(IndexArgs),
+}
+
+#[derive(Args)]
+struct IndexArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// The dataset.
+    #[arg(long)]
+    dataset: String,
+}
+
+#[derive(Args)]
+struct OutputArgs {
+    /// JSON lines: the summary, then one line per drifting key.
+    #[arg(long, conflicts_with = "csv")]
+    json: bool,
+    /// CSV of the drifting keys.
+    #[arg(long)]
+    csv: bool,
+    /// Most drifting keys to print (0: all).
+    #[arg(long, default_value_t = 20)]
+    limit: u64,
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    /// The agent that runs the compare (its dataset is the left side).
+    #[arg(long, default_value = "http://127.0.0.1:7401")]
+    agent: String,
+    /// The dataset on that agent.
+    #[arg(long)]
+    dataset: String,
+    /// The peer agent (the right side).
+    #[arg(long)]
+    peer: String,
+    /// The dataset's name on the peer (default: the same).
+    #[arg(long)]
+    peer_dataset: Option<String>,
+    /// Print the cost of the compare too.
+    #[arg(long)]
+    stats: bool,
+    /// Seconds to wait for agents that are still indexing.
+    #[arg(long, default_value_t = 120)]
+    wait: u64,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+#[derive(Subcommand)]
+enum RunsCommand {
+    /// Recent runs, newest first.
+    List {
+        /// The agent.
+        #[arg(long, default_value = "http://127.0.0.1:7401")]
+        agent: String,
+        /// Only runs of this dataset.
+        #[arg(long)]
+        dataset: Option<String>,
+        /// Most runs.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One run and its drift.
+    Show {
+        /// The agent.
+        #[arg(long, default_value = "http://127.0.0.1:7401")]
+        agent: String,
+        /// The run id.
+        run_id: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        None | Some("--version") | Some("version") => {
-            println!(
-                "arbor {} (canonical encoding v{}, index format {})",
-                env!("CARGO_PKG_VERSION"),
-                arbor::arbor_record::ENCODING_VERSION,
-                arbor::arbor_index::INDEX_FORMAT
-            );
-            ExitCode::SUCCESS
+    let cli = Cli::parse();
+    let is_agent = matches!(cli.command, Command::Agent { .. });
+    init_logging(if is_agent { "info" } else { "warn" });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("arbor: error: cannot start the runtime: {e}");
+            return ExitCode::from(2);
         }
-        Some(other) => {
-            eprintln!("arbor: unknown command {other:?}; this build knows `version`");
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("arbor: error: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+async fn run(cli: Cli) -> Result<u8> {
+    match cli.command {
+        Command::Agent {
+            config,
+            listen,
+            data_dir,
+        } => {
+            let overrides = Overrides { listen, data_dir };
+            let cfg = AgentConfig::load(&config.config, &overrides)?;
+            agent::run(cfg, shutdown_signal(), |addr| {
+                // One line on stdout for scripts that start agents on port 0.
+                println!("listening on {addr}");
+                let _ = std::io::stdout().flush();
+            })
+            .await
+            .context("agent stopped with an error")?;
+            Ok(0)
+        }
+        Command::Config {
+            command: ConfigCommand::Check(args),
+        } => config_check(&args),
+        Command::Index { command } => index_command(command),
+        Command::Compare(args) => compare(args).await,
+        Command::Runs { command } => runs(command).await,
+        Command::Demo(args) => demo::run(args),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            // Without signal handlers, run until killed.
+            std::future::pending::<()>().await;
+        }
+    }
+    tracing::info!("shutdown requested; finishing in-flight requests");
+}
+
+fn config_check(args: &ConfigArgs) -> Result<u8> {
+    let cfg = AgentConfig::load(&args.config, &Overrides::default())?;
+    println!("config {}: ok", args.config.display());
+    println!("  listen   {}", cfg.listen);
+    println!("  data dir {}", cfg.data_dir.display());
+    for d in &cfg.datasets {
+        agent::open_source(d)?;
+        let keys = arbor_record::DatasetKeys::derive(&d.secret);
+        println!(
+            "  dataset {}: sqlite {} ({:?}), {} key and {} compared columns, secret from {} (key id {}): system readable",
+            d.name,
+            d.path.display(),
+            d.relation,
+            d.mapping.key().len(),
+            d.mapping.columns().len(),
+            d.secret_origin,
+            keys.key_id()
+        );
+    }
+    Ok(0)
+}
+
+fn index_command(command: IndexCommand) -> Result<u8> {
+    let (args, what) = match &command {
+        IndexCommand::Build(a) => (a, "build"),
+        IndexCommand::Status(a) => (a, "status"),
+        IndexCommand::Verify(a) => (a, "verify"),
+    };
+    let cfg = AgentConfig::load(&args.config.config, &Overrides::default())?;
+    let d = cfg
+        .datasets
+        .iter()
+        .find(|d| d.name == args.dataset)
+        .with_context(|| {
+            format!(
+                "no dataset {:?} in {}",
+                args.dataset,
+                args.config.config.display()
+            )
+        })?;
+    let path = agent::index_path(&cfg, &d.name);
+    std::fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
+    let index = Index::open(&path, agent::index_config(d)).with_context(|| {
+        format!(
+            "open the index of {} at {} (is its agent running?)",
+            d.name,
+            path.display()
+        )
+    })?;
+    match what {
+        "build" => {
+            let mut source = agent::open_source(d)?;
+            let started = Instant::now();
+            let stats = agent::build_from_source(&index, &mut source).context("index build")?;
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "indexed {} records of {} in {secs:.2}s ({:.0} records/s), depth {}, {} nodes",
+                stats.records,
+                d.name,
+                stats.records as f64 / secs.max(1e-9),
+                stats.depth,
+                stats.nodes
+            );
+        }
+        "status" => {
+            let s = index
+                .snapshot()
+                .and_then(|s| s.describe())
+                .context("read the index")?;
+            println!(
+                "dataset {}: {} records, root {}, depth {}, key id {}",
+                d.name,
+                s.count(),
+                hex::encode(s.root.sum.to_le_bytes()),
+                s.stored_depth,
+                s.key_id
+            );
+        }
+        _ => {
+            let r = index.verify().context("verify")?;
+            println!(
+                "dataset {}: {} records, {} nodes checked, {} node mismatches, {} bad records",
+                d.name, r.records, r.nodes, r.node_mismatches, r.bad_records
+            );
+            for m in &r.mismatches {
+                println!(
+                    "  node {}: stored {} records, computed {}",
+                    m.prefix, m.stored.count, m.computed.count
+                );
+            }
+            for b in &r.records_with_problems {
+                println!("  record {}: {}", b.key, b.reason);
+            }
+            if !r.is_ok() {
+                return Ok(1);
+            }
+        }
+    }
+    Ok(0)
+}
+
+async fn audit_client(agent: &str) -> Result<AuditServiceClient<tonic::transport::Channel>> {
+    let client = AuditServiceClient::connect(agent.to_owned())
+        .await
+        .with_context(|| format!("connect to agent {agent}"))?;
+    Ok(client.max_decoding_message_size(arbor::client::MAX_MESSAGE_BYTES))
+}
+
+async fn compare(args: CompareArgs) -> Result<u8> {
+    let mut client = audit_client(&args.agent).await?;
+    let request = pb::CompareRequest {
+        dataset: args.dataset.clone(),
+        peer: args.peer.clone(),
+        peer_dataset: args.peer_dataset.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(args.wait);
+    let summary: RunSummary = loop {
+        match client.compare(request.clone()).await {
+            Ok(r) => break r.into_inner().into(),
+            Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                tracing::info!(reason = %s.message(), "agent not ready; waiting");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(s) => bail!(
+                "compare on {}: {} ({:?})",
+                args.agent,
+                s.message(),
+                s.code()
+            ),
+        }
+    };
+    // A run that failed on the peer side: report the run, exit 2.
+    if summary.status != "completed" {
+        print_summary(&summary, args.stats, args.output.json)?;
+        bail!(
+            "run {} {}: {}",
+            summary.run_id,
+            summary.status,
+            summary.error
+        );
+    }
+    print_run(&mut client, &summary, &args.output, args.stats).await?;
+    Ok(if summary.drift() == 0 { 0 } else { 1 })
+}
+
+async fn runs(command: RunsCommand) -> Result<u8> {
+    match command {
+        RunsCommand::List {
+            agent,
+            dataset,
+            limit,
+            json,
+        } => {
+            let mut client = audit_client(&agent).await?;
+            let list = client
+                .list_runs(pb::ListRunsRequest {
+                    limit,
+                    dataset: dataset.unwrap_or_default(),
+                })
+                .await
+                .context("list runs")?
+                .into_inner();
+            if !json {
+                println!(
+                    "{:<22} {:<10} {:<24} {:>10} {:>10} {:>10} {:>8}",
+                    "RUN", "STATUS", "STARTED", "MISS_LEFT", "MISS_RIGHT", "CHANGED", "MS"
+                );
+            }
+            for r in list.runs {
+                let s: RunSummary = r.into();
+                if json {
+                    println!("{}", serde_json::to_string(&s)?);
+                } else {
+                    println!(
+                        "{:<22} {:<10} {:<24} {:>10} {:>10} {:>10} {:>8}",
+                        s.run_id,
+                        s.status,
+                        s.started_at,
+                        s.missing_left,
+                        s.missing_right,
+                        s.changed,
+                        s.cost.elapsed_ms
+                    );
+                }
+            }
+            Ok(0)
+        }
+        RunsCommand::Show {
+            agent,
+            run_id,
+            output,
+        } => {
+            let mut client = audit_client(&agent).await?;
+            let summary: RunSummary = client
+                .get_run(pb::GetRunRequest {
+                    run_id: run_id.clone(),
+                })
+                .await
+                .with_context(|| format!("run {run_id}"))?
+                .into_inner()
+                .into();
+            if summary.status != "completed" {
+                print_summary(&summary, true, output.json)?;
+                return Ok(2);
+            }
+            print_run(&mut client, &summary, &output, true).await?;
+            Ok(if summary.drift() == 0 { 0 } else { 1 })
+        }
+    }
+}
+
+fn print_summary(s: &RunSummary, stats: bool, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(s)?);
+        return Ok(());
+    }
+    println!(
+        "run {} {} ({} → {})",
+        s.run_id, s.status, s.started_at, s.finished_at
+    );
+    println!(
+        "  left  {} / {}: {} records",
+        s.left.agent, s.left.dataset, s.left.count
+    );
+    println!(
+        "  right {} / {}: {} records",
+        s.right.agent, s.right.dataset, s.right.count
+    );
+    if !s.error.is_empty() {
+        println!("  error: {}", s.error);
+    }
+    if s.status == "completed" {
+        if s.drift() == 0 {
+            println!("  in sync");
+        } else {
+            println!(
+                "  drift: {} missing on the left, {} missing on the right, {} changed",
+                s.missing_left, s.missing_right, s.changed
+            );
+        }
+    }
+    if stats {
+        let per = if s.drift() > 0 {
+            s.cost.peer_bytes / s.drift()
+        } else {
+            0
+        };
+        println!(
+            "  cost: {} ms, {} round trips, {} levels, {} bytes with the peer ({} per drifting key)",
+            s.cost.elapsed_ms, s.cost.round_trips, s.cost.levels, s.cost.peer_bytes, per
+        );
+    }
+    Ok(())
+}
+
+async fn print_run(
+    client: &mut AuditServiceClient<tonic::transport::Channel>,
+    summary: &RunSummary,
+    output: &OutputArgs,
+    stats: bool,
+) -> Result<()> {
+    if !output.csv {
+        print_summary(summary, stats, output.json)?;
+    }
+    if summary.drift() == 0 {
+        return Ok(());
+    }
+    let mut stream = client
+        .stream_drift(pb::StreamDriftRequest {
+            run_id: summary.run_id.clone(),
+            limit: output.limit,
+            ..Default::default()
+        })
+        .await
+        .context("read the run's drift")?
+        .into_inner();
+    if output.csv {
+        println!("kind,key,columns");
+    } else if !output.json {
+        println!();
+        println!("  {:<14} {:<40} COLUMNS", "KIND", "KEY");
+    }
+    let mut shown = 0u64;
+    while let Some(entry) = stream.message().await.context("read the run's drift")? {
+        let e: DriftEntry = entry.into();
+        shown += 1;
+        if output.json {
+            println!("{}", serde_json::to_string(&e)?);
+        } else if output.csv {
+            println!(
+                "{},{},{}",
+                e.kind,
+                csv_field(&e.key),
+                csv_field(&e.columns.join(";"))
+            );
+        } else {
+            println!("  {:<14} {:<40} {}", e.kind, e.key, e.columns.join(", "));
+        }
+    }
+    if !output.json && !output.csv && shown < summary.drift() {
+        println!(
+            "  … {} more (use --limit 0 for all)",
+            summary.drift() - shown
+        );
+    }
+    Ok(())
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
     }
 }

@@ -17,7 +17,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use std::sync::atomic::AtomicBool;
+
 use arbor_index::{Index, SharedSnapshot};
+use arbor_record::{Digest, decode_tuple};
+use arbor_source::Source;
 use arbor_tree::{MAX_LEVEL, Prefix};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -33,6 +37,74 @@ use crate::proto::v1::agent_service_server::AgentService;
 pub const LEAVES_PER_BATCH: usize = arbor_sync::wire::LEAVES_PER_MESSAGE;
 /// Leaf batches buffered ahead of a slow reader.
 const LEAF_STREAM_BUFFER: usize = 4;
+/// Keys in one ColumnDigests request.
+pub const MAX_COLUMN_DIGEST_KEYS: usize = 4_096;
+
+/// A dataset an agent serves: its index and, when the agent runs beside the
+/// system, the system itself (for column digests and reindexing).
+pub struct Dataset {
+    /// The Merkle index.
+    pub index: Arc<Index>,
+    /// The system, read-only.
+    pub source: Option<Arc<Mutex<Box<dyn Source>>>>,
+    /// Set while a full build runs: compares are refused meanwhile, since
+    /// the index does not yet describe the system.
+    pub indexing: AtomicBool,
+}
+
+impl Dataset {
+    /// A dataset served from an index alone.
+    pub fn from_index(index: Arc<Index>) -> Dataset {
+        Dataset {
+            index,
+            source: None,
+            indexing: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Canonical column names, and per key the column digests of its current
+/// row (`None` if the system has no such row).
+pub type ColumnDigests = (Vec<String>, Vec<Option<Vec<Digest>>>);
+
+/// The [`ColumnDigests`] of some canonical keys. Blocking: reads the system.
+pub fn column_digests(ds: &Dataset, keys: &[Vec<u8>]) -> Result<ColumnDigests, Status> {
+    let source = ds.source.as_ref().ok_or_else(|| {
+        Status::failed_precondition(
+            "this agent serves the dataset without its system: no column digests",
+        )
+    })?;
+    let typed = keys
+        .iter()
+        .map(|k| {
+            decode_tuple(k)
+                .map_err(|e| Status::invalid_argument(format!("ColumnDigestsRequest.keys: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut source = source.lock().unwrap_or_else(|p| p.into_inner());
+    let columns: Vec<String> = source
+        .mapping()
+        .columns()
+        .iter()
+        .map(|c| c.canonical().to_owned())
+        .collect();
+    let rows = source.fetch(&typed).map_err(convert::source_status)?;
+    let hashing = &ds.index.config().keys;
+    let digests = rows
+        .into_iter()
+        .zip(keys)
+        .map(|(row, key)| {
+            row.map(|r| {
+                columns
+                    .iter()
+                    .zip(&r.values)
+                    .map(|(c, v)| hashing.column_digest(key, c, v))
+                    .collect()
+            })
+        })
+        .collect();
+    Ok((columns, digests))
+}
 
 /// Bounds on what one client can ask of the agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +138,7 @@ struct Session {
 
 /// The agent's datasets and open sessions, shared by its services.
 pub struct AgentState {
-    datasets: HashMap<String, Arc<Index>>,
+    datasets: HashMap<String, Arc<Dataset>>,
     sessions: Mutex<HashMap<u64, Session>>,
     limits: ServiceLimits,
     session_seed: [u8; 32],
@@ -74,8 +146,20 @@ pub struct AgentState {
 }
 
 impl AgentState {
+    /// State serving bare indexes by name (no systems attached).
+    pub fn new(indexes: HashMap<String, Arc<Index>>, limits: ServiceLimits) -> AgentState {
+        let datasets = indexes
+            .into_iter()
+            .map(|(name, index)| (name, Arc::new(Dataset::from_index(index))))
+            .collect();
+        AgentState::with_datasets(datasets, limits)
+    }
+
     /// State serving these datasets by name.
-    pub fn new(datasets: HashMap<String, Arc<Index>>, limits: ServiceLimits) -> AgentState {
+    pub fn with_datasets(
+        datasets: HashMap<String, Arc<Dataset>>,
+        limits: ServiceLimits,
+    ) -> AgentState {
         // Session ids need only be unguessable by accident, not by an
         // attacker (authorisation is separate): hash a per-process seed.
         let mut seed_input = Vec::new();
@@ -94,10 +178,29 @@ impl AgentState {
         }
     }
 
-    fn index(&self, dataset: &str) -> Result<&Arc<Index>, Status> {
+    /// A dataset by name, or `NotFound`.
+    pub fn dataset(&self, dataset: &str) -> Result<&Arc<Dataset>, Status> {
         self.datasets
             .get(dataset)
             .ok_or_else(|| Status::not_found(format!("unknown dataset {dataset:?}")))
+    }
+
+    /// Names of the datasets served, sorted.
+    pub fn dataset_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.datasets.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// A dataset that is ready to be compared: not being indexed.
+    pub fn comparable(&self, dataset: &str) -> Result<&Arc<Dataset>, Status> {
+        let ds = self.dataset(dataset)?;
+        if ds.indexing.load(Ordering::Acquire) {
+            return Err(Status::unavailable(format!(
+                "dataset {dataset:?} is being indexed; retry when it is done"
+            )));
+        }
+        Ok(ds)
     }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Session>> {
@@ -133,7 +236,7 @@ impl AgentState {
     }
 
     fn session(&self, dataset: &str, id: u64) -> Result<Arc<SharedSnapshot>, Status> {
-        self.index(dataset)?;
+        self.dataset(dataset)?;
         let mut sessions = self.sessions();
         match sessions.get_mut(&id) {
             Some(s) if s.dataset == dataset && s.last_used.elapsed() < self.limits.session_idle => {
@@ -193,7 +296,7 @@ impl AgentService for AgentServer {
         request: Request<pb::DescribeRequest>,
     ) -> Result<Response<pb::DescribeResponse>, Status> {
         let dataset = request.into_inner().dataset;
-        let index = Arc::clone(self.state.index(&dataset)?);
+        let index = Arc::clone(&self.state.comparable(&dataset)?.index);
         let (snapshot, description) = blocking(move || {
             let snapshot = SharedSnapshot::new(index).map_err(index_status)?;
             let description = snapshot.get().describe().map_err(index_status)?;
@@ -298,6 +401,44 @@ impl AgentService for AgentServer {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    #[instrument(skip_all, fields(dataset = %request.get_ref().dataset, keys = request.get_ref().keys.len()))]
+    async fn column_digests(
+        &self,
+        request: Request<pb::ColumnDigestsRequest>,
+    ) -> Result<Response<pb::ColumnDigestsResponse>, Status> {
+        let req = request.into_inner();
+        if req.keys.len() > MAX_COLUMN_DIGEST_KEYS {
+            return Err(Status::invalid_argument(format!(
+                "ColumnDigestsRequest.keys: {} keys, at most {MAX_COLUMN_DIGEST_KEYS} per request",
+                req.keys.len()
+            )));
+        }
+        let ds = Arc::clone(self.state.dataset(&req.dataset)?);
+        let keys = req.keys;
+        let (columns, entries) = blocking(move || {
+            let (columns, digests) = column_digests(&ds, &keys)?;
+            let entries = keys
+                .into_iter()
+                .zip(digests)
+                .map(|(key, d)| pb::KeyColumnDigests {
+                    key,
+                    present: d.is_some(),
+                    digests: d
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|x| x.0.to_vec())
+                        .collect(),
+                })
+                .collect();
+            Ok((columns, entries))
+        })
+        .await?;
+        Ok(Response::new(pb::ColumnDigestsResponse {
+            columns,
+            entries,
+        }))
     }
 
     async fn end_session(

@@ -2,7 +2,7 @@
 //!
 //! A [`Mapping`] says which source columns form the key, which are compared,
 //! their canonical names and kinds. A [`Source`] streams every row of a
-//! dataset as a [`Record`](arbor_record::Record) in the mapping's canonical
+//! dataset as a [`Record`] in the mapping's canonical
 //! column order, and fetches rows by key (for column digests and repairs).
 //! Connectors open their systems **read-only**.
 //!
@@ -17,6 +17,7 @@ pub mod mapping;
 pub mod sqlite;
 
 use arbor_record::{Record, Value};
+
 use thiserror::Error;
 
 pub use mapping::{ColumnMapping, Mapping};

@@ -196,6 +196,10 @@ pub struct CompareStats {
     pub missing_right: u64,
     /// See `missing_left`.
     pub changed: u64,
+    /// What the left side described (parameters, root, watermark).
+    pub left_description: Option<Description>,
+    /// What the right side described.
+    pub right_description: Option<Description>,
 }
 
 impl CompareStats {
@@ -260,6 +264,8 @@ async fn descend<L: Peer, R: Peer>(
         wire::describe_request(right.dataset()),
         wire::describe_response(&dr),
     );
+    stats.left_description = Some(dl.clone());
+    stats.right_description = Some(dr.clone());
     check_compatible(&dl, &dr)?;
     stats.left_count = dl.count();
     stats.right_count = dr.count();

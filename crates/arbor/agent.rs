@@ -1,0 +1,754 @@
+//! The agent: one process beside one system, serving its datasets.
+//!
+//! Start-up opens each dataset's system read-only (a missing table or
+//! column stops the agent with the dataset's name), opens its index under
+//! `data_dir/indexes/<name>` and starts serving at once, with
+//! `grpc.health.v1` answering NOT_SERVING and compares refused until every
+//! dataset has been indexed from its system. Then it serves:
+//!
+//! * `AgentService` (peers: hashes only), see [`crate::service`];
+//! * `AuditService`: Compare starts a run against a peer agent and stores
+//!   its report in `data_dir/runs`; GetRun, ListRuns, StreamDrift read them;
+//! * `AdminService`: Reindex, GetIndexStatus, Verify;
+//! * health and server reflection (v1 and v1alpha), so any gRPC client works
+//!   without our proto files.
+//!
+//! SIGTERM or SIGINT stop it gracefully: in-flight requests finish.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arbor_index::{BuildStats, Index, IndexConfig, IndexError, RunStore};
+use arbor_record::{DatasetKeys, Record};
+use arbor_source::sqlite::SqliteSource;
+use arbor_source::{Source, SourceError};
+use arbor_sync::{CompareOptions, DriftKind, LocalPeer, compare_collect};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::{info, instrument, warn};
+
+use crate::client::{GrpcPeer, MAX_MESSAGE_BYTES, RetryPolicy};
+use crate::config::{AgentConfig, DatasetConfig};
+use crate::convert::{index_status, source_status};
+use crate::proto::v1 as pb;
+use crate::proto::v1::admin_service_server::{AdminService, AdminServiceServer};
+use crate::proto::v1::agent_service_client::AgentServiceClient;
+use crate::proto::v1::agent_service_server::AgentServiceServer;
+use crate::proto::v1::audit_service_server::{AuditService, AuditServiceServer};
+use crate::report::{self, DriftEntry, RunSide, RunSummary, SCHEMA_VERSION};
+use crate::service::{
+    self, AgentServer, AgentState, Dataset, MAX_COLUMN_DIGEST_KEYS, ServiceLimits,
+};
+
+/// Records handed from the reading thread to the index build at a time.
+const SOURCE_CHUNK_RECORDS: usize = 4_096;
+/// Drift entries written to the run store per batch.
+const DRIFT_WRITE_BATCH: usize = 1_000;
+/// Runs listed when the request gives no limit.
+const DEFAULT_LIST_RUNS: usize = 50;
+
+/// Why the agent could not start or serve.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// A dataset's system could not be opened or does not match its mapping.
+    #[error("dataset {dataset}: {source}")]
+    Source {
+        /// The dataset.
+        dataset: String,
+        /// The problem.
+        #[source]
+        source: SourceError,
+    },
+    /// A dataset's index could not be opened or built.
+    #[error("dataset {dataset}: index: {source}")]
+    Index {
+        /// The dataset.
+        dataset: String,
+        /// The problem.
+        #[source]
+        source: IndexError,
+    },
+    /// The run store could not be opened.
+    #[error("run store: {0}")]
+    Runs(#[source] IndexError),
+    /// The data directory could not be created.
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server failed.
+    #[error("gRPC server on {addr}: {source}")]
+    Serve {
+        /// The listen address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// Opens a dataset's system read-only and checks it against its mapping.
+pub fn open_source(d: &DatasetConfig) -> Result<SqliteSource, AgentError> {
+    let wrap = |source| AgentError::Source {
+        dataset: d.name.clone(),
+        source,
+    };
+    let mut s = SqliteSource::open(&d.path, d.relation.clone(), d.mapping.clone()).map_err(wrap)?;
+    s.check().map_err(wrap)?;
+    Ok(s)
+}
+
+/// The index configuration of a dataset: keys from its secret, its schema.
+pub fn index_config(d: &DatasetConfig) -> IndexConfig {
+    IndexConfig {
+        keys: DatasetKeys::derive(&d.secret),
+        schema_fingerprint: d.mapping.schema().fingerprint(),
+    }
+}
+
+/// Where a dataset's index lives.
+pub fn index_path(config: &AgentConfig, dataset: &str) -> PathBuf {
+    config.data_dir.join("indexes").join(dataset)
+}
+
+/// Full build of `index` from `source`: a reader thread streams the rows
+/// while the index hashes and writes them.
+pub fn build_from_source(index: &Index, source: &mut dyn Source) -> Result<BuildStats, IndexError> {
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Record>, SourceError>>(4);
+        let reader = scope.spawn(move || {
+            let mut chunk = Vec::with_capacity(SOURCE_CHUNK_RECORDS);
+            let scanned = source.scan(&mut |r| {
+                chunk.push(r);
+                if chunk.len() == SOURCE_CHUNK_RECORDS {
+                    let full =
+                        std::mem::replace(&mut chunk, Vec::with_capacity(SOURCE_CHUNK_RECORDS));
+                    tx.send(Ok(full)).map_err(|_| SourceError::Stopped)?;
+                }
+                Ok(())
+            });
+            let last = match scanned {
+                Ok(_) => Ok(chunk),
+                Err(e) => Err(e),
+            };
+            let _ = tx.send(last);
+        });
+        let records = rx.into_iter().flat_map(|chunk| match chunk {
+            Ok(records) => records.into_iter().map(Ok).collect::<Vec<_>>(),
+            Err(e) => vec![Err(e)],
+        });
+        let built = index.build(records, None);
+        // The reader ends when the channel drains or closes.
+        let _ = reader.join();
+        built
+    })
+}
+
+/// Indexes one dataset from its system, refusing compares meanwhile.
+/// `claimed`: the caller already set the dataset's `indexing` flag.
+fn reindex(ds: &Dataset, name: &str, claimed: bool) -> Result<BuildStats, Status> {
+    let source = ds.source.as_ref().ok_or_else(|| {
+        Status::failed_precondition(format!("dataset {name:?} has no system attached"))
+    })?;
+    if !claimed && ds.indexing.swap(true, Ordering::AcqRel) {
+        return Err(Status::aborted(format!(
+            "dataset {name:?} is already being indexed"
+        )));
+    }
+    let started = Instant::now();
+    let result = {
+        let mut source = source.lock().unwrap_or_else(|p| p.into_inner());
+        build_from_source(&ds.index, source.as_mut())
+    };
+    ds.indexing.store(false, Ordering::Release);
+    let stats = result.map_err(|e| match e {
+        IndexError::Source(inner) => match inner.downcast::<SourceError>() {
+            Ok(s) => source_status(*s),
+            Err(other) => Status::unavailable(other.to_string()),
+        },
+        other => index_status(other),
+    })?;
+    info!(
+        dataset = name,
+        records = stats.records,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "dataset indexed"
+    );
+    Ok(stats)
+}
+
+/// A new run id: milliseconds since the epoch (13 digits, so ids sort by
+/// time) and 6 hex digits against collisions within a millisecond.
+fn new_run_id() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let salt = blake3::hash(
+        &[
+            now.as_nanos().to_le_bytes(),
+            u128::from(std::process::id()).to_le_bytes(),
+        ]
+        .concat(),
+    );
+    format!(
+        "{:013}-{}",
+        now.as_millis(),
+        hex::encode(&salt.as_bytes()[..3])
+    )
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
+fn side(agent: &str, dataset: &str, d: Option<&arbor_index::Description>) -> RunSide {
+    RunSide {
+        agent: agent.to_owned(),
+        dataset: dataset.to_owned(),
+        count: d.map_or(0, |d| d.count()),
+        root: d.map_or_else(String::new, |d| hex::encode(d.root.sum.to_le_bytes())),
+        watermark: report::watermark_text(d.and_then(|d| d.watermark.as_deref())),
+        key_id: d.map_or_else(String::new, |d| d.key_id.to_string()),
+    }
+}
+
+/// `AuditService`: runs and their reports.
+#[derive(Clone)]
+pub struct AuditServer {
+    state: Arc<AgentState>,
+    runs: Arc<RunStore>,
+    retry: RetryPolicy,
+}
+
+impl AuditServer {
+    /// The service over shared agent state and a run store.
+    pub fn new(state: Arc<AgentState>, runs: Arc<RunStore>, retry: RetryPolicy) -> AuditServer {
+        AuditServer { state, runs, retry }
+    }
+
+    fn save(&self, s: &RunSummary) -> Result<(), Status> {
+        let json = serde_json::to_vec(s).map_err(|e| Status::internal(e.to_string()))?;
+        self.runs.put_run(&s.run_id, &json).map_err(index_status)
+    }
+
+    fn load(&self, run_id: &str) -> Result<RunSummary, Status> {
+        let raw = self
+            .runs
+            .get_run(run_id)
+            .map_err(index_status)?
+            .ok_or_else(|| Status::not_found(format!("no run {run_id:?}")))?;
+        serde_json::from_slice(&raw)
+            .map_err(|e| Status::data_loss(format!("run {run_id}: stored summary unreadable: {e}")))
+    }
+
+    /// The compare itself; fills `summary` and stores the drift.
+    async fn execute(
+        &self,
+        ds: &Arc<Dataset>,
+        req: &pb::CompareRequest,
+        peer_dataset: &str,
+        summary: &mut RunSummary,
+    ) -> Result<(), String> {
+        let local = LocalPeer::new(&ds.index, req.dataset.clone())
+            .map_err(|e| format!("local index: {e}"))?;
+        let remote =
+            GrpcPeer::new(&req.peer, peer_dataset, self.retry).map_err(|e| e.to_string())?;
+        let mut options = CompareOptions::default();
+        if req.leaf_threshold > 0 {
+            options.leaf_threshold = req.leaf_threshold;
+        }
+        let outcome = compare_collect(&local, &remote, &options).await;
+        drop(local);
+        let (mut drift, stats) = outcome.map_err(|e| error_chain(&e))?;
+        // Reports read by kind, then key (canonical order: numeric for
+        // non-negative integers, byte order for text).
+        drift.sort_by(|a, b| (a.kind, &a.key).cmp(&(b.kind, &b.key)));
+        summary.left = side("local", &req.dataset, stats.left_description.as_ref());
+        summary.right = side(&req.peer, peer_dataset, stats.right_description.as_ref());
+        summary.missing_left = stats.missing_left;
+        summary.missing_right = stats.missing_right;
+        summary.changed = stats.changed;
+        summary.cost.round_trips = stats.round_trips;
+        summary.cost.levels = stats.levels;
+        summary.cost.peer_bytes = stats.right.total_bytes();
+
+        let mut columns: HashMap<Vec<u8>, Vec<String>> = HashMap::new();
+        let changed: Vec<Vec<u8>> = drift
+            .iter()
+            .filter(|d| d.kind == DriftKind::Changed)
+            .map(|d| d.key.clone())
+            .collect();
+        if !req.skip_column_names && !changed.is_empty() {
+            match self
+                .differing_columns(ds, &req.peer, peer_dataset, &changed)
+                .await
+            {
+                Ok(found) => columns = found,
+                Err(e) => {
+                    warn!(run = %summary.run_id, error = %e, "could not name the differing columns")
+                }
+            }
+        }
+        let mut seq = 0u64;
+        for chunk in drift.chunks(DRIFT_WRITE_BATCH) {
+            let entries = chunk
+                .iter()
+                .map(|d| {
+                    serde_json::to_vec(&DriftEntry {
+                        kind: d.kind.name().to_owned(),
+                        key: report::display_key(&d.key),
+                        canonical_key: hex::encode(&d.key),
+                        columns: columns.remove(&d.key).unwrap_or_default(),
+                    })
+                    .map_err(|e| e.to_string())
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            self.runs
+                .put_drift(&summary.run_id, seq, &entries)
+                .map_err(|e| e.to_string())?;
+            seq += entries.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// For changed keys, the canonical names of the columns whose digests
+    /// differ between the two systems (read now, from both).
+    async fn differing_columns(
+        &self,
+        ds: &Arc<Dataset>,
+        peer: &str,
+        peer_dataset: &str,
+        keys: &[Vec<u8>],
+    ) -> Result<HashMap<Vec<u8>, Vec<String>>, String> {
+        let mut client = AgentServiceClient::connect(peer.to_owned())
+            .await
+            .map_err(|e| format!("{peer}: {e}"))?
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let mut out = HashMap::new();
+        for chunk in keys.chunks(MAX_COLUMN_DIGEST_KEYS) {
+            let local_ds = Arc::clone(ds);
+            let local_keys = chunk.to_vec();
+            let local = tokio::task::spawn_blocking(move || {
+                service::column_digests(&local_ds, &local_keys)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|s| s.message().to_owned())?;
+            let remote = client
+                .column_digests(pb::ColumnDigestsRequest {
+                    dataset: peer_dataset.to_owned(),
+                    keys: chunk.to_vec(),
+                })
+                .await
+                .map_err(|s| format!("{peer}: {}", s.message()))?
+                .into_inner();
+            if remote.columns != local.0 || remote.entries.len() != chunk.len() {
+                return Err(format!(
+                    "{peer} answered column digests for other columns or keys"
+                ));
+            }
+            for ((key, mine), theirs) in chunk.iter().zip(local.1).zip(remote.entries) {
+                let (Some(mine), true) = (mine, theirs.present) else {
+                    continue; // changed again since the compare: nothing to name
+                };
+                let names = local
+                    .0
+                    .iter()
+                    .zip(&mine)
+                    .zip(&theirs.digests)
+                    .filter(|((_, a), b)| a.0.as_slice() != b.as_slice())
+                    .map(|((name, _), _)| name.clone())
+                    .collect();
+                out.insert(key.clone(), names);
+            }
+        }
+        Ok(out)
+    }
+}
+
+type DriftStream = Pin<Box<dyn Stream<Item = Result<pb::DriftEntry, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AuditService for AuditServer {
+    #[instrument(skip_all, fields(dataset = %request.get_ref().dataset, peer = %request.get_ref().peer))]
+    async fn compare(
+        &self,
+        request: Request<pb::CompareRequest>,
+    ) -> Result<Response<pb::RunSummary>, Status> {
+        let req = request.into_inner();
+        let ds = Arc::clone(self.state.comparable(&req.dataset)?);
+        if req.peer.is_empty() {
+            return Err(Status::invalid_argument(
+                "CompareRequest.peer: the peer agent's address is required",
+            ));
+        }
+        let peer_dataset = if req.peer_dataset.is_empty() {
+            req.dataset.clone()
+        } else {
+            req.peer_dataset.clone()
+        };
+        let mut summary = RunSummary {
+            schema_version: SCHEMA_VERSION,
+            run_id: new_run_id(),
+            status: "running".into(),
+            started_at: report::now_rfc3339(),
+            left: side("local", &req.dataset, None),
+            right: side(&req.peer, &peer_dataset, None),
+            ..RunSummary::default()
+        };
+        self.save(&summary)?;
+        let started = Instant::now();
+        let outcome = self.execute(&ds, &req, &peer_dataset, &mut summary).await;
+        summary.cost.elapsed_ms = started.elapsed().as_millis() as u64;
+        summary.finished_at = report::now_rfc3339();
+        match outcome {
+            Ok(()) => {
+                summary.status = "completed".into();
+                info!(run = %summary.run_id, drift = summary.drift(), elapsed_ms = summary.cost.elapsed_ms, "run completed");
+            }
+            Err(e) => {
+                summary.status = "failed".into();
+                summary.error = e;
+                warn!(run = %summary.run_id, error = %summary.error, "run failed");
+            }
+        }
+        self.save(&summary)?;
+        Ok(Response::new((&summary).into()))
+    }
+
+    async fn get_run(
+        &self,
+        request: Request<pb::GetRunRequest>,
+    ) -> Result<Response<pb::RunSummary>, Status> {
+        let s = self.load(&request.into_inner().run_id)?;
+        Ok(Response::new((&s).into()))
+    }
+
+    async fn list_runs(
+        &self,
+        request: Request<pb::ListRunsRequest>,
+    ) -> Result<Response<pb::ListRunsResponse>, Status> {
+        let req = request.into_inner();
+        let limit = if req.limit == 0 {
+            DEFAULT_LIST_RUNS
+        } else {
+            req.limit as usize
+        };
+        let mut runs = Vec::new();
+        // Filtering by dataset may skip runs: read until enough match.
+        for raw in self.runs.list_runs(usize::MAX).map_err(index_status)? {
+            if runs.len() >= limit {
+                break;
+            }
+            let s: RunSummary = serde_json::from_slice(&raw)
+                .map_err(|e| Status::data_loss(format!("stored run summary unreadable: {e}")))?;
+            if req.dataset.is_empty() || s.left.dataset == req.dataset {
+                runs.push((&s).into());
+            }
+        }
+        Ok(Response::new(pb::ListRunsResponse { runs }))
+    }
+
+    type StreamDriftStream = DriftStream;
+
+    async fn stream_drift(
+        &self,
+        request: Request<pb::StreamDriftRequest>,
+    ) -> Result<Response<DriftStream>, Status> {
+        let req = request.into_inner();
+        let summary = self.load(&req.run_id)?;
+        if summary.status != "completed" {
+            return Err(Status::failed_precondition(format!(
+                "run {} is {}{}: it has no complete drift report",
+                summary.run_id,
+                summary.status,
+                if summary.error.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", summary.error)
+                }
+            )));
+        }
+        for k in &req.kinds {
+            if !["missing_left", "missing_right", "changed"].contains(&k.as_str()) {
+                return Err(Status::invalid_argument(format!(
+                    "StreamDriftRequest.kinds: unknown kind {k:?} (missing_left, missing_right, changed)"
+                )));
+            }
+        }
+        let (tx, rx) = mpsc::channel(64);
+        let runs = Arc::clone(&self.runs);
+        tokio::task::spawn_blocking(move || {
+            let mut sent = 0u64;
+            let read = runs.drift(&req.run_id, |raw| {
+                let entry: DriftEntry = match serde_json::from_slice(raw) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(Status::data_loss(format!(
+                            "stored drift entry unreadable: {e}"
+                        ))));
+                        return false;
+                    }
+                };
+                let wanted = (req.kinds.is_empty() || req.kinds.contains(&entry.kind))
+                    && (req.column.is_empty() || entry.columns.contains(&req.column))
+                    && (req.key_contains.is_empty() || entry.key.contains(&req.key_contains));
+                if wanted {
+                    if tx.blocking_send(Ok((&entry).into())).is_err() {
+                        return false;
+                    }
+                    sent += 1;
+                }
+                req.limit == 0 || sent < req.limit
+            });
+            if let Err(e) = read {
+                let _ = tx.blocking_send(Err(index_status(e)));
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// `AdminService`: index maintenance.
+#[derive(Clone)]
+pub struct AdminServer {
+    state: Arc<AgentState>,
+}
+
+impl AdminServer {
+    /// The service over shared agent state.
+    pub fn new(state: Arc<AgentState>) -> AdminServer {
+        AdminServer { state }
+    }
+}
+
+fn status_of(name: &str, ds: &Dataset) -> Result<pb::IndexStatus, Status> {
+    if ds.indexing.load(Ordering::Acquire) {
+        return Ok(pb::IndexStatus {
+            dataset: name.to_owned(),
+            state: "indexing".into(),
+            ..Default::default()
+        });
+    }
+    let d = ds
+        .index
+        .snapshot()
+        .and_then(|s| s.describe())
+        .map_err(index_status)?;
+    Ok(pb::IndexStatus {
+        dataset: name.to_owned(),
+        count: d.count(),
+        root: hex::encode(d.root.sum.to_le_bytes()),
+        stored_depth: u32::from(d.stored_depth),
+        key_id: d.key_id.to_string(),
+        watermark: report::watermark_text(d.watermark.as_deref()),
+        state: "ready".into(),
+    })
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminServer {
+    async fn reindex(
+        &self,
+        request: Request<pb::ReindexRequest>,
+    ) -> Result<Response<pb::IndexStatus>, Status> {
+        let name = request.into_inner().dataset;
+        let ds = Arc::clone(self.state.dataset(&name)?);
+        let status = tokio::task::spawn_blocking(move || {
+            reindex(&ds, &name, false)?;
+            status_of(&name, &ds)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(status))
+    }
+
+    async fn get_index_status(
+        &self,
+        request: Request<pb::IndexStatusRequest>,
+    ) -> Result<Response<pb::IndexStatus>, Status> {
+        let name = request.into_inner().dataset;
+        let ds = self.state.dataset(&name)?;
+        Ok(Response::new(status_of(&name, ds)?))
+    }
+
+    async fn verify(
+        &self,
+        request: Request<pb::VerifyRequest>,
+    ) -> Result<Response<pb::VerifyResponse>, Status> {
+        let name = request.into_inner().dataset;
+        let ds = Arc::clone(self.state.comparable(&name)?);
+        let report = tokio::task::spawn_blocking(move || ds.index.verify())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(index_status)?;
+        let mut problems: Vec<String> = report
+            .mismatches
+            .iter()
+            .map(|m| {
+                format!(
+                    "node {}: stored {} records, computed {}",
+                    m.prefix, m.stored.count, m.computed.count
+                )
+            })
+            .collect();
+        problems.extend(
+            report
+                .records_with_problems
+                .iter()
+                .map(|b| format!("record {}: {}", b.key, b.reason)),
+        );
+        Ok(Response::new(pb::VerifyResponse {
+            ok: report.is_ok(),
+            records: report.records,
+            node_mismatches: report.node_mismatches,
+            bad_records: report.bad_records,
+            problems,
+        }))
+    }
+}
+
+/// Opens every dataset (system and index) of a configuration.
+pub fn open_datasets(config: &AgentConfig) -> Result<HashMap<String, Arc<Dataset>>, AgentError> {
+    std::fs::create_dir_all(config.data_dir.join("indexes")).map_err(|source| {
+        AgentError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        }
+    })?;
+    let mut out = HashMap::new();
+    for d in &config.datasets {
+        let source = open_source(d)?;
+        let index =
+            Index::open(index_path(config, &d.name), index_config(d)).map_err(|source| {
+                AgentError::Index {
+                    dataset: d.name.clone(),
+                    source,
+                }
+            })?;
+        out.insert(
+            d.name.clone(),
+            Arc::new(Dataset {
+                index: Arc::new(index),
+                source: Some(Arc::new(Mutex::new(Box::new(source) as Box<dyn Source>))),
+                indexing: std::sync::atomic::AtomicBool::new(true),
+            }),
+        );
+    }
+    Ok(out)
+}
+
+/// Runs the agent until `shutdown` resolves. `on_listening` is called with
+/// the bound address once the port is open (before indexing finishes).
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    on_listening: impl FnOnce(SocketAddr),
+) -> Result<(), AgentError> {
+    let datasets = open_datasets(&config)?;
+    let runs = Arc::new(RunStore::open(config.data_dir.join("runs")).map_err(AgentError::Runs)?);
+    let state = Arc::new(AgentState::with_datasets(
+        datasets,
+        ServiceLimits::default(),
+    ));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| AgentError::Runs(IndexError::InvalidRequest(format!("reflection: {e}"))))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| AgentError::Runs(IndexError::InvalidRequest(format!("reflection: {e}"))))?;
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| AgentError::DataDir {
+            path: PathBuf::from(config.listen.to_string()),
+            source: e,
+        })?;
+    let addr = listener.local_addr().map_err(|e| AgentError::DataDir {
+        path: PathBuf::from(config.listen.to_string()),
+        source: e,
+    })?;
+    on_listening(addr);
+    info!(%addr, datasets = ?state.dataset_names(), "agent listening");
+
+    let agent_service = AgentServiceServer::new(AgentServer::new(Arc::clone(&state)))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let audit_service = AuditServiceServer::new(AuditServer::new(
+        Arc::clone(&state),
+        Arc::clone(&runs),
+        RetryPolicy::default(),
+    ));
+    let admin_service = AdminServiceServer::new(AdminServer::new(Arc::clone(&state)));
+    let server = tonic::transport::Server::builder()
+        .timeout(config.request_timeout)
+        .concurrency_limit_per_connection(config.max_concurrent_requests)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(agent_service)
+        .add_service(audit_service)
+        .add_service(admin_service)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        );
+
+    // Index every dataset while the server already answers (NOT_SERVING).
+    let indexing_state = Arc::clone(&state);
+    let indexing = async move {
+        for name in indexing_state.dataset_names() {
+            let Ok(ds) = indexing_state.dataset(&name).map(Arc::clone) else {
+                continue;
+            };
+            // Datasets start with `indexing` set (see open_datasets).
+            let n = name.clone();
+            match tokio::task::spawn_blocking(move || reindex(&ds, &n, true)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(status)) => {
+                    warn!(dataset = %name, error = %status.message(), "indexing failed; the dataset stays unavailable");
+                    return;
+                }
+                Err(e) => {
+                    warn!(dataset = %name, error = %e, "indexing task failed");
+                    return;
+                }
+            }
+        }
+        health
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+        info!("all datasets indexed; serving");
+    };
+    let (served, ()) = tokio::join!(server, indexing);
+    served.map_err(|source| AgentError::Serve { addr, source })?;
+    info!("agent stopped");
+    Ok(())
+}

@@ -1,0 +1,404 @@
+//! The agent's configuration: a TOML file, then `ARBOR_*` environment
+//! variables, then command-line flags.
+//!
+//! [`ConfigFile`] is the file's shape (every field documented, with its
+//! default; unknown fields rejected); [`AgentConfig`] is what the agent runs
+//! on, validated. Relative paths in the file are relative to the file.
+//! Secrets are read from the environment or a file, never printed.
+//!
+//! ```toml
+//! [agent]
+//! listen = "127.0.0.1:7401"      # default
+//! data_dir = "/var/lib/arbor"    # required: indexes and run reports
+//!
+//! [[dataset]]
+//! name = "customers"
+//! secret_env = "ARBOR_SECRET"    # or secret_file = "...", or (for trials) secret = "..."
+//! source = { kind = "sqlite", path = "crm.db", table = "customers" }
+//! key = [{ source = "customer_id", name = "id", kind = "integer" }]
+//! columns = [
+//!   { source = "email", kind = "text" },
+//!   { source = "full_name", name = "name", kind = "text" },
+//! ]
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use arbor_source::sqlite::Relation;
+use arbor_source::{ColumnMapping, Mapping};
+use serde::Deserialize;
+
+/// A configuration that cannot be used, with where the problem is.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML of the expected shape.
+    #[error("invalid config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+    /// A value is out of place.
+    #[error("invalid config {path}: {field}: {problem}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The field, e.g. `dataset[customers].secret_env`.
+        field: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:7401".into()
+}
+
+fn default_timeout_secs() -> u64 {
+    60
+}
+
+fn default_concurrency() -> usize {
+    64
+}
+
+/// The `[agent]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSection {
+    /// Address the gRPC server listens on. Default `127.0.0.1:7401`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Directory of the indexes and run reports. Required.
+    pub data_dir: PathBuf,
+    /// Deadline of each incoming request, in seconds. Default 60.
+    #[serde(default = "default_timeout_secs")]
+    pub request_timeout_secs: u64,
+    /// Requests served concurrently per connection. Default 64.
+    #[serde(default = "default_concurrency")]
+    pub max_concurrent_requests: usize,
+}
+
+/// Where a dataset's records live.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
+pub enum SourceSection {
+    /// A SQLite database file.
+    Sqlite {
+        /// The database file (must exist; opened read-only).
+        path: PathBuf,
+        /// A table or view. Exactly one of `table` and `query`.
+        #[serde(default)]
+        table: Option<String>,
+        /// A query whose result columns are mapped like a table's.
+        #[serde(default)]
+        query: Option<String>,
+    },
+}
+
+/// One `[[dataset]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetSection {
+    /// Name peers and clients use for this dataset. Required, unique.
+    pub name: String,
+    /// Environment variable holding the dataset secret (preferred).
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// File holding the dataset secret.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// The secret inline: for trials only, since config files get shared.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// The system.
+    pub source: SourceSection,
+    /// Key columns, in key order. Required.
+    pub key: Vec<ColumnMapping>,
+    /// Compared columns. Default none (then only keys are compared).
+    #[serde(default)]
+    pub columns: Vec<ColumnMapping>,
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// The `[agent]` table.
+    pub agent: AgentSection,
+    /// The datasets served.
+    #[serde(default, rename = "dataset")]
+    pub datasets: Vec<DatasetSection>,
+}
+
+/// A dataset, validated.
+#[derive(Clone)]
+pub struct DatasetConfig {
+    /// Its name.
+    pub name: String,
+    /// Its secret (never printed: see the `Debug` impl).
+    pub secret: Vec<u8>,
+    /// Where the secret came from, for messages.
+    pub secret_origin: String,
+    /// The SQLite file.
+    pub path: PathBuf,
+    /// Table or query.
+    pub relation: Relation,
+    /// Column mapping.
+    pub mapping: Mapping,
+}
+
+impl std::fmt::Debug for DatasetConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatasetConfig")
+            .field("name", &self.name)
+            .field("secret", &format_args!("<from {}>", self.secret_origin))
+            .field("path", &self.path)
+            .field("relation", &self.relation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The agent's validated configuration.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Per-request deadline.
+    pub request_timeout: Duration,
+    /// Concurrent requests per connection.
+    pub max_concurrent_requests: usize,
+    /// Datasets.
+    pub datasets: Vec<DatasetConfig>,
+}
+
+/// Overrides from the environment and flags, applied over the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--listen` or `ARBOR_LISTEN`.
+    pub listen: Option<String>,
+    /// `--data-dir` or `ARBOR_DATA_DIR`.
+    pub data_dir: Option<PathBuf>,
+}
+
+impl AgentConfig {
+    /// Reads, parses and validates a config file, then applies overrides.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<AgentConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let file: ConfigFile = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        AgentConfig::from_file(file, base, path, overrides)
+    }
+
+    fn from_file(
+        file: ConfigFile,
+        base: &Path,
+        path: &Path,
+        overrides: &Overrides,
+    ) -> Result<AgentConfig, ConfigError> {
+        let invalid = |field: String, problem: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field,
+            problem,
+        };
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let listen_text = overrides
+            .listen
+            .clone()
+            .or_else(|| env("ARBOR_LISTEN"))
+            .unwrap_or(file.agent.listen);
+        let listen: SocketAddr = listen_text.parse().map_err(|e| {
+            invalid(
+                "agent.listen".into(),
+                format!("{listen_text:?} is not host:port ({e})"),
+            )
+        })?;
+        let data_dir = overrides
+            .data_dir
+            .clone()
+            .or_else(|| env("ARBOR_DATA_DIR").map(PathBuf::from))
+            .unwrap_or(file.agent.data_dir);
+        let mut datasets = Vec::new();
+        for d in file.datasets {
+            let field = |f: &str| format!("dataset[{}].{f}", d.name);
+            if d.name.is_empty()
+                || !d
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(invalid(
+                    "dataset.name".into(),
+                    format!("{:?}: use letters, digits, '_' and '-'", d.name),
+                ));
+            }
+            if datasets.iter().any(|x: &DatasetConfig| x.name == d.name) {
+                return Err(invalid(field("name"), "appears twice".into()));
+            }
+            let (secret, secret_origin) = match (&d.secret_env, &d.secret_file, &d.secret) {
+                (Some(var), None, None) => (
+                    std::env::var(var)
+                        .map_err(|_| {
+                            invalid(
+                                field("secret_env"),
+                                format!("environment variable {var} is not set"),
+                            )
+                        })?
+                        .into_bytes(),
+                    format!("${var}"),
+                ),
+                (None, Some(f), None) => {
+                    let f = base.join(f);
+                    let bytes = std::fs::read(&f).map_err(|e| {
+                        invalid(
+                            field("secret_file"),
+                            format!("cannot read {}: {e}", f.display()),
+                        )
+                    })?;
+                    (trim_newline(bytes), f.display().to_string())
+                }
+                (None, None, Some(s)) => (s.clone().into_bytes(), "the config file".into()),
+                _ => {
+                    return Err(invalid(
+                        field("secret"),
+                        "set exactly one of secret_env, secret_file and secret".into(),
+                    ));
+                }
+            };
+            if secret.is_empty() {
+                return Err(invalid(field("secret"), "the secret is empty".into()));
+            }
+            let SourceSection::Sqlite {
+                path: db,
+                table,
+                query,
+            } = d.source;
+            let relation = match (table, query) {
+                (Some(t), None) => Relation::Table(t),
+                (None, Some(q)) => Relation::Query(q),
+                _ => {
+                    return Err(invalid(
+                        field("source"),
+                        "set exactly one of table and query".into(),
+                    ));
+                }
+            };
+            if d.key.is_empty() {
+                return Err(invalid(
+                    field("key"),
+                    "at least one key column is required".into(),
+                ));
+            }
+            let mapping = Mapping::new(d.key, d.columns)
+                .map_err(|e| invalid(field("columns"), e.to_string()))?;
+            datasets.push(DatasetConfig {
+                name: d.name,
+                secret,
+                secret_origin,
+                path: base.join(db),
+                relation,
+                mapping,
+            });
+        }
+        Ok(AgentConfig {
+            listen,
+            data_dir: base.join(data_dir),
+            request_timeout: Duration::from_secs(file.agent.request_timeout_secs.max(1)),
+            max_concurrent_requests: file.agent.max_concurrent_requests.max(1),
+            datasets,
+        })
+    }
+}
+
+fn trim_newline(mut b: Vec<u8>) -> Vec<u8> {
+    while b.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
+        b.pop();
+    }
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<AgentConfig, ConfigError> {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, text).unwrap();
+        AgentConfig::load(&path, &Overrides::default())
+    }
+
+    const GOOD: &str = r#"
+        [agent]
+        data_dir = "data"
+        [[dataset]]
+        name = "customers"
+        secret = "s3cret-value"
+        source = { kind = "sqlite", path = "crm.db", table = "customers" }
+        key = [{ source = "id", kind = "integer" }]
+        columns = [{ source = "mail", name = "email", kind = "text" }]
+    "#;
+
+    #[test]
+    fn a_good_file_loads_with_defaults() {
+        let c = load(GOOD).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7401");
+        assert_eq!(c.datasets[0].mapping.columns()[0].canonical(), "email");
+        assert!(c.data_dir.ends_with("data"));
+        assert!(
+            !format!("{c:?}").contains("s3cret-value"),
+            "secrets never printed"
+        );
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let typo = GOOD.replace("data_dir", "datadir");
+        let e = load(&typo).unwrap_err().to_string();
+        assert!(e.contains("datadir"), "{e}");
+        let two_secrets = GOOD.replace(
+            "secret = \"s3cret-value\"",
+            "secret = \"a\"\nsecret_env = \"X\"",
+        );
+        let e = load(&two_secrets).unwrap_err().to_string();
+        assert!(
+            e.contains("dataset[customers].secret") && e.contains("exactly one"),
+            "{e}"
+        );
+        let unset = GOOD.replace(
+            "secret = \"s3cret-value\"",
+            "secret_env = \"ARBOR_TEST_UNSET_SECRET_VAR\"",
+        );
+        let e = load(&unset).unwrap_err().to_string();
+        assert!(e.contains("ARBOR_TEST_UNSET_SECRET_VAR is not set"), "{e}");
+        let bad_kind = GOOD.replace("kind = \"text\"", "kind = \"string\"");
+        assert!(load(&bad_kind).unwrap_err().to_string().contains("string"));
+        let bad_listen = GOOD.replace("[agent]", "[agent]\nlisten = \"nowhere\"");
+        assert!(
+            load(&bad_listen)
+                .unwrap_err()
+                .to_string()
+                .contains("agent.listen")
+        );
+    }
+}

@@ -1,0 +1,240 @@
+//! The run report schema (version [`SCHEMA_VERSION`]): what an agent stores
+//! for each compare, what `GetRun`/`StreamDrift` return and what
+//! `arbor compare --json` prints. Keys and column names only, never values.
+//! Fields are only ever added; a change of meaning bumps the version.
+
+use arbor_record::{Value, decode_tuple};
+use serde::{Deserialize, Serialize};
+
+use crate::proto::v1 as pb;
+
+/// Version of the report schema.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One side of a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSide {
+    /// Agent address, or `local`.
+    pub agent: String,
+    /// Dataset name.
+    pub dataset: String,
+    /// Records.
+    pub count: u64,
+    /// Root sum, hex.
+    pub root: String,
+    /// Watermark as text (hex if not UTF-8).
+    pub watermark: String,
+    /// Key id, hex.
+    pub key_id: String,
+}
+
+/// What a compare cost.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunCost {
+    /// Sequential request rounds.
+    pub round_trips: u64,
+    /// Levels descended.
+    pub levels: u64,
+    /// Bytes exchanged with the peer.
+    pub peer_bytes: u64,
+    /// Wall time, milliseconds.
+    pub elapsed_ms: u64,
+}
+
+/// A run's summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// Sorts by start time.
+    pub run_id: String,
+    /// `running`, `completed` or `failed`.
+    pub status: String,
+    /// Why it failed.
+    pub error: String,
+    /// RFC 3339 UTC.
+    pub started_at: String,
+    /// RFC 3339 UTC; empty while running.
+    pub finished_at: String,
+    /// The local side.
+    pub left: RunSide,
+    /// The peer side.
+    pub right: RunSide,
+    /// Keys only on the right.
+    pub missing_left: u64,
+    /// Keys only on the left.
+    pub missing_right: u64,
+    /// Keys on both sides with different digests.
+    pub changed: u64,
+    /// Cost.
+    pub cost: RunCost,
+}
+
+impl RunSummary {
+    /// Drifting keys in all.
+    pub fn drift(&self) -> u64 {
+        self.missing_left + self.missing_right + self.changed
+    }
+}
+
+/// One drifting key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriftEntry {
+    /// `missing_left`, `missing_right` or `changed`.
+    pub kind: String,
+    /// Human form of the key.
+    pub key: String,
+    /// Canonical key bytes, hex.
+    pub canonical_key: String,
+    /// For `changed`: the canonical names of the differing columns.
+    pub columns: Vec<String>,
+}
+
+/// The human form of a canonical key: `42`, `"abc"`, `(7, "eu")`.
+pub fn display_key(canonical: &[u8]) -> String {
+    match decode_tuple(canonical) {
+        Ok(values) if values.len() == 1 => values[0].to_string(),
+        Ok(values) => format!(
+            "({})",
+            values
+                .iter()
+                .map(Value::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Err(_) => format!("0x{}", hex::encode(canonical)),
+    }
+}
+
+/// Text of a watermark: itself if UTF-8, hex otherwise.
+pub fn watermark_text(w: Option<&[u8]>) -> String {
+    match w {
+        None => String::new(),
+        Some(b) => std::str::from_utf8(b).map_or_else(|_| hex::encode(b), str::to_owned),
+    }
+}
+
+/// RFC 3339 UTC of the current time, millisecond precision.
+pub fn now_rfc3339() -> String {
+    let us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    let t = arbor_record::Timestamp(us - us % 1000).to_string();
+    // Timestamp prints six fraction digits; reports use three.
+    format!("{}Z", &t[..t.len() - 4])
+}
+
+impl From<&RunSide> for pb::RunSide {
+    fn from(s: &RunSide) -> pb::RunSide {
+        pb::RunSide {
+            agent: s.agent.clone(),
+            dataset: s.dataset.clone(),
+            count: s.count,
+            root: s.root.clone(),
+            watermark: s.watermark.clone(),
+            key_id: s.key_id.clone(),
+        }
+    }
+}
+
+impl From<pb::RunSide> for RunSide {
+    fn from(s: pb::RunSide) -> RunSide {
+        RunSide {
+            agent: s.agent,
+            dataset: s.dataset,
+            count: s.count,
+            root: s.root,
+            watermark: s.watermark,
+            key_id: s.key_id,
+        }
+    }
+}
+
+impl From<&RunSummary> for pb::RunSummary {
+    fn from(s: &RunSummary) -> pb::RunSummary {
+        pb::RunSummary {
+            schema_version: s.schema_version,
+            run_id: s.run_id.clone(),
+            status: s.status.clone(),
+            error: s.error.clone(),
+            started_at: s.started_at.clone(),
+            finished_at: s.finished_at.clone(),
+            left: Some((&s.left).into()),
+            right: Some((&s.right).into()),
+            missing_left: s.missing_left,
+            missing_right: s.missing_right,
+            changed: s.changed,
+            cost: Some(pb::RunCost {
+                round_trips: s.cost.round_trips,
+                levels: s.cost.levels,
+                peer_bytes: s.cost.peer_bytes,
+                elapsed_ms: s.cost.elapsed_ms,
+            }),
+        }
+    }
+}
+
+impl From<pb::RunSummary> for RunSummary {
+    fn from(s: pb::RunSummary) -> RunSummary {
+        let cost = s.cost.unwrap_or_default();
+        RunSummary {
+            schema_version: s.schema_version,
+            run_id: s.run_id,
+            status: s.status,
+            error: s.error,
+            started_at: s.started_at,
+            finished_at: s.finished_at,
+            left: s.left.unwrap_or_default().into(),
+            right: s.right.unwrap_or_default().into(),
+            missing_left: s.missing_left,
+            missing_right: s.missing_right,
+            changed: s.changed,
+            cost: RunCost {
+                round_trips: cost.round_trips,
+                levels: cost.levels,
+                peer_bytes: cost.peer_bytes,
+                elapsed_ms: cost.elapsed_ms,
+            },
+        }
+    }
+}
+
+impl From<&DriftEntry> for pb::DriftEntry {
+    fn from(d: &DriftEntry) -> pb::DriftEntry {
+        pb::DriftEntry {
+            kind: d.kind.clone(),
+            key: d.key.clone(),
+            canonical_key: hex::decode(&d.canonical_key).unwrap_or_default(),
+            columns: d.columns.clone(),
+        }
+    }
+}
+
+impl From<pb::DriftEntry> for DriftEntry {
+    fn from(d: pb::DriftEntry) -> DriftEntry {
+        DriftEntry {
+            kind: d.kind,
+            key: d.key,
+            canonical_key: hex::encode(&d.canonical_key),
+            columns: d.columns,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arbor_record::tuple_bytes;
+
+    #[test]
+    fn keys_display_readably() {
+        assert_eq!(display_key(&tuple_bytes(&[Value::Integer(42)])), "42");
+        assert_eq!(
+            display_key(&tuple_bytes(&[Value::Integer(7), Value::text("eu")])),
+            "(7, \"eu\")"
+        );
+        assert_eq!(display_key(&[0xff]), "0xff");
+        assert!(now_rfc3339().ends_with('Z'));
+        assert_eq!(now_rfc3339().len(), "2026-11-26T04:00:00.000Z".len());
+    }
+}

@@ -1,0 +1,332 @@
+//! End to end with real processes: `arbor demo` writes two SQLite systems,
+//! two `arbor agent` processes index them and serve on loopback ports chosen
+//! at run time, and `arbor compare` reports the drift. The expected drift is
+//! computed independently, by reading both SQLite files directly.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use arbor_record::Decimal;
+use rusqlite::Connection;
+use serde_json::Value as Json;
+use tempfile::TempDir;
+
+const ARBOR: &str = env!("CARGO_BIN_EXE_arbor");
+
+/// A running `arbor agent`, killed (SIGKILL) when dropped.
+struct AgentProcess {
+    child: Child,
+    address: String,
+}
+
+impl AgentProcess {
+    fn start(dir: &Path, config: &str) -> AgentProcess {
+        let mut child = Command::new(ARBOR)
+            .args(["agent", "--config", config])
+            .current_dir(dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn arbor agent");
+        let stdout = child.stdout.take().expect("agent stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the agent's first line");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line from the agent: {line:?}"));
+        AgentProcess {
+            address: format!("http://{addr}"),
+            child,
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn arbor(dir: &Path, args: &[&str]) -> Output {
+    Command::new(ARBOR)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run arbor")
+}
+
+fn demo(rows: u64, drift: u64) -> TempDir {
+    let dir = TempDir::new().unwrap();
+    let out = arbor(
+        dir.path(),
+        &[
+            "demo",
+            "--dir",
+            ".",
+            "--rows",
+            &rows.to_string(),
+            "--drift",
+            &drift.to_string(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "demo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
+/// Compare with `--json --limit 0`: (exit code, summary, drift entries).
+fn compare(dir: &Path, left: &str, right: &str) -> (i32, Json, Vec<Json>) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let out = arbor(
+            dir,
+            &[
+                "compare",
+                "--agent",
+                left,
+                "--dataset",
+                "customers",
+                "--peer",
+                right,
+                "--json",
+                "--limit",
+                "0",
+            ],
+        );
+        let code = out.status.code().unwrap_or(-1);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut lines = text
+            .lines()
+            .map(|l| serde_json::from_str::<Json>(l).unwrap_or_else(|e| panic!("{e}: {l}")));
+        match lines.next() {
+            Some(summary) => return (code, summary, lines.collect()),
+            None if Instant::now() < deadline && code == 2 => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            None => panic!(
+                "compare printed nothing (exit {code}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    }
+}
+
+/// The oracle: what differs between the two demo systems, read directly.
+fn expected(dir: &Path) -> BTreeSet<(String, i64, Vec<String>)> {
+    fn rows(path: PathBuf, sql: &str) -> BTreeMap<i64, [String; 3]> {
+        let c = Connection::open(path).unwrap();
+        let mut stmt = c.prepare(sql).unwrap();
+        let mut out = BTreeMap::new();
+        let mut q = stmt.query([]).unwrap();
+        while let Some(r) = q.next().unwrap() {
+            let balance = match r.get_ref(3).unwrap() {
+                rusqlite::types::ValueRef::Real(x) => format!("{x:?}"),
+                rusqlite::types::ValueRef::Integer(i) => i.to_string(),
+                other => String::from_utf8(other.as_str().unwrap().as_bytes().to_vec()).unwrap(),
+            };
+            let balance = Decimal::parse(&balance).unwrap().as_str().to_owned();
+            out.insert(
+                r.get(0).unwrap(),
+                [r.get(1).unwrap(), r.get(2).unwrap(), balance],
+            );
+        }
+        out
+    }
+    let crm = rows(
+        dir.join("crm.db"),
+        "SELECT customer_id, email, full_name, balance FROM customers",
+    );
+    let erp = rows(
+        dir.join("erp.db"),
+        "SELECT client_no, mail, display_name, credit FROM clients",
+    );
+    let names = ["email", "name", "balance"];
+    let mut out = BTreeSet::new();
+    for (id, l) in &crm {
+        match erp.get(id) {
+            None => {
+                out.insert(("missing_right".to_string(), *id, vec![]));
+            }
+            Some(r) if r != l => {
+                let mut cols: Vec<String> = (0..3)
+                    .filter(|&i| l[i] != r[i])
+                    .map(|i| names[i].to_string())
+                    .collect();
+                cols.sort();
+                out.insert(("changed".to_string(), *id, cols));
+            }
+            _ => {}
+        }
+    }
+    for id in erp.keys().filter(|id| !crm.contains_key(id)) {
+        out.insert(("missing_left".to_string(), *id, vec![]));
+    }
+    out
+}
+
+#[test]
+fn two_agents_report_exactly_the_seeded_drift() {
+    let dir = demo(20_000, 60);
+    let crm = AgentProcess::start(dir.path(), "crm.toml");
+    let erp = AgentProcess::start(dir.path(), "erp.toml");
+    let (code, summary, drift) = compare(dir.path(), &crm.address, &erp.address);
+    assert_eq!(code, 1, "drift exits 1: {summary}");
+    assert_eq!(summary["status"], "completed");
+    assert_eq!(summary["schema_version"], 1);
+    let want = expected(dir.path());
+    assert_eq!(want.len(), 180, "the demo seeds 60 of each kind");
+    let got: BTreeSet<(String, i64, Vec<String>)> = drift
+        .iter()
+        .map(|d| {
+            let mut cols: Vec<String> = d["columns"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_str().unwrap().to_owned())
+                .collect();
+            cols.sort();
+            (
+                d["kind"].as_str().unwrap().to_owned(),
+                d["key"].as_str().unwrap().parse().unwrap(),
+                cols,
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(
+        (
+            summary["missing_left"].as_u64(),
+            summary["missing_right"].as_u64(),
+            summary["changed"].as_u64()
+        ),
+        (Some(60), Some(60), Some(60))
+    );
+    // Reports never carry values: no email address appears in the output.
+    assert!(!drift.iter().any(|d| d.to_string().contains("@example")));
+
+    // The run is kept, listed and readable again.
+    let out = arbor(
+        dir.path(),
+        &["runs", "list", "--agent", &crm.address, "--json"],
+    );
+    let listed: Json =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(listed["run_id"], summary["run_id"]);
+    let out = arbor(
+        dir.path(),
+        &[
+            "runs",
+            "show",
+            "--agent",
+            &crm.address,
+            summary["run_id"].as_str().unwrap(),
+            "--csv",
+            "--limit",
+            "0",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        1 + 180
+    );
+}
+
+#[test]
+fn identical_systems_are_in_sync_after_one_round_trip() {
+    let dir = demo(5_000, 10);
+    // A second agent over the same CRM file.
+    let crm2 = std::fs::read_to_string(dir.path().join("crm.toml"))
+        .unwrap()
+        .replace("crm-data", "crm2-data");
+    std::fs::write(dir.path().join("crm2.toml"), crm2).unwrap();
+    let a = AgentProcess::start(dir.path(), "crm.toml");
+    let b = AgentProcess::start(dir.path(), "crm2.toml");
+    let (code, summary, drift) = compare(dir.path(), &a.address, &b.address);
+    assert_eq!(code, 0, "{summary}");
+    assert!(drift.is_empty());
+    assert_eq!(summary["cost"]["round_trips"], 1);
+}
+
+#[test]
+fn a_different_secret_is_an_error_not_drift() {
+    let dir = demo(2_000, 10);
+    let other = std::fs::read_to_string(dir.path().join("erp.toml"))
+        .unwrap()
+        .replace("secret = \"arbor demo secret", "secret = \"another secret");
+    std::fs::write(dir.path().join("erp.toml"), other).unwrap();
+    let a = AgentProcess::start(dir.path(), "crm.toml");
+    let b = AgentProcess::start(dir.path(), "erp.toml");
+    let (code, summary, _) = compare(dir.path(), &a.address, &b.address);
+    assert_eq!(code, 2);
+    assert_eq!(summary["status"], "failed");
+    assert!(
+        summary["error"]
+            .as_str()
+            .unwrap()
+            .contains("hashing key id"),
+        "{summary}"
+    );
+}
+
+#[test]
+fn a_dead_peer_fails_the_run_and_leaves_no_report_shown_as_complete() {
+    let dir = demo(2_000, 10);
+    let a = AgentProcess::start(dir.path(), "crm.toml");
+    let mut b = AgentProcess::start(dir.path(), "erp.toml");
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    let (code, summary, drift) = compare(dir.path(), &a.address, &b.address);
+    assert_eq!(code, 2);
+    assert_eq!(summary["status"], "failed");
+    assert!(drift.is_empty());
+    assert!(
+        summary["error"].as_str().unwrap().contains("unavailable"),
+        "{summary}"
+    );
+    let out = arbor(
+        dir.path(),
+        &[
+            "runs",
+            "show",
+            "--agent",
+            &a.address,
+            summary["run_id"].as_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("failed"));
+}
+
+#[test]
+fn config_mistakes_are_named_before_anything_runs() {
+    let dir = demo(100, 1);
+    let bad = std::fs::read_to_string(dir.path().join("crm.toml"))
+        .unwrap()
+        .replace("\"full_name\"", "\"fullname\"");
+    std::fs::write(dir.path().join("bad.toml"), bad).unwrap();
+    let out = arbor(dir.path(), &["config", "check", "--config", "bad.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("fullname") && err.contains("customers"),
+        "{err}"
+    );
+    let out = arbor(dir.path(), &["config", "check", "--config", "crm.toml"]);
+    assert!(out.status.success());
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("arbor demo secret"),
+        "secrets are never printed"
+    );
+}
