@@ -63,13 +63,20 @@ echo "demo: CRM agent on $crm, ERP agent on $erp (indexing $rows rows each)"
 echo
 
 set +e
-"$arbor" compare --agent "http://$crm" --dataset customers --peer "http://$erp" --stats --limit 15
+"$arbor" compare --agent "http://$crm" --dataset customers --peer "http://$erp" --stats --kind changed --limit 5
 code=$?
 set -e
-echo
 case $code in
-  0) echo "demo: in sync" ;;
-  1) echo "demo: drift found and reported (exit code 1); runs are kept: arbor runs list --agent http://$crm" ;;
+  0) echo "demo: in sync"; exit 0 ;;
+  1) ;;
   *) echo "demo: the compare failed (exit code $code)"; tail -20 "$work/crm.log" >&2; exit "$code" ;;
 esac
+run=$("$arbor" runs list --agent "http://$crm" --limit 1 --json | sed -n 's/.*"run_id":"\([^"]*\)".*/\1/p')
+for kind in missing_left missing_right; do
+  echo
+  echo "demo: the first $kind keys of run $run:"
+  "$arbor" runs show --agent "http://$crm" "$run" --kind "$kind" --limit 5 | sed -n '/KIND/,$p' || true
+done
+echo
+echo "demo: drift found and reported (exit code 1); the run is kept on the CRM agent"
 "$arbor" runs list --agent "http://$crm" --limit 3

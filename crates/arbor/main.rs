@@ -103,6 +103,12 @@ struct OutputArgs {
     /// Most drifting keys to print (0: all).
     #[arg(long, default_value_t = 20)]
     limit: u64,
+    /// Only these kinds: missing_left, missing_right, changed (repeatable).
+    #[arg(long = "kind")]
+    kinds: Vec<String>,
+    /// Only changed keys whose differing columns include this one.
+    #[arg(long)]
+    column: Option<String>,
 }
 
 #[derive(Args)]
@@ -511,6 +517,8 @@ async fn print_run(
         .stream_drift(pb::StreamDriftRequest {
             run_id: summary.run_id.clone(),
             limit: output.limit,
+            kinds: output.kinds.clone(),
+            column: output.column.clone().unwrap_or_default(),
             ..Default::default()
         })
         .await
@@ -539,7 +547,8 @@ async fn print_run(
             println!("  {:<14} {:<40} {}", e.kind, e.key, e.columns.join(", "));
         }
     }
-    if !output.json && !output.csv && shown < summary.drift() {
+    let filtered = !output.kinds.is_empty() || output.column.is_some();
+    if !output.json && !output.csv && !filtered && shown < summary.drift() {
         println!(
             "  … {} more (use --limit 0 for all)",
             summary.drift() - shown
