@@ -14,5 +14,9 @@ psql "$ARBOR_TEST_POSTGRES_URL" -tAc "select 'postgres reachable: ' || version()
 mariadb --no-defaults -h 127.0.0.1 -P "$(echo "$ARBOR_TEST_MYSQL_URL" | sed -E 's#.*:([0-9]+)/.*#\1#')" \
   -uarbor -parbor -N -e "select concat('mariadb reachable: ', version())"
 
-echo "test: building and running the workspace tests (target dir $CARGO_TARGET_DIR)"
+echo "test: building (target dir $CARGO_TARGET_DIR)"
+cargo build --workspace --locked --bins
+echo "test: a client that is not ours, through server reflection"
+tools/reflection_check.sh
+echo "test: the workspace tests"
 cargo test --workspace --locked
