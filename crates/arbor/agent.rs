@@ -125,6 +125,15 @@ pub fn index_path(config: &AgentConfig, dataset: &str) -> PathBuf {
 /// Full build of `index` from `source`: a reader thread streams the rows
 /// while the index hashes and writes them.
 pub fn build_from_source(index: &Index, source: &mut dyn Source) -> Result<BuildStats, IndexError> {
+    build_from_source_with_progress(index, source, &|_| {})
+}
+
+/// [`build_from_source`], reporting the records read so far.
+pub fn build_from_source_with_progress(
+    index: &Index,
+    source: &mut dyn Source,
+    progress: &dyn Fn(u64),
+) -> Result<BuildStats, IndexError> {
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Record>, SourceError>>(4);
         let reader = scope.spawn(move || {
@@ -148,7 +157,7 @@ pub fn build_from_source(index: &Index, source: &mut dyn Source) -> Result<Build
             Ok(records) => records.into_iter().map(Ok).collect::<Vec<_>>(),
             Err(e) => vec![Err(e)],
         });
-        let built = index.build(records, None);
+        let built = index.build_with_progress(records, None, progress);
         // The reader ends when the channel drains or closes.
         let _ = reader.join();
         built

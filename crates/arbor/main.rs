@@ -298,7 +298,28 @@ fn index_command(command: IndexCommand) -> Result<u8> {
         "build" => {
             let mut source = agent::open_source(d)?;
             let started = Instant::now();
-            let stats = agent::build_from_source(&index, &mut source).context("index build")?;
+            // A progress bar on a terminal; otherwise the index logs a line
+            // every million records.
+            let bar = std::io::stderr().is_terminal().then(|| {
+                let bar = indicatif::ProgressBar::new_spinner();
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{spinner} {elapsed} {human_pos} records ({per_sec})",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+                );
+                bar
+            });
+            let progress = |n: u64| {
+                if let Some(bar) = &bar {
+                    bar.set_position(n);
+                }
+            };
+            let built = agent::build_from_source_with_progress(&index, &mut source, &progress);
+            if let Some(bar) = &bar {
+                bar.finish_and_clear();
+            }
+            let stats = built.context("index build")?;
             let secs = started.elapsed().as_secs_f64();
             println!(
                 "indexed {} records of {} in {secs:.2}s ({:.0} records/s), depth {}, {} nodes",

@@ -322,13 +322,29 @@ impl Index {
         I: IntoIterator<Item = Result<Record, E>>,
         E: Into<SourceError>,
     {
+        self.build_with_progress(records, watermark, &|_| {})
+    }
+
+    /// [`Index::build`], calling `progress` with the records read so far
+    /// after each chunk (for progress bars and log lines).
+    pub fn build_with_progress<I, E>(
+        &self,
+        records: I,
+        watermark: Option<&[u8]>,
+        progress: &dyn Fn(u64),
+    ) -> Result<BuildStats, IndexError>
+    where
+        I: IntoIterator<Item = Result<Record, E>>,
+        E: Into<SourceError>,
+    {
         let keys = &self.config.keys;
-        self.build_chunks(records, watermark, |chunk: Vec<Record>| {
+        let hash = |chunk: Vec<Record>| -> Vec<HashedRecord> {
             chunk
                 .par_iter()
                 .map_init(Vec::new, |scratch, r| r.hash(keys, scratch))
                 .collect()
-        })
+        };
+        self.build_chunks(records, watermark, hash, progress)
     }
 
     /// [`Index::build`] from records already hashed (by a connector that
@@ -342,7 +358,12 @@ impl Index {
         I: IntoIterator<Item = Result<HashedRecord, E>>,
         E: Into<SourceError>,
     {
-        self.build_chunks(records, watermark, |chunk: Vec<HashedRecord>| chunk)
+        self.build_chunks(
+            records,
+            watermark,
+            |chunk: Vec<HashedRecord>| chunk,
+            &|_| {},
+        )
     }
 
     #[instrument(skip_all, fields(path = %self.path.display()))]
@@ -351,6 +372,7 @@ impl Index {
         records: I,
         watermark: Option<&[u8]>,
         hash: H,
+        progress: &dyn Fn(u64),
     ) -> Result<BuildStats, IndexError>
     where
         T: Send,
@@ -395,6 +417,7 @@ impl Index {
                     break Ok(());
                 }
                 records_read += chunk.len() as u64;
+                progress(records_read);
                 let hashed = hash(chunk);
                 if tx.send(hashed).is_err() {
                     // The writer stopped early: its error is reported below.
