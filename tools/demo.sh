@@ -26,39 +26,20 @@ echo "demo: building arbor"
 cargo build --locked --bin arbor
 arbor="$CARGO_TARGET_DIR/debug/arbor"
 
+source tools/agents.sh
 work=$(mktemp -d /tmp/arbor-demo.XXXXXX)
-pids=()
+arbor_agents_init "$arbor" "$work"
 cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  arbor_agents_stop
   rm -rf "$work"
 }
 trap cleanup EXIT
 
 "$arbor" demo --dir "$work" --rows "$rows" --drift "$drift"
-
-start_agent() { # name -> prints the agent's address
-  local name=$1
-  (cd "$work" && exec "$arbor" agent --config "$name.toml" >"$name.out" 2>"$name.log") &
-  pids+=($!)
-}
-wait_address() {
-  local name=$1 i
-  for i in $(seq 1 200); do
-    if grep -q '^listening on ' "$work/$name.out" 2>/dev/null; then
-      sed -n 's/^listening on //p' "$work/$name.out"
-      return 0
-    fi
-    sleep 0.1
-  done
-  echo "demo: the $name agent did not start:" >&2
-  cat "$work/$name.log" >&2
-  return 1
-}
-start_agent crm
-start_agent erp
-crm=$(wait_address crm)
-erp=$(wait_address erp)
+arbor_agent_start crm
+arbor_agent_start erp
+crm=$(arbor_agent_address crm)
+erp=$(arbor_agent_address erp)
 echo "demo: CRM agent on $crm, ERP agent on $erp (indexing $rows rows each)"
 echo
 

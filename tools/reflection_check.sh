@@ -15,30 +15,20 @@ if ! "$venv/bin/python" -c "import grpc, grpc_reflection" 2>/dev/null; then
 fi
 
 arbor="$CARGO_TARGET_DIR/debug/arbor"
+source tools/agents.sh
 work=$(mktemp -d /tmp/arbor-reflection.XXXXXX)
-pids=()
+arbor_agents_init "$arbor" "$work"
 cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  arbor_agents_stop
   rm -rf "$work"
 }
 trap cleanup EXIT
 
 "$arbor" demo --dir "$work" --rows 20000 --drift 40 >/dev/null
-for side in crm erp; do
-  (cd "$work" && RUST_LOG=warn exec "$arbor" agent --config "$side.toml" >"$side.out" 2>"$side.log") &
-  pids+=($!)
-done
-addr() {
-  local i
-  for i in $(seq 1 200); do
-    grep -q '^listening on ' "$work/$1.out" 2>/dev/null && { sed -n 's/^listening on //p' "$work/$1.out"; return; }
-    sleep 0.1
-  done
-  cat "$work/$1.log" >&2; return 1
-}
-crm=$(addr crm)
-erp=$(addr erp)
+RUST_LOG=warn arbor_agent_start crm
+RUST_LOG=warn arbor_agent_start erp
+crm=$(arbor_agent_address crm)
+erp=$(arbor_agent_address erp)
 # Wait until both agents have indexed (health SERVING: the response bytes
 # 08 01) before comparing.
 for i in $(seq 1 300); do

@@ -117,15 +117,7 @@ impl<'a> IndexSnapshot<'a> {
 
     /// The root node.
     pub fn root(&self) -> Result<Node, IndexError> {
-        let key = cf::node_key(Prefix::ROOT);
-        match self
-            .snap
-            .get_cf(self.index.cf(cf::NODES), key)
-            .map_err(IndexError::storage("read the root"))?
-        {
-            Some(v) => cf::node_value(&key, &v),
-            None => Ok(Node::EMPTY),
-        }
+        self.stored_node(Prefix::ROOT)
     }
 
     fn iter(

@@ -507,6 +507,29 @@ fn check_leaves(
     count_of: impl Fn(&NodeDiff) -> u64,
     leaves: &[Leaf],
 ) -> Result<(), CompareError> {
+    let outside = |leaf: &Leaf| {
+        protocol(
+            side,
+            format!(
+                "leaf at {:#018x} is outside the requested ranges",
+                leaf.position
+            ),
+        )
+    };
+    let closed = |d: &NodeDiff, seen: u64| {
+        if seen == count_of(d) {
+            Ok(())
+        } else {
+            Err(protocol(
+                side,
+                format!(
+                    "{} holds {seen} leaves but its node counted {}",
+                    d.prefix,
+                    count_of(d)
+                ),
+            ))
+        }
+    };
     let mut ranges = batch.iter().filter(|d| count_of(d) > 0);
     let mut current = ranges.next();
     let mut seen = 0u64;
@@ -520,54 +543,22 @@ fn check_leaves(
             ));
         }
         last = Some(here);
-        while let Some(d) = current {
-            if d.prefix.contains(leaf.position) {
-                break;
-            }
+        // Close the ranges that end before this leaf.
+        while let Some(d) = current.filter(|d| !d.prefix.contains(leaf.position)) {
             if *d.prefix.range().end() >= leaf.position {
-                return Err(protocol(
-                    side,
-                    format!(
-                        "leaf at {:#018x} is outside the requested ranges",
-                        leaf.position
-                    ),
-                ));
+                return Err(outside(leaf));
             }
-            if seen != count_of(d) {
-                return Err(protocol(
-                    side,
-                    format!(
-                        "{} holds {seen} leaves but its node counted {}",
-                        d.prefix,
-                        count_of(d)
-                    ),
-                ));
-            }
+            closed(d, seen)?;
             current = ranges.next();
             seen = 0;
         }
         if current.is_none() {
-            return Err(protocol(
-                side,
-                format!(
-                    "leaf at {:#018x} is outside the requested ranges",
-                    leaf.position
-                ),
-            ));
+            return Err(outside(leaf));
         }
         seen += 1;
     }
     while let Some(d) = current {
-        if seen != count_of(d) {
-            return Err(protocol(
-                side,
-                format!(
-                    "{} holds {seen} leaves but its node counted {}",
-                    d.prefix,
-                    count_of(d)
-                ),
-            ));
-        }
+        closed(d, seen)?;
         current = ranges.next();
         seen = 0;
     }
