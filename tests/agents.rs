@@ -330,3 +330,98 @@ fn config_mistakes_are_named_before_anything_runs() {
         "secrets are never printed"
     );
 }
+
+/// The demo CRM table copied into PostgreSQL: its own table per test run.
+fn crm_into_postgres(dir: &Path) -> (postgres::Client, String, String) {
+    let url = std::env::var("ARBOR_TEST_POSTGRES_URL")
+        .expect("ARBOR_TEST_POSTGRES_URL is not set: run the tests through tools/test.sh, which starts PostgreSQL");
+    let mut pg = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let table = format!("crm_customers_{}", std::process::id());
+    pg.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {table};
+         CREATE TABLE {table} (customer_id int8 PRIMARY KEY, email text NOT NULL, full_name varchar(200),
+                               balance numeric(14,2), updated_at timestamptz)"
+    ))
+    .unwrap();
+    let crm = Connection::open(dir.join("crm.db")).unwrap();
+    let mut stmt = crm
+        .prepare("SELECT customer_id, email, full_name, CAST(balance AS TEXT) FROM customers")
+        .unwrap();
+    let mut rows = stmt.query([]).unwrap();
+    let mut writer = pg
+        .copy_in(&format!(
+            "COPY {table} (customer_id, email, full_name, balance) FROM STDIN"
+        ))
+        .unwrap();
+    while let Some(r) = rows.next().unwrap() {
+        let (id, email, name, balance): (i64, String, String, String) = (
+            r.get(0).unwrap(),
+            r.get(1).unwrap(),
+            r.get(2).unwrap(),
+            r.get(3).unwrap(),
+        );
+        std::io::Write::write_all(
+            &mut writer,
+            format!("{id}\t{email}\t{name}\t{balance}\n").as_bytes(),
+        )
+        .unwrap();
+    }
+    writer.finish().unwrap();
+    (pg, url, table)
+}
+
+#[test]
+fn a_postgres_agent_and_a_sqlite_agent_agree_on_the_same_rows() {
+    let dir = demo(3_000, 10);
+    let (mut pg, url, table) = crm_into_postgres(dir.path());
+    let config = format!(
+        "[agent]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"pg-data\"\n\n[[dataset]]\nname = \"customers\"\n\
+         secret = \"arbor demo secret: use secret_env or secret_file in production\"\n\
+         source = {{ kind = \"postgres\", url_env = \"ARBOR_TEST_POSTGRES_URL\", table = \"{table}\", chunk_rows = 700 }}\n\
+         key = [{{ source = \"customer_id\", name = \"id\", kind = \"integer\" }}]\n\
+         columns = [\n  {{ source = \"email\", kind = \"text\" }},\n  {{ source = \"full_name\", name = \"name\", kind = \"text\" }},\n\
+           {{ source = \"balance\", kind = \"decimal\" }},\n]\n"
+    );
+    std::fs::write(dir.path().join("pg.toml"), config).unwrap();
+    assert!(!url.is_empty());
+    let sqlite = AgentProcess::start(dir.path(), "crm.toml");
+    let postgres = AgentProcess::start(dir.path(), "pg.toml");
+    // Same rows in two engines: equal roots, in sync after one round trip.
+    let (code, summary, _) = compare(dir.path(), &sqlite.address, &postgres.address);
+    assert_eq!(code, 0, "{summary}");
+    assert_eq!(summary["left"]["root"], summary["right"]["root"]);
+    assert_eq!(summary["cost"]["round_trips"], 1);
+
+    // One edit in PostgreSQL, then a reindex of that agent: exactly one
+    // changed key, naming its column.
+    pg.execute(
+        &format!("UPDATE {table} SET balance = balance + 1 WHERE customer_id = 1234"),
+        &[],
+    )
+    .unwrap();
+    let out = Command::new(ARBOR)
+        .args([
+            "index",
+            "status",
+            "--config",
+            "pg.toml",
+            "--dataset",
+            "customers",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "the index is locked while its agent runs"
+    );
+    drop(postgres);
+    let postgres = AgentProcess::start(dir.path(), "pg.toml");
+    let (code, summary, drift) = compare(dir.path(), &sqlite.address, &postgres.address);
+    assert_eq!(code, 1, "{summary}");
+    assert_eq!(drift.len(), 1);
+    assert_eq!(drift[0]["kind"], "changed");
+    assert_eq!(drift[0]["key"], "1234");
+    assert_eq!(drift[0]["columns"], serde_json::json!(["balance"]));
+    pg.batch_execute(&format!("DROP TABLE {table}")).unwrap();
+}

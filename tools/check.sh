@@ -3,10 +3,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source tools/env.sh
+source tools/databases.sh
+trap arbor_databases_down EXIT
+arbor_databases_up
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+cargo build --workspace --locked --bins
+tools/reflection_check.sh
 cargo test --workspace --locked
 cargo bench --workspace --no-run --locked
 echo "check: clean"

@@ -26,7 +26,7 @@ use std::time::Instant;
 use arbor_index::{BuildStats, Index, IndexConfig, IndexError, RunStore};
 use arbor_record::{DatasetKeys, Record};
 use arbor_source::sqlite::SqliteSource;
-use arbor_source::{Source, SourceError};
+use arbor_source::{PostgresSource, Source, SourceError};
 use arbor_sync::{CompareOptions, DriftKind, LocalPeer, compare_collect};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -35,7 +35,7 @@ use tonic::{Request, Response, Status};
 use tracing::{info, instrument, warn};
 
 use crate::client::{GrpcPeer, MAX_MESSAGE_BYTES, RetryPolicy};
-use crate::config::{AgentConfig, DatasetConfig};
+use crate::config::{AgentConfig, DatasetConfig, SourceConfig};
 use crate::convert::{index_status, source_status};
 use crate::proto::v1 as pb;
 use crate::proto::v1::admin_service_server::{AdminService, AdminServiceServer};
@@ -99,12 +99,26 @@ pub enum AgentError {
 }
 
 /// Opens a dataset's system read-only and checks it against its mapping.
-pub fn open_source(d: &DatasetConfig) -> Result<SqliteSource, AgentError> {
+pub fn open_source(d: &DatasetConfig) -> Result<Box<dyn Source>, AgentError> {
     let wrap = |source| AgentError::Source {
         dataset: d.name.clone(),
         source,
     };
-    let mut s = SqliteSource::open(&d.path, d.relation.clone(), d.mapping.clone()).map_err(wrap)?;
+    let mut s: Box<dyn Source> = match &d.source {
+        SourceConfig::Sqlite { path, relation } => {
+            Box::new(SqliteSource::open(path, relation.clone(), d.mapping.clone()).map_err(wrap)?)
+        }
+        SourceConfig::Postgres {
+            url,
+            relation,
+            options,
+        } => Box::new(PostgresSource::new(
+            url.clone(),
+            relation.clone(),
+            d.mapping.clone(),
+            *options,
+        )),
+    };
     s.check().map_err(wrap)?;
     Ok(s)
 }
@@ -657,7 +671,7 @@ pub fn open_datasets(config: &AgentConfig) -> Result<HashMap<String, Arc<Dataset
             d.name.clone(),
             Arc::new(Dataset {
                 index: Arc::new(index),
-                source: Some(Arc::new(Mutex::new(Box::new(source) as Box<dyn Source>))),
+                source: Some(Arc::new(Mutex::new(source))),
                 indexing: std::sync::atomic::AtomicBool::new(true),
             }),
         );
@@ -672,7 +686,14 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     on_listening: impl FnOnce(SocketAddr),
 ) -> Result<(), AgentError> {
-    let datasets = open_datasets(&config)?;
+    // Connectors may block (and the PostgreSQL driver runs its own
+    // runtime): sources are only ever touched on the blocking pool.
+    let opening = config.clone();
+    let datasets = tokio::task::spawn_blocking(move || open_datasets(&opening))
+        .await
+        .map_err(|e| {
+            AgentError::Runs(IndexError::InvalidRequest(format!("opening datasets: {e}")))
+        })??;
     let runs = Arc::new(RunStore::open(config.data_dir.join("runs")).map_err(AgentError::Runs)?);
     let state = Arc::new(AgentState::with_datasets(
         datasets,

@@ -26,6 +26,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use arbor_source::postgres::{ScanOptions, redact_url};
 use arbor_source::sqlite::Relation;
 use arbor_source::{ColumnMapping, Mapping};
 use serde::Deserialize;
@@ -106,6 +107,65 @@ pub enum SourceSection {
         #[serde(default)]
         query: Option<String>,
     },
+    /// A PostgreSQL database, read with COPY in keyset chunks.
+    Postgres {
+        /// Environment variable holding the connection URL (preferred: URLs
+        /// carry passwords). Exactly one of `url_env` and `url`.
+        #[serde(default)]
+        url_env: Option<String>,
+        /// The connection URL, `postgres://user:password@host:port/db`.
+        #[serde(default)]
+        url: Option<String>,
+        /// A table, optionally schema-qualified (`sales.customers`).
+        #[serde(default)]
+        table: Option<String>,
+        /// A query whose result columns are mapped like a table's.
+        #[serde(default)]
+        query: Option<String>,
+        /// Rows per keyset chunk. Default 50,000.
+        #[serde(default)]
+        chunk_rows: Option<u64>,
+        /// Throttle in rows per second; 0 or absent: none.
+        #[serde(default)]
+        max_rows_per_sec: Option<u64>,
+        /// statement_timeout of each statement, seconds. Default 60.
+        #[serde(default)]
+        statement_timeout_secs: Option<u64>,
+    },
+}
+
+/// A dataset's system, validated.
+#[derive(Clone)]
+pub enum SourceConfig {
+    /// A SQLite file.
+    Sqlite {
+        /// The file.
+        path: PathBuf,
+        /// Table or query.
+        relation: Relation,
+    },
+    /// A PostgreSQL database.
+    Postgres {
+        /// Connection URL (with its password: never print it, see `Debug`).
+        url: String,
+        /// Table or query.
+        relation: Relation,
+        /// Chunking, throttle and timeouts.
+        options: ScanOptions,
+    },
+}
+
+impl std::fmt::Debug for SourceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SourceConfig::Sqlite { path, relation } => {
+                write!(f, "sqlite {} {relation:?}", path.display())
+            }
+            SourceConfig::Postgres { url, relation, .. } => {
+                write!(f, "postgres {} {relation:?}", redact_url(url))
+            }
+        }
+    }
 }
 
 /// One `[[dataset]]`.
@@ -152,10 +212,8 @@ pub struct DatasetConfig {
     pub secret: Vec<u8>,
     /// Where the secret came from, for messages.
     pub secret_origin: String,
-    /// The SQLite file.
-    pub path: PathBuf,
-    /// Table or query.
-    pub relation: Relation,
+    /// The system.
+    pub source: SourceConfig,
     /// Column mapping.
     pub mapping: Mapping,
 }
@@ -165,8 +223,7 @@ impl std::fmt::Debug for DatasetConfig {
         f.debug_struct("DatasetConfig")
             .field("name", &self.name)
             .field("secret", &format_args!("<from {}>", self.secret_origin))
-            .field("path", &self.path)
-            .field("relation", &self.relation)
+            .field("source", &self.source)
             .finish_non_exhaustive()
     }
 }
@@ -288,19 +345,61 @@ impl AgentConfig {
             if secret.is_empty() {
                 return Err(invalid(field("secret"), "the secret is empty".into()));
             }
-            let SourceSection::Sqlite {
-                path: db,
-                table,
-                query,
-            } = d.source;
-            let relation = match (table, query) {
-                (Some(t), None) => Relation::Table(t),
-                (None, Some(q)) => Relation::Query(q),
-                _ => {
-                    return Err(invalid(
-                        field("source"),
-                        "set exactly one of table and query".into(),
-                    ));
+            let relation = |table: Option<String>, query: Option<String>| match (table, query) {
+                (Some(t), None) => Ok(Relation::Table(t)),
+                (None, Some(q)) => Ok(Relation::Query(q)),
+                _ => Err(invalid(
+                    field("source"),
+                    "set exactly one of table and query".into(),
+                )),
+            };
+            let source = match d.source {
+                SourceSection::Sqlite {
+                    path: db,
+                    table,
+                    query,
+                } => SourceConfig::Sqlite {
+                    path: base.join(db),
+                    relation: relation(table, query)?,
+                },
+                SourceSection::Postgres {
+                    url_env,
+                    url,
+                    table,
+                    query,
+                    chunk_rows,
+                    max_rows_per_sec,
+                    statement_timeout_secs,
+                } => {
+                    let url = match (url_env, url) {
+                        (Some(var), None) => std::env::var(&var).map_err(|_| {
+                            invalid(
+                                field("source.url_env"),
+                                format!("environment variable {var} is not set"),
+                            )
+                        })?,
+                        (None, Some(u)) => u,
+                        _ => {
+                            return Err(invalid(
+                                field("source"),
+                                "set exactly one of url_env and url".into(),
+                            ));
+                        }
+                    };
+                    let defaults = ScanOptions::default();
+                    SourceConfig::Postgres {
+                        url,
+                        relation: relation(table, query)?,
+                        options: ScanOptions {
+                            chunk_rows: chunk_rows.unwrap_or(defaults.chunk_rows).max(1),
+                            max_rows_per_sec: max_rows_per_sec.unwrap_or(0),
+                            statement_timeout: statement_timeout_secs
+                                .map_or(defaults.statement_timeout, |s| {
+                                    Duration::from_secs(s.max(1))
+                                }),
+                            ..defaults
+                        },
+                    }
                 }
             };
             if d.key.is_empty() {
@@ -315,8 +414,7 @@ impl AgentConfig {
                 name: d.name,
                 secret,
                 secret_origin,
-                path: base.join(db),
-                relation,
+                source,
                 mapping,
             });
         }
@@ -364,6 +462,18 @@ mod tests {
         let c = load(GOOD).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:7401");
         assert_eq!(c.datasets[0].mapping.columns()[0].canonical(), "email");
+        let pg = GOOD.replace(
+            r#"source = { kind = "sqlite", path = "crm.db", table = "customers" }"#,
+            r#"source = { kind = "postgres", url = "postgres://u:pw-123@db/crm", table = "sales.customers", chunk_rows = 10 }"#,
+        );
+        let c = load(&pg).unwrap();
+        assert!(
+            matches!(&c.datasets[0].source, SourceConfig::Postgres { options, .. } if options.chunk_rows == 10)
+        );
+        assert!(
+            !format!("{c:?}").contains("pw-123"),
+            "passwords never printed"
+        );
         assert!(c.data_dir.ends_with("data"));
         assert!(
             !format!("{c:?}").contains("s3cret-value"),

@@ -215,14 +215,21 @@ async fn run(cli: Cli) -> Result<u8> {
             .context("agent stopped with an error")?;
             Ok(0)
         }
+        // Offline commands read systems, which may block: off the runtime.
         Command::Config {
             command: ConfigCommand::Check(args),
-        } => config_check(&args),
-        Command::Index { command } => index_command(command),
+        } => blocking(move || config_check(&args)).await,
+        Command::Index { command } => blocking(move || index_command(command)).await,
         Command::Compare(args) => compare(args).await,
         Command::Runs { command } => runs(command).await,
         Command::Demo(args) => demo::run(args),
     }
+}
+
+async fn blocking(f: impl FnOnce() -> Result<u8> + Send + 'static) -> Result<u8> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .context("command task failed")?
 }
 
 async fn shutdown_signal() {
@@ -254,10 +261,9 @@ fn config_check(args: &ConfigArgs) -> Result<u8> {
         agent::open_source(d)?;
         let keys = arbor_record::DatasetKeys::derive(&d.secret);
         println!(
-            "  dataset {}: sqlite {} ({:?}), {} key and {} compared columns, secret from {} (key id {}): system readable",
+            "  dataset {}: {:?}, {} key and {} compared columns, secret from {} (key id {}): system readable",
             d.name,
-            d.path.display(),
-            d.relation,
+            d.source,
             d.mapping.key().len(),
             d.mapping.columns().len(),
             d.secret_origin,
@@ -315,7 +321,7 @@ fn index_command(command: IndexCommand) -> Result<u8> {
                     bar.set_position(n);
                 }
             };
-            let built = agent::build_from_source_with_progress(&index, &mut source, &progress);
+            let built = agent::build_from_source_with_progress(&index, source.as_mut(), &progress);
             if let Some(bar) = &bar {
                 bar.finish_and_clear();
             }
@@ -374,7 +380,47 @@ async fn audit_client(agent: &str) -> Result<AuditServiceClient<tonic::transport
     Ok(client.max_decoding_message_size(arbor::client::MAX_MESSAGE_BYTES))
 }
 
+/// Waits while the agent at `addr` answers NOT_SERVING (still indexing).
+async fn wait_serving(addr: &str, deadline: Instant) -> Result<()> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    loop {
+        let state = match tonic::transport::Endpoint::from_shared(addr.to_owned()) {
+            Err(e) => bail!("invalid agent address {addr:?}: {e}"),
+            Ok(endpoint) => match endpoint.connect().await {
+                Ok(channel) => match HealthClient::new(channel)
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                {
+                    Ok(r) => Ok(r.into_inner().status),
+                    Err(s) => Err(s.message().to_owned()),
+                },
+                Err(e) => Err(e.to_string()),
+            },
+        };
+        match state {
+            Ok(s)
+                if s == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 =>
+            {
+                return Ok(());
+            }
+            // Unreachable: do not wait; the compare records a failed run
+            // naming the agent.
+            Err(_) => return Ok(()),
+            Ok(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Ok(_) => bail!("agent {addr} is still indexing after the --wait period"),
+        }
+    }
+}
+
 async fn compare(args: CompareArgs) -> Result<u8> {
+    let deadline = Instant::now() + Duration::from_secs(args.wait);
+    wait_serving(&args.agent, deadline).await?;
+    wait_serving(&args.peer, deadline).await?;
     let mut client = audit_client(&args.agent).await?;
     let request = pb::CompareRequest {
         dataset: args.dataset.clone(),
@@ -382,7 +428,6 @@ async fn compare(args: CompareArgs) -> Result<u8> {
         peer_dataset: args.peer_dataset.clone().unwrap_or_default(),
         ..Default::default()
     };
-    let deadline = Instant::now() + Duration::from_secs(args.wait);
     let summary: RunSummary = loop {
         match client.compare(request.clone()).await {
             Ok(r) => break r.into_inner().into(),

@@ -14,13 +14,16 @@
 //! CSV/JSONL follow the same trait.
 
 pub mod mapping;
+pub mod postgres;
 pub mod sqlite;
+pub mod text;
 
 use arbor_record::{Record, Value};
 
 use thiserror::Error;
 
 pub use mapping::{ColumnMapping, Mapping};
+pub use postgres::PostgresSource;
 pub use sqlite::SqliteSource;
 
 /// Errors of reading a source.

@@ -1,0 +1,581 @@
+//! PostgreSQL: a table or query streamed with `COPY ... TO STDOUT` in keyset
+//! chunks, safe to run beside a production database.
+//!
+//! * **Keyset chunks**: `COPY (SELECT … WHERE (key) > (last) ORDER BY key
+//!   LIMIT n) TO STDOUT`. Each chunk is its own short read-only transaction,
+//!   so no snapshot is held for the whole scan (vacuum is never blocked for
+//!   long), and a scan can **resume** from the last key it read.
+//! * **Resilient**: when the connection breaks mid-scan (a restart, a
+//!   failover), the source reconnects with backoff and resumes after the
+//!   last key handed out; nothing is read twice or skipped.
+//! * **Gentle**: `chunk_rows`, a `max_rows_per_sec` throttle and a
+//!   `statement_timeout` bound what each statement costs the server.
+//! * **Canonical text**: the session runs with `TimeZone=UTC`, ISO dates,
+//!   `extra_float_digits=3` (shortest exact floats) and hex `bytea`, and
+//!   values are read through [`crate::text`]; the mapping's kinds are checked
+//!   against the column types at start.
+//!
+//! Key columns must be integer, text or uuid (see [`crate::mapping`]).
+
+use std::io::BufRead;
+use std::time::{Duration, Instant};
+
+use arbor_record::value::format_uuid;
+use arbor_record::{Record, Value, ValueKind};
+use postgres::types::Type;
+use postgres::{Client, NoTls, SimpleQueryMessage};
+use tracing::{debug, info, instrument, warn};
+
+use crate::mapping::Mapping;
+use crate::sqlite::Relation;
+use crate::{Source, SourceError, text};
+
+/// How a PostgreSQL scan treats the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanOptions {
+    /// Rows per keyset chunk (one COPY statement each).
+    pub chunk_rows: u64,
+    /// Throttle: at most this many rows per second; 0 means no limit.
+    pub max_rows_per_sec: u64,
+    /// `statement_timeout` of every statement.
+    pub statement_timeout: Duration,
+    /// Reconnection attempts after a broken connection, before giving up.
+    pub reconnect_attempts: u32,
+    /// Wait before the first reconnection; doubles up to 10 s.
+    pub reconnect_backoff: Duration,
+}
+
+impl Default for ScanOptions {
+    fn default() -> Self {
+        ScanOptions {
+            chunk_rows: 50_000,
+            max_rows_per_sec: 0,
+            statement_timeout: Duration::from_secs(60),
+            reconnect_attempts: 10,
+            reconnect_backoff: Duration::from_millis(200),
+        }
+    }
+}
+
+/// A dataset in a PostgreSQL database.
+pub struct PostgresSource {
+    url: String,
+    relation: Relation,
+    mapping: Mapping,
+    options: ScanOptions,
+    client: Option<Client>,
+}
+
+/// The URL with its password masked, for messages.
+pub fn redact_url(url: &str) -> String {
+    // postgres://user:password@host/db → postgres://user:***@host/db
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url
+            .split_whitespace()
+            .map(|kv| {
+                if kv.starts_with("password=") {
+                    "password=***"
+                } else {
+                    kv
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A table name, schema-qualified or not: `public.customers` → `"public"."customers"`.
+fn table_ident(name: &str) -> String {
+    name.split('.').map(ident).collect::<Vec<_>>().join(".")
+}
+
+/// A key value as a SQL literal (key kinds only).
+fn literal(v: &Value) -> Result<String, String> {
+    Ok(match v {
+        Value::Integer(i) => i.to_string(),
+        Value::Text(t) => format!("'{}'", t.replace('\'', "''")),
+        Value::Uuid(u) => format!("'{}'::uuid", format_uuid(u)),
+        other => return Err(format!("{other} cannot be a key")),
+    })
+}
+
+/// Whether a PostgreSQL column type can be read as `kind` without loss.
+fn compatible(kind: ValueKind, t: &Type) -> bool {
+    let is = |types: &[Type]| types.contains(t);
+    match kind {
+        ValueKind::Integer => is(&[Type::INT2, Type::INT4, Type::INT8]),
+        ValueKind::Bool => is(&[Type::BOOL]),
+        ValueKind::Decimal => is(&[Type::NUMERIC, Type::INT2, Type::INT4, Type::INT8]),
+        ValueKind::Float => is(&[Type::FLOAT4, Type::FLOAT8]),
+        ValueKind::Text => is(&[Type::TEXT, Type::VARCHAR, Type::BPCHAR, Type::NAME]),
+        ValueKind::Bytes => is(&[Type::BYTEA]),
+        ValueKind::Date => is(&[Type::DATE]),
+        ValueKind::Timestamp => is(&[Type::TIMESTAMP, Type::TIMESTAMPTZ]),
+        ValueKind::Uuid => is(&[Type::UUID]),
+        ValueKind::Json => is(&[Type::JSON, Type::JSONB]),
+    }
+}
+
+/// Undoes the escapes of COPY's text format in one field.
+fn unescape(field: &[u8]) -> Result<String, String> {
+    if !field.contains(&b'\\') {
+        return String::from_utf8(field.to_vec()).map_err(|_| "value is not UTF-8".to_string());
+    }
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        let b = field[i];
+        if b != b'\\' || i + 1 == field.len() {
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        let c = field[i + 1];
+        i += 2;
+        match c {
+            b'b' => out.push(8),
+            b'f' => out.push(12),
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b't' => out.push(b'\t'),
+            b'v' => out.push(11),
+            b'0'..=b'7' => {
+                let mut v = u32::from(c - b'0');
+                let mut n = 1;
+                while n < 3 && i < field.len() && (b'0'..=b'7').contains(&field[i]) {
+                    v = v * 8 + u32::from(field[i] - b'0');
+                    i += 1;
+                    n += 1;
+                }
+                out.push(v as u8);
+            }
+            b'x' if i < field.len() && field[i].is_ascii_hexdigit() => {
+                let mut v = 0u32;
+                let mut n = 0;
+                while n < 2 && i < field.len() && field[i].is_ascii_hexdigit() {
+                    v = v * 16 + (field[i] as char).to_digit(16).unwrap_or(0);
+                    i += 1;
+                    n += 1;
+                }
+                out.push(v as u8);
+            }
+            other => out.push(other),
+        }
+    }
+    String::from_utf8(out).map_err(|_| "value is not UTF-8".to_string())
+}
+
+fn is_connection_error(e: &postgres::Error) -> bool {
+    e.is_closed()
+        || e.as_db_error().is_some_and(|d| {
+            // admin_shutdown, crash_shutdown, cannot_connect_now
+            matches!(d.code().code(), "57P01" | "57P02" | "57P03")
+        })
+        || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+}
+
+impl PostgresSource {
+    /// A source that connects on first use (so a config check and an agent
+    /// start name the database that cannot be reached).
+    pub fn new(
+        url: impl Into<String>,
+        relation: Relation,
+        mapping: Mapping,
+        options: ScanOptions,
+    ) -> PostgresSource {
+        PostgresSource {
+            url: url.into(),
+            relation,
+            mapping,
+            options,
+            client: None,
+        }
+    }
+
+    fn dataset(&self) -> String {
+        match &self.relation {
+            Relation::Table(t) => format!("{}:{t}", redact_url(&self.url)),
+            Relation::Query(_) => format!("{}:(query)", redact_url(&self.url)),
+        }
+    }
+
+    fn from(&self) -> String {
+        match &self.relation {
+            Relation::Table(t) => table_ident(t),
+            Relation::Query(q) => format!("({q}) AS arbor_q"),
+        }
+    }
+
+    fn connect(&self) -> Result<Client, SourceError> {
+        let open_err = |e: &dyn std::fmt::Display| SourceError::Open {
+            what: format!("postgres {}", redact_url(&self.url)),
+            reason: e.to_string(),
+        };
+        let mut client = Client::connect(&self.url, NoTls).map_err(|e| open_err(&e))?;
+        client
+            .batch_execute(&format!(
+                "SET application_name = 'arbor'; SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD';
+                 SET extra_float_digits = 3; SET bytea_output = 'hex'; SET standard_conforming_strings = on;
+                 SET default_transaction_read_only = on; SET statement_timeout = {};",
+                self.options.statement_timeout.as_millis().max(1)
+            ))
+            .map_err(|e| open_err(&e))?;
+        Ok(client)
+    }
+
+    fn client(&mut self) -> Result<&mut Client, SourceError> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.client = Some(self.connect()?);
+        }
+        Ok(self.client.as_mut().expect("connected above"))
+    }
+
+    /// Reconnects after a broken connection, with backoff.
+    fn reconnect(&mut self, cause: &str) -> Result<(), SourceError> {
+        self.client = None;
+        let mut wait = self.options.reconnect_backoff;
+        for attempt in 1..=self.options.reconnect_attempts {
+            warn!(dataset = %self.dataset(), attempt, error = %cause, "connection lost; reconnecting");
+            std::thread::sleep(wait);
+            match self.connect() {
+                Ok(c) => {
+                    self.client = Some(c);
+                    info!(dataset = %self.dataset(), attempt, "reconnected; resuming the scan");
+                    return Ok(());
+                }
+                Err(e) => debug!(error = %e, "reconnect failed"),
+            }
+            wait = (wait * 2).min(Duration::from_secs(10));
+        }
+        Err(SourceError::Read {
+            dataset: self.dataset(),
+            reason: format!(
+                "connection lost and {} reconnections failed: {cause}",
+                self.options.reconnect_attempts
+            ),
+        })
+    }
+
+    fn columns_sql(&self) -> String {
+        self.mapping
+            .key()
+            .iter()
+            .chain(self.mapping.columns())
+            .map(|c| ident(&c.source))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn key_sql(&self) -> String {
+        self.mapping
+            .key()
+            .iter()
+            .map(|c| ident(&c.source))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn chunk_query(&self, after: Option<&[Value]>) -> Result<String, SourceError> {
+        let filter = match after {
+            None => String::new(),
+            Some(last) => {
+                let lits = last
+                    .iter()
+                    .map(literal)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|problem| SourceError::Value {
+                        dataset: self.dataset(),
+                        column: "(key)".into(),
+                        problem,
+                    })?;
+                format!(" WHERE ({}) > ({})", self.key_sql(), lits.join(", "))
+            }
+        };
+        Ok(format!(
+            "COPY (SELECT {} FROM {}{filter} ORDER BY {} LIMIT {}) TO STDOUT",
+            self.columns_sql(),
+            self.from(),
+            self.key_sql(),
+            self.options.chunk_rows.max(1)
+        ))
+    }
+
+    /// One row of COPY text output into a record.
+    fn read_line(&self, line: &[u8]) -> Result<Record, SourceError> {
+        let fields: Vec<&[u8]> = line.split(|&b| b == b'\t').collect();
+        let cols: Vec<_> = self
+            .mapping
+            .key()
+            .iter()
+            .chain(self.mapping.columns())
+            .collect();
+        if fields.len() != cols.len() {
+            return Err(SourceError::Read {
+                dataset: self.dataset(),
+                reason: format!(
+                    "COPY row has {} fields, expected {}",
+                    fields.len(),
+                    cols.len()
+                ),
+            });
+        }
+        let mut values = Vec::with_capacity(cols.len());
+        for (f, c) in fields.iter().zip(&cols) {
+            let v = if *f == b"\\N" {
+                Value::Null
+            } else {
+                let t = unescape(f).map_err(|problem| self.value_error(&c.source, problem))?;
+                text::parse(c.kind, &t).map_err(|problem| self.value_error(&c.source, problem))?
+            };
+            values.push(v);
+        }
+        let nk = self.mapping.key().len();
+        let rest = values.split_off(nk);
+        if let Some(i) = values.iter().position(|v| *v == Value::Null) {
+            return Err(
+                self.value_error(&self.mapping.key()[i].source, "key column is NULL".into())
+            );
+        }
+        Ok(Record::new(values, rest))
+    }
+
+    fn value_error(&self, column: &str, problem: String) -> SourceError {
+        SourceError::Value {
+            dataset: self.dataset(),
+            column: column.to_owned(),
+            problem,
+        }
+    }
+
+    /// Reads one chunk; returns the number of rows and the last key. The
+    /// whole chunk is read before any record is handed out, so a broken
+    /// connection never leaves a chunk half visited.
+    fn read_chunk(
+        &mut self,
+        after: Option<&[Value]>,
+        visit: &mut dyn FnMut(Record) -> Result<(), SourceError>,
+    ) -> Result<(u64, Option<Vec<Value>>), ChunkError> {
+        let query = self.chunk_query(after)?;
+        let dataset = self.dataset();
+        let mut lines = Vec::new();
+        {
+            let client = self.client()?;
+            let reader = client.copy_out(query.as_str()).map_err(|e| {
+                if is_connection_error(&e) {
+                    ChunkError::Connection(e.to_string())
+                } else {
+                    ChunkError::Fatal(SourceError::Read {
+                        dataset: dataset.clone(),
+                        reason: e
+                            .as_db_error()
+                            .map_or_else(|| e.to_string(), |d| d.message().to_owned()),
+                    })
+                }
+            })?;
+            let mut reader = std::io::BufReader::new(reader);
+            loop {
+                let mut line = Vec::new();
+                match reader.read_until(b'\n', &mut line) {
+                    Ok(0) => break,
+                    Ok(_) => {
+                        if line.last() == Some(&b'\n') {
+                            line.pop();
+                        }
+                        lines.push(line);
+                    }
+                    // The driver reports a COPY stream cut short as an IO error.
+                    Err(e) => return Err(ChunkError::Connection(format!("COPY interrupted: {e}"))),
+                }
+            }
+        }
+        let mut last = None;
+        let n = lines.len() as u64;
+        for line in lines {
+            let r = self.read_line(&line)?;
+            last = Some(r.key.clone());
+            visit(r)?;
+        }
+        Ok((n, last))
+    }
+}
+
+/// Why a chunk could not be read.
+enum ChunkError {
+    /// The connection broke: reconnect and read the chunk again.
+    Connection(String),
+    /// Anything else: the scan fails.
+    Fatal(SourceError),
+}
+
+impl From<SourceError> for ChunkError {
+    fn from(e: SourceError) -> ChunkError {
+        ChunkError::Fatal(e)
+    }
+}
+
+impl Source for PostgresSource {
+    fn mapping(&self) -> &Mapping {
+        &self.mapping
+    }
+
+    fn check(&mut self) -> Result<(), SourceError> {
+        let probe = format!("SELECT {} FROM {} LIMIT 0", self.columns_sql(), self.from());
+        let dataset = self.dataset();
+        let client = self.client()?;
+        let stmt = client.prepare(&probe).map_err(|e| SourceError::Schema {
+            dataset: dataset.clone(),
+            problem: e
+                .as_db_error()
+                .map_or_else(|| e.to_string(), |d| d.message().to_owned()),
+        })?;
+        let cols: Vec<_> = self
+            .mapping
+            .key()
+            .iter()
+            .chain(self.mapping.columns())
+            .collect();
+        for (c, col) in cols.iter().zip(stmt.columns()) {
+            if !compatible(c.kind, col.type_()) {
+                return Err(SourceError::Schema {
+                    dataset,
+                    problem: format!(
+                        "column {:?} is {} in PostgreSQL and cannot be read as {} (mapped to {:?})",
+                        c.source,
+                        col.type_().name(),
+                        c.kind,
+                        c.canonical()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    #[instrument(skip_all, fields(dataset = %self.dataset()))]
+    fn scan(
+        &mut self,
+        visit: &mut dyn FnMut(Record) -> Result<(), SourceError>,
+    ) -> Result<u64, SourceError> {
+        self.check()?;
+        let mut after: Option<Vec<Value>> = None;
+        let mut total = 0u64;
+        let started = Instant::now();
+        loop {
+            match self.read_chunk(after.as_deref(), visit) {
+                Ok((n, last)) => {
+                    total += n;
+                    if n < self.options.chunk_rows.max(1) {
+                        break;
+                    }
+                    after = last;
+                    if self.options.max_rows_per_sec > 0 {
+                        let due = Duration::from_secs_f64(
+                            total as f64 / self.options.max_rows_per_sec as f64,
+                        );
+                        if let Some(wait) = due.checked_sub(started.elapsed()) {
+                            std::thread::sleep(wait);
+                        }
+                    }
+                }
+                Err(ChunkError::Connection(cause)) => self.reconnect(&cause)?,
+                Err(ChunkError::Fatal(e)) => return Err(e),
+            }
+        }
+        debug!(rows = total, "scan finished");
+        Ok(total)
+    }
+
+    fn fetch(&mut self, keys: &[Vec<Value>]) -> Result<Vec<Option<Record>>, SourceError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let lits = key
+                .iter()
+                .map(literal)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|problem| self.value_error("(key)", problem))?;
+            let sql = format!(
+                "SELECT {} FROM {} WHERE ({}) = ({})",
+                self.columns_sql(),
+                self.from(),
+                self.key_sql(),
+                lits.join(", ")
+            );
+            let dataset = self.dataset();
+            let rows = self
+                .client()?
+                .simple_query(&sql)
+                .map_err(|e| SourceError::Read {
+                    dataset,
+                    reason: e.to_string(),
+                })?;
+            let mut found = None;
+            for m in rows {
+                if let SimpleQueryMessage::Row(row) = m {
+                    let cols: Vec<_> = self
+                        .mapping
+                        .key()
+                        .iter()
+                        .chain(self.mapping.columns())
+                        .collect();
+                    let mut values = Vec::with_capacity(cols.len());
+                    for (i, c) in cols.iter().enumerate() {
+                        values.push(match row.get(i) {
+                            None => Value::Null,
+                            Some(t) => text::parse(c.kind, t)
+                                .map_err(|p| self.value_error(&c.source, p))?,
+                        });
+                    }
+                    let rest = values.split_off(self.mapping.key().len());
+                    found = Some(Record::new(values, rest));
+                }
+            }
+            out.push(found);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_text_escapes_are_undone() {
+        assert_eq!(unescape(b"a\\tb\\nc\\\\d").unwrap(), "a\tb\nc\\d");
+        assert_eq!(unescape(b"\\101\\x42").unwrap(), "AB");
+        assert_eq!(unescape(b"\\\\x00ff").unwrap(), "\\x00ff");
+        assert_eq!(unescape(b"plain").unwrap(), "plain");
+    }
+
+    #[test]
+    fn urls_never_show_passwords() {
+        assert_eq!(
+            redact_url("postgres://arbor:s3cret@db:5432/x"),
+            "postgres://arbor:***@db:5432/x"
+        );
+        assert_eq!(
+            redact_url("host=db user=a password=s3cret"),
+            "host=db user=a password=***"
+        );
+        assert_eq!(redact_url("postgres://arbor@db/x"), "postgres://arbor@db/x");
+    }
+
+    #[test]
+    fn literals_quote_safely() {
+        assert_eq!(literal(&Value::text("o'brien")).unwrap(), "'o''brien'");
+        assert_eq!(literal(&Value::Integer(-5)).unwrap(), "-5");
+        assert!(literal(&Value::float(1.0)).is_err());
+        assert_eq!(table_ident("public.customers"), "\"public\".\"customers\"");
+    }
+}

@@ -1,0 +1,306 @@
+//! The PostgreSQL source against a real server: `ARBOR_TEST_POSTGRES_URL`,
+//! which `tools/test.sh` exports (a running server on 127.0.0.1:5432, or a
+//! private instance it starts).
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arbor_record::value::{Date, Decimal, Timestamp, parse_uuid};
+use arbor_record::{CanonicalJson, Record, Value, ValueKind};
+use arbor_source::postgres::{PostgresSource, ScanOptions};
+use arbor_source::sqlite::Relation;
+use arbor_source::{ColumnMapping, Mapping, Source, SourceError};
+use postgres::{Client, NoTls};
+
+fn url() -> String {
+    std::env::var("ARBOR_TEST_POSTGRES_URL")
+        .expect("ARBOR_TEST_POSTGRES_URL is not set: run the tests through tools/test.sh, which starts PostgreSQL")
+}
+
+/// A table of its own for each test, dropped at the end.
+struct Table {
+    admin: Client,
+    name: String,
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl Table {
+    fn create(columns: &str) -> Table {
+        let mut admin = Client::connect(&url(), NoTls).expect("connect as admin");
+        let name = format!(
+            "arbor_t_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        admin
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS {name}; CREATE TABLE {name} ({columns})"
+            ))
+            .expect("create test table");
+        Table { admin, name }
+    }
+}
+
+impl Drop for Table {
+    fn drop(&mut self) {
+        let _ = self
+            .admin
+            .batch_execute(&format!("DROP TABLE IF EXISTS {}", self.name));
+    }
+}
+
+fn col(source: &str, kind: ValueKind) -> ColumnMapping {
+    ColumnMapping::new(source, source, kind)
+}
+
+fn scan_all(s: &mut dyn Source) -> Result<Vec<Record>, SourceError> {
+    let mut out = Vec::new();
+    s.scan(&mut |r| {
+        out.push(r);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+#[test]
+fn every_type_reads_as_its_canonical_value() {
+    let mut t = Table::create(
+        "id int8 primary key, i2 int2, i4 int4, n numeric(30,6), f4 float4, f8 float8, t text, v varchar(20),
+         c char(5), b bool, by bytea, d date, ts timestamp(6), tz timestamptz, u uuid, j json, jb jsonb",
+    );
+    t.admin
+        .batch_execute(&format!(
+            "INSERT INTO {0} VALUES
+             (1, -32768, 2147483647, 1.100000, 1.5, -0.0, 'tab\there', 'é', 'ab', true, '\\x00ff0a', '2024-02-29',
+              '2024-02-29 23:59:59.123456', '2024-03-01 05:29:59.123456+05:30', '123e4567-e89b-12d3-a456-426614174000',
+              '{{\"b\": 1.0, \"a\": [true]}}', '{{\"b\": 1.0, \"a\": [true]}}'),
+             (2, NULL, NULL, NULL, NULL, NULL, '', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+             (9223372036854775807, 0, 0, -123456789012345678901234.5, 'NaN', 'Infinity', 'line
+break', 'x', 'x', false, '\\x', '1969-07-20', '1970-01-01 00:00:00', '1970-01-01 00:00:00+00',
+              '00000000-0000-0000-0000-000000000000', '[]', 'null')",
+            t.name
+        ))
+        .unwrap();
+    let kinds = [
+        ("i2", ValueKind::Integer),
+        ("i4", ValueKind::Integer),
+        ("n", ValueKind::Decimal),
+        ("f4", ValueKind::Float),
+        ("f8", ValueKind::Float),
+        ("t", ValueKind::Text),
+        ("v", ValueKind::Text),
+        ("c", ValueKind::Text),
+        ("b", ValueKind::Bool),
+        ("by", ValueKind::Bytes),
+        ("d", ValueKind::Date),
+        ("ts", ValueKind::Timestamp),
+        ("tz", ValueKind::Timestamp),
+        ("u", ValueKind::Uuid),
+        ("j", ValueKind::Json),
+        ("jb", ValueKind::Json),
+    ];
+    let mapping = Mapping::new(
+        vec![col("id", ValueKind::Integer)],
+        kinds.iter().map(|(n, k)| col(n, *k)).collect(),
+    )
+    .unwrap();
+    let options = ScanOptions {
+        chunk_rows: 2,
+        ..ScanOptions::default()
+    };
+    let mut s = PostgresSource::new(
+        url(),
+        Relation::Table(t.name.clone()),
+        mapping.clone(),
+        options,
+    );
+    s.check().unwrap();
+    let rows = scan_all(&mut s).unwrap();
+    assert_eq!(rows.len(), 3);
+    // Values are in canonical (name) order: b by c d f4 f8 i2 i4 j jb n t ts tz u v
+    let get = |r: &Record, name: &str| -> Value {
+        let i = mapping
+            .columns()
+            .iter()
+            .position(|c| c.source == name)
+            .unwrap();
+        r.values[i].clone()
+    };
+    let r = &rows[0];
+    assert_eq!(r.key, vec![Value::Integer(1)]);
+    assert_eq!(get(r, "i2"), Value::Integer(-32768));
+    assert_eq!(get(r, "n"), Value::Decimal(Decimal::parse("1.1").unwrap()));
+    assert_eq!(get(r, "f4"), Value::float(1.5));
+    assert_eq!(get(r, "f8"), Value::float(0.0));
+    assert_eq!(get(r, "t"), Value::text("tab\there"));
+    assert_eq!(get(r, "v"), Value::text("é"));
+    assert_eq!(
+        get(r, "c"),
+        Value::text("ab   "),
+        "char(n) keeps its padding: trimming is a mapping transform"
+    );
+    assert_eq!(get(r, "b"), Value::Bool(true));
+    assert_eq!(get(r, "by"), Value::Bytes(vec![0, 255, 10]));
+    assert_eq!(get(r, "d"), Value::Date(Date::parse("2024-02-29").unwrap()));
+    let instant = Value::Timestamp(Timestamp::parse("2024-02-29T23:59:59.123456Z").unwrap());
+    assert_eq!(get(r, "ts"), instant);
+    assert_eq!(get(r, "tz"), instant);
+    assert_eq!(
+        get(r, "u"),
+        Value::Uuid(parse_uuid("123e4567-e89b-12d3-a456-426614174000").unwrap())
+    );
+    let json = Value::Json(CanonicalJson::parse(r#"{"a":[true],"b":1}"#).unwrap());
+    assert_eq!(get(r, "j"), json);
+    assert_eq!(get(r, "jb"), json);
+    let r = &rows[1];
+    assert_eq!(get(r, "t"), Value::text(""), "empty text is not NULL");
+    assert_eq!(get(r, "v"), Value::Null);
+    let r = &rows[2];
+    assert_eq!(r.key, vec![Value::Integer(i64::MAX.into())]);
+    assert_eq!(
+        get(r, "n"),
+        Value::Decimal(Decimal::parse("-123456789012345678901234.5").unwrap())
+    );
+    assert_eq!(get(r, "f4"), Value::float(f64::NAN));
+    assert_eq!(get(r, "f8"), Value::float(f64::INFINITY));
+    assert_eq!(get(r, "t"), Value::text("line\nbreak"));
+    assert_eq!(get(r, "by"), Value::Bytes(vec![]));
+    assert_eq!(
+        get(r, "jb"),
+        Value::Json(CanonicalJson::parse("null").unwrap())
+    );
+    // Fetch by key reads the same values.
+    let fetched = s
+        .fetch(&[vec![Value::Integer(1)], vec![Value::Integer(3)]])
+        .unwrap();
+    assert_eq!(fetched[0].as_ref(), Some(&rows[0]));
+    assert_eq!(fetched[1], None);
+}
+
+#[test]
+fn wrong_columns_and_types_are_named() {
+    let t = Table::create("id int4 primary key, email text, balance numeric");
+    let bad_name = Mapping::new(
+        vec![col("id", ValueKind::Integer)],
+        vec![col("emial", ValueKind::Text)],
+    )
+    .unwrap();
+    let mut s = PostgresSource::new(
+        url(),
+        Relation::Table(t.name.clone()),
+        bad_name,
+        ScanOptions::default(),
+    );
+    let e = s.check().unwrap_err().to_string();
+    assert!(e.contains("emial"), "{e}");
+    let bad_type = Mapping::new(
+        vec![col("id", ValueKind::Integer)],
+        vec![col("email", ValueKind::Integer)],
+    )
+    .unwrap();
+    let mut s = PostgresSource::new(
+        url(),
+        Relation::Table(t.name.clone()),
+        bad_type,
+        ScanOptions::default(),
+    );
+    let e = s.check().unwrap_err().to_string();
+    assert!(
+        e.contains("\"email\" is text") && e.contains("integer"),
+        "{e}"
+    );
+    let mut s = PostgresSource::new(
+        "postgres://arbor:wrong-password@127.0.0.1:1/nope",
+        Relation::Table("x".into()),
+        Mapping::new(vec![col("id", ValueKind::Integer)], vec![]).unwrap(),
+        ScanOptions::default(),
+    );
+    let e = s.check().unwrap_err().to_string();
+    assert!(
+        e.contains("127.0.0.1:1") && !e.contains("wrong-password"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_scan_resumes_after_the_server_drops_the_connection() {
+    let mut t = Table::create("id int4 primary key, v text");
+    t.admin
+        .batch_execute(&format!(
+            "INSERT INTO {} SELECT g, 'row ' || g FROM generate_series(1, 5000) g",
+            t.name
+        ))
+        .unwrap();
+    let mapping = Mapping::new(
+        vec![col("id", ValueKind::Integer)],
+        vec![col("v", ValueKind::Text)],
+    )
+    .unwrap();
+    let options = ScanOptions {
+        chunk_rows: 250,
+        reconnect_backoff: std::time::Duration::from_millis(50),
+        ..ScanOptions::default()
+    };
+    let mut s = PostgresSource::new(url(), Relation::Table(t.name.clone()), mapping, options);
+    let mut seen = Vec::new();
+    let mut killed = 0;
+    s.scan(&mut |r| {
+        seen.push(r.key[0].clone());
+        // Twice mid-scan, the server terminates the source's connection.
+        if seen.len() == 1_000 || seen.len() == 3_333 {
+            let n = t
+                .admin
+                .execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                     WHERE application_name = 'arbor' AND pid <> pg_backend_pid()",
+                    &[],
+                )
+                .unwrap();
+            killed += n;
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert!(killed >= 2, "the test must really cut the connection");
+    let distinct: BTreeSet<_> = seen.iter().cloned().collect();
+    assert_eq!(seen.len(), 5_000, "no row read twice");
+    assert_eq!(distinct.len(), 5_000, "no row skipped");
+}
+
+#[test]
+fn a_query_is_a_dataset_and_text_keys_page_correctly() {
+    let mut t = Table::create("code text primary key, n int4");
+    t.admin
+        .batch_execute(&format!(
+            "INSERT INTO {} SELECT 'k' || g || '''q', g FROM generate_series(1, 300) g",
+            t.name
+        ))
+        .unwrap();
+    let mapping = Mapping::new(
+        vec![col("code", ValueKind::Text)],
+        vec![col("n", ValueKind::Integer)],
+    )
+    .unwrap();
+    let options = ScanOptions {
+        chunk_rows: 7,
+        ..ScanOptions::default()
+    };
+    let mut s = PostgresSource::new(
+        url(),
+        Relation::Query(format!(
+            "SELECT code, n * 2 AS n FROM {} WHERE n <= 200",
+            t.name
+        )),
+        mapping,
+        options,
+    );
+    let rows = scan_all(&mut s).unwrap();
+    assert_eq!(rows.len(), 200);
+    let keys: BTreeSet<_> = rows.iter().map(|r| r.key.clone()).collect();
+    assert_eq!(keys.len(), 200);
+    assert!(
+        rows.iter()
+            .all(|r| matches!(&r.values[0], Value::Integer(n) if n % 2 == 0))
+    );
+}
