@@ -40,8 +40,9 @@ pub fn row(id: u64, version: u64) -> Record {
         vec![Value::Integer(id.into())],
         vec![
             Value::Text(format!(
-                "{} Orchard Lane, Apartment {}, Springfield, OR 97{:03}",
+                "{} Orchard Lane, Building {}, Apartment {}, Springfield Heights, OR 97{:03}, United States",
                 x % 9999,
+                x % 13,
                 x % 97,
                 x % 1000
             )),
@@ -52,7 +53,7 @@ pub fn row(id: u64, version: u64) -> Record {
                 1_600_000_000_000_000 + (x % 100_000_000_000) as i64,
             )),
             Value::Text(format!("customer.{id}.{}@example-mail.com", x % 1000)),
-            Value::Text(format!("Customer Number {id} {}", x % 7919)),
+            Value::Text(format!("Customer Number {id} of segment {}", x % 7919)),
             Value::text(if x.is_multiple_of(3) {
                 "active"
             } else {

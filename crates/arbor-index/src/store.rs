@@ -14,7 +14,7 @@
 //!   records, flush, and mark it `ready` (synced). A crash in between leaves
 //!   `building`, which [`Index::open`] reports so nothing half-built is used.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::mpsc::sync_channel;
@@ -592,28 +592,36 @@ impl Index {
                 HashedChange::Delete { position, key } => cf::record_key(*position, key),
             })
             .collect();
-        let old = self
+        // Read every old digest with one batched MultiGet over sorted,
+        // distinct keys (RocksDB shares index and filter work across them).
+        let mut distinct: Vec<&[u8]> = record_keys.iter().map(Vec::as_slice).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let found = self
             .db
-            .multi_get_cf(record_keys.iter().map(|k| (records_cf, k.as_slice())));
-
-        // What the batch has written so far, so repeated keys see each other.
-        let mut overlay: HashMap<&[u8], Option<Digest>> = HashMap::new();
-        let mut deltas: HashMap<Prefix, Node> = HashMap::new();
-        let mut batch = WriteBatch::default();
-        let mut stats = ApplyStats::default();
-        for ((change, rk), stored) in changes.iter().zip(&record_keys).zip(old) {
-            let before = match overlay.get(rk.as_slice()) {
-                Some(d) => *d,
-                None => match stored.map_err(IndexError::storage("read a record"))? {
-                    Some(v) => Some(cf::record_digest(rk, &v)?),
-                    None => None,
-                },
+            .batched_multi_get_cf(records_cf, distinct.iter().copied(), true);
+        // Per key: the digest before the batch, then the batch's running state.
+        let mut state: BTreeMap<&[u8], (Option<Digest>, Option<Digest>)> = BTreeMap::new();
+        for (key, stored) in distinct.iter().zip(found) {
+            let before = match stored.map_err(IndexError::storage("read a record"))? {
+                Some(v) => Some(cf::record_digest(key, &v)?),
+                None => None,
             };
+            state.insert(key, (before, before));
+        }
+
+        let mut deltas: BTreeMap<Prefix, Node> = BTreeMap::new();
+        let mut stats = ApplyStats::default();
+        for (change, rk) in changes.iter().zip(&record_keys) {
             let (position, after) = match change {
                 HashedChange::Upsert(r) => (r.position, Some(r.digest)),
                 HashedChange::Delete { position, .. } => (*position, None),
             };
-            let delta = match (before, after) {
+            let current = &mut state
+                .get_mut(rk.as_slice())
+                .expect("every change's key was read above")
+                .1;
+            let delta = match (*current, after) {
                 (Some(b), Some(a)) if a == b => {
                     stats.unchanged += 1;
                     continue;
@@ -624,24 +632,31 @@ impl Index {
                 }
                 (Some(b), Some(a)) => {
                     stats.updated += 1;
-                    batch.put_cf(records_cf, rk, a.0);
                     Node::of_digest(&a.0) - Node::of_digest(&b.0)
                 }
                 (None, Some(a)) => {
                     stats.inserted += 1;
-                    batch.put_cf(records_cf, rk, a.0);
                     Node::of_digest(&a.0)
                 }
                 (Some(b), None) => {
                     stats.deleted += 1;
-                    batch.delete_cf(records_cf, rk);
                     -Node::of_digest(&b.0)
                 }
             };
-            overlay.insert(rk.as_slice(), after);
+            *current = after;
             for (p, d) in ancestor_deltas(position, delta, depth) {
-                let e = deltas.entry(p).or_default();
-                *e += d;
+                *deltas.entry(p).or_default() += d;
+            }
+        }
+
+        // Write in key order (records, then node deltas) so memtable inserts
+        // reuse their skiplist position; each key once, in its final state.
+        let mut batch = WriteBatch::default();
+        for (key, (before, after)) in &state {
+            match (before, after) {
+                (b, a) if b == a => {}
+                (_, Some(a)) => batch.put_cf(records_cf, key, a.0),
+                (_, None) => batch.delete_cf(records_cf, key),
             }
         }
         let nodes_cf = self.cf(cf::NODES);
