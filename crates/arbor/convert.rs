@@ -45,20 +45,21 @@ pub fn prefix(field: &'static str, level: u32, value: u64) -> Result<Prefix, Mal
     Prefix::new(level, value).map_err(|e| malformed(field, e.to_string()))
 }
 
-/// A node sum: 32 bytes, or empty for zero (proto3 omits empty bytes).
+/// A node sum: 32 bytes, a 16-byte fingerprint (the sum mod 2^128), or
+/// empty for zero (proto3 omits empty bytes).
 fn sum(field: &'static str, bytes: &[u8]) -> Result<Sum256, Malformed> {
     match bytes.len() {
         0 => Ok(Sum256::ZERO),
-        32 => {
+        16 | 32 => {
             let mut b = [0u8; 32];
-            b.copy_from_slice(bytes);
+            b[..bytes.len()].copy_from_slice(bytes);
             Ok(Sum256::from_le_bytes(&b))
         }
-        n => Err(malformed(field, format!("{n} bytes, expected 32"))),
+        n => Err(malformed(field, format!("{n} bytes, expected 16 or 32"))),
     }
 }
 
-/// The wire form of a node.
+/// The wire form of a node with its full 32-byte sum (the root).
 pub fn node_entry(p: Prefix, n: Node) -> pb::NodeEntry {
     pb::NodeEntry {
         prefix: p.value(),
@@ -66,6 +67,20 @@ pub fn node_entry(p: Prefix, n: Node) -> pb::NodeEntry {
             Vec::new()
         } else {
             n.sum.to_le_bytes().to_vec()
+        },
+        count: n.count,
+    }
+}
+
+/// The wire form of a child node in GetNodes: its 16-byte fingerprint.
+pub fn child_entry(p: Prefix, n: Node) -> pb::NodeEntry {
+    let fp = n.sum.fingerprint();
+    pb::NodeEntry {
+        prefix: p.value(),
+        sum: if fp == 0 {
+            Vec::new()
+        } else {
+            fp.to_le_bytes().to_vec()
         },
         count: n.count,
     }

@@ -342,7 +342,7 @@ impl AgentService for AgentServer {
         Ok(Response::new(pb::GetNodesResponse {
             nodes: children
                 .into_iter()
-                .map(|(p, n)| convert::node_entry(p, n))
+                .map(|(p, n)| convert::child_entry(p, n))
                 .collect(),
         }))
     }

@@ -9,7 +9,7 @@
 //! prost's `encoded_len` of the real messages.
 
 use arbor_index::Leaf;
-use arbor_tree::{Node, Prefix};
+use arbor_tree::{FINGERPRINT_BYTES, Node, Prefix, Sum256};
 
 /// Bytes gRPC puts before every message (compressed flag + u32 length).
 pub const GRPC_MESSAGE_PREFIX: u64 = 5;
@@ -36,11 +36,25 @@ fn scalar_field(v: u64) -> u64 {
 }
 
 /// `NodeEntry { uint64 prefix = 1; bytes sum = 2; uint64 count = 3; }`
+/// with the full 32-byte sum (the root in Describe).
 pub fn node_entry_len(prefix: Prefix, node: Node) -> u64 {
-    let sum_is_zero = node.sum == arbor_tree::Sum256::ZERO;
+    entry_len(prefix, node.count, node.sum != Sum256::ZERO, 32)
+}
+
+/// A `NodeEntry` of GetNodes, whose sum is the 16-byte fingerprint.
+pub fn child_entry_len(prefix: Prefix, node: Node) -> u64 {
+    entry_len(
+        prefix,
+        node.count,
+        node.sum.fingerprint() != 0,
+        FINGERPRINT_BYTES as u64,
+    )
+}
+
+fn entry_len(prefix: Prefix, count: u64, has_sum: bool, sum_bytes: u64) -> u64 {
     scalar_field(prefix.value())
-        + if sum_is_zero { 0 } else { len_field(32) }
-        + scalar_field(node.count)
+        + if has_sum { len_field(sum_bytes) } else { 0 }
+        + scalar_field(count)
 }
 
 /// `DescribeRequest { string dataset = 1; }`
@@ -83,7 +97,7 @@ pub fn nodes_response(nodes: &[(Prefix, Node)]) -> u64 {
     GRPC_MESSAGE_PREFIX
         + nodes
             .iter()
-            .map(|&(p, n)| message_field(node_entry_len(p, n)))
+            .map(|&(p, n)| message_field(child_entry_len(p, n)))
             .sum::<u64>()
 }
 

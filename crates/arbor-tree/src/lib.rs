@@ -32,6 +32,8 @@ use std::ops::RangeInclusive;
 
 use thiserror::Error;
 
+/// Bytes of a node's sum sent below the root: its [fingerprint](Sum256::fingerprint).
+pub const FINGERPRINT_BYTES: usize = 16;
 /// Bits of position consumed per level.
 pub const FANOUT_BITS: u32 = 4;
 /// Children per node.
@@ -231,6 +233,18 @@ impl Sum256 {
         Sum256(out)
     }
 
+    /// The sum mod 2^128: what crosses the wire for nodes below the root.
+    /// Still an additive sum, and for keyed digests two different record
+    /// sets share it with probability about 2^-128.
+    pub fn fingerprint(self) -> u128 {
+        (u128::from(self.0[1]) << 64) | u128::from(self.0[0])
+    }
+
+    /// The sum with everything above its fingerprint cleared.
+    pub fn truncated(self) -> Sum256 {
+        Sum256([self.0[0], self.0[1], 0, 0])
+    }
+
     /// `-self mod 2^256`.
     pub fn wrapping_neg(self) -> Sum256 {
         let inverted = Sum256(self.0.map(|l| !l));
@@ -270,6 +284,12 @@ impl Node {
             sum: Sum256::from_le_bytes(digest),
             count: 1,
         }
+    }
+
+    /// What two peers compare below the root: the sum's fingerprint and
+    /// the count.
+    pub fn fingerprint(self) -> (u128, u64) {
+        (self.sum.fingerprint(), self.count)
     }
 
     /// Whether this is the empty node.
@@ -438,7 +458,9 @@ pub struct NodeDiff {
 }
 
 /// Diffs two node sets sorted by prefix; a node absent on one side counts as
-/// empty there. Returns the differing nodes in prefix order.
+/// empty there. Nodes are compared by [`Node::fingerprint`], so one side may
+/// hold full sums and the other only fingerprints. Returns the differing
+/// nodes in prefix order.
 pub fn diff_nodes(left: &[(Prefix, Node)], right: &[(Prefix, Node)]) -> Vec<NodeDiff> {
     let mut out = Vec::new();
     let (mut i, mut j) = (0, 0);
@@ -464,7 +486,7 @@ pub fn diff_nodes(left: &[(Prefix, Node)], right: &[(Prefix, Node)]) -> Vec<Node
                 (left[i - 1].0, left[i - 1].1, right[j - 1].1)
             }
         };
-        if l != r {
+        if l.fingerprint() != r.fingerprint() {
             out.push(NodeDiff {
                 prefix,
                 left: l,
@@ -527,6 +549,23 @@ mod tests {
         assert_eq!(Node::from_bytes(&n.to_bytes()).unwrap(), n);
         assert_eq!(Node::from_bytes(&[0; 39]), Err(TreeError::NodeLength(39)));
         assert_eq!(Node::from_bytes(&[]), Err(TreeError::NodeLength(0)));
+    }
+
+    #[test]
+    fn diff_compares_fingerprints_so_truncated_sums_meet_full_ones() {
+        let full = Node::of_digest(&digest(1)) + Node::of_digest(&digest(2));
+        let short = Node {
+            sum: full.sum.truncated(),
+            count: full.count,
+        };
+        let p = Prefix::new(1, 3).unwrap();
+        assert!(diff_nodes(&[(p, full)], &[(p, short)]).is_empty());
+        let other = Node {
+            sum: (full + Node::of_digest(&digest(3))).sum.truncated(),
+            count: full.count,
+        };
+        assert_eq!(diff_nodes(&[(p, full)], &[(p, other)]).len(), 1);
+        assert_eq!(full.sum.truncated().fingerprint(), full.sum.fingerprint());
     }
 
     #[test]
