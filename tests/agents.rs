@@ -425,3 +425,65 @@ fn a_postgres_agent_and_a_sqlite_agent_agree_on_the_same_rows() {
     assert_eq!(drift[0]["columns"], serde_json::json!(["balance"]));
     pg.batch_execute(&format!("DROP TABLE {table}")).unwrap();
 }
+
+#[test]
+fn a_mariadb_agent_and_a_sqlite_agent_agree_on_the_same_rows() {
+    use mysql::prelude::Queryable;
+    let dir = demo(3_000, 10);
+    let url = std::env::var("ARBOR_TEST_MYSQL_URL")
+        .expect("ARBOR_TEST_MYSQL_URL is not set: run the tests through tools/test.sh, which starts MariaDB");
+    let mut my = mysql::Conn::new(mysql::Opts::from_url(&url).unwrap()).unwrap();
+    let table = format!("crm_customers_{}", std::process::id());
+    my.query_drop(format!(
+        "DROP TABLE IF EXISTS {table};
+         CREATE TABLE {table} (customer_id bigint PRIMARY KEY, email varchar(200) NOT NULL,
+                               full_name varchar(200), balance decimal(14,2), updated_at datetime)"
+    ))
+    .unwrap();
+    let crm = Connection::open(dir.path().join("crm.db")).unwrap();
+    let mut stmt = crm
+        .prepare("SELECT customer_id, email, full_name, CAST(balance AS TEXT) FROM customers")
+        .unwrap();
+    let rows: Vec<(i64, String, String, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for chunk in rows.chunks(500) {
+        let values: Vec<String> = chunk
+            .iter()
+            .map(|(id, e, n, b)| format!("({id}, '{e}', '{n}', {b})"))
+            .collect();
+        my.query_drop(format!(
+            "INSERT INTO {table} (customer_id, email, full_name, balance) VALUES {}",
+            values.join(", ")
+        ))
+        .unwrap();
+    }
+    let config = std::fs::read_to_string(dir.path().join("crm.toml"))
+        .unwrap()
+        .replace("crm-data", "my-data")
+        .replace(
+            "source = { kind = \"sqlite\", path = \"crm.db\", table = \"customers\" }",
+            &format!("source = {{ kind = \"mysql\", url_env = \"ARBOR_TEST_MYSQL_URL\", table = \"{table}\", chunk_rows = 700 }}"),
+        );
+    assert!(config.contains("kind = \"mysql\""));
+    std::fs::write(dir.path().join("my.toml"), config).unwrap();
+    let sqlite = AgentProcess::start(dir.path(), "crm.toml");
+    let mariadb = AgentProcess::start(dir.path(), "my.toml");
+    let (code, summary, _) = compare(dir.path(), &sqlite.address, &mariadb.address);
+    assert_eq!(code, 0, "{summary}");
+    assert_eq!(summary["left"]["root"], summary["right"]["root"]);
+    drop(mariadb);
+    my.query_drop(format!(
+        "UPDATE {table} SET email = 'x@y' WHERE customer_id = 77"
+    ))
+    .unwrap();
+    let mariadb = AgentProcess::start(dir.path(), "my.toml");
+    let (code, _, drift) = compare(dir.path(), &sqlite.address, &mariadb.address);
+    assert_eq!(code, 1);
+    assert_eq!(drift.len(), 1);
+    assert_eq!(drift[0]["key"], "77");
+    assert_eq!(drift[0]["columns"], serde_json::json!(["email"]));
+    my.query_drop(format!("DROP TABLE {table}")).unwrap();
+}

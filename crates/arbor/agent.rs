@@ -26,7 +26,7 @@ use std::time::Instant;
 use arbor_index::{BuildStats, Index, IndexConfig, IndexError, RunStore};
 use arbor_record::{DatasetKeys, Record};
 use arbor_source::sqlite::SqliteSource;
-use arbor_source::{PostgresSource, Source, SourceError};
+use arbor_source::{MysqlSource, PostgresSource, Source, SourceError};
 use arbor_sync::{CompareOptions, DriftKind, LocalPeer, compare_collect};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -108,15 +108,17 @@ pub fn open_source(d: &DatasetConfig) -> Result<Box<dyn Source>, AgentError> {
         SourceConfig::Sqlite { path, relation } => {
             Box::new(SqliteSource::open(path, relation.clone(), d.mapping.clone()).map_err(wrap)?)
         }
-        SourceConfig::Postgres {
-            url,
-            relation,
-            options,
-        } => Box::new(PostgresSource::new(
-            url.clone(),
-            relation.clone(),
+        SourceConfig::Postgres(db) => Box::new(PostgresSource::new(
+            db.url.clone(),
+            db.relation.clone(),
             d.mapping.clone(),
-            *options,
+            db.options,
+        )),
+        SourceConfig::Mysql(db) => Box::new(MysqlSource::new(
+            db.url.clone(),
+            db.relation.clone(),
+            d.mapping.clone(),
+            db.options,
         )),
     };
     s.check().map_err(wrap)?;

@@ -92,6 +92,34 @@ pub struct AgentSection {
     pub max_concurrent_requests: usize,
 }
 
+/// A database connection and what to read from it (PostgreSQL, MySQL).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSection {
+    /// Environment variable holding the connection URL (preferred: URLs
+    /// carry passwords). Exactly one of `url_env` and `url`.
+    #[serde(default)]
+    pub url_env: Option<String>,
+    /// The connection URL, `postgres://…` or `mysql://user:password@host:port/db`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// A table, optionally schema-qualified (`sales.customers`).
+    #[serde(default)]
+    pub table: Option<String>,
+    /// A query whose result columns are mapped like a table's.
+    #[serde(default)]
+    pub query: Option<String>,
+    /// Rows per keyset chunk. Default 50,000.
+    #[serde(default)]
+    pub chunk_rows: Option<u64>,
+    /// Throttle in rows per second; 0 or absent: none.
+    #[serde(default)]
+    pub max_rows_per_sec: Option<u64>,
+    /// Time limit of each statement, seconds. Default 60.
+    #[serde(default)]
+    pub statement_timeout_secs: Option<u64>,
+}
+
 /// Where a dataset's records live.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
@@ -108,34 +136,30 @@ pub enum SourceSection {
         query: Option<String>,
     },
     /// A PostgreSQL database, read with COPY in keyset chunks.
-    Postgres {
-        /// Environment variable holding the connection URL (preferred: URLs
-        /// carry passwords). Exactly one of `url_env` and `url`.
-        #[serde(default)]
-        url_env: Option<String>,
-        /// The connection URL, `postgres://user:password@host:port/db`.
-        #[serde(default)]
-        url: Option<String>,
-        /// A table, optionally schema-qualified (`sales.customers`).
-        #[serde(default)]
-        table: Option<String>,
-        /// A query whose result columns are mapped like a table's.
-        #[serde(default)]
-        query: Option<String>,
-        /// Rows per keyset chunk. Default 50,000.
-        #[serde(default)]
-        chunk_rows: Option<u64>,
-        /// Throttle in rows per second; 0 or absent: none.
-        #[serde(default)]
-        max_rows_per_sec: Option<u64>,
-        /// statement_timeout of each statement, seconds. Default 60.
-        #[serde(default)]
-        statement_timeout_secs: Option<u64>,
-    },
+    Postgres(DatabaseSection),
+    /// A MySQL or MariaDB database, read in keyset chunks.
+    Mysql(DatabaseSection),
+}
+
+/// A database source, validated.
+#[derive(Clone)]
+pub struct DatabaseConfig {
+    /// Connection URL (with its password: never print it, see `Debug`).
+    pub url: String,
+    /// Table or query.
+    pub relation: Relation,
+    /// Chunking, throttle and timeouts.
+    pub options: ScanOptions,
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {:?}", redact_url(&self.url), self.relation)
+    }
 }
 
 /// A dataset's system, validated.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub enum SourceConfig {
     /// A SQLite file.
     Sqlite {
@@ -145,27 +169,9 @@ pub enum SourceConfig {
         relation: Relation,
     },
     /// A PostgreSQL database.
-    Postgres {
-        /// Connection URL (with its password: never print it, see `Debug`).
-        url: String,
-        /// Table or query.
-        relation: Relation,
-        /// Chunking, throttle and timeouts.
-        options: ScanOptions,
-    },
-}
-
-impl std::fmt::Debug for SourceConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SourceConfig::Sqlite { path, relation } => {
-                write!(f, "sqlite {} {relation:?}", path.display())
-            }
-            SourceConfig::Postgres { url, relation, .. } => {
-                write!(f, "postgres {} {relation:?}", redact_url(url))
-            }
-        }
-    }
+    Postgres(DatabaseConfig),
+    /// A MySQL or MariaDB database.
+    Mysql(DatabaseConfig),
 }
 
 /// One `[[dataset]]`.
@@ -345,14 +351,6 @@ impl AgentConfig {
             if secret.is_empty() {
                 return Err(invalid(field("secret"), "the secret is empty".into()));
             }
-            let relation = |table: Option<String>, query: Option<String>| match (table, query) {
-                (Some(t), None) => Ok(Relation::Table(t)),
-                (None, Some(q)) => Ok(Relation::Query(q)),
-                _ => Err(invalid(
-                    field("source"),
-                    "set exactly one of table and query".into(),
-                )),
-            };
             let source = match d.source {
                 SourceSection::Sqlite {
                     path: db,
@@ -360,46 +358,13 @@ impl AgentConfig {
                     query,
                 } => SourceConfig::Sqlite {
                     path: base.join(db),
-                    relation: relation(table, query)?,
+                    relation: relation(table, query).map_err(|p| invalid(field("source"), p))?,
                 },
-                SourceSection::Postgres {
-                    url_env,
-                    url,
-                    table,
-                    query,
-                    chunk_rows,
-                    max_rows_per_sec,
-                    statement_timeout_secs,
-                } => {
-                    let url = match (url_env, url) {
-                        (Some(var), None) => std::env::var(&var).map_err(|_| {
-                            invalid(
-                                field("source.url_env"),
-                                format!("environment variable {var} is not set"),
-                            )
-                        })?,
-                        (None, Some(u)) => u,
-                        _ => {
-                            return Err(invalid(
-                                field("source"),
-                                "set exactly one of url_env and url".into(),
-                            ));
-                        }
-                    };
-                    let defaults = ScanOptions::default();
-                    SourceConfig::Postgres {
-                        url,
-                        relation: relation(table, query)?,
-                        options: ScanOptions {
-                            chunk_rows: chunk_rows.unwrap_or(defaults.chunk_rows).max(1),
-                            max_rows_per_sec: max_rows_per_sec.unwrap_or(0),
-                            statement_timeout: statement_timeout_secs
-                                .map_or(defaults.statement_timeout, |s| {
-                                    Duration::from_secs(s.max(1))
-                                }),
-                            ..defaults
-                        },
-                    }
+                SourceSection::Postgres(db) => {
+                    SourceConfig::Postgres(database(db, &field).map_err(|(f, p)| invalid(f, p))?)
+                }
+                SourceSection::Mysql(db) => {
+                    SourceConfig::Mysql(database(db, &field).map_err(|(f, p)| invalid(f, p))?)
                 }
             };
             if d.key.is_empty() {
@@ -426,6 +391,47 @@ impl AgentConfig {
             datasets,
         })
     }
+}
+
+/// Exactly one of a table and a query.
+fn relation(table: Option<String>, query: Option<String>) -> Result<Relation, String> {
+    match (table, query) {
+        (Some(t), None) => Ok(Relation::Table(t)),
+        (None, Some(q)) => Ok(Relation::Query(q)),
+        _ => Err("set exactly one of table and query".into()),
+    }
+}
+
+/// Validates a database section; `field` names a field of its dataset.
+fn database(
+    db: DatabaseSection,
+    field: &dyn Fn(&str) -> String,
+) -> Result<DatabaseConfig, (String, String)> {
+    let url = match (db.url_env, db.url) {
+        (Some(var), None) => std::env::var(&var).map_err(|_| {
+            (
+                field("source.url_env"),
+                format!("environment variable {var} is not set"),
+            )
+        })?,
+        (None, Some(u)) => u,
+        _ => return Err((field("source"), "set exactly one of url_env and url".into())),
+    };
+    let defaults = ScanOptions::default();
+    Ok(DatabaseConfig {
+        url,
+        relation: relation(db.table, db.query).map_err(|p| (field("source"), p))?,
+        options: ScanOptions {
+            chunk_rows: db.chunk_rows.unwrap_or(defaults.chunk_rows).max(1),
+            max_rows_per_sec: db.max_rows_per_sec.unwrap_or(0),
+            statement_timeout: db
+                .statement_timeout_secs
+                .map_or(defaults.statement_timeout, |s| {
+                    Duration::from_secs(s.max(1))
+                }),
+            ..defaults
+        },
+    })
 }
 
 fn trim_newline(mut b: Vec<u8>) -> Vec<u8> {
@@ -468,7 +474,7 @@ mod tests {
         );
         let c = load(&pg).unwrap();
         assert!(
-            matches!(&c.datasets[0].source, SourceConfig::Postgres { options, .. } if options.chunk_rows == 10)
+            matches!(&c.datasets[0].source, SourceConfig::Postgres(db) if db.options.chunk_rows == 10)
         );
         assert!(
             !format!("{c:?}").contains("pw-123"),

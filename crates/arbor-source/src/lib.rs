@@ -14,6 +14,7 @@
 //! CSV/JSONL follow the same trait.
 
 pub mod mapping;
+pub mod mysql;
 pub mod postgres;
 pub mod sqlite;
 pub mod text;
@@ -23,6 +24,7 @@ use arbor_record::{Record, Value};
 use thiserror::Error;
 
 pub use mapping::{ColumnMapping, Mapping};
+pub use mysql::MysqlSource;
 pub use postgres::PostgresSource;
 pub use sqlite::SqliteSource;
 
