@@ -26,7 +26,7 @@ use std::time::Instant;
 use arbor_index::{BuildStats, Index, IndexConfig, IndexError, RunStore};
 use arbor_record::{DatasetKeys, Record};
 use arbor_source::sqlite::SqliteSource;
-use arbor_source::{MysqlSource, PostgresSource, Source, SourceError};
+use arbor_source::{FileSource, MysqlSource, PostgresSource, Source, SourceError};
 use arbor_sync::{CompareOptions, DriftKind, LocalPeer, compare_collect};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -119,6 +119,12 @@ pub fn open_source(d: &DatasetConfig) -> Result<Box<dyn Source>, AgentError> {
             db.relation.clone(),
             d.mapping.clone(),
             db.options,
+        )),
+        SourceConfig::Files { path, format, null } => Box::new(FileSource::new(
+            path.clone(),
+            *format,
+            d.mapping.clone(),
+            null.clone(),
         )),
     };
     s.check().map_err(wrap)?;

@@ -26,6 +26,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use arbor_source::Format;
 use arbor_source::postgres::{ScanOptions, redact_url};
 use arbor_source::sqlite::Relation;
 use arbor_source::{ColumnMapping, Mapping};
@@ -139,6 +140,19 @@ pub enum SourceSection {
     Postgres(DatabaseSection),
     /// A MySQL or MariaDB database, read in keyset chunks.
     Mysql(DatabaseSection),
+    /// A CSV file, or a directory of `.csv` files, with a header row.
+    Csv {
+        /// The file or directory.
+        path: PathBuf,
+        /// The field text that means NULL. Default `\N`.
+        #[serde(default)]
+        null: Option<String>,
+    },
+    /// A JSON Lines file, or a directory of `.jsonl` files.
+    Jsonl {
+        /// The file or directory.
+        path: PathBuf,
+    },
 }
 
 /// A database source, validated.
@@ -172,6 +186,15 @@ pub enum SourceConfig {
     Postgres(DatabaseConfig),
     /// A MySQL or MariaDB database.
     Mysql(DatabaseConfig),
+    /// CSV or JSONL exports (read-only).
+    Files {
+        /// File or directory.
+        path: PathBuf,
+        /// CSV or JSONL.
+        format: Format,
+        /// CSV's NULL marker (None: the default).
+        null: Option<String>,
+    },
 }
 
 /// One `[[dataset]]`.
@@ -366,6 +389,16 @@ impl AgentConfig {
                 SourceSection::Mysql(db) => {
                     SourceConfig::Mysql(database(db, &field).map_err(|(f, p)| invalid(f, p))?)
                 }
+                SourceSection::Csv { path, null } => SourceConfig::Files {
+                    path: base.join(path),
+                    format: Format::Csv,
+                    null,
+                },
+                SourceSection::Jsonl { path } => SourceConfig::Files {
+                    path: base.join(path),
+                    format: Format::Jsonl,
+                    null: None,
+                },
             };
             if d.key.is_empty() {
                 return Err(invalid(

@@ -13,6 +13,7 @@
 //! Today: SQLite ([`sqlite`], the embedded default). PostgreSQL, MySQL and
 //! CSV/JSONL follow the same trait.
 
+pub mod files;
 pub mod mapping;
 pub mod mysql;
 pub mod postgres;
@@ -23,6 +24,7 @@ use arbor_record::{Record, Value};
 
 use thiserror::Error;
 
+pub use files::{FileSource, Format};
 pub use mapping::{ColumnMapping, Mapping};
 pub use mysql::MysqlSource;
 pub use postgres::PostgresSource;
