@@ -171,3 +171,105 @@ fn one_fixture_gives_one_root_in_every_engine() {
         assert_eq!(root, first_root, "{name} and {first_name} disagree");
     }
 }
+
+#[test]
+fn transforms_make_dirty_data_meet_clean_data() {
+    use arbor_source::transform::{Case, Precision, Transforms};
+    let dir = TempDir::new().unwrap();
+    let clean = Mapping::new(
+        vec![ColumnMapping::new("id", "id", ValueKind::Integer)],
+        vec![
+            ColumnMapping::new("email", "email", ValueKind::Text),
+            ColumnMapping::new("amount", "amount", ValueKind::Decimal),
+            ColumnMapping::new("seen", "seen", ValueKind::Timestamp),
+            ColumnMapping::new("note", "note", ValueKind::Text),
+        ],
+    )
+    .unwrap();
+    let csv = dir.path().join("clean.csv");
+    std::fs::write(
+        &csv,
+        "id,email,amount,seen,note\n1,ada@example.com,10.01,2024-01-01T10:00:00.123Z,\\N\n2,bob@example.com,3,2024-06-01T22:30:00Z,hi\n",
+    )
+    .unwrap();
+    let db = dir.path().join("dirty.db");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, email TEXT, amount TEXT, seen TEXT, note TEXT);
+         INSERT INTO t VALUES (1, '  Ada@Example.COM ', '10.005', '2024-01-01 12:00:00.123999', '');
+         INSERT INTO t VALUES (2, 'BOB@example.com', '2.995', '2024-06-02 00:30:00', 'hi');",
+    )
+    .unwrap();
+    drop(c);
+    let with = |t: Transforms, name: &str, kind| {
+        let mut m = ColumnMapping::new(name, name, kind);
+        m.transforms = t;
+        m
+    };
+    let dirty = Mapping::new(
+        vec![ColumnMapping::new("id", "id", ValueKind::Integer)],
+        vec![
+            with(
+                Transforms {
+                    trim: true,
+                    case: Some(Case::Lower),
+                    ..Transforms::default()
+                },
+                "email",
+                ValueKind::Text,
+            ),
+            with(
+                Transforms {
+                    scale: Some(2),
+                    ..Transforms::default()
+                },
+                "amount",
+                ValueKind::Decimal,
+            ),
+            with(
+                Transforms {
+                    precision: Some(Precision::Ms),
+                    offset: Some("+02:00".into()),
+                    ..Transforms::default()
+                },
+                "seen",
+                ValueKind::Timestamp,
+            ),
+            with(
+                Transforms {
+                    empty_as_null: true,
+                    ..Transforms::default()
+                },
+                "note",
+                ValueKind::Text,
+            ),
+        ],
+    )
+    .unwrap();
+    let root = |name: &str, s: &mut dyn Source| -> arbor_tree::Node {
+        let config = IndexConfig {
+            keys: DatasetKeys::derive(b"transforms"),
+            schema_fingerprint: clean.schema().fingerprint(),
+        };
+        let index = Index::open(dir.path().join(name), config).unwrap();
+        build_from_source(&index, s).unwrap();
+        index.snapshot().unwrap().root().unwrap()
+    };
+    let clean_root = root(
+        "clean",
+        &mut FileSource::new(&csv, Format::Csv, clean.clone(), None),
+    );
+    let dirty_root = root(
+        "dirty",
+        &mut SqliteSource::open(&db, Relation::Table("t".into()), dirty).unwrap(),
+    );
+    let raw_root = root(
+        "raw",
+        &mut SqliteSource::open(&db, Relation::Table("t".into()), clean.clone()).unwrap(),
+    );
+    assert_eq!(
+        dirty_root, clean_root,
+        "transforms bring the dirty system to the clean form"
+    );
+    assert_ne!(raw_root, clean_root, "without them the two differ");
+}

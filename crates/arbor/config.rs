@@ -110,6 +110,9 @@ pub struct DatabaseSection {
     /// A query whose result columns are mapped like a table's.
     #[serde(default)]
     pub query: Option<String>,
+    /// With `table`: an SQL condition rows must meet (`deleted_at IS NULL`).
+    #[serde(default)]
+    pub filter: Option<String>,
     /// Rows per keyset chunk. Default 50,000.
     #[serde(default)]
     pub chunk_rows: Option<u64>,
@@ -135,6 +138,9 @@ pub enum SourceSection {
         /// A query whose result columns are mapped like a table's.
         #[serde(default)]
         query: Option<String>,
+        /// With `table`: an SQL condition rows must meet.
+        #[serde(default)]
+        filter: Option<String>,
     },
     /// A PostgreSQL database, read with COPY in keyset chunks.
     Postgres(DatabaseSection),
@@ -379,9 +385,11 @@ impl AgentConfig {
                     path: db,
                     table,
                     query,
+                    filter,
                 } => SourceConfig::Sqlite {
                     path: base.join(db),
-                    relation: relation(table, query).map_err(|p| invalid(field("source"), p))?,
+                    relation: relation(table, query, filter)
+                        .map_err(|p| invalid(field("source"), p))?,
                 },
                 SourceSection::Postgres(db) => {
                     SourceConfig::Postgres(database(db, &field).map_err(|(f, p)| invalid(f, p))?)
@@ -426,11 +434,19 @@ impl AgentConfig {
     }
 }
 
-/// Exactly one of a table and a query.
-fn relation(table: Option<String>, query: Option<String>) -> Result<Relation, String> {
-    match (table, query) {
-        (Some(t), None) => Ok(Relation::Table(t)),
-        (None, Some(q)) => Ok(Relation::Query(q)),
+/// Exactly one of a table and a query; a filter turns a table into a query.
+fn relation(
+    table: Option<String>,
+    query: Option<String>,
+    filter: Option<String>,
+) -> Result<Relation, String> {
+    match (table, query, filter) {
+        (Some(t), None, None) => Ok(Relation::Table(t)),
+        (Some(t), None, Some(f)) => Ok(Relation::Query(format!("SELECT * FROM {t} WHERE {f}"))),
+        (None, Some(q), None) => Ok(Relation::Query(q)),
+        (None, Some(_), Some(_)) => {
+            Err("filter goes with table; put the condition in the query".into())
+        }
         _ => Err("set exactly one of table and query".into()),
     }
 }
@@ -453,7 +469,7 @@ fn database(
     let defaults = ScanOptions::default();
     Ok(DatabaseConfig {
         url,
-        relation: relation(db.table, db.query).map_err(|p| (field("source"), p))?,
+        relation: relation(db.table, db.query, db.filter).map_err(|p| (field("source"), p))?,
         options: ScanOptions {
             chunk_rows: db.chunk_rows.unwrap_or(defaults.chunk_rows).max(1),
             max_rows_per_sec: db.max_rows_per_sec.unwrap_or(0),

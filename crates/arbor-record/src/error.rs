@@ -67,6 +67,14 @@ pub enum SchemaError {
         /// Columns in the record.
         found: usize,
     },
+    /// A column's transforms do not fit it.
+    #[error("column {column:?}: {problem}")]
+    Transform {
+        /// The canonical column name.
+        column: String,
+        /// What does not fit.
+        problem: String,
+    },
     /// A value's type does not match its column.
     #[error("column {column:?} expects {expected}, got {found}")]
     Kind {

@@ -104,7 +104,7 @@ impl FileSource {
                 "key column is NULL".into(),
             ));
         }
-        Ok(Record::new(values, rest))
+        Ok(self.mapping.apply(Record::new(values, rest)))
     }
 
     fn scan_csv(

@@ -19,6 +19,7 @@ pub mod mysql;
 pub mod postgres;
 pub mod sqlite;
 pub mod text;
+pub mod transform;
 
 use arbor_record::{Record, Value};
 

@@ -2,7 +2,9 @@
 //! kinds, so `customers.email` in one system can meet `clients.mail` in
 //! another.
 
-use arbor_record::{Column, Schema, SchemaError, ValueKind};
+use arbor_record::{Column, Record, Schema, SchemaError, ValueKind};
+
+use crate::transform::Transforms;
 use serde::{Deserialize, Serialize};
 
 /// One mapped column.
@@ -16,6 +18,9 @@ pub struct ColumnMapping {
     pub name: Option<String>,
     /// The canonical kind values are read as.
     pub kind: ValueKind,
+    /// Normalisation before hashing (trim, case, scale, …); none by default.
+    #[serde(default, rename = "transform")]
+    pub transforms: Transforms,
 }
 
 impl ColumnMapping {
@@ -29,6 +34,7 @@ impl ColumnMapping {
             source: source.into(),
             name: Some(name.into()),
             kind,
+            transforms: Transforms::default(),
         }
     }
 
@@ -65,6 +71,20 @@ impl Mapping {
                 });
             }
         }
+        for c in key.iter().chain(&columns) {
+            if let Err(problem) = c.transforms.check(c.kind) {
+                return Err(SchemaError::Transform {
+                    column: c.canonical().to_owned(),
+                    problem,
+                });
+            }
+        }
+        if let Some(k) = key.iter().find(|k| !k.transforms.is_identity()) {
+            return Err(SchemaError::Transform {
+                column: k.canonical().to_owned(),
+                problem: "key columns take no transforms: a key must be stable as stored".into(),
+            });
+        }
         columns.sort_by(|a, b| a.canonical().cmp(b.canonical()));
         let schema = Schema::new(
             key.iter()
@@ -95,6 +115,18 @@ impl Mapping {
     /// The canonical schema.
     pub fn schema(&self) -> &Schema {
         &self.schema
+    }
+
+    /// Applies the value columns' transforms to a record read from the system.
+    pub fn apply(&self, mut record: Record) -> Record {
+        for (v, c) in record.values.iter_mut().zip(&self.columns) {
+            if !c.transforms.is_identity() {
+                *v = c
+                    .transforms
+                    .apply(std::mem::replace(v, arbor_record::Value::Null));
+            }
+        }
+        record
     }
 }
 

@@ -282,7 +282,7 @@ impl MysqlSource {
                 self.value_error(&self.mapping.key()[i].source, "key column is NULL".into())
             );
         }
-        Ok(Record::new(values, rest))
+        Ok(self.mapping.apply(Record::new(values, rest)))
     }
 
     /// Reads one chunk whole; `Err(Ok(cause))` means the connection broke.

@@ -347,7 +347,7 @@ impl PostgresSource {
                 self.value_error(&self.mapping.key()[i].source, "key column is NULL".into())
             );
         }
-        Ok(Record::new(values, rest))
+        Ok(self.mapping.apply(Record::new(values, rest)))
     }
 
     fn value_error(&self, column: &str, problem: String) -> SourceError {
@@ -537,7 +537,7 @@ impl Source for PostgresSource {
                         });
                     }
                     let rest = values.split_off(self.mapping.key().len());
-                    found = Some(Record::new(values, rest));
+                    found = Some(self.mapping.apply(Record::new(values, rest)));
                 }
             }
             out.push(found);

@@ -149,7 +149,7 @@ impl SqliteSource {
         for (i, c) in self.mapping.columns().iter().enumerate() {
             values.push(self.value(row, nk + i, c)?);
         }
-        Ok(Record::new(key, values))
+        Ok(self.mapping.apply(Record::new(key, values)))
     }
 
     fn value(

@@ -1,0 +1,313 @@
+//! Per-column transforms: how a system's values are brought to the form
+//! both sides agree on, before hashing. They are the place for deliberate,
+//! lossy normalisation (the canonical encoding itself never loses anything):
+//!
+//! ```toml
+//! { source = "email", kind = "text", transform = { trim = true, case = "lower", empty_as_null = true } }
+//! { source = "amount", kind = "decimal", transform = { scale = 2 } }    # half away from zero
+//! { source = "ratio", kind = "float", transform = { round = 6 } }       # 6 decimal digits
+//! { source = "seen", kind = "timestamp", transform = { precision = "ms", offset = "+02:00" } }
+//! ```
+//!
+//! Order: NULL/empty handling, then trim and case, then the numeric and time
+//! rules. `offset` says which fixed UTC offset a zone-less timestamp was
+//! written in; `precision` truncates toward the past.
+
+use arbor_record::value::{Decimal, Timestamp};
+use arbor_record::{Value, ValueKind};
+use serde::{Deserialize, Serialize};
+
+/// Letter case folding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Case {
+    /// Unicode lower case.
+    Lower,
+    /// Unicode upper case.
+    Upper,
+}
+
+/// Timestamp precision to keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// Whole seconds.
+    S,
+    /// Milliseconds.
+    Ms,
+    /// Microseconds (what the encoding keeps anyway).
+    Us,
+}
+
+/// The transforms of one column; all off by default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transforms {
+    /// Text: strip leading and trailing white space.
+    #[serde(default)]
+    pub trim: bool,
+    /// Text: fold letter case.
+    #[serde(default)]
+    pub case: Option<Case>,
+    /// Text: read `""` (after trimming) as NULL.
+    #[serde(default)]
+    pub empty_as_null: bool,
+    /// Text: read NULL as `""`.
+    #[serde(default)]
+    pub null_as_empty: bool,
+    /// Decimal: round to this many fraction digits (half away from zero).
+    #[serde(default)]
+    pub scale: Option<u32>,
+    /// Float: round to this many decimal digits.
+    #[serde(default)]
+    pub round: Option<u32>,
+    /// Timestamp: keep this precision (truncating).
+    #[serde(default)]
+    pub precision: Option<Precision>,
+    /// Timestamp: the fixed UTC offset (`+02:00`) zone-less values were
+    /// written in. Values read with an explicit offset are already UTC.
+    #[serde(default)]
+    pub offset: Option<String>,
+}
+
+impl Transforms {
+    /// Checks the transforms fit the column's kind; returns the offset in
+    /// seconds, if any.
+    pub fn check(&self, kind: ValueKind) -> Result<(), String> {
+        let text_only =
+            self.trim || self.case.is_some() || self.empty_as_null || self.null_as_empty;
+        if text_only && kind != ValueKind::Text {
+            return Err(format!(
+                "trim, case, empty_as_null and null_as_empty apply to text, not {kind}"
+            ));
+        }
+        if self.empty_as_null && self.null_as_empty {
+            return Err("empty_as_null and null_as_empty contradict each other".into());
+        }
+        if self.scale.is_some() && kind != ValueKind::Decimal {
+            return Err(format!("scale applies to decimal, not {kind}"));
+        }
+        if self.round.is_some() && kind != ValueKind::Float {
+            return Err(format!("round applies to float, not {kind}"));
+        }
+        if (self.precision.is_some() || self.offset.is_some()) && kind != ValueKind::Timestamp {
+            return Err(format!(
+                "precision and offset apply to timestamp, not {kind}"
+            ));
+        }
+        if let Some(o) = &self.offset {
+            offset_seconds(o)?;
+        }
+        if self.scale.is_some_and(|s| s > 1000) || self.round.is_some_and(|r| r > 17) {
+            return Err("scale is at most 1000 and round at most 17".into());
+        }
+        Ok(())
+    }
+
+    /// Whether nothing is set.
+    pub fn is_identity(&self) -> bool {
+        *self == Transforms::default()
+    }
+
+    /// Applies the transforms to one value of a column of this kind.
+    pub fn apply(&self, value: Value) -> Value {
+        match value {
+            Value::Null if self.null_as_empty => Value::text(""),
+            Value::Text(mut s) => {
+                if self.trim {
+                    s = s.trim().to_owned();
+                }
+                match self.case {
+                    Some(Case::Lower) => s = s.to_lowercase(),
+                    Some(Case::Upper) => s = s.to_uppercase(),
+                    None => {}
+                }
+                if self.empty_as_null && s.is_empty() {
+                    Value::Null
+                } else {
+                    Value::Text(s)
+                }
+            }
+            Value::Decimal(d) => match self.scale {
+                Some(scale) => Value::Decimal(round_decimal(&d, scale)),
+                None => Value::Decimal(d),
+            },
+            Value::Float(x) => match self.round {
+                Some(digits) if x.get().is_finite() => Value::float(
+                    format!("{:.*}", digits as usize, x.get())
+                        .parse::<f64>()
+                        .unwrap_or(x.get()),
+                ),
+                _ => Value::Float(x),
+            },
+            Value::Timestamp(t) => {
+                // Checked at start-up: a bad offset never reaches here.
+                let shift = self
+                    .offset
+                    .as_deref()
+                    .and_then(|o| offset_seconds(o).ok())
+                    .unwrap_or(0);
+                let mut us = t.0 - shift * 1_000_000;
+                let unit = match self.precision {
+                    Some(Precision::S) => 1_000_000,
+                    Some(Precision::Ms) => 1_000,
+                    Some(Precision::Us) | None => 1,
+                };
+                us -= us.rem_euclid(unit);
+                Value::Timestamp(Timestamp(us))
+            }
+            other => other,
+        }
+    }
+}
+
+/// `+02:00`, `-0530`, `Z` → seconds east of UTC.
+fn offset_seconds(o: &str) -> Result<i64, String> {
+    if o == "Z" || o == "+00:00" || o == "UTC" {
+        return Ok(0);
+    }
+    let bad = || format!("offset {o:?} is not ±HH:MM");
+    let (sign, rest) = match o.as_bytes().first() {
+        Some(b'+') => (1, &o[1..]),
+        Some(b'-') => (-1, &o[1..]),
+        _ => return Err(bad()),
+    };
+    let digits: String = rest.chars().filter(|c| *c != ':').collect();
+    if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let h: i64 = digits[..2].parse().map_err(|_| bad())?;
+    let m: i64 = digits[2..].parse().map_err(|_| bad())?;
+    if h > 23 || m > 59 {
+        return Err(bad());
+    }
+    Ok(sign * (h * 3600 + m * 60))
+}
+
+/// Rounds a normalised decimal to `scale` fraction digits, half away from zero.
+fn round_decimal(d: &Decimal, scale: u32) -> Decimal {
+    let text = d.as_str();
+    let (negative, body) = match text.strip_prefix('-') {
+        Some(b) => (true, b),
+        None => (false, text),
+    };
+    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+    if frac.len() <= scale as usize {
+        return d.clone();
+    }
+    let keep = &frac[..scale as usize];
+    let round_up = frac.as_bytes()[scale as usize] >= b'5';
+    // Work on the digits as one integer string, then put the point back.
+    let mut digits: Vec<u8> = int.bytes().chain(keep.bytes()).collect();
+    if round_up {
+        let mut i = digits.len();
+        loop {
+            if i == 0 {
+                digits.insert(0, b'1');
+                break;
+            }
+            i -= 1;
+            if digits[i] == b'9' {
+                digits[i] = b'0';
+            } else {
+                digits[i] += 1;
+                break;
+            }
+        }
+    }
+    let split = digits.len() - scale as usize;
+    let (i, f) = digits.split_at(split);
+    let rebuilt = format!(
+        "{}{}.{}",
+        if negative { "-" } else { "" },
+        String::from_utf8_lossy(i),
+        String::from_utf8_lossy(f)
+    );
+    // Re-normalise: trailing zeros and "-0" go away.
+    Decimal::parse(&rebuilt).unwrap_or_else(|_| d.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dec(s: &str) -> Value {
+        Value::Decimal(Decimal::parse(s).unwrap())
+    }
+
+    #[test]
+    fn text_transforms() {
+        let t = Transforms {
+            trim: true,
+            case: Some(Case::Lower),
+            empty_as_null: true,
+            ..Transforms::default()
+        };
+        assert_eq!(
+            t.apply(Value::text("  Ada@Example.COM ")),
+            Value::text("ada@example.com")
+        );
+        assert_eq!(t.apply(Value::text("   ")), Value::Null);
+        let n = Transforms {
+            null_as_empty: true,
+            ..Transforms::default()
+        };
+        assert_eq!(n.apply(Value::Null), Value::text(""));
+    }
+
+    #[test]
+    fn decimal_scale_rounds_half_away_from_zero() {
+        let t = Transforms {
+            scale: Some(2),
+            ..Transforms::default()
+        };
+        assert_eq!(t.apply(dec("1.005")), dec("1.01"));
+        assert_eq!(t.apply(dec("-1.005")), dec("-1.01"));
+        assert_eq!(t.apply(dec("9.999")), dec("10"));
+        assert_eq!(t.apply(dec("1.004")), dec("1"));
+        assert_eq!(t.apply(dec("-0.001")), dec("0"));
+        assert_eq!(t.apply(dec("12")), dec("12"));
+    }
+
+    #[test]
+    fn float_and_timestamp_transforms() {
+        let f = Transforms {
+            round: Some(2),
+            ..Transforms::default()
+        };
+        assert_eq!(f.apply(Value::float(0.1 + 0.2)), Value::float(0.3));
+        let ts = Transforms {
+            precision: Some(Precision::Ms),
+            offset: Some("+02:00".into()),
+            ..Transforms::default()
+        };
+        let local = Value::Timestamp(Timestamp::parse("2024-01-01T12:00:00.123456Z").unwrap());
+        assert_eq!(
+            ts.apply(local),
+            Value::Timestamp(Timestamp::parse("2024-01-01T10:00:00.123Z").unwrap())
+        );
+        let before_epoch = Transforms {
+            precision: Some(Precision::S),
+            ..Transforms::default()
+        };
+        assert_eq!(
+            before_epoch.apply(Value::Timestamp(Timestamp(-1))),
+            Value::Timestamp(Timestamp(-1_000_000))
+        );
+    }
+
+    #[test]
+    fn transforms_must_fit_their_kind() {
+        let t = Transforms {
+            trim: true,
+            ..Transforms::default()
+        };
+        assert!(t.check(ValueKind::Integer).is_err());
+        assert!(t.check(ValueKind::Text).is_ok());
+        let o = Transforms {
+            offset: Some("+25:00".into()),
+            ..Transforms::default()
+        };
+        assert!(o.check(ValueKind::Timestamp).is_err());
+    }
+}
