@@ -487,3 +487,101 @@ fn a_mariadb_agent_and_a_sqlite_agent_agree_on_the_same_rows() {
     assert_eq!(drift[0]["columns"], serde_json::json!(["email"]));
     my.query_drop(format!("DROP TABLE {table}")).unwrap();
 }
+
+#[test]
+fn rescan_capture_follows_inserts_updates_and_deletes() {
+    let dir = demo(2_000, 5);
+    std::fs::copy(dir.path().join("crm.db"), dir.path().join("live.db")).unwrap();
+    let live = std::fs::read_to_string(dir.path().join("crm.toml"))
+        .unwrap()
+        .replace("crm-data", "live-data")
+        .replace("path = \"crm.db\"", "path = \"live.db\"")
+        + "capture = { mode = \"rescan\", interval_secs = 1 }\n";
+    std::fs::write(dir.path().join("live.toml"), live).unwrap();
+    let fixed = AgentProcess::start(dir.path(), "crm.toml");
+    let moving = AgentProcess::start(dir.path(), "live.toml");
+    let (code, summary, _) = compare(dir.path(), &fixed.address, &moving.address);
+    assert_eq!(code, 0, "{summary}");
+
+    // Change the live system under its running agent.
+    let db = Connection::open(dir.path().join("live.db")).unwrap();
+    let row = |id: i64| -> (String, String, String) {
+        db.query_row(
+            "SELECT email, full_name, CAST(balance AS TEXT) FROM customers WHERE customer_id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap()
+    };
+    let (five, six) = (row(5), row(6));
+    db.execute_batch(
+        "DELETE FROM customers WHERE customer_id = 5;
+         UPDATE customers SET email = 'moved@example.org' WHERE customer_id = 6;
+         INSERT INTO customers VALUES (999999, 'new@example.org', 'New', '1.00', NULL);",
+    )
+    .unwrap();
+    let wait_for = |want: &BTreeSet<(String, String, Vec<String>)>| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, summary, drift) = compare(dir.path(), &fixed.address, &moving.address);
+            let got: BTreeSet<(String, String, Vec<String>)> = drift
+                .iter()
+                .map(|d| {
+                    let cols = d["columns"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|c| c.as_str().unwrap().to_owned())
+                        .collect();
+                    (
+                        d["kind"].as_str().unwrap().to_owned(),
+                        d["key"].as_str().unwrap().to_owned(),
+                        cols,
+                    )
+                })
+                .collect();
+            if &got == want {
+                return summary;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rescans did not converge: got {got:?}, want {want:?}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    let want: BTreeSet<(String, String, Vec<String>)> = [
+        ("missing_right".to_string(), "5".to_string(), vec![]),
+        (
+            "changed".to_string(),
+            "6".to_string(),
+            vec!["email".to_string()],
+        ),
+        ("missing_left".to_string(), "999999".to_string(), vec![]),
+    ]
+    .into_iter()
+    .collect();
+    let summary = wait_for(&want);
+    assert!(
+        summary["right"]["watermark"]
+            .as_str()
+            .unwrap()
+            .starts_with("rescan "),
+        "{summary}"
+    );
+
+    // Undo: the next rescans bring the two back in sync.
+    db.execute("DELETE FROM customers WHERE customer_id = 999999", [])
+        .unwrap();
+    db.execute(
+        "UPDATE customers SET email = ?1 WHERE customer_id = 6",
+        [&six.0],
+    )
+    .unwrap();
+    db.execute(
+        "INSERT INTO customers VALUES (5, ?1, ?2, ?3, '2026-11-01 09:00:00')",
+        [&five.0, &five.1, &five.2],
+    )
+    .unwrap();
+    wait_for(&BTreeSet::new());
+}

@@ -35,7 +35,7 @@ use tonic::{Request, Response, Status};
 use tracing::{info, instrument, warn};
 
 use crate::client::{GrpcPeer, MAX_MESSAGE_BYTES, RetryPolicy};
-use crate::config::{AgentConfig, DatasetConfig, SourceConfig};
+use crate::config::{AgentConfig, Capture, DatasetConfig, SourceConfig};
 use crate::convert::{index_status, source_status};
 use crate::proto::v1 as pb;
 use crate::proto::v1::admin_service_server::{AdminService, AdminServiceServer};
@@ -156,6 +156,17 @@ pub fn build_from_source_with_progress(
     source: &mut dyn Source,
     progress: &dyn Fn(u64),
 ) -> Result<BuildStats, IndexError> {
+    with_records(source, |records| {
+        index.build_with_progress(records, None, progress)
+    })
+}
+
+/// Streams a source's records to `consume` as an iterator: a reader thread
+/// scans in chunks while `consume` (a build or a rescan) runs here.
+pub fn with_records<R>(
+    source: &mut dyn Source,
+    consume: impl FnOnce(&mut dyn Iterator<Item = Result<Record, SourceError>>) -> R,
+) -> R {
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Record>, SourceError>>(4);
         let reader = scope.spawn(move || {
@@ -175,14 +186,35 @@ pub fn build_from_source_with_progress(
             };
             let _ = tx.send(last);
         });
-        let records = rx.into_iter().flat_map(|chunk| match chunk {
+        let mut records = rx.into_iter().flat_map(|chunk| match chunk {
             Ok(records) => records.into_iter().map(Ok).collect::<Vec<_>>(),
             Err(e) => vec![Err(e)],
         });
-        let built = index.build_with_progress(records, None, progress);
-        // The reader ends when the channel drains or closes.
+        let out = consume(&mut records);
+        // Dropping the receiver stops a reader the consumer left early.
+        drop(records);
         let _ = reader.join();
-        built
+        out
+    })
+}
+
+/// Rescans one dataset from its system (see [`Index::rescan`]); the
+/// watermark records when.
+pub fn rescan(ds: &Dataset, name: &str) -> Result<arbor_index::RescanStats, Status> {
+    let source = ds.source.as_ref().ok_or_else(|| {
+        Status::failed_precondition(format!("dataset {name:?} has no system attached"))
+    })?;
+    let mut source = source.lock().unwrap_or_else(|p| p.into_inner());
+    let watermark = format!("rescan {}", report::now_rfc3339());
+    with_records(source.as_mut(), |records| {
+        ds.index.rescan(records, Some(watermark.as_bytes()))
+    })
+    .map_err(|e| match e {
+        IndexError::Source(inner) => match inner.downcast::<SourceError>() {
+            Ok(s) => source_status(*s),
+            Err(other) => Status::unavailable(other.to_string()),
+        },
+        other => index_status(other),
     })
 }
 
@@ -657,6 +689,27 @@ impl AdminService for AdminServer {
     }
 }
 
+/// Rescans a dataset forever, `interval` after each rescan ends.
+async fn rescan_every(ds: Arc<Dataset>, name: String, interval: std::time::Duration) {
+    loop {
+        tokio::time::sleep(interval).await;
+        let (d, n) = (Arc::clone(&ds), name.clone());
+        match tokio::task::spawn_blocking(move || rescan(&d, &n)).await {
+            Ok(Ok(stats)) => info!(
+                dataset = %name,
+                inserted = stats.applied.inserted,
+                updated = stats.applied.updated,
+                vanished = stats.vanished,
+                "rescan applied"
+            ),
+            Ok(Err(status)) => {
+                warn!(dataset = %name, error = %status.message(), "rescan failed; retrying at the next interval")
+            }
+            Err(e) => warn!(dataset = %name, error = %e, "rescan task failed"),
+        }
+    }
+}
+
 /// Opens every dataset (system and index) of a configuration.
 pub fn open_datasets(config: &AgentConfig) -> Result<HashMap<String, Arc<Dataset>>, AgentError> {
     std::fs::create_dir_all(config.data_dir.join("indexes")).map_err(|source| {
@@ -760,6 +813,11 @@ pub async fn run(
         );
 
     // Index every dataset while the server already answers (NOT_SERVING).
+    let captures: Vec<(String, Capture)> = config
+        .datasets
+        .iter()
+        .map(|d| (d.name.clone(), d.capture))
+        .collect();
     let indexing_state = Arc::clone(&state);
     let indexing = async move {
         for name in indexing_state.dataset_names() {
@@ -784,6 +842,16 @@ pub async fn run(
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
         info!("all datasets indexed; serving");
+        // Change capture: periodic rescans, one task per dataset.
+        for (name, capture) in captures {
+            let Capture::Rescan { interval } = capture else {
+                continue;
+            };
+            let Ok(ds) = indexing_state.dataset(&name).map(Arc::clone) else {
+                continue;
+            };
+            tokio::spawn(rescan_every(ds, name, interval));
+        }
     };
     let (served, ()) = tokio::join!(server, indexing);
     served.map_err(|source| AgentError::Serve { addr, source })?;

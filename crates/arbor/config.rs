@@ -203,6 +203,32 @@ pub enum SourceConfig {
     },
 }
 
+/// How an agent follows its system's changes between full builds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, tag = "mode", rename_all = "snake_case")]
+pub enum CaptureSection {
+    /// Only the full build at start and AdminService.Reindex (the default).
+    None,
+    /// A full scan every `interval_secs` that rewrites only what changed and
+    /// removes what vanished.
+    Rescan {
+        /// Seconds between rescans (from the end of one to the start of the next).
+        interval_secs: u64,
+    },
+}
+
+/// A dataset's change capture, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capture {
+    /// No capture between full builds.
+    None,
+    /// Periodic rescans.
+    Rescan {
+        /// Time between rescans.
+        interval: Duration,
+    },
+}
+
 /// One `[[dataset]]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -225,6 +251,9 @@ pub struct DatasetSection {
     /// Compared columns. Default none (then only keys are compared).
     #[serde(default)]
     pub columns: Vec<ColumnMapping>,
+    /// Change capture. Default `{ mode = "none" }`.
+    #[serde(default)]
+    pub capture: Option<CaptureSection>,
 }
 
 /// The whole file.
@@ -251,6 +280,8 @@ pub struct DatasetConfig {
     pub source: SourceConfig,
     /// Column mapping.
     pub mapping: Mapping,
+    /// Change capture.
+    pub capture: Capture,
 }
 
 impl std::fmt::Debug for DatasetConfig {
@@ -422,6 +453,12 @@ impl AgentConfig {
                 secret_origin,
                 source,
                 mapping,
+                capture: match d.capture {
+                    None | Some(CaptureSection::None) => Capture::None,
+                    Some(CaptureSection::Rescan { interval_secs }) => Capture::Rescan {
+                        interval: Duration::from_secs(interval_secs.max(1)),
+                    },
+                },
             });
         }
         Ok(AgentConfig {

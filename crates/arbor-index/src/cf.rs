@@ -6,6 +6,7 @@
 //! | `records` | position (u64 BE) ‖ canonical key     | row digest (32 bytes)              |
 //! | `nodes`   | level (u8) ‖ prefix (u64 BE)          | sum (32 bytes LE) ‖ count (u64 LE), merged by addition |
 //! | `meta`    | ASCII name (see [`meta`])             | per name                           |
+//! | `scan`    | a record key seen by a running rescan | empty                              |
 //!
 //! Record keys start with the position, so the records of a tree node are one
 //! contiguous range; node keys sort by level, then prefix, so the children of
@@ -22,8 +23,11 @@ pub const RECORDS: &str = "records";
 pub const NODES: &str = "nodes";
 /// Index metadata.
 pub const META: &str = "meta";
+/// Record keys seen by the rescan in progress (record key → empty); cleared
+/// when a rescan starts and ends.
+pub const SCAN: &str = "scan";
 /// Every column family, in creation order.
-pub const ALL: [&str; 3] = [RECORDS, NODES, META];
+pub const ALL: [&str; 4] = [RECORDS, NODES, META, SCAN];
 
 /// Name of the merge operator that adds node deltas (part of the on-disk
 /// format: RocksDB refuses to open a CF whose operator name changed).

@@ -37,6 +37,6 @@ pub use runs::RunStore;
 pub use snapshot::{Description, IndexSnapshot, Leaf, SharedSnapshot};
 pub use store::{
     ApplyStats, BUILD_CHUNK_RECORDS, BuildStats, Change, HashedChange, INDEX_FORMAT, Index,
-    IndexConfig,
+    IndexConfig, RescanStats,
 };
 pub use verify::{BadRecord, MAX_REPORTED_PROBLEMS, NodeMismatch, VerifyReport};

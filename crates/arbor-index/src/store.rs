@@ -17,6 +17,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::time::Instant;
 
@@ -44,6 +45,8 @@ const PROGRESS_EVERY_CHUNKS: u64 = 32;
 const BUILD_QUEUE_CHUNKS: usize = 2;
 /// Node entries per WriteBatch when a build writes its nodes.
 const NODE_BATCH_ENTRIES: usize = 65_536;
+/// Records per batch of a rescan.
+const RESCAN_CHUNK_RECORDS: usize = 8_192;
 /// Changes per batch above which [`Index::apply`] hashes in parallel.
 const PARALLEL_HASH_MIN: usize = 1_024;
 /// RocksDB block cache shared by the column families of one index.
@@ -96,6 +99,17 @@ pub struct BuildStats {
     pub nodes: u64,
 }
 
+/// What a rescan did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RescanStats {
+    /// Records read from the source.
+    pub records_read: u64,
+    /// Inserts, updates and unchanged records among them.
+    pub applied: ApplyStats,
+    /// Records in the index that the source no longer has, removed.
+    pub vanished: u64,
+}
+
 /// What an incremental apply did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ApplyStats {
@@ -117,6 +131,9 @@ pub struct Index {
     pub(crate) path: PathBuf,
     pub(crate) config: IndexConfig,
     writer: Mutex<()>,
+    /// Set while a rescan runs: applies then mark their keys as seen, so a
+    /// change that lands mid-rescan is never taken for a vanished record.
+    rescanning: AtomicBool,
 }
 
 impl std::fmt::Debug for Index {
@@ -178,6 +195,7 @@ impl Index {
             path,
             config,
             writer: Mutex::new(()),
+            rescanning: AtomicBool::new(false),
         };
         index.check_or_init_meta()?;
         Ok(index)
@@ -652,11 +670,15 @@ impl Index {
         // Write in key order (records, then node deltas) so memtable inserts
         // reuse their skiplist position; each key once, in its final state.
         let mut batch = WriteBatch::default();
+        let mark_seen = self.rescanning.load(Ordering::Acquire);
         for (key, (before, after)) in &state {
             match (before, after) {
                 (b, a) if b == a => {}
                 (_, Some(a)) => batch.put_cf(records_cf, key, a.0),
                 (_, None) => batch.delete_cf(records_cf, key),
+            }
+            if mark_seen && after.is_some() {
+                batch.put_cf(self.cf(cf::SCAN), key, []);
             }
         }
         let nodes_cf = self.cf(cf::NODES);
@@ -669,6 +691,107 @@ impl Index {
             batch.put_cf(self.cf(cf::META), meta::WATERMARK, w);
         }
         self.write(batch, false)?;
+        Ok(stats)
+    }
+
+    /// Brings the index to the source's current records without a rebuild:
+    /// every record read is applied (only changed digests are written), and
+    /// records the source no longer has are removed. Memory is bounded: keys
+    /// seen are marked in the `scan` column family, then merge-joined
+    /// against the records. Each batch commits atomically; a rescan that
+    /// dies half way leaves a consistent index (with the changes so far).
+    pub fn rescan<I, E>(
+        &self,
+        records: I,
+        watermark: Option<&[u8]>,
+    ) -> Result<RescanStats, IndexError>
+    where
+        I: IntoIterator<Item = Result<Record, E>>,
+        E: Into<SourceError>,
+    {
+        self.ensure_ready()?;
+        self.clear_cf(cf::SCAN)?;
+        self.rescanning.store(true, Ordering::Release);
+        let outcome = self.rescan_marked(records, watermark);
+        self.rescanning.store(false, Ordering::Release);
+        let stats = outcome?;
+        self.clear_cf(cf::SCAN)?;
+        info!(
+            read = stats.records_read,
+            inserted = stats.applied.inserted,
+            updated = stats.applied.updated,
+            vanished = stats.vanished,
+            "rescan finished"
+        );
+        Ok(stats)
+    }
+
+    fn rescan_marked<I, E>(
+        &self,
+        records: I,
+        watermark: Option<&[u8]>,
+    ) -> Result<RescanStats, IndexError>
+    where
+        I: IntoIterator<Item = Result<Record, E>>,
+        E: Into<SourceError>,
+    {
+        let keys = &self.config.keys;
+        let scan_cf = self.cf(cf::SCAN);
+        let mut stats = RescanStats::default();
+        let mut source = records.into_iter();
+        loop {
+            let mut chunk = Vec::with_capacity(RESCAN_CHUNK_RECORDS);
+            for item in source.by_ref().take(RESCAN_CHUNK_RECORDS) {
+                chunk.push(item.map_err(|e| IndexError::Source(e.into()))?);
+            }
+            if chunk.is_empty() {
+                break;
+            }
+            stats.records_read += chunk.len() as u64;
+            let hashed: Vec<HashedChange> = chunk
+                .par_iter()
+                .map_init(Vec::new, |scratch, r| {
+                    HashedChange::Upsert(r.hash(keys, scratch))
+                })
+                .collect();
+            // Marks every key as seen in the same batch (see `rescanning`).
+            let applied = self.apply_hashed(&hashed, None)?;
+            stats.applied.inserted += applied.inserted;
+            stats.applied.updated += applied.updated;
+            stats.applied.unchanged += applied.unchanged;
+        }
+        // Records not seen by this scan vanished from the source.
+        let mut vanished: Vec<HashedChange> = Vec::new();
+        {
+            let mut records_it = self.db.raw_iterator_cf(self.cf(cf::RECORDS));
+            let mut seen_it = self.db.raw_iterator_cf(scan_cf);
+            records_it.seek_to_first();
+            seen_it.seek_to_first();
+            while let Some(rk) = records_it.key() {
+                while seen_it.key().is_some_and(|sk| sk < rk) {
+                    seen_it.next();
+                }
+                if seen_it.key() != Some(rk) {
+                    let (position, key) = cf::split_record_key(rk)?;
+                    vanished.push(HashedChange::Delete {
+                        position,
+                        key: key.to_vec(),
+                    });
+                }
+                if vanished.len() == RESCAN_CHUNK_RECORDS {
+                    stats.vanished += self.apply_hashed(&vanished, None)?.deleted;
+                    vanished.clear();
+                }
+                records_it.next();
+            }
+            records_it
+                .status()
+                .map_err(IndexError::storage("scan records"))?;
+            seen_it
+                .status()
+                .map_err(IndexError::storage("scan seen keys"))?;
+        }
+        stats.vanished += self.apply_hashed(&vanished, watermark)?.deleted;
         Ok(stats)
     }
 }

@@ -109,6 +109,34 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// A rescan reaches the tree of a fresh build of what the source holds
+    /// now: inserts, updates and vanished records included.
+    #[test]
+    fn rescan_equals_fresh_build(
+        before in proptest::collection::btree_map(0i64..600, any::<i64>(), 0..400),
+        now in proptest::collection::btree_map(0i64..600, any::<i64>(), 0..400),
+    ) {
+        let dir = TempDir::new().unwrap();
+        let index = build(&dir, "r", before.clone());
+        let stats = index
+            .rescan(now.iter().map(|(&k, &v)| Ok::<_, IndexError>(record(k, v))), Some(b"scan-2"))
+            .unwrap();
+        let vanished = before.keys().filter(|k| !now.contains_key(k)).count() as u64;
+        let inserted = now.keys().filter(|k| !before.contains_key(k)).count() as u64;
+        let updated = now.iter().filter(|(k, v)| before.get(k).is_some_and(|b| b != *v)).count() as u64;
+        prop_assert_eq!((stats.vanished, stats.applied.inserted, stats.applied.updated), (vanished, inserted, updated));
+        let fresh = build(&dir, "f", now.clone());
+        let (a, b) = (index.snapshot().unwrap(), fresh.snapshot().unwrap());
+        prop_assert_eq!(logical_tree(&a, 4), logical_tree(&b, 4));
+        let described = a.describe().unwrap();
+        prop_assert_eq!(described.watermark.as_deref(), Some(&b"scan-2"[..]));
+        prop_assert!(index.verify().unwrap().is_ok());
+    }
+}
+
 #[test]
 fn apply_counts_what_it_did_and_repeated_keys_in_a_batch_see_each_other() {
     let dir = TempDir::new().unwrap();
