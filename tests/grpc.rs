@@ -420,3 +420,167 @@ fn an_agent_dying_mid_compare_fails_the_compare() {
     // The surviving agent's session was still released.
     assert_eq!(a.state.open_sessions(), 0);
 }
+
+#[test]
+fn ingested_changes_reach_the_tree_of_a_fresh_build_and_bad_ones_are_refused() {
+    use arbor::proto::v1::ingest_service_client::IngestServiceClient;
+    use arbor::proto::v1::ingest_service_server::IngestServiceServer;
+    use arbor::service::Dataset;
+    use arbor_record::ValueKind;
+    use arbor_source::{ColumnMapping, Mapping};
+    use pb::change_event::Op;
+    use pb::typed_value::Value as V;
+
+    let dir = TempDir::new().unwrap();
+    let mapping = Mapping::new(
+        vec![ColumnMapping::new("id", "id", ValueKind::Integer)],
+        vec![ColumnMapping::new("v", "v", ValueKind::Integer)],
+    )
+    .unwrap();
+    let rows: Rows = (0..1_000).map(|k| (k, k)).collect();
+    let live = index(&dir, "live", b"s", &rows);
+    let datasets = HashMap::from([(
+        "d".to_string(),
+        Arc::new(Dataset {
+            index: Arc::clone(&live),
+            source: None,
+            indexing: std::sync::atomic::AtomicBool::new(false),
+            mapping: Some(mapping),
+        }),
+    )]);
+    let state = Arc::new(AgentState::with_datasets(
+        datasets,
+        ServiceLimits::default(),
+    ));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let rt = client_runtime();
+    let service = IngestServiceServer::new(arbor::agent::IngestServer::new(state));
+    rt.spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+    let int = |i: i64| pb::TypedValue {
+        value: Some(V::Integer(i.to_string())),
+    };
+    let upsert = |k: i64, v: i64| pb::ChangeEvent {
+        op: Op::Upsert as i32,
+        key: vec![int(k)],
+        values: vec![int(v)],
+    };
+    let delete = |k: i64| pb::ChangeEvent {
+        op: Op::Delete as i32,
+        key: vec![int(k)],
+        values: vec![],
+    };
+    rt.block_on(async {
+        let mut c = IngestServiceClient::connect(address).await.unwrap();
+        let r = c
+            .ingest_changes(pb::IngestRequest {
+                dataset: "d".into(),
+                changes: vec![
+                    upsert(5, -5),
+                    upsert(5000, 1),
+                    delete(7),
+                    delete(99_999),
+                    upsert(8, 8),
+                ],
+                watermark: b"outbox:42".to_vec(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (r.inserted, r.updated, r.unchanged, r.deleted, r.absent),
+            (1, 1, 1, 1, 1)
+        );
+        let bad = [
+            (
+                pb::ChangeEvent {
+                    op: 0,
+                    key: vec![int(1)],
+                    values: vec![int(1)],
+                },
+                "op is not set",
+            ),
+            (
+                pb::ChangeEvent {
+                    op: Op::Upsert as i32,
+                    key: vec![int(1)],
+                    values: vec![],
+                },
+                "value columns",
+            ),
+            (
+                pb::ChangeEvent {
+                    op: Op::Upsert as i32,
+                    key: vec![int(1)],
+                    values: vec![pb::TypedValue {
+                        value: Some(V::Text("x".into())),
+                    }],
+                },
+                "expects integer",
+            ),
+            (
+                pb::ChangeEvent {
+                    op: Op::Delete as i32,
+                    key: vec![pb::TypedValue {
+                        value: Some(V::Null(true)),
+                    }],
+                    values: vec![],
+                },
+                "NULL",
+            ),
+            (
+                pb::ChangeEvent {
+                    op: Op::Delete as i32,
+                    key: vec![pb::TypedValue { value: None }],
+                    values: vec![],
+                },
+                "no value set",
+            ),
+        ];
+        for (change, text) in bad {
+            let s = c
+                .ingest_changes(pb::IngestRequest {
+                    dataset: "d".into(),
+                    changes: vec![upsert(1, 2), change],
+                    watermark: vec![],
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+            assert!(
+                s.message().contains("changes[1]") && s.message().contains(text),
+                "{s:?}"
+            );
+        }
+        let s = c
+            .ingest_changes(pb::IngestRequest {
+                dataset: "nope".into(),
+                changes: vec![],
+                watermark: vec![],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(s.code(), Code::NotFound);
+    });
+    // A refused batch applied nothing (row 1 still has value 1); the good one
+    // reached exactly the tree of a fresh build of the expected rows.
+    let mut want = rows.clone();
+    want.insert(5, -5);
+    want.insert(5000, 1);
+    want.remove(&7);
+    let fresh = index(&dir, "fresh", b"s", &want);
+    let (a, b) = (live.snapshot().unwrap(), fresh.snapshot().unwrap());
+    assert_eq!(a.root().unwrap(), b.root().unwrap());
+    assert_eq!(
+        a.describe().unwrap().watermark.as_deref(),
+        Some(&b"outbox:42"[..])
+    );
+}

@@ -19,4 +19,17 @@ cargo build --workspace --locked --bins
 echo "test: a client that is not ours, through server reflection"
 tools/reflection_check.sh
 echo "test: the workspace tests"
-cargo test --workspace --locked
+log=$(mktemp)
+set -o pipefail
+cargo test --workspace --locked 2>&1 | tee "$log"
+# One closing line over every test binary (cargo's last line is a doc-test
+# binary's, often with 0 tests).
+awk '/^test result:/ {
+       for (i = 2; i <= NF; i++) {
+         if ($i == "passed;") p += $(i - 1)
+         if ($i == "failed;") f += $(i - 1)
+         if ($i == "ignored;") s += $(i - 1)
+       }
+     }
+     END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+rm -f "$log"

@@ -23,7 +23,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use arbor_index::{BuildStats, Index, IndexConfig, IndexError, RunStore};
+use arbor_index::{BuildStats, Change, Index, IndexConfig, IndexError, RunStore};
 use arbor_record::{DatasetKeys, Record};
 use arbor_source::sqlite::SqliteSource;
 use arbor_source::{FileSource, MysqlSource, PostgresSource, Source, SourceError};
@@ -36,12 +36,13 @@ use tracing::{info, instrument, warn};
 
 use crate::client::{GrpcPeer, MAX_MESSAGE_BYTES, RetryPolicy};
 use crate::config::{AgentConfig, Capture, DatasetConfig, SourceConfig};
-use crate::convert::{index_status, source_status};
+use crate::convert::{self, index_status, source_status};
 use crate::proto::v1 as pb;
 use crate::proto::v1::admin_service_server::{AdminService, AdminServiceServer};
 use crate::proto::v1::agent_service_client::AgentServiceClient;
 use crate::proto::v1::agent_service_server::AgentServiceServer;
 use crate::proto::v1::audit_service_server::{AuditService, AuditServiceServer};
+use crate::proto::v1::ingest_service_server::{IngestService, IngestServiceServer};
 use crate::report::{self, DriftEntry, RunSide, RunSummary, SCHEMA_VERSION};
 use crate::service::{
     self, AgentServer, AgentState, Dataset, MAX_COLUMN_DIGEST_KEYS, ServiceLimits,
@@ -590,6 +591,103 @@ impl AuditService for AuditServer {
     }
 }
 
+/// Changes in one IngestChanges request, at most.
+pub const MAX_INGEST_CHANGES: usize = 10_000;
+
+/// `IngestService`: change events pushed by the system itself.
+#[derive(Clone)]
+pub struct IngestServer {
+    state: Arc<AgentState>,
+}
+
+impl IngestServer {
+    /// The service over shared agent state.
+    pub fn new(state: Arc<AgentState>) -> IngestServer {
+        IngestServer { state }
+    }
+}
+
+/// Turns the wire changes into index changes, checked against the schema.
+fn ingested_changes(
+    mapping: &arbor_source::Mapping,
+    req: &pb::IngestRequest,
+) -> Result<Vec<Change>, Status> {
+    use pb::change_event::Op;
+    let schema = mapping.schema();
+    let mut out = Vec::with_capacity(req.changes.len());
+    for (i, c) in req.changes.iter().enumerate() {
+        let invalid =
+            |what: String| Status::invalid_argument(format!("IngestRequest.changes[{i}]: {what}"));
+        let values = |list: &[pb::TypedValue], field| {
+            list.iter()
+                .map(|v| convert::typed_value(field, v))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|m| invalid(m.to_string()))
+        };
+        let key = values(&c.key, "key")?;
+        if key.contains(&arbor_record::Value::Null) {
+            return Err(invalid("a key value is NULL".into()));
+        }
+        match Op::try_from(c.op) {
+            Ok(Op::Upsert) => {
+                let vals = values(&c.values, "values")?;
+                schema
+                    .check(&key, &vals)
+                    .map_err(|e| invalid(e.to_string()))?;
+                out.push(Change::Upsert(mapping.apply(Record::new(key, vals))));
+            }
+            Ok(Op::Delete) => {
+                // NULL fits every kind: this checks the key alone.
+                let nulls = vec![arbor_record::Value::Null; schema.values().len()];
+                schema
+                    .check(&key, &nulls)
+                    .map_err(|e| invalid(e.to_string()))?;
+                out.push(Change::Delete(key));
+            }
+            _ => return Err(invalid("op is not set (UPSERT or DELETE)".into())),
+        }
+    }
+    Ok(out)
+}
+
+#[tonic::async_trait]
+impl IngestService for IngestServer {
+    #[instrument(skip_all, fields(dataset = %request.get_ref().dataset, changes = request.get_ref().changes.len()))]
+    async fn ingest_changes(
+        &self,
+        request: Request<pb::IngestRequest>,
+    ) -> Result<Response<pb::IngestResponse>, Status> {
+        let req = request.into_inner();
+        if req.changes.len() > MAX_INGEST_CHANGES {
+            return Err(Status::invalid_argument(format!(
+                "IngestRequest.changes: {} changes, at most {MAX_INGEST_CHANGES} per request",
+                req.changes.len()
+            )));
+        }
+        let ds = Arc::clone(self.state.dataset(&req.dataset)?);
+        let mapping = ds.mapping.as_ref().ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "dataset {:?} has no mapping to check changes against",
+                req.dataset
+            ))
+        })?;
+        let changes = ingested_changes(mapping, &req)?;
+        let watermark = (!req.watermark.is_empty()).then_some(req.watermark);
+        let stats =
+            tokio::task::spawn_blocking(move || ds.index.apply(&changes, watermark.as_deref()))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(index_status)?;
+        Ok(Response::new(pb::IngestResponse {
+            inserted: stats.inserted,
+            updated: stats.updated,
+            unchanged: stats.unchanged,
+            deleted: stats.deleted,
+            absent: stats.absent,
+        }))
+    }
+}
+
 /// `AdminService`: index maintenance.
 #[derive(Clone)]
 pub struct AdminServer {
@@ -734,6 +832,7 @@ pub fn open_datasets(config: &AgentConfig) -> Result<HashMap<String, Arc<Dataset
                 index: Arc::new(index),
                 source: Some(Arc::new(Mutex::new(source))),
                 indexing: std::sync::atomic::AtomicBool::new(true),
+                mapping: Some(d.mapping.clone()),
             }),
         );
     }
@@ -798,6 +897,8 @@ pub async fn run(
         RetryPolicy::default(),
     ));
     let admin_service = AdminServiceServer::new(AdminServer::new(Arc::clone(&state)));
+    let ingest_service = IngestServiceServer::new(IngestServer::new(Arc::clone(&state)))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let server = tonic::transport::Server::builder()
         .timeout(config.request_timeout)
         .concurrency_limit_per_connection(config.max_concurrent_requests)
@@ -807,6 +908,7 @@ pub async fn run(
         .add_service(agent_service)
         .add_service(audit_service)
         .add_service(admin_service)
+        .add_service(ingest_service)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown,

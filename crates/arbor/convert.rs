@@ -180,6 +180,41 @@ pub fn leaf(e: pb::LeafEntry) -> Result<Leaf, Malformed> {
     })
 }
 
+/// A typed value from the wire (normalised as the record crate builds them).
+pub fn typed_value(
+    field: &'static str,
+    v: &pb::TypedValue,
+) -> Result<arbor_record::Value, Malformed> {
+    use arbor_record::Value;
+    use arbor_record::value::{Date, Decimal, Timestamp};
+    use pb::typed_value::Value as V;
+    let bad = |e: &dyn std::fmt::Display| malformed(field, e.to_string());
+    Ok(
+        match v
+            .value
+            .as_ref()
+            .ok_or_else(|| malformed(field, "no value set"))?
+        {
+            V::Null(_) => Value::Null,
+            V::Bool(b) => Value::Bool(*b),
+            V::Integer(t) => Value::Integer(
+                t.parse()
+                    .map_err(|_| malformed(field, format!("{t:?} is not an integer")))?,
+            ),
+            V::Decimal(t) => Value::Decimal(Decimal::parse(t).map_err(|e| bad(&e))?),
+            V::Float(x) => Value::float(*x),
+            V::Text(t) => Value::Text(t.clone()),
+            V::Bytes(b) => Value::Bytes(b.clone()),
+            V::Date(t) => Value::Date(Date::parse(t).map_err(|e| bad(&e))?),
+            V::Timestamp(t) => Value::Timestamp(Timestamp::parse(t).map_err(|e| bad(&e))?),
+            V::Uuid(b) => Value::Uuid(b.as_slice().try_into().map_err(|_| {
+                malformed(field, format!("uuid has {} bytes, expected 16", b.len()))
+            })?),
+            V::Json(t) => Value::Json(arbor_record::CanonicalJson::parse(t).map_err(|e| bad(&e))?),
+        },
+    )
+}
+
 /// The one mapping of source (system) errors to gRPC status codes.
 pub fn source_status(e: arbor_source::SourceError) -> Status {
     use arbor_source::SourceError as E;

@@ -50,6 +50,8 @@ pub struct Dataset {
     /// Set while a full build runs: compares are refused meanwhile, since
     /// the index does not yet describe the system.
     pub indexing: AtomicBool,
+    /// The column mapping (schema and transforms), for ingested changes.
+    pub mapping: Option<arbor_source::Mapping>,
 }
 
 impl Dataset {
@@ -59,6 +61,7 @@ impl Dataset {
             index,
             source: None,
             indexing: AtomicBool::new(false),
+            mapping: None,
         }
     }
 }
