@@ -328,12 +328,13 @@ fn index_command(command: IndexCommand) -> Result<u8> {
             let stats = built.context("index build")?;
             let secs = started.elapsed().as_secs_f64();
             println!(
-                "indexed {} records of {} in {secs:.2}s ({:.0} records/s), depth {}, {} nodes",
+                "indexed {} records of {} in {secs:.2}s ({:.0} records/s), depth {}, {} nodes, peak RSS {}",
                 stats.records,
                 d.name,
                 stats.records as f64 / secs.max(1e-9),
                 stats.depth,
-                stats.nodes
+                stats.nodes,
+                peak_rss().map_or_else(|| "unknown".to_owned(), |m| format!("{m} MiB"))
             );
         }
         "status" => {
@@ -371,6 +372,19 @@ fn index_command(command: IndexCommand) -> Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// Peak resident set of this process (Linux `VmHWM`), MiB.
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib / 1024)
 }
 
 async fn audit_client(agent: &str) -> Result<AuditServiceClient<tonic::transport::Channel>> {
