@@ -122,6 +122,41 @@ fn compare(dir: &Path, left: &str, right: &str) -> (i32, Json, Vec<Json>) {
     }
 }
 
+/// Drift as (kind, key, columns).
+type Drift = BTreeSet<(String, String, Vec<String>)>;
+
+/// Compares until the drift is `want` (30 s at most); returns the summary.
+fn wait_for_drift(dir: &Path, left: &str, right: &str, want: &Drift) -> Json {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, summary, drift) = compare(dir, left, right);
+        let got: Drift = drift
+            .iter()
+            .map(|d| {
+                let cols = d["columns"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|c| c.as_str().unwrap().to_owned())
+                    .collect();
+                (
+                    d["kind"].as_str().unwrap().to_owned(),
+                    d["key"].as_str().unwrap().to_owned(),
+                    cols,
+                )
+            })
+            .collect();
+        if &got == want {
+            return summary;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "capture did not converge: got {got:?}, want {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 /// The oracle: what differs between the two demo systems, read directly.
 fn expected(dir: &Path) -> BTreeSet<(String, i64, Vec<String>)> {
     fn rows(path: PathBuf, sql: &str) -> BTreeMap<i64, [String; 3]> {
@@ -520,37 +555,8 @@ fn rescan_capture_follows_inserts_updates_and_deletes() {
          INSERT INTO customers VALUES (999999, 'new@example.org', 'New', '1.00', NULL);",
     )
     .unwrap();
-    let wait_for = |want: &BTreeSet<(String, String, Vec<String>)>| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let (_, summary, drift) = compare(dir.path(), &fixed.address, &moving.address);
-            let got: BTreeSet<(String, String, Vec<String>)> = drift
-                .iter()
-                .map(|d| {
-                    let cols = d["columns"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|c| c.as_str().unwrap().to_owned())
-                        .collect();
-                    (
-                        d["kind"].as_str().unwrap().to_owned(),
-                        d["key"].as_str().unwrap().to_owned(),
-                        cols,
-                    )
-                })
-                .collect();
-            if &got == want {
-                return summary;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "rescans did not converge: got {got:?}, want {want:?}"
-            );
-            std::thread::sleep(Duration::from_millis(300));
-        }
-    };
-    let want: BTreeSet<(String, String, Vec<String>)> = [
+    let wait_for = |want: &Drift| wait_for_drift(dir.path(), &fixed.address, &moving.address, want);
+    let want: Drift = [
         ("missing_right".to_string(), "5".to_string(), vec![]),
         (
             "changed".to_string(),
@@ -584,4 +590,54 @@ fn rescan_capture_follows_inserts_updates_and_deletes() {
     )
     .unwrap();
     wait_for(&BTreeSet::new());
+}
+
+#[test]
+fn poll_capture_follows_updates_and_inserts_and_rescans_catch_deletes() {
+    let dir = demo(2_000, 5);
+    std::fs::copy(dir.path().join("crm.db"), dir.path().join("polled.db")).unwrap();
+    let polled = std::fs::read_to_string(dir.path().join("crm.toml"))
+        .unwrap()
+        .replace("crm-data", "polled-data")
+        .replace("path = \"crm.db\"", "path = \"polled.db\"")
+        + "capture = { mode = \"poll\", column = \"updated_at\", interval_secs = 1, rescan_interval_secs = 20 }\n";
+    std::fs::write(dir.path().join("polled.toml"), polled).unwrap();
+    let fixed = AgentProcess::start(dir.path(), "crm.toml");
+    let moving = AgentProcess::start(dir.path(), "polled.toml");
+    let (code, summary, _) = compare(dir.path(), &fixed.address, &moving.address);
+    assert_eq!(code, 0, "{summary}");
+    let db = Connection::open(dir.path().join("polled.db")).unwrap();
+    db.execute_batch(
+        "UPDATE customers SET email = 'moved@example.org', updated_at = '2026-11-02 00:00:00' WHERE customer_id = 6;
+         INSERT INTO customers VALUES (999999, 'new@example.org', 'New', '1.00', '2026-11-02 00:00:01');",
+    )
+    .unwrap();
+    let want: Drift = [
+        (
+            "changed".to_string(),
+            "6".to_string(),
+            vec!["email".to_string()],
+        ),
+        ("missing_left".to_string(), "999999".to_string(), vec![]),
+    ]
+    .into_iter()
+    .collect();
+    // Rescans come every 20 s: seen this soon, the changes came by polling.
+    let polled_at = Instant::now();
+    let summary = wait_for_drift(dir.path(), &fixed.address, &moving.address, &want);
+    assert!(
+        polled_at.elapsed() < Duration::from_secs(12),
+        "changes took {:?}",
+        polled_at.elapsed()
+    );
+    assert_eq!(
+        summary["right"]["watermark"],
+        "poll updated_at >= 2026-11-02 00:00:01"
+    );
+    // A delete leaves no updated_at to poll: the periodic rescan finds it.
+    db.execute("DELETE FROM customers WHERE customer_id = 5", [])
+        .unwrap();
+    let mut with_delete = want.clone();
+    with_delete.insert(("missing_right".to_string(), "5".to_string(), vec![]));
+    wait_for_drift(dir.path(), &fixed.address, &moving.address, &with_delete);
 }

@@ -787,6 +787,70 @@ impl AdminService for AdminServer {
     }
 }
 
+/// Changes per index batch when applying polled rows.
+const POLL_APPLY_BATCH: usize = 4_096;
+
+/// Polls a dataset once: applies the rows changed at or after `since` and
+/// returns the new watermark value (see [`Source::changed_since`]).
+pub fn poll(
+    ds: &Dataset,
+    name: &str,
+    column: &str,
+    since: Option<&str>,
+) -> Result<(u64, Option<String>), Status> {
+    let source = ds.source.as_ref().ok_or_else(|| {
+        Status::failed_precondition(format!("dataset {name:?} has no system attached"))
+    })?;
+    let mut changed = Vec::new();
+    let next = {
+        let mut source = source.lock().unwrap_or_else(|p| p.into_inner());
+        source
+            .changed_since(column, since, &mut |r| {
+                changed.push(Change::Upsert(r));
+                Ok(())
+            })
+            .map_err(source_status)?
+    };
+    let watermark = next.as_ref().map(|v| format!("poll {column} >= {v}"));
+    let mut applied = 0;
+    let last_chunk = changed.len().div_ceil(POLL_APPLY_BATCH).saturating_sub(1);
+    for (i, chunk) in changed.chunks(POLL_APPLY_BATCH).enumerate() {
+        // The watermark commits with the last batch, never ahead of it.
+        let w = if i == last_chunk {
+            watermark.as_deref()
+        } else {
+            None
+        };
+        let s = ds
+            .index
+            .apply(chunk, w.map(str::as_bytes))
+            .map_err(index_status)?;
+        applied += s.inserted + s.updated;
+    }
+    Ok((applied, next))
+}
+
+/// Polls a dataset forever, `interval` after each poll ends.
+async fn poll_every(ds: Arc<Dataset>, name: String, column: String, interval: std::time::Duration) {
+    let mut since: Option<String> = None;
+    loop {
+        let (d, n, c, s) = (Arc::clone(&ds), name.clone(), column.clone(), since.clone());
+        match tokio::task::spawn_blocking(move || poll(&d, &n, &c, s.as_deref())).await {
+            Ok(Ok((applied, next))) => {
+                if applied > 0 {
+                    info!(dataset = %name, applied, watermark = ?next, "poll applied changes");
+                }
+                since = next;
+            }
+            Ok(Err(status)) => {
+                warn!(dataset = %name, error = %status.message(), "poll failed; retrying")
+            }
+            Err(e) => warn!(dataset = %name, error = %e, "poll task failed"),
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
 /// Rescans a dataset forever, `interval` after each rescan ends.
 async fn rescan_every(ds: Arc<Dataset>, name: String, interval: std::time::Duration) {
     loop {
@@ -918,7 +982,7 @@ pub async fn run(
     let captures: Vec<(String, Capture)> = config
         .datasets
         .iter()
-        .map(|d| (d.name.clone(), d.capture))
+        .map(|d| (d.name.clone(), d.capture.clone()))
         .collect();
     let indexing_state = Arc::clone(&state);
     let indexing = async move {
@@ -946,13 +1010,23 @@ pub async fn run(
         info!("all datasets indexed; serving");
         // Change capture: periodic rescans, one task per dataset.
         for (name, capture) in captures {
-            let Capture::Rescan { interval } = capture else {
-                continue;
-            };
             let Ok(ds) = indexing_state.dataset(&name).map(Arc::clone) else {
                 continue;
             };
-            tokio::spawn(rescan_every(ds, name, interval));
+            match capture {
+                Capture::None => {}
+                Capture::Rescan { interval } => {
+                    tokio::spawn(rescan_every(ds, name, interval));
+                }
+                Capture::Poll {
+                    column,
+                    interval,
+                    rescan_interval,
+                } => {
+                    tokio::spawn(rescan_every(Arc::clone(&ds), name.clone(), rescan_interval));
+                    tokio::spawn(poll_every(ds, name, column, interval));
+                }
+            }
         }
     };
     let (served, ()) = tokio::join!(server, indexing);

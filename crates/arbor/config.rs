@@ -215,10 +215,23 @@ pub enum CaptureSection {
         /// Seconds between rescans (from the end of one to the start of the next).
         interval_secs: u64,
     },
+    /// Every `interval_secs`, read the rows whose `column` (an updated_at
+    /// or version column) is at or after the last value seen; deletes are
+    /// caught by a rescan every `rescan_interval_secs`.
+    Poll {
+        /// The updated_at or version column (need not be mapped).
+        column: String,
+        /// Seconds between polls. Default 10.
+        #[serde(default)]
+        interval_secs: Option<u64>,
+        /// Seconds between rescans, for deletes. Default 3600.
+        #[serde(default)]
+        rescan_interval_secs: Option<u64>,
+    },
 }
 
 /// A dataset's change capture, validated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Capture {
     /// No capture between full builds.
     None,
@@ -226,6 +239,15 @@ pub enum Capture {
     Rescan {
         /// Time between rescans.
         interval: Duration,
+    },
+    /// Watermark polling plus periodic rescans for deletes.
+    Poll {
+        /// The watermark column.
+        column: String,
+        /// Time between polls.
+        interval: Duration,
+        /// Time between rescans.
+        rescan_interval: Duration,
     },
 }
 
@@ -447,18 +469,38 @@ impl AgentConfig {
             }
             let mapping = Mapping::new(d.key, d.columns)
                 .map_err(|e| invalid(field("columns"), e.to_string()))?;
+            let capture = match d.capture {
+                None | Some(CaptureSection::None) => Capture::None,
+                Some(CaptureSection::Rescan { interval_secs }) => Capture::Rescan {
+                    interval: Duration::from_secs(interval_secs.max(1)),
+                },
+                Some(CaptureSection::Poll {
+                    column,
+                    interval_secs,
+                    rescan_interval_secs,
+                }) => {
+                    if matches!(source, SourceConfig::Files { .. }) {
+                        return Err(invalid(
+                            field("capture"),
+                            "poll needs a database source; files use rescan".into(),
+                        ));
+                    }
+                    Capture::Poll {
+                        column,
+                        interval: Duration::from_secs(interval_secs.unwrap_or(10).max(1)),
+                        rescan_interval: Duration::from_secs(
+                            rescan_interval_secs.unwrap_or(3600).max(1),
+                        ),
+                    }
+                }
+            };
             datasets.push(DatasetConfig {
                 name: d.name,
                 secret,
                 secret_origin,
                 source,
                 mapping,
-                capture: match d.capture {
-                    None | Some(CaptureSection::None) => Capture::None,
-                    Some(CaptureSection::Rescan { interval_secs }) => Capture::Rescan {
-                        interval: Duration::from_secs(interval_secs.max(1)),
-                    },
-                },
+                capture,
             });
         }
         Ok(AgentConfig {

@@ -91,4 +91,23 @@ pub trait Source: Send {
 
     /// The current record of each key (`None` if absent), in key order.
     fn fetch(&mut self, keys: &[Vec<Value>]) -> Result<Vec<Option<Record>>, SourceError>;
+
+    /// Polling: visits the records whose `column` (an `updated_at` or
+    /// version column, not necessarily mapped) is at or after `since`
+    /// (everything if `None`), and returns the greatest value seen as text,
+    /// the next call's `since`. At-or-after rather than after: a row
+    /// committed late with the same value as the last one seen is not
+    /// missed; re-reading a few rows costs only unchanged applies.
+    fn changed_since(
+        &mut self,
+        column: &str,
+        since: Option<&str>,
+        visit: &mut dyn FnMut(Record) -> Result<(), SourceError>,
+    ) -> Result<Option<String>, SourceError> {
+        let _ = (since, visit);
+        Err(SourceError::Schema {
+            dataset: "(this source)".into(),
+            problem: format!("polling on {column:?} needs a database source; use rescan capture"),
+        })
+    }
 }

@@ -410,6 +410,49 @@ impl Source for MysqlSource {
         Ok(total)
     }
 
+    fn changed_since(
+        &mut self,
+        column: &str,
+        since: Option<&str>,
+        visit: &mut dyn FnMut(Record) -> Result<(), SourceError>,
+    ) -> Result<Option<String>, SourceError> {
+        self.check()?;
+        let filter = if since.is_some() {
+            format!(" WHERE {} >= ?", ident(column))
+        } else {
+            String::new()
+        };
+        let sql = format!(
+            "SELECT {}, CAST({} AS CHAR) FROM {}{filter} ORDER BY {}",
+            self.columns_sql(),
+            ident(column),
+            self.from(),
+            ident(column)
+        );
+        let params: Vec<mysql::Value> = since
+            .map(|s| mysql::Value::Bytes(s.as_bytes().to_vec()))
+            .into_iter()
+            .collect();
+        let dataset = self.dataset();
+        let rows: Vec<mysql::Row> =
+            self.conn()?
+                .exec(sql.as_str(), params)
+                .map_err(|e| SourceError::Read {
+                    dataset,
+                    reason: e.to_string(),
+                })?;
+        let mut last = None;
+        for row in rows {
+            let mut values = row.unwrap();
+            let mark = values.pop();
+            if let Some(mysql::Value::Bytes(b)) = mark {
+                last = Some(String::from_utf8_lossy(&b).into_owned());
+            }
+            visit(self.record(values)?)?;
+        }
+        Ok(last.or_else(|| since.map(str::to_owned)))
+    }
+
     fn fetch(&mut self, keys: &[Vec<Value>]) -> Result<Vec<Option<Record>>, SourceError> {
         let sql = format!(
             "SELECT {} FROM {} WHERE ({}) = ({})",

@@ -496,6 +496,63 @@ impl Source for PostgresSource {
         Ok(total)
     }
 
+    fn changed_since(
+        &mut self,
+        column: &str,
+        since: Option<&str>,
+        visit: &mut dyn FnMut(Record) -> Result<(), SourceError>,
+    ) -> Result<Option<String>, SourceError> {
+        self.check()?;
+        let filter = match since {
+            Some(s) => format!(" WHERE {} >= '{}'", ident(column), s.replace('\'', "''")),
+            None => String::new(),
+        };
+        let sql = format!(
+            "SELECT {}, {}::text FROM {}{filter} ORDER BY {}",
+            self.columns_sql(),
+            ident(column),
+            self.from(),
+            ident(column)
+        );
+        let dataset = self.dataset();
+        let rows = self
+            .client()?
+            .simple_query(&sql)
+            .map_err(|e| SourceError::Read {
+                dataset,
+                reason: e
+                    .as_db_error()
+                    .map_or_else(|| e.to_string(), |d| d.message().to_owned()),
+            })?;
+        let cols: Vec<_> = self
+            .mapping
+            .key()
+            .iter()
+            .chain(self.mapping.columns())
+            .cloned()
+            .collect();
+        let mut last = None;
+        for m in rows {
+            if let SimpleQueryMessage::Row(row) = m {
+                let mut values = Vec::with_capacity(cols.len());
+                for (i, c) in cols.iter().enumerate() {
+                    values.push(match row.get(i) {
+                        None => Value::Null,
+                        Some(t) => {
+                            text::parse(c.kind, t).map_err(|p| self.value_error(&c.source, p))?
+                        }
+                    });
+                }
+                if let Some(mark) = row.get(cols.len()) {
+                    last = Some(mark.to_owned());
+                }
+                let rest = values.split_off(self.mapping.key().len());
+                visit(self.mapping.apply(Record::new(values, rest)))?;
+            }
+        }
+        Ok(last.or_else(|| since.map(str::to_owned)))
+    }
+
     fn fetch(&mut self, keys: &[Vec<Value>]) -> Result<Vec<Option<Record>>, SourceError> {
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {

@@ -268,6 +268,63 @@ impl Source for SqliteSource {
         Ok(n)
     }
 
+    fn changed_since(
+        &mut self,
+        column: &str,
+        since: Option<&str>,
+        visit: &mut dyn FnMut(Record) -> Result<(), SourceError>,
+    ) -> Result<Option<String>, SourceError> {
+        self.verify_columns()?;
+        let read_err = |e: rusqlite::Error| SourceError::Read {
+            dataset: self.dataset(),
+            reason: e.to_string(),
+        };
+        let cols: Vec<String> = self
+            .mapping
+            .key()
+            .iter()
+            .chain(self.mapping.columns())
+            .map(|c| ident(&c.source))
+            .collect();
+        let filter = if since.is_some() {
+            format!(" WHERE {} >= ?1", ident(column))
+        } else {
+            String::new()
+        };
+        let sql = format!(
+            "SELECT {}, {} FROM {}{filter} ORDER BY {}",
+            cols.join(", "),
+            ident(column),
+            self.from,
+            ident(column)
+        );
+        let mut stmt = self.conn.prepare(&sql).map_err(|e| SourceError::Schema {
+            dataset: self.dataset(),
+            problem: e.to_string(),
+        })?;
+        let mut rows = match since {
+            Some(s) => stmt.query([s]).map_err(read_err)?,
+            None => stmt.query([]).map_err(read_err)?,
+        };
+        let mut last = None;
+        let n = cols.len();
+        while let Some(row) = rows.next().map_err(read_err)? {
+            let mark = match row.get_ref(n).map_err(read_err)? {
+                ValueRef::Null => None,
+                ValueRef::Integer(i) => Some(i.to_string()),
+                ValueRef::Real(x) => Some(x.to_string()),
+                ValueRef::Text(t) | ValueRef::Blob(t) => {
+                    Some(String::from_utf8_lossy(t).into_owned())
+                }
+            };
+            visit(self.read_row(row)?)?;
+            if mark.is_some() {
+                last = mark;
+            }
+        }
+        Ok(last.or_else(|| since.map(str::to_owned)))
+    }
+
     fn fetch(&mut self, keys: &[Vec<Value>]) -> Result<Vec<Option<Record>>, SourceError> {
         self.verify_columns()?;
         let cond: Vec<String> = self

@@ -166,6 +166,27 @@ fn mysql_source_reads_types_checks_schemas_and_resumes() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("\"v\"") && e.contains("integer"), "{e}");
+    // Polling by a watermark column (here the datetime one).
+    let by_id = Mapping::new(
+        vec![col("id", ValueKind::Integer)],
+        vec![col("v", ValueKind::Text)],
+    )
+    .unwrap();
+    let mut p = MysqlSource::new(
+        url(),
+        Relation::Table(t.clone()),
+        by_id,
+        ScanOptions::default(),
+    );
+    let mut ids = Vec::new();
+    let mark = p
+        .changed_since("ts", Some("1971-01-01 00:00:00"), &mut |r| {
+            ids.push(r.key[0].clone());
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(ids, vec![Value::Integer(1)]);
+    assert_eq!(mark.as_deref(), Some("2024-02-29 23:59:59.123456"));
     admin.query_drop(format!("DROP TABLE {t}")).unwrap();
 
     // A scan resumes after the server kills its connection, twice.

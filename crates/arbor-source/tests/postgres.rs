@@ -304,3 +304,44 @@ fn a_query_is_a_dataset_and_text_keys_page_correctly() {
             .all(|r| matches!(&r.values[0], Value::Integer(n) if n % 2 == 0))
     );
 }
+
+#[test]
+fn changed_since_reads_rows_at_or_after_a_watermark() {
+    let mut t = Table::create("id int4 primary key, v text, updated_at timestamptz");
+    t.admin
+        .batch_execute(&format!(
+            "INSERT INTO {} VALUES (1, 'a', '2024-01-01 00:00:00+00'), (2, 'b', '2024-01-02 00:00:00+00'),
+             (3, 'c', '2024-01-03 00:00:00+00')",
+            t.name
+        ))
+        .unwrap();
+    let mapping = Mapping::new(
+        vec![col("id", ValueKind::Integer)],
+        vec![col("v", ValueKind::Text)],
+    )
+    .unwrap();
+    let mut s = PostgresSource::new(
+        url(),
+        Relation::Table(t.name.clone()),
+        mapping,
+        ScanOptions::default(),
+    );
+    let mut ids = Vec::new();
+    let mark = s
+        .changed_since("updated_at", None, &mut |r| {
+            ids.push(r.key[0].clone());
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(ids.len(), 3);
+    assert_eq!(mark.as_deref(), Some("2024-01-03 00:00:00+00"));
+    ids.clear();
+    let mark = s
+        .changed_since("updated_at", Some("2024-01-02 00:00:00+00"), &mut |r| {
+            ids.push(r.key[0].clone());
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(ids, vec![Value::Integer(2), Value::Integer(3)]);
+    assert_eq!(mark.as_deref(), Some("2024-01-03 00:00:00+00"));
+}
