@@ -59,7 +59,7 @@ const DEFAULT_LIST_RUNS: usize = 50;
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     /// A dataset's system could not be opened or does not match its mapping.
-    #[error("dataset {dataset}: {source}")]
+    #[error("dataset {dataset}")]
     Source {
         /// The dataset.
         dataset: String,
@@ -68,7 +68,7 @@ pub enum AgentError {
         source: SourceError,
     },
     /// A dataset's index could not be opened or built.
-    #[error("dataset {dataset}: index: {source}")]
+    #[error("dataset {dataset}: index")]
     Index {
         /// The dataset.
         dataset: String,
@@ -77,10 +77,10 @@ pub enum AgentError {
         source: IndexError,
     },
     /// The run store could not be opened.
-    #[error("run store: {0}")]
+    #[error("run store")]
     Runs(#[source] IndexError),
     /// The data directory could not be created.
-    #[error("cannot create data directory {path}: {source}")]
+    #[error("cannot create data directory {path}")]
     DataDir {
         /// The directory.
         path: PathBuf,
@@ -89,7 +89,7 @@ pub enum AgentError {
         source: std::io::Error,
     },
     /// The server failed.
-    #[error("gRPC server on {addr}: {source}")]
+    #[error("gRPC server on {addr}")]
     Serve {
         /// The listen address.
         addr: SocketAddr,
