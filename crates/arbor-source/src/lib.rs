@@ -14,6 +14,7 @@
 //! CSV/JSONL follow the same trait.
 
 pub mod files;
+pub mod keyset;
 pub mod mapping;
 pub mod mysql;
 pub mod postgres;

@@ -14,17 +14,16 @@
 //!   prints `float4`, so the same value hashes the same in both.
 //! * `tinyint(1)` reads as bool; uuids may be `char(36)` or `binary(16)`.
 
-use std::time::{Duration, Instant};
-
 use arbor_record::value::{Date, Decimal, Timestamp, format_uuid, parse_uuid};
 use arbor_record::{Record, Value, ValueKind};
 use mysql::consts::ColumnType as T;
 use mysql::prelude::Queryable;
 use mysql::{Conn, Opts};
-use tracing::{debug, info, instrument, warn};
+use tracing::{instrument, warn};
 
+use crate::keyset::{self, ChunkError, KeysetReader, ScanOptions};
 use crate::mapping::Mapping;
-use crate::postgres::{ScanOptions, redact_url};
+use crate::postgres::redact_url;
 use crate::sqlite::Relation;
 use crate::{Source, SourceError, text};
 
@@ -187,22 +186,11 @@ impl MysqlSource {
     }
 
     fn columns_sql(&self) -> String {
-        self.mapping
-            .key()
-            .iter()
-            .chain(self.mapping.columns())
-            .map(|c| ident(&c.source))
-            .collect::<Vec<_>>()
-            .join(", ")
+        keyset::select_list(&self.mapping, ident)
     }
 
     fn key_sql(&self) -> String {
-        self.mapping
-            .key()
-            .iter()
-            .map(|c| ident(&c.source))
-            .collect::<Vec<_>>()
-            .join(", ")
+        keyset::key_list(&self.mapping, ident)
     }
 
     fn connect(&self) -> Result<Conn, SourceError> {
@@ -235,28 +223,6 @@ impl MysqlSource {
         Ok(self.conn.as_mut().expect("connected above"))
     }
 
-    fn reconnect(&mut self, cause: &str) -> Result<(), SourceError> {
-        self.conn = None;
-        let mut wait = self.options.reconnect_backoff;
-        for attempt in 1..=self.options.reconnect_attempts {
-            warn!(dataset = %self.dataset(), attempt, error = %cause, "connection lost; reconnecting");
-            std::thread::sleep(wait);
-            if let Ok(c) = self.connect() {
-                self.conn = Some(c);
-                info!(dataset = %self.dataset(), attempt, "reconnected; resuming the scan");
-                return Ok(());
-            }
-            wait = (wait * 2).min(Duration::from_secs(10));
-        }
-        Err(SourceError::Read {
-            dataset: self.dataset(),
-            reason: format!(
-                "connection lost and {} reconnections failed: {cause}",
-                self.options.reconnect_attempts
-            ),
-        })
-    }
-
     fn value_error(&self, column: &str, problem: String) -> SourceError {
         SourceError::Value {
             dataset: self.dataset(),
@@ -284,12 +250,18 @@ impl MysqlSource {
         }
         Ok(self.mapping.apply(Record::new(values, rest)))
     }
+}
 
-    /// Reads one chunk whole; `Err(Ok(cause))` means the connection broke.
-    fn read_chunk(
-        &mut self,
-        after: Option<&[Value]>,
-    ) -> Result<Vec<Vec<mysql::Value>>, Result<String, SourceError>> {
+impl KeysetReader for MysqlSource {
+    fn options(&self) -> &ScanOptions {
+        &self.options
+    }
+
+    fn dataset(&self) -> String {
+        MysqlSource::dataset(self)
+    }
+
+    fn read_chunk(&mut self, after: Option<&[Value]>) -> Result<Vec<Record>, ChunkError> {
         let (filter, params) = match after {
             None => (String::new(), Vec::new()),
             Some(last) => {
@@ -297,7 +269,7 @@ impl MysqlSource {
                     .iter()
                     .map(key_param)
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(|p| Err(self.value_error("(key)", p)))?;
+                    .map_err(|p| self.value_error("(key)", p))?;
                 let marks = vec!["?"; params.len()].join(", ");
                 (format!(" WHERE ({}) > ({marks})", self.key_sql()), params)
             }
@@ -309,24 +281,33 @@ impl MysqlSource {
             self.key_sql(),
             self.options.chunk_rows.max(1)
         );
-        let dataset = self.dataset();
+        let dataset = MysqlSource::dataset(self);
         let classify = |e: mysql::Error| {
             if is_connection_error(&e) {
-                Ok(e.to_string())
+                ChunkError::Connection(e.to_string())
             } else {
-                Err(SourceError::Read {
+                ChunkError::Fatal(SourceError::Read {
                     dataset: dataset.clone(),
                     reason: e.to_string(),
                 })
             }
         };
-        let conn = self.conn().map_err(Err)?;
+        let conn = self.conn()?;
         let result = conn.exec_iter(sql.as_str(), params).map_err(classify)?;
         let mut rows = Vec::new();
         for row in result {
             rows.push(row.map_err(classify)?.unwrap());
         }
-        Ok(rows)
+        Ok(rows
+            .into_iter()
+            .map(|r| self.record(r))
+            .collect::<Result<_, _>>()?)
+    }
+
+    fn connect_again(&mut self) -> Result<(), SourceError> {
+        self.conn = None;
+        self.conn = Some(self.connect()?);
+        Ok(())
     }
 }
 
@@ -376,38 +357,7 @@ impl Source for MysqlSource {
         visit: &mut dyn FnMut(Record) -> Result<(), SourceError>,
     ) -> Result<u64, SourceError> {
         self.check()?;
-        let mut after: Option<Vec<Value>> = None;
-        let mut total = 0u64;
-        let started = Instant::now();
-        loop {
-            let rows = match self.read_chunk(after.as_deref()) {
-                Ok(rows) => rows,
-                Err(Ok(cause)) => {
-                    self.reconnect(&cause)?;
-                    continue;
-                }
-                Err(Err(e)) => return Err(e),
-            };
-            let n = rows.len() as u64;
-            for row in rows {
-                let r = self.record(row)?;
-                after = Some(r.key.clone());
-                visit(r)?;
-            }
-            total += n;
-            if n < self.options.chunk_rows.max(1) {
-                break;
-            }
-            if self.options.max_rows_per_sec > 0 {
-                let due =
-                    Duration::from_secs_f64(total as f64 / self.options.max_rows_per_sec as f64);
-                if let Some(wait) = due.checked_sub(started.elapsed()) {
-                    std::thread::sleep(wait);
-                }
-            }
-        }
-        debug!(rows = total, "scan finished");
-        Ok(total)
+        keyset::scan_in_chunks(self, visit)
     }
 
     fn changed_since(

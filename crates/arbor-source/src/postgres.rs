@@ -18,44 +18,19 @@
 //! Key columns must be integer, text or uuid (see [`crate::mapping`]).
 
 use std::io::BufRead;
-use std::time::{Duration, Instant};
 
 use arbor_record::value::format_uuid;
 use arbor_record::{Record, Value, ValueKind};
 use postgres::types::Type;
 use postgres::{Client, NoTls, SimpleQueryMessage};
-use tracing::{debug, info, instrument, warn};
+use tracing::instrument;
 
+use crate::keyset::{self, ChunkError, KeysetReader};
 use crate::mapping::Mapping;
 use crate::sqlite::Relation;
 use crate::{Source, SourceError, text};
 
-/// How a PostgreSQL scan treats the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ScanOptions {
-    /// Rows per keyset chunk (one COPY statement each).
-    pub chunk_rows: u64,
-    /// Throttle: at most this many rows per second; 0 means no limit.
-    pub max_rows_per_sec: u64,
-    /// `statement_timeout` of every statement.
-    pub statement_timeout: Duration,
-    /// Reconnection attempts after a broken connection, before giving up.
-    pub reconnect_attempts: u32,
-    /// Wait before the first reconnection; doubles up to 10 s.
-    pub reconnect_backoff: Duration,
-}
-
-impl Default for ScanOptions {
-    fn default() -> Self {
-        ScanOptions {
-            chunk_rows: 50_000,
-            max_rows_per_sec: 0,
-            statement_timeout: Duration::from_secs(60),
-            reconnect_attempts: 10,
-            reconnect_backoff: Duration::from_millis(200),
-        }
-    }
-}
+pub use crate::keyset::ScanOptions;
 
 /// A dataset in a PostgreSQL database.
 pub struct PostgresSource {
@@ -241,49 +216,12 @@ impl PostgresSource {
         Ok(self.client.as_mut().expect("connected above"))
     }
 
-    /// Reconnects after a broken connection, with backoff.
-    fn reconnect(&mut self, cause: &str) -> Result<(), SourceError> {
-        self.client = None;
-        let mut wait = self.options.reconnect_backoff;
-        for attempt in 1..=self.options.reconnect_attempts {
-            warn!(dataset = %self.dataset(), attempt, error = %cause, "connection lost; reconnecting");
-            std::thread::sleep(wait);
-            match self.connect() {
-                Ok(c) => {
-                    self.client = Some(c);
-                    info!(dataset = %self.dataset(), attempt, "reconnected; resuming the scan");
-                    return Ok(());
-                }
-                Err(e) => debug!(error = %e, "reconnect failed"),
-            }
-            wait = (wait * 2).min(Duration::from_secs(10));
-        }
-        Err(SourceError::Read {
-            dataset: self.dataset(),
-            reason: format!(
-                "connection lost and {} reconnections failed: {cause}",
-                self.options.reconnect_attempts
-            ),
-        })
-    }
-
     fn columns_sql(&self) -> String {
-        self.mapping
-            .key()
-            .iter()
-            .chain(self.mapping.columns())
-            .map(|c| ident(&c.source))
-            .collect::<Vec<_>>()
-            .join(", ")
+        keyset::select_list(&self.mapping, ident)
     }
 
     fn key_sql(&self) -> String {
-        self.mapping
-            .key()
-            .iter()
-            .map(|c| ident(&c.source))
-            .collect::<Vec<_>>()
-            .join(", ")
+        keyset::key_list(&self.mapping, ident)
     }
 
     fn chunk_query(&self, after: Option<&[Value]>) -> Result<String, SourceError> {
@@ -357,17 +295,20 @@ impl PostgresSource {
             problem,
         }
     }
+}
 
-    /// Reads one chunk; returns the number of rows and the last key. The
-    /// whole chunk is read before any record is handed out, so a broken
-    /// connection never leaves a chunk half visited.
-    fn read_chunk(
-        &mut self,
-        after: Option<&[Value]>,
-        visit: &mut dyn FnMut(Record) -> Result<(), SourceError>,
-    ) -> Result<(u64, Option<Vec<Value>>), ChunkError> {
+impl KeysetReader for PostgresSource {
+    fn options(&self) -> &ScanOptions {
+        &self.options
+    }
+
+    fn dataset(&self) -> String {
+        PostgresSource::dataset(self)
+    }
+
+    fn read_chunk(&mut self, after: Option<&[Value]>) -> Result<Vec<Record>, ChunkError> {
         let query = self.chunk_query(after)?;
-        let dataset = self.dataset();
+        let dataset = PostgresSource::dataset(self);
         let mut lines = Vec::new();
         {
             let client = self.client()?;
@@ -399,28 +340,16 @@ impl PostgresSource {
                 }
             }
         }
-        let mut last = None;
-        let n = lines.len() as u64;
-        for line in lines {
-            let r = self.read_line(&line)?;
-            last = Some(r.key.clone());
-            visit(r)?;
-        }
-        Ok((n, last))
+        Ok(lines
+            .iter()
+            .map(|l| self.read_line(l))
+            .collect::<Result<_, _>>()?)
     }
-}
 
-/// Why a chunk could not be read.
-enum ChunkError {
-    /// The connection broke: reconnect and read the chunk again.
-    Connection(String),
-    /// Anything else: the scan fails.
-    Fatal(SourceError),
-}
-
-impl From<SourceError> for ChunkError {
-    fn from(e: SourceError) -> ChunkError {
-        ChunkError::Fatal(e)
+    fn connect_again(&mut self) -> Result<(), SourceError> {
+        self.client = None;
+        self.client = Some(self.connect()?);
+        Ok(())
     }
 }
 
@@ -468,32 +397,7 @@ impl Source for PostgresSource {
         visit: &mut dyn FnMut(Record) -> Result<(), SourceError>,
     ) -> Result<u64, SourceError> {
         self.check()?;
-        let mut after: Option<Vec<Value>> = None;
-        let mut total = 0u64;
-        let started = Instant::now();
-        loop {
-            match self.read_chunk(after.as_deref(), visit) {
-                Ok((n, last)) => {
-                    total += n;
-                    if n < self.options.chunk_rows.max(1) {
-                        break;
-                    }
-                    after = last;
-                    if self.options.max_rows_per_sec > 0 {
-                        let due = Duration::from_secs_f64(
-                            total as f64 / self.options.max_rows_per_sec as f64,
-                        );
-                        if let Some(wait) = due.checked_sub(started.elapsed()) {
-                            std::thread::sleep(wait);
-                        }
-                    }
-                }
-                Err(ChunkError::Connection(cause)) => self.reconnect(&cause)?,
-                Err(ChunkError::Fatal(e)) => return Err(e),
-            }
-        }
-        debug!(rows = total, "scan finished");
-        Ok(total)
+        keyset::scan_in_chunks(self, visit)
     }
 
     fn changed_since(

@@ -1,0 +1,155 @@
+//! What the database connectors share: reading a relation in keyset chunks
+//! under a throttle, and reconnecting with backoff when the connection
+//! breaks, resuming after the last key handed out.
+//!
+//! A connector implements [`KeysetReader`]: read one whole chunk after a
+//! key, and open a fresh connection. [`scan_in_chunks`] drives it. Because a
+//! chunk is read whole before any of it is handed out, a connection that
+//! breaks mid-chunk only means reading that chunk again: no record is seen
+//! twice or skipped.
+
+use std::time::{Duration, Instant};
+
+use arbor_record::{Record, Value};
+use tracing::{debug, info, warn};
+
+use crate::SourceError;
+use crate::mapping::Mapping;
+
+/// How a database scan treats the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanOptions {
+    /// Rows per keyset chunk (one statement each).
+    pub chunk_rows: u64,
+    /// Throttle: at most this many rows per second; 0 means no limit.
+    pub max_rows_per_sec: u64,
+    /// Time limit of every statement.
+    pub statement_timeout: Duration,
+    /// Reconnection attempts after a broken connection, before giving up.
+    pub reconnect_attempts: u32,
+    /// Wait before the first reconnection; doubles up to [`MAX_RECONNECT_BACKOFF`].
+    pub reconnect_backoff: Duration,
+}
+
+/// Longest wait between two reconnection attempts.
+pub const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(10);
+
+impl Default for ScanOptions {
+    fn default() -> Self {
+        ScanOptions {
+            chunk_rows: 50_000,
+            max_rows_per_sec: 0,
+            statement_timeout: Duration::from_secs(60),
+            reconnect_attempts: 10,
+            reconnect_backoff: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Why a chunk could not be read.
+pub(crate) enum ChunkError {
+    /// The connection broke: reconnect and read the chunk again.
+    Connection(String),
+    /// Anything else: the scan fails.
+    Fatal(SourceError),
+}
+
+impl From<SourceError> for ChunkError {
+    fn from(e: SourceError) -> ChunkError {
+        ChunkError::Fatal(e)
+    }
+}
+
+/// The key columns, then the value columns, quoted by `ident`: `a, b, c`.
+pub(crate) fn select_list(mapping: &Mapping, ident: fn(&str) -> String) -> String {
+    let cols: Vec<String> = mapping
+        .key()
+        .iter()
+        .chain(mapping.columns())
+        .map(|c| ident(&c.source))
+        .collect();
+    cols.join(", ")
+}
+
+/// The key columns, quoted by `ident`.
+pub(crate) fn key_list(mapping: &Mapping, ident: fn(&str) -> String) -> String {
+    let cols: Vec<String> = mapping.key().iter().map(|c| ident(&c.source)).collect();
+    cols.join(", ")
+}
+
+/// A connector that reads a relation in keyset chunks.
+pub(crate) trait KeysetReader {
+    /// Chunking, throttle and reconnection settings.
+    fn options(&self) -> &ScanOptions;
+    /// The dataset, for messages (no password).
+    fn dataset(&self) -> String;
+    /// The whole chunk of records after `after` (from the start if `None`),
+    /// in key order, at most `chunk_rows` of them.
+    fn read_chunk(&mut self, after: Option<&[Value]>) -> Result<Vec<Record>, ChunkError>;
+    /// Drops the current connection and opens a new one.
+    fn connect_again(&mut self) -> Result<(), SourceError>;
+}
+
+/// Scans everything, chunk after chunk; returns the records visited.
+pub(crate) fn scan_in_chunks(
+    reader: &mut impl KeysetReader,
+    visit: &mut dyn FnMut(Record) -> Result<(), SourceError>,
+) -> Result<u64, SourceError> {
+    let options = *reader.options();
+    let chunk_rows = options.chunk_rows.max(1);
+    let started = Instant::now();
+    let mut after: Option<Vec<Value>> = None;
+    let mut total = 0u64;
+    loop {
+        let records = match reader.read_chunk(after.as_deref()) {
+            Ok(records) => records,
+            Err(ChunkError::Connection(cause)) => {
+                reconnect(reader, &cause)?;
+                continue;
+            }
+            Err(ChunkError::Fatal(e)) => return Err(e),
+        };
+        let n = records.len() as u64;
+        for r in records {
+            after = Some(r.key.clone());
+            visit(r)?;
+        }
+        total += n;
+        if n < chunk_rows {
+            break;
+        }
+        if options.max_rows_per_sec > 0 {
+            let due = Duration::from_secs_f64(total as f64 / options.max_rows_per_sec as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+    debug!(rows = total, "scan finished");
+    Ok(total)
+}
+
+/// Reconnects with backoff after `cause` broke the connection.
+fn reconnect(reader: &mut impl KeysetReader, cause: &str) -> Result<(), SourceError> {
+    let options = *reader.options();
+    let mut wait = options.reconnect_backoff;
+    for attempt in 1..=options.reconnect_attempts {
+        warn!(dataset = %reader.dataset(), attempt, error = %cause, "connection lost; reconnecting");
+        std::thread::sleep(wait);
+        match reader.connect_again() {
+            Ok(()) => {
+                info!(dataset = %reader.dataset(), attempt, "reconnected; resuming the scan");
+                return Ok(());
+            }
+            Err(e) => debug!(error = %e, "reconnect failed"),
+        }
+        wait = (wait * 2).min(MAX_RECONNECT_BACKOFF);
+    }
+    Err(SourceError::Read {
+        dataset: reader.dataset(),
+        reason: format!(
+            "connection lost and {} reconnections failed: {cause}",
+            options.reconnect_attempts
+        ),
+    })
+}
