@@ -2,8 +2,8 @@
 //! under a throttle, and reconnecting with backoff when the connection
 //! breaks, resuming after the last key handed out.
 //!
-//! A connector implements [`KeysetReader`]: read one whole chunk after a
-//! key, and open a fresh connection. [`scan_in_chunks`] drives it. Because a
+//! A connector implements `KeysetReader`: read one whole chunk after a
+//! key, and open a fresh connection. `scan_in_chunks` drives it. Because a
 //! chunk is read whole before any of it is handed out, a connection that
 //! breaks mid-chunk only means reading that chunk again: no record is seen
 //! twice or skipped.
