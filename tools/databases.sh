@@ -2,6 +2,7 @@
 # tools/test.sh (and anything else that needs real databases).
 #
 #   arbor_databases_up     exports ARBOR_TEST_POSTGRES_URL and ARBOR_TEST_MYSQL_URL
+#                          (and ARBOR_TEST_POSTGRES_RESTART for a private instance)
 #   arbor_databases_down   stops what arbor_databases_up started (and only that)
 #
 # For each engine, in order: a URL already in the environment is used as is;
@@ -83,6 +84,11 @@ arbor__postgres_up() {
     "-p $port -k $dir -c listen_addresses=127.0.0.1 -c wal_level=logical -c max_wal_senders=10 -c max_replication_slots=10 -c fsync=off" \
     >/dev/null || { cat "$dir/server.log" >&2; return 1; }
   ARBOR_DB_STARTED_PG="$bin/pg_ctl -D $dir/data"
+  # Only for a private instance: lets tests restart the server mid-scan
+  # (pg_ctl restart reuses the options it was started with).
+  local as_pg=""
+  [ "$(id -u)" -eq 0 ] && as_pg="runuser -u postgres --"
+  export ARBOR_TEST_POSTGRES_RESTART="$as_pg $bin/pg_ctl -D $dir/data -l $dir/server.log -s -w -t 60 -m fast restart"
   "$bin/createdb" -h 127.0.0.1 -p "$port" -U arbor arbor_test || return 1
   export ARBOR_TEST_POSTGRES_URL="postgres://arbor@127.0.0.1:$port/arbor_test"
   arbor__log "postgres: private instance on 127.0.0.1:$port ($("$bin/postgres" --version))"

@@ -25,6 +25,13 @@ struct Table {
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// The tests of this file run one at a time: one of them restarts the server.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Table {
     fn create(columns: &str) -> Table {
         let mut admin = Client::connect(&url(), NoTls).expect("connect as admin");
@@ -65,6 +72,7 @@ fn scan_all(s: &mut dyn Source) -> Result<Vec<Record>, SourceError> {
 
 #[test]
 fn every_type_reads_as_its_canonical_value() {
+    let _serial = serial();
     let mut t = Table::create(
         "id int8 primary key, i2 int2, i4 int4, n numeric(30,6), f4 float4, f8 float8, t text, v varchar(20),
          c char(5), b bool, by bytea, d date, ts timestamp(6), tz timestamptz, u uuid, j json, jb jsonb",
@@ -180,6 +188,7 @@ break', 'x', 'x', false, '\\x', '1969-07-20', '1970-01-01 00:00:00', '1970-01-01
 
 #[test]
 fn wrong_columns_and_types_are_named() {
+    let _serial = serial();
     let t = Table::create("id int4 primary key, email text, balance numeric");
     let bad_name = Mapping::new(
         vec![col("id", ValueKind::Integer)],
@@ -225,6 +234,7 @@ fn wrong_columns_and_types_are_named() {
 
 #[test]
 fn a_scan_resumes_after_the_server_drops_the_connection() {
+    let _serial = serial();
     let mut t = Table::create("id int4 primary key, v text");
     t.admin
         .batch_execute(&format!(
@@ -270,6 +280,7 @@ fn a_scan_resumes_after_the_server_drops_the_connection() {
 
 #[test]
 fn a_query_is_a_dataset_and_text_keys_page_correctly() {
+    let _serial = serial();
     let mut t = Table::create("code text primary key, n int4");
     t.admin
         .batch_execute(&format!(
@@ -307,6 +318,7 @@ fn a_query_is_a_dataset_and_text_keys_page_correctly() {
 
 #[test]
 fn changed_since_reads_rows_at_or_after_a_watermark() {
+    let _serial = serial();
     let mut t = Table::create("id int4 primary key, v text, updated_at timestamptz");
     t.admin
         .batch_execute(&format!(
@@ -344,4 +356,56 @@ fn changed_since_reads_rows_at_or_after_a_watermark() {
         .unwrap();
     assert_eq!(ids, vec![Value::Integer(2), Value::Integer(3)]);
     assert_eq!(mark.as_deref(), Some("2024-01-03 00:00:00+00"));
+}
+
+#[test]
+fn a_scan_resumes_across_a_server_restart() {
+    let _serial = serial();
+    // tools/databases.sh exports the restart command of the private
+    // instance it starts; a shared server on :5432 is not restarted.
+    let Ok(restart) = std::env::var("ARBOR_TEST_POSTGRES_RESTART") else {
+        eprintln!("skipped: the PostgreSQL server is not a private instance of tools/databases.sh");
+        return;
+    };
+    let mut t = Table::create("id int4 primary key, v text");
+    t.admin
+        .batch_execute(&format!(
+            "INSERT INTO {} SELECT g, 'row ' || g FROM generate_series(1, 20000) g",
+            t.name
+        ))
+        .unwrap();
+    let mapping = Mapping::new(
+        vec![col("id", ValueKind::Integer)],
+        vec![col("v", ValueKind::Text)],
+    )
+    .unwrap();
+    let options = ScanOptions {
+        chunk_rows: 500,
+        reconnect_backoff: std::time::Duration::from_millis(250),
+        reconnect_attempts: 20,
+        ..ScanOptions::default()
+    };
+    let mut s = PostgresSource::new(url(), Relation::Table(t.name.clone()), mapping, options);
+    let mut seen = Vec::new();
+    let mut restarted = false;
+    s.scan(&mut |r| {
+        seen.push(r.key[0].clone());
+        if seen.len() == 7_000 {
+            let status = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&restart)
+                .status()
+                .unwrap();
+            assert!(status.success(), "restart command failed: {restart}");
+            restarted = true;
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert!(restarted);
+    let distinct: BTreeSet<_> = seen.iter().cloned().collect();
+    assert_eq!(seen.len(), 20_000, "no row read twice");
+    assert_eq!(distinct.len(), 20_000, "no row skipped");
+    // The admin connection died with the restart: reconnect to drop the table.
+    t.admin = Client::connect(&url(), NoTls).unwrap();
 }
