@@ -94,17 +94,9 @@ impl FileSource {
     }
 
     fn record(&self, values: Vec<Value>, file: &Path, line: u64) -> Result<Record, SourceError> {
-        let mut values = values;
-        let rest = values.split_off(self.mapping.key().len());
-        if let Some(i) = values.iter().position(|v| *v == Value::Null) {
-            return Err(self.value_error(
-                file,
-                line,
-                &self.mapping.key()[i].source,
-                "key column is NULL".into(),
-            ));
-        }
-        Ok(self.mapping.apply(Record::new(values, rest)))
+        self.mapping
+            .record(values)
+            .map_err(|c| self.value_error(file, line, c, "key column is NULL".into()))
     }
 
     fn scan_csv(

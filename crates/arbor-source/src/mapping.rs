@@ -117,6 +117,17 @@ impl Mapping {
         &self.schema
     }
 
+    /// Builds a record from a row read in select-list order (key columns,
+    /// then value columns), applying the transforms. A NULL key value is
+    /// refused: the error is the source name of that key column.
+    pub fn record(&self, mut row: Vec<arbor_record::Value>) -> Result<Record, &str> {
+        let values = row.split_off(self.key.len());
+        if let Some(i) = row.iter().position(|v| *v == arbor_record::Value::Null) {
+            return Err(&self.key[i].source);
+        }
+        Ok(self.apply(Record::new(row, values)))
+    }
+
     /// Applies the value columns' transforms to a record read from the system.
     pub fn apply(&self, mut record: Record) -> Record {
         for (v, c) in record.values.iter_mut().zip(&self.columns) {

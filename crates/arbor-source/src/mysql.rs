@@ -242,13 +242,9 @@ impl MysqlSource {
         for (v, c) in row.into_iter().zip(&cols) {
             values.push(convert(v, c.kind).map_err(|p| self.value_error(&c.source, p))?);
         }
-        let rest = values.split_off(self.mapping.key().len());
-        if let Some(i) = values.iter().position(|v| *v == Value::Null) {
-            return Err(
-                self.value_error(&self.mapping.key()[i].source, "key column is NULL".into())
-            );
-        }
-        Ok(self.mapping.apply(Record::new(values, rest)))
+        self.mapping
+            .record(values)
+            .map_err(|c| self.value_error(c, "key column is NULL".into()))
     }
 }
 

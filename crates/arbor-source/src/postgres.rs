@@ -278,14 +278,25 @@ impl PostgresSource {
             };
             values.push(v);
         }
-        let nk = self.mapping.key().len();
-        let rest = values.split_off(nk);
-        if let Some(i) = values.iter().position(|v| *v == Value::Null) {
-            return Err(
-                self.value_error(&self.mapping.key()[i].source, "key column is NULL".into())
-            );
-        }
-        Ok(self.mapping.apply(Record::new(values, rest)))
+        self.record(values)
+    }
+
+    /// A record from a row in select-list order (see [`Mapping::record`]).
+    fn record(&self, values: Vec<Value>) -> Result<Record, SourceError> {
+        self.mapping
+            .record(values)
+            .map_err(|c| self.value_error(c, "key column is NULL".into()))
+    }
+
+    /// The mapped values of a simple-query (text) row.
+    fn text_row(&self, row: &postgres::SimpleQueryRow) -> Result<Vec<Value>, SourceError> {
+        let cols = self.mapping.key().iter().chain(self.mapping.columns());
+        cols.enumerate()
+            .map(|(i, c)| match row.get(i) {
+                None => Ok(Value::Null),
+                Some(t) => text::parse(c.kind, t).map_err(|p| self.value_error(&c.source, p)),
+            })
+            .collect()
     }
 
     fn value_error(&self, column: &str, problem: String) -> SourceError {
@@ -428,30 +439,15 @@ impl Source for PostgresSource {
                     .as_db_error()
                     .map_or_else(|| e.to_string(), |d| d.message().to_owned()),
             })?;
-        let cols: Vec<_> = self
-            .mapping
-            .key()
-            .iter()
-            .chain(self.mapping.columns())
-            .cloned()
-            .collect();
+        // The watermark column comes after the mapped ones.
+        let mark_at = self.mapping.key().len() + self.mapping.columns().len();
         let mut last = None;
         for m in rows {
             if let SimpleQueryMessage::Row(row) = m {
-                let mut values = Vec::with_capacity(cols.len());
-                for (i, c) in cols.iter().enumerate() {
-                    values.push(match row.get(i) {
-                        None => Value::Null,
-                        Some(t) => {
-                            text::parse(c.kind, t).map_err(|p| self.value_error(&c.source, p))?
-                        }
-                    });
-                }
-                if let Some(mark) = row.get(cols.len()) {
+                if let Some(mark) = row.get(mark_at) {
                     last = Some(mark.to_owned());
                 }
-                let rest = values.split_off(self.mapping.key().len());
-                visit(self.mapping.apply(Record::new(values, rest)))?;
+                visit(self.record(self.text_row(&row)?)?)?;
             }
         }
         Ok(last.or_else(|| since.map(str::to_owned)))
@@ -483,22 +479,7 @@ impl Source for PostgresSource {
             let mut found = None;
             for m in rows {
                 if let SimpleQueryMessage::Row(row) = m {
-                    let cols: Vec<_> = self
-                        .mapping
-                        .key()
-                        .iter()
-                        .chain(self.mapping.columns())
-                        .collect();
-                    let mut values = Vec::with_capacity(cols.len());
-                    for (i, c) in cols.iter().enumerate() {
-                        values.push(match row.get(i) {
-                            None => Value::Null,
-                            Some(t) => text::parse(c.kind, t)
-                                .map_err(|p| self.value_error(&c.source, p))?,
-                        });
-                    }
-                    let rest = values.split_off(self.mapping.key().len());
-                    found = Some(self.mapping.apply(Record::new(values, rest)));
+                    found = Some(self.record(self.text_row(&row)?)?);
                 }
             }
             out.push(found);

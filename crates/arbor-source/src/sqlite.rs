@@ -132,24 +132,18 @@ impl SqliteSource {
     }
 
     fn read_row(&self, row: &rusqlite::Row<'_>) -> Result<Record, SourceError> {
-        let nk = self.mapping.key().len();
-        let mut key = Vec::with_capacity(nk);
-        for (i, c) in self.mapping.key().iter().enumerate() {
-            let v = self.value(row, i, c)?;
-            if v == Value::Null {
-                return Err(SourceError::Value {
-                    dataset: self.dataset(),
-                    column: c.source.clone(),
-                    problem: "key column is NULL".into(),
-                });
-            }
-            key.push(v);
-        }
-        let mut values = Vec::with_capacity(self.mapping.columns().len());
-        for (i, c) in self.mapping.columns().iter().enumerate() {
-            values.push(self.value(row, nk + i, c)?);
-        }
-        Ok(self.mapping.apply(Record::new(key, values)))
+        let cols = self.mapping.key().iter().chain(self.mapping.columns());
+        let values = cols
+            .enumerate()
+            .map(|(i, c)| self.value(row, i, c))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.mapping
+            .record(values)
+            .map_err(|column| SourceError::Value {
+                dataset: self.dataset(),
+                column: column.to_owned(),
+                problem: "key column is NULL".into(),
+            })
     }
 
     fn value(
