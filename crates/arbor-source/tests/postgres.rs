@@ -232,13 +232,20 @@ fn wrong_columns_and_types_are_named() {
     );
 }
 
-#[test]
-fn a_scan_resumes_after_the_server_drops_the_connection() {
-    let _serial = serial();
+/// Scans a table of `rows` (id, v) rows in chunks of `chunk_rows`, calling
+/// `interrupt` with the table once each count in `at` has been seen; then
+/// checks every row was seen exactly once. Returns how many interruptions
+/// `interrupt` reported as effective.
+fn scan_interrupted(
+    rows: usize,
+    chunk_rows: u64,
+    at: &[usize],
+    mut interrupt: impl FnMut(&mut Table) -> u64,
+) -> u64 {
     let mut t = Table::create("id int4 primary key, v text");
     t.admin
         .batch_execute(&format!(
-            "INSERT INTO {} SELECT g, 'row ' || g FROM generate_series(1, 5000) g",
+            "INSERT INTO {} SELECT g, 'row ' || g FROM generate_series(1, {rows}) g",
             t.name
         ))
         .unwrap();
@@ -248,34 +255,42 @@ fn a_scan_resumes_after_the_server_drops_the_connection() {
     )
     .unwrap();
     let options = ScanOptions {
-        chunk_rows: 250,
-        reconnect_backoff: std::time::Duration::from_millis(50),
+        chunk_rows,
+        reconnect_backoff: std::time::Duration::from_millis(100),
+        reconnect_attempts: 20,
         ..ScanOptions::default()
     };
     let mut s = PostgresSource::new(url(), Relation::Table(t.name.clone()), mapping, options);
     let mut seen = Vec::new();
-    let mut killed = 0;
+    let mut effective = 0;
     s.scan(&mut |r| {
         seen.push(r.key[0].clone());
-        // Twice mid-scan, the server terminates the source's connection.
-        if seen.len() == 1_000 || seen.len() == 3_333 {
-            let n = t
-                .admin
-                .execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                     WHERE application_name = 'arbor' AND pid <> pg_backend_pid()",
-                    &[],
-                )
-                .unwrap();
-            killed += n;
+        if at.contains(&seen.len()) {
+            effective += interrupt(&mut t);
         }
         Ok(())
     })
     .unwrap();
-    assert!(killed >= 2, "the test must really cut the connection");
     let distinct: BTreeSet<_> = seen.iter().cloned().collect();
-    assert_eq!(seen.len(), 5_000, "no row read twice");
-    assert_eq!(distinct.len(), 5_000, "no row skipped");
+    assert_eq!(seen.len(), rows, "no row read twice");
+    assert_eq!(distinct.len(), rows, "no row skipped");
+    effective
+}
+
+#[test]
+fn a_scan_resumes_after_the_server_drops_the_connection() {
+    let _serial = serial();
+    // Twice mid-scan, the server terminates the source's connection.
+    let killed = scan_interrupted(5_000, 250, &[1_000, 3_333], |t| {
+        t.admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE application_name = 'arbor' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .unwrap()
+    });
+    assert!(killed >= 2, "the test must really cut the connection");
 }
 
 #[test]
@@ -367,45 +382,16 @@ fn a_scan_resumes_across_a_server_restart() {
         eprintln!("skipped: the PostgreSQL server is not a private instance of tools/databases.sh");
         return;
     };
-    let mut t = Table::create("id int4 primary key, v text");
-    t.admin
-        .batch_execute(&format!(
-            "INSERT INTO {} SELECT g, 'row ' || g FROM generate_series(1, 20000) g",
-            t.name
-        ))
-        .unwrap();
-    let mapping = Mapping::new(
-        vec![col("id", ValueKind::Integer)],
-        vec![col("v", ValueKind::Text)],
-    )
-    .unwrap();
-    let options = ScanOptions {
-        chunk_rows: 500,
-        reconnect_backoff: std::time::Duration::from_millis(250),
-        reconnect_attempts: 20,
-        ..ScanOptions::default()
-    };
-    let mut s = PostgresSource::new(url(), Relation::Table(t.name.clone()), mapping, options);
-    let mut seen = Vec::new();
-    let mut restarted = false;
-    s.scan(&mut |r| {
-        seen.push(r.key[0].clone());
-        if seen.len() == 7_000 {
-            let status = std::process::Command::new("sh")
-                .arg("-c")
-                .arg(&restart)
-                .status()
-                .unwrap();
-            assert!(status.success(), "restart command failed: {restart}");
-            restarted = true;
-        }
-        Ok(())
-    })
-    .unwrap();
-    assert!(restarted);
-    let distinct: BTreeSet<_> = seen.iter().cloned().collect();
-    assert_eq!(seen.len(), 20_000, "no row read twice");
-    assert_eq!(distinct.len(), 20_000, "no row skipped");
-    // The admin connection died with the restart: reconnect to drop the table.
-    t.admin = Client::connect(&url(), NoTls).unwrap();
+    let restarts = scan_interrupted(20_000, 500, &[7_000], |t| {
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&restart)
+            .status()
+            .unwrap();
+        assert!(status.success(), "restart command failed: {restart}");
+        // The admin connection died with the server: reconnect to drop the table.
+        t.admin = Client::connect(&url(), NoTls).unwrap();
+        1
+    });
+    assert_eq!(restarts, 1);
 }
