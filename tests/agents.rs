@@ -641,3 +641,182 @@ fn poll_capture_follows_updates_and_inserts_and_rescans_catch_deletes() {
     with_delete.insert(("missing_right".to_string(), "5".to_string(), vec![]));
     wait_for_drift(dir.path(), &fixed.address, &moving.address, &with_delete);
 }
+
+/// Drops a test's replication slot and publication however the test ends:
+/// a forgotten slot would make a shared server keep WAL forever.
+struct SlotGuard {
+    url: String,
+    slot: String,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        if let Ok(mut pg) = postgres::Client::connect(&self.url, postgres::NoTls) {
+            let _ = pg.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.slot],
+            );
+            let _ = pg.batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", self.slot));
+        }
+    }
+}
+
+/// Compares until the two agents agree (capture is asynchronous), and
+/// returns the agreeing summary; fails with the last drift after 30 s.
+fn wait_in_sync(dir: &Path, fresh: &str, followed: &str) -> Json {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, summary, drift) = compare(dir, fresh, followed);
+        if code == 0 {
+            return summary;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "capture did not converge: {summary}\nfirst drift: {:?}",
+            drift.iter().take(5).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn lsn_of(summary: &Json) -> u64 {
+    let w = summary["right"]["watermark"].as_str().unwrap_or_default();
+    let lsn = w
+        .split("lsn=")
+        .nth(1)
+        .unwrap_or_else(|| panic!("not a pgoutput watermark: {w:?}"));
+    let (hi, lo) = lsn.split_once('/').unwrap();
+    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+}
+
+#[test]
+fn logical_capture_follows_every_change_and_catches_up_after_a_restart() {
+    let dir = demo(2_000, 0);
+    let (mut pg, url, table) = crm_into_postgres(dir.path());
+    let wal: String = pg.query_one("SHOW wal_level", &[]).unwrap().get(0);
+    if wal != "logical" {
+        // tools/test.sh starts its own servers with wal_level=logical; a
+        // server found already running may not have it.
+        eprintln!(
+            "skipped: the PostgreSQL server has wal_level={wal}, logical capture needs logical"
+        );
+        return;
+    }
+    let slot = format!("arbor_test_{}", std::process::id());
+    let _guard = SlotGuard {
+        url: url.clone(),
+        slot: slot.clone(),
+    };
+    let config = |data_dir: &str, capture: &str| {
+        format!(
+            "[agent]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{data_dir}\"\n\n[[dataset]]\nname = \"customers\"\n\
+             secret = \"arbor demo secret: use secret_env or secret_file in production\"\n\
+             source = {{ kind = \"postgres\", url_env = \"ARBOR_TEST_POSTGRES_URL\", table = \"{table}\" }}\n\
+             key = [{{ source = \"customer_id\", name = \"id\", kind = \"integer\" }}]\n\
+             columns = [\n  {{ source = \"email\", kind = \"text\" }},\n  {{ source = \"full_name\", name = \"name\", kind = \"text\" }},\n\
+               {{ source = \"balance\", kind = \"decimal\" }},\n]\n{capture}"
+        )
+    };
+    std::fs::write(
+        dir.path().join("logical.toml"),
+        config(
+            "logical-data",
+            &format!(
+                "capture = {{ mode = \"logical\", slot = \"{slot}\", publication = \"{slot}\", create = true, interval_ms = 50 }}\n"
+            ),
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("fresh.toml"), config("fresh-data", "")).unwrap();
+
+    let followed = AgentProcess::start(dir.path(), "logical.toml");
+    // Changes after its build, so only capture can bring them in.
+    let (code, _, _) = compare(dir.path(), &followed.address, &followed.address);
+    assert_eq!(code, 0);
+
+    // Inserts, updates (one to NULL, one of the key itself), deletes, and a
+    // transaction that touches one row three times.
+    pg.batch_execute(&format!(
+        "INSERT INTO {table} (customer_id, email, full_name, balance)
+           SELECT g, 'new' || g || '@example.com', 'New ' || g, g * 1.5 FROM generate_series(100001, 100050) g;
+         UPDATE {table} SET balance = balance + 1 WHERE customer_id BETWEEN 10 AND 39;
+         UPDATE {table} SET full_name = NULL WHERE customer_id = 40;
+         UPDATE {table} SET customer_id = 900005 WHERE customer_id = 5;
+         DELETE FROM {table} WHERE customer_id BETWEEN 100 AND 119;
+         BEGIN;
+           UPDATE {table} SET email = 'a@x' WHERE customer_id = 50;
+           UPDATE {table} SET email = 'b@x' WHERE customer_id = 50;
+           DELETE FROM {table} WHERE customer_id = 50;
+           INSERT INTO {table} (customer_id, email) VALUES (50, 'back@x');
+         COMMIT;"
+    ))
+    .unwrap();
+    let fresh = AgentProcess::start(dir.path(), "fresh.toml");
+    let summary = wait_in_sync(dir.path(), &fresh.address, &followed.address);
+    assert_eq!(summary["right"]["count"], 2_000 + 50 - 20);
+    let first = lsn_of(&summary);
+    drop(fresh);
+
+    // Changes made while the agent is down wait in the slot.
+    drop(followed);
+    pg.batch_execute(&format!(
+        "UPDATE {table} SET email = upper(email) WHERE customer_id BETWEEN 200 AND 260;
+         DELETE FROM {table} WHERE customer_id BETWEEN 300 AND 309;"
+    ))
+    .unwrap();
+    let followed = AgentProcess::start(dir.path(), "logical.toml");
+    let (code, restarted, _) = compare(dir.path(), &followed.address, &followed.address);
+    assert_eq!(code, 0);
+    assert!(
+        lsn_of(&restarted) >= first,
+        "a restart catches up from the slot, keeping the watermark: {restarted}"
+    );
+    let fresh = AgentProcess::start(dir.path(), "fresh.toml");
+    let summary = wait_in_sync(dir.path(), &fresh.address, &followed.address);
+    assert_eq!(summary["right"]["count"], 2_000 + 50 - 30);
+    assert!(
+        lsn_of(&summary) > first,
+        "the watermark moved on: {summary}"
+    );
+    drop(fresh);
+
+    // A truncate empties the index too.
+    pg.batch_execute(&format!(
+        "TRUNCATE {table}; INSERT INTO {table} (customer_id, email) VALUES (1, 'one'), (2, 'two'), (3, 'three');"
+    ))
+    .unwrap();
+    let fresh = AgentProcess::start(dir.path(), "fresh.toml");
+    let summary = wait_in_sync(dir.path(), &fresh.address, &followed.address);
+    assert_eq!(summary["right"]["count"], 3);
+    drop(fresh);
+    drop(followed);
+
+    // Slot hygiene: removing the dataset drops its slot and publication.
+    let out = arbor(
+        dir.path(),
+        &[
+            "capture",
+            "drop",
+            "--config",
+            "logical.toml",
+            "--dataset",
+            "customers",
+            "--publication",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("slot {slot} dropped")));
+    let left: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+    pg.batch_execute(&format!("DROP TABLE {table}")).unwrap();
+}

@@ -202,11 +202,19 @@ pub fn with_records<R>(
 /// Rescans one dataset from its system (see [`Index::rescan`]); the
 /// watermark records when.
 pub fn rescan(ds: &Dataset, name: &str) -> Result<arbor_index::RescanStats, Status> {
+    rescan_marked(ds, name, &format!("rescan {}", report::now_rfc3339()))
+}
+
+/// Rescans one dataset, committing `watermark` with the last changes.
+pub fn rescan_marked(
+    ds: &Dataset,
+    name: &str,
+    watermark: &str,
+) -> Result<arbor_index::RescanStats, Status> {
     let source = ds.source.as_ref().ok_or_else(|| {
         Status::failed_precondition(format!("dataset {name:?} has no system attached"))
     })?;
     let mut source = source.lock().unwrap_or_else(|p| p.into_inner());
-    let watermark = format!("rescan {}", report::now_rfc3339());
     with_records(source.as_mut(), |records| {
         ds.index.rescan(records, Some(watermark.as_bytes()))
     })
@@ -221,7 +229,7 @@ pub fn rescan(ds: &Dataset, name: &str) -> Result<arbor_index::RescanStats, Stat
 
 /// Indexes one dataset from its system, refusing compares meanwhile.
 /// `claimed`: the caller already set the dataset's `indexing` flag.
-fn reindex(ds: &Dataset, name: &str, claimed: bool) -> Result<BuildStats, Status> {
+pub fn reindex(ds: &Dataset, name: &str, claimed: bool) -> Result<BuildStats, Status> {
     let source = ds.source.as_ref().ok_or_else(|| {
         Status::failed_precondition(format!("dataset {name:?} has no system attached"))
     })?;
@@ -984,16 +992,56 @@ pub async fn run(
         .iter()
         .map(|d| (d.name.clone(), d.capture.clone()))
         .collect();
+    let configs: HashMap<String, DatasetConfig> = config
+        .datasets
+        .iter()
+        .map(|d| (d.name.clone(), d.clone()))
+        .collect();
     let indexing_state = Arc::clone(&state);
     let indexing = async move {
+        let mut followers = HashMap::new();
         for name in indexing_state.dataset_names() {
             let Ok(ds) = indexing_state.dataset(&name).map(Arc::clone) else {
                 continue;
             };
+            let Some(dc) = configs.get(&name).cloned() else {
+                continue;
+            };
             // Datasets start with `indexing` set (see open_datasets).
             let n = name.clone();
-            match tokio::task::spawn_blocking(move || reindex(&ds, &n, true)).await {
-                Ok(Ok(_)) => {}
+            let prepared = tokio::task::spawn_blocking(move || -> Result<_, Status> {
+                let follower = match (&dc.capture, &dc.source) {
+                    (Capture::Logical(lc), SourceConfig::Postgres(db)) => {
+                        Some(crate::logical::prepare(
+                            &ds,
+                            &n,
+                            &db.url,
+                            lc,
+                            db.options.statement_timeout,
+                        )?)
+                    }
+                    _ => None,
+                };
+                match follower {
+                    Some((f, false)) => {
+                        ds.indexing.store(false, Ordering::Release);
+                        Ok(Some(f))
+                    }
+                    Some((f, true)) => {
+                        reindex(&ds, &n, true)?;
+                        f.built(&ds)?;
+                        Ok(Some(f))
+                    }
+                    None => reindex(&ds, &n, true).map(|_| None),
+                }
+            })
+            .await;
+            match prepared {
+                Ok(Ok(f)) => {
+                    if let Some(f) = f {
+                        followers.insert(name, f);
+                    }
+                }
                 Ok(Err(status)) => {
                     warn!(dataset = %name, error = %status.message(), "indexing failed; the dataset stays unavailable");
                     return;
@@ -1025,6 +1073,11 @@ pub async fn run(
                 } => {
                     tokio::spawn(rescan_every(Arc::clone(&ds), name.clone(), rescan_interval));
                     tokio::spawn(poll_every(ds, name, column, interval));
+                }
+                Capture::Logical(lc) => {
+                    if let Some(f) = followers.remove(&name) {
+                        tokio::spawn(crate::logical::follow(ds, name, f, lc.interval));
+                    }
                 }
             }
         }

@@ -228,6 +228,27 @@ pub enum CaptureSection {
         #[serde(default)]
         rescan_interval_secs: Option<u64>,
     },
+    /// PostgreSQL logical replication (pgoutput): every committed insert,
+    /// update and delete, within moments of the commit. PostgreSQL tables
+    /// only; the server needs `wal_level = logical`.
+    Logical {
+        /// Replication slot. Default `arbor_<dataset>`.
+        #[serde(default)]
+        slot: Option<String>,
+        /// Publication including the table. Default `arbor_<dataset>`.
+        #[serde(default)]
+        publication: Option<String>,
+        /// Create the slot and publication when missing. Default false:
+        /// a DBA usually creates them.
+        #[serde(default)]
+        create: bool,
+        /// Milliseconds between reads of the slot when it was empty. Default 100.
+        #[serde(default)]
+        interval_ms: Option<u64>,
+        /// Changes per read and per index batch. Default 10,000.
+        #[serde(default)]
+        max_changes: Option<u32>,
+    },
 }
 
 /// A dataset's change capture, validated.
@@ -249,6 +270,47 @@ pub enum Capture {
         /// Time between rescans.
         rescan_interval: Duration,
     },
+    /// PostgreSQL logical replication.
+    Logical(LogicalCapture),
+}
+
+/// A dataset's logical replication capture, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogicalCapture {
+    /// The table (as configured, maybe schema-qualified).
+    pub table: String,
+    /// Whether the dataset has a row filter (changed rows are then read
+    /// again through it).
+    pub filtered: bool,
+    /// Replication slot.
+    pub slot: String,
+    /// Publication.
+    pub publication: String,
+    /// Create slot and publication when missing.
+    pub create: bool,
+    /// Pause after an empty read of the slot.
+    pub interval: Duration,
+    /// Changes per read.
+    pub max_changes: u32,
+}
+
+/// The default slot and publication name of a dataset: `arbor_` and the
+/// name in lower case, other characters as `_` (slot names allow only
+/// `[a-z0-9_]`, at most 63 bytes).
+pub fn default_slot_name(dataset: &str) -> String {
+    let mut s: String = format!("arbor_{dataset}")
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    s.truncate(63);
+    s
 }
 
 /// One `[[dataset]]`.
@@ -433,6 +495,12 @@ impl AgentConfig {
             if secret.is_empty() {
                 return Err(invalid(field("secret"), "the secret is empty".into()));
             }
+            // Logical capture needs the table itself, before a filter
+            // turns it into a query.
+            let pg_table = match &d.source {
+                SourceSection::Postgres(db) => db.table.clone().map(|t| (t, db.filter.is_some())),
+                _ => None,
+            };
             let source = match d.source {
                 SourceSection::Sqlite {
                     path: db,
@@ -492,6 +560,45 @@ impl AgentConfig {
                             rescan_interval_secs.unwrap_or(3600).max(1),
                         ),
                     }
+                }
+                Some(CaptureSection::Logical {
+                    slot,
+                    publication,
+                    create,
+                    interval_ms,
+                    max_changes,
+                }) => {
+                    let Some((table, filtered)) = pg_table else {
+                        return Err(invalid(
+                            field("capture"),
+                            "logical capture needs a PostgreSQL source with a table \
+                             (not a query); use poll or rescan"
+                                .into(),
+                        ));
+                    };
+                    let slot = slot.unwrap_or_else(|| default_slot_name(&d.name));
+                    if slot.is_empty()
+                        || slot.len() > 63
+                        || !slot
+                            .chars()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                    {
+                        return Err(invalid(
+                            field("capture.slot"),
+                            format!(
+                                "{slot:?} is not a valid slot name (1 to 63 of a-z, 0-9 and _)"
+                            ),
+                        ));
+                    }
+                    Capture::Logical(LogicalCapture {
+                        table,
+                        filtered,
+                        slot,
+                        publication: publication.unwrap_or_else(|| default_slot_name(&d.name)),
+                        create,
+                        interval: Duration::from_millis(interval_ms.unwrap_or(100).max(1)),
+                        max_changes: max_changes.unwrap_or(10_000).max(1),
+                    })
                 }
             };
             datasets.push(DatasetConfig {

@@ -16,6 +16,7 @@ pub mod agent;
 pub mod client;
 pub mod config;
 pub mod convert;
+pub mod logical;
 pub mod report;
 pub mod service;
 

@@ -58,6 +58,24 @@ enum Command {
     },
     /// Create the demo's two SQLite systems and agent configs.
     Demo(demo::DemoArgs),
+    /// Change capture state kept in the systems (replication slots).
+    Capture {
+        #[command(subcommand)]
+        command: CaptureCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaptureCommand {
+    /// Drop a logical-capture dataset's replication slot, so the server
+    /// stops keeping WAL for it (do this when removing the dataset).
+    Drop {
+        #[command(flatten)]
+        index: IndexArgs,
+        /// Drop the dataset's publication too.
+        #[arg(long)]
+        publication: bool,
+    },
 }
 
 #[derive(Args)]
@@ -223,6 +241,9 @@ async fn run(cli: Cli) -> Result<u8> {
         Command::Compare(args) => compare(args).await,
         Command::Runs { command } => runs(command).await,
         Command::Demo(args) => demo::run(args),
+        Command::Capture {
+            command: CaptureCommand::Drop { index, publication },
+        } => blocking(move || capture_drop(&index, publication)).await,
     }
 }
 
@@ -269,6 +290,49 @@ fn config_check(args: &ConfigArgs) -> Result<u8> {
             d.secret_origin,
             keys.key_id()
         );
+    }
+    Ok(0)
+}
+
+fn capture_drop(args: &IndexArgs, publication: bool) -> Result<u8> {
+    use arbor::config::{Capture, SourceConfig};
+    let cfg = AgentConfig::load(&args.config.config, &Overrides::default())?;
+    let d = cfg
+        .datasets
+        .iter()
+        .find(|d| d.name == args.dataset)
+        .with_context(|| {
+            format!(
+                "no dataset {:?} in {}",
+                args.dataset,
+                args.config.config.display()
+            )
+        })?;
+    let (Capture::Logical(lc), SourceConfig::Postgres(db)) = (&d.capture, &d.source) else {
+        anyhow::bail!("dataset {:?} does not use logical capture", d.name);
+    };
+    let mut capture = arbor_source::pglogical::LogicalCapture::new(
+        db.url.clone(),
+        lc.table.clone(),
+        lc.filtered,
+        d.mapping.clone(),
+        arbor_source::pglogical::LogicalOptions {
+            slot: lc.slot.clone(),
+            publication: lc.publication.clone(),
+            create: false,
+            statement_timeout: db.options.statement_timeout,
+        },
+    );
+    let existed = capture
+        .drop_slot(publication)
+        .with_context(|| format!("drop slot {:?} of dataset {:?}", lc.slot, d.name))?;
+    if existed {
+        println!("slot {} dropped", lc.slot);
+    } else {
+        println!("slot {} did not exist", lc.slot);
+    }
+    if publication {
+        println!("publication {} dropped (if it existed)", lc.publication);
     }
     Ok(0)
 }

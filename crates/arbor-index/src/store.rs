@@ -563,6 +563,15 @@ impl Index {
         self.write(batch, true)
     }
 
+    /// Makes every write so far durable (fsyncs the write-ahead log). Call
+    /// it before telling a system its changes are safely indexed, as logical
+    /// replication does before advancing its slot.
+    pub fn sync_wal(&self) -> Result<(), IndexError> {
+        self.db
+            .flush_wal(true)
+            .map_err(IndexError::storage("sync the write-ahead log"))
+    }
+
     /// Applies typed changes in one atomic batch (see [`Index::apply_hashed`]).
     pub fn apply(
         &self,

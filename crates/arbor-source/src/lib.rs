@@ -17,6 +17,7 @@ pub mod files;
 pub mod keyset;
 pub mod mapping;
 pub mod mysql;
+pub mod pglogical;
 pub mod postgres;
 pub mod sqlite;
 pub mod text;

@@ -66,12 +66,12 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-fn ident(name: &str) -> String {
+pub(crate) fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// A table name, schema-qualified or not: `public.customers` → `"public"."customers"`.
-fn table_ident(name: &str) -> String {
+pub(crate) fn table_ident(name: &str) -> String {
     name.split('.').map(ident).collect::<Vec<_>>().join(".")
 }
 
@@ -151,7 +151,40 @@ fn unescape(field: &[u8]) -> Result<String, String> {
     String::from_utf8(out).map_err(|_| "value is not UTF-8".to_string())
 }
 
-fn is_connection_error(e: &postgres::Error) -> bool {
+/// Opens a session with the settings every arbor reader relies on: UTC,
+/// ISO dates, shortest exact floats and hex `bytea` (so values print in the
+/// forms [`crate::text`] reads), and a statement timeout. `read_only` makes
+/// every transaction read-only; only slot and publication management (see
+/// [`crate::pglogical`]) opens a session without it.
+pub(crate) fn open_session(
+    url: &str,
+    statement_timeout: std::time::Duration,
+    read_only: bool,
+) -> Result<Client, SourceError> {
+    let open_err = |e: &dyn std::fmt::Display| SourceError::Open {
+        what: format!("postgres {}", redact_url(url)),
+        reason: e.to_string(),
+    };
+    let mut client = Client::connect(url, NoTls).map_err(|e| open_err(&e))?;
+    client
+        .batch_execute(&format!(
+            "SET application_name = 'arbor'; SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD';
+             SET extra_float_digits = 3; SET bytea_output = 'hex'; SET standard_conforming_strings = on;
+             SET default_transaction_read_only = {}; SET statement_timeout = {};",
+            if read_only { "on" } else { "off" },
+            statement_timeout.as_millis().max(1)
+        ))
+        .map_err(|e| open_err(&e))?;
+    Ok(client)
+}
+
+/// A database error's own message, or the driver's.
+pub(crate) fn db_message(e: &postgres::Error) -> String {
+    e.as_db_error()
+        .map_or_else(|| e.to_string(), |d| d.message().to_owned())
+}
+
+pub(crate) fn is_connection_error(e: &postgres::Error) -> bool {
     e.is_closed()
         || e.as_db_error().is_some_and(|d| {
             // admin_shutdown, crash_shutdown, cannot_connect_now
@@ -193,20 +226,7 @@ impl PostgresSource {
     }
 
     fn connect(&self) -> Result<Client, SourceError> {
-        let open_err = |e: &dyn std::fmt::Display| SourceError::Open {
-            what: format!("postgres {}", redact_url(&self.url)),
-            reason: e.to_string(),
-        };
-        let mut client = Client::connect(&self.url, NoTls).map_err(|e| open_err(&e))?;
-        client
-            .batch_execute(&format!(
-                "SET application_name = 'arbor'; SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD';
-                 SET extra_float_digits = 3; SET bytea_output = 'hex'; SET standard_conforming_strings = on;
-                 SET default_transaction_read_only = on; SET statement_timeout = {};",
-                self.options.statement_timeout.as_millis().max(1)
-            ))
-            .map_err(|e| open_err(&e))?;
-        Ok(client)
+        open_session(&self.url, self.options.statement_timeout, true)
     }
 
     fn client(&mut self) -> Result<&mut Client, SourceError> {
