@@ -22,6 +22,7 @@ pub mod service;
 
 pub use arbor_index;
 pub use arbor_record;
+pub use arbor_source;
 pub use arbor_sync;
 pub use arbor_tree;
 
