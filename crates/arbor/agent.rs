@@ -187,10 +187,15 @@ pub fn with_records<R>(
             };
             let _ = tx.send(last);
         });
-        let mut records = rx.into_iter().flat_map(|chunk| match chunk {
-            Ok(records) => records.into_iter().map(Ok).collect::<Vec<_>>(),
-            Err(e) => vec![Err(e)],
-        });
+        // Chunks are handed on as they are, without copying them again.
+        let mut records = rx
+            .into_iter()
+            .flat_map(|chunk| -> Box<dyn Iterator<Item = _>> {
+                match chunk {
+                    Ok(records) => Box::new(records.into_iter().map(Ok)),
+                    Err(e) => Box::new(std::iter::once(Err(e))),
+                }
+            });
         let out = consume(&mut records);
         // Dropping the receiver stops a reader the consumer left early.
         drop(records);

@@ -409,7 +409,12 @@ impl Index {
         let write_result = std::thread::scope(|scope| -> Result<(), IndexError> {
             let (tx, rx) = sync_channel::<Vec<HashedRecord>>(BUILD_QUEUE_CHUNKS);
             let writer = scope.spawn(move || -> Result<(), IndexError> {
-                for chunk in rx {
+                for mut chunk in rx {
+                    // Key order lets each memtable insert start its skiplist
+                    // search where the previous one ended (random positions
+                    // made the search dominate the build). Stable, so a
+                    // repeated key's last record still wins.
+                    chunk.sort_by(|a, b| (a.position, &a.key).cmp(&(b.position, &b.key)));
                     let mut batch = WriteBatch::default();
                     for r in &chunk {
                         batch.put_cf(records_cf, cf::record_key(r.position, &r.key), r.digest.0);

@@ -77,56 +77,140 @@ pub(crate) fn key_list(mapping: &Mapping, ident: fn(&str) -> String) -> String {
     cols.join(", ")
 }
 
+/// What a chunk's rows need to become records, shared by the thread that
+/// parses them while the next chunk is fetched.
+pub(crate) struct ChunkContext {
+    /// The dataset's mapping.
+    pub mapping: Mapping,
+    /// The dataset, for messages.
+    pub dataset: String,
+}
+
+impl ChunkContext {
+    /// A value error naming the column.
+    pub fn value_error(&self, column: &str, problem: String) -> SourceError {
+        SourceError::Value {
+            dataset: self.dataset.clone(),
+            column: column.to_owned(),
+            problem,
+        }
+    }
+
+    /// A record from values in select-list order (see [`Mapping::record`]).
+    pub fn record(&self, values: Vec<Value>) -> Result<Record, SourceError> {
+        self.mapping
+            .record(values)
+            .map_err(|c| self.value_error(c, "key column is NULL".into()))
+    }
+}
+
+/// A chunk as fetched: rows not yet parsed, their count, and the key of the
+/// last one (where the next chunk starts).
+pub(crate) struct Fetched<R> {
+    pub raw: R,
+    pub rows: u64,
+    pub last_key: Option<Vec<Value>>,
+}
+
+/// Chunks of fewer rows than this are parsed on one thread.
+const PARALLEL_PARSE_MIN_ROWS: u64 = 2_048;
+
 /// A connector that reads a relation in keyset chunks.
-pub(crate) trait KeysetReader {
+///
+/// Fetching and parsing are split so that a scan overlaps them: one thread
+/// fetches chunk n+1 from the server while chunk n is parsed (in parallel)
+/// and handed out. The server never waits for arbor's parsing.
+pub(crate) trait KeysetReader: Send {
+    /// A chunk's rows as the server sent them.
+    type Raw: Send;
     /// Chunking, throttle and reconnection settings.
     fn options(&self) -> &ScanOptions;
     /// The dataset, for messages (no password).
     fn dataset(&self) -> String;
-    /// The whole chunk of records after `after` (from the start if `None`),
-    /// in key order, at most `chunk_rows` of them.
-    fn read_chunk(&mut self, after: Option<&[Value]>) -> Result<Vec<Record>, ChunkError>;
+    /// What parsing needs.
+    fn context(&self) -> ChunkContext;
+    /// The rows after `after` (from the start if `None`), in key order, at
+    /// most `chunk_rows` of them, unparsed except for the last key.
+    fn fetch_chunk(&mut self, after: Option<&[Value]>) -> Result<Fetched<Self::Raw>, ChunkError>;
+    /// Turns a fetched chunk into records, in key order; `parallel` allows
+    /// spreading the work over the rayon pool.
+    fn parse_chunk(
+        context: &ChunkContext,
+        raw: Self::Raw,
+        parallel: bool,
+    ) -> Result<Vec<Record>, SourceError>;
     /// Drops the current connection and opens a new one.
     fn connect_again(&mut self) -> Result<(), SourceError>;
 }
 
 /// Scans everything, chunk after chunk; returns the records visited.
-pub(crate) fn scan_in_chunks(
-    reader: &mut impl KeysetReader,
+pub(crate) fn scan_in_chunks<R: KeysetReader>(
+    reader: &mut R,
     visit: &mut dyn FnMut(Record) -> Result<(), SourceError>,
 ) -> Result<u64, SourceError> {
     let options = *reader.options();
+    let context = reader.context();
     let chunk_rows = options.chunk_rows.max(1);
-    let started = Instant::now();
-    let mut after: Option<Vec<Value>> = None;
-    let mut total = 0u64;
-    loop {
-        let records = match reader.read_chunk(after.as_deref()) {
-            Ok(records) => records,
-            Err(ChunkError::Connection(cause)) => {
-                reconnect(reader, &cause)?;
-                continue;
+    std::thread::scope(|scope| {
+        // Two chunks in flight: one being parsed, one fetched ahead.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Fetched<R::Raw>>(1);
+        let fetcher = scope.spawn(move || -> Result<(), SourceError> {
+            let started = Instant::now();
+            let mut after: Option<Vec<Value>> = None;
+            let mut total = 0u64;
+            loop {
+                let fetched = match reader.fetch_chunk(after.as_deref()) {
+                    Ok(f) => f,
+                    Err(ChunkError::Connection(cause)) => {
+                        reconnect(reader, &cause)?;
+                        continue;
+                    }
+                    Err(ChunkError::Fatal(e)) => return Err(e),
+                };
+                let n = fetched.rows;
+                total += n;
+                if fetched.last_key.is_some() {
+                    after.clone_from(&fetched.last_key);
+                }
+                if tx.send(fetched).is_err() {
+                    // The consumer stopped: its error is the scan's.
+                    return Ok(());
+                }
+                if n < chunk_rows {
+                    return Ok(());
+                }
+                if options.max_rows_per_sec > 0 {
+                    let due =
+                        Duration::from_secs_f64(total as f64 / options.max_rows_per_sec as f64);
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
+                }
             }
-            Err(ChunkError::Fatal(e)) => return Err(e),
-        };
-        let n = records.len() as u64;
-        for r in records {
-            after = Some(r.key.clone());
-            visit(r)?;
-        }
-        total += n;
-        if n < chunk_rows {
-            break;
-        }
-        if options.max_rows_per_sec > 0 {
-            let due = Duration::from_secs_f64(total as f64 / options.max_rows_per_sec as f64);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                std::thread::sleep(wait);
+        });
+        let consumed = (|| -> Result<u64, SourceError> {
+            let mut total = 0u64;
+            for fetched in rx {
+                let parallel = fetched.rows >= PARALLEL_PARSE_MIN_ROWS;
+                for r in R::parse_chunk(&context, fetched.raw, parallel)? {
+                    visit(r)?;
+                    total += 1;
+                }
             }
-        }
-    }
-    debug!(rows = total, "scan finished");
-    Ok(total)
+            Ok(total)
+        })();
+        // The receiver is gone now, so a fetcher still running stops.
+        let fetched = fetcher.join().unwrap_or_else(|_| {
+            Err(SourceError::Read {
+                dataset: context.dataset.clone(),
+                reason: "the fetching thread panicked".into(),
+            })
+        });
+        let total = consumed?;
+        fetched?;
+        debug!(rows = total, "scan finished");
+        Ok(total)
+    })
 }
 
 /// Reconnects with backoff after `cause` broke the connection.

@@ -21,7 +21,7 @@ use mysql::prelude::Queryable;
 use mysql::{Conn, Opts};
 use tracing::{instrument, warn};
 
-use crate::keyset::{self, ChunkError, KeysetReader, ScanOptions};
+use crate::keyset::{self, ChunkContext, ChunkError, Fetched, KeysetReader, ScanOptions};
 use crate::mapping::Mapping;
 use crate::postgres::redact_url;
 use crate::sqlite::Relation;
@@ -248,7 +248,36 @@ impl MysqlSource {
     }
 }
 
+/// The converted key of a fetched row.
+fn key_values(context: &ChunkContext, row: &[mysql::Value]) -> Result<Vec<Value>, SourceError> {
+    context
+        .mapping
+        .key()
+        .iter()
+        .zip(row)
+        .map(|(c, v)| convert(v.clone(), c.kind).map_err(|p| context.value_error(&c.source, p)))
+        .collect()
+}
+
+/// A fetched row (select-list order) into a record.
+fn row_record(context: &ChunkContext, row: Vec<mysql::Value>) -> Result<Record, SourceError> {
+    let cols = context
+        .mapping
+        .key()
+        .iter()
+        .chain(context.mapping.columns());
+    let values = row
+        .into_iter()
+        .zip(cols)
+        .map(|(v, c)| convert(v, c.kind).map_err(|p| context.value_error(&c.source, p)))
+        .collect::<Result<Vec<_>, _>>()?;
+    context.record(values)
+}
+
 impl KeysetReader for MysqlSource {
+    /// The chunk's rows, values as the binary protocol sent them.
+    type Raw = Vec<Vec<mysql::Value>>;
+
     fn options(&self) -> &ScanOptions {
         &self.options
     }
@@ -257,7 +286,10 @@ impl KeysetReader for MysqlSource {
         MysqlSource::dataset(self)
     }
 
-    fn read_chunk(&mut self, after: Option<&[Value]>) -> Result<Vec<Record>, ChunkError> {
+    fn fetch_chunk(
+        &mut self,
+        after: Option<&[Value]>,
+    ) -> Result<Fetched<Vec<Vec<mysql::Value>>>, ChunkError> {
         let (filter, params) = match after {
             None => (String::new(), Vec::new()),
             Some(last) => {
@@ -294,10 +326,38 @@ impl KeysetReader for MysqlSource {
         for row in result {
             rows.push(row.map_err(classify)?.unwrap());
         }
-        Ok(rows
-            .into_iter()
-            .map(|r| self.record(r))
-            .collect::<Result<_, _>>()?)
+        let context = self.context();
+        let last_key = match rows.last() {
+            Some(row) => Some(key_values(&context, row)?),
+            None => None,
+        };
+        Ok(Fetched {
+            rows: rows.len() as u64,
+            raw: rows,
+            last_key,
+        })
+    }
+
+    fn parse_chunk(
+        context: &ChunkContext,
+        raw: Vec<Vec<mysql::Value>>,
+        parallel: bool,
+    ) -> Result<Vec<Record>, SourceError> {
+        if parallel {
+            use rayon::prelude::*;
+            raw.into_par_iter()
+                .map(|r| row_record(context, r))
+                .collect()
+        } else {
+            raw.into_iter().map(|r| row_record(context, r)).collect()
+        }
+    }
+
+    fn context(&self) -> ChunkContext {
+        ChunkContext {
+            mapping: self.mapping.clone(),
+            dataset: MysqlSource::dataset(self),
+        }
     }
 
     fn connect_again(&mut self) -> Result<(), SourceError> {

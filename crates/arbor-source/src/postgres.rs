@@ -17,15 +17,13 @@
 //!
 //! Key columns must be integer, text or uuid (see [`crate::mapping`]).
 
-use std::io::BufRead;
-
 use arbor_record::value::format_uuid;
 use arbor_record::{Record, Value, ValueKind};
 use postgres::types::Type;
 use postgres::{Client, NoTls, SimpleQueryMessage};
 use tracing::instrument;
 
-use crate::keyset::{self, ChunkError, KeysetReader};
+use crate::keyset::{self, ChunkContext, ChunkError, Fetched, KeysetReader};
 use crate::mapping::Mapping;
 use crate::sqlite::Relation;
 use crate::{Source, SourceError, text};
@@ -269,38 +267,6 @@ impl PostgresSource {
         ))
     }
 
-    /// One row of COPY text output into a record.
-    fn read_line(&self, line: &[u8]) -> Result<Record, SourceError> {
-        let fields: Vec<&[u8]> = line.split(|&b| b == b'\t').collect();
-        let cols: Vec<_> = self
-            .mapping
-            .key()
-            .iter()
-            .chain(self.mapping.columns())
-            .collect();
-        if fields.len() != cols.len() {
-            return Err(SourceError::Read {
-                dataset: self.dataset(),
-                reason: format!(
-                    "COPY row has {} fields, expected {}",
-                    fields.len(),
-                    cols.len()
-                ),
-            });
-        }
-        let mut values = Vec::with_capacity(cols.len());
-        for (f, c) in fields.iter().zip(&cols) {
-            let v = if *f == b"\\N" {
-                Value::Null
-            } else {
-                let t = unescape(f).map_err(|problem| self.value_error(&c.source, problem))?;
-                text::parse(c.kind, &t).map_err(|problem| self.value_error(&c.source, problem))?
-            };
-            values.push(v);
-        }
-        self.record(values)
-    }
-
     /// A record from a row in select-list order (see [`Mapping::record`]).
     fn record(&self, values: Vec<Value>) -> Result<Record, SourceError> {
         self.mapping
@@ -328,7 +294,59 @@ impl PostgresSource {
     }
 }
 
+/// One row of COPY text output into values, select-list order; only the
+/// first `take` fields when given (the key of a chunk's last row).
+fn copy_fields(
+    context: &ChunkContext,
+    line: &[u8],
+    take: Option<usize>,
+) -> Result<Vec<Value>, SourceError> {
+    let cols: Vec<_> = context
+        .mapping
+        .key()
+        .iter()
+        .chain(context.mapping.columns())
+        .collect();
+    let mut values = Vec::with_capacity(take.unwrap_or(cols.len()));
+    let mut fields = line.split(|&b| b == b'\t');
+    let wanted = take.unwrap_or(cols.len());
+    for c in &cols[..wanted.min(cols.len())] {
+        let Some(f) = fields.next() else {
+            return Err(SourceError::Read {
+                dataset: context.dataset.clone(),
+                reason: format!("COPY row has fewer than the {} mapped fields", cols.len()),
+            });
+        };
+        values.push(if f == b"\\N" {
+            Value::Null
+        } else {
+            let t = unescape(f).map_err(|p| context.value_error(&c.source, p))?;
+            text::parse(c.kind, &t).map_err(|p| context.value_error(&c.source, p))?
+        });
+    }
+    if take.is_none() && fields.next().is_some() {
+        return Err(SourceError::Read {
+            dataset: context.dataset.clone(),
+            reason: format!("COPY row has more than the {} mapped fields", cols.len()),
+        });
+    }
+    Ok(values)
+}
+
+/// The lines of a COPY text chunk (each ends in a newline; a field never
+/// holds a raw newline, COPY escapes it).
+fn copy_lines(raw: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+    let body = raw.strip_suffix(b"\n").unwrap_or(raw);
+    (!raw.is_empty())
+        .then(|| body.split(|&b| b == b'\n'))
+        .into_iter()
+        .flatten()
+}
+
 impl KeysetReader for PostgresSource {
+    /// The chunk's COPY text output, whole.
+    type Raw = Vec<u8>;
+
     fn options(&self) -> &ScanOptions {
         &self.options
     }
@@ -337,44 +355,65 @@ impl KeysetReader for PostgresSource {
         PostgresSource::dataset(self)
     }
 
-    fn read_chunk(&mut self, after: Option<&[Value]>) -> Result<Vec<Record>, ChunkError> {
+    fn context(&self) -> ChunkContext {
+        ChunkContext {
+            mapping: self.mapping.clone(),
+            dataset: PostgresSource::dataset(self),
+        }
+    }
+
+    fn fetch_chunk(&mut self, after: Option<&[Value]>) -> Result<Fetched<Vec<u8>>, ChunkError> {
         let query = self.chunk_query(after)?;
         let dataset = PostgresSource::dataset(self);
-        let mut lines = Vec::new();
+        let mut raw = Vec::new();
         {
             let client = self.client()?;
-            let reader = client.copy_out(query.as_str()).map_err(|e| {
+            let mut reader = client.copy_out(query.as_str()).map_err(|e| {
                 if is_connection_error(&e) {
                     ChunkError::Connection(e.to_string())
                 } else {
                     ChunkError::Fatal(SourceError::Read {
                         dataset: dataset.clone(),
-                        reason: e
-                            .as_db_error()
-                            .map_or_else(|| e.to_string(), |d| d.message().to_owned()),
+                        reason: db_message(&e),
                     })
                 }
             })?;
-            let mut reader = std::io::BufReader::new(reader);
-            loop {
-                let mut line = Vec::new();
-                match reader.read_until(b'\n', &mut line) {
-                    Ok(0) => break,
-                    Ok(_) => {
-                        if line.last() == Some(&b'\n') {
-                            line.pop();
-                        }
-                        lines.push(line);
-                    }
-                    // The driver reports a COPY stream cut short as an IO error.
-                    Err(e) => return Err(ChunkError::Connection(format!("COPY interrupted: {e}"))),
-                }
-            }
+            // The driver reports a COPY stream cut short as an IO error.
+            std::io::Read::read_to_end(&mut reader, &mut raw)
+                .map_err(|e| ChunkError::Connection(format!("COPY interrupted: {e}")))?;
         }
-        Ok(lines
-            .iter()
-            .map(|l| self.read_line(l))
-            .collect::<Result<_, _>>()?)
+        let rows = raw.iter().filter(|&&b| b == b'\n').count() as u64;
+        let last_key = match copy_lines(&raw).next_back() {
+            Some(line) if rows > 0 => Some(copy_fields(
+                &self.context(),
+                line,
+                Some(self.mapping.key().len()),
+            )?),
+            _ => None,
+        };
+        Ok(Fetched {
+            raw,
+            rows,
+            last_key,
+        })
+    }
+
+    fn parse_chunk(
+        context: &ChunkContext,
+        raw: Vec<u8>,
+        parallel: bool,
+    ) -> Result<Vec<Record>, SourceError> {
+        if raw.is_empty() {
+            return Ok(Vec::new());
+        }
+        let record = |line: &[u8]| context.record(copy_fields(context, line, None)?);
+        if parallel {
+            use rayon::prelude::*;
+            let lines: Vec<&[u8]> = copy_lines(&raw).collect();
+            lines.par_iter().map(|l| record(l)).collect()
+        } else {
+            copy_lines(&raw).map(record).collect()
+        }
     }
 
     fn connect_again(&mut self) -> Result<(), SourceError> {
@@ -518,6 +557,15 @@ mod tests {
         assert_eq!(unescape(b"\\101\\x42").unwrap(), "AB");
         assert_eq!(unescape(b"\\\\x00ff").unwrap(), "\\x00ff");
         assert_eq!(unescape(b"plain").unwrap(), "plain");
+    }
+
+    #[test]
+    fn copy_chunks_split_into_lines_from_both_ends() {
+        assert_eq!(copy_lines(b"").count(), 0);
+        assert_eq!(copy_lines(b"\n").collect::<Vec<_>>(), vec![&b""[..]]);
+        let raw = b"1\ta\n2\tb\n";
+        assert_eq!(copy_lines(raw).count(), 2);
+        assert_eq!(copy_lines(raw).next_back(), Some(&b"2\tb"[..]));
     }
 
     #[test]
