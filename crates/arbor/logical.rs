@@ -63,7 +63,11 @@ pub struct Follower {
     slot: String,
     max_changes: u32,
     applied: Lsn,
+    failures: u32,
 }
+
+/// Failed reads of the slot before it is checked (and maybe replaced) again.
+const REPREPARE_AFTER_FAILURES: u32 = 3;
 
 /// Prepares the slot of a dataset and decides whether the index must be
 /// built: returns the follower and `true` when a full build is needed
@@ -126,6 +130,7 @@ pub fn prepare(
             slot: config.slot.clone(),
             max_changes: config.max_changes,
             applied: resume.unwrap_or(slot.confirmed_flush),
+            failures: 0,
         },
         resume.is_none(),
     ))
@@ -150,9 +155,18 @@ impl Follower {
     #[instrument(skip_all, fields(dataset = name, slot = %self.slot))]
     pub fn step(&mut self, ds: &Dataset, name: &str) -> Result<StepStats, Status> {
         let txns = match self.capture.peek(self.max_changes) {
-            Ok(t) => t,
+            Ok(t) => {
+                self.failures = 0;
+                t
+            }
             Err(e) => {
                 self.capture.disconnect();
+                self.failures += 1;
+                if self.failures.is_multiple_of(REPREPARE_AFTER_FAILURES) {
+                    // The slot may be gone or invalidated: check it again,
+                    // and rebuild from a new one if it had to be replaced.
+                    self.reprepare(ds, name)?;
+                }
                 return Err(source_status(e));
             }
         };
@@ -232,6 +246,19 @@ impl Follower {
         }
         self.applied = self.applied.max(last);
         Ok(stats)
+    }
+
+    /// Prepares the slot again after failures; when it had to be created
+    /// anew, the index is rebuilt, since the old slot's changes are lost.
+    fn reprepare(&mut self, ds: &Dataset, name: &str) -> Result<(), Status> {
+        let slot = self.capture.prepare().map_err(source_status)?;
+        if slot.created {
+            warn!(dataset = name, slot = %self.slot, "the replication slot was replaced; rebuilding the index");
+            agent::reindex(ds, name, false)?;
+            self.applied = slot.confirmed_flush;
+            self.built(ds)?;
+        }
+        Ok(())
     }
 
     /// Drops the slot (and the publication when `publication`).

@@ -357,12 +357,30 @@ impl LogicalCapture {
         let client = self.client()?;
         let slot_rows = q(
             client,
-            "SELECT plugin::text, confirmed_flush_lsn::text, database::text = current_database() \
-             FROM pg_replication_slots WHERE slot_name = $1",
+            "SELECT plugin::text, confirmed_flush_lsn::text, database::text = current_database(), \
+                    to_jsonb(s) ->> 'wal_status' \
+             FROM pg_replication_slots s WHERE slot_name = $1",
             &[&slot],
         )
         .map_err(|e| self.read_err(&e))?;
-        if let Some(r) = slot_rows.first() {
+        let lost = slot_rows
+            .first()
+            .is_some_and(|r| r.get::<_, Option<String>>(3).as_deref() == Some("lost"));
+        if lost {
+            // max_slot_wal_keep_size invalidated it: the WAL it needed is
+            // gone, so only a new slot and a full build can continue.
+            if !create {
+                return Err(self.schema_err(format!(
+                    "replication slot {slot:?} was invalidated (its WAL was removed, see \
+                     max_slot_wal_keep_size); drop it (arbor capture drop) and restart, or set \
+                     create = true to have it replaced"
+                )));
+            }
+            tracing::warn!(%slot, "replication slot was invalidated; replacing it (a full build follows)");
+            self.client()?
+                .query("SELECT pg_drop_replication_slot($1)", &[&slot])
+                .map_err(|e| self.read_err(&e))?;
+        } else if let Some(r) = slot_rows.first() {
             let plugin: Option<String> = r.get(0);
             let confirmed: Option<String> = r.get(1);
             let same_db: Option<bool> = r.get(2);
