@@ -8,7 +8,11 @@ use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_dir = Path::new("proto");
-    let files = ["proto/arbor/v1/agent.proto", "proto/arbor/v1/audit.proto"];
+    let files = [
+        "proto/arbor/v1/agent.proto",
+        "proto/arbor/v1/audit.proto",
+        "proto/arbor/v1/repair.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -976,6 +976,12 @@ pub async fn run(
     let admin_service = AdminServiceServer::new(AdminServer::new(Arc::clone(&state)));
     let ingest_service = IngestServiceServer::new(IngestServer::new(Arc::clone(&state)))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let repair_service =
+        crate::proto::v1::repair_service_server::RepairServiceServer::new(
+            crate::repair::RepairServer::new(Arc::clone(&state), Arc::clone(&runs), &config.datasets),
+        )
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let server = tonic::transport::Server::builder()
         .timeout(config.request_timeout)
         .concurrency_limit_per_connection(config.max_concurrent_requests)
@@ -986,6 +992,7 @@ pub async fn run(
         .add_service(audit_service)
         .add_service(admin_service)
         .add_service(ingest_service)
+        .add_service(repair_service)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown,

@@ -338,6 +338,14 @@ pub struct DatasetSection {
     /// Change capture. Default `{ mode = "none" }`.
     #[serde(default)]
     pub capture: Option<CaptureSection>,
+    /// Serve record values to sync runs (RepairService.FetchRecords), as a
+    /// source of truth. Default false: values stay in the agent.
+    #[serde(default)]
+    pub serve_values: bool,
+    /// Accept repair writes into the system (RepairService.ApplyChanges).
+    /// Default false: the agent only reads.
+    #[serde(default)]
+    pub allow_repairs: bool,
 }
 
 /// The whole file.
@@ -366,6 +374,10 @@ pub struct DatasetConfig {
     pub mapping: Mapping,
     /// Change capture.
     pub capture: Capture,
+    /// Values may be fetched over RepairService.
+    pub serve_values: bool,
+    /// Repairs may be written into the system.
+    pub allow_repairs: bool,
 }
 
 impl std::fmt::Debug for DatasetConfig {
@@ -601,6 +613,12 @@ impl AgentConfig {
                     })
                 }
             };
+            if d.allow_repairs && matches!(source, SourceConfig::Files { .. }) {
+                return Err(invalid(
+                    field("allow_repairs"),
+                    "file sources are read-only; repairs need a database".into(),
+                ));
+            }
             datasets.push(DatasetConfig {
                 name: d.name,
                 secret,
@@ -608,6 +626,8 @@ impl AgentConfig {
                 source,
                 mapping,
                 capture,
+                serve_values: d.serve_values,
+                allow_repairs: d.allow_repairs,
             });
         }
         Ok(AgentConfig {

@@ -215,12 +215,32 @@ pub fn typed_value(
     )
 }
 
+/// A typed value for the wire (the inverse of [`typed_value`]).
+pub fn wire_value(v: &arbor_record::Value) -> pb::TypedValue {
+    use arbor_record::Value;
+    use pb::typed_value::Value as V;
+    let value = match v {
+        Value::Null => V::Null(true),
+        Value::Bool(b) => V::Bool(*b),
+        Value::Integer(i) => V::Integer(i.to_string()),
+        Value::Decimal(d) => V::Decimal(d.as_str().to_owned()),
+        Value::Float(x) => V::Float(x.get()),
+        Value::Text(t) => V::Text(t.clone()),
+        Value::Bytes(b) => V::Bytes(b.clone()),
+        Value::Date(d) => V::Date(d.to_string()),
+        Value::Timestamp(t) => V::Timestamp(t.to_string()),
+        Value::Uuid(u) => V::Uuid(u.to_vec()),
+        Value::Json(j) => V::Json(j.as_str().to_owned()),
+    };
+    pb::TypedValue { value: Some(value) }
+}
+
 /// The one mapping of source (system) errors to gRPC status codes.
 pub fn source_status(e: arbor_source::SourceError) -> Status {
     use arbor_source::SourceError as E;
     let code = match &e {
         E::Open { .. } | E::Read { .. } => Code::Unavailable,
-        E::Schema { .. } | E::Value { .. } => Code::FailedPrecondition,
+        E::Schema { .. } | E::Value { .. } | E::Write { .. } => Code::FailedPrecondition,
         E::Stopped => Code::Cancelled,
     };
     Status::new(code, e.to_string())

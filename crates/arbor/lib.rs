@@ -17,6 +17,7 @@ pub mod client;
 pub mod config;
 pub mod convert;
 pub mod logical;
+pub mod repair;
 pub mod report;
 pub mod service;
 

@@ -4,6 +4,7 @@
 //! |---------|--------------------------|--------------------------------|
 //! | `runs`  | run id (UTF-8)           | the run's summary (opaque bytes, JSON in practice) |
 //! | `drift` | run id ‖ 0x00 ‖ seq (u64 BE) | one drift entry (opaque bytes) |
+//! | `journal` | run id ‖ 0x00 ‖ batch (u64 BE) | a repair batch's outcome (opaque bytes) |
 //!
 //! Run ids sort by start time, so listing newest-first is a reverse scan.
 //! The store knows nothing of the report schema: the agent owns that.
@@ -18,6 +19,8 @@ use crate::error::IndexError;
 pub const RUNS: &str = "runs";
 /// Drift entries by run id and sequence number.
 pub const DRIFT: &str = "drift";
+/// Applied repair batches by run id and batch number.
+pub const JOURNAL: &str = "journal";
 
 /// A RocksDB store of run reports.
 pub struct RunStore {
@@ -46,7 +49,7 @@ impl RunStore {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        let cfs = [RUNS, DRIFT].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        let cfs = [RUNS, DRIFT, JOURNAL].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path.as_ref(), cfs)
             .map_err(IndexError::storage("open the run store"))?;
         Ok(RunStore { db })
@@ -82,6 +85,23 @@ impl RunStore {
         self.db
             .write(batch)
             .map_err(IndexError::storage("write drift entries"))
+    }
+
+    /// Records, synced, that a repair batch was applied and what came of
+    /// it; written after the system committed the batch.
+    pub fn put_journal(&self, run_id: &str, batch: u64, outcome: &[u8]) -> Result<(), IndexError> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db
+            .put_cf_opt(self.cf(JOURNAL), drift_key(run_id, batch), outcome, &wo)
+            .map_err(IndexError::storage("journal a repair batch"))
+    }
+
+    /// A journalled repair batch's outcome, if it was applied.
+    pub fn get_journal(&self, run_id: &str, batch: u64) -> Result<Option<Vec<u8>>, IndexError> {
+        self.db
+            .get_cf(self.cf(JOURNAL), drift_key(run_id, batch))
+            .map_err(IndexError::storage("read the repair journal"))
     }
 
     /// A run's summary.

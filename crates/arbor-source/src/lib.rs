@@ -19,6 +19,7 @@ pub mod mapping;
 pub mod mysql;
 pub mod pglogical;
 pub mod postgres;
+pub mod sink;
 pub mod sqlite;
 pub mod text;
 pub mod transform;
@@ -68,6 +69,14 @@ pub enum SourceError {
         /// The dataset.
         dataset: String,
         /// Why.
+        reason: String,
+    },
+    /// The system refused a repair batch; none of it was written.
+    #[error("writing to {dataset} failed, batch rolled back: {reason}")]
+    Write {
+        /// The dataset.
+        dataset: String,
+        /// The system's reason.
         reason: String,
     },
     /// A caller asked the scan to stop (its consumer went away).

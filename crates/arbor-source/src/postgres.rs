@@ -547,6 +547,165 @@ impl Source for PostgresSource {
     }
 }
 
+/// Repairs written into a PostgreSQL table (see [`crate::sink`]).
+///
+/// One transaction per batch on a read-write session: the batch's rows
+/// are read `FOR UPDATE` (locked until commit, so nobody changes them
+/// between the check and the write), then every write that passed runs in
+/// one round trip.
+pub struct PostgresSink {
+    url: String,
+    context: ChunkContext,
+    statements: crate::sink::Statements,
+    keys: arbor_record::DatasetKeys,
+    statement_timeout: std::time::Duration,
+    client: Option<Client>,
+}
+
+impl PostgresSink {
+    /// A sink for `relation`, which must be a table. Connects on first use.
+    pub fn new(
+        url: impl Into<String>,
+        relation: Relation,
+        mapping: Mapping,
+        keys: arbor_record::DatasetKeys,
+        statement_timeout: std::time::Duration,
+    ) -> Result<PostgresSink, SourceError> {
+        let url = url.into();
+        let Relation::Table(table) = relation else {
+            return Err(SourceError::Schema {
+                dataset: format!("{}:(query)", redact_url(&url)),
+                problem: "a query cannot be a repair target; name the table (without a filter)"
+                    .into(),
+            });
+        };
+        Ok(PostgresSink {
+            context: ChunkContext {
+                mapping: mapping.clone(),
+                dataset: format!("{}:{table}", redact_url(&url)),
+            },
+            statements: crate::sink::Statements::new(crate::sink::Dialect::Postgres, &table, mapping),
+            url,
+            keys,
+            statement_timeout,
+            client: None,
+        })
+    }
+
+    fn err(&self, e: &postgres::Error) -> SourceError {
+        if is_connection_error(e) {
+            SourceError::Open {
+                what: format!("postgres {}", redact_url(&self.url)),
+                reason: db_message(e),
+            }
+        } else {
+            SourceError::Write {
+                dataset: self.context.dataset.clone(),
+                reason: db_message(e),
+            }
+        }
+    }
+}
+
+impl crate::sink::Sink for PostgresSink {
+    fn apply(
+        &mut self,
+        writes: &[crate::sink::Write],
+    ) -> Result<Vec<crate::sink::Outcome>, SourceError> {
+        crate::sink::check_batch(&self.context.mapping, writes, &self.context.dataset)?;
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let value_err = |p: String| SourceError::Value {
+            dataset: self.context.dataset.clone(),
+            column: "(write)".into(),
+            problem: p,
+        };
+        let keys: Vec<&[Value]> = writes.iter().map(|w| w.key.as_slice()).collect();
+        let select = self.statements.select_current(&keys).map_err(value_err)?;
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.client = Some(open_session(&self.url, self.statement_timeout, false)?);
+        }
+        let Some(client) = self.client.as_mut() else {
+            unreachable!("connected above")
+        };
+        let result = (|| -> Result<Result<Vec<crate::sink::Outcome>, SourceError>, postgres::Error> {
+            let mut tx = client.transaction()?;
+            let mut found = std::collections::HashMap::new();
+            for m in tx.simple_query(&select)? {
+                if let SimpleQueryMessage::Row(row) = m {
+                    let values = match text_values(&self.context, &row) {
+                        Ok(v) => v,
+                        Err(e) => return Ok(Err(e)),
+                    };
+                    match self.context.record(values) {
+                        Ok(r) => {
+                            found.insert(arbor_record::tuple_bytes(&r.key), r);
+                        }
+                        Err(e) => return Ok(Err(e)),
+                    }
+                }
+            }
+            let current: Vec<Option<Record>> = writes
+                .iter()
+                .map(|w| found.remove(&arbor_record::tuple_bytes(&w.key)))
+                .collect();
+            let decided = crate::sink::decide(&self.keys, writes, &current);
+            let mut script = String::new();
+            for ((w, (_, run)), cur) in writes.iter().zip(&decided).zip(&current) {
+                if *run {
+                    match self.statements.statement(w, cur.is_some()) {
+                        Ok(sql) => {
+                            script.push_str(&sql);
+                            script.push_str(";\n");
+                        }
+                        Err(p) => return Ok(Err(value_err(p))),
+                    }
+                }
+            }
+            if !script.is_empty() {
+                tx.batch_execute(&script)?;
+            }
+            tx.commit()?;
+            Ok(Ok(decided.into_iter().map(|(o, _)| o).collect()))
+        })();
+        match result {
+            Ok(inner) => inner,
+            Err(e) => {
+                let err = self.err(&e);
+                if matches!(err, SourceError::Open { .. }) {
+                    self.client = None;
+                }
+                Err(err)
+            }
+        }
+    }
+
+    fn render(&self, write: &crate::sink::Write) -> Result<String, SourceError> {
+        self.statements
+            .planned_statement(write)
+            .map_err(|p| SourceError::Value {
+                dataset: self.context.dataset.clone(),
+                column: "(write)".into(),
+                problem: p,
+            })
+    }
+}
+
+/// The mapped values of a simple-query (text) row, select-list order.
+fn text_values(
+    context: &ChunkContext,
+    row: &postgres::SimpleQueryRow,
+) -> Result<Vec<Value>, SourceError> {
+    let cols = context.mapping.key().iter().chain(context.mapping.columns());
+    cols.enumerate()
+        .map(|(i, c)| match row.get(i) {
+            None => Ok(Value::Null),
+            Some(t) => text::parse(c.kind, t).map_err(|p| context.value_error(&c.source, p)),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

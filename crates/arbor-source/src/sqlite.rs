@@ -373,6 +373,110 @@ fn key_param(v: &Value) -> Result<rusqlite::types::Value, String> {
     })
 }
 
+/// Repairs written into a SQLite table (see [`crate::sink`]).
+///
+/// Writes go through a read-write connection in `BEGIN IMMEDIATE`
+/// transactions: the write lock is taken first, so the rows read to check
+/// each write cannot change before the batch commits.
+pub struct SqliteSink {
+    conn: Connection,
+    reader: SqliteSource,
+    statements: crate::sink::Statements,
+    keys: arbor_record::DatasetKeys,
+    dataset: String,
+}
+
+impl SqliteSink {
+    /// Opens the table of `relation` for repairs. The file must exist, and
+    /// the dataset must be a table (a query cannot be written to).
+    pub fn open(
+        path: impl AsRef<Path>,
+        relation: Relation,
+        mapping: Mapping,
+        keys: arbor_record::DatasetKeys,
+    ) -> Result<SqliteSink, SourceError> {
+        let path = path.as_ref().to_path_buf();
+        let Relation::Table(table) = &relation else {
+            return Err(SourceError::Schema {
+                dataset: format!("{}:(query)", path.display()),
+                problem: "a query cannot be a repair target; name the table".into(),
+            });
+        };
+        let statements =
+            crate::sink::Statements::new(crate::sink::Dialect::Sqlite, table, mapping.clone());
+        let mut reader = SqliteSource::open(&path, relation.clone(), mapping)?;
+        crate::Source::check(&mut reader)?;
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| SourceError::Open {
+            what: format!("sqlite database {} (read-write)", path.display()),
+            reason: e.to_string(),
+        })?;
+        // Wait for other writers rather than fail at once.
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(|e| SourceError::Open {
+                what: format!("sqlite database {}", path.display()),
+                reason: e.to_string(),
+            })?;
+        Ok(SqliteSink {
+            dataset: reader.dataset(),
+            conn,
+            reader,
+            statements,
+            keys,
+        })
+    }
+}
+
+impl crate::sink::Sink for SqliteSink {
+    fn apply(
+        &mut self,
+        writes: &[crate::sink::Write],
+    ) -> Result<Vec<crate::sink::Outcome>, SourceError> {
+        crate::sink::check_batch(crate::Source::mapping(&self.reader), writes, &self.dataset)?;
+        let dataset = self.dataset.clone();
+        let write_err = |e: rusqlite::Error| SourceError::Write {
+            dataset: dataset.clone(),
+            reason: e.to_string(),
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(write_err)?;
+        let keys: Vec<Vec<Value>> = writes.iter().map(|w| w.key.clone()).collect();
+        // Committed state, read while this transaction holds the write lock.
+        let current = crate::Source::fetch(&mut self.reader, &keys)?;
+        let decided = crate::sink::decide(&self.keys, writes, &current);
+        for ((w, (_, run)), cur) in writes.iter().zip(&decided).zip(&current) {
+            if *run {
+                let sql = self
+                    .statements
+                    .statement(w, cur.is_some())
+                    .map_err(|p| SourceError::Value {
+                        dataset: self.dataset.clone(),
+                        column: "(write)".into(),
+                        problem: p,
+                    })?;
+                tx.execute_batch(&sql).map_err(write_err)?;
+            }
+        }
+        tx.commit().map_err(write_err)?;
+        Ok(decided.into_iter().map(|(o, _)| o).collect())
+    }
+
+    fn render(&self, write: &crate::sink::Write) -> Result<String, SourceError> {
+        self.statements
+            .planned_statement(write)
+            .map_err(|p| SourceError::Value {
+                dataset: self.dataset.clone(),
+                column: "(write)".into(),
+                problem: p,
+            })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,386 @@
+//! RepairService: the one gRPC edge where record values cross the wire.
+//!
+//! * `FetchRecords` hands out a source of truth's current records, only for
+//!   datasets configured with `serve_values = true`.
+//! * `ApplyChanges` writes one planned batch into a target system through
+//!   its [`Sink`], only for datasets with `allow_repairs = true`: one
+//!   transaction, each write conditional on the digest the plan saw. The
+//!   rows written are then read back and applied to the index (what the
+//!   system stored, not what was sent), and the batch's outcome is
+//!   journalled under (run id, batch). A batch sent again — a client retry
+//!   after a crash of either side — returns the journalled outcome, or, if
+//!   the crash came between the system's commit and the journal, finds its
+//!   writes already applied. Nothing is applied twice.
+//!
+//! Sinks open their read-write connection on the first batch: an agent
+//! that never repairs never holds one.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use arbor_index::{Change as IndexChange, RunStore};
+use arbor_record::{Digest, Record, decode_tuple, tuple_bytes};
+use arbor_source::sink::{Change, Outcome, Sink, Write};
+use arbor_source::sqlite::SqliteSink;
+use arbor_source::{SourceError, postgres::PostgresSink};
+use serde::{Deserialize, Serialize};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+use tracing::{info, instrument};
+
+use crate::agent::index_config;
+use crate::config::{DatasetConfig, SourceConfig};
+use crate::convert::{self, index_status, source_status};
+use crate::proto::v1 as pb;
+use crate::proto::v1::repair_service_server::RepairService;
+use crate::service::AgentState;
+
+/// Writes per ApplyChanges batch, at most.
+pub const MAX_WRITES_PER_BATCH: usize = 10_000;
+/// Keys per FetchRecords request, at most.
+pub const MAX_FETCH_KEYS: usize = 100_000;
+/// Records per streamed FetchRecords batch.
+const FETCH_BATCH: usize = 1_000;
+
+/// Opens the sink of a dataset's system (read-write).
+pub fn open_sink(d: &DatasetConfig) -> Result<Box<dyn Sink>, SourceError> {
+    let keys = index_config(d).keys;
+    match &d.source {
+        SourceConfig::Sqlite { path, relation } => Ok(Box::new(SqliteSink::open(
+            path,
+            relation.clone(),
+            d.mapping.clone(),
+            keys,
+        )?)),
+        SourceConfig::Postgres(db) => Ok(Box::new(PostgresSink::new(
+            db.url.clone(),
+            db.relation.clone(),
+            d.mapping.clone(),
+            keys,
+            db.options.statement_timeout,
+        )?)),
+        SourceConfig::Mysql(_) => Err(SourceError::Schema {
+            dataset: d.name.clone(),
+            problem: "repairs into MySQL/MariaDB are not supported yet".into(),
+        }),
+        SourceConfig::Files { .. } => Err(SourceError::Schema {
+            dataset: d.name.clone(),
+            problem: "file sources are read-only".into(),
+        }),
+    }
+}
+
+/// A journalled batch outcome.
+#[derive(Debug, Serialize, Deserialize)]
+struct Journalled {
+    /// Per write, in order: "applied", "already_applied" or "conflict".
+    outcomes: Vec<String>,
+}
+
+fn outcome_name(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Applied => "applied",
+        Outcome::AlreadyApplied => "already_applied",
+        Outcome::Conflict { .. } => "conflict",
+    }
+}
+
+fn outcome_wire(name: &str) -> pb::WriteOutcome {
+    match name {
+        "applied" => pb::WriteOutcome::Applied,
+        "already_applied" => pb::WriteOutcome::AlreadyApplied,
+        "conflict" => pb::WriteOutcome::Conflict,
+        _ => pb::WriteOutcome::Unspecified,
+    }
+}
+
+/// The RepairService of an agent.
+pub struct RepairServer {
+    state: Arc<AgentState>,
+    runs: Arc<RunStore>,
+    configs: HashMap<String, DatasetConfig>,
+    sinks: Arc<Mutex<HashMap<String, Box<dyn Sink>>>>,
+}
+
+impl RepairServer {
+    /// The service over the agent's datasets and run store.
+    pub fn new(
+        state: Arc<AgentState>,
+        runs: Arc<RunStore>,
+        configs: &[DatasetConfig],
+    ) -> RepairServer {
+        RepairServer {
+            state,
+            runs,
+            configs: configs
+                .iter()
+                .map(|d| (d.name.clone(), d.clone()))
+                .collect(),
+            sinks: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn config(&self, dataset: &str) -> Result<&DatasetConfig, Status> {
+        self.configs
+            .get(dataset)
+            .ok_or_else(|| Status::not_found(format!("unknown dataset {dataset:?}")))
+    }
+}
+
+/// Decodes the planned writes of a request, checked against the schema.
+fn planned_writes(
+    d: &DatasetConfig,
+    req: &pb::ApplyChangesRequest,
+) -> Result<Vec<Write>, Status> {
+    let schema = d.mapping.schema();
+    req.writes
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let invalid = |what: String| {
+                Status::invalid_argument(format!("ApplyChangesRequest.writes[{i}]: {what}"))
+            };
+            let key = decode_tuple(&w.canonical_key).map_err(|e| invalid(e.to_string()))?;
+            let expected = match w.expected_digest.len() {
+                0 => None,
+                32 => {
+                    let mut d = [0u8; 32];
+                    d.copy_from_slice(&w.expected_digest);
+                    Some(Digest(d))
+                }
+                n => return Err(invalid(format!("expected_digest has {n} bytes, not 32"))),
+            };
+            let change = if w.delete {
+                let nulls = vec![arbor_record::Value::Null; schema.values().len()];
+                schema
+                    .check(&key, &nulls)
+                    .map_err(|e| invalid(e.to_string()))?;
+                Change::Delete
+            } else {
+                let values = w
+                    .values
+                    .iter()
+                    .map(|v| convert::typed_value("values", v))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|m| invalid(m.to_string()))?;
+                schema
+                    .check(&key, &values)
+                    .map_err(|e| invalid(e.to_string()))?;
+                Change::Upsert(Record::new(key.clone(), values))
+            };
+            Ok(Write {
+                key,
+                expected,
+                change,
+            })
+        })
+        .collect()
+}
+
+type FetchStream = Pin<Box<dyn Stream<Item = Result<pb::RecordBatch, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl RepairService for RepairServer {
+    type FetchRecordsStream = FetchStream;
+
+    #[instrument(skip_all, fields(dataset = %request.get_ref().dataset, keys = request.get_ref().canonical_keys.len()))]
+    async fn fetch_records(
+        &self,
+        request: Request<pb::FetchRecordsRequest>,
+    ) -> Result<Response<FetchStream>, Status> {
+        let req = request.into_inner();
+        let d = self.config(&req.dataset)?;
+        if !d.serve_values {
+            return Err(Status::permission_denied(format!(
+                "dataset {:?} does not serve values (serve_values = false)",
+                req.dataset
+            )));
+        }
+        if req.canonical_keys.len() > MAX_FETCH_KEYS {
+            return Err(Status::invalid_argument(format!(
+                "FetchRecordsRequest.canonical_keys: {} keys, at most {MAX_FETCH_KEYS}",
+                req.canonical_keys.len()
+            )));
+        }
+        let keys = req
+            .canonical_keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                decode_tuple(k).map_err(|e| {
+                    Status::invalid_argument(format!(
+                        "FetchRecordsRequest.canonical_keys[{i}]: {e}"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let ds = Arc::clone(self.state.dataset(&req.dataset)?);
+        let source = ds.source.clone().ok_or_else(|| {
+            Status::failed_precondition(format!("dataset {:?} has no system attached", req.dataset))
+        })?;
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::task::spawn_blocking(move || {
+            for chunk in keys.chunks(FETCH_BATCH) {
+                let found = {
+                    let mut s = source.lock().unwrap_or_else(|p| p.into_inner());
+                    s.fetch(chunk)
+                };
+                let batch = found.map_err(source_status).map(|rows| pb::RecordBatch {
+                    records: chunk
+                        .iter()
+                        .zip(rows)
+                        .map(|(k, r)| pb::FetchedRecord {
+                            canonical_key: tuple_bytes(k),
+                            found: r.is_some(),
+                            values: r
+                                .map(|r| r.values.iter().map(convert::wire_value).collect())
+                                .unwrap_or_default(),
+                        })
+                        .collect(),
+                });
+                let failed = batch.is_err();
+                if tx.blocking_send(batch).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    #[instrument(skip_all, fields(dataset = %request.get_ref().dataset, run = %request.get_ref().run_id, batch = request.get_ref().batch))]
+    async fn apply_changes(
+        &self,
+        request: Request<pb::ApplyChangesRequest>,
+    ) -> Result<Response<pb::ApplyChangesResponse>, Status> {
+        let req = request.into_inner();
+        let d = self.config(&req.dataset)?.clone();
+        if !d.allow_repairs {
+            return Err(Status::permission_denied(format!(
+                "dataset {:?} does not accept repairs (allow_repairs = false)",
+                req.dataset
+            )));
+        }
+        if req.writes.len() > MAX_WRITES_PER_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "ApplyChangesRequest.writes: {} writes, at most {MAX_WRITES_PER_BATCH}",
+                req.writes.len()
+            )));
+        }
+        if req.run_id.is_empty() && !req.dry_run {
+            return Err(Status::invalid_argument(
+                "ApplyChangesRequest.run_id: required to journal the batch",
+            ));
+        }
+        let writes = planned_writes(&d, &req)?;
+        let ds = Arc::clone(self.state.dataset(&req.dataset)?);
+        let (runs, sinks) = (Arc::clone(&self.runs), Arc::clone(&self.sinks));
+        let response = tokio::task::spawn_blocking(move || -> Result<_, Status> {
+            if !req.dry_run
+                && let Some(raw) = runs
+                    .get_journal(&req.run_id, req.batch)
+                    .map_err(index_status)?
+            {
+                let j: Journalled = serde_json::from_slice(&raw)
+                    .map_err(|e| Status::data_loss(format!("journal entry unreadable: {e}")))?;
+                return Ok(pb::ApplyChangesResponse {
+                    results: req
+                        .writes
+                        .iter()
+                        .zip(&j.outcomes)
+                        .map(|(w, o)| pb::WriteResult {
+                            canonical_key: w.canonical_key.clone(),
+                            outcome: outcome_wire(o) as i32,
+                            sql: String::new(),
+                        })
+                        .collect(),
+                    replayed: true,
+                });
+            }
+            let mut sinks = sinks.lock().unwrap_or_else(|p| p.into_inner());
+            if !sinks.contains_key(&d.name) {
+                sinks.insert(d.name.clone(), open_sink(&d).map_err(source_status)?);
+            }
+            let Some(sink) = sinks.get_mut(&d.name) else {
+                unreachable!("inserted above")
+            };
+            if req.dry_run {
+                let results = req
+                    .writes
+                    .iter()
+                    .zip(&writes)
+                    .map(|(pw, w)| {
+                        Ok(pb::WriteResult {
+                            canonical_key: pw.canonical_key.clone(),
+                            outcome: pb::WriteOutcome::Planned as i32,
+                            sql: sink.render(w).map_err(source_status)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, Status>>()?;
+                return Ok(pb::ApplyChangesResponse {
+                    results,
+                    replayed: false,
+                });
+            }
+            let outcomes = sink.apply(&writes).map_err(source_status)?;
+            drop(sinks);
+            // The index follows what the system now stores.
+            let touched: Vec<Vec<arbor_record::Value>> = writes
+                .iter()
+                .zip(&outcomes)
+                .filter(|(_, o)| !matches!(o, Outcome::Conflict { .. }))
+                .map(|(w, _)| w.key.clone())
+                .collect();
+            if let Some(source) = &ds.source
+                && !touched.is_empty()
+            {
+                let rows = {
+                    let mut s = source.lock().unwrap_or_else(|p| p.into_inner());
+                    s.fetch(&touched).map_err(source_status)?
+                };
+                let changes: Vec<IndexChange> = touched
+                    .into_iter()
+                    .zip(rows)
+                    .map(|(k, r)| match r {
+                        Some(r) => IndexChange::Upsert(r),
+                        None => IndexChange::Delete(k),
+                    })
+                    .collect();
+                ds.index.apply(&changes, None).map_err(index_status)?;
+            }
+            let journal = Journalled {
+                outcomes: outcomes.iter().map(|o| outcome_name(o).to_owned()).collect(),
+            };
+            let raw = serde_json::to_vec(&journal).map_err(|e| Status::internal(e.to_string()))?;
+            runs.put_journal(&req.run_id, req.batch, &raw)
+                .map_err(index_status)?;
+            let applied = outcomes.iter().filter(|o| **o == Outcome::Applied).count();
+            info!(
+                dataset = %d.name,
+                run = %req.run_id,
+                batch = req.batch,
+                writes = outcomes.len(),
+                applied,
+                "repair batch committed"
+            );
+            Ok(pb::ApplyChangesResponse {
+                results: req
+                    .writes
+                    .iter()
+                    .zip(&outcomes)
+                    .map(|(w, o)| pb::WriteResult {
+                        canonical_key: w.canonical_key.clone(),
+                        outcome: outcome_wire(outcome_name(o)) as i32,
+                        sql: String::new(),
+                    })
+                    .collect(),
+                replayed: false,
+            })
+        })
+        .await
+        .map_err(|e| Status::internal(format!("repair task failed: {e}")))??;
+        Ok(Response::new(response))
+    }
+}
