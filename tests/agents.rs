@@ -840,3 +840,222 @@ fn logical_capture_follows_every_change_and_catches_up_after_a_restart() {
     assert_eq!(left, 0);
     pg.batch_execute(&format!("DROP TABLE {table}")).unwrap();
 }
+
+/// Rows of the demo's customers as (email, name, balance), by id.
+type Customers = BTreeMap<i64, (String, Option<String>, Option<String>)>;
+
+fn decimal(b: Option<String>) -> Option<String> {
+    b.map(|b| Decimal::parse(&b).unwrap().as_str().to_owned())
+}
+
+fn sqlite_customers(db: &Path) -> Customers {
+    let c = Connection::open(db).unwrap();
+    let mut stmt = c
+        .prepare("SELECT customer_id, email, full_name, CAST(balance AS TEXT) FROM customers")
+        .unwrap();
+    stmt.query_map([], |r| {
+        Ok((r.get(0)?, (r.get(1)?, r.get(2)?, decimal(r.get(3)?))))
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+}
+
+fn postgres_customers(pg: &mut postgres::Client, table: &str) -> Customers {
+    pg.query(
+        &format!("SELECT customer_id, email, full_name, balance::text FROM {table}"),
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), (r.get(1), r.get(2), decimal(r.get(3)))))
+    .collect()
+}
+
+fn sync_json(dir: &Path, args: &[&str]) -> (i32, Json, Vec<Json>) {
+    let out = arbor(dir, &[&["sync"], args, &["--json"]].concat());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text
+        .lines()
+        .map(|l| serde_json::from_str::<Json>(l).unwrap_or_else(|e| panic!("{e}: {l}")));
+    let summary = lines.next().unwrap_or_else(|| {
+        panic!(
+            "sync printed nothing (exit {:?}): {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), summary, lines.collect())
+}
+
+#[test]
+fn one_way_sync_repairs_postgres_from_sqlite_and_never_overwrites_a_later_change() {
+    let dir = demo(2_000, 0);
+    let (mut pg, _url, table) = crm_into_postgres(dir.path());
+    let source = std::fs::read_to_string(dir.path().join("crm.toml"))
+        .unwrap()
+        .replace("crm-data", "truth-data")
+        + "serve_values = true\n";
+    std::fs::write(dir.path().join("truth.toml"), source).unwrap();
+    std::fs::write(
+        dir.path().join("target.toml"),
+        format!(
+            "[agent]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"target-data\"\n\n[[dataset]]\nname = \"customers\"\n\
+             secret = \"arbor demo secret: use secret_env or secret_file in production\"\n\
+             source = {{ kind = \"postgres\", url_env = \"ARBOR_TEST_POSTGRES_URL\", table = \"{table}\" }}\n\
+             key = [{{ source = \"customer_id\", name = \"id\", kind = \"integer\" }}]\n\
+             columns = [\n  {{ source = \"email\", kind = \"text\" }},\n  {{ source = \"full_name\", name = \"name\", kind = \"text\" }},\n\
+               {{ source = \"balance\", kind = \"decimal\" }},\n]\nallow_repairs = true\n"
+        ),
+    )
+    .unwrap();
+    // Drift on the target: changed, missing and extra rows.
+    pg.batch_execute(&format!(
+        "UPDATE {table} SET balance = balance + 1 WHERE customer_id BETWEEN 1 AND 20;
+         UPDATE {table} SET full_name = NULL WHERE customer_id = 21;
+         DELETE FROM {table} WHERE customer_id BETWEEN 31 AND 40;
+         INSERT INTO {table} (customer_id, email) SELECT g, 'extra' || g FROM generate_series(900001, 900005) g;"
+    ))
+    .unwrap();
+    let truth_rows = sqlite_customers(&dir.path().join("crm.db"));
+    let truth = AgentProcess::start(dir.path(), "truth.toml");
+    let target = AgentProcess::start(dir.path(), "target.toml");
+    let endpoints = [
+        "--source",
+        truth.address.as_str(),
+        "--target",
+        target.address.as_str(),
+        "--dataset",
+        "customers",
+    ];
+
+    // The plan: exact actions, the SQL the target would run, nothing written.
+    let before = postgres_customers(&mut pg, &table);
+    let (code, summary, actions) = sync_json(
+        dir.path(),
+        &[
+            &["plan"][..],
+            &endpoints,
+            &["--extra", "delete", "--out", "plan.json"],
+        ]
+        .concat(),
+    );
+    assert_eq!(code, 1, "{summary}");
+    assert_eq!(summary["drift"], 36);
+    assert_eq!(summary["planned_upserts"], 31);
+    assert_eq!(summary["planned_deletes"], 5);
+    let by_kind = |kind: &str| -> BTreeSet<String> {
+        actions
+            .iter()
+            .filter(|a| a["action"] == kind)
+            .map(|a| a["key"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let want_upserts: BTreeSet<String> = (1..=21)
+        .chain(31..=40)
+        .map(|i: i64| i.to_string())
+        .collect();
+    assert_eq!(by_kind("upsert"), want_upserts);
+    assert_eq!(
+        by_kind("delete"),
+        (900001..=900005).map(|i: i64| i.to_string()).collect()
+    );
+    for a in &actions {
+        let sql = a["sql"].as_str().unwrap();
+        let verb = match (a["action"].as_str(), a["drift"].as_str()) {
+            (Some("delete"), _) => "DELETE FROM",
+            (_, Some("changed")) => "UPDATE",
+            _ => "INSERT INTO",
+        };
+        assert!(sql.starts_with(verb), "{a}");
+    }
+    assert_eq!(
+        postgres_customers(&mut pg, &table),
+        before,
+        "a plan writes nothing"
+    );
+
+    // Someone edits a planned row before the plan runs: it must survive.
+    pg.execute(
+        &format!("UPDATE {table} SET email = 'late@edit' WHERE customer_id = 5"),
+        &[],
+    )
+    .unwrap();
+    let run = [
+        &["run"][..],
+        &endpoints,
+        &["--plan", "plan.json", "--execute", "--batch", "7"],
+    ]
+    .concat();
+    let (code, report, _) = sync_json(dir.path(), &run);
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(report["applied"], 35, "{report}");
+    assert_eq!(report["conflicts"], 1);
+    assert_eq!(report["conflict_keys"], serde_json::json!(["5"]));
+    assert_eq!(report["drift_after"], 1);
+    let after = postgres_customers(&mut pg, &table);
+    assert_eq!(
+        after[&5].0, "late@edit",
+        "a change made after the plan is not overwritten"
+    );
+    let mut expected = truth_rows.clone();
+    expected.insert(5, after[&5].clone());
+    assert_eq!(after, expected, "every other row is the source's");
+
+    // The same plan again: answered from the target's journal, nothing redone.
+    let (_, again, _) = sync_json(dir.path(), &run);
+    assert_eq!(again["applied"], 35, "{again}");
+    assert_eq!(again["replayed_batches"], 6);
+    assert_eq!(postgres_customers(&mut pg, &table), after);
+
+    // A new run resolves the conflict the only way one-way allows.
+    let (code, last, _) = sync_json(
+        dir.path(),
+        &[
+            &["run"][..],
+            &endpoints,
+            &["--execute", "--extra", "delete"],
+        ]
+        .concat(),
+    );
+    assert_eq!(code, 0, "{last}");
+    assert_eq!(last["applied"], 1);
+    assert_eq!(last["drift_after"], 0);
+    assert_eq!(postgres_customers(&mut pg, &table), truth_rows);
+
+    // A target that refuses a write fails the run with its reason and keeps
+    // nothing of the batch.
+    pg.batch_execute(&format!(
+        "ALTER TABLE {table} ADD CONSTRAINT no_refused CHECK (email <> 'refused@x')"
+    ))
+    .unwrap();
+    let crm = Connection::open(dir.path().join("crm.db")).unwrap();
+    crm.execute_batch(
+        "UPDATE customers SET email = 'refused@x' WHERE customer_id = 7;
+         UPDATE customers SET email = 'fine@x' WHERE customer_id = 8;",
+    )
+    .unwrap();
+    drop(truth);
+    let truth = AgentProcess::start(dir.path(), "truth.toml");
+    let endpoints = [
+        "--source",
+        truth.address.as_str(),
+        "--target",
+        target.address.as_str(),
+        "--dataset",
+        "customers",
+    ];
+    let out = arbor(
+        dir.path(),
+        &[&["sync", "run"][..], &endpoints, &["--execute"]].concat(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no_refused"), "{err}");
+    assert_eq!(
+        postgres_customers(&mut pg, &table)[&8].0,
+        truth_rows[&8].0,
+        "the batch rolled back whole"
+    );
+    pg.batch_execute(&format!("DROP TABLE {table}")).unwrap();
+}

@@ -267,7 +267,7 @@ pub fn reindex(ds: &Dataset, name: &str, claimed: bool) -> Result<BuildStats, St
 
 /// A new run id: milliseconds since the epoch (13 digits, so ids sort by
 /// time) and 6 hex digits against collisions within a millisecond.
-fn new_run_id() -> String {
+pub fn new_run_id() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -976,12 +976,11 @@ pub async fn run(
     let admin_service = AdminServiceServer::new(AdminServer::new(Arc::clone(&state)));
     let ingest_service = IngestServiceServer::new(IngestServer::new(Arc::clone(&state)))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let repair_service =
-        crate::proto::v1::repair_service_server::RepairServiceServer::new(
-            crate::repair::RepairServer::new(Arc::clone(&state), Arc::clone(&runs), &config.datasets),
-        )
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let repair_service = crate::proto::v1::repair_service_server::RepairServiceServer::new(
+        crate::repair::RepairServer::new(Arc::clone(&state), Arc::clone(&runs), &config.datasets),
+    )
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let server = tonic::transport::Server::builder()
         .timeout(config.request_timeout)
         .concurrency_limit_per_connection(config.max_concurrent_requests)

@@ -61,7 +61,7 @@ pub struct GrpcPeer {
 /// Whether a failed call may succeed if tried again. A connection that broke
 /// mid-call surfaces as `Unknown` with the transport error as its source
 /// (a status decoded from an agent's reply never has a local source).
-fn is_transient(s: &Status) -> bool {
+pub(crate) fn is_transient(s: &Status) -> bool {
     matches!(
         s.code(),
         Code::Unavailable | Code::ResourceExhausted | Code::DeadlineExceeded

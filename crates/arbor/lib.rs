@@ -20,6 +20,7 @@ pub mod logical;
 pub mod repair;
 pub mod report;
 pub mod service;
+pub mod sync;
 
 pub use arbor_index;
 pub use arbor_record;

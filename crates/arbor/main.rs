@@ -63,11 +63,69 @@ enum Command {
     },
     /// Create the demo's two SQLite systems and agent configs.
     Demo(demo::DemoArgs),
+    /// One-way synchronisation from a source of truth to a target.
+    Sync {
+        #[command(subcommand)]
+        command: SyncCommand,
+    },
     /// Change capture state kept in the systems (replication slots).
     Capture {
         #[command(subcommand)]
         command: CaptureCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum SyncCommand {
+    /// Compare and print what a run would write (and the SQL the target
+    /// would run); writes nothing.
+    Plan(SyncArgs),
+    /// Plan, and with --execute apply the plan and verify it.
+    Run {
+        #[command(flatten)]
+        args: SyncArgs,
+        /// Write. Without it, `run` is a plan.
+        #[arg(long)]
+        execute: bool,
+    },
+}
+
+#[derive(Args)]
+struct SyncArgs {
+    /// The source-of-truth agent, `http://host:port`.
+    #[arg(long)]
+    source: String,
+    /// The target agent (its dataset needs `allow_repairs = true`).
+    #[arg(long)]
+    target: String,
+    /// The dataset (same name on both unless --target-dataset).
+    #[arg(long)]
+    dataset: String,
+    /// The dataset's name on the target.
+    #[arg(long)]
+    target_dataset: Option<String>,
+    /// Records only on the target: delete, keep or report.
+    #[arg(long, default_value = "report")]
+    extra: String,
+    /// Writes per batch (one target transaction each).
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+    /// Throttle in rows per second (0: none).
+    #[arg(long, default_value_t = 0)]
+    max_rows_per_sec: u64,
+    /// Seconds a batch is retried while the target is unreachable.
+    #[arg(long, default_value_t = 120)]
+    retry_secs: u64,
+    /// JSON lines: the summary, then one line per action.
+    #[arg(long)]
+    json: bool,
+    /// `plan`: also save the plan (with its values) to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// `run`: execute this saved plan instead of planning again (the
+    /// agents and datasets come from the file).
+    #[arg(long)]
+    plan: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -246,6 +304,7 @@ async fn run(cli: Cli) -> Result<u8> {
         Command::Compare(args) => compare(args).await,
         Command::Runs { command } => runs(command).await,
         Command::Demo(args) => demo::run(args),
+        Command::Sync { command } => sync(command).await,
         Command::Capture {
             command: CaptureCommand::Drop { index, publication },
         } => blocking(move || capture_drop(&index, publication)).await,
@@ -297,6 +356,135 @@ fn config_check(args: &ConfigArgs) -> Result<u8> {
         );
     }
     Ok(0)
+}
+
+async fn sync(command: SyncCommand) -> Result<u8> {
+    use arbor::sync::{Extra, SyncOptions};
+    let (args, execute, plan_only) = match command {
+        SyncCommand::Plan(a) => (a, false, true),
+        SyncCommand::Run { args, execute } => (args, execute, false),
+    };
+    let extra = match args.extra.as_str() {
+        "delete" => Extra::Delete,
+        "keep" => Extra::Keep,
+        "report" => Extra::Report,
+        other => anyhow::bail!("--extra {other:?}: expected delete, keep or report"),
+    };
+    let mut opts = SyncOptions {
+        source: args.source.clone(),
+        target: args.target.clone(),
+        target_dataset: args
+            .target_dataset
+            .clone()
+            .unwrap_or_else(|| args.dataset.clone()),
+        dataset: args.dataset.clone(),
+        extra,
+        batch: args.batch.clamp(1, arbor::repair::MAX_WRITES_PER_BATCH),
+        max_rows_per_sec: args.max_rows_per_sec,
+        retry_for: std::time::Duration::from_secs(args.retry_secs),
+    };
+    let (actions, report) = match &args.plan {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("read the plan {}", path.display()))?;
+            let file: arbor::sync::PlanFile = serde_json::from_str(&text)
+                .with_context(|| format!("plan {} is not a plan file", path.display()))?;
+            let actions = file
+                .actions()
+                .map_err(|e| anyhow::anyhow!("plan {}: {e}", path.display()))?;
+            opts.source = file.source.clone();
+            opts.target = file.target.clone();
+            opts.dataset = file.dataset.clone();
+            opts.target_dataset = file.target_dataset.clone();
+            let report = arbor::sync::SyncReport {
+                run_id: file.run_id.clone(),
+                planned_upserts: actions.iter().filter(|a| a.action == "upsert").count() as u64,
+                planned_deletes: actions.iter().filter(|a| a.action == "delete").count() as u64,
+                ..Default::default()
+            };
+            (actions, report)
+        }
+        None => arbor::sync::plan(&opts, !execute)
+            .await
+            .context("sync plan failed")?,
+    };
+    if let Some(out) = &args.out {
+        let file = arbor::sync::PlanFile::new(&opts, &report.run_id, &actions);
+        std::fs::write(out, serde_json::to_vec_pretty(&file)?)
+            .with_context(|| format!("write the plan {}", out.display()))?;
+    }
+    let report = if execute {
+        arbor::sync::execute(&opts, &actions, report)
+            .await
+            .context("sync run failed")?
+    } else {
+        report
+    };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string(&report)?)?;
+        for a in &actions {
+            writeln!(out, "{}", serde_json::to_string(a)?)?;
+        }
+    } else {
+        if !execute {
+            for a in &actions {
+                writeln!(
+                    out,
+                    "{:<7} {:<18} {:<24} {}",
+                    a.action,
+                    a.drift,
+                    a.key,
+                    a.sql.as_deref().unwrap_or("")
+                )?;
+            }
+        }
+        writeln!(
+            out,
+            "run {}: {} drifting, {} upserts and {} deletes planned, {} kept{}",
+            report.run_id,
+            report.drift,
+            report.planned_upserts,
+            report.planned_deletes,
+            report.kept,
+            if report.vanished > 0 {
+                format!(", {} vanished from the source", report.vanished)
+            } else {
+                String::new()
+            }
+        )?;
+        if execute {
+            writeln!(
+                out,
+                "executed: {} applied, {} already applied, {} conflicts (left alone){}; drift after: {}",
+                report.applied,
+                report.already_applied,
+                report.conflicts,
+                if report.replayed_batches > 0 {
+                    format!(
+                        ", {} batches replayed from the journal",
+                        report.replayed_batches
+                    )
+                } else {
+                    String::new()
+                },
+                report
+                    .drift_after
+                    .map_or_else(|| "?".into(), |d| d.to_string())
+            )?;
+            for k in &report.conflict_keys {
+                writeln!(out, "  conflict: {k} changed on the target since the plan")?;
+            }
+        } else if !plan_only {
+            writeln!(out, "dry run: nothing written; pass --execute to apply")?;
+        }
+    }
+    let clean = if execute {
+        report.drift_after == Some(0)
+    } else {
+        report.drift == 0
+    };
+    Ok(if clean { 0 } else { 1 })
 }
 
 fn capture_drop(args: &IndexArgs, publication: bool) -> Result<u8> {

@@ -5,8 +5,9 @@
 //! * `ApplyChanges` writes one planned batch into a target system through
 //!   its [`Sink`], only for datasets with `allow_repairs = true`: one
 //!   transaction, each write conditional on the digest the plan saw. The
-//!   rows written are then read back and applied to the index (what the
-//!   system stored, not what was sent), and the batch's outcome is
+//!   batch's rows are then read back and applied to the index (what the
+//!   system stored, not what was sent; conflicting rows too, since a
+//!   conflict means the index was behind), and the batch's outcome is
 //!   journalled under (run id, batch). A batch sent again — a client retry
 //!   after a crash of either side — returns the journalled outcome, or, if
 //!   the crash came between the system's commit and the journal, finds its
@@ -129,10 +130,7 @@ impl RepairServer {
 }
 
 /// Decodes the planned writes of a request, checked against the schema.
-fn planned_writes(
-    d: &DatasetConfig,
-    req: &pb::ApplyChangesRequest,
-) -> Result<Vec<Write>, Status> {
+fn planned_writes(d: &DatasetConfig, req: &pb::ApplyChangesRequest) -> Result<Vec<Write>, Status> {
     let schema = d.mapping.schema();
     req.writes
         .iter()
@@ -326,13 +324,11 @@ impl RepairService for RepairServer {
             }
             let outcomes = sink.apply(&writes).map_err(source_status)?;
             drop(sinks);
-            // The index follows what the system now stores.
-            let touched: Vec<Vec<arbor_record::Value>> = writes
-                .iter()
-                .zip(&outcomes)
-                .filter(|(_, o)| !matches!(o, Outcome::Conflict { .. }))
-                .map(|(w, _)| w.key.clone())
-                .collect();
+            // The index follows what the system now stores: written rows,
+            // and conflicting rows too (a conflict means the index was
+            // behind the system, so the next plan starts from the truth).
+            let touched: Vec<Vec<arbor_record::Value>> =
+                writes.iter().map(|w| w.key.clone()).collect();
             if let Some(source) = &ds.source
                 && !touched.is_empty()
             {
@@ -351,7 +347,10 @@ impl RepairService for RepairServer {
                 ds.index.apply(&changes, None).map_err(index_status)?;
             }
             let journal = Journalled {
-                outcomes: outcomes.iter().map(|o| outcome_name(o).to_owned()).collect(),
+                outcomes: outcomes
+                    .iter()
+                    .map(|o| outcome_name(o).to_owned())
+                    .collect(),
             };
             let raw = serde_json::to_vec(&journal).map_err(|e| Status::internal(e.to_string()))?;
             runs.put_journal(&req.run_id, req.batch, &raw)

@@ -49,7 +49,8 @@ impl RunStore {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        let cfs = [RUNS, DRIFT, JOURNAL].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        let cfs =
+            [RUNS, DRIFT, JOURNAL].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path.as_ref(), cfs)
             .map_err(IndexError::storage("open the run store"))?;
         Ok(RunStore { db })

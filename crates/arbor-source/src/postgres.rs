@@ -584,7 +584,11 @@ impl PostgresSink {
                 mapping: mapping.clone(),
                 dataset: format!("{}:{table}", redact_url(&url)),
             },
-            statements: crate::sink::Statements::new(crate::sink::Dialect::Postgres, &table, mapping),
+            statements: crate::sink::Statements::new(
+                crate::sink::Dialect::Postgres,
+                &table,
+                mapping,
+            ),
             url,
             keys,
             statement_timeout,
@@ -629,46 +633,47 @@ impl crate::sink::Sink for PostgresSink {
         let Some(client) = self.client.as_mut() else {
             unreachable!("connected above")
         };
-        let result = (|| -> Result<Result<Vec<crate::sink::Outcome>, SourceError>, postgres::Error> {
-            let mut tx = client.transaction()?;
-            let mut found = std::collections::HashMap::new();
-            for m in tx.simple_query(&select)? {
-                if let SimpleQueryMessage::Row(row) = m {
-                    let values = match text_values(&self.context, &row) {
-                        Ok(v) => v,
-                        Err(e) => return Ok(Err(e)),
-                    };
-                    match self.context.record(values) {
-                        Ok(r) => {
-                            found.insert(arbor_record::tuple_bytes(&r.key), r);
+        let result =
+            (|| -> Result<Result<Vec<crate::sink::Outcome>, SourceError>, postgres::Error> {
+                let mut tx = client.transaction()?;
+                let mut found = std::collections::HashMap::new();
+                for m in tx.simple_query(&select)? {
+                    if let SimpleQueryMessage::Row(row) = m {
+                        let values = match text_values(&self.context, &row) {
+                            Ok(v) => v,
+                            Err(e) => return Ok(Err(e)),
+                        };
+                        match self.context.record(values) {
+                            Ok(r) => {
+                                found.insert(arbor_record::tuple_bytes(&r.key), r);
+                            }
+                            Err(e) => return Ok(Err(e)),
                         }
-                        Err(e) => return Ok(Err(e)),
                     }
                 }
-            }
-            let current: Vec<Option<Record>> = writes
-                .iter()
-                .map(|w| found.remove(&arbor_record::tuple_bytes(&w.key)))
-                .collect();
-            let decided = crate::sink::decide(&self.keys, writes, &current);
-            let mut script = String::new();
-            for ((w, (_, run)), cur) in writes.iter().zip(&decided).zip(&current) {
-                if *run {
-                    match self.statements.statement(w, cur.is_some()) {
-                        Ok(sql) => {
-                            script.push_str(&sql);
-                            script.push_str(";\n");
+                let current: Vec<Option<Record>> = writes
+                    .iter()
+                    .map(|w| found.remove(&arbor_record::tuple_bytes(&w.key)))
+                    .collect();
+                let decided = crate::sink::decide(&self.keys, writes, &current);
+                let mut script = String::new();
+                for ((w, (_, run)), cur) in writes.iter().zip(&decided).zip(&current) {
+                    if *run {
+                        match self.statements.statement(w, cur.is_some()) {
+                            Ok(sql) => {
+                                script.push_str(&sql);
+                                script.push_str(";\n");
+                            }
+                            Err(p) => return Ok(Err(value_err(p))),
                         }
-                        Err(p) => return Ok(Err(value_err(p))),
                     }
                 }
-            }
-            if !script.is_empty() {
-                tx.batch_execute(&script)?;
-            }
-            tx.commit()?;
-            Ok(Ok(decided.into_iter().map(|(o, _)| o).collect()))
-        })();
+                if !script.is_empty() {
+                    tx.batch_execute(&script)?;
+                }
+                tx.commit()?;
+                Ok(Ok(decided.into_iter().map(|(o, _)| o).collect()))
+            })();
         match result {
             Ok(inner) => inner,
             Err(e) => {
@@ -697,7 +702,11 @@ fn text_values(
     context: &ChunkContext,
     row: &postgres::SimpleQueryRow,
 ) -> Result<Vec<Value>, SourceError> {
-    let cols = context.mapping.key().iter().chain(context.mapping.columns());
+    let cols = context
+        .mapping
+        .key()
+        .iter()
+        .chain(context.mapping.columns());
     cols.enumerate()
         .map(|(i, c)| match row.get(i) {
             None => Ok(Value::Null),

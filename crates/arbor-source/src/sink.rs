@@ -151,7 +151,9 @@ impl Dialect {
                 // RFC 3339 UTC; MySQL wants a space and no zone.
                 let s = t.to_string();
                 match self {
-                    Dialect::Mysql => format!("'{}'", s.trim_end_matches('Z').replacen('T', " ", 1)),
+                    Dialect::Mysql => {
+                        format!("'{}'", s.trim_end_matches('Z').replacen('T', " ", 1))
+                    }
                     _ => format!("'{s}'"),
                 }
             }
@@ -214,7 +216,13 @@ impl Statements {
             .iter()
             .zip(key)
             .enumerate()
-            .map(|(i, (c, v))| Ok(format!("{} = {}", self.dialect.ident(&c.source), self.lit(i, v)?)))
+            .map(|(i, (c, v))| {
+                Ok(format!(
+                    "{} = {}",
+                    self.dialect.ident(&c.source),
+                    self.lit(i, v)?
+                ))
+            })
             .collect::<Result<Vec<_>, String>>()?;
         Ok(parts.join(" AND "))
     }
@@ -261,7 +269,11 @@ impl Statements {
             (Change::Upsert(r), true) => {
                 if self.mapping.columns().is_empty() {
                     // Nothing but the key: the row is already right.
-                    return Ok(format!("SELECT 1 FROM {} WHERE {}", self.table, self.where_key(&write.key)?));
+                    return Ok(format!(
+                        "SELECT 1 FROM {} WHERE {}",
+                        self.table,
+                        self.where_key(&write.key)?
+                    ));
                 }
                 let sets = self
                     .mapping
@@ -270,7 +282,11 @@ impl Statements {
                     .zip(&r.values)
                     .enumerate()
                     .map(|(i, (c, v))| {
-                        Ok(format!("{} = {}", self.dialect.ident(&c.source), self.lit(nkey + i, v)?))
+                        Ok(format!(
+                            "{} = {}",
+                            self.dialect.ident(&c.source),
+                            self.lit(nkey + i, v)?
+                        ))
                     })
                     .collect::<Result<Vec<_>, String>>()?;
                 Ok(format!(
@@ -389,7 +405,10 @@ mod tests {
         Record::new(
             vec![Value::Integer(id)],
             // Canonical column order: sorted by name.
-            vec![Value::Timestamp(arbor_record::value::Timestamp(1_500_000)), Value::text(name)],
+            vec![
+                Value::Timestamp(arbor_record::value::Timestamp(1_500_000)),
+                Value::text(name),
+            ],
         )
     }
 
@@ -410,7 +429,10 @@ mod tests {
         );
         assert_eq!(got[0], (Outcome::Applied, true));
         assert_eq!(got[1], (Outcome::AlreadyApplied, false));
-        assert!(matches!(got[2], (Outcome::Conflict { current: Some(_) }, false)));
+        assert!(matches!(
+            got[2],
+            (Outcome::Conflict { current: Some(_) }, false)
+        ));
         assert_eq!(got[3], (Outcome::Conflict { current: None }, false));
         // A delete of a row already gone is done.
         let del = Write {
@@ -418,7 +440,10 @@ mod tests {
             expected: Some(digest(&rec(2, "x"))),
             change: Change::Delete,
         };
-        assert_eq!(decide(&keys, &[del], &[None])[0], (Outcome::AlreadyApplied, false));
+        assert_eq!(
+            decide(&keys, &[del], &[None])[0],
+            (Outcome::AlreadyApplied, false)
+        );
     }
 
     #[test]
@@ -443,11 +468,14 @@ mod tests {
             ..w
         };
         assert_eq!(
-            Statements::new(Dialect::Sqlite, "t", mapping()).planned_statement(&del).unwrap(),
+            Statements::new(Dialect::Sqlite, "t", mapping())
+                .planned_statement(&del)
+                .unwrap(),
             "DELETE FROM \"t\" WHERE \"id\" = 7"
         );
         assert_eq!(
-            pg.select_current(&[&[Value::Integer(1)], &[Value::Integer(2)]]).unwrap(),
+            pg.select_current(&[&[Value::Integer(1)], &[Value::Integer(2)]])
+                .unwrap(),
             "SELECT \"id\", \"at\", \"name\" FROM \"crm\".\"customers\" WHERE (\"id\" = '1') OR (\"id\" = '2') FOR UPDATE"
         );
     }

@@ -451,14 +451,13 @@ impl crate::sink::Sink for SqliteSink {
         let decided = crate::sink::decide(&self.keys, writes, &current);
         for ((w, (_, run)), cur) in writes.iter().zip(&decided).zip(&current) {
             if *run {
-                let sql = self
-                    .statements
-                    .statement(w, cur.is_some())
-                    .map_err(|p| SourceError::Value {
+                let sql = self.statements.statement(w, cur.is_some()).map_err(|p| {
+                    SourceError::Value {
                         dataset: self.dataset.clone(),
                         column: "(write)".into(),
                         problem: p,
-                    })?;
+                    }
+                })?;
                 tx.execute_batch(&sql).map_err(write_err)?;
             }
         }
