@@ -366,12 +366,24 @@ fn config_mistakes_are_named_before_anything_runs() {
     );
 }
 
-/// The demo CRM table copied into PostgreSQL: its own table per test run.
+/// A table name no other test (or test process) uses: tests run in
+/// parallel against one database.
+fn unique_table(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The demo CRM table copied into PostgreSQL: its own table per test.
 fn crm_into_postgres(dir: &Path) -> (postgres::Client, String, String) {
     let url = std::env::var("ARBOR_TEST_POSTGRES_URL")
         .expect("ARBOR_TEST_POSTGRES_URL is not set: run the tests through tools/test.sh, which starts PostgreSQL");
     let mut pg = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-    let table = format!("crm_customers_{}", std::process::id());
+    let table = unique_table("crm_customers");
     pg.batch_execute(&format!(
         "DROP TABLE IF EXISTS {table};
          CREATE TABLE {table} (customer_id int8 PRIMARY KEY, email text NOT NULL, full_name varchar(200),
@@ -461,21 +473,20 @@ fn a_postgres_agent_and_a_sqlite_agent_agree_on_the_same_rows() {
     pg.batch_execute(&format!("DROP TABLE {table}")).unwrap();
 }
 
-#[test]
-fn a_mariadb_agent_and_a_sqlite_agent_agree_on_the_same_rows() {
+/// The demo CRM table copied into MariaDB: its own table per test run.
+fn crm_into_mariadb(dir: &Path) -> (mysql::Conn, String) {
     use mysql::prelude::Queryable;
-    let dir = demo(3_000, 10);
     let url = std::env::var("ARBOR_TEST_MYSQL_URL")
         .expect("ARBOR_TEST_MYSQL_URL is not set: run the tests through tools/test.sh, which starts MariaDB");
     let mut my = mysql::Conn::new(mysql::Opts::from_url(&url).unwrap()).unwrap();
-    let table = format!("crm_customers_{}", std::process::id());
+    let table = unique_table("crm_customers");
     my.query_drop(format!(
         "DROP TABLE IF EXISTS {table};
          CREATE TABLE {table} (customer_id bigint PRIMARY KEY, email varchar(200) NOT NULL,
                                full_name varchar(200), balance decimal(14,2), updated_at datetime)"
     ))
     .unwrap();
-    let crm = Connection::open(dir.path().join("crm.db")).unwrap();
+    let crm = Connection::open(dir.join("crm.db")).unwrap();
     let mut stmt = crm
         .prepare("SELECT customer_id, email, full_name, CAST(balance AS TEXT) FROM customers")
         .unwrap();
@@ -495,6 +506,14 @@ fn a_mariadb_agent_and_a_sqlite_agent_agree_on_the_same_rows() {
         ))
         .unwrap();
     }
+    (my, table)
+}
+
+#[test]
+fn a_mariadb_agent_and_a_sqlite_agent_agree_on_the_same_rows() {
+    use mysql::prelude::Queryable;
+    let dir = demo(3_000, 10);
+    let (mut my, table) = crm_into_mariadb(dir.path());
     let config = std::fs::read_to_string(dir.path().join("crm.toml"))
         .unwrap()
         .replace("crm-data", "my-data")
@@ -1058,4 +1077,135 @@ fn one_way_sync_repairs_postgres_from_sqlite_and_never_overwrites_a_later_change
         "the batch rolled back whole"
     );
     pg.batch_execute(&format!("DROP TABLE {table}")).unwrap();
+}
+
+fn mariadb_customers(my: &mut mysql::Conn, table: &str) -> Customers {
+    use mysql::prelude::Queryable;
+    let rows: Vec<(i64, String, Option<String>, Option<String>)> = my
+        .query(format!(
+            "SELECT customer_id, email, full_name, CAST(balance AS CHAR) FROM {table}"
+        ))
+        .unwrap();
+    rows.into_iter()
+        .map(|(id, e, n, b)| (id, (e, n, decimal(b))))
+        .collect()
+}
+
+/// A loopback port free right now (for an agent that must come back on
+/// the same address after a restart).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn one_way_sync_from_postgres_to_mariadb_survives_a_killed_target() {
+    use mysql::prelude::Queryable;
+    let dir = demo(3_000, 0);
+    let (mut pg, _url, pg_table) = crm_into_postgres(dir.path());
+    let (mut my, my_table) = crm_into_mariadb(dir.path());
+    let columns = "key = [{ source = \"customer_id\", name = \"id\", kind = \"integer\" }]\n\
+         columns = [\n  { source = \"email\", kind = \"text\" },\n  { source = \"full_name\", name = \"name\", kind = \"text\" },\n\
+           { source = \"balance\", kind = \"decimal\" },\n]\n";
+    let agent = |listen: &str, data: &str, source: &str, extra: &str| {
+        format!(
+            "[agent]\nlisten = \"{listen}\"\ndata_dir = \"{data}\"\n\n[[dataset]]\nname = \"customers\"\n\
+             secret = \"arbor demo secret: use secret_env or secret_file in production\"\n\
+             source = {source}\n{columns}{extra}\n"
+        )
+    };
+    std::fs::write(
+        dir.path().join("pg.toml"),
+        agent(
+            "127.0.0.1:0",
+            "pg-data",
+            &format!("{{ kind = \"postgres\", url_env = \"ARBOR_TEST_POSTGRES_URL\", table = \"{pg_table}\" }}"),
+            "serve_values = true",
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    std::fs::write(
+        dir.path().join("my.toml"),
+        agent(
+            &format!("127.0.0.1:{port}"),
+            "my-data",
+            &format!(
+                "{{ kind = \"mysql\", url_env = \"ARBOR_TEST_MYSQL_URL\", table = \"{my_table}\" }}"
+            ),
+            "allow_repairs = true",
+        ),
+    )
+    .unwrap();
+    // 600 changed, 200 missing and 50 extra rows on the target.
+    my.query_drop(format!(
+        "UPDATE {my_table} SET balance = balance + 1 WHERE customer_id BETWEEN 1 AND 600;
+         DELETE FROM {my_table} WHERE customer_id BETWEEN 1001 AND 1200;
+         INSERT INTO {my_table} (customer_id, email) SELECT customer_id + 100000, email FROM {my_table} WHERE customer_id BETWEEN 1 AND 50;"
+    ))
+    .unwrap();
+    let truth = postgres_customers(&mut pg, &pg_table);
+    let source = AgentProcess::start(dir.path(), "pg.toml");
+    let target = AgentProcess::start(dir.path(), "my.toml");
+    let target_address = target.address.clone();
+
+    // A throttled run (~2 s), its target killed with SIGKILL midway and
+    // started again on the same address.
+    let sync = Command::new(ARBOR)
+        .args([
+            "sync",
+            "run",
+            "--source",
+            &source.address,
+            "--target",
+            &target_address,
+            "--dataset",
+            "customers",
+            "--extra",
+            "delete",
+            "--execute",
+            "--batch",
+            "20",
+            "--max-rows-per-sec",
+            "400",
+            "--json",
+        ])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(900));
+    drop(target); // SIGKILL
+    let partial = mariadb_customers(&mut my, &my_table);
+    assert_ne!(partial, truth, "the kill came mid-run");
+    std::thread::sleep(Duration::from_millis(300));
+    let target = AgentProcess::start(dir.path(), "my.toml");
+    assert_eq!(target.address, target_address);
+    let out = sync.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let report: Json = serde_json::from_str(text.lines().next().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}: {text}"));
+    eprintln!("sync run across a killed target: {report}");
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    // Every planned write landed once: newly, or found already applied
+    // (the batch in flight when the target died), never twice.
+    assert_eq!(report["planned_upserts"], 800, "{report}");
+    assert_eq!(report["planned_deletes"], 50);
+    assert_eq!(
+        report["applied"].as_u64().unwrap() + report["already_applied"].as_u64().unwrap(),
+        850,
+        "{report}"
+    );
+    assert_eq!(report["conflicts"], 0);
+    assert_eq!(report["drift_after"], 0);
+    assert_eq!(mariadb_customers(&mut my, &my_table), truth);
+    drop(target);
+    drop(source);
+    pg.batch_execute(&format!("DROP TABLE {pg_table}")).unwrap();
+    my.query_drop(format!("DROP TABLE {my_table}")).unwrap();
 }

@@ -61,10 +61,13 @@ pub fn open_sink(d: &DatasetConfig) -> Result<Box<dyn Sink>, SourceError> {
             keys,
             db.options.statement_timeout,
         )?)),
-        SourceConfig::Mysql(_) => Err(SourceError::Schema {
-            dataset: d.name.clone(),
-            problem: "repairs into MySQL/MariaDB are not supported yet".into(),
-        }),
+        SourceConfig::Mysql(db) => Ok(Box::new(arbor_source::mysql::MysqlSink::new(
+            db.url.clone(),
+            db.relation.clone(),
+            d.mapping.clone(),
+            keys,
+            db.options.statement_timeout,
+        )?)),
         SourceConfig::Files { .. } => Err(SourceError::Schema {
             dataset: d.name.clone(),
             problem: "file sources are read-only".into(),
@@ -274,6 +277,13 @@ impl RepairService for RepairServer {
         }
         let writes = planned_writes(&d, &req)?;
         let ds = Arc::clone(self.state.dataset(&req.dataset)?);
+        if ds.indexing.load(std::sync::atomic::Ordering::Acquire) {
+            // A restarted agent rebuilds first; the client retries.
+            return Err(Status::unavailable(format!(
+                "dataset {:?} is being indexed; retry shortly",
+                req.dataset
+            )));
+        }
         let (runs, sinks) = (Arc::clone(&self.runs), Arc::clone(&self.sinks));
         let response = tokio::task::spawn_blocking(move || -> Result<_, Status> {
             if !req.dry_run

@@ -490,3 +490,207 @@ impl Source for MysqlSource {
         Ok(out)
     }
 }
+
+/// Repairs written into a MySQL/MariaDB table (see [`crate::sink`]).
+///
+/// One transaction per batch on a read-write session (UTC): the batch's
+/// rows are read `FOR UPDATE` over the binary protocol, then every write
+/// that passed its check runs before the commit.
+pub struct MysqlSink {
+    url: String,
+    context: ChunkContext,
+    statements: Option<crate::sink::Statements>,
+    table: String,
+    keys: arbor_record::DatasetKeys,
+    statement_timeout: std::time::Duration,
+    conn: Option<Conn>,
+}
+
+impl MysqlSink {
+    /// A sink for `relation`, which must be a table. Connects on first use.
+    pub fn new(
+        url: impl Into<String>,
+        relation: Relation,
+        mapping: Mapping,
+        keys: arbor_record::DatasetKeys,
+        statement_timeout: std::time::Duration,
+    ) -> Result<MysqlSink, SourceError> {
+        let url = url.into();
+        let Relation::Table(table) = relation else {
+            return Err(SourceError::Schema {
+                dataset: format!("{}:(query)", redact_url(&url)),
+                problem: "a query cannot be a repair target; name the table (without a filter)"
+                    .into(),
+            });
+        };
+        Ok(MysqlSink {
+            context: ChunkContext {
+                mapping,
+                dataset: format!("{}:{table}", redact_url(&url)),
+            },
+            url,
+            statements: None,
+            table,
+            keys,
+            statement_timeout,
+            conn: None,
+        })
+    }
+
+    /// Connects, and learns which uuid columns are `binary(16)` (once).
+    fn ready(&mut self) -> Result<(), SourceError> {
+        if self.conn.is_none() {
+            let open_err = |e: &dyn std::fmt::Display| SourceError::Open {
+                what: format!("mysql {}", redact_url(&self.url)),
+                reason: e.to_string(),
+            };
+            let opts = Opts::from_url(&self.url).map_err(|e| open_err(&e))?;
+            let mut conn = Conn::new(opts).map_err(|e| open_err(&e))?;
+            conn.query_drop("SET SESSION time_zone = '+00:00'")
+                .map_err(|e| open_err(&e))?;
+            let secs = self.statement_timeout.as_secs().max(1);
+            if conn
+                .query_drop(format!("SET SESSION max_statement_time = {secs}"))
+                .is_err()
+            {
+                let _ =
+                    conn.query_drop(format!("SET SESSION max_execution_time = {}", secs * 1000));
+            }
+            self.conn = Some(conn);
+        }
+        if self.statements.is_none() {
+            let mapping = &self.context.mapping;
+            let probe = format!(
+                "SELECT {} FROM {} LIMIT 0",
+                keyset::select_list(mapping, ident),
+                crate::sink::Dialect::Mysql.table(&self.table)
+            );
+            let Some(conn) = self.conn.as_mut() else {
+                unreachable!("connected above")
+            };
+            let stmt = conn.prep(&probe).map_err(|e| SourceError::Schema {
+                dataset: self.context.dataset.clone(),
+                problem: e.to_string(),
+            })?;
+            let binary: Vec<bool> = mapping
+                .key()
+                .iter()
+                .chain(mapping.columns())
+                .zip(stmt.columns().iter())
+                .map(|(c, col)| c.kind == ValueKind::Uuid && col.character_set() == BINARY_CHARSET)
+                .collect();
+            self.statements = Some(
+                crate::sink::Statements::new(
+                    crate::sink::Dialect::Mysql,
+                    &self.table,
+                    mapping.clone(),
+                )
+                .with_binary_uuids(binary),
+            );
+        }
+        Ok(())
+    }
+
+    fn value_err(&self, problem: String) -> SourceError {
+        SourceError::Value {
+            dataset: self.context.dataset.clone(),
+            column: "(write)".into(),
+            problem,
+        }
+    }
+
+    fn run_batch(
+        &mut self,
+        writes: &[crate::sink::Write],
+    ) -> Result<Vec<crate::sink::Outcome>, SourceError> {
+        self.ready()?;
+        let (url, dataset) = (self.url.clone(), self.context.dataset.clone());
+        let write_err = |e: mysql::Error| mysql_write_error(&url, &dataset, e);
+        let value_err = |problem: String| SourceError::Value {
+            dataset: dataset.clone(),
+            column: "(write)".into(),
+            problem,
+        };
+        let (Some(conn), Some(statements)) = (self.conn.as_mut(), self.statements.as_ref()) else {
+            unreachable!("ready above")
+        };
+        let keys: Vec<&[Value]> = writes.iter().map(|w| w.key.as_slice()).collect();
+        let select = statements.select_current(&keys).map_err(value_err)?;
+        let mut tx = match conn.start_transaction(mysql::TxOpts::default()) {
+            Ok(tx) => tx,
+            Err(e) => return Err(write_err(e)),
+        };
+        let rows: Vec<mysql::Row> = match tx.exec(select.as_str(), ()) {
+            Ok(r) => r,
+            Err(e) => return Err(write_err(e)),
+        };
+        let mut found = std::collections::HashMap::new();
+        for row in rows {
+            let r = row_record(&self.context, row.unwrap())?;
+            found.insert(arbor_record::tuple_bytes(&r.key), r);
+        }
+        let current: Vec<Option<Record>> = writes
+            .iter()
+            .map(|w| found.remove(&arbor_record::tuple_bytes(&w.key)))
+            .collect();
+        let decided = crate::sink::decide(&self.keys, writes, &current);
+        for ((w, (_, run)), cur) in writes.iter().zip(&decided).zip(&current) {
+            if *run {
+                let sql = statements.statement(w, cur.is_some()).map_err(value_err)?;
+                if let Err(e) = tx.query_drop(sql) {
+                    // Dropping the transaction rolls it back.
+                    return Err(write_err(e));
+                }
+            }
+        }
+        if let Err(e) = tx.commit() {
+            return Err(write_err(e));
+        }
+        Ok(decided.into_iter().map(|(o, _)| o).collect())
+    }
+}
+
+impl crate::sink::Sink for MysqlSink {
+    fn apply(
+        &mut self,
+        writes: &[crate::sink::Write],
+    ) -> Result<Vec<crate::sink::Outcome>, SourceError> {
+        crate::sink::check_batch(&self.context.mapping, writes, &self.context.dataset)?;
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let result = self.run_batch(writes);
+        if matches!(result, Err(SourceError::Open { .. })) {
+            self.conn = None;
+        }
+        result
+    }
+
+    fn render(&self, write: &crate::sink::Write) -> Result<String, SourceError> {
+        let plain = crate::sink::Statements::new(
+            crate::sink::Dialect::Mysql,
+            &self.table,
+            self.context.mapping.clone(),
+        );
+        self.statements
+            .as_ref()
+            .unwrap_or(&plain)
+            .planned_statement(write)
+            .map_err(|p| self.value_err(p))
+    }
+}
+
+/// A failed repair statement: a lost connection (retry) or a refusal.
+fn mysql_write_error(url: &str, dataset: &str, e: mysql::Error) -> SourceError {
+    if is_connection_error(&e) {
+        SourceError::Open {
+            what: format!("mysql {}", redact_url(url)),
+            reason: e.to_string(),
+        }
+    } else {
+        SourceError::Write {
+            dataset: dataset.to_owned(),
+            reason: e.to_string(),
+        }
+    }
+}
