@@ -1209,3 +1209,216 @@ fn one_way_sync_from_postgres_to_mariadb_survives_a_killed_target() {
     pg.batch_execute(&format!("DROP TABLE {pg_table}")).unwrap();
     my.query_drop(format!("DROP TABLE {my_table}")).unwrap();
 }
+
+/// Rows with their version: (email, name, balance, version) by id.
+type Versioned = BTreeMap<i64, (String, Option<String>, Option<String>, i64)>;
+
+fn pg_versioned(pg: &mut postgres::Client, table: &str) -> Versioned {
+    pg.query(
+        &format!("SELECT customer_id, email, full_name, balance::text, version FROM {table}"),
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), (r.get(1), r.get(2), decimal(r.get(3)), r.get(4))))
+    .collect()
+}
+
+fn my_versioned(my: &mut mysql::Conn, table: &str) -> Versioned {
+    use mysql::prelude::Queryable;
+    type Row = (i64, String, Option<String>, Option<String>, i64);
+    let rows: Vec<Row> = my
+        .query(format!(
+            "SELECT customer_id, email, full_name, CAST(balance AS CHAR), version FROM {table}"
+        ))
+        .unwrap();
+    rows.into_iter()
+        .map(|(id, e, n, b, v)| (id, (e, n, decimal(b), v)))
+        .collect()
+}
+
+#[test]
+fn two_way_sync_between_postgres_and_mariadb_under_lww_ownership_and_manual() {
+    use mysql::prelude::Queryable;
+    let dir = demo(1_000, 0);
+    let (mut pg, _url, pg_table) = crm_into_postgres(dir.path());
+    let (mut my, my_table) = crm_into_mariadb(dir.path());
+    pg.batch_execute(&format!(
+        "ALTER TABLE {pg_table} ADD COLUMN version bigint NOT NULL DEFAULT 1"
+    ))
+    .unwrap();
+    my.query_drop(format!(
+        "ALTER TABLE {my_table} ADD COLUMN version bigint NOT NULL DEFAULT 1"
+    ))
+    .unwrap();
+    let columns = "key = [{ source = \"customer_id\", name = \"id\", kind = \"integer\" }]\n\
+         columns = [\n  { source = \"email\", kind = \"text\" },\n  { source = \"full_name\", name = \"name\", kind = \"text\" },\n\
+           { source = \"balance\", kind = \"decimal\" },\n  { source = \"version\", kind = \"integer\" },\n]\n\
+         serve_values = true\nallow_repairs = true\n";
+    for (file, data, source) in [
+        (
+            "pg.toml",
+            "pg-data",
+            format!(
+                "{{ kind = \"postgres\", url_env = \"ARBOR_TEST_POSTGRES_URL\", table = \"{pg_table}\" }}"
+            ),
+        ),
+        (
+            "my.toml",
+            "my-data",
+            format!(
+                "{{ kind = \"mysql\", url_env = \"ARBOR_TEST_MYSQL_URL\", table = \"{my_table}\" }}"
+            ),
+        ),
+    ] {
+        std::fs::write(
+            dir.path().join(file),
+            format!(
+                "[agent]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\n\n[[dataset]]\nname = \"customers\"\n\
+                 secret = \"arbor demo secret: use secret_env or secret_file in production\"\n\
+                 source = {source}\n{columns}"
+            ),
+        )
+        .unwrap();
+    }
+    // Edits on each side: one side only, both sides, inserts, and a tie.
+    pg.batch_execute(&format!(
+        "UPDATE {pg_table} SET email = 'pg' || customer_id, version = 2 WHERE customer_id BETWEEN 1 AND 5;
+         UPDATE {pg_table} SET email = 'pg-both', version = 3 WHERE customer_id = 20;
+         UPDATE {pg_table} SET email = 'tie-pg', version = 5 WHERE customer_id = 30;
+         INSERT INTO {pg_table} (customer_id, email, version) VALUES (500001, 'only-pg', 1);"
+    ))
+    .unwrap();
+    my.query_drop(format!(
+        "UPDATE {my_table} SET balance = 1000 + customer_id, version = 2 WHERE customer_id BETWEEN 10 AND 14;
+         UPDATE {my_table} SET balance = 42, version = 2 WHERE customer_id = 20;
+         UPDATE {my_table} SET email = 'tie-my', version = 5 WHERE customer_id = 30;
+         INSERT INTO {my_table} (customer_id, email, version) VALUES (600001, 'only-my', 1);"
+    ))
+    .unwrap();
+    let (pg_before, my_before) = (
+        pg_versioned(&mut pg, &pg_table),
+        my_versioned(&mut my, &my_table),
+    );
+    let source = AgentProcess::start(dir.path(), "pg.toml");
+    let target = AgentProcess::start(dir.path(), "my.toml");
+    let endpoints = [
+        "--source",
+        source.address.as_str(),
+        "--target",
+        target.address.as_str(),
+        "--dataset",
+        "customers",
+        "--policy",
+        "two-way",
+    ];
+
+    // lww on version: the newer row wins whole, inserts cross, the tie waits.
+    let (code, report, _) = sync_json(
+        dir.path(),
+        &[
+            &["run"][..],
+            &endpoints,
+            &["--rule", "lww:version", "--execute"],
+        ]
+        .concat(),
+    );
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(report["unresolved"], 1, "{report}");
+    assert_eq!(report["unresolved_keys"], serde_json::json!(["30"]));
+    assert_eq!(report["planned_to_source"], 6, "{report}"); // 10..14 and 600001
+    assert_eq!(report["planned_to_target"], 7, "{report}"); // 1..5, 20 and 500001
+    assert_eq!(report["applied"], 13);
+    assert_eq!(report["drift_after"], 1);
+    let mut want = pg_before.clone();
+    for id in 10..=14 {
+        want.insert(id, my_before[&id].clone());
+    }
+    want.insert(600001, my_before[&600001].clone());
+    let (pg_now, my_now) = (
+        pg_versioned(&mut pg, &pg_table),
+        my_versioned(&mut my, &my_table),
+    );
+    let mut want_my = want.clone();
+    want_my.insert(30, my_before[&30].clone());
+    assert_eq!(pg_now, want, "PostgreSQL after lww");
+    assert_eq!(my_now, want_my, "MariaDB after lww");
+
+    // manual: a row changed on both sides is reported, never written.
+    pg.batch_execute(&format!(
+        "UPDATE {pg_table} SET email = 'm-pg' WHERE customer_id = 50"
+    ))
+    .unwrap();
+    my.query_drop(format!(
+        "UPDATE {my_table} SET balance = 7 WHERE customer_id = 50"
+    ))
+    .unwrap();
+    // These agents follow no capture: restart them to index the edits.
+    drop((source, target));
+    let source = AgentProcess::start(dir.path(), "pg.toml");
+    let target = AgentProcess::start(dir.path(), "my.toml");
+    let endpoints = [
+        "--source",
+        source.address.as_str(),
+        "--target",
+        target.address.as_str(),
+        "--dataset",
+        "customers",
+        "--policy",
+        "two-way",
+    ];
+    let (code, report, _) = sync_json(
+        dir.path(),
+        &[&["run"][..], &endpoints, &["--rule", "manual", "--execute"]].concat(),
+    );
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(report["unresolved"], 2, "{report}"); // 30 and 50
+    assert_eq!(report["applied"], 0);
+    assert_eq!(pg_versioned(&mut pg, &pg_table)[&50].0, "m-pg");
+    assert_eq!(
+        my_versioned(&mut my, &my_table)[&50].2.as_deref(),
+        Some("7")
+    );
+
+    // ownership: email belongs to PostgreSQL, balance to MariaDB; the rest
+    // (name, version) falls back to PostgreSQL. Both rows become the merge.
+    let (code, report, _) = sync_json(
+        dir.path(),
+        &[
+            &["run"][..],
+            &endpoints,
+            &[
+                "--rule",
+                "ownership",
+                "--owner",
+                "email=source",
+                "--owner",
+                "balance=target",
+                "--fallback",
+                "priority:source",
+                "--execute",
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["drift_after"], 0);
+    let (pg_end, my_end) = (
+        pg_versioned(&mut pg, &pg_table),
+        my_versioned(&mut my, &my_table),
+    );
+    assert_eq!(pg_end, my_end);
+    assert_eq!(
+        pg_end[&50],
+        (
+            "m-pg".to_string(),
+            pg_now[&50].1.clone(),
+            Some("7".to_string()),
+            1
+        )
+    );
+    assert_eq!(pg_end[&30].0, "tie-pg");
+    assert_eq!(pg_end[&30].2, my_now[&30].2);
+    pg.batch_execute(&format!("DROP TABLE {pg_table}")).unwrap();
+    my.query_drop(format!("DROP TABLE {my_table}")).unwrap();
+}

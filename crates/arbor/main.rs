@@ -104,9 +104,22 @@ struct SyncArgs {
     /// The dataset's name on the target.
     #[arg(long)]
     target_dataset: Option<String>,
-    /// Records only on the target: delete, keep or report.
+    /// `one-way` (from --source, the source of truth) or `two-way`.
+    #[arg(long, default_value = "one-way")]
+    policy: String,
+    /// one-way: records only on the target: delete, keep or report.
     #[arg(long, default_value = "report")]
     extra: String,
+    /// two-way: `lww:COLUMN`, `priority:source|target`, `ownership` or `manual`.
+    #[arg(long)]
+    rule: Option<String>,
+    /// two-way ownership: `COLUMN=source|target` (canonical names), repeated.
+    #[arg(long = "owner")]
+    owners: Vec<String>,
+    /// two-way ownership: the rule for unowned columns (`lww:COLUMN` or
+    /// `priority:source|target`).
+    #[arg(long, default_value = "priority:source")]
+    fallback: String,
     /// Writes per batch (one target transaction each).
     #[arg(long, default_value_t = 500)]
     batch: usize,
@@ -359,16 +372,45 @@ fn config_check(args: &ConfigArgs) -> Result<u8> {
 }
 
 async fn sync(command: SyncCommand) -> Result<u8> {
-    use arbor::sync::{Extra, SyncOptions};
+    use arbor::sync::{Extra, Policy, Rule, SyncOptions};
     let (args, execute, plan_only) = match command {
         SyncCommand::Plan(a) => (a, false, true),
         SyncCommand::Run { args, execute } => (args, execute, false),
     };
-    let extra = match args.extra.as_str() {
-        "delete" => Extra::Delete,
-        "keep" => Extra::Keep,
-        "report" => Extra::Report,
-        other => anyhow::bail!("--extra {other:?}: expected delete, keep or report"),
+    let policy = match args.policy.as_str() {
+        "one-way" | "one_way" => Policy::OneWay(match args.extra.as_str() {
+            "delete" => Extra::Delete,
+            "keep" => Extra::Keep,
+            "report" => Extra::Report,
+            other => anyhow::bail!("--extra {other:?}: expected delete, keep or report"),
+        }),
+        "two-way" | "two_way" => {
+            let rule = args.rule.as_deref().context(
+                "--policy two-way needs --rule (lww:COLUMN, priority:SIDE, ownership or manual)",
+            )?;
+            let rule = match rule {
+                "ownership" => {
+                    let mut owners = std::collections::HashMap::new();
+                    for o in &args.owners {
+                        let (col, side) = o.split_once('=').with_context(|| {
+                            format!("--owner {o:?}: expected COLUMN=source|target")
+                        })?;
+                        owners.insert(col.to_owned(), parse_side(side)?);
+                    }
+                    anyhow::ensure!(
+                        !owners.is_empty(),
+                        "--rule ownership needs --owner COLUMN=SIDE"
+                    );
+                    Rule::Ownership {
+                        owners,
+                        fallback: Box::new(parse_rule(&args.fallback)?),
+                    }
+                }
+                other => parse_rule(other)?,
+            };
+            Policy::TwoWay(rule)
+        }
+        other => anyhow::bail!("--policy {other:?}: expected one-way or two-way"),
     };
     let mut opts = SyncOptions {
         source: args.source.clone(),
@@ -378,7 +420,7 @@ async fn sync(command: SyncCommand) -> Result<u8> {
             .clone()
             .unwrap_or_else(|| args.dataset.clone()),
         dataset: args.dataset.clone(),
-        extra,
+        policy,
         batch: args.batch.clamp(1, arbor::repair::MAX_WRITES_PER_BATCH),
         max_rows_per_sec: args.max_rows_per_sec,
         retry_for: std::time::Duration::from_secs(args.retry_secs),
@@ -431,22 +473,29 @@ async fn sync(command: SyncCommand) -> Result<u8> {
             for a in &actions {
                 writeln!(
                     out,
-                    "{:<7} {:<18} {:<24} {}",
+                    "{:<10} {:<6} {:<18} {:<24} {}",
                     a.action,
+                    match a.side {
+                        arbor::sync::Side::Source => "source",
+                        arbor::sync::Side::Target => "target",
+                    },
                     a.drift,
                     a.key,
-                    a.sql.as_deref().unwrap_or("")
+                    a.sql.as_deref().or(a.reason.as_deref()).unwrap_or("")
                 )?;
             }
         }
         writeln!(
             out,
-            "run {}: {} drifting, {} upserts and {} deletes planned, {} kept{}",
+            "run {}: {} drifting, {} upserts and {} deletes planned ({} to the source, {} to the target), {} kept, {} unresolved{}",
             report.run_id,
             report.drift,
             report.planned_upserts,
             report.planned_deletes,
+            report.planned_to_source,
+            report.planned_to_target,
             report.kept,
+            report.unresolved,
             if report.vanished > 0 {
                 format!(", {} vanished from the source", report.vanished)
             } else {
@@ -485,6 +534,29 @@ async fn sync(command: SyncCommand) -> Result<u8> {
         report.drift == 0
     };
     Ok(if clean { 0 } else { 1 })
+}
+
+fn parse_side(s: &str) -> Result<arbor::sync::Side> {
+    match s {
+        "source" => Ok(arbor::sync::Side::Source),
+        "target" => Ok(arbor::sync::Side::Target),
+        other => anyhow::bail!("{other:?} is not a side: expected source or target"),
+    }
+}
+
+/// `lww:COLUMN`, `priority:SIDE` or `manual`.
+fn parse_rule(s: &str) -> Result<arbor::sync::Rule> {
+    use arbor::sync::Rule;
+    match s.split_once(':') {
+        Some(("lww", col)) if !col.is_empty() => Ok(Rule::Lww {
+            column: col.to_owned(),
+        }),
+        Some(("priority", side)) => Ok(Rule::Priority(parse_side(side)?)),
+        None if s == "manual" => Ok(Rule::Manual),
+        _ => anyhow::bail!(
+            "rule {s:?}: expected lww:COLUMN, priority:source|target, ownership or manual"
+        ),
+    }
 }
 
 fn capture_drop(args: &IndexArgs, publication: bool) -> Result<u8> {

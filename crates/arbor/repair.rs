@@ -220,6 +220,12 @@ impl RepairService for RepairServer {
         let source = ds.source.clone().ok_or_else(|| {
             Status::failed_precondition(format!("dataset {:?} has no system attached", req.dataset))
         })?;
+        let columns: Vec<String> = d
+            .mapping
+            .columns()
+            .iter()
+            .map(|c| c.canonical().to_owned())
+            .collect();
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         tokio::task::spawn_blocking(move || {
             for chunk in keys.chunks(FETCH_BATCH) {
@@ -228,6 +234,7 @@ impl RepairService for RepairServer {
                     s.fetch(chunk)
                 };
                 let batch = found.map_err(source_status).map(|rows| pb::RecordBatch {
+                    columns: columns.clone(),
                     records: chunk
                         .iter()
                         .zip(rows)
@@ -285,10 +292,12 @@ impl RepairService for RepairServer {
             )));
         }
         let (runs, sinks) = (Arc::clone(&self.runs), Arc::clone(&self.sinks));
+        // One run may write to several datasets of this agent (two-way).
+        let journal_key = format!("{}/{}", req.run_id, req.dataset);
         let response = tokio::task::spawn_blocking(move || -> Result<_, Status> {
             if !req.dry_run
                 && let Some(raw) = runs
-                    .get_journal(&req.run_id, req.batch)
+                    .get_journal(&journal_key, req.batch)
                     .map_err(index_status)?
             {
                 let j: Journalled = serde_json::from_slice(&raw)
@@ -363,7 +372,7 @@ impl RepairService for RepairServer {
                     .collect(),
             };
             let raw = serde_json::to_vec(&journal).map_err(|e| Status::internal(e.to_string()))?;
-            runs.put_journal(&req.run_id, req.batch, &raw)
+            runs.put_journal(&journal_key, req.batch, &raw)
                 .map_err(index_status)?;
             let applied = outcomes.iter().filter(|o| **o == Outcome::Applied).count();
             info!(

@@ -1,29 +1,45 @@
-//! One-way synchronisation from a source of truth to a target, driven from
-//! the client: compare, plan, (dry run or) execute, verify.
+//! Synchronisation between two agents' datasets, driven from the client:
+//! compare, plan under a policy, (dry run or) execute, verify.
 //!
 //! ```text
-//!   compare (digests only) ─▶ plan: per drifting key an upsert or delete,
-//!        │                    with the digest the target row had
-//!        ▼
-//!   FetchRecords from the source (values, only what the plan writes)
+//!   compare (digests only) ─▶ drifting keys, with each side's digest
 //!        │
+//!        ▼  FetchRecords: values of the rows the policy needs, nothing else
+//!   plan: per key, writes to the source and/or the target, each carrying
+//!        │ the digest that side had, or an unresolved conflict
 //!        ▼  batches, throttled, retried on transient errors
-//!   ApplyChanges on the target: conditional writes, journalled per batch
+//!   ApplyChanges on each side: conditional writes, journalled per batch
 //!        │
 //!        ▼
 //!   compare again: the roots match, or the report says what is left
 //! ```
 //!
+//! Policies:
+//!
+//! * **one_way** from the source of truth: missing and changed rows are
+//!   written to the target; rows only on the target are deleted, kept or
+//!   reported (`--extra`).
+//! * **two_way**: a row on one side only is copied to the other (without
+//!   tombstones, a delete is never inferred from absence); a row changed on
+//!   both sides is settled by the rule: `lww` (the greater value of a version
+//!   or updated_at column wins; a tie is left unresolved), `priority` (one
+//!   side wins), `ownership` (per column, its owning side's value; a fallback
+//!   rule for unowned columns; the merged row is written wherever it
+//!   differs) or `manual` (reported, never guessed).
+//!
 //! Each batch carries the run id and its number, so a retry after a lost
-//! reply or an agent restart is answered from the target's journal (or
-//! finds its writes already applied): nothing is applied twice.
+//! reply or an agent restart is answered from that agent's journal (or
+//! finds its writes already applied): nothing is applied twice. Every write
+//! is conditional on the digest its side had at plan time, so a row edited
+//! between plan and execute is left alone and reported as a conflict.
 
+use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use arbor_record::{Digest, Value};
 use arbor_sync::{CompareOptions, DriftKind, compare_collect};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tonic::transport::{Channel, Endpoint};
 use tracing::warn;
 
@@ -33,7 +49,17 @@ use crate::proto::v1 as pb;
 use crate::proto::v1::repair_service_client::RepairServiceClient;
 use crate::report::display_key;
 
-/// What to do with records only the target has.
+/// One of the two synchronised datasets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    /// `--source` (the source of truth under one_way).
+    Source,
+    /// `--target`.
+    Target,
+}
+
+/// What one_way does with records only the target has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Extra {
@@ -45,10 +71,41 @@ pub enum Extra {
     Report,
 }
 
+/// How two_way settles a row changed on both sides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rule {
+    /// The side whose `column` (version or updated_at) is greater wins.
+    Lww {
+        /// Canonical name of the column.
+        column: String,
+    },
+    /// This side wins.
+    Priority(Side),
+    /// Per canonical column, its owner's value; `fallback` decides the
+    /// columns nobody owns.
+    Ownership {
+        /// Column → owning side.
+        owners: HashMap<String, Side>,
+        /// Lww or Priority.
+        fallback: Box<Rule>,
+    },
+    /// Never guessed: reported for a person to settle.
+    Manual,
+}
+
+/// A sync policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Policy {
+    /// From the source of truth to the target.
+    OneWay(Extra),
+    /// Both sides take edits.
+    TwoWay(Rule),
+}
+
 /// A sync job.
 #[derive(Debug, Clone)]
 pub struct SyncOptions {
-    /// Source-of-truth agent, `http://host:port`.
+    /// Source agent, `http://host:port`.
     pub source: String,
     /// Target agent.
     pub target: String,
@@ -56,28 +113,43 @@ pub struct SyncOptions {
     pub dataset: String,
     /// Dataset name on the target.
     pub target_dataset: String,
-    /// Records only on the target.
-    pub extra: Extra,
-    /// Writes per batch (one transaction on the target).
+    /// The policy.
+    pub policy: Policy,
+    /// Writes per batch (one transaction on the written side).
     pub batch: usize,
     /// Rows per second, 0 for no throttle.
     pub max_rows_per_sec: u64,
-    /// How long a batch is retried while the target is unreachable.
+    /// How long a batch is retried while its agent is unreachable.
     pub retry_for: Duration,
+}
+
+impl SyncOptions {
+    fn agent(&self, side: Side) -> (&str, &str) {
+        match side {
+            Side::Source => (&self.source, &self.dataset),
+            Side::Target => (&self.target, &self.target_dataset),
+        }
+    }
 }
 
 /// One planned action.
 #[derive(Debug, Clone, Serialize)]
 pub struct Action {
-    /// `upsert`, `delete`, `keep` or `report`.
+    /// `upsert`, `delete`, `keep`, `report` or `unresolved`.
     pub action: &'static str,
-    /// Why: the drift kind.
+    /// Where it writes.
+    pub side: Side,
+    /// Why: `missing_on_target`, `missing_on_source`, `changed`,
+    /// `only_on_target`, or `planned` (from a saved plan).
     pub drift: &'static str,
     /// The key, human form.
     pub key: String,
     /// Canonical key bytes, hex.
     pub canonical_key: String,
-    /// The SQL the target would run (dry run only).
+    /// For `unresolved`: why no rule settled it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The SQL the written side would run (dry run only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sql: Option<String>,
     #[serde(skip)]
@@ -111,13 +183,13 @@ impl Action {
 
 /// A plan saved for review and later execution (`arbor sync plan --out`):
 /// exactly these writes run, each still conditional on the digest seen here.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PlanFile {
     /// Format version (1).
     pub version: u32,
     /// The run id the execution journals under.
     pub run_id: String,
-    /// Source-of-truth agent.
+    /// Source agent.
     pub source: String,
     /// Target agent.
     pub target: String,
@@ -129,18 +201,25 @@ pub struct PlanFile {
     pub writes: Vec<PlanEntry>,
 }
 
+fn target_side() -> Side {
+    Side::Target
+}
+
 /// One write of a saved plan.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PlanEntry {
     /// `upsert` or `delete`.
     pub action: String,
+    /// The side written (default: the target).
+    #[serde(default = "target_side")]
+    pub side: Side,
     /// The drift kind behind it.
     pub drift: String,
     /// The key, human form.
     pub key: String,
     /// Canonical key bytes, hex.
     pub canonical_key: String,
-    /// The target row's digest at plan time, hex (absent: no row).
+    /// The written side's row digest at plan time, hex (absent: no row).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_digest: Option<String>,
     /// New values, canonical column order (upserts).
@@ -163,6 +242,7 @@ impl PlanFile {
                 .filter(|a| a.writes())
                 .map(|a| PlanEntry {
                     action: a.action.to_owned(),
+                    side: a.side,
                     drift: a.drift.to_owned(),
                     key: a.key.clone(),
                     canonical_key: a.canonical_key.clone(),
@@ -218,9 +298,11 @@ impl PlanFile {
                 };
                 Ok(Action {
                     action,
+                    side: e.side,
                     drift: "planned",
                     key: e.key.clone(),
                     canonical_key: e.canonical_key.clone(),
+                    reason: None,
                     sql: None,
                     key_bytes,
                     expected,
@@ -234,27 +316,35 @@ impl PlanFile {
 /// What a sync run did.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct SyncReport {
-    /// The run id (journal key on the target).
+    /// The run id (journal key on the written agents).
     pub run_id: String,
     /// Whether writes were executed (false: a plan only).
     pub executed: bool,
     /// Drifting keys found.
     pub drift: u64,
-    /// Planned upserts and deletes.
+    /// Planned upserts, both sides.
     pub planned_upserts: u64,
-    /// See `planned_upserts`.
+    /// Planned deletes.
     pub planned_deletes: u64,
+    /// Planned writes to the source (two_way).
+    pub planned_to_source: u64,
+    /// Planned writes to the target.
+    pub planned_to_target: u64,
     /// Target-only records left alone (`keep`/`report`).
     pub kept: u64,
-    /// Keys the source no longer had when its values were fetched.
+    /// Changed-on-both rows no rule settled (`manual`, lww ties).
+    pub unresolved: u64,
+    /// Keys of the unresolved rows (human form), at most 100.
+    pub unresolved_keys: Vec<String>,
+    /// Keys a side no longer had when its values were fetched.
     pub vanished: u64,
     /// Writes applied.
     pub applied: u64,
     /// Writes found already applied (a replay).
     pub already_applied: u64,
-    /// Writes skipped because the target row changed since the plan.
+    /// Writes skipped because the row changed since the plan.
     pub conflicts: u64,
-    /// Batches answered from the target's journal.
+    /// Batches answered from an agent's journal.
     pub replayed_batches: u64,
     /// Keys of the conflicts (human form), at most 100.
     pub conflict_keys: Vec<String>,
@@ -278,9 +368,12 @@ pub enum SyncError {
         /// Its status message and code.
         message: String,
     },
+    /// The job cannot run as configured.
+    #[error("{0}")]
+    Invalid(String),
 }
 
-fn channel(address: &str) -> Result<Channel, SyncError> {
+fn repair_client(address: &str) -> Result<RepairServiceClient<Channel>, SyncError> {
     let endpoint = Endpoint::from_shared(address.to_owned())
         .map_err(|e| SyncError::Agent {
             agent: address.to_owned(),
@@ -288,11 +381,7 @@ fn channel(address: &str) -> Result<Channel, SyncError> {
         })?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
-    Ok(endpoint.connect_lazy())
-}
-
-fn repair_client(address: &str) -> Result<RepairServiceClient<Channel>, SyncError> {
-    Ok(RepairServiceClient::new(channel(address)?)
+    Ok(RepairServiceClient::new(endpoint.connect_lazy())
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
@@ -304,7 +393,7 @@ fn agent_err(agent: &str, s: &tonic::Status) -> SyncError {
     }
 }
 
-async fn drift_count(opts: &SyncOptions) -> Result<(Vec<arbor_sync::Drift>, u64), SyncError> {
+async fn drift_of(opts: &SyncOptions) -> Result<Vec<arbor_sync::Drift>, SyncError> {
     let left = GrpcPeer::new(&opts.source, &opts.dataset, RetryPolicy::default())
         .map_err(|e| SyncError::Compare(e.to_string()))?;
     let right = GrpcPeer::new(&opts.target, &opts.target_dataset, RetryPolicy::default())
@@ -312,74 +401,39 @@ async fn drift_count(opts: &SyncOptions) -> Result<(Vec<arbor_sync::Drift>, u64)
     let (drift, _) = compare_collect(&left, &right, &CompareOptions::default())
         .await
         .map_err(|e| SyncError::Compare(e.to_string()))?;
-    let n = drift.len() as u64;
-    Ok((drift, n))
+    Ok(drift)
 }
 
-/// Compares and plans; fetches the values the plan writes. With `dry_run`
-/// the target renders each write's SQL.
-pub async fn plan(
-    opts: &SyncOptions,
-    dry_run: bool,
-) -> Result<(Vec<Action>, SyncReport), SyncError> {
-    let started = Instant::now();
-    let (drift, n) = drift_count(opts).await?;
-    let mut report = SyncReport {
-        run_id: crate::agent::new_run_id(),
-        drift: n,
-        ..SyncReport::default()
-    };
-    let mut actions: Vec<Action> = drift
-        .iter()
-        .map(|d| {
-            let (action, drift, expected) = match d.kind {
-                DriftKind::MissingRight => ("upsert", "missing_on_target", None),
-                DriftKind::Changed => ("upsert", "changed", d.right),
-                DriftKind::MissingLeft => (
-                    match opts.extra {
-                        Extra::Delete => "delete",
-                        Extra::Keep => "keep",
-                        Extra::Report => "report",
-                    },
-                    "only_on_target",
-                    d.right,
-                ),
-            };
-            Action {
-                action,
-                drift,
-                key: display_key(&d.key),
-                canonical_key: hex::encode(&d.key),
-                sql: None,
-                key_bytes: d.key.clone(),
-                expected,
-                values: None,
-            }
-        })
-        .collect();
+/// Values fetched from one side: by canonical key (`None`: absent), and
+/// the canonical names of the value columns.
+struct Fetched {
+    rows: HashMap<Vec<u8>, Option<Vec<Value>>>,
+    columns: Vec<String>,
+}
 
-    // Values for the upserts, from the source of truth.
-    let wanted: Vec<Vec<u8>> = actions
-        .iter()
-        .filter(|a| a.action == "upsert")
-        .map(|a| a.key_bytes.clone())
-        .collect();
-    let mut values: HashMap<Vec<u8>, Option<Vec<Value>>> = HashMap::new();
-    let mut source = repair_client(&opts.source)?;
-    for chunk in wanted.chunks(crate::repair::MAX_FETCH_KEYS) {
-        let mut stream = source
+async fn fetch(opts: &SyncOptions, side: Side, keys: Vec<Vec<u8>>) -> Result<Fetched, SyncError> {
+    let (agent, dataset) = opts.agent(side);
+    let mut out = Fetched {
+        rows: HashMap::new(),
+        columns: Vec::new(),
+    };
+    if keys.is_empty() {
+        return Ok(out);
+    }
+    let mut client = repair_client(agent)?;
+    for chunk in keys.chunks(crate::repair::MAX_FETCH_KEYS) {
+        let mut stream = client
             .fetch_records(pb::FetchRecordsRequest {
-                dataset: opts.dataset.clone(),
+                dataset: dataset.to_owned(),
                 canonical_keys: chunk.to_vec(),
             })
             .await
-            .map_err(|s| agent_err(&opts.source, &s))?
+            .map_err(|s| agent_err(agent, &s))?
             .into_inner();
-        while let Some(batch) = stream
-            .message()
-            .await
-            .map_err(|s| agent_err(&opts.source, &s))?
-        {
+        while let Some(batch) = stream.message().await.map_err(|s| agent_err(agent, &s))? {
+            if out.columns.is_empty() {
+                out.columns = batch.columns;
+            }
             for r in batch.records {
                 let v = if r.found {
                     Some(
@@ -388,59 +442,273 @@ pub async fn plan(
                             .map(|v| convert::typed_value("values", v))
                             .collect::<Result<Vec<_>, _>>()
                             .map_err(|m| SyncError::Agent {
-                                agent: opts.source.clone(),
+                                agent: agent.to_owned(),
                                 message: m.to_string(),
                             })?,
                     )
                 } else {
                     None
                 };
-                values.insert(r.canonical_key, v);
+                out.rows.insert(r.canonical_key, v);
             }
         }
     }
-    actions.retain_mut(|a| {
-        if a.action != "upsert" {
-            return true;
+    Ok(out)
+}
+
+/// Orders two version values (integers, timestamps, dates, decimals).
+fn version_cmp(a: &Value, b: &Value) -> Option<Ordering> {
+    match (a, b) {
+        (Value::Integer(x), Value::Integer(y)) => Some(x.cmp(y)),
+        (Value::Timestamp(x), Value::Timestamp(y)) => Some(x.cmp(y)),
+        (Value::Date(x), Value::Date(y)) => Some(x.cmp(y)),
+        (Value::Decimal(x), Value::Decimal(y)) => {
+            let (x, y) = (
+                x.as_str().parse::<f64>().ok()?,
+                y.as_str().parse::<f64>().ok()?,
+            );
+            x.partial_cmp(&y)
         }
-        match values.remove(&a.key_bytes).flatten() {
-            Some(v) => {
-                a.values = Some(v);
-                true
-            }
-            None => {
-                // Gone from the source since the compare: the next run sees it.
-                report.vanished += 1;
-                false
+        // A row with a version beats one without.
+        (Value::Null, Value::Null) => None,
+        (Value::Null, _) => Some(Ordering::Less),
+        (_, Value::Null) => Some(Ordering::Greater),
+        _ => None,
+    }
+}
+
+/// The winning side of a changed row under a whole-row rule.
+fn winner(rule: &Rule, columns: &[String], s: &[Value], t: &[Value]) -> Result<Side, String> {
+    match rule {
+        Rule::Priority(side) => Ok(*side),
+        Rule::Lww { column } => {
+            let i = columns
+                .iter()
+                .position(|c| c == column)
+                .ok_or_else(|| format!("lww column {column:?} is not a compared column"))?;
+            match version_cmp(&s[i], &t[i]) {
+                Some(Ordering::Greater) => Ok(Side::Source),
+                Some(Ordering::Less) => Ok(Side::Target),
+                Some(Ordering::Equal) => Err(format!("lww: equal {column} on both sides")),
+                None => Err(format!("lww: {column} values cannot be ordered")),
             }
         }
-    });
+        Rule::Manual => Err("manual: changed on both sides".into()),
+        Rule::Ownership { .. } => Err("ownership cannot be a fallback".into()),
+    }
+}
+
+/// The row each side should hold after settling a changed row: `Ok((for
+/// source, for target))` with `None` where that side keeps its row.
+type Settled = (Option<Vec<Value>>, Option<Vec<Value>>);
+
+fn settle(rule: &Rule, columns: &[String], s: &[Value], t: &[Value]) -> Result<Settled, String> {
+    let merged: Vec<Value> = match rule {
+        Rule::Ownership { owners, fallback } => {
+            // The fallback only matters if some column is unowned.
+            let unowned = columns.iter().any(|c| !owners.contains_key(c));
+            let fallback_side = if unowned {
+                Some(winner(fallback, columns, s, t)?)
+            } else {
+                None
+            };
+            columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let side = owners
+                        .get(c)
+                        .copied()
+                        .or(fallback_side)
+                        .unwrap_or(Side::Source);
+                    match side {
+                        Side::Source => s[i].clone(),
+                        Side::Target => t[i].clone(),
+                    }
+                })
+                .collect()
+        }
+        whole => match winner(whole, columns, s, t)? {
+            Side::Source => s.to_vec(),
+            Side::Target => t.to_vec(),
+        },
+    };
+    let to_source = (merged.as_slice() != s).then(|| merged.clone());
+    let to_target = (merged.as_slice() != t).then_some(merged);
+    Ok((to_source, to_target))
+}
+
+/// Compares and plans; fetches the values the plan writes. With `dry_run`
+/// each written side renders its SQL.
+pub async fn plan(
+    opts: &SyncOptions,
+    dry_run: bool,
+) -> Result<(Vec<Action>, SyncReport), SyncError> {
+    let started = Instant::now();
+    let drift = drift_of(opts).await?;
+    let mut report = SyncReport {
+        run_id: crate::agent::new_run_id(),
+        drift: drift.len() as u64,
+        ..SyncReport::default()
+    };
+    let two_way = matches!(opts.policy, Policy::TwoWay(_));
+
+    // Which values each side must hand over.
+    let mut from_source = Vec::new();
+    let mut from_target = Vec::new();
+    for d in &drift {
+        match d.kind {
+            DriftKind::MissingRight => from_source.push(d.key.clone()),
+            DriftKind::MissingLeft if two_way => from_target.push(d.key.clone()),
+            DriftKind::MissingLeft => {}
+            DriftKind::Changed => {
+                from_source.push(d.key.clone());
+                if two_way {
+                    from_target.push(d.key.clone());
+                }
+            }
+        }
+    }
+    let mut source = fetch(opts, Side::Source, from_source).await?;
+    let mut target = fetch(opts, Side::Target, from_target).await?;
+    if two_way
+        && !source.columns.is_empty()
+        && !target.columns.is_empty()
+        && source.columns != target.columns
+    {
+        return Err(SyncError::Invalid(format!(
+            "the two datasets name their columns differently ({:?} vs {:?})",
+            source.columns, target.columns
+        )));
+    }
+    let columns = if source.columns.is_empty() {
+        target.columns.clone()
+    } else {
+        source.columns.clone()
+    };
+
+    let mut actions = Vec::new();
+    for d in &drift {
+        let base = |action: &'static str, side: Side, drift: &'static str| Action {
+            action,
+            side,
+            drift,
+            key: display_key(&d.key),
+            canonical_key: hex::encode(&d.key),
+            reason: None,
+            sql: None,
+            key_bytes: d.key.clone(),
+            expected: match side {
+                Side::Source => d.left,
+                Side::Target => d.right,
+            },
+            values: None,
+        };
+        let take = |f: &mut Fetched| f.rows.remove(&d.key).flatten();
+        match (d.kind, &opts.policy) {
+            (DriftKind::MissingRight, _) => match take(&mut source) {
+                Some(v) => actions.push(Action {
+                    values: Some(v),
+                    ..base("upsert", Side::Target, "missing_on_target")
+                }),
+                None => report.vanished += 1,
+            },
+            (DriftKind::MissingLeft, Policy::OneWay(extra)) => actions.push(base(
+                match extra {
+                    Extra::Delete => "delete",
+                    Extra::Keep => "keep",
+                    Extra::Report => "report",
+                },
+                Side::Target,
+                "only_on_target",
+            )),
+            (DriftKind::MissingLeft, Policy::TwoWay(_)) => match take(&mut target) {
+                Some(v) => actions.push(Action {
+                    values: Some(v),
+                    ..base("upsert", Side::Source, "missing_on_source")
+                }),
+                None => report.vanished += 1,
+            },
+            (DriftKind::Changed, Policy::OneWay(_)) => match take(&mut source) {
+                Some(v) => actions.push(Action {
+                    values: Some(v),
+                    ..base("upsert", Side::Target, "changed")
+                }),
+                None => report.vanished += 1,
+            },
+            (DriftKind::Changed, Policy::TwoWay(rule)) => {
+                let (Some(s), Some(t)) = (take(&mut source), take(&mut target)) else {
+                    report.vanished += 1;
+                    continue;
+                };
+                match settle(rule, &columns, &s, &t) {
+                    Ok((to_source, to_target)) => {
+                        if let Some(v) = to_source {
+                            actions.push(Action {
+                                values: Some(v),
+                                ..base("upsert", Side::Source, "changed")
+                            });
+                        }
+                        if let Some(v) = to_target {
+                            actions.push(Action {
+                                values: Some(v),
+                                ..base("upsert", Side::Target, "changed")
+                            });
+                        }
+                    }
+                    Err(reason) => {
+                        report.unresolved += 1;
+                        if report.unresolved_keys.len() < 100 {
+                            report.unresolved_keys.push(display_key(&d.key));
+                        }
+                        actions.push(Action {
+                            reason: Some(reason),
+                            ..base("unresolved", Side::Target, "changed")
+                        });
+                    }
+                }
+            }
+        }
+    }
     for a in &actions {
         match a.action {
             "upsert" => report.planned_upserts += 1,
             "delete" => report.planned_deletes += 1,
-            _ => report.kept += 1,
+            "keep" | "report" => report.kept += 1,
+            _ => {}
+        }
+        if a.writes() {
+            match a.side {
+                Side::Source => report.planned_to_source += 1,
+                Side::Target => report.planned_to_target += 1,
+            }
         }
     }
     if dry_run {
-        let mut target = repair_client(&opts.target)?;
-        let writing: Vec<usize> = (0..actions.len())
-            .filter(|&i| actions[i].writes())
-            .collect();
-        for chunk in writing.chunks(opts.batch.max(1)) {
-            let resp = target
-                .apply_changes(pb::ApplyChangesRequest {
-                    dataset: opts.target_dataset.clone(),
-                    run_id: String::new(),
-                    batch: 0,
-                    writes: chunk.iter().map(|&i| actions[i].wire()).collect(),
-                    dry_run: true,
-                })
-                .await
-                .map_err(|s| agent_err(&opts.target, &s))?
-                .into_inner();
-            for (&i, r) in chunk.iter().zip(resp.results) {
-                actions[i].sql = Some(r.sql);
+        for side in [Side::Source, Side::Target] {
+            let (agent, dataset) = opts.agent(side);
+            let writing: Vec<usize> = (0..actions.len())
+                .filter(|&i| actions[i].writes() && actions[i].side == side)
+                .collect();
+            if writing.is_empty() {
+                continue;
+            }
+            let mut client = repair_client(agent)?;
+            for chunk in writing.chunks(opts.batch.max(1)) {
+                let resp = client
+                    .apply_changes(pb::ApplyChangesRequest {
+                        dataset: dataset.to_owned(),
+                        run_id: String::new(),
+                        batch: 0,
+                        writes: chunk.iter().map(|&i| actions[i].wire()).collect(),
+                        dry_run: true,
+                    })
+                    .await
+                    .map_err(|s| agent_err(agent, &s))?
+                    .into_inner();
+                for (&i, r) in chunk.iter().zip(resp.results) {
+                    actions[i].sql = Some(r.sql);
+                }
             }
         }
     }
@@ -448,7 +716,7 @@ pub async fn plan(
     Ok((actions, report))
 }
 
-/// Executes a plan on the target, then compares again.
+/// Executes a plan (each side's writes in batches), then compares again.
 pub async fn execute(
     opts: &SyncOptions,
     actions: &[Action],
@@ -456,56 +724,136 @@ pub async fn execute(
 ) -> Result<SyncReport, SyncError> {
     let started = Instant::now();
     report.executed = true;
-    let mut target = repair_client(&opts.target)?;
-    let writing: Vec<&Action> = actions.iter().filter(|a| a.writes()).collect();
     let mut written = 0u64;
-    for (n, chunk) in writing.chunks(opts.batch.max(1)).enumerate() {
-        let request = pb::ApplyChangesRequest {
-            dataset: opts.target_dataset.clone(),
-            run_id: report.run_id.clone(),
-            batch: n as u64,
-            writes: chunk.iter().map(|a| a.wire()).collect(),
-            dry_run: false,
-        };
-        let deadline = Instant::now() + opts.retry_for;
-        let mut backoff = Duration::from_millis(100);
-        let resp = loop {
-            match target.apply_changes(request.clone()).await {
-                Ok(r) => break r.into_inner(),
-                Err(s) if is_transient(&s) && Instant::now() < deadline => {
-                    warn!(target = %opts.target, batch = n, code = ?s.code(), error = %s.message(), "batch failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
-                Err(s) => return Err(agent_err(&opts.target, &s)),
-            }
-        };
-        if resp.replayed {
-            report.replayed_batches += 1;
+    for side in [Side::Target, Side::Source] {
+        let (agent, dataset) = opts.agent(side);
+        let writing: Vec<&Action> = actions
+            .iter()
+            .filter(|a| a.writes() && a.side == side)
+            .collect();
+        if writing.is_empty() {
+            continue;
         }
-        for (a, r) in chunk.iter().zip(&resp.results) {
-            match pb::WriteOutcome::try_from(r.outcome) {
-                Ok(pb::WriteOutcome::Applied) => report.applied += 1,
-                Ok(pb::WriteOutcome::AlreadyApplied) => report.already_applied += 1,
-                Ok(pb::WriteOutcome::Conflict) => {
-                    report.conflicts += 1;
-                    if report.conflict_keys.len() < 100 {
-                        report.conflict_keys.push(a.key.clone());
+        let mut client = repair_client(agent)?;
+        for (n, chunk) in writing.chunks(opts.batch.max(1)).enumerate() {
+            let request = pb::ApplyChangesRequest {
+                dataset: dataset.to_owned(),
+                run_id: report.run_id.clone(),
+                batch: n as u64,
+                writes: chunk.iter().map(|a| a.wire()).collect(),
+                dry_run: false,
+            };
+            let deadline = Instant::now() + opts.retry_for;
+            let mut backoff = Duration::from_millis(100);
+            let resp = loop {
+                match client.apply_changes(request.clone()).await {
+                    Ok(r) => break r.into_inner(),
+                    Err(s) if is_transient(&s) && Instant::now() < deadline => {
+                        warn!(agent, batch = n, code = ?s.code(), error = %s.message(), "batch failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
                     }
+                    Err(s) => return Err(agent_err(agent, &s)),
                 }
-                _ => {}
+            };
+            if resp.replayed {
+                report.replayed_batches += 1;
             }
-        }
-        written += chunk.len() as u64;
-        if opts.max_rows_per_sec > 0 {
-            let due = Duration::from_secs_f64(written as f64 / opts.max_rows_per_sec as f64);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                tokio::time::sleep(wait).await;
+            for (a, r) in chunk.iter().zip(&resp.results) {
+                match pb::WriteOutcome::try_from(r.outcome) {
+                    Ok(pb::WriteOutcome::Applied) => report.applied += 1,
+                    Ok(pb::WriteOutcome::AlreadyApplied) => report.already_applied += 1,
+                    Ok(pb::WriteOutcome::Conflict) => {
+                        report.conflicts += 1;
+                        if report.conflict_keys.len() < 100 {
+                            report.conflict_keys.push(a.key.clone());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            written += chunk.len() as u64;
+            if opts.max_rows_per_sec > 0 {
+                let due = Duration::from_secs_f64(written as f64 / opts.max_rows_per_sec as f64);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    tokio::time::sleep(wait).await;
+                }
             }
         }
     }
-    let (_, left) = drift_count(opts).await?;
-    report.drift_after = Some(left);
+    report.drift_after = Some(drift_of(opts).await?.len() as u64);
     report.elapsed_ms += started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cols() -> Vec<String> {
+        ["credit", "email", "version"].map(String::from).to_vec()
+    }
+
+    fn row(credit: i128, email: &str, version: i128) -> Vec<Value> {
+        vec![
+            Value::Integer(credit),
+            Value::text(email),
+            Value::Integer(version),
+        ]
+    }
+
+    #[test]
+    fn lww_takes_the_greater_version_and_leaves_ties_unresolved() {
+        let rule = Rule::Lww {
+            column: "version".into(),
+        };
+        let (s, t) = (row(1, "a", 5), row(2, "b", 7));
+        assert_eq!(
+            settle(&rule, &cols(), &s, &t).unwrap(),
+            (Some(t.clone()), None)
+        );
+        assert_eq!(
+            settle(&rule, &cols(), &t, &s).unwrap(),
+            (None, Some(t.clone()))
+        );
+        assert!(settle(&rule, &cols(), &row(1, "a", 5), &row(2, "b", 5)).is_err());
+        let missing = Rule::Lww {
+            column: "nope".into(),
+        };
+        assert!(
+            settle(&missing, &cols(), &s, &t)
+                .unwrap_err()
+                .contains("nope")
+        );
+    }
+
+    #[test]
+    fn ownership_merges_per_column_and_writes_where_rows_differ() {
+        let rule = Rule::Ownership {
+            owners: HashMap::from([
+                ("email".to_string(), Side::Source),
+                ("credit".to_string(), Side::Target),
+            ]),
+            fallback: Box::new(Rule::Priority(Side::Source)),
+        };
+        let (s, t) = (row(1, "crm@x", 5), row(900, "erp@x", 7));
+        let merged = row(900, "crm@x", 5);
+        assert_eq!(
+            settle(&rule, &cols(), &s, &t).unwrap(),
+            (Some(merged.clone()), Some(merged))
+        );
+        // Already merged on the target: only the source is written.
+        let (s, t) = (row(1, "crm@x", 5), row(900, "crm@x", 5));
+        assert_eq!(settle(&rule, &cols(), &s, &t).unwrap(), (Some(t), None));
+    }
+
+    #[test]
+    fn manual_is_never_guessed_and_priority_always_decides() {
+        let (s, t) = (row(1, "a", 1), row(2, "b", 2));
+        assert!(settle(&Rule::Manual, &cols(), &s, &t).is_err());
+        assert_eq!(
+            settle(&Rule::Priority(Side::Target), &cols(), &s, &t).unwrap(),
+            (Some(t), None)
+        );
+    }
 }
