@@ -913,8 +913,11 @@ fn one_way_sync_repairs_postgres_from_sqlite_and_never_overwrites_a_later_change
     let (mut pg, _url, table) = crm_into_postgres(dir.path());
     let source = std::fs::read_to_string(dir.path().join("crm.toml"))
         .unwrap()
-        .replace("crm-data", "truth-data")
-        + "serve_values = true\n";
+        .replace("crm-data", "truth-data");
+    assert!(
+        source.contains("serve_values = true"),
+        "the demo serves values"
+    );
     std::fs::write(dir.path().join("truth.toml"), source).unwrap();
     std::fs::write(
         dir.path().join("target.toml"),

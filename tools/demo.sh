@@ -61,3 +61,47 @@ done
 echo
 echo "demo: drift found and reported (exit code 1); the run is kept on the CRM agent"
 "$arbor" runs list --agent "http://$crm" --limit 3
+
+# Repair: one-way from the CRM (the source of truth) to the ERP.
+echo
+echo "demo: one-way repair plan, CRM -> ERP (a dry run: the SQL the ERP would run)"
+# A plan exits 1: there is drift to repair.
+plan=$("$arbor" sync plan --source "http://$crm" --target "http://$erp" --dataset customers --extra delete || true)
+echo "$plan" | head -n 4
+echo "  ..."
+echo "$plan" | tail -n 1
+echo "demo: executing it"
+"$arbor" sync run --source "http://$crm" --target "http://$erp" --dataset customers --extra delete --execute
+"$arbor" compare --agent "http://$crm" --dataset customers --peer "http://$erp" --stats --limit 0
+
+# Two-way: both systems take edits; email belongs to the CRM, the balance to
+# the ERP, everything else follows the CRM.
+echo
+echo "demo: edits on both sides: CRM emails of customers 1-3, ERP credit of 10-12, both on 20"
+python3 - "$work" <<'PY'
+import sqlite3, sys
+crm = sqlite3.connect(f"{sys.argv[1]}/crm.db")
+crm.executescript("""
+  UPDATE customers SET email = 'new' || customer_id || '@crm.example' WHERE customer_id IN (1, 2, 3, 20);
+""")
+crm.commit()
+erp = sqlite3.connect(f"{sys.argv[1]}/erp.db")
+erp.executescript("""
+  UPDATE clients SET credit = '777.00' WHERE client_no IN (10, 11, 12, 20);
+""")
+erp.commit()
+PY
+# The demo agents run without change capture: restart them to index the edits.
+arbor_agents_stop
+arbor_agent_start crm
+arbor_agent_start erp
+crm=$(arbor_agent_address crm)
+erp=$(arbor_agent_address erp)
+set +e
+"$arbor" compare --agent "http://$crm" --dataset customers --peer "http://$erp" --wait 300 --limit 0 >/dev/null
+set -e
+"$arbor" sync run --source "http://$crm" --target "http://$erp" --dataset customers \
+  --policy two-way --rule ownership --owner email=source --owner balance=target --fallback priority:source --execute
+echo
+"$arbor" compare --agent "http://$crm" --dataset customers --peer "http://$erp" --stats --limit 0
+echo "demo: drift found, reported, repaired one way, synchronised two ways: equal roots"

@@ -164,7 +164,7 @@ fn write_config(
          [agent]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{side}-data\"\n\n\
          [[dataset]]\nname = \"customers\"\nsecret = \"{SECRET}\"\n\
          source = {{ kind = \"sqlite\", path = \"{db}\", table = \"{table}\" }}\n\
-         key = [\n{}\n]\ncolumns = [\n{}\n]\n",
+         key = [\n{}\n]\ncolumns = [\n{}\n]\n         # A trial setup: sync runs may read values here and write repairs.\n         serve_values = true\nallow_repairs = true\n",
         key.iter().map(col).collect::<Vec<_>>().join("\n"),
         columns.iter().map(col).collect::<Vec<_>>().join("\n"),
     );
