@@ -22,6 +22,12 @@ use mysql::{Conn, Opts};
 use tracing::{instrument, warn};
 
 use crate::keyset::{self, ChunkContext, ChunkError, Fetched, KeysetReader, ScanOptions};
+
+/// Keys looked up per statement by `fetch`.
+const FETCH_KEYS_PER_STATEMENT: usize = 1_000;
+
+/// Repair statements sent together (one multi-statement query).
+const STATEMENTS_PER_ROUND_TRIP: usize = 200;
 use crate::mapping::Mapping;
 use crate::postgres::redact_url;
 use crate::sqlite::Relation;
@@ -460,34 +466,35 @@ impl Source for MysqlSource {
     }
 
     fn fetch(&mut self, keys: &[Vec<Value>]) -> Result<Vec<Option<Record>>, SourceError> {
-        let sql = format!(
-            "SELECT {} FROM {} WHERE ({}) = ({})",
-            self.columns_sql(),
-            self.from(),
-            self.key_sql(),
-            vec!["?"; self.mapping.key().len()].join(", ")
-        );
-        let mut out = Vec::with_capacity(keys.len());
-        for key in keys {
-            let params = key
-                .iter()
-                .map(key_param)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|p| self.value_error("(key)", p))?;
+        let mut found = std::collections::HashMap::new();
+        // Batches of keys in one statement each (an index lookup per key).
+        for chunk in keys.chunks(FETCH_KEYS_PER_STATEMENT) {
+            let refs: Vec<&[Value]> = chunk.iter().map(Vec::as_slice).collect();
+            let cond =
+                crate::sink::keys_condition(crate::sink::Dialect::Mysql, &self.mapping, &refs)
+                    .map_err(|p| self.value_error("(key)", p))?;
+            let sql = format!(
+                "SELECT {} FROM {} WHERE {cond}",
+                self.columns_sql(),
+                self.from()
+            );
             let dataset = self.dataset();
-            let row: Option<mysql::Row> =
+            let rows: Vec<mysql::Row> =
                 self.conn()?
-                    .exec_first(sql.as_str(), params)
+                    .exec(sql.as_str(), ())
                     .map_err(|e| SourceError::Read {
                         dataset,
                         reason: e.to_string(),
                     })?;
-            out.push(match row {
-                Some(r) => Some(self.record(r.unwrap())?),
-                None => None,
-            });
+            for row in rows {
+                let r = self.record(row.unwrap())?;
+                found.insert(arbor_record::tuple_bytes(&r.key), r);
+            }
         }
-        Ok(out)
+        Ok(keys
+            .iter()
+            .map(|k| found.remove(&arbor_record::tuple_bytes(k)))
+            .collect())
     }
 }
 
@@ -634,13 +641,17 @@ impl MysqlSink {
             .map(|w| found.remove(&arbor_record::tuple_bytes(&w.key)))
             .collect();
         let decided = crate::sink::decide(&self.keys, writes, &current);
+        let mut script = Vec::new();
         for ((w, (_, run)), cur) in writes.iter().zip(&decided).zip(&current) {
             if *run {
-                let sql = statements.statement(w, cur.is_some()).map_err(value_err)?;
-                if let Err(e) = tx.query_drop(sql) {
-                    // Dropping the transaction rolls it back.
-                    return Err(write_err(e));
-                }
+                script.push(statements.statement(w, cur.is_some()).map_err(value_err)?);
+            }
+        }
+        // A few round trips per batch, not one per statement.
+        for group in script.chunks(STATEMENTS_PER_ROUND_TRIP) {
+            if let Err(e) = tx.query_drop(group.join(";\n")) {
+                // Dropping the transaction rolls it back.
+                return Err(write_err(e));
             }
         }
         if let Err(e) = tx.commit() {

@@ -30,6 +30,9 @@ use crate::{Source, SourceError, text};
 
 pub use crate::keyset::ScanOptions;
 
+/// Keys looked up per statement by `fetch`.
+const FETCH_KEYS_PER_STATEMENT: usize = 1_000;
+
 /// A dataset in a PostgreSQL database.
 pub struct PostgresSource {
     url: String,
@@ -513,19 +516,18 @@ impl Source for PostgresSource {
     }
 
     fn fetch(&mut self, keys: &[Vec<Value>]) -> Result<Vec<Option<Record>>, SourceError> {
-        let mut out = Vec::with_capacity(keys.len());
-        for key in keys {
-            let lits = key
-                .iter()
-                .map(literal)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|problem| self.value_error("(key)", problem))?;
+        let context = self.context();
+        let mut found = std::collections::HashMap::new();
+        // Batches of keys in one statement each (an index lookup per key).
+        for chunk in keys.chunks(FETCH_KEYS_PER_STATEMENT) {
+            let refs: Vec<&[Value]> = chunk.iter().map(Vec::as_slice).collect();
+            let cond =
+                crate::sink::keys_condition(crate::sink::Dialect::Postgres, &self.mapping, &refs)
+                    .map_err(|problem| self.value_error("(key)", problem))?;
             let sql = format!(
-                "SELECT {} FROM {} WHERE ({}) = ({})",
+                "SELECT {} FROM {} WHERE {cond}",
                 self.columns_sql(),
-                self.from(),
-                self.key_sql(),
-                lits.join(", ")
+                self.from()
             );
             let dataset = self.dataset();
             let rows = self
@@ -533,17 +535,19 @@ impl Source for PostgresSource {
                 .simple_query(&sql)
                 .map_err(|e| SourceError::Read {
                     dataset,
-                    reason: e.to_string(),
+                    reason: db_message(&e),
                 })?;
-            let mut found = None;
             for m in rows {
                 if let SimpleQueryMessage::Row(row) = m {
-                    found = Some(self.record(self.text_row(&row)?)?);
+                    let r = context.record(text_values(&context, &row)?)?;
+                    found.insert(arbor_record::tuple_bytes(&r.key), r);
                 }
             }
-            out.push(found);
         }
-        Ok(out)
+        Ok(keys
+            .iter()
+            .map(|k| found.remove(&arbor_record::tuple_bytes(k)))
+            .collect())
     }
 }
 

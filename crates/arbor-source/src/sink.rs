@@ -241,10 +241,6 @@ impl Statements {
     /// `SELECT … WHERE key IN (…)` for the given keys, locking the rows
     /// where the dialect can.
     pub fn select_current(&self, keys: &[&[Value]]) -> Result<String, String> {
-        let conds = keys
-            .iter()
-            .map(|k| self.where_key(k).map(|w| format!("({w})")))
-            .collect::<Result<Vec<_>, _>>()?;
         let lock = match self.dialect {
             Dialect::Sqlite => "",
             _ => " FOR UPDATE",
@@ -253,7 +249,7 @@ impl Statements {
             "SELECT {} FROM {} WHERE {}{lock}",
             self.columns(),
             self.table,
-            conds.join(" OR ")
+            keys_condition(self.dialect, &self.mapping, keys)?
         ))
     }
 
@@ -318,6 +314,48 @@ impl Statements {
     pub fn planned_statement(&self, write: &Write) -> Result<String, String> {
         self.statement(write, write.expected.is_some())
     }
+}
+
+/// A condition matching exactly these keys: `k IN (…)` for a one-column
+/// key (an index range lookup in every engine), else `(a = … AND b = …) OR …`.
+pub fn keys_condition(
+    dialect: Dialect,
+    mapping: &Mapping,
+    keys: &[&[Value]],
+) -> Result<String, String> {
+    let cols = mapping.key();
+    if keys.is_empty() {
+        return Ok("1 = 0".into());
+    }
+    if cols.len() == 1 {
+        let list = keys
+            .iter()
+            .map(|k| dialect.literal(&k[0]))
+            .collect::<Result<Vec<_>, _>>()?;
+        return Ok(format!(
+            "{} IN ({})",
+            dialect.ident(&cols[0].source),
+            list.join(", ")
+        ));
+    }
+    let conds = keys
+        .iter()
+        .map(|k| {
+            let parts = cols
+                .iter()
+                .zip(k.iter())
+                .map(|(c, v)| {
+                    Ok(format!(
+                        "{} = {}",
+                        dialect.ident(&c.source),
+                        dialect.literal(v)?
+                    ))
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            Ok(format!("({})", parts.join(" AND ")))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(conds.join(" OR "))
 }
 
 /// Per write, its outcome and whether to run its statement, given the rows
@@ -476,7 +514,7 @@ mod tests {
         assert_eq!(
             pg.select_current(&[&[Value::Integer(1)], &[Value::Integer(2)]])
                 .unwrap(),
-            "SELECT \"id\", \"at\", \"name\" FROM \"crm\".\"customers\" WHERE (\"id\" = '1') OR (\"id\" = '2') FOR UPDATE"
+            "SELECT \"id\", \"at\", \"name\" FROM \"crm\".\"customers\" WHERE \"id\" IN ('1', '2') FOR UPDATE"
         );
     }
 
