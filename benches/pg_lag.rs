@@ -13,8 +13,8 @@
 //! Needs `ARBOR_TEST_POSTGRES_URL` with wal_level=logical: run it through
 //! `tools/bench/pg_lag.sh`.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arbor::arbor_index::{Index, IndexConfig};
@@ -60,12 +60,9 @@ fn dataset(url: &str, dir: &std::path::Path) -> Dataset {
         mapping(),
         ScanOptions::default(),
     ));
-    Dataset {
-        index,
-        source: Some(Arc::new(Mutex::new(source))),
-        indexing: AtomicBool::new(true),
-        mapping: Some(mapping()),
-    }
+    let ds = Dataset::new(index, Some(source), Some(mapping()));
+    ds.indexing.store(true, Ordering::Release);
+    ds
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

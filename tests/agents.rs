@@ -1425,3 +1425,129 @@ fn two_way_sync_between_postgres_and_mariadb_under_lww_ownership_and_manual() {
     pg.batch_execute(&format!("DROP TABLE {pg_table}")).unwrap();
     my.query_drop(format!("DROP TABLE {my_table}")).unwrap();
 }
+
+#[test]
+fn a_realtime_sync_job_carries_postgres_commits_to_mariadb_and_jobs_are_listed() {
+    let dir = demo(1_000, 0);
+    let (mut pg, url, pg_table) = crm_into_postgres(dir.path());
+    let wal: String = pg.query_one("SHOW wal_level", &[]).unwrap().get(0);
+    if wal != "logical" {
+        eprintln!(
+            "skipped: the PostgreSQL server has wal_level={wal}, logical capture needs logical"
+        );
+        return;
+    }
+    let (mut my, my_table) = crm_into_mariadb(dir.path());
+    let slot = unique_table("arbor_rt");
+    let _guard = SlotGuard {
+        url,
+        slot: slot.clone(),
+    };
+    let columns = "key = [{ source = \"customer_id\", name = \"id\", kind = \"integer\" }]\n\
+         columns = [\n  { source = \"email\", kind = \"text\" },\n  { source = \"full_name\", name = \"name\", kind = \"text\" },\n\
+           { source = \"balance\", kind = \"decimal\" },\n]\n";
+    let head = |data: &str| {
+        format!(
+            "[agent]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\n\n[[dataset]]\nname = \"customers\"\n\
+             secret = \"arbor demo secret: use secret_env or secret_file in production\"\n"
+        )
+    };
+    std::fs::write(
+        dir.path().join("my.toml"),
+        format!(
+            "{}source = {{ kind = \"mysql\", url_env = \"ARBOR_TEST_MYSQL_URL\", table = \"{my_table}\" }}\n{columns}allow_repairs = true\n",
+            head("my-data")
+        ),
+    )
+    .unwrap();
+    let target = AgentProcess::start(dir.path(), "my.toml");
+    std::fs::write(
+        dir.path().join("pg.toml"),
+        format!(
+            "{}source = {{ kind = \"postgres\", url_env = \"ARBOR_TEST_POSTGRES_URL\", table = \"{pg_table}\" }}\n{columns}\
+             serve_values = true\n\
+             capture = {{ mode = \"logical\", slot = \"{slot}\", publication = \"{slot}\", create = true, interval_ms = 20 }}\n\n\
+             [[sync]]\nname = \"live\"\ndataset = \"customers\"\npeers = [{{ address = \"{}\" }}]\n\
+             extra = \"delete\"\nrealtime = true\nexecute = true\n\n\
+             [[sync]]\nname = \"nightly\"\ndataset = \"customers\"\npeers = [{{ address = \"{}\" }}]\n\
+             schedule = \"0 2 * * *\"\ntimezone = \"Europe/Paris\"\n",
+            head("pg-data"),
+            target.address,
+            target.address
+        ),
+    )
+    .unwrap();
+    let source = AgentProcess::start(dir.path(), "pg.toml");
+    let (code, summary, _) = compare(dir.path(), &source.address, &target.address);
+    assert_eq!(code, 0, "the two start equal: {summary}");
+
+    // Commits in PostgreSQL reach MariaDB with no command run.
+    let started = Instant::now();
+    pg.batch_execute(&format!(
+        "UPDATE {pg_table} SET balance = balance + 5 WHERE customer_id BETWEEN 100 AND 109;
+         INSERT INTO {pg_table} (customer_id, email) SELECT g, 'rt' || g FROM generate_series(700001, 700005) g;
+         DELETE FROM {pg_table} WHERE customer_id BETWEEN 200 AND 202;"
+    ))
+    .unwrap();
+    let want = postgres_customers(&mut pg, &pg_table);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while mariadb_customers(&mut my, &my_table) != want {
+        assert!(
+            Instant::now() < deadline,
+            "the real-time job did not carry the commits over"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("commits reached MariaDB in {:?}", started.elapsed());
+
+    // Jobs, their schedules and last runs, over gRPC and the CLI.
+    let out = arbor(
+        dir.path(),
+        &["sync", "jobs", "--agent", &source.address, "--json"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let jobs: Vec<Json> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(jobs.len(), 2);
+    assert_eq!(jobs[0]["name"], "live");
+    assert!(jobs[0]["runs"].as_u64().unwrap() >= 1, "{}", jobs[0]);
+    assert_eq!(jobs[0]["last_run"]["outcome"], "completed", "{}", jobs[0]);
+    assert_eq!(jobs[1]["name"], "nightly");
+    let next = jobs[1]["next_run"].as_str().unwrap();
+    assert!(
+        next.contains("T02:00:00+01:00") || next.contains("T02:00:00+02:00"),
+        "02:00 in Paris: {next}"
+    );
+    assert_eq!(jobs[1]["runs"], 0);
+
+    // A job run on request: plans only (no execute), nothing left to do.
+    let out = arbor(
+        dir.path(),
+        &[
+            "sync",
+            "trigger",
+            "--agent",
+            &source.address,
+            "--job",
+            "nightly",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(run["trigger"], "request");
+    assert_eq!(run["pairs"][0]["report"]["drift"], 0, "{run}");
+    drop(source);
+    drop(target);
+    pg.batch_execute(&format!("DROP TABLE {pg_table}")).unwrap();
+    mysql::prelude::Queryable::query_drop(&mut my, format!("DROP TABLE {my_table}")).unwrap();
+}

@@ -441,12 +441,7 @@ fn ingested_changes_reach_the_tree_of_a_fresh_build_and_bad_ones_are_refused() {
     let live = index(&dir, "live", b"s", &rows);
     let datasets = HashMap::from([(
         "d".to_string(),
-        Arc::new(Dataset {
-            index: Arc::clone(&live),
-            source: None,
-            indexing: std::sync::atomic::AtomicBool::new(false),
-            mapping: Some(mapping),
-        }),
+        Arc::new(Dataset::new(Arc::clone(&live), None, Some(mapping))),
     )]);
     let state = Arc::new(AgentState::with_datasets(
         datasets,

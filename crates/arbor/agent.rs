@@ -19,8 +19,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arbor_index::{BuildStats, Change, Index, IndexConfig, IndexError, RunStore};
@@ -686,11 +686,15 @@ impl IngestService for IngestServer {
         })?;
         let changes = ingested_changes(mapping, &req)?;
         let watermark = (!req.watermark.is_empty()).then_some(req.watermark);
+        let applied = Arc::clone(&ds);
         let stats =
             tokio::task::spawn_blocking(move || ds.index.apply(&changes, watermark.as_deref()))
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?
                 .map_err(index_status)?;
+        if stats.inserted + stats.updated + stats.deleted > 0 {
+            applied.changed();
+        }
         Ok(Response::new(pb::IngestResponse {
             inserted: stats.inserted,
             updated: stats.updated,
@@ -705,12 +709,19 @@ impl IngestService for IngestServer {
 #[derive(Clone)]
 pub struct AdminServer {
     state: Arc<AgentState>,
+    jobs: Option<Arc<crate::jobs::Jobs>>,
 }
 
 impl AdminServer {
     /// The service over shared agent state.
     pub fn new(state: Arc<AgentState>) -> AdminServer {
-        AdminServer { state }
+        AdminServer { state, jobs: None }
+    }
+
+    /// With the agent's sync jobs.
+    pub fn with_jobs(mut self, jobs: Arc<crate::jobs::Jobs>) -> AdminServer {
+        self.jobs = Some(jobs);
+        self
     }
 }
 
@@ -798,6 +809,56 @@ impl AdminService for AdminServer {
             problems,
         }))
     }
+
+    async fn list_sync_jobs(
+        &self,
+        _request: Request<pb::ListSyncJobsRequest>,
+    ) -> Result<Response<pb::ListSyncJobsResponse>, Status> {
+        let Some(jobs) = &self.jobs else {
+            return Ok(Response::new(pb::ListSyncJobsResponse { jobs: vec![] }));
+        };
+        let jobs = jobs
+            .status()
+            .await
+            .into_iter()
+            .map(|j| pb::SyncJobStatus {
+                name: j.name,
+                dataset: j.dataset,
+                peers: j.peers,
+                schedule: j.schedule.unwrap_or_default(),
+                timezone: j.timezone,
+                realtime: j.realtime,
+                execute: j.execute,
+                running: j.running,
+                next_run: j.next_run.unwrap_or_default(),
+                runs: j.runs,
+                skipped: j.skipped,
+                last_run_json: j
+                    .last_run
+                    .and_then(|r| serde_json::to_string(&r).ok())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListSyncJobsResponse { jobs }))
+    }
+
+    async fn run_sync_job(
+        &self,
+        request: Request<pb::RunSyncJobRequest>,
+    ) -> Result<Response<pb::SyncJobRun>, Status> {
+        let name = request.into_inner().name;
+        let jobs = self
+            .jobs
+            .as_ref()
+            .ok_or_else(|| Status::not_found(format!("no sync job {name:?}")))?;
+        match jobs.run_now(&name).await {
+            None => Err(Status::not_found(format!("no sync job {name:?}"))),
+            Some(Err(busy)) => Err(Status::aborted(busy)),
+            Some(Ok(run)) => Ok(Response::new(pb::SyncJobRun {
+                json: serde_json::to_string(&run).map_err(|e| Status::internal(e.to_string()))?,
+            })),
+        }
+    }
 }
 
 /// Changes per index batch when applying polled rows.
@@ -852,6 +913,7 @@ async fn poll_every(ds: Arc<Dataset>, name: String, column: String, interval: st
             Ok(Ok((applied, next))) => {
                 if applied > 0 {
                     info!(dataset = %name, applied, watermark = ?next, "poll applied changes");
+                    ds.changed();
                 }
                 since = next;
             }
@@ -870,13 +932,18 @@ async fn rescan_every(ds: Arc<Dataset>, name: String, interval: std::time::Durat
         tokio::time::sleep(interval).await;
         let (d, n) = (Arc::clone(&ds), name.clone());
         match tokio::task::spawn_blocking(move || rescan(&d, &n)).await {
-            Ok(Ok(stats)) => info!(
-                dataset = %name,
-                inserted = stats.applied.inserted,
-                updated = stats.applied.updated,
-                vanished = stats.vanished,
-                "rescan applied"
-            ),
+            Ok(Ok(stats)) => {
+                info!(
+                    dataset = %name,
+                    inserted = stats.applied.inserted,
+                    updated = stats.applied.updated,
+                    vanished = stats.vanished,
+                    "rescan applied"
+                );
+                if stats.applied.inserted + stats.applied.updated + stats.vanished > 0 {
+                    ds.changed();
+                }
+            }
             Ok(Err(status)) => {
                 warn!(dataset = %name, error = %status.message(), "rescan failed; retrying at the next interval")
             }
@@ -905,11 +972,11 @@ pub fn open_datasets(config: &AgentConfig) -> Result<HashMap<String, Arc<Dataset
             })?;
         out.insert(
             d.name.clone(),
-            Arc::new(Dataset {
-                index: Arc::new(index),
-                source: Some(Arc::new(Mutex::new(source))),
-                indexing: std::sync::atomic::AtomicBool::new(true),
-                mapping: Some(d.mapping.clone()),
+            Arc::new({
+                let ds = Dataset::new(Arc::new(index), Some(source), Some(d.mapping.clone()));
+                // Indexed at start: compares wait for it.
+                ds.indexing.store(true, Ordering::Release);
+                ds
             }),
         );
     }
@@ -973,7 +1040,18 @@ pub async fn run(
         Arc::clone(&runs),
         RetryPolicy::default(),
     ));
-    let admin_service = AdminServiceServer::new(AdminServer::new(Arc::clone(&state)));
+    // Sync jobs reach this agent through its own gRPC edge, like any client.
+    let self_host = if addr.ip().is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        addr.ip()
+    };
+    let jobs = Arc::new(crate::jobs::Jobs::new(
+        &config.syncs,
+        format!("http://{}", SocketAddr::new(self_host, addr.port())),
+    ));
+    let admin_service =
+        AdminServiceServer::new(AdminServer::new(Arc::clone(&state)).with_jobs(Arc::clone(&jobs)));
     let ingest_service = IngestServiceServer::new(IngestServer::new(Arc::clone(&state)))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let repair_service = crate::proto::v1::repair_service_server::RepairServiceServer::new(
@@ -1067,6 +1145,7 @@ pub async fn run(
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
         info!("all datasets indexed; serving");
+        jobs.spawn(&indexing_state);
         // Change capture: periodic rescans, one task per dataset.
         for (name, capture) in captures {
             let Ok(ds) = indexing_state.dataset(&name).map(Arc::clone) else {

@@ -348,6 +348,90 @@ pub struct DatasetSection {
     pub allow_repairs: bool,
 }
 
+/// A peer of a sync job.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncPeerSection {
+    /// The peer agent, `http://host:port`.
+    pub address: String,
+    /// Its dataset; default the job's dataset name.
+    #[serde(default)]
+    pub dataset: Option<String>,
+}
+
+/// One `[[sync]]`: a job this agent runs, its own dataset as the source
+/// side and each peer as a target side.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncSection {
+    /// Unique job name.
+    pub name: String,
+    /// The local dataset (the source side).
+    pub dataset: String,
+    /// The other systems, each synchronised with this one (a pair each).
+    pub peers: Vec<SyncPeerSection>,
+    /// `one_way` (default; this agent is the source of truth) or `two_way`.
+    #[serde(default)]
+    pub policy: Option<String>,
+    /// one_way: target-only records are `delete`d, `keep`t or `report`ed (default).
+    #[serde(default)]
+    pub extra: Option<String>,
+    /// two_way: `lww:COLUMN`, `priority:source|target`, `ownership` or `manual`.
+    #[serde(default)]
+    pub rule: Option<String>,
+    /// two_way ownership: canonical column → `source` or `target`.
+    #[serde(default)]
+    pub owners: std::collections::BTreeMap<String, String>,
+    /// two_way ownership: the rule for unowned columns. Default `priority:source`.
+    #[serde(default)]
+    pub fallback: Option<String>,
+    /// A five-field cron expression (`0 2 * * *`: nightly at 02:00).
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// The schedule's time zone (IANA name). Default UTC.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// Also run after every change this agent captures on the dataset.
+    #[serde(default)]
+    pub realtime: bool,
+    /// Write. Without it the job only plans and reports.
+    #[serde(default)]
+    pub execute: bool,
+    /// Writes per batch. Default 500.
+    #[serde(default)]
+    pub batch: Option<usize>,
+    /// Throttle in rows per second; default none.
+    #[serde(default)]
+    pub max_rows_per_sec: Option<u64>,
+}
+
+/// A sync job, validated.
+#[derive(Debug, Clone)]
+pub struct SyncJobConfig {
+    /// Its name.
+    pub name: String,
+    /// The local dataset.
+    pub dataset: String,
+    /// (address, dataset) of each peer.
+    pub peers: Vec<(String, String)>,
+    /// The policy.
+    pub policy: crate::sync::Policy,
+    /// The cron expression, as written.
+    pub schedule: Option<String>,
+    /// Its parsed form.
+    pub cron: Option<croner::Cron>,
+    /// The schedule's zone.
+    pub timezone: chrono_tz::Tz,
+    /// Run after captured changes.
+    pub realtime: bool,
+    /// Write.
+    pub execute: bool,
+    /// Writes per batch.
+    pub batch: usize,
+    /// Rows per second, 0 for none.
+    pub max_rows_per_sec: u64,
+}
+
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -357,6 +441,119 @@ pub struct ConfigFile {
     /// The datasets served.
     #[serde(default, rename = "dataset")]
     pub datasets: Vec<DatasetSection>,
+    /// Sync jobs.
+    #[serde(default, rename = "sync")]
+    pub syncs: Vec<SyncSection>,
+}
+
+/// Validates one `[[sync]]`; errors name the field.
+fn sync_job(s: SyncSection, datasets: &[DatasetConfig]) -> Result<SyncJobConfig, (String, String)> {
+    use crate::sync::{Extra, Policy, Rule, parse_rule, parse_side};
+    let field = |f: &str| format!("sync[{}].{f}", s.name);
+    let Some(ds) = datasets.iter().find(|d| d.name == s.dataset) else {
+        return Err((
+            field("dataset"),
+            format!("no dataset {:?} in this file", s.dataset),
+        ));
+    };
+    if s.peers.is_empty() {
+        return Err((field("peers"), "at least one peer is required".into()));
+    }
+    let policy = match s.policy.as_deref().unwrap_or("one_way") {
+        "one_way" => Policy::OneWay(match s.extra.as_deref().unwrap_or("report") {
+            "delete" => Extra::Delete,
+            "keep" => Extra::Keep,
+            "report" => Extra::Report,
+            other => {
+                return Err((
+                    field("extra"),
+                    format!("{other:?}: expected delete, keep or report"),
+                ));
+            }
+        }),
+        "two_way" => {
+            let rule = s
+                .rule
+                .as_deref()
+                .ok_or_else(|| (field("rule"), "two_way needs a rule".to_string()))?;
+            Policy::TwoWay(if rule == "ownership" {
+                if s.owners.is_empty() {
+                    return Err((field("owners"), "ownership needs owners".into()));
+                }
+                let owners = s
+                    .owners
+                    .iter()
+                    .map(|(c, side)| Ok((c.clone(), parse_side(side)?)))
+                    .collect::<Result<_, String>>()
+                    .map_err(|e| (field("owners"), e))?;
+                Rule::Ownership {
+                    owners,
+                    fallback: Box::new(
+                        parse_rule(s.fallback.as_deref().unwrap_or("priority:source"))
+                            .map_err(|e| (field("fallback"), e))?,
+                    ),
+                }
+            } else {
+                parse_rule(rule).map_err(|e| (field("rule"), e))?
+            })
+        }
+        other => {
+            return Err((
+                field("policy"),
+                format!("{other:?}: expected one_way or two_way"),
+            ));
+        }
+    };
+    let cron = match &s.schedule {
+        None => None,
+        Some(expr) => Some(
+            <croner::Cron as std::str::FromStr>::from_str(expr)
+                .map_err(|e| (field("schedule"), format!("{expr:?}: {e}")))?,
+        ),
+    };
+    let timezone: chrono_tz::Tz = match &s.timezone {
+        None => chrono_tz::UTC,
+        Some(z) => z
+            .parse()
+            .map_err(|_| (field("timezone"), format!("{z:?} is not an IANA time zone")))?,
+    };
+    if s.realtime && ds.capture == Capture::None {
+        return Err((
+            field("realtime"),
+            format!("dataset {:?} has no change capture to follow", s.dataset),
+        ));
+    }
+    if !s.realtime && cron.is_none() {
+        return Err((
+            field("schedule"),
+            "set a schedule, realtime = true, or both (a job must run at some point)".into(),
+        ));
+    }
+    Ok(SyncJobConfig {
+        peers: s
+            .peers
+            .iter()
+            .map(|p| {
+                (
+                    p.address.clone(),
+                    p.dataset.clone().unwrap_or_else(|| s.dataset.clone()),
+                )
+            })
+            .collect(),
+        name: s.name,
+        dataset: s.dataset,
+        policy,
+        schedule: s.schedule,
+        cron,
+        timezone,
+        realtime: s.realtime,
+        execute: s.execute,
+        batch: s
+            .batch
+            .unwrap_or(500)
+            .clamp(1, crate::repair::MAX_WRITES_PER_BATCH),
+        max_rows_per_sec: s.max_rows_per_sec.unwrap_or(0),
+    })
 }
 
 /// A dataset, validated.
@@ -403,6 +600,8 @@ pub struct AgentConfig {
     pub max_concurrent_requests: usize,
     /// Datasets.
     pub datasets: Vec<DatasetConfig>,
+    /// Sync jobs.
+    pub syncs: Vec<SyncJobConfig>,
 }
 
 /// Overrides from the environment and flags, applied over the file.
@@ -630,12 +829,23 @@ impl AgentConfig {
                 allow_repairs: d.allow_repairs,
             });
         }
+        let mut syncs = Vec::new();
+        for s in file.syncs {
+            if syncs.iter().any(|j: &SyncJobConfig| j.name == s.name) {
+                return Err(invalid(
+                    format!("sync[{}]", s.name),
+                    "two sync jobs have this name".into(),
+                ));
+            }
+            syncs.push(sync_job(s, &datasets).map_err(|(f, p)| invalid(f, p))?);
+        }
         Ok(AgentConfig {
             listen,
             data_dir: base.join(data_dir),
             request_timeout: Duration::from_secs(file.agent.request_timeout_secs.max(1)),
             max_concurrent_requests: file.agent.max_concurrent_requests.max(1),
             datasets,
+            syncs,
         })
     }
 }

@@ -16,6 +16,7 @@ pub mod agent;
 pub mod client;
 pub mod config;
 pub mod convert;
+pub mod jobs;
 pub mod logical;
 pub mod repair;
 pub mod report;

@@ -245,6 +245,9 @@ impl Follower {
             stats.advanced_to = Some(last);
         }
         self.applied = self.applied.max(last);
+        if stats.inserted + stats.updated + stats.deleted > 0 {
+            ds.changed();
+        }
         Ok(stats)
     }
 

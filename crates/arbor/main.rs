@@ -88,6 +88,24 @@ enum SyncCommand {
         #[arg(long)]
         execute: bool,
     },
+    /// An agent's sync jobs: schedule, next and last run.
+    Jobs {
+        /// The agent, `http://host:port`.
+        #[arg(long)]
+        agent: String,
+        /// One JSON object per job.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Runs one of an agent's sync jobs now and prints the run.
+    Trigger {
+        /// The agent, `http://host:port`.
+        #[arg(long)]
+        agent: String,
+        /// The job's name.
+        #[arg(long)]
+        job: String,
+    },
 }
 
 #[derive(Args)]
@@ -376,6 +394,22 @@ async fn sync(command: SyncCommand) -> Result<u8> {
     let (args, execute, plan_only) = match command {
         SyncCommand::Plan(a) => (a, false, true),
         SyncCommand::Run { args, execute } => (args, execute, false),
+        SyncCommand::Jobs { agent, json } => return sync_jobs(&agent, json).await,
+        SyncCommand::Trigger { agent, job } => {
+            let mut client = admin_client(&agent).await?;
+            let run = client
+                .run_sync_job(pb::RunSyncJobRequest { name: job.clone() })
+                .await
+                .map_err(|s| anyhow::anyhow!("{agent}: {} ({:?})", s.message(), s.code()))?
+                .into_inner();
+            println!("{}", run.json);
+            let parsed: serde_json::Value = serde_json::from_str(&run.json)?;
+            return Ok(if parsed["outcome"] == "completed" {
+                0
+            } else {
+                1
+            });
+        }
     };
     let policy = match args.policy.as_str() {
         "one-way" | "one_way" => Policy::OneWay(match args.extra.as_str() {
@@ -395,7 +429,10 @@ async fn sync(command: SyncCommand) -> Result<u8> {
                         let (col, side) = o.split_once('=').with_context(|| {
                             format!("--owner {o:?}: expected COLUMN=source|target")
                         })?;
-                        owners.insert(col.to_owned(), parse_side(side)?);
+                        owners.insert(
+                            col.to_owned(),
+                            arbor::sync::parse_side(side).map_err(anyhow::Error::msg)?,
+                        );
                     }
                     anyhow::ensure!(
                         !owners.is_empty(),
@@ -403,10 +440,12 @@ async fn sync(command: SyncCommand) -> Result<u8> {
                     );
                     Rule::Ownership {
                         owners,
-                        fallback: Box::new(parse_rule(&args.fallback)?),
+                        fallback: Box::new(
+                            arbor::sync::parse_rule(&args.fallback).map_err(anyhow::Error::msg)?,
+                        ),
                     }
                 }
-                other => parse_rule(other)?,
+                other => arbor::sync::parse_rule(other).map_err(anyhow::Error::msg)?,
             };
             Policy::TwoWay(rule)
         }
@@ -534,29 +573,6 @@ async fn sync(command: SyncCommand) -> Result<u8> {
         report.drift == 0
     };
     Ok(if clean { 0 } else { 1 })
-}
-
-fn parse_side(s: &str) -> Result<arbor::sync::Side> {
-    match s {
-        "source" => Ok(arbor::sync::Side::Source),
-        "target" => Ok(arbor::sync::Side::Target),
-        other => anyhow::bail!("{other:?} is not a side: expected source or target"),
-    }
-}
-
-/// `lww:COLUMN`, `priority:SIDE` or `manual`.
-fn parse_rule(s: &str) -> Result<arbor::sync::Rule> {
-    use arbor::sync::Rule;
-    match s.split_once(':') {
-        Some(("lww", col)) if !col.is_empty() => Ok(Rule::Lww {
-            column: col.to_owned(),
-        }),
-        Some(("priority", side)) => Ok(Rule::Priority(parse_side(side)?)),
-        None if s == "manual" => Ok(Rule::Manual),
-        _ => anyhow::bail!(
-            "rule {s:?}: expected lww:COLUMN, priority:source|target, ownership or manual"
-        ),
-    }
 }
 
 fn capture_drop(args: &IndexArgs, publication: bool) -> Result<u8> {
@@ -714,6 +730,77 @@ fn peak_rss() -> Option<u64> {
         .parse()
         .ok()?;
     Some(kib / 1024)
+}
+
+async fn admin_client(
+    agent: &str,
+) -> Result<arbor::proto::v1::admin_service_client::AdminServiceClient<tonic::transport::Channel>> {
+    arbor::proto::v1::admin_service_client::AdminServiceClient::connect(agent.to_owned())
+        .await
+        .with_context(|| format!("connect to agent {agent}"))
+}
+
+async fn sync_jobs(agent: &str, json: bool) -> Result<u8> {
+    let jobs = admin_client(agent)
+        .await?
+        .list_sync_jobs(pb::ListSyncJobsRequest {})
+        .await
+        .map_err(|s| anyhow::anyhow!("{agent}: {} ({:?})", s.message(), s.code()))?
+        .into_inner()
+        .jobs;
+    let mut out = std::io::stdout().lock();
+    for j in jobs {
+        let last: serde_json::Value = if j.last_run_json.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&j.last_run_json)?
+        };
+        if json {
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({
+                    "name": j.name, "dataset": j.dataset, "peers": j.peers,
+                    "schedule": j.schedule, "timezone": j.timezone, "realtime": j.realtime,
+                    "execute": j.execute, "running": j.running, "next_run": j.next_run,
+                    "runs": j.runs, "skipped": j.skipped, "last_run": last,
+                })
+            )?;
+        } else {
+            writeln!(
+                out,
+                "{}: {} -> {} | schedule {} ({}){} | {} | next {} | {} runs, {} skipped{} | last: {}",
+                j.name,
+                j.dataset,
+                j.peers.join(", "),
+                if j.schedule.is_empty() {
+                    "none"
+                } else {
+                    &j.schedule
+                },
+                j.timezone,
+                if j.realtime { ", realtime" } else { "" },
+                if j.execute { "executes" } else { "plans only" },
+                if j.next_run.is_empty() {
+                    "-"
+                } else {
+                    &j.next_run
+                },
+                j.runs,
+                j.skipped,
+                if j.running { ", running" } else { "" },
+                if last.is_null() {
+                    "never".to_string()
+                } else {
+                    format!(
+                        "{} {} at {}",
+                        last["trigger"], last["outcome"], last["finished_at"]
+                    )
+                }
+            )?;
+        }
+    }
+    Ok(0)
 }
 
 async fn audit_client(agent: &str) -> Result<AuditServiceClient<tonic::transport::Channel>> {

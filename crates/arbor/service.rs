@@ -52,17 +52,35 @@ pub struct Dataset {
     pub indexing: AtomicBool,
     /// The column mapping (schema and transforms), for ingested changes.
     pub mapping: Option<arbor_source::Mapping>,
+    /// A counter bumped whenever change capture brings changes into the
+    /// index: real-time sync jobs watch it.
+    pub changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Dataset {
-    /// A dataset served from an index alone.
-    pub fn from_index(index: Arc<Index>) -> Dataset {
+    /// A dataset of an index and, optionally, its system and mapping.
+    pub fn new(
+        index: Arc<Index>,
+        source: Option<Box<dyn Source>>,
+        mapping: Option<arbor_source::Mapping>,
+    ) -> Dataset {
         Dataset {
             index,
-            source: None,
+            source: source.map(|s| Arc::new(Mutex::new(s))),
             indexing: AtomicBool::new(false),
-            mapping: None,
+            mapping,
+            changes: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// A dataset served from an index alone.
+    pub fn from_index(index: Arc<Index>) -> Dataset {
+        Dataset::new(index, None, None)
+    }
+
+    /// Tells real-time sync jobs that captured changes reached the index.
+    pub fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 

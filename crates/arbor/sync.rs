@@ -93,6 +93,32 @@ pub enum Rule {
     Manual,
 }
 
+/// `source` or `target`.
+pub fn parse_side(s: &str) -> Result<Side, String> {
+    match s {
+        "source" => Ok(Side::Source),
+        "target" => Ok(Side::Target),
+        other => Err(format!(
+            "{other:?} is not a side: expected source or target"
+        )),
+    }
+}
+
+/// `lww:COLUMN`, `priority:source|target` or `manual` (ownership needs its
+/// owners, see [`Rule::Ownership`]).
+pub fn parse_rule(s: &str) -> Result<Rule, String> {
+    match s.split_once(':') {
+        Some(("lww", col)) if !col.is_empty() => Ok(Rule::Lww {
+            column: col.to_owned(),
+        }),
+        Some(("priority", side)) => Ok(Rule::Priority(parse_side(side)?)),
+        None if s == "manual" => Ok(Rule::Manual),
+        _ => Err(format!(
+            "rule {s:?}: expected lww:COLUMN, priority:source|target, ownership or manual"
+        )),
+    }
+}
+
 /// A sync policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Policy {
