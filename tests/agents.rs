@@ -1461,18 +1461,28 @@ fn a_realtime_sync_job_carries_postgres_commits_to_mariadb_and_jobs_are_listed()
     )
     .unwrap();
     let target = AgentProcess::start(dir.path(), "my.toml");
+    // A second target: a SQLite copy of the CRM (the demo config accepts
+    // repairs), so the job has two pairs.
+    std::fs::copy(dir.path().join("crm.db"), dir.path().join("copy.db")).unwrap();
+    let copy = std::fs::read_to_string(dir.path().join("crm.toml"))
+        .unwrap()
+        .replace("crm-data", "copy-data")
+        .replace("path = \"crm.db\"", "path = \"copy.db\"");
+    std::fs::write(dir.path().join("copy.toml"), copy).unwrap();
+    let second = AgentProcess::start(dir.path(), "copy.toml");
     std::fs::write(
         dir.path().join("pg.toml"),
         format!(
             "{}source = {{ kind = \"postgres\", url_env = \"ARBOR_TEST_POSTGRES_URL\", table = \"{pg_table}\" }}\n{columns}\
              serve_values = true\n\
              capture = {{ mode = \"logical\", slot = \"{slot}\", publication = \"{slot}\", create = true, interval_ms = 20 }}\n\n\
-             [[sync]]\nname = \"live\"\ndataset = \"customers\"\npeers = [{{ address = \"{}\" }}]\n\
+             [[sync]]\nname = \"live\"\ndataset = \"customers\"\npeers = [{{ address = \"{}\" }}, {{ address = \"{}\" }}]\n\
              extra = \"delete\"\nrealtime = true\nexecute = true\n\n\
              [[sync]]\nname = \"nightly\"\ndataset = \"customers\"\npeers = [{{ address = \"{}\" }}]\n\
              schedule = \"0 2 * * *\"\ntimezone = \"Europe/Paris\"\n",
             head("pg-data"),
             target.address,
+            second.address,
             target.address
         ),
     )
@@ -1491,33 +1501,53 @@ fn a_realtime_sync_job_carries_postgres_commits_to_mariadb_and_jobs_are_listed()
     .unwrap();
     let want = postgres_customers(&mut pg, &pg_table);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while mariadb_customers(&mut my, &my_table) != want {
+    while mariadb_customers(&mut my, &my_table) != want
+        || sqlite_customers(&dir.path().join("copy.db")) != want
+    {
         assert!(
             Instant::now() < deadline,
             "the real-time job did not carry the commits over"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    eprintln!("commits reached MariaDB in {:?}", started.elapsed());
+    eprintln!(
+        "commits reached MariaDB and SQLite in {:?}",
+        started.elapsed()
+    );
 
-    // Jobs, their schedules and last runs, over gRPC and the CLI.
-    let out = arbor(
-        dir.path(),
-        &["sync", "jobs", "--agent", &source.address, "--json"],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let jobs: Vec<Json> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    // Jobs, their schedules and last runs, over gRPC and the CLI (the run
+    // that wrote the rows may still be verifying).
+    let list = || -> Vec<Json> {
+        let out = arbor(
+            dir.path(),
+            &["sync", "jobs", "--agent", &source.address, "--json"],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let mut jobs = list();
+    while jobs[0]["running"] == true || jobs[0]["runs"] == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the job run never finished: {}",
+            jobs[0]
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        jobs = list();
+    }
     assert_eq!(jobs.len(), 2);
     assert_eq!(jobs[0]["name"], "live");
     assert!(jobs[0]["runs"].as_u64().unwrap() >= 1, "{}", jobs[0]);
     assert_eq!(jobs[0]["last_run"]["outcome"], "completed", "{}", jobs[0]);
+    // One report per pair.
+    assert_eq!(jobs[0]["last_run"]["pairs"].as_array().unwrap().len(), 2);
     assert_eq!(jobs[1]["name"], "nightly");
     let next = jobs[1]["next_run"].as_str().unwrap();
     assert!(
@@ -1546,8 +1576,7 @@ fn a_realtime_sync_job_carries_postgres_commits_to_mariadb_and_jobs_are_listed()
     let run: Json = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(run["trigger"], "request");
     assert_eq!(run["pairs"][0]["report"]["drift"], 0, "{run}");
-    drop(source);
-    drop(target);
+    drop((source, target, second));
     pg.batch_execute(&format!("DROP TABLE {pg_table}")).unwrap();
     mysql::prelude::Queryable::query_drop(&mut my, format!("DROP TABLE {my_table}")).unwrap();
 }
