@@ -210,6 +210,15 @@ fn run(bin: &str, pg_url: &str, my_url: &str, rate: u64, secs: u64) {
         lags.len(),
         job["runs"]
     );
+    let last = &job["last_run"]["pairs"][0]["report"];
+    println!(
+        "  last run: {} ms (compare {} ms, fetch {} ms, write {} ms, verify {} ms)",
+        last["elapsed_ms"],
+        last["compare_ms"],
+        last["fetch_ms"],
+        last["write_ms"],
+        last["verify_ms"]
+    );
     println!(
         "  MariaDB equals PostgreSQL at the end: {}",
         if equal { "yes" } else { "NO" }

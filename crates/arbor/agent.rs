@@ -1071,7 +1071,18 @@ pub async fn run(
         .add_service(ingest_service)
         .add_service(repair_service)
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            // Small request/response exchanges (one per descent level) must
+            // not wait out Nagle's algorithm against delayed ACKs (~40 ms
+            // a round trip).
+            tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                |conn| {
+                    if let Ok(stream) = &conn {
+                        let _ = stream.set_nodelay(true);
+                    }
+                    conn
+                },
+            ),
             shutdown,
         );
 

@@ -378,6 +378,14 @@ pub struct SyncReport {
     pub drift_after: Option<u64>,
     /// Wall time, milliseconds.
     pub elapsed_ms: u64,
+    /// Of which: the planning compare.
+    pub compare_ms: u64,
+    /// Of which: fetching values.
+    pub fetch_ms: u64,
+    /// Of which: the batches' writes.
+    pub write_ms: u64,
+    /// Of which: the verifying compare.
+    pub verify_ms: u64,
 }
 
 /// Why a sync run failed.
@@ -575,6 +583,7 @@ pub async fn plan(
     let mut report = SyncReport {
         run_id: crate::agent::new_run_id(),
         drift: drift.len() as u64,
+        compare_ms: started.elapsed().as_millis() as u64,
         ..SyncReport::default()
     };
     let two_way = matches!(opts.policy, Policy::TwoWay(_));
@@ -595,8 +604,10 @@ pub async fn plan(
             }
         }
     }
+    let fetching = Instant::now();
     let mut source = fetch(opts, Side::Source, from_source).await?;
     let mut target = fetch(opts, Side::Target, from_target).await?;
+    report.fetch_ms = fetching.elapsed().as_millis() as u64;
     if two_way
         && !source.columns.is_empty()
         && !target.columns.is_empty()
@@ -807,7 +818,10 @@ pub async fn execute(
             }
         }
     }
+    report.write_ms = started.elapsed().as_millis() as u64;
+    let verifying = Instant::now();
     report.drift_after = Some(drift_of(opts).await?.len() as u64);
+    report.verify_ms = verifying.elapsed().as_millis() as u64;
     report.elapsed_ms += started.elapsed().as_millis() as u64;
     Ok(report)
 }
