@@ -1580,3 +1580,136 @@ fn a_realtime_sync_job_carries_postgres_commits_to_mariadb_and_jobs_are_listed()
     pg.batch_execute(&format!("DROP TABLE {pg_table}")).unwrap();
     mysql::prelude::Queryable::query_drop(&mut my, format!("DROP TABLE {my_table}")).unwrap();
 }
+
+#[test]
+fn two_way_realtime_jobs_converge_without_echo_loops() {
+    use mysql::prelude::Queryable;
+    let dir = demo(500, 0);
+    let (mut pg, url, pg_table) = crm_into_postgres(dir.path());
+    let wal: String = pg.query_one("SHOW wal_level", &[]).unwrap().get(0);
+    if wal != "logical" {
+        eprintln!(
+            "skipped: the PostgreSQL server has wal_level={wal}, logical capture needs logical"
+        );
+        return;
+    }
+    let (mut my, my_table) = crm_into_mariadb(dir.path());
+    // MariaDB stamps every write, so polling sees arbor's writes too.
+    my.query_drop(format!(
+        "ALTER TABLE {my_table} MODIFY updated_at datetime(6) NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6)"
+    ))
+    .unwrap();
+    let slot = unique_table("arbor_echo");
+    let _guard = SlotGuard {
+        url,
+        slot: slot.clone(),
+    };
+    let (pg_port, my_port) = (free_port(), free_port());
+    let columns = "key = [{ source = \"customer_id\", name = \"id\", kind = \"integer\" }]\n\
+         columns = [\n  { source = \"email\", kind = \"text\" },\n  { source = \"full_name\", name = \"name\", kind = \"text\" },\n\
+           { source = \"balance\", kind = \"decimal\" },\n]\nserve_values = true\nallow_repairs = true\n";
+    // Consistent rules on both sides: email is PostgreSQL's, balance is
+    // MariaDB's, the rest follows PostgreSQL.
+    let config = |port: u16,
+                  data: &str,
+                  source: String,
+                  capture: String,
+                  peer: u16,
+                  mine: &str,
+                  theirs: &str,
+                  fallback: &str| {
+        format!(
+            "[agent]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{data}\"\n\n[[dataset]]\nname = \"customers\"\n\
+             secret = \"arbor demo secret: use secret_env or secret_file in production\"\n\
+             source = {source}\n{columns}capture = {capture}\n\n\
+             [[sync]]\nname = \"both-ways\"\ndataset = \"customers\"\npeers = [{{ address = \"http://127.0.0.1:{peer}\" }}]\n\
+             policy = \"two_way\"\nrule = \"ownership\"\nowners = {{ email = \"{mine}\", balance = \"{theirs}\" }}\n\
+             fallback = \"{fallback}\"\nrealtime = true\nexecute = true\n"
+        )
+    };
+    std::fs::write(
+        dir.path().join("pg.toml"),
+        config(
+            pg_port,
+            "pg-data",
+            format!("{{ kind = \"postgres\", url_env = \"ARBOR_TEST_POSTGRES_URL\", table = \"{pg_table}\" }}"),
+            format!("{{ mode = \"logical\", slot = \"{slot}\", publication = \"{slot}\", create = true, interval_ms = 20 }}"),
+            my_port,
+            "source",
+            "target",
+            "priority:source",
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("my.toml"),
+        config(
+            my_port,
+            "my-data",
+            format!("{{ kind = \"mysql\", url_env = \"ARBOR_TEST_MYSQL_URL\", table = \"{my_table}\" }}"),
+            "{ mode = \"poll\", column = \"updated_at\", interval_secs = 1, rescan_interval_secs = 3600 }".into(),
+            pg_port,
+            "target",
+            "source",
+            "priority:target",
+        ),
+    )
+    .unwrap();
+    let pg_agent = AgentProcess::start(dir.path(), "pg.toml");
+    let my_agent = AgentProcess::start(dir.path(), "my.toml");
+    let (code, summary, _) = compare(dir.path(), &pg_agent.address, &my_agent.address);
+    assert_eq!(code, 0, "{summary}");
+
+    // One edit on each side; each must reach the other.
+    pg.batch_execute(&format!(
+        "UPDATE {pg_table} SET email = 'from-pg@x' WHERE customer_id = 5"
+    ))
+    .unwrap();
+    my.query_drop(format!(
+        "UPDATE {my_table} SET balance = 4242 WHERE customer_id = 6"
+    ))
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (p, m) = (
+            postgres_customers(&mut pg, &pg_table),
+            mariadb_customers(&mut my, &my_table),
+        );
+        if p == m && p[&5].0 == "from-pg@x" && p[&6].2.as_deref() == Some("4242") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the edits did not cross: {:?} / {:?}",
+            p[&5],
+            m[&6]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Quiet now: each side's jobs may run once more on the echo of their
+    // own writes, find nothing to do, and stop.
+    let runs = |agent: &str| -> u64 {
+        let out = arbor(dir.path(), &["sync", "jobs", "--agent", agent, "--json"]);
+        let job: Json = serde_json::from_slice(&out.stdout).unwrap();
+        job["runs"].as_u64().unwrap()
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    let before = (runs(&pg_agent.address), runs(&my_agent.address));
+    std::thread::sleep(Duration::from_secs(3));
+    let after = (runs(&pg_agent.address), runs(&my_agent.address));
+    assert_eq!(before, after, "a job keeps running (an echo loop)");
+    // And nothing bounced back over the edits.
+    let (p, m) = (
+        postgres_customers(&mut pg, &pg_table),
+        mariadb_customers(&mut my, &my_table),
+    );
+    assert_eq!(p, m);
+    assert_eq!(
+        (p[&5].0.as_str(), p[&6].2.as_deref()),
+        ("from-pg@x", Some("4242"))
+    );
+    drop((pg_agent, my_agent));
+    pg.batch_execute(&format!("DROP TABLE {pg_table}")).unwrap();
+    my.query_drop(format!("DROP TABLE {my_table}")).unwrap();
+}
