@@ -1713,3 +1713,125 @@ fn two_way_realtime_jobs_converge_without_echo_loops() {
     pg.batch_execute(&format!("DROP TABLE {pg_table}")).unwrap();
     my.query_drop(format!("DROP TABLE {my_table}")).unwrap();
 }
+
+#[test]
+fn manual_conflicts_are_queued_listed_and_resolved() {
+    let dir = demo(500, 0);
+    std::fs::copy(dir.path().join("crm.db"), dir.path().join("other.db")).unwrap();
+    let base = std::fs::read_to_string(dir.path().join("crm.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("other.toml"),
+        base.replace("crm-data", "other-data")
+            .replace("path = \"crm.db\"", "path = \"other.db\""),
+    )
+    .unwrap();
+    // Both systems edit customer 7; only the CRM edits 8. Without a common
+    // base both look changed on both sides: manual queues both.
+    let crm = Connection::open(dir.path().join("crm.db")).unwrap();
+    crm.execute_batch(
+        "UPDATE customers SET email = 'crm7@x' WHERE customer_id = 7;
+         UPDATE customers SET email = 'crm8@x' WHERE customer_id = 8;",
+    )
+    .unwrap();
+    Connection::open(dir.path().join("other.db"))
+        .unwrap()
+        .execute_batch("UPDATE customers SET email = 'other7@x' WHERE customer_id = 7;")
+        .unwrap();
+    let other = AgentProcess::start(dir.path(), "other.toml");
+    std::fs::write(
+        dir.path().join("hub.toml"),
+        base.replace("crm-data", "hub-data")
+            + &format!(
+                "\n[[sync]]\nname = \"by-hand\"\ndataset = \"customers\"\npeers = [{{ address = \"{}\" }}]\n\
+                 policy = \"two_way\"\nrule = \"manual\"\nschedule = \"0 3 * * *\"\nexecute = true\n",
+                other.address
+            ),
+    )
+    .unwrap();
+    let hub = AgentProcess::start(dir.path(), "hub.toml");
+    let (code, _, _) = compare(dir.path(), &hub.address, &other.address);
+    assert_eq!(code, 1);
+
+    let out = arbor(
+        dir.path(),
+        &[
+            "sync",
+            "trigger",
+            "--agent",
+            &hub.address,
+            "--job",
+            "by-hand",
+        ],
+    );
+    let run: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(run["pairs"][0]["report"]["unresolved"], 2, "{run}");
+    assert_eq!(
+        run["pairs"][0]["report"]["applied"], 0,
+        "manual writes nothing"
+    );
+    let list = |dir: &Path| -> Vec<Json> {
+        let out = arbor(dir, &["sync", "conflicts", "--agent", &hub.address]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let queued = list(dir.path());
+    assert_eq!(queued.len(), 2, "{queued:?}");
+    let id_of = |key: &str| -> String {
+        queued.iter().find(|c| c["key"] == key).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert!(
+        queued
+            .iter()
+            .all(|c| c["reason"].as_str().unwrap().starts_with("manual"))
+    );
+    // The same trigger again queues nothing new.
+    arbor(
+        dir.path(),
+        &[
+            "sync",
+            "trigger",
+            "--agent",
+            &hub.address,
+            "--job",
+            "by-hand",
+        ],
+    );
+    assert_eq!(list(dir.path()).len(), 2);
+
+    // Take the other system's row for 7, the CRM's for 8.
+    for (key, take) in [("7", "target"), ("8", "source")] {
+        let out = arbor(
+            dir.path(),
+            &[
+                "sync",
+                "resolve",
+                "--agent",
+                &hub.address,
+                "--id",
+                &id_of(key),
+                "--take",
+                take,
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    assert!(list(dir.path()).is_empty());
+    let (crm_rows, other_rows) = (
+        sqlite_customers(&dir.path().join("crm.db")),
+        sqlite_customers(&dir.path().join("other.db")),
+    );
+    assert_eq!(crm_rows, other_rows);
+    assert_eq!(crm_rows[&7].0, "other7@x");
+    assert_eq!(crm_rows[&8].0, "crm8@x");
+    let (code, summary, _) = compare(dir.path(), &hub.address, &other.address);
+    assert_eq!(code, 0, "{summary}");
+}

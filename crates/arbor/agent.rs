@@ -842,6 +842,45 @@ impl AdminService for AdminServer {
         Ok(Response::new(pb::ListSyncJobsResponse { jobs }))
     }
 
+    async fn list_conflicts(
+        &self,
+        _request: Request<pb::ListConflictsRequest>,
+    ) -> Result<Response<pb::ListConflictsResponse>, Status> {
+        let Some(jobs) = &self.jobs else {
+            return Ok(Response::new(pb::ListConflictsResponse::default()));
+        };
+        let conflicts = jobs
+            .conflicts()
+            .map_err(Status::internal)?
+            .iter()
+            .map(|c| serde_json::to_string(c).map_err(|e| Status::internal(e.to_string())))
+            .collect::<Result<_, _>>()?;
+        Ok(Response::new(pb::ListConflictsResponse { conflicts }))
+    }
+
+    async fn resolve_conflict(
+        &self,
+        request: Request<pb::ResolveConflictRequest>,
+    ) -> Result<Response<pb::SyncJobRun>, Status> {
+        let req = request.into_inner();
+        let take = crate::sync::parse_side(&req.take)
+            .map_err(|e| Status::invalid_argument(format!("ResolveConflictRequest.take: {e}")))?;
+        let jobs = self
+            .jobs
+            .as_ref()
+            .ok_or_else(|| Status::not_found(format!("no queued conflict {:?}", req.id)))?;
+        let report = jobs.resolve(&req.id, take).await.map_err(|e| {
+            if e.starts_with("no queued conflict") {
+                Status::not_found(e)
+            } else {
+                Status::unavailable(e)
+            }
+        })?;
+        Ok(Response::new(pb::SyncJobRun {
+            json: serde_json::to_string(&report).map_err(|e| Status::internal(e.to_string()))?,
+        }))
+    }
+
     async fn run_sync_job(
         &self,
         request: Request<pb::RunSyncJobRequest>,
@@ -1046,10 +1085,13 @@ pub async fn run(
     } else {
         addr.ip()
     };
-    let jobs = Arc::new(crate::jobs::Jobs::new(
-        &config.syncs,
-        format!("http://{}", SocketAddr::new(self_host, addr.port())),
-    ));
+    let jobs = Arc::new(
+        crate::jobs::Jobs::new(
+            &config.syncs,
+            format!("http://{}", SocketAddr::new(self_host, addr.port())),
+        )
+        .with_store(Arc::clone(&runs)),
+    );
     let admin_service =
         AdminServiceServer::new(AdminServer::new(Arc::clone(&state)).with_jobs(Arc::clone(&jobs)));
     let ingest_service = IngestServiceServer::new(IngestServer::new(Arc::clone(&state)))

@@ -18,13 +18,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use serde::Serialize;
+use arbor_index::RunStore;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use crate::config::SyncJobConfig;
 use crate::service::AgentState;
-use crate::sync::{SyncOptions, SyncReport};
+use crate::sync::{Action, Policy, Rule, Side, SyncOptions, SyncReport};
 
 /// Pause after a captured change before a real-time run starts, so a burst
 /// of changes makes one run.
@@ -105,9 +106,94 @@ pub struct Jobs {
     jobs: Vec<Arc<Job>>,
     /// This agent's own address, as peers' clients reach it.
     self_address: String,
+    /// Where conflicts wait for a person.
+    runs: Option<Arc<RunStore>>,
+}
+
+/// A changed-on-both row no rule settled, queued for a person.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Conflict {
+    /// Stable id: the same job, peer and key always queue under one id.
+    pub id: String,
+    /// The job that found it.
+    pub job: String,
+    /// The local dataset (the source side).
+    pub dataset: String,
+    /// The peer agent (the target side).
+    pub peer: String,
+    /// The peer's dataset.
+    pub peer_dataset: String,
+    /// The key, human form.
+    pub key: String,
+    /// Canonical key bytes, hex.
+    pub canonical_key: String,
+    /// Why no rule settled it.
+    pub reason: String,
+    /// RFC 3339 UTC.
+    pub first_seen: String,
+    /// RFC 3339 UTC.
+    pub last_seen: String,
+}
+
+fn conflict_id(job: &str, peer: &str, key: &str) -> String {
+    let h = blake3::hash(format!("{job}\0{peer}\0{key}").as_bytes());
+    hex::encode(&h.as_bytes()[..8])
 }
 
 impl Jobs {
+    /// Keeps conflicts in `runs` (without it they are only reported).
+    pub fn with_store(mut self, runs: Arc<RunStore>) -> Jobs {
+        self.runs = Some(runs);
+        self
+    }
+
+    /// Queued conflicts.
+    pub fn conflicts(&self) -> Result<Vec<Conflict>, String> {
+        let Some(runs) = &self.runs else {
+            return Ok(Vec::new());
+        };
+        runs.conflicts()
+            .map_err(|e| e.to_string())?
+            .iter()
+            .map(|raw| serde_json::from_slice(raw).map_err(|e| format!("a queued conflict: {e}")))
+            .collect()
+    }
+
+    /// Settles a queued conflict by taking `take`'s row (`source`: this
+    /// agent's, `target`: the peer's); the conflict leaves the queue when the
+    /// key no longer drifts. Returns the sync report.
+    pub async fn resolve(&self, id: &str, take: Side) -> Result<SyncReport, String> {
+        let runs = self.runs.as_ref().ok_or("no conflict store")?;
+        let raw = runs
+            .get_conflict(id)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("no queued conflict {id:?}"))?;
+        let c: Conflict = serde_json::from_slice(&raw).map_err(|e| e.to_string())?;
+        let key = hex::decode(&c.canonical_key).map_err(|e| e.to_string())?;
+        let opts = SyncOptions {
+            source: self.self_address.clone(),
+            target: c.peer.clone(),
+            dataset: c.dataset.clone(),
+            target_dataset: c.peer_dataset.clone(),
+            policy: Policy::TwoWay(Rule::Priority(take)),
+            batch: 1,
+            max_rows_per_sec: 0,
+            retry_for: Duration::from_secs(60),
+            only_keys: Some(std::collections::HashSet::from([key])),
+        };
+        let (actions, report) = crate::sync::plan(&opts, false)
+            .await
+            .map_err(|e| e.to_string())?;
+        let report = crate::sync::execute(&opts, &actions, report)
+            .await
+            .map_err(|e| e.to_string())?;
+        if report.drift_after == Some(0) {
+            runs.delete_conflict(id).map_err(|e| e.to_string())?;
+            info!(conflict = id, key = %c.key, ?take, "conflict resolved");
+        }
+        Ok(report)
+    }
+
     /// The jobs of a configuration, run against this agent at `self_address`.
     pub fn new(configs: &[SyncJobConfig], self_address: String) -> Jobs {
         Jobs {
@@ -125,6 +211,7 @@ impl Jobs {
                 })
                 .collect(),
             self_address,
+            runs: None,
         }
     }
 
@@ -159,14 +246,18 @@ impl Jobs {
     /// when the job is unknown.
     pub async fn run_now(&self, name: &str) -> Option<Result<JobRun, String>> {
         let job = self.job(name)?;
-        Some(run(job, &self.self_address, "request").await)
+        Some(run(job, &self.self_address, self.runs.as_deref(), "request").await)
     }
 
     /// Starts the scheduled and real-time triggers of every job.
     pub fn spawn(self: &Arc<Jobs>, state: &Arc<AgentState>) {
         for job in &self.jobs {
             if let Some(cron) = job.config.cron.clone() {
-                let (job, me) = (Arc::clone(job), self.self_address.clone());
+                let (job, me, store) = (
+                    Arc::clone(job),
+                    self.self_address.clone(),
+                    self.runs.clone(),
+                );
                 tokio::spawn(async move {
                     loop {
                         let now = chrono::Utc::now().with_timezone(&job.config.timezone);
@@ -180,7 +271,7 @@ impl Jobs {
                             .to_std()
                             .unwrap_or_default();
                         tokio::time::sleep(wait).await;
-                        let _ = run(&job, &me, "schedule").await;
+                        let _ = run(&job, &me, store.as_deref(), "schedule").await;
                     }
                 });
             }
@@ -189,13 +280,17 @@ impl Jobs {
                     continue;
                 };
                 let mut changes = ds.changes.subscribe();
-                let (job, me) = (Arc::clone(job), self.self_address.clone());
+                let (job, me, store) = (
+                    Arc::clone(job),
+                    self.self_address.clone(),
+                    self.runs.clone(),
+                );
                 tokio::spawn(async move {
                     while changes.changed().await.is_ok() {
                         tokio::time::sleep(REALTIME_DEBOUNCE).await;
                         // Changes that arrive during the run start another.
                         changes.mark_unchanged();
-                        let _ = run(&job, &me, "realtime").await;
+                        let _ = run(&job, &me, store.as_deref(), "realtime").await;
                     }
                 });
             }
@@ -204,7 +299,12 @@ impl Jobs {
 }
 
 /// One run of a job: every pair in turn.
-async fn run(job: &Job, self_address: &str, trigger: &str) -> Result<JobRun, String> {
+async fn run(
+    job: &Job,
+    self_address: &str,
+    store: Option<&RunStore>,
+    trigger: &str,
+) -> Result<JobRun, String> {
     let c = &job.config;
     if job.running.swap(true, Ordering::AcqRel) {
         job.skipped.fetch_add(1, Ordering::Relaxed);
@@ -223,9 +323,15 @@ async fn run(job: &Job, self_address: &str, trigger: &str) -> Result<JobRun, Str
             batch: c.batch,
             max_rows_per_sec: c.max_rows_per_sec,
             retry_for: Duration::from_secs(60),
+            only_keys: None,
         };
         let result = async {
             let (actions, report) = crate::sync::plan(&opts, false).await?;
+            if let Some(store) = store
+                && let Err(e) = queue_conflicts(store, c, peer, peer_dataset, &actions)
+            {
+                warn!(job = %c.name, error = %e, "could not queue conflicts");
+            }
             if c.execute && report.drift > 0 {
                 crate::sync::execute(&opts, &actions, report).await
             } else {
@@ -274,4 +380,51 @@ async fn run(job: &Job, self_address: &str, trigger: &str) -> Result<JobRun, Str
     *job.last.lock().await = Some(run.clone());
     job.running.store(false, Ordering::Release);
     Ok(run)
+}
+
+/// Queues this run's unresolved rows of one pair, and drops queued ones of
+/// the pair that are no longer unresolved (settled, or converged).
+fn queue_conflicts(
+    store: &RunStore,
+    job: &SyncJobConfig,
+    peer: &str,
+    peer_dataset: &str,
+    actions: &[Action],
+) -> Result<(), String> {
+    let now = crate::report::now_rfc3339();
+    let mut current = std::collections::HashSet::new();
+    for a in actions.iter().filter(|a| a.action == "unresolved") {
+        let id = conflict_id(&job.name, peer, &a.canonical_key);
+        let first_seen = match store.get_conflict(&id).map_err(|e| e.to_string())? {
+            Some(raw) => serde_json::from_slice::<Conflict>(&raw)
+                .map(|c| c.first_seen)
+                .unwrap_or_else(|_| now.clone()),
+            None => now.clone(),
+        };
+        let c = Conflict {
+            id: id.clone(),
+            job: job.name.clone(),
+            dataset: job.dataset.clone(),
+            peer: peer.to_owned(),
+            peer_dataset: peer_dataset.to_owned(),
+            key: a.key.clone(),
+            canonical_key: a.canonical_key.clone(),
+            reason: a.reason.clone().unwrap_or_default(),
+            first_seen,
+            last_seen: now.clone(),
+        };
+        let raw = serde_json::to_vec(&c).map_err(|e| e.to_string())?;
+        store.put_conflict(&id, &raw).map_err(|e| e.to_string())?;
+        current.insert(id);
+    }
+    for raw in store.conflicts().map_err(|e| e.to_string())? {
+        if let Ok(c) = serde_json::from_slice::<Conflict>(&raw)
+            && c.job == job.name
+            && c.peer == peer
+            && !current.contains(&c.id)
+        {
+            store.delete_conflict(&c.id).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
 }

@@ -97,6 +97,24 @@ enum SyncCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Conflicts an agent's jobs queued (rows no rule settled).
+    Conflicts {
+        /// The agent, `http://host:port`.
+        #[arg(long)]
+        agent: String,
+    },
+    /// Settles a queued conflict by taking one side's row.
+    Resolve {
+        /// The agent, `http://host:port`.
+        #[arg(long)]
+        agent: String,
+        /// The conflict's id.
+        #[arg(long)]
+        id: String,
+        /// `source` (the agent's own row) or `target` (the peer's).
+        #[arg(long)]
+        take: String,
+    },
     /// Runs one of an agent's sync jobs now and prints the run.
     Trigger {
         /// The agent, `http://host:port`.
@@ -395,6 +413,29 @@ async fn sync(command: SyncCommand) -> Result<u8> {
         SyncCommand::Plan(a) => (a, false, true),
         SyncCommand::Run { args, execute } => (args, execute, false),
         SyncCommand::Jobs { agent, json } => return sync_jobs(&agent, json).await,
+        SyncCommand::Conflicts { agent } => {
+            let list = admin_client(&agent)
+                .await?
+                .list_conflicts(pb::ListConflictsRequest {})
+                .await
+                .map_err(|s| anyhow::anyhow!("{agent}: {} ({:?})", s.message(), s.code()))?
+                .into_inner();
+            for c in &list.conflicts {
+                println!("{c}");
+            }
+            return Ok(if list.conflicts.is_empty() { 0 } else { 1 });
+        }
+        SyncCommand::Resolve { agent, id, take } => {
+            let run = admin_client(&agent)
+                .await?
+                .resolve_conflict(pb::ResolveConflictRequest { id, take })
+                .await
+                .map_err(|s| anyhow::anyhow!("{agent}: {} ({:?})", s.message(), s.code()))?
+                .into_inner();
+            println!("{}", run.json);
+            let report: serde_json::Value = serde_json::from_str(&run.json)?;
+            return Ok(if report["drift_after"] == 0 { 0 } else { 1 });
+        }
         SyncCommand::Trigger { agent, job } => {
             let mut client = admin_client(&agent).await?;
             let run = client
@@ -463,6 +504,7 @@ async fn sync(command: SyncCommand) -> Result<u8> {
         batch: args.batch.clamp(1, arbor::repair::MAX_WRITES_PER_BATCH),
         max_rows_per_sec: args.max_rows_per_sec,
         retry_for: std::time::Duration::from_secs(args.retry_secs),
+        only_keys: None,
     };
     let (actions, report) = match &args.plan {
         Some(path) => {

@@ -147,6 +147,8 @@ pub struct SyncOptions {
     pub max_rows_per_sec: u64,
     /// How long a batch is retried while its agent is unreachable.
     pub retry_for: Duration,
+    /// Only these canonical keys (settling one conflict); `None`: all.
+    pub only_keys: Option<std::collections::HashSet<Vec<u8>>>,
 }
 
 impl SyncOptions {
@@ -432,9 +434,12 @@ async fn drift_of(opts: &SyncOptions) -> Result<Vec<arbor_sync::Drift>, SyncErro
         .map_err(|e| SyncError::Compare(e.to_string()))?;
     let right = GrpcPeer::new(&opts.target, &opts.target_dataset, RetryPolicy::default())
         .map_err(|e| SyncError::Compare(e.to_string()))?;
-    let (drift, _) = compare_collect(&left, &right, &CompareOptions::default())
+    let (mut drift, _) = compare_collect(&left, &right, &CompareOptions::default())
         .await
         .map_err(|e| SyncError::Compare(e.to_string()))?;
+    if let Some(only) = &opts.only_keys {
+        drift.retain(|d| only.contains(&d.key));
+    }
     Ok(drift)
 }
 

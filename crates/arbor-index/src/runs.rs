@@ -5,6 +5,7 @@
 //! | `runs`  | run id (UTF-8)           | the run's summary (opaque bytes, JSON in practice) |
 //! | `drift` | run id ‖ 0x00 ‖ seq (u64 BE) | one drift entry (opaque bytes) |
 //! | `journal` | run id ‖ 0x00 ‖ batch (u64 BE) | a repair batch's outcome (opaque bytes) |
+//! | `conflicts` | conflict id (UTF-8) | a queued sync conflict (opaque bytes) |
 //!
 //! Run ids sort by start time, so listing newest-first is a reverse scan.
 //! The store knows nothing of the report schema: the agent owns that.
@@ -21,6 +22,8 @@ pub const RUNS: &str = "runs";
 pub const DRIFT: &str = "drift";
 /// Applied repair batches by run id and batch number.
 pub const JOURNAL: &str = "journal";
+/// Sync conflicts waiting for a person, by id.
+pub const CONFLICTS: &str = "conflicts";
 
 /// A RocksDB store of run reports.
 pub struct RunStore {
@@ -49,8 +52,8 @@ impl RunStore {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        let cfs =
-            [RUNS, DRIFT, JOURNAL].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        let cfs = [RUNS, DRIFT, JOURNAL, CONFLICTS]
+            .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path.as_ref(), cfs)
             .map_err(IndexError::storage("open the run store"))?;
         Ok(RunStore { db })
@@ -103,6 +106,42 @@ impl RunStore {
         self.db
             .get_cf(self.cf(JOURNAL), drift_key(run_id, batch))
             .map_err(IndexError::storage("read the repair journal"))
+    }
+
+    /// Queues (or replaces) a sync conflict, synced.
+    pub fn put_conflict(&self, id: &str, conflict: &[u8]) -> Result<(), IndexError> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db
+            .put_cf_opt(self.cf(CONFLICTS), id.as_bytes(), conflict, &wo)
+            .map_err(IndexError::storage("queue a conflict"))
+    }
+
+    /// A queued conflict.
+    pub fn get_conflict(&self, id: &str) -> Result<Option<Vec<u8>>, IndexError> {
+        self.db
+            .get_cf(self.cf(CONFLICTS), id.as_bytes())
+            .map_err(IndexError::storage("read a conflict"))
+    }
+
+    /// Removes a settled conflict.
+    pub fn delete_conflict(&self, id: &str) -> Result<(), IndexError> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db
+            .delete_cf_opt(self.cf(CONFLICTS), id.as_bytes(), &wo)
+            .map_err(IndexError::storage("remove a conflict"))
+    }
+
+    /// Every queued conflict, in id order.
+    pub fn conflicts(&self) -> Result<Vec<Vec<u8>>, IndexError> {
+        self.db
+            .iterator_cf(self.cf(CONFLICTS), IteratorMode::Start)
+            .map(|item| {
+                item.map(|(_, v)| v.to_vec())
+                    .map_err(IndexError::storage("list conflicts"))
+            })
+            .collect()
     }
 
     /// A run's summary.
