@@ -33,7 +33,6 @@
 //! is conditional on the digest its side had at plan time, so a row edited
 //! between plan and execute is left alone and reported as a conflict.
 
-use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -49,84 +48,7 @@ use crate::proto::v1 as pb;
 use crate::proto::v1::repair_service_client::RepairServiceClient;
 use crate::report::display_key;
 
-/// One of the two synchronised datasets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Side {
-    /// `--source` (the source of truth under one_way).
-    Source,
-    /// `--target`.
-    Target,
-}
-
-/// What one_way does with records only the target has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Extra {
-    /// Delete them: the source of truth does not have them.
-    Delete,
-    /// Leave them.
-    Keep,
-    /// Leave them and list them in the report.
-    Report,
-}
-
-/// How two_way settles a row changed on both sides.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Rule {
-    /// The side whose `column` (version or updated_at) is greater wins.
-    Lww {
-        /// Canonical name of the column.
-        column: String,
-    },
-    /// This side wins.
-    Priority(Side),
-    /// Per canonical column, its owner's value; `fallback` decides the
-    /// columns nobody owns.
-    Ownership {
-        /// Column → owning side.
-        owners: HashMap<String, Side>,
-        /// Lww or Priority.
-        fallback: Box<Rule>,
-    },
-    /// Never guessed: reported for a person to settle.
-    Manual,
-}
-
-/// `source` or `target`.
-pub fn parse_side(s: &str) -> Result<Side, String> {
-    match s {
-        "source" => Ok(Side::Source),
-        "target" => Ok(Side::Target),
-        other => Err(format!(
-            "{other:?} is not a side: expected source or target"
-        )),
-    }
-}
-
-/// `lww:COLUMN`, `priority:source|target` or `manual` (ownership needs its
-/// owners, see [`Rule::Ownership`]).
-pub fn parse_rule(s: &str) -> Result<Rule, String> {
-    match s.split_once(':') {
-        Some(("lww", col)) if !col.is_empty() => Ok(Rule::Lww {
-            column: col.to_owned(),
-        }),
-        Some(("priority", side)) => Ok(Rule::Priority(parse_side(side)?)),
-        None if s == "manual" => Ok(Rule::Manual),
-        _ => Err(format!(
-            "rule {s:?}: expected lww:COLUMN, priority:source|target, ownership or manual"
-        )),
-    }
-}
-
-/// A sync policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Policy {
-    /// From the source of truth to the target.
-    OneWay(Extra),
-    /// Both sides take edits.
-    TwoWay(Rule),
-}
+pub use arbor_sync::policy::{Extra, Policy, Rule, Side, parse_rule, parse_side, settle};
 
 /// A sync job.
 #[derive(Debug, Clone)]
@@ -495,88 +417,6 @@ async fn fetch(opts: &SyncOptions, side: Side, keys: Vec<Vec<u8>>) -> Result<Fet
     Ok(out)
 }
 
-/// Orders two version values (integers, timestamps, dates, decimals).
-fn version_cmp(a: &Value, b: &Value) -> Option<Ordering> {
-    match (a, b) {
-        (Value::Integer(x), Value::Integer(y)) => Some(x.cmp(y)),
-        (Value::Timestamp(x), Value::Timestamp(y)) => Some(x.cmp(y)),
-        (Value::Date(x), Value::Date(y)) => Some(x.cmp(y)),
-        (Value::Decimal(x), Value::Decimal(y)) => {
-            let (x, y) = (
-                x.as_str().parse::<f64>().ok()?,
-                y.as_str().parse::<f64>().ok()?,
-            );
-            x.partial_cmp(&y)
-        }
-        // A row with a version beats one without.
-        (Value::Null, Value::Null) => None,
-        (Value::Null, _) => Some(Ordering::Less),
-        (_, Value::Null) => Some(Ordering::Greater),
-        _ => None,
-    }
-}
-
-/// The winning side of a changed row under a whole-row rule.
-fn winner(rule: &Rule, columns: &[String], s: &[Value], t: &[Value]) -> Result<Side, String> {
-    match rule {
-        Rule::Priority(side) => Ok(*side),
-        Rule::Lww { column } => {
-            let i = columns
-                .iter()
-                .position(|c| c == column)
-                .ok_or_else(|| format!("lww column {column:?} is not a compared column"))?;
-            match version_cmp(&s[i], &t[i]) {
-                Some(Ordering::Greater) => Ok(Side::Source),
-                Some(Ordering::Less) => Ok(Side::Target),
-                Some(Ordering::Equal) => Err(format!("lww: equal {column} on both sides")),
-                None => Err(format!("lww: {column} values cannot be ordered")),
-            }
-        }
-        Rule::Manual => Err("manual: changed on both sides".into()),
-        Rule::Ownership { .. } => Err("ownership cannot be a fallback".into()),
-    }
-}
-
-/// The row each side should hold after settling a changed row: `Ok((for
-/// source, for target))` with `None` where that side keeps its row.
-type Settled = (Option<Vec<Value>>, Option<Vec<Value>>);
-
-fn settle(rule: &Rule, columns: &[String], s: &[Value], t: &[Value]) -> Result<Settled, String> {
-    let merged: Vec<Value> = match rule {
-        Rule::Ownership { owners, fallback } => {
-            // The fallback only matters if some column is unowned.
-            let unowned = columns.iter().any(|c| !owners.contains_key(c));
-            let fallback_side = if unowned {
-                Some(winner(fallback, columns, s, t)?)
-            } else {
-                None
-            };
-            columns
-                .iter()
-                .enumerate()
-                .map(|(i, c)| {
-                    let side = owners
-                        .get(c)
-                        .copied()
-                        .or(fallback_side)
-                        .unwrap_or(Side::Source);
-                    match side {
-                        Side::Source => s[i].clone(),
-                        Side::Target => t[i].clone(),
-                    }
-                })
-                .collect()
-        }
-        whole => match winner(whole, columns, s, t)? {
-            Side::Source => s.to_vec(),
-            Side::Target => t.to_vec(),
-        },
-    };
-    let to_source = (merged.as_slice() != s).then(|| merged.clone());
-    let to_target = (merged.as_slice() != t).then_some(merged);
-    Ok((to_source, to_target))
-}
-
 /// Compares and plans; fetches the values the plan writes. With `dry_run`
 /// each written side renders its SQL.
 pub async fn plan(
@@ -829,76 +669,4 @@ pub async fn execute(
     report.verify_ms = verifying.elapsed().as_millis() as u64;
     report.elapsed_ms += started.elapsed().as_millis() as u64;
     Ok(report)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cols() -> Vec<String> {
-        ["credit", "email", "version"].map(String::from).to_vec()
-    }
-
-    fn row(credit: i128, email: &str, version: i128) -> Vec<Value> {
-        vec![
-            Value::Integer(credit),
-            Value::text(email),
-            Value::Integer(version),
-        ]
-    }
-
-    #[test]
-    fn lww_takes_the_greater_version_and_leaves_ties_unresolved() {
-        let rule = Rule::Lww {
-            column: "version".into(),
-        };
-        let (s, t) = (row(1, "a", 5), row(2, "b", 7));
-        assert_eq!(
-            settle(&rule, &cols(), &s, &t).unwrap(),
-            (Some(t.clone()), None)
-        );
-        assert_eq!(
-            settle(&rule, &cols(), &t, &s).unwrap(),
-            (None, Some(t.clone()))
-        );
-        assert!(settle(&rule, &cols(), &row(1, "a", 5), &row(2, "b", 5)).is_err());
-        let missing = Rule::Lww {
-            column: "nope".into(),
-        };
-        assert!(
-            settle(&missing, &cols(), &s, &t)
-                .unwrap_err()
-                .contains("nope")
-        );
-    }
-
-    #[test]
-    fn ownership_merges_per_column_and_writes_where_rows_differ() {
-        let rule = Rule::Ownership {
-            owners: HashMap::from([
-                ("email".to_string(), Side::Source),
-                ("credit".to_string(), Side::Target),
-            ]),
-            fallback: Box::new(Rule::Priority(Side::Source)),
-        };
-        let (s, t) = (row(1, "crm@x", 5), row(900, "erp@x", 7));
-        let merged = row(900, "crm@x", 5);
-        assert_eq!(
-            settle(&rule, &cols(), &s, &t).unwrap(),
-            (Some(merged.clone()), Some(merged))
-        );
-        // Already merged on the target: only the source is written.
-        let (s, t) = (row(1, "crm@x", 5), row(900, "crm@x", 5));
-        assert_eq!(settle(&rule, &cols(), &s, &t).unwrap(), (Some(t), None));
-    }
-
-    #[test]
-    fn manual_is_never_guessed_and_priority_always_decides() {
-        let (s, t) = (row(1, "a", 1), row(2, "b", 2));
-        assert!(settle(&Rule::Manual, &cols(), &s, &t).is_err());
-        assert_eq!(
-            settle(&Rule::Priority(Side::Target), &cols(), &s, &t).unwrap(),
-            (Some(t), None)
-        );
-    }
 }

@@ -7,11 +7,13 @@
 //! serves a remote agent. See [`descent`] for the algorithm and its bounds,
 //! and [`wire`] for how bytes on the wire are accounted.
 //!
-//! Repairs (plans and policies) will live here too; they build on the drift
-//! this crate classifies.
+//! [`policy`] holds the sync rules, pure: which side's row wins, or how two
+//! rows merge. Planning and executing runs over gRPC (fetching values,
+//! conditional writes) lives with the client in the root package.
 
 pub mod descent;
 pub mod peer;
+pub mod policy;
 pub mod wire;
 
 pub use descent::{
