@@ -233,19 +233,35 @@ impl RepairService for RepairServer {
                     let mut s = source.lock().unwrap_or_else(|p| p.into_inner());
                     s.fetch(chunk)
                 };
-                let batch = found.map_err(source_status).map(|rows| pb::RecordBatch {
-                    columns: columns.clone(),
-                    records: chunk
+                let batch = found.map_err(source_status).and_then(|rows| {
+                    let records = chunk
                         .iter()
                         .zip(rows)
-                        .map(|(k, r)| pb::FetchedRecord {
-                            canonical_key: tuple_bytes(k),
-                            found: r.is_some(),
-                            values: r
-                                .map(|r| r.values.iter().map(convert::wire_value).collect())
-                                .unwrap_or_default(),
+                        .map(|(k, r)| {
+                            let canonical_key = tuple_bytes(k);
+                            // An absent row may be a delete capture saw.
+                            let deleted_at_us = match &r {
+                                Some(_) => 0,
+                                None => ds
+                                    .index
+                                    .tombstone_of(&canonical_key)
+                                    .map_err(index_status)?
+                                    .unwrap_or(0),
+                            };
+                            Ok(pb::FetchedRecord {
+                                canonical_key,
+                                found: r.is_some(),
+                                values: r
+                                    .map(|r| r.values.iter().map(convert::wire_value).collect())
+                                    .unwrap_or_default(),
+                                deleted_at_us,
+                            })
                         })
-                        .collect(),
+                        .collect::<Result<Vec<_>, Status>>()?;
+                    Ok(pb::RecordBatch {
+                        columns: columns.clone(),
+                        records,
+                    })
                 });
                 let failed = batch.is_err();
                 if tx.blocking_send(batch).is_err() || failed {

@@ -19,8 +19,10 @@
 //! * **one_way** from the source of truth: missing and changed rows are
 //!   written to the target; rows only on the target are deleted, kept or
 //!   reported (`--extra`).
-//! * **two_way**: a row on one side only is copied to the other (without
-//!   tombstones, a delete is never inferred from absence); a row changed on
+//! * **two_way**: a row on one side only is copied to the other, unless the
+//!   other side's change capture saw it deleted (a tombstone in its index):
+//!   then the delete propagates. A delete is never inferred from absence
+//!   alone. A row changed on
 //!   both sides is settled by the rule: `lww` (the greater value of a version
 //!   or updated_at column wins; a tie is left unresolved), `priority` (one
 //!   side wins), `ownership` (per column, its owning side's value; a fallback
@@ -369,6 +371,8 @@ async fn drift_of(opts: &SyncOptions) -> Result<Vec<arbor_sync::Drift>, SyncErro
 /// the canonical names of the value columns.
 struct Fetched {
     rows: HashMap<Vec<u8>, Option<Vec<Value>>>,
+    /// Absent rows whose delete that side's change capture saw.
+    deleted: std::collections::HashSet<Vec<u8>>,
     columns: Vec<String>,
 }
 
@@ -376,6 +380,7 @@ async fn fetch(opts: &SyncOptions, side: Side, keys: Vec<Vec<u8>>) -> Result<Fet
     let (agent, dataset) = opts.agent(side);
     let mut out = Fetched {
         rows: HashMap::new(),
+        deleted: std::collections::HashSet::new(),
         columns: Vec::new(),
     };
     if keys.is_empty() {
@@ -408,6 +413,9 @@ async fn fetch(opts: &SyncOptions, side: Side, keys: Vec<Vec<u8>>) -> Result<Fet
                             })?,
                     )
                 } else {
+                    if r.deleted_at_us > 0 {
+                        out.deleted.insert(r.canonical_key.clone());
+                    }
                     None
                 };
                 out.rows.insert(r.canonical_key, v);
@@ -438,8 +446,17 @@ pub async fn plan(
     let mut from_target = Vec::new();
     for d in &drift {
         match d.kind {
-            DriftKind::MissingRight => from_source.push(d.key.clone()),
-            DriftKind::MissingLeft if two_way => from_target.push(d.key.clone()),
+            DriftKind::MissingRight => {
+                from_source.push(d.key.clone());
+                if two_way {
+                    // Was it deleted on the target?
+                    from_target.push(d.key.clone());
+                }
+            }
+            DriftKind::MissingLeft if two_way => {
+                from_target.push(d.key.clone());
+                from_source.push(d.key.clone());
+            }
             DriftKind::MissingLeft => {}
             DriftKind::Changed => {
                 from_source.push(d.key.clone());
@@ -487,6 +504,26 @@ pub async fn plan(
             values: None,
         };
         let take = |f: &mut Fetched| f.rows.remove(&d.key).flatten();
+        // Two-way: a row one side's capture saw deleted is deleted on the
+        // other side rather than copied back (the delete is the newer fact).
+        if two_way {
+            let (deleted_on, keep_on) = match d.kind {
+                DriftKind::MissingRight => (&target, Side::Source),
+                DriftKind::MissingLeft => (&source, Side::Target),
+                DriftKind::Changed => (&target, Side::Target),
+            };
+            if d.kind != DriftKind::Changed && deleted_on.deleted.contains(&d.key) {
+                actions.push(base(
+                    "delete",
+                    keep_on,
+                    match keep_on {
+                        Side::Source => "deleted_on_target",
+                        Side::Target => "deleted_on_source",
+                    },
+                ));
+                continue;
+            }
+        }
         match (d.kind, &opts.policy) {
             (DriftKind::MissingRight, _) => match take(&mut source) {
                 Some(v) => actions.push(Action {

@@ -7,6 +7,7 @@
 //! | `nodes`   | level (u8) ‖ prefix (u64 BE)          | sum (32 bytes LE) ‖ count (u64 LE), merged by addition |
 //! | `meta`    | ASCII name (see [`meta`])             | per name                           |
 //! | `scan`    | a record key seen by a running rescan | empty                              |
+//! | `tombstones` | record key of a deleted record     | deletion time (i64 µs since the Unix epoch, BE) |
 //!
 //! Record keys start with the position, so the records of a tree node are one
 //! contiguous range; node keys sort by level, then prefix, so the children of
@@ -26,8 +27,12 @@ pub const META: &str = "meta";
 /// Record keys seen by the rescan in progress (record key → empty); cleared
 /// when a rescan starts and ends.
 pub const SCAN: &str = "scan";
+/// Records an incremental change removed, and when (record key → µs BE):
+/// two-way sync propagates these deletes instead of copying the row back.
+/// An upsert of the key removes its tombstone.
+pub const TOMBSTONES: &str = "tombstones";
 /// Every column family, in creation order.
-pub const ALL: [&str; 4] = [RECORDS, NODES, META, SCAN];
+pub const ALL: [&str; 5] = [RECORDS, NODES, META, SCAN, TOMBSTONES];
 
 /// Name of the merge operator that adds node deltas (part of the on-disk
 /// format: RocksDB refuses to open a CF whose operator name changed).

@@ -568,6 +568,30 @@ impl Index {
         self.write(batch, true)
     }
 
+    /// When an incremental change deleted the record with this canonical
+    /// key (µs since the Unix epoch), if it did and nothing re-inserted it.
+    pub fn tombstone_of(&self, canonical_key: &[u8]) -> Result<Option<i64>, IndexError> {
+        let position = self.config.keys.position_of_encoded_key(canonical_key);
+        let key = cf::record_key(position, canonical_key);
+        match self
+            .db
+            .get_cf(self.cf(cf::TOMBSTONES), &key)
+            .map_err(IndexError::storage("read a tombstone"))?
+        {
+            None => Ok(None),
+            Some(v) => {
+                let b: [u8; 8] = v.as_slice().try_into().map_err(|_| {
+                    IndexError::corrupt(
+                        cf::TOMBSTONES,
+                        &key,
+                        format!("{} bytes, expected 8", v.len()),
+                    )
+                })?;
+                Ok(Some(i64::from_be_bytes(b)))
+            }
+        }
+    }
+
     /// Makes every write so far durable (fsyncs the write-ahead log). Call
     /// it before telling a system its changes are safely indexed, as logical
     /// replication does before advancing its slot.
@@ -685,11 +709,22 @@ impl Index {
         // reuse their skiplist position; each key once, in its final state.
         let mut batch = WriteBatch::default();
         let mark_seen = self.rescanning.load(Ordering::Acquire);
+        let tombstones_cf = self.cf(cf::TOMBSTONES);
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64);
         for (key, (before, after)) in &state {
             match (before, after) {
                 (b, a) if b == a => {}
+                (None, Some(a)) => {
+                    batch.put_cf(records_cf, key, a.0);
+                    batch.delete_cf(tombstones_cf, key);
+                }
                 (_, Some(a)) => batch.put_cf(records_cf, key, a.0),
-                (_, None) => batch.delete_cf(records_cf, key),
+                (_, None) => {
+                    batch.delete_cf(records_cf, key);
+                    batch.put_cf(tombstones_cf, key, now_us.to_be_bytes());
+                }
             }
             if mark_seen && after.is_some() {
                 batch.put_cf(self.cf(cf::SCAN), key, []);

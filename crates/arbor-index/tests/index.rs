@@ -172,6 +172,33 @@ fn apply_counts_what_it_did_and_repeated_keys_in_a_batch_see_each_other() {
 }
 
 #[test]
+fn deletes_leave_tombstones_until_the_key_comes_back() {
+    let dir = TempDir::new().unwrap();
+    let index = build(&dir, "t", [(1, 1), (2, 2)]);
+    let key = |k: i64| arbor_record::tuple_bytes(&[Value::Integer(k.into())]);
+    assert_eq!(index.tombstone_of(&key(1)).unwrap(), None);
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
+    index
+        .apply(
+            &[
+                Change::Delete(vec![Value::Integer(1)]),
+                Change::Delete(vec![Value::Integer(9)]), // absent: no tombstone
+            ],
+            None,
+        )
+        .unwrap();
+    let at = index.tombstone_of(&key(1)).unwrap().expect("a tombstone");
+    assert!(at >= before, "{at} < {before}");
+    assert_eq!(index.tombstone_of(&key(9)).unwrap(), None);
+    assert_eq!(index.tombstone_of(&key(2)).unwrap(), None);
+    index.apply(&[Change::Upsert(record(1, 5))], None).unwrap();
+    assert_eq!(index.tombstone_of(&key(1)).unwrap(), None);
+}
+
+#[test]
 fn reopen_keeps_everything() {
     let dir = TempDir::new().unwrap();
     let root = {
