@@ -257,7 +257,7 @@ pub fn index_status(e: IndexError) -> Status {
         | IndexError::Schema { .. } => Code::FailedPrecondition,
         IndexError::InvalidRequest(_) => Code::InvalidArgument,
         IndexError::Source(_) => Code::Unavailable,
-        IndexError::Storage { .. } => Code::Internal,
+        IndexError::Storage { .. } | IndexError::Io { .. } => Code::Internal,
     };
     Status::new(code, e.to_string())
 }

@@ -20,6 +20,17 @@ pub enum IndexError {
         #[source]
         source: rocksdb::Error,
     },
+    /// A file of the index's own (a build's sorted runs) could not be written.
+    #[error("cannot {op} {path}: {source}")]
+    Io {
+        /// What the index was doing.
+        op: &'static str,
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// Bytes read back from RocksDB are not what the index writes.
     #[error("corrupt entry in column family {cf} at key {key}: {reason}")]
     Corrupt {

@@ -25,8 +25,8 @@ use arbor_record::{DatasetKeys, Digest, ENCODING_VERSION, HashedRecord, KeyId, R
 use arbor_tree::{Aggregator, Node, Prefix, ancestor_deltas, stored_depth};
 use rayon::prelude::*;
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Options,
-    WriteBatch, WriteOptions,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
+    IngestExternalFileOptions, Options, SstFileWriter, WriteBatch, WriteOptions,
 };
 use tracing::{info, instrument};
 
@@ -53,6 +53,11 @@ const PARALLEL_HASH_MIN: usize = 1_024;
 const BLOCK_CACHE_BYTES: usize = 64 << 20;
 /// RocksDB memtable size per column family.
 const WRITE_BUFFER_BYTES: usize = 64 << 20;
+/// Records per sorted run a full build writes as one SST file and ingests
+/// (about 80 bytes each in memory while the run fills).
+const BUILD_RUN_RECORDS: usize = 1 << 20;
+/// The build's sorted-run files, inside the index directory.
+const BUILD_RUN_DIR: &str = "build-runs";
 
 /// What identifies the records an index may hold: its hashing keys and schema.
 #[derive(Debug, Clone)]
@@ -176,6 +181,18 @@ fn db_options() -> (Options, Vec<ColumnFamilyDescriptor>) {
         })
         .collect();
     (opts, cfs)
+}
+
+/// Options of the SST files a build writes for the records CF: the same
+/// table format as the CF's own files (bloom filters for point lookups, no
+/// compression).
+fn records_file_options() -> Options {
+    let mut o = Options::default();
+    let mut table = BlockBasedOptions::default();
+    table.set_bloom_filter(10.0, false);
+    o.set_block_based_table_factory(&table);
+    o.set_compression_type(DBCompressionType::None);
+    o
 }
 
 impl Index {
@@ -401,7 +418,6 @@ impl Index {
         let _guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let started = Instant::now();
         self.begin_build()?;
-        let records_cf = self.cf(cf::RECORDS);
 
         // Stage 1 (this thread): pull a chunk from the source and hash it in
         // parallel. Stage 2 (writer thread): write the previous chunk.
@@ -409,18 +425,36 @@ impl Index {
         let write_result = std::thread::scope(|scope| -> Result<(), IndexError> {
             let (tx, rx) = sync_channel::<Vec<HashedRecord>>(BUILD_QUEUE_CHUNKS);
             let writer = scope.spawn(move || -> Result<(), IndexError> {
-                for mut chunk in rx {
-                    // Key order lets each memtable insert start its skiplist
-                    // search where the previous one ended (random positions
-                    // made the search dominate the build). Stable, so a
-                    // repeated key's last record still wins.
-                    chunk.sort_by(|a, b| (a.position, &a.key).cmp(&(b.position, &b.key)));
-                    let mut batch = WriteBatch::default();
-                    for r in &chunk {
-                        batch.put_cf(records_cf, cf::record_key(r.position, &r.key), r.digest.0);
+                // Records go to RocksDB as sorted runs written straight to
+                // SST files and ingested: no memtable inserts of random keys,
+                // no flush, no write-ahead log.
+                let dir = self.path.join(BUILD_RUN_DIR);
+                let io = |op| {
+                    let dir = dir.clone();
+                    move |source| IndexError::Io {
+                        op,
+                        path: dir,
+                        source,
                     }
-                    self.write_unlogged(batch)?;
+                };
+                if dir.exists() {
+                    std::fs::remove_dir_all(&dir).map_err(io("clear"))?;
                 }
+                std::fs::create_dir_all(&dir).map_err(io("create"))?;
+                // Sorted chunks, merged into one sorted run per file.
+                let mut run: Vec<Vec<HashedRecord>> = Vec::new();
+                let mut in_run = 0usize;
+                let mut runs = 0u32;
+                for chunk in rx {
+                    in_run += chunk.len();
+                    run.push(chunk);
+                    if in_run >= BUILD_RUN_RECORDS {
+                        self.ingest_run(&mut run, &dir, &mut runs)?;
+                        in_run = 0;
+                    }
+                }
+                self.ingest_run(&mut run, &dir, &mut runs)?;
+                std::fs::remove_dir_all(&dir).map_err(io("remove"))?;
                 Ok(())
             });
             let mut source = records.into_iter();
@@ -441,7 +475,9 @@ impl Index {
                 }
                 records_read += chunk.len() as u64;
                 progress(records_read);
-                let hashed = hash(chunk);
+                let mut hashed = hash(chunk);
+                // Stable: a repeated key's last record stays last.
+                hashed.par_sort_by(|a, b| (a.position, &a.key).cmp(&(b.position, &b.key)));
                 if tx.send(hashed).is_err() {
                     // The writer stopped early: its error is reported below.
                     break Ok(());
@@ -478,6 +514,72 @@ impl Index {
             "full build committed"
         );
         Ok(stats)
+    }
+
+    /// Merges sorted chunks into one SST file of the records CF and ingests
+    /// it. For a repeated key the last record wins: the later chunk, or the
+    /// later record of one chunk (chunks are sorted stably); so does a later
+    /// run over an earlier one, since each ingestion is newer.
+    fn ingest_run(
+        &self,
+        run: &mut Vec<Vec<HashedRecord>>,
+        dir: &Path,
+        runs: &mut u32,
+    ) -> Result<(), IndexError> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        if run.iter().all(Vec::is_empty) {
+            run.clear();
+            return Ok(());
+        }
+        let path = dir.join(format!("run-{:06}.sst", *runs));
+        *runs += 1;
+        let opts = records_file_options();
+        let mut writer = SstFileWriter::create(&opts);
+        writer
+            .open(&path)
+            .map_err(IndexError::storage("open a build run file"))?;
+        // (position, key, chunk, index): equal keys pop in arrival order.
+        type Head<'a> = Reverse<(u64, &'a [u8], usize, usize)>;
+        let mut heap: BinaryHeap<Head<'_>> = run
+            .iter()
+            .enumerate()
+            .filter_map(|(c, chunk)| {
+                chunk
+                    .first()
+                    .map(|r| Reverse((r.position, &r.key[..], c, 0)))
+            })
+            .collect();
+        let mut pending: Option<&HashedRecord> = None;
+        while let Some(Reverse((_, _, c, i))) = heap.pop() {
+            let r = &run[c][i];
+            if let Some(next) = run[c].get(i + 1) {
+                heap.push(Reverse((next.position, &next.key[..], c, i + 1)));
+            }
+            if let Some(p) = pending
+                && (p.position, &p.key) != (r.position, &r.key)
+            {
+                writer
+                    .put(cf::record_key(p.position, &p.key), p.digest.0)
+                    .map_err(IndexError::storage("write a build run file"))?;
+            }
+            pending = Some(r);
+        }
+        if let Some(p) = pending {
+            writer
+                .put(cf::record_key(p.position, &p.key), p.digest.0)
+                .map_err(IndexError::storage("write a build run file"))?;
+        }
+        writer
+            .finish()
+            .map_err(IndexError::storage("finish a build run file"))?;
+        let mut ingest = IngestExternalFileOptions::default();
+        ingest.set_move_files(true);
+        self.db
+            .ingest_external_file_cf_opts(self.cf(cf::RECORDS), &ingest, vec![&path])
+            .map_err(IndexError::storage("ingest a build run"))?;
+        run.clear();
+        Ok(())
     }
 
     fn begin_build(&self) -> Result<(), IndexError> {
