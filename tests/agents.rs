@@ -661,6 +661,19 @@ fn poll_capture_follows_updates_and_inserts_and_rescans_catch_deletes() {
     wait_for_drift(dir.path(), &fixed.address, &moving.address, &with_delete);
 }
 
+/// Whether the server can do logical replication. tools/test.sh starts
+/// its own servers with wal_level=logical; a server found already running
+/// may not have it, and then the logical-capture tests say so and skip.
+fn logical_capture_available(pg: &mut postgres::Client) -> bool {
+    let wal: String = pg.query_one("SHOW wal_level", &[]).unwrap().get(0);
+    if wal != "logical" {
+        eprintln!(
+            "skipped: the PostgreSQL server has wal_level={wal}, logical capture needs logical"
+        );
+    }
+    wal == "logical"
+}
+
 /// Drops a test's replication slot and publication however the test ends:
 /// a forgotten slot would make a shared server keep WAL forever.
 struct SlotGuard {
@@ -712,13 +725,7 @@ fn lsn_of(summary: &Json) -> u64 {
 fn logical_capture_follows_every_change_and_catches_up_after_a_restart() {
     let dir = demo(2_000, 0);
     let (mut pg, url, table) = crm_into_postgres(dir.path());
-    let wal: String = pg.query_one("SHOW wal_level", &[]).unwrap().get(0);
-    if wal != "logical" {
-        // tools/test.sh starts its own servers with wal_level=logical; a
-        // server found already running may not have it.
-        eprintln!(
-            "skipped: the PostgreSQL server has wal_level={wal}, logical capture needs logical"
-        );
+    if !logical_capture_available(&mut pg) {
         return;
     }
     let slot = format!("arbor_test_{}", std::process::id());
@@ -891,6 +898,24 @@ fn postgres_customers(pg: &mut postgres::Client, table: &str) -> Customers {
     .collect()
 }
 
+/// `--source S --target T --dataset customers`, then `extra`.
+fn sync_endpoints<'a>(
+    source: &'a AgentProcess,
+    target: &'a AgentProcess,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "--source",
+        source.address.as_str(),
+        "--target",
+        target.address.as_str(),
+        "--dataset",
+        "customers",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 fn sync_json(dir: &Path, args: &[&str]) -> (i32, Json, Vec<Json>) {
     let out = arbor(dir, &[&["sync"], args, &["--json"]].concat());
     let text = String::from_utf8_lossy(&out.stdout);
@@ -942,14 +967,7 @@ fn one_way_sync_repairs_postgres_from_sqlite_and_never_overwrites_a_later_change
     let truth_rows = sqlite_customers(&dir.path().join("crm.db"));
     let truth = AgentProcess::start(dir.path(), "truth.toml");
     let target = AgentProcess::start(dir.path(), "target.toml");
-    let endpoints = [
-        "--source",
-        truth.address.as_str(),
-        "--target",
-        target.address.as_str(),
-        "--dataset",
-        "customers",
-    ];
+    let endpoints = sync_endpoints(&truth, &target, &[]);
 
     // The plan: exact actions, the SQL the target would run, nothing written.
     let before = postgres_customers(&mut pg, &table);
@@ -1059,14 +1077,7 @@ fn one_way_sync_repairs_postgres_from_sqlite_and_never_overwrites_a_later_change
     .unwrap();
     drop(truth);
     let truth = AgentProcess::start(dir.path(), "truth.toml");
-    let endpoints = [
-        "--source",
-        truth.address.as_str(),
-        "--target",
-        target.address.as_str(),
-        "--dataset",
-        "customers",
-    ];
+    let endpoints = sync_endpoints(&truth, &target, &[]);
     let out = arbor(
         dir.path(),
         &[&["sync", "run"][..], &endpoints, &["--execute"]].concat(),
@@ -1305,16 +1316,7 @@ fn two_way_sync_between_postgres_and_mariadb_under_lww_ownership_and_manual() {
     );
     let source = AgentProcess::start(dir.path(), "pg.toml");
     let target = AgentProcess::start(dir.path(), "my.toml");
-    let endpoints = [
-        "--source",
-        source.address.as_str(),
-        "--target",
-        target.address.as_str(),
-        "--dataset",
-        "customers",
-        "--policy",
-        "two-way",
-    ];
+    let endpoints = sync_endpoints(&source, &target, &["--policy", "two-way"]);
 
     // lww on version: the newer row wins whole, inserts cross, the tie waits.
     let (code, report, _) = sync_json(
@@ -1360,16 +1362,7 @@ fn two_way_sync_between_postgres_and_mariadb_under_lww_ownership_and_manual() {
     drop((source, target));
     let source = AgentProcess::start(dir.path(), "pg.toml");
     let target = AgentProcess::start(dir.path(), "my.toml");
-    let endpoints = [
-        "--source",
-        source.address.as_str(),
-        "--target",
-        target.address.as_str(),
-        "--dataset",
-        "customers",
-        "--policy",
-        "two-way",
-    ];
+    let endpoints = sync_endpoints(&source, &target, &["--policy", "two-way"]);
     let (code, report, _) = sync_json(
         dir.path(),
         &[&["run"][..], &endpoints, &["--rule", "manual", "--execute"]].concat(),
@@ -1430,11 +1423,7 @@ fn two_way_sync_between_postgres_and_mariadb_under_lww_ownership_and_manual() {
 fn a_realtime_sync_job_carries_postgres_commits_to_mariadb_and_jobs_are_listed() {
     let dir = demo(1_000, 0);
     let (mut pg, url, pg_table) = crm_into_postgres(dir.path());
-    let wal: String = pg.query_one("SHOW wal_level", &[]).unwrap().get(0);
-    if wal != "logical" {
-        eprintln!(
-            "skipped: the PostgreSQL server has wal_level={wal}, logical capture needs logical"
-        );
+    if !logical_capture_available(&mut pg) {
         return;
     }
     let (mut my, my_table) = crm_into_mariadb(dir.path());
@@ -1586,11 +1575,7 @@ fn two_way_realtime_jobs_converge_without_echo_loops() {
     use mysql::prelude::Queryable;
     let dir = demo(500, 0);
     let (mut pg, url, pg_table) = crm_into_postgres(dir.path());
-    let wal: String = pg.query_one("SHOW wal_level", &[]).unwrap().get(0);
-    if wal != "logical" {
-        eprintln!(
-            "skipped: the PostgreSQL server has wal_level={wal}, logical capture needs logical"
-        );
+    if !logical_capture_available(&mut pg) {
         return;
     }
     let (mut my, my_table) = crm_into_mariadb(dir.path());

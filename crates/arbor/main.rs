@@ -418,7 +418,7 @@ async fn sync(command: SyncCommand) -> Result<u8> {
                 .await?
                 .list_conflicts(pb::ListConflictsRequest {})
                 .await
-                .map_err(|s| anyhow::anyhow!("{agent}: {} ({:?})", s.message(), s.code()))?
+                .map_err(|s| rpc_error(&agent, &s))?
                 .into_inner();
             for c in &list.conflicts {
                 println!("{c}");
@@ -430,7 +430,7 @@ async fn sync(command: SyncCommand) -> Result<u8> {
                 .await?
                 .resolve_conflict(pb::ResolveConflictRequest { id, take })
                 .await
-                .map_err(|s| anyhow::anyhow!("{agent}: {} ({:?})", s.message(), s.code()))?
+                .map_err(|s| rpc_error(&agent, &s))?
                 .into_inner();
             println!("{}", run.json);
             let report: serde_json::Value = serde_json::from_str(&run.json)?;
@@ -441,7 +441,7 @@ async fn sync(command: SyncCommand) -> Result<u8> {
             let run = client
                 .run_sync_job(pb::RunSyncJobRequest { name: job.clone() })
                 .await
-                .map_err(|s| anyhow::anyhow!("{agent}: {} ({:?})", s.message(), s.code()))?
+                .map_err(|s| rpc_error(&agent, &s))?
                 .into_inner();
             println!("{}", run.json);
             let parsed: serde_json::Value = serde_json::from_str(&run.json)?;
@@ -617,11 +617,12 @@ async fn sync(command: SyncCommand) -> Result<u8> {
     Ok(if clean { 0 } else { 1 })
 }
 
-fn capture_drop(args: &IndexArgs, publication: bool) -> Result<u8> {
-    use arbor::config::{Capture, SourceConfig};
-    let cfg = AgentConfig::load(&args.config.config, &Overrides::default())?;
-    let d = cfg
-        .datasets
+/// The dataset an offline command names.
+fn dataset_of<'a>(
+    cfg: &'a AgentConfig,
+    args: &IndexArgs,
+) -> Result<&'a arbor::config::DatasetConfig> {
+    cfg.datasets
         .iter()
         .find(|d| d.name == args.dataset)
         .with_context(|| {
@@ -630,7 +631,13 @@ fn capture_drop(args: &IndexArgs, publication: bool) -> Result<u8> {
                 args.dataset,
                 args.config.config.display()
             )
-        })?;
+        })
+}
+
+fn capture_drop(args: &IndexArgs, publication: bool) -> Result<u8> {
+    use arbor::config::{Capture, SourceConfig};
+    let cfg = AgentConfig::load(&args.config.config, &Overrides::default())?;
+    let d = dataset_of(&cfg, args)?;
     let (Capture::Logical(lc), SourceConfig::Postgres(db)) = (&d.capture, &d.source) else {
         anyhow::bail!("dataset {:?} does not use logical capture", d.name);
     };
@@ -667,17 +674,7 @@ fn index_command(command: IndexCommand) -> Result<u8> {
         IndexCommand::Verify(a) => (a, "verify"),
     };
     let cfg = AgentConfig::load(&args.config.config, &Overrides::default())?;
-    let d = cfg
-        .datasets
-        .iter()
-        .find(|d| d.name == args.dataset)
-        .with_context(|| {
-            format!(
-                "no dataset {:?} in {}",
-                args.dataset,
-                args.config.config.display()
-            )
-        })?;
+    let d = dataset_of(&cfg, args)?;
     let path = agent::index_path(&cfg, &d.name);
     std::fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
     let index = Index::open(&path, agent::index_config(d)).with_context(|| {
@@ -774,6 +771,11 @@ fn peak_rss() -> Option<u64> {
     Some(kib / 1024)
 }
 
+/// A failed call to an agent, for the CLI's error line.
+fn rpc_error(agent: &str, s: &tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{agent}: {} ({:?})", s.message(), s.code())
+}
+
 async fn admin_client(
     agent: &str,
 ) -> Result<arbor::proto::v1::admin_service_client::AdminServiceClient<tonic::transport::Channel>> {
@@ -787,7 +789,7 @@ async fn sync_jobs(agent: &str, json: bool) -> Result<u8> {
         .await?
         .list_sync_jobs(pb::ListSyncJobsRequest {})
         .await
-        .map_err(|s| anyhow::anyhow!("{agent}: {} ({:?})", s.message(), s.code()))?
+        .map_err(|s| rpc_error(agent, &s))?
         .into_inner()
         .jobs;
     let mut out = std::io::stdout().lock();

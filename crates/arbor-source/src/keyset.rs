@@ -213,6 +213,29 @@ pub(crate) fn scan_in_chunks<R: KeysetReader>(
     })
 }
 
+/// Keys looked up per statement by `fetch`.
+pub(crate) const FETCH_KEYS_PER_STATEMENT: usize = 1_000;
+
+/// Looks records up by key, [`FETCH_KEYS_PER_STATEMENT`] keys a statement:
+/// `query` reads the rows of one batch of keys, in any order; the result is
+/// in `keys` order, `None` where a key has no row.
+pub(crate) fn fetch_in_batches(
+    keys: &[Vec<Value>],
+    mut query: impl FnMut(&[&[Value]]) -> Result<Vec<Record>, SourceError>,
+) -> Result<Vec<Option<Record>>, SourceError> {
+    let mut found = std::collections::HashMap::new();
+    for chunk in keys.chunks(FETCH_KEYS_PER_STATEMENT) {
+        let refs: Vec<&[Value]> = chunk.iter().map(Vec::as_slice).collect();
+        for r in query(&refs)? {
+            found.insert(arbor_record::tuple_bytes(&r.key), r);
+        }
+    }
+    Ok(keys
+        .iter()
+        .map(|k| found.remove(&arbor_record::tuple_bytes(k)))
+        .collect())
+}
+
 /// Reconnects with backoff after `cause` broke the connection.
 fn reconnect(reader: &mut impl KeysetReader, cause: &str) -> Result<(), SourceError> {
     let options = *reader.options();

@@ -22,12 +22,6 @@ use mysql::{Conn, Opts};
 use tracing::{instrument, warn};
 
 use crate::keyset::{self, ChunkContext, ChunkError, Fetched, KeysetReader, ScanOptions};
-
-/// Keys looked up per statement by `fetch`.
-const FETCH_KEYS_PER_STATEMENT: usize = 1_000;
-
-/// Repair statements sent together (one multi-statement query).
-const STATEMENTS_PER_ROUND_TRIP: usize = 200;
 use crate::mapping::Mapping;
 use crate::postgres::redact_url;
 use crate::sqlite::Relation;
@@ -143,6 +137,41 @@ pub fn convert(v: mysql::Value, kind: ValueKind) -> Result<Value, String> {
     })
 }
 
+/// Repair statements sent together (one multi-statement query).
+const STATEMENTS_PER_ROUND_TRIP: usize = 200;
+
+/// Opens a session in UTC (TIMESTAMP columns read and written as UTC),
+/// with a statement timeout under the name this server knows; `read_only`
+/// for scans, not for repairs.
+fn open_session(
+    url: &str,
+    statement_timeout: std::time::Duration,
+    read_only: bool,
+) -> Result<Conn, SourceError> {
+    let open_err = |e: &dyn std::fmt::Display| SourceError::Open {
+        what: format!("mysql {}", redact_url(url)),
+        reason: e.to_string(),
+    };
+    let opts = Opts::from_url(url).map_err(|e| open_err(&e))?;
+    let mut conn = Conn::new(opts).map_err(|e| open_err(&e))?;
+    conn.query_drop("SET SESSION time_zone = '+00:00'")
+        .map_err(|e| open_err(&e))?;
+    if read_only {
+        conn.query_drop("SET SESSION TRANSACTION READ ONLY")
+            .map_err(|e| open_err(&e))?;
+    }
+    // MariaDB and MySQL name the statement timeout differently; set
+    // whichever this server knows.
+    let secs = statement_timeout.as_secs().max(1);
+    if conn
+        .query_drop(format!("SET SESSION max_statement_time = {secs}"))
+        .is_err()
+    {
+        let _ = conn.query_drop(format!("SET SESSION max_execution_time = {}", secs * 1000));
+    }
+    Ok(conn)
+}
+
 /// A key value as a statement parameter.
 fn key_param(v: &Value) -> Result<mysql::Value, String> {
     Ok(match v {
@@ -200,26 +229,7 @@ impl MysqlSource {
     }
 
     fn connect(&self) -> Result<Conn, SourceError> {
-        let open_err = |e: &dyn std::fmt::Display| SourceError::Open {
-            what: format!("mysql {}", redact_url(&self.url)),
-            reason: e.to_string(),
-        };
-        let opts = Opts::from_url(&self.url).map_err(|e| open_err(&e))?;
-        let mut conn = Conn::new(opts).map_err(|e| open_err(&e))?;
-        conn.query_drop("SET SESSION time_zone = '+00:00'")
-            .map_err(|e| open_err(&e))?;
-        conn.query_drop("SET SESSION TRANSACTION READ ONLY")
-            .map_err(|e| open_err(&e))?;
-        // MariaDB and MySQL name the statement timeout differently; set
-        // whichever this server knows.
-        let secs = self.options.statement_timeout.as_secs().max(1);
-        if conn
-            .query_drop(format!("SET SESSION max_statement_time = {secs}"))
-            .is_err()
-        {
-            let _ = conn.query_drop(format!("SET SESSION max_execution_time = {}", secs * 1000));
-        }
-        Ok(conn)
+        open_session(&self.url, self.options.statement_timeout, true)
     }
 
     fn conn(&mut self) -> Result<&mut Conn, SourceError> {
@@ -466,12 +476,9 @@ impl Source for MysqlSource {
     }
 
     fn fetch(&mut self, keys: &[Vec<Value>]) -> Result<Vec<Option<Record>>, SourceError> {
-        let mut found = std::collections::HashMap::new();
-        // Batches of keys in one statement each (an index lookup per key).
-        for chunk in keys.chunks(FETCH_KEYS_PER_STATEMENT) {
-            let refs: Vec<&[Value]> = chunk.iter().map(Vec::as_slice).collect();
+        keyset::fetch_in_batches(keys, |batch| {
             let cond =
-                crate::sink::keys_condition(crate::sink::Dialect::Mysql, &self.mapping, &refs)
+                crate::sink::keys_condition(crate::sink::Dialect::Mysql, &self.mapping, batch)
                     .map_err(|p| self.value_error("(key)", p))?;
             let sql = format!(
                 "SELECT {} FROM {} WHERE {cond}",
@@ -486,15 +493,10 @@ impl Source for MysqlSource {
                         dataset,
                         reason: e.to_string(),
                     })?;
-            for row in rows {
-                let r = self.record(row.unwrap())?;
-                found.insert(arbor_record::tuple_bytes(&r.key), r);
-            }
-        }
-        Ok(keys
-            .iter()
-            .map(|k| found.remove(&arbor_record::tuple_bytes(k)))
-            .collect())
+            rows.into_iter()
+                .map(|row| self.record(row.unwrap()))
+                .collect()
+        })
     }
 }
 
@@ -523,13 +525,7 @@ impl MysqlSink {
         statement_timeout: std::time::Duration,
     ) -> Result<MysqlSink, SourceError> {
         let url = url.into();
-        let Relation::Table(table) = relation else {
-            return Err(SourceError::Schema {
-                dataset: format!("{}:(query)", redact_url(&url)),
-                problem: "a query cannot be a repair target; name the table (without a filter)"
-                    .into(),
-            });
-        };
+        let table = crate::sink::target_table(relation, &redact_url(&url))?;
         Ok(MysqlSink {
             context: ChunkContext {
                 mapping,
@@ -547,23 +543,7 @@ impl MysqlSink {
     /// Connects, and learns which uuid columns are `binary(16)` (once).
     fn ready(&mut self) -> Result<(), SourceError> {
         if self.conn.is_none() {
-            let open_err = |e: &dyn std::fmt::Display| SourceError::Open {
-                what: format!("mysql {}", redact_url(&self.url)),
-                reason: e.to_string(),
-            };
-            let opts = Opts::from_url(&self.url).map_err(|e| open_err(&e))?;
-            let mut conn = Conn::new(opts).map_err(|e| open_err(&e))?;
-            conn.query_drop("SET SESSION time_zone = '+00:00'")
-                .map_err(|e| open_err(&e))?;
-            let secs = self.statement_timeout.as_secs().max(1);
-            if conn
-                .query_drop(format!("SET SESSION max_statement_time = {secs}"))
-                .is_err()
-            {
-                let _ =
-                    conn.query_drop(format!("SET SESSION max_execution_time = {}", secs * 1000));
-            }
-            self.conn = Some(conn);
+            self.conn = Some(open_session(&self.url, self.statement_timeout, false)?);
         }
         if self.statements.is_none() {
             let mapping = &self.context.mapping;

@@ -30,9 +30,6 @@ use crate::{Source, SourceError, text};
 
 pub use crate::keyset::ScanOptions;
 
-/// Keys looked up per statement by `fetch`.
-const FETCH_KEYS_PER_STATEMENT: usize = 1_000;
-
 /// A dataset in a PostgreSQL database.
 pub struct PostgresSource {
     url: String,
@@ -517,12 +514,9 @@ impl Source for PostgresSource {
 
     fn fetch(&mut self, keys: &[Vec<Value>]) -> Result<Vec<Option<Record>>, SourceError> {
         let context = self.context();
-        let mut found = std::collections::HashMap::new();
-        // Batches of keys in one statement each (an index lookup per key).
-        for chunk in keys.chunks(FETCH_KEYS_PER_STATEMENT) {
-            let refs: Vec<&[Value]> = chunk.iter().map(Vec::as_slice).collect();
+        keyset::fetch_in_batches(keys, |batch| {
             let cond =
-                crate::sink::keys_condition(crate::sink::Dialect::Postgres, &self.mapping, &refs)
+                crate::sink::keys_condition(crate::sink::Dialect::Postgres, &self.mapping, batch)
                     .map_err(|problem| self.value_error("(key)", problem))?;
             let sql = format!(
                 "SELECT {} FROM {} WHERE {cond}",
@@ -537,17 +531,14 @@ impl Source for PostgresSource {
                     dataset,
                     reason: db_message(&e),
                 })?;
-            for m in rows {
-                if let SimpleQueryMessage::Row(row) = m {
-                    let r = context.record(text_values(&context, &row)?)?;
-                    found.insert(arbor_record::tuple_bytes(&r.key), r);
-                }
-            }
-        }
-        Ok(keys
-            .iter()
-            .map(|k| found.remove(&arbor_record::tuple_bytes(k)))
-            .collect())
+            rows.iter()
+                .filter_map(|m| match m {
+                    SimpleQueryMessage::Row(row) => Some(row),
+                    _ => None,
+                })
+                .map(|row| context.record(text_values(&context, row)?))
+                .collect()
+        })
     }
 }
 
@@ -576,13 +567,7 @@ impl PostgresSink {
         statement_timeout: std::time::Duration,
     ) -> Result<PostgresSink, SourceError> {
         let url = url.into();
-        let Relation::Table(table) = relation else {
-            return Err(SourceError::Schema {
-                dataset: format!("{}:(query)", redact_url(&url)),
-                problem: "a query cannot be a repair target; name the table (without a filter)"
-                    .into(),
-            });
-        };
+        let table = crate::sink::target_table(relation, &redact_url(&url))?;
         Ok(PostgresSink {
             context: ChunkContext {
                 mapping: mapping.clone(),

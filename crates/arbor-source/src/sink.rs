@@ -358,6 +358,21 @@ pub fn keys_condition(
     Ok(conds.join(" OR "))
 }
 
+/// The table a repair writes to: a dataset read through a query (or a
+/// filter) cannot be written back. `dataset` names it in the error.
+pub fn target_table(
+    relation: crate::sqlite::Relation,
+    dataset: &str,
+) -> Result<String, SourceError> {
+    match relation {
+        crate::sqlite::Relation::Table(t) => Ok(t),
+        crate::sqlite::Relation::Query(_) => Err(SourceError::Schema {
+            dataset: format!("{dataset}:(query)"),
+            problem: "a query cannot be a repair target; name the table (without a filter)".into(),
+        }),
+    }
+}
+
 /// Per write, its outcome and whether to run its statement, given the rows
 /// as they are now (by write, in order).
 pub fn decide(

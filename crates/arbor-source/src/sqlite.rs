@@ -396,14 +396,9 @@ impl SqliteSink {
         keys: arbor_record::DatasetKeys,
     ) -> Result<SqliteSink, SourceError> {
         let path = path.as_ref().to_path_buf();
-        let Relation::Table(table) = &relation else {
-            return Err(SourceError::Schema {
-                dataset: format!("{}:(query)", path.display()),
-                problem: "a query cannot be a repair target; name the table".into(),
-            });
-        };
+        let table = crate::sink::target_table(relation.clone(), &path.display().to_string())?;
         let statements =
-            crate::sink::Statements::new(crate::sink::Dialect::Sqlite, table, mapping.clone());
+            crate::sink::Statements::new(crate::sink::Dialect::Sqlite, &table, mapping.clone());
         let mut reader = SqliteSource::open(&path, relation.clone(), mapping)?;
         crate::Source::check(&mut reader)?;
         let conn = Connection::open_with_flags(
