@@ -1827,3 +1827,50 @@ fn manual_conflicts_are_queued_listed_and_resolved() {
     let (code, summary, _) = compare(dir.path(), &hub.address, &other.address);
     assert_eq!(code, 0, "{summary}");
 }
+
+#[test]
+fn reconcile_over_grpc_repairs_with_a_policy_and_names_bad_fields() {
+    use arbor::proto::v1 as pb;
+    use arbor::proto::v1::audit_service_client::AuditServiceClient;
+    let dir = demo(2_000, 20);
+    let crm = AgentProcess::start(dir.path(), "crm.toml");
+    let erp = AgentProcess::start(dir.path(), "erp.toml");
+    let (code, _, _) = compare(dir.path(), &crm.address, &erp.address);
+    assert_eq!(code, 1);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (bad, report) = rt.block_on(async {
+        let mut client = AuditServiceClient::connect(crm.address.clone())
+            .await
+            .unwrap();
+        let request = |policy: &str, extra: &str| pb::ReconcileRequest {
+            dataset: "customers".into(),
+            peer: erp.address.clone(),
+            policy: policy.into(),
+            extra: extra.into(),
+            execute: true,
+            ..Default::default()
+        };
+        let bad = client
+            .reconcile(request("one_way", "shred"))
+            .await
+            .unwrap_err();
+        let ok = client
+            .reconcile(request("one_way", "delete"))
+            .await
+            .unwrap()
+            .into_inner();
+        (bad, ok)
+    });
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(
+        bad.message().contains("ReconcileRequest.extra"),
+        "{}",
+        bad.message()
+    );
+    let report: Json = serde_json::from_str(&report.report_json).unwrap();
+    assert_eq!(report["drift"], 60, "{report}");
+    assert_eq!(report["applied"], 60);
+    assert_eq!(report["drift_after"], 0);
+    let (code, summary, _) = compare(dir.path(), &crm.address, &erp.address);
+    assert_eq!(code, 0, "{summary}");
+}

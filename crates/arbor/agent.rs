@@ -313,12 +313,24 @@ pub struct AuditServer {
     state: Arc<AgentState>,
     runs: Arc<RunStore>,
     retry: RetryPolicy,
+    self_address: Option<String>,
 }
 
 impl AuditServer {
     /// The service over shared agent state and a run store.
     pub fn new(state: Arc<AgentState>, runs: Arc<RunStore>, retry: RetryPolicy) -> AuditServer {
-        AuditServer { state, runs, retry }
+        AuditServer {
+            state,
+            runs,
+            retry,
+            self_address: None,
+        }
+    }
+
+    /// This agent's own address, so Reconcile can reach it like a client.
+    pub fn with_self_address(mut self, address: String) -> AuditServer {
+        self.self_address = Some(address);
+        self
     }
 
     fn save(&self, s: &RunSummary) -> Result<(), Status> {
@@ -601,6 +613,58 @@ impl AuditService for AuditServer {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    #[instrument(skip_all, fields(dataset = %request.get_ref().dataset, peer = %request.get_ref().peer))]
+    async fn reconcile(
+        &self,
+        request: Request<pb::ReconcileRequest>,
+    ) -> Result<Response<pb::ReconcileResponse>, Status> {
+        let req = request.into_inner();
+        self.state.dataset(&req.dataset)?;
+        let me = self
+            .self_address
+            .clone()
+            .ok_or_else(|| Status::unavailable("this agent does not know its own address"))?;
+        let owners: Vec<(String, String)> = req.owners.into_iter().collect();
+        let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        let policy = crate::sync::parse_policy(
+            nonempty(&req.policy).as_deref().unwrap_or("one_way"),
+            nonempty(&req.extra).as_deref(),
+            nonempty(&req.rule).as_deref(),
+            &owners,
+            nonempty(&req.fallback).as_deref(),
+        )
+        .map_err(|(field, e)| Status::invalid_argument(format!("ReconcileRequest.{field}: {e}")))?;
+        let opts = crate::sync::SyncOptions {
+            source: me,
+            target: req.peer.clone(),
+            target_dataset: nonempty(&req.peer_dataset).unwrap_or_else(|| req.dataset.clone()),
+            dataset: req.dataset,
+            policy,
+            batch: if req.batch == 0 {
+                500
+            } else {
+                req.batch as usize
+            }
+            .min(crate::repair::MAX_WRITES_PER_BATCH),
+            max_rows_per_sec: req.max_rows_per_sec,
+            retry_for: std::time::Duration::from_secs(60),
+            only_keys: None,
+        };
+        let sync_status = |e: crate::sync::SyncError| Status::aborted(e.to_string());
+        let (actions, report) = crate::sync::plan(&opts, false).await.map_err(sync_status)?;
+        let report = if req.execute && report.drift > 0 {
+            crate::sync::execute(&opts, &actions, report)
+                .await
+                .map_err(sync_status)?
+        } else {
+            report
+        };
+        Ok(Response::new(pb::ReconcileResponse {
+            report_json: serde_json::to_string(&report)
+                .map_err(|e| Status::internal(e.to_string()))?,
+        }))
     }
 }
 
@@ -1071,26 +1135,26 @@ pub async fn run(
     on_listening(addr);
     info!(%addr, datasets = ?state.dataset_names(), "agent listening");
 
-    let agent_service = AgentServiceServer::new(AgentServer::new(Arc::clone(&state)))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let audit_service = AuditServiceServer::new(AuditServer::new(
-        Arc::clone(&state),
-        Arc::clone(&runs),
-        RetryPolicy::default(),
-    ));
-    // Sync jobs reach this agent through its own gRPC edge, like any client.
+    // Sync runs reach this agent through its own gRPC edge, like any client.
     let self_host = if addr.ip().is_unspecified() {
         std::net::IpAddr::from([127, 0, 0, 1])
     } else {
         addr.ip()
     };
-    let jobs = Arc::new(
-        crate::jobs::Jobs::new(
-            &config.syncs,
-            format!("http://{}", SocketAddr::new(self_host, addr.port())),
+    let self_address = format!("http://{}", SocketAddr::new(self_host, addr.port()));
+    let agent_service = AgentServiceServer::new(AgentServer::new(Arc::clone(&state)))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let audit_service = AuditServiceServer::new(
+        AuditServer::new(
+            Arc::clone(&state),
+            Arc::clone(&runs),
+            RetryPolicy::default(),
         )
-        .with_store(Arc::clone(&runs)),
+        .with_self_address(self_address.clone()),
+    );
+    let jobs = Arc::new(
+        crate::jobs::Jobs::new(&config.syncs, self_address.clone()).with_store(Arc::clone(&runs)),
     );
     let admin_service =
         AdminServiceServer::new(AdminServer::new(Arc::clone(&state)).with_jobs(Arc::clone(&jobs)));

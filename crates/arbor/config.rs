@@ -448,7 +448,6 @@ pub struct ConfigFile {
 
 /// Validates one `[[sync]]`; errors name the field.
 fn sync_job(s: SyncSection, datasets: &[DatasetConfig]) -> Result<SyncJobConfig, (String, String)> {
-    use crate::sync::{Extra, Policy, Rule, parse_rule, parse_side};
     let field = |f: &str| format!("sync[{}].{f}", s.name);
     let Some(ds) = datasets.iter().find(|d| d.name == s.dataset) else {
         return Err((
@@ -459,51 +458,19 @@ fn sync_job(s: SyncSection, datasets: &[DatasetConfig]) -> Result<SyncJobConfig,
     if s.peers.is_empty() {
         return Err((field("peers"), "at least one peer is required".into()));
     }
-    let policy = match s.policy.as_deref().unwrap_or("one_way") {
-        "one_way" => Policy::OneWay(match s.extra.as_deref().unwrap_or("report") {
-            "delete" => Extra::Delete,
-            "keep" => Extra::Keep,
-            "report" => Extra::Report,
-            other => {
-                return Err((
-                    field("extra"),
-                    format!("{other:?}: expected delete, keep or report"),
-                ));
-            }
-        }),
-        "two_way" => {
-            let rule = s
-                .rule
-                .as_deref()
-                .ok_or_else(|| (field("rule"), "two_way needs a rule".to_string()))?;
-            Policy::TwoWay(if rule == "ownership" {
-                if s.owners.is_empty() {
-                    return Err((field("owners"), "ownership needs owners".into()));
-                }
-                let owners = s
-                    .owners
-                    .iter()
-                    .map(|(c, side)| Ok((c.clone(), parse_side(side)?)))
-                    .collect::<Result<_, String>>()
-                    .map_err(|e| (field("owners"), e))?;
-                Rule::Ownership {
-                    owners,
-                    fallback: Box::new(
-                        parse_rule(s.fallback.as_deref().unwrap_or("priority:source"))
-                            .map_err(|e| (field("fallback"), e))?,
-                    ),
-                }
-            } else {
-                parse_rule(rule).map_err(|e| (field("rule"), e))?
-            })
-        }
-        other => {
-            return Err((
-                field("policy"),
-                format!("{other:?}: expected one_way or two_way"),
-            ));
-        }
-    };
+    let owners: Vec<(String, String)> = s
+        .owners
+        .iter()
+        .map(|(c, side)| (c.clone(), side.clone()))
+        .collect();
+    let policy = crate::sync::parse_policy(
+        s.policy.as_deref().unwrap_or("one_way"),
+        s.extra.as_deref(),
+        s.rule.as_deref(),
+        &owners,
+        s.fallback.as_deref(),
+    )
+    .map_err(|(f, e)| (field(f), e))?;
     let cron = match &s.schedule {
         None => None,
         Some(expr) => Some(

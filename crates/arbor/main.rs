@@ -408,7 +408,7 @@ fn config_check(args: &ConfigArgs) -> Result<u8> {
 }
 
 async fn sync(command: SyncCommand) -> Result<u8> {
-    use arbor::sync::{Extra, Policy, Rule, SyncOptions};
+    use arbor::sync::SyncOptions;
     let (args, execute, plan_only) = match command {
         SyncCommand::Plan(a) => (a, false, true),
         SyncCommand::Run { args, execute } => (args, execute, false),
@@ -452,46 +452,21 @@ async fn sync(command: SyncCommand) -> Result<u8> {
             });
         }
     };
-    let policy = match args.policy.as_str() {
-        "one-way" | "one_way" => Policy::OneWay(match args.extra.as_str() {
-            "delete" => Extra::Delete,
-            "keep" => Extra::Keep,
-            "report" => Extra::Report,
-            other => anyhow::bail!("--extra {other:?}: expected delete, keep or report"),
-        }),
-        "two-way" | "two_way" => {
-            let rule = args.rule.as_deref().context(
-                "--policy two-way needs --rule (lww:COLUMN, priority:SIDE, ownership or manual)",
-            )?;
-            let rule = match rule {
-                "ownership" => {
-                    let mut owners = std::collections::HashMap::new();
-                    for o in &args.owners {
-                        let (col, side) = o.split_once('=').with_context(|| {
-                            format!("--owner {o:?}: expected COLUMN=source|target")
-                        })?;
-                        owners.insert(
-                            col.to_owned(),
-                            arbor::sync::parse_side(side).map_err(anyhow::Error::msg)?,
-                        );
-                    }
-                    anyhow::ensure!(
-                        !owners.is_empty(),
-                        "--rule ownership needs --owner COLUMN=SIDE"
-                    );
-                    Rule::Ownership {
-                        owners,
-                        fallback: Box::new(
-                            arbor::sync::parse_rule(&args.fallback).map_err(anyhow::Error::msg)?,
-                        ),
-                    }
-                }
-                other => arbor::sync::parse_rule(other).map_err(anyhow::Error::msg)?,
-            };
-            Policy::TwoWay(rule)
-        }
-        other => anyhow::bail!("--policy {other:?}: expected one-way or two-way"),
-    };
+    let mut owners = Vec::new();
+    for o in &args.owners {
+        let (col, side) = o
+            .split_once('=')
+            .with_context(|| format!("--owner {o:?}: expected COLUMN=source|target"))?;
+        owners.push((col.to_owned(), side.to_owned()));
+    }
+    let policy = arbor::sync::parse_policy(
+        &args.policy,
+        Some(&args.extra),
+        args.rule.as_deref(),
+        &owners,
+        Some(&args.fallback),
+    )
+    .map_err(|(field, e)| anyhow::anyhow!("--{field}: {e}"))?;
     let mut opts = SyncOptions {
         source: args.source.clone(),
         target: args.target.clone(),

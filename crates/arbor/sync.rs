@@ -50,7 +50,9 @@ use crate::proto::v1 as pb;
 use crate::proto::v1::repair_service_client::RepairServiceClient;
 use crate::report::display_key;
 
-pub use arbor_sync::policy::{Extra, Policy, Rule, Side, parse_rule, parse_side, settle};
+pub use arbor_sync::policy::{
+    Extra, Policy, Rule, Side, parse_policy, parse_rule, parse_side, settle,
+};
 
 /// A sync job.
 #[derive(Debug, Clone)]

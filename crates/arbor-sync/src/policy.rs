@@ -90,6 +90,60 @@ pub enum Policy {
     TwoWay(Rule),
 }
 
+/// A policy from its text form, shared by the config, the CLI and gRPC:
+/// `policy` is `one_way` or `two_way` (dashes allowed); one_way takes
+/// `extra` (`delete`, `keep`, `report`: the default); two_way takes `rule`
+/// (`lww:COLUMN`, `priority:SIDE`, `manual`, or `ownership` with `owners`,
+/// canonical column → side, and a `fallback`, default `priority:source`).
+/// An error names the offending field.
+pub fn parse_policy(
+    policy: &str,
+    extra: Option<&str>,
+    rule: Option<&str>,
+    owners: &[(String, String)],
+    fallback: Option<&str>,
+) -> Result<Policy, (&'static str, String)> {
+    match policy {
+        "one_way" | "one-way" => Ok(Policy::OneWay(match extra.unwrap_or("report") {
+            "delete" => Extra::Delete,
+            "keep" => Extra::Keep,
+            "report" => Extra::Report,
+            other => {
+                return Err((
+                    "extra",
+                    format!("{other:?}: expected delete, keep or report"),
+                ));
+            }
+        })),
+        "two_way" | "two-way" => {
+            let rule = rule.ok_or((
+                "rule",
+                "two_way needs a rule: lww:COLUMN, priority:SIDE, ownership or manual".to_string(),
+            ))?;
+            if rule != "ownership" {
+                return parse_rule(rule)
+                    .map(Policy::TwoWay)
+                    .map_err(|e| ("rule", e));
+            }
+            if owners.is_empty() {
+                return Err(("owners", "ownership needs at least one owned column".into()));
+            }
+            let owners = owners
+                .iter()
+                .map(|(c, side)| Ok((c.clone(), parse_side(side)?)))
+                .collect::<Result<_, String>>()
+                .map_err(|e| ("owners", e))?;
+            let fallback =
+                parse_rule(fallback.unwrap_or("priority:source")).map_err(|e| ("fallback", e))?;
+            Ok(Policy::TwoWay(Rule::Ownership {
+                owners,
+                fallback: Box::new(fallback),
+            }))
+        }
+        other => Err(("policy", format!("{other:?}: expected one_way or two_way"))),
+    }
+}
+
 /// Orders two version values (integers, timestamps, dates, decimals).
 pub fn version_cmp(a: &Value, b: &Value) -> Option<Ordering> {
     match (a, b) {
