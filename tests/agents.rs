@@ -1761,14 +1761,14 @@ fn manual_conflicts_are_queued_listed_and_resolved() {
         run["pairs"][0]["report"]["applied"], 0,
         "manual writes nothing"
     );
-    let list = |dir: &Path| -> Vec<Json> {
-        let out = arbor(dir, &["sync", "conflicts", "--agent", &hub.address]);
+    let list = |dir: &Path, agent: &str| -> Vec<Json> {
+        let out = arbor(dir, &["sync", "conflicts", "--agent", agent]);
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     };
-    let queued = list(dir.path());
+    let queued = list(dir.path(), &hub.address);
     assert_eq!(queued.len(), 2, "{queued:?}");
     let id_of = |key: &str| -> String {
         queued.iter().find(|c| c["key"] == key).unwrap()["id"]
@@ -1793,7 +1793,29 @@ fn manual_conflicts_are_queued_listed_and_resolved() {
             "by-hand",
         ],
     );
-    assert_eq!(list(dir.path()).len(), 2);
+    assert_eq!(list(dir.path(), &hub.address).len(), 2);
+
+    // Both runs are recorded, newest first, and outlive the agent.
+    drop(hub);
+    let hub = AgentProcess::start(dir.path(), "hub.toml");
+    let out = arbor(
+        dir.path(),
+        &[
+            "sync",
+            "history",
+            "--agent",
+            &hub.address,
+            "--job",
+            "by-hand",
+        ],
+    );
+    let history: Vec<Json> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(history.len(), 2, "{history:?}");
+    assert!(history[0]["started_at"].as_str() >= history[1]["started_at"].as_str());
+    assert_eq!(history[1]["pairs"][0]["report"]["unresolved"], 2);
 
     // Take the other system's row for 7, the CRM's for 8.
     for (key, take) in [("7", "target"), ("8", "source")] {
@@ -1816,7 +1838,7 @@ fn manual_conflicts_are_queued_listed_and_resolved() {
             String::from_utf8_lossy(&out.stdout)
         );
     }
-    assert!(list(dir.path()).is_empty());
+    assert!(list(dir.path(), &hub.address).is_empty());
     let (crm_rows, other_rows) = (
         sqlite_customers(&dir.path().join("crm.db")),
         sqlite_customers(&dir.path().join("other.db")),

@@ -906,6 +906,30 @@ impl AdminService for AdminServer {
         Ok(Response::new(pb::ListSyncJobsResponse { jobs }))
     }
 
+    async fn list_sync_runs(
+        &self,
+        request: Request<pb::ListSyncRunsRequest>,
+    ) -> Result<Response<pb::ListSyncRunsResponse>, Status> {
+        let req = request.into_inner();
+        let jobs = self
+            .jobs
+            .as_ref()
+            .ok_or_else(|| Status::not_found(format!("no sync job {:?}", req.job)))?;
+        let limit = if req.limit == 0 {
+            20
+        } else {
+            req.limit as usize
+        };
+        let runs = jobs.history(&req.job, limit).map_err(|e| {
+            if e.starts_with("no sync job") {
+                Status::not_found(e)
+            } else {
+                Status::internal(e)
+            }
+        })?;
+        Ok(Response::new(pb::ListSyncRunsResponse { runs }))
+    }
+
     async fn list_conflicts(
         &self,
         _request: Request<pb::ListConflictsRequest>,

@@ -147,6 +147,21 @@ impl Jobs {
         self
     }
 
+    /// A job's last `limit` runs, newest first, as recorded.
+    pub fn history(&self, job: &str, limit: usize) -> Result<Vec<String>, String> {
+        if self.job(job).is_none() {
+            return Err(format!("no sync job {job:?}"));
+        }
+        let Some(runs) = &self.runs else {
+            return Ok(Vec::new());
+        };
+        runs.sync_runs(job, limit)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|(_, raw)| String::from_utf8(raw).map_err(|e| e.to_string()))
+            .collect()
+    }
+
     /// Queued conflicts.
     pub fn conflicts(&self) -> Result<Vec<Conflict>, String> {
         let Some(runs) = &self.runs else {
@@ -377,6 +392,15 @@ async fn run(
         .sum();
     info!(job = %c.name, trigger, outcome, written, "sync job run finished");
     job.runs.fetch_add(1, Ordering::Relaxed);
+    if let Some(store) = store {
+        // The report outlives the agent: `arbor sync history`.
+        let kept = serde_json::to_vec(&run)
+            .map_err(|e| e.to_string())
+            .and_then(|raw| store.put_sync_run(&c.name, &raw).map_err(|e| e.to_string()));
+        if let Err(e) = kept {
+            warn!(job = %c.name, error = %e, "could not record the sync run");
+        }
+    }
     *job.last.lock().await = Some(run.clone());
     job.running.store(false, Ordering::Release);
     Ok(run)

@@ -97,6 +97,18 @@ enum SyncCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A sync job's recorded runs, newest first (JSON lines).
+    History {
+        /// The agent, `http://host:port`.
+        #[arg(long)]
+        agent: String,
+        /// The job's name.
+        #[arg(long)]
+        job: String,
+        /// At most this many runs.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
     /// Conflicts an agent's jobs queued (rows no rule settled).
     Conflicts {
         /// The agent, `http://host:port`.
@@ -413,6 +425,19 @@ async fn sync(command: SyncCommand) -> Result<u8> {
         SyncCommand::Plan(a) => (a, false, true),
         SyncCommand::Run { args, execute } => (args, execute, false),
         SyncCommand::Jobs { agent, json } => return sync_jobs(&agent, json).await,
+        SyncCommand::History { agent, job, limit } => {
+            let runs = admin_client(&agent)
+                .await?
+                .list_sync_runs(pb::ListSyncRunsRequest { job, limit })
+                .await
+                .map_err(|s| rpc_error(&agent, &s))?
+                .into_inner()
+                .runs;
+            for r in &runs {
+                println!("{r}");
+            }
+            return Ok(0);
+        }
         SyncCommand::Conflicts { agent } => {
             let list = admin_client(&agent)
                 .await?

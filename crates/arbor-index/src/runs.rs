@@ -6,6 +6,7 @@
 //! | `drift` | run id ‖ 0x00 ‖ seq (u64 BE) | one drift entry (opaque bytes) |
 //! | `journal` | run id ‖ 0x00 ‖ batch (u64 BE) | a repair batch's outcome (opaque bytes) |
 //! | `conflicts` | conflict id (UTF-8) | a queued sync conflict (opaque bytes) |
+//! | `sync_runs` | job name ‖ 0x00 ‖ seq (u64 BE) | one sync job run's report (opaque bytes) |
 //!
 //! Run ids sort by start time, so listing newest-first is a reverse scan.
 //! The store knows nothing of the report schema: the agent owns that.
@@ -24,6 +25,8 @@ pub const DRIFT: &str = "drift";
 pub const JOURNAL: &str = "journal";
 /// Sync conflicts waiting for a person, by id.
 pub const CONFLICTS: &str = "conflicts";
+/// Sync job runs by job name and sequence number.
+pub const SYNC_RUNS: &str = "sync_runs";
 
 /// A RocksDB store of run reports.
 pub struct RunStore {
@@ -52,7 +55,7 @@ impl RunStore {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        let cfs = [RUNS, DRIFT, JOURNAL, CONFLICTS]
+        let cfs = [RUNS, DRIFT, JOURNAL, CONFLICTS, SYNC_RUNS]
             .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path.as_ref(), cfs)
             .map_err(IndexError::storage("open the run store"))?;
@@ -144,6 +147,43 @@ impl RunStore {
             .collect()
     }
 
+    /// Appends a sync job's run report (numbered after the job's last).
+    pub fn put_sync_run(&self, job: &str, report: &[u8]) -> Result<(), IndexError> {
+        let next = match self.sync_runs(job, 1)?.first() {
+            Some((seq, _)) => seq + 1,
+            None => 0,
+        };
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db
+            .put_cf_opt(self.cf(SYNC_RUNS), drift_key(job, next), report, &wo)
+            .map_err(IndexError::storage("record a sync run"))
+    }
+
+    /// A job's last `limit` runs, newest first, with their numbers.
+    pub fn sync_runs(&self, job: &str, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, IndexError> {
+        let mut prefix = job.as_bytes().to_vec();
+        prefix.push(0);
+        let mut it = self.db.raw_iterator_cf(self.cf(SYNC_RUNS));
+        it.seek_for_prev(drift_key(job, u64::MAX));
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let Some(k) = it.key() else { break };
+            if !k.starts_with(&prefix) || k.len() != prefix.len() + 8 {
+                break;
+            }
+            let mut seq = [0u8; 8];
+            seq.copy_from_slice(&k[prefix.len()..]);
+            out.push((
+                u64::from_be_bytes(seq),
+                it.value().unwrap_or_default().to_vec(),
+            ));
+            it.prev();
+        }
+        it.status().map_err(IndexError::storage("list sync runs"))?;
+        Ok(out)
+    }
+
     /// A run's summary.
     pub fn get_run(&self, run_id: &str) -> Result<Option<Vec<u8>>, IndexError> {
         self.db
@@ -190,6 +230,32 @@ impl RunStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sync_runs_number_per_job_and_list_newest_first() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = RunStore::open(dir.path()).unwrap();
+        assert!(store.sync_runs("nightly", 5).unwrap().is_empty());
+        for r in [&b"one"[..], b"two", b"three"] {
+            store.put_sync_run("nightly", r).unwrap();
+        }
+        // A job whose name extends another's keeps its own runs.
+        store.put_sync_run("nightly2", b"other").unwrap();
+        store.put_sync_run("a", b"before").unwrap();
+        assert_eq!(
+            store.sync_runs("nightly", 2).unwrap(),
+            vec![(2, b"three".to_vec()), (1, b"two".to_vec())]
+        );
+        assert_eq!(store.sync_runs("nightly", 9).unwrap().len(), 3);
+        assert_eq!(
+            store.sync_runs("nightly2", 9).unwrap(),
+            vec![(0, b"other".to_vec())]
+        );
+        assert_eq!(
+            store.sync_runs("a", 9).unwrap(),
+            vec![(0, b"before".to_vec())]
+        );
+    }
 
     #[test]
     fn runs_list_newest_first_and_drift_stays_with_its_run() {
