@@ -1079,6 +1079,28 @@ async fn rescan_every(ds: Arc<Dataset>, name: String, interval: std::time::Durat
     }
 }
 
+/// Forgets tombstones older than `retention`, now and once a day.
+async fn prune_tombstones_daily(state: Arc<AgentState>, retention: std::time::Duration) {
+    loop {
+        for name in state.dataset_names() {
+            let Ok(ds) = state.dataset(&name).map(Arc::clone) else {
+                continue;
+            };
+            let cut = std::time::SystemTime::now()
+                .checked_sub(retention)
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_micros() as i64);
+            match tokio::task::spawn_blocking(move || ds.index.prune_tombstones(cut)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(pruned)) => info!(dataset = %name, pruned, "old tombstones forgotten"),
+                Ok(Err(e)) => warn!(dataset = %name, error = %e, "pruning tombstones failed"),
+                Err(e) => warn!(dataset = %name, error = %e, "pruning task failed"),
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(86_400)).await;
+    }
+}
+
 /// Opens every dataset (system and index) of a configuration.
 pub fn open_datasets(config: &AgentConfig) -> Result<HashMap<String, Arc<Dataset>>, AgentError> {
     std::fs::create_dir_all(config.data_dir.join("indexes")).map_err(|source| {
@@ -1228,6 +1250,7 @@ pub async fn run(
         .map(|d| (d.name.clone(), d.clone()))
         .collect();
     let indexing_state = Arc::clone(&state);
+    let tombstone_retention = config.tombstone_retention;
     let indexing = async move {
         let mut followers = HashMap::new();
         for name in indexing_state.dataset_names() {
@@ -1287,6 +1310,10 @@ pub async fn run(
             .await;
         info!("all datasets indexed; serving");
         jobs.spawn(&indexing_state);
+        tokio::spawn(prune_tombstones_daily(
+            Arc::clone(&indexing_state),
+            tombstone_retention,
+        ));
         // Change capture: periodic rescans, one task per dataset.
         for (name, capture) in captures {
             let Ok(ds) = indexing_state.dataset(&name).map(Arc::clone) else {

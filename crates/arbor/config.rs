@@ -91,6 +91,15 @@ pub struct AgentSection {
     /// Requests served concurrently per connection. Default 64.
     #[serde(default = "default_concurrency")]
     pub max_concurrent_requests: usize,
+    /// Days a delete seen by change capture is remembered for two-way sync
+    /// (its tombstone). Default 30; a peer offline longer may copy a row
+    /// deleted here back.
+    #[serde(default = "default_tombstone_days")]
+    pub tombstone_retention_days: u64,
+}
+
+fn default_tombstone_days() -> u64 {
+    30
 }
 
 /// A database connection and what to read from it (PostgreSQL, MySQL).
@@ -569,6 +578,8 @@ pub struct AgentConfig {
     pub datasets: Vec<DatasetConfig>,
     /// Sync jobs.
     pub syncs: Vec<SyncJobConfig>,
+    /// How long tombstones are kept.
+    pub tombstone_retention: Duration,
 }
 
 /// Overrides from the environment and flags, applied over the file.
@@ -813,6 +824,9 @@ impl AgentConfig {
             max_concurrent_requests: file.agent.max_concurrent_requests.max(1),
             datasets,
             syncs,
+            tombstone_retention: Duration::from_secs(
+                file.agent.tombstone_retention_days.max(1) * 86_400,
+            ),
         })
     }
 }

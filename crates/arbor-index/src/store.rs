@@ -694,6 +694,28 @@ impl Index {
         }
     }
 
+    /// Forgets tombstones older than `before_us` (µs since the Unix epoch);
+    /// returns how many went.
+    pub fn prune_tombstones(&self, before_us: i64) -> Result<u64, IndexError> {
+        let handle = self.cf(cf::TOMBSTONES);
+        let mut it = self.db.raw_iterator_cf(handle);
+        it.seek_to_first();
+        let mut batch = WriteBatch::default();
+        let mut pruned = 0u64;
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            let at = <[u8; 8]>::try_from(v).map_or(i64::MIN, i64::from_be_bytes);
+            if at < before_us {
+                batch.delete_cf(handle, k);
+                pruned += 1;
+            }
+            it.next();
+        }
+        it.status()
+            .map_err(IndexError::storage("read the tombstones"))?;
+        self.write(batch, false)?;
+        Ok(pruned)
+    }
+
     /// Makes every write so far durable (fsyncs the write-ahead log). Call
     /// it before telling a system its changes are safely indexed, as logical
     /// replication does before advancing its slot.

@@ -196,6 +196,14 @@ fn deletes_leave_tombstones_until_the_key_comes_back() {
     assert_eq!(index.tombstone_of(&key(2)).unwrap(), None);
     index.apply(&[Change::Upsert(record(1, 5))], None).unwrap();
     assert_eq!(index.tombstone_of(&key(1)).unwrap(), None);
+    // Retention: only tombstones older than the cut go.
+    index
+        .apply(&[Change::Delete(vec![Value::Integer(2)])], None)
+        .unwrap();
+    assert_eq!(index.prune_tombstones(before).unwrap(), 0);
+    assert!(index.tombstone_of(&key(2)).unwrap().is_some());
+    assert_eq!(index.prune_tombstones(i64::MAX).unwrap(), 1);
+    assert_eq!(index.tombstone_of(&key(2)).unwrap(), None);
 }
 
 #[test]
