@@ -1876,6 +1876,18 @@ fn reconcile_over_grpc_repairs_with_a_policy_and_names_bad_fields() {
             .reconcile(request("one_way", "shred"))
             .await
             .unwrap_err();
+        // The report policy lists the drift and writes nothing, execute or not.
+        let listed = client
+            .reconcile(request("report", ""))
+            .await
+            .unwrap()
+            .into_inner();
+        let listed: Json = serde_json::from_str(&listed.report_json).unwrap();
+        assert_eq!(
+            (listed["kept"].clone(), listed["applied"].clone()),
+            (60.into(), 0.into()),
+            "{listed}"
+        );
         let ok = client
             .reconcile(request("one_way", "delete"))
             .await

@@ -379,7 +379,8 @@ pub struct SyncSection {
     pub dataset: String,
     /// The other systems, each synchronised with this one (a pair each).
     pub peers: Vec<SyncPeerSection>,
-    /// `one_way` (default; this agent is the source of truth) or `two_way`.
+    /// `report` (list the drift, write nothing), `one_way` (default; this
+    /// agent is the source of truth) or `two_way`.
     #[serde(default)]
     pub policy: Option<String>,
     /// one_way: target-only records are `delete`d, `keep`t or `report`ed (default).

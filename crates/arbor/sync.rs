@@ -16,6 +16,7 @@
 //!
 //! Policies:
 //!
+//! * **report**: the drift is listed; nothing is fetched or written.
 //! * **one_way** from the source of truth: missing and changed rows are
 //!   written to the target; rows only on the target are deleted, kept or
 //!   reported (`--extra`).
@@ -442,6 +443,31 @@ pub async fn plan(
         ..SyncReport::default()
     };
     let two_way = matches!(opts.policy, Policy::TwoWay(_));
+    if opts.policy == Policy::Report {
+        // Listed, never written: no values are fetched either.
+        let actions: Vec<Action> = drift
+            .iter()
+            .map(|d| Action {
+                action: "report",
+                side: Side::Target,
+                drift: match d.kind {
+                    DriftKind::MissingRight => "missing_on_target",
+                    DriftKind::MissingLeft => "only_on_target",
+                    DriftKind::Changed => "changed",
+                },
+                key: display_key(&d.key),
+                canonical_key: hex::encode(&d.key),
+                reason: None,
+                sql: None,
+                key_bytes: d.key.clone(),
+                expected: None,
+                values: None,
+            })
+            .collect();
+        report.kept = actions.len() as u64;
+        report.elapsed_ms = started.elapsed().as_millis() as u64;
+        return Ok((actions, report));
+    }
 
     // Which values each side must hand over.
     let mut from_source = Vec::new();
@@ -527,6 +553,7 @@ pub async fn plan(
             }
         }
         match (d.kind, &opts.policy) {
+            (_, Policy::Report) => unreachable!("report plans return above"),
             (DriftKind::MissingRight, _) => match take(&mut source) {
                 Some(v) => actions.push(Action {
                     values: Some(v),

@@ -84,6 +84,9 @@ pub fn parse_rule(s: &str) -> Result<Rule, String> {
 /// A sync policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Policy {
+    /// Nothing is written: the drift is listed (the default job policy
+    /// next to production).
+    Report,
     /// From the source of truth to the target.
     OneWay(Extra),
     /// Both sides take edits.
@@ -91,7 +94,7 @@ pub enum Policy {
 }
 
 /// A policy from its text form, shared by the config, the CLI and gRPC:
-/// `policy` is `one_way` or `two_way` (dashes allowed); one_way takes
+/// `policy` is `report`, `one_way` or `two_way` (dashes allowed); one_way takes
 /// `extra` (`delete`, `keep`, `report`: the default); two_way takes `rule`
 /// (`lww:COLUMN`, `priority:SIDE`, `manual`, or `ownership` with `owners`,
 /// canonical column → side, and a `fallback`, default `priority:source`).
@@ -104,6 +107,7 @@ pub fn parse_policy(
     fallback: Option<&str>,
 ) -> Result<Policy, (&'static str, String)> {
     match policy {
+        "report" => Ok(Policy::Report),
         "one_way" | "one-way" => Ok(Policy::OneWay(match extra.unwrap_or("report") {
             "delete" => Extra::Delete,
             "keep" => Extra::Keep,
@@ -140,7 +144,10 @@ pub fn parse_policy(
                 fallback: Box::new(fallback),
             }))
         }
-        other => Err(("policy", format!("{other:?}: expected one_way or two_way"))),
+        other => Err((
+            "policy",
+            format!("{other:?}: expected report, one_way or two_way"),
+        )),
     }
 }
 
