@@ -1907,4 +1907,62 @@ fn reconcile_over_grpc_repairs_with_a_policy_and_names_bad_fields() {
     assert_eq!(report["drift_after"], 0);
     let (code, summary, _) = compare(dir.path(), &crm.address, &erp.address);
     assert_eq!(code, 0, "{summary}");
+
+    // Each agent's audit log names the calls, datasets and counts, never a
+    // value, and verifies; an edited line does not.
+    let log = |side: &str| -> Vec<Json> {
+        std::fs::read_to_string(dir.path().join(format!("{side}-data/audit.jsonl")))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                assert!(!l.contains("@example.com"), "a value in the audit log: {l}");
+                serde_json::from_str(l).unwrap()
+            })
+            .collect()
+    };
+    let (crm_log, erp_log) = (log("crm"), log("erp"));
+    let reconciled: Vec<&Json> = crm_log
+        .iter()
+        .filter(|e| e["call"] == "AuditService/Reconcile" && e["outcome"] == "ok")
+        .collect();
+    assert_eq!(reconciled.len(), 2, "{crm_log:?}");
+    assert_eq!(reconciled[1]["counts"]["applied"], 60);
+    assert!(
+        crm_log
+            .iter()
+            .any(|e| e["call"] == "AuditService/Reconcile" && e["outcome"] == "InvalidArgument")
+    );
+    assert!(
+        crm_log
+            .iter()
+            .any(|e| e["call"] == "RepairService/FetchRecords" && e["dataset"] == "customers")
+    );
+    let applied: u64 = erp_log
+        .iter()
+        .filter(|e| e["call"] == "RepairService/ApplyChanges")
+        .map(|e| e["counts"]["applied"].as_u64().unwrap())
+        .sum();
+    assert_eq!(applied, 60);
+    drop((crm, erp));
+    for side in ["crm", "erp"] {
+        let out = arbor(
+            dir.path(),
+            &["audit", "verify", "--config", &format!("{side}.toml")],
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let path = dir.path().join("erp-data/audit.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replacen("\"applied\":", "\"applied\":1", 1)).unwrap();
+    let out = arbor(dir.path(), &["audit", "verify", "--config", "erp.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("chain breaks")
+            || String::from_utf8_lossy(&out.stdout).contains("edited")
+    );
 }

@@ -1191,23 +1191,43 @@ pub async fn run(
     let agent_service = AgentServiceServer::new(AgentServer::new(Arc::clone(&state)))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let audit_service = AuditServiceServer::new(
+    // Every privileged or audit call leaves a line in the audit log.
+    let audit_log = Arc::new(
+        crate::audit::AuditLog::open(&config.audit_log).map_err(|e| AgentError::DataDir {
+            path: config.audit_log.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?,
+    );
+    let audit_service = AuditServiceServer::new(crate::audited::Audited::new(
         AuditServer::new(
             Arc::clone(&state),
             Arc::clone(&runs),
             RetryPolicy::default(),
         )
         .with_self_address(self_address.clone()),
-    );
+        Arc::clone(&audit_log),
+    ));
     let jobs = Arc::new(
         crate::jobs::Jobs::new(&config.syncs, self_address.clone()).with_store(Arc::clone(&runs)),
     );
-    let admin_service =
-        AdminServiceServer::new(AdminServer::new(Arc::clone(&state)).with_jobs(Arc::clone(&jobs)));
-    let ingest_service = IngestServiceServer::new(IngestServer::new(Arc::clone(&state)))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let admin_service = AdminServiceServer::new(crate::audited::Audited::new(
+        AdminServer::new(Arc::clone(&state)).with_jobs(Arc::clone(&jobs)),
+        Arc::clone(&audit_log),
+    ));
+    let ingest_service = IngestServiceServer::new(crate::audited::Audited::new(
+        IngestServer::new(Arc::clone(&state)),
+        Arc::clone(&audit_log),
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let repair_service = crate::proto::v1::repair_service_server::RepairServiceServer::new(
-        crate::repair::RepairServer::new(Arc::clone(&state), Arc::clone(&runs), &config.datasets),
+        crate::audited::Audited::new(
+            crate::repair::RepairServer::new(
+                Arc::clone(&state),
+                Arc::clone(&runs),
+                &config.datasets,
+            ),
+            Arc::clone(&audit_log),
+        ),
     )
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);

@@ -96,6 +96,9 @@ pub struct AgentSection {
     /// deleted here back.
     #[serde(default = "default_tombstone_days")]
     pub tombstone_retention_days: u64,
+    /// The audit log (JSON lines, hash-chained). Default `<data_dir>/audit.jsonl`.
+    #[serde(default)]
+    pub audit_log: Option<PathBuf>,
 }
 
 fn default_tombstone_days() -> u64 {
@@ -581,6 +584,8 @@ pub struct AgentConfig {
     pub syncs: Vec<SyncJobConfig>,
     /// How long tombstones are kept.
     pub tombstone_retention: Duration,
+    /// The audit log.
+    pub audit_log: PathBuf,
 }
 
 /// Overrides from the environment and flags, applied over the file.
@@ -820,7 +825,6 @@ impl AgentConfig {
         }
         Ok(AgentConfig {
             listen,
-            data_dir: base.join(data_dir),
             request_timeout: Duration::from_secs(file.agent.request_timeout_secs.max(1)),
             max_concurrent_requests: file.agent.max_concurrent_requests.max(1),
             datasets,
@@ -828,6 +832,11 @@ impl AgentConfig {
             tombstone_retention: Duration::from_secs(
                 file.agent.tombstone_retention_days.max(1) * 86_400,
             ),
+            audit_log: file.agent.audit_log.map_or_else(
+                || base.join(&data_dir).join("audit.jsonl"),
+                |p| base.join(p),
+            ),
+            data_dir: base.join(data_dir),
         })
     }
 }

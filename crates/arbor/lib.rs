@@ -13,6 +13,8 @@
 //! [`proto`] and are converted to domain types at the edge.
 
 pub mod agent;
+pub mod audit;
+pub mod audited;
 pub mod client;
 pub mod config;
 pub mod convert;

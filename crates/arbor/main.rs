@@ -68,6 +68,11 @@ enum Command {
         #[command(subcommand)]
         command: SyncCommand,
     },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Change capture state kept in the systems (replication slots).
     Capture {
         #[command(subcommand)]
@@ -187,6 +192,20 @@ struct SyncArgs {
     /// agents and datasets come from the file).
     #[arg(long)]
     plan: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Checks the hash chain and head of an audit log: edits, deleted
+    /// lines and truncation are errors naming the line (exit 1).
+    Verify {
+        /// The log file; default: the one the config names.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// The agent's config (to find its log).
+        #[arg(long, short, env = "ARBOR_CONFIG")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -366,6 +385,28 @@ async fn run(cli: Cli) -> Result<u8> {
         Command::Runs { command } => runs(command).await,
         Command::Demo(args) => demo::run(args),
         Command::Sync { command } => sync(command).await,
+        Command::Audit {
+            command: AuditCommand::Verify { file, config },
+        } => {
+            let path = match (file, config) {
+                (Some(f), _) => f,
+                (None, Some(c)) => AgentConfig::load(&c, &Overrides::default())?.audit_log,
+                (None, None) => anyhow::bail!("name the log with --file or the agent's --config"),
+            };
+            match arbor::audit::verify(&path) {
+                Ok(lines) => {
+                    println!(
+                        "audit log {}: ok, {lines} lines, chain and head intact",
+                        path.display()
+                    );
+                    Ok(0)
+                }
+                Err(problem) => {
+                    println!("audit log {}: {problem}", path.display());
+                    Ok(1)
+                }
+            }
+        }
         Command::Capture {
             command: CaptureCommand::Drop { index, publication },
         } => blocking(move || capture_drop(&index, publication)).await,

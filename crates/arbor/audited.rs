@@ -1,0 +1,340 @@
+//! The services an audit log watches: [`Audited`] wraps a service and
+//! appends one [`crate::audit`] entry per call — who, what, dataset, run,
+//! decision, outcome and counts; never values. AgentService (peers
+//! exchanging hashes) is not audited: it is neither privileged nor an audit
+//! read, and it is the hot path of every compare.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::audit::{AuditLog, Record};
+use crate::proto::v1 as pb;
+use crate::proto::v1::admin_service_server::AdminService;
+use crate::proto::v1::audit_service_server::AuditService;
+use crate::proto::v1::ingest_service_server::IngestService;
+use crate::proto::v1::repair_service_server::RepairService;
+
+/// A service whose calls are written to the audit log.
+pub struct Audited<S> {
+    inner: S,
+    log: Arc<AuditLog>,
+}
+
+impl<S> Audited<S> {
+    /// `inner`, audited into `log`.
+    pub fn new(inner: S, log: Arc<AuditLog>) -> Audited<S> {
+        Audited { inner, log }
+    }
+
+    /// Appends the entry of a finished call; `describe` gives the run and
+    /// counts of a successful response.
+    fn log<T>(
+        &self,
+        who: String,
+        call: &'static str,
+        dataset: String,
+        result: &Result<Response<T>, Status>,
+        describe: impl FnOnce(&T) -> (String, BTreeMap<String, u64>),
+    ) {
+        let (outcome, (run, counts)) = match result {
+            Ok(r) => ("ok".to_string(), describe(r.get_ref())),
+            Err(s) => (format!("{:?}", s.code()), (String::new(), BTreeMap::new())),
+        };
+        self.log.record(Record {
+            who,
+            call,
+            dataset,
+            run,
+            // Every call that reaches a service was allowed; refusals by
+            // authentication are logged where they happen.
+            decision: "allowed",
+            outcome,
+            counts,
+        });
+    }
+}
+
+fn who<T>(r: &Request<T>) -> String {
+    r.remote_addr()
+        .map_or_else(|| "unknown".to_string(), |a| a.to_string())
+}
+
+fn counts<const N: usize>(pairs: [(&str, u64); N]) -> BTreeMap<String, u64> {
+    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
+
+fn none<T>(_: &T) -> (String, BTreeMap<String, u64>) {
+    (String::new(), BTreeMap::new())
+}
+
+fn run_counts(r: &pb::RunSummary) -> (String, BTreeMap<String, u64>) {
+    (
+        r.run_id.clone(),
+        counts([
+            ("missing_left", r.missing_left),
+            ("missing_right", r.missing_right),
+            ("changed", r.changed),
+        ]),
+    )
+}
+
+#[tonic::async_trait]
+impl<S: AuditService> AuditService for Audited<S> {
+    type StreamDriftStream = S::StreamDriftStream;
+
+    async fn compare(
+        &self,
+        request: Request<pb::CompareRequest>,
+    ) -> Result<Response<pb::RunSummary>, Status> {
+        let (w, d) = (who(&request), request.get_ref().dataset.clone());
+        let result = self.inner.compare(request).await;
+        self.log(w, "AuditService/Compare", d, &result, run_counts);
+        result
+    }
+
+    async fn get_run(
+        &self,
+        request: Request<pb::GetRunRequest>,
+    ) -> Result<Response<pb::RunSummary>, Status> {
+        let w = who(&request);
+        let result = self.inner.get_run(request).await;
+        self.log(w, "AuditService/GetRun", String::new(), &result, run_counts);
+        result
+    }
+
+    async fn list_runs(
+        &self,
+        request: Request<pb::ListRunsRequest>,
+    ) -> Result<Response<pb::ListRunsResponse>, Status> {
+        let (w, d) = (who(&request), request.get_ref().dataset.clone());
+        let result = self.inner.list_runs(request).await;
+        self.log(w, "AuditService/ListRuns", d, &result, |r| {
+            (String::new(), counts([("runs", r.runs.len() as u64)]))
+        });
+        result
+    }
+
+    async fn stream_drift(
+        &self,
+        request: Request<pb::StreamDriftRequest>,
+    ) -> Result<Response<Self::StreamDriftStream>, Status> {
+        let (w, run) = (who(&request), request.get_ref().run_id.clone());
+        let result = self.inner.stream_drift(request).await;
+        self.log(
+            w,
+            "AuditService/StreamDrift",
+            String::new(),
+            &result,
+            |_| (run, BTreeMap::new()),
+        );
+        result
+    }
+
+    async fn reconcile(
+        &self,
+        request: Request<pb::ReconcileRequest>,
+    ) -> Result<Response<pb::ReconcileResponse>, Status> {
+        let (w, d) = (who(&request), request.get_ref().dataset.clone());
+        let result = self.inner.reconcile(request).await;
+        self.log(w, "AuditService/Reconcile", d, &result, |r| {
+            let report: serde_json::Value =
+                serde_json::from_str(&r.report_json).unwrap_or_default();
+            let n = |k: &str| report[k].as_u64().unwrap_or(0);
+            (
+                report["run_id"].as_str().unwrap_or_default().to_owned(),
+                counts([
+                    ("drift", n("drift")),
+                    ("applied", n("applied")),
+                    ("conflicts", n("conflicts")),
+                ]),
+            )
+        });
+        result
+    }
+}
+
+#[tonic::async_trait]
+impl<S: AdminService> AdminService for Audited<S> {
+    async fn reindex(
+        &self,
+        request: Request<pb::ReindexRequest>,
+    ) -> Result<Response<pb::IndexStatus>, Status> {
+        let (w, d) = (who(&request), request.get_ref().dataset.clone());
+        let result = self.inner.reindex(request).await;
+        self.log(w, "AdminService/Reindex", d, &result, |r| {
+            (String::new(), counts([("records", r.count)]))
+        });
+        result
+    }
+
+    async fn get_index_status(
+        &self,
+        request: Request<pb::IndexStatusRequest>,
+    ) -> Result<Response<pb::IndexStatus>, Status> {
+        let (w, d) = (who(&request), request.get_ref().dataset.clone());
+        let result = self.inner.get_index_status(request).await;
+        self.log(w, "AdminService/GetIndexStatus", d, &result, none);
+        result
+    }
+
+    async fn verify(
+        &self,
+        request: Request<pb::VerifyRequest>,
+    ) -> Result<Response<pb::VerifyResponse>, Status> {
+        let (w, d) = (who(&request), request.get_ref().dataset.clone());
+        let result = self.inner.verify(request).await;
+        self.log(w, "AdminService/Verify", d, &result, |r| {
+            (
+                String::new(),
+                counts([
+                    ("records", r.records),
+                    ("node_mismatches", r.node_mismatches),
+                ]),
+            )
+        });
+        result
+    }
+
+    async fn list_sync_jobs(
+        &self,
+        request: Request<pb::ListSyncJobsRequest>,
+    ) -> Result<Response<pb::ListSyncJobsResponse>, Status> {
+        let w = who(&request);
+        let result = self.inner.list_sync_jobs(request).await;
+        self.log(w, "AdminService/ListSyncJobs", String::new(), &result, none);
+        result
+    }
+
+    async fn run_sync_job(
+        &self,
+        request: Request<pb::RunSyncJobRequest>,
+    ) -> Result<Response<pb::SyncJobRun>, Status> {
+        let (w, job) = (who(&request), request.get_ref().name.clone());
+        let result = self.inner.run_sync_job(request).await;
+        self.log(w, "AdminService/RunSyncJob", String::new(), &result, |_| {
+            (job, BTreeMap::new())
+        });
+        result
+    }
+
+    async fn list_sync_runs(
+        &self,
+        request: Request<pb::ListSyncRunsRequest>,
+    ) -> Result<Response<pb::ListSyncRunsResponse>, Status> {
+        let (w, job) = (who(&request), request.get_ref().job.clone());
+        let result = self.inner.list_sync_runs(request).await;
+        self.log(
+            w,
+            "AdminService/ListSyncRuns",
+            String::new(),
+            &result,
+            |_| (job, BTreeMap::new()),
+        );
+        result
+    }
+
+    async fn list_conflicts(
+        &self,
+        request: Request<pb::ListConflictsRequest>,
+    ) -> Result<Response<pb::ListConflictsResponse>, Status> {
+        let w = who(&request);
+        let result = self.inner.list_conflicts(request).await;
+        self.log(
+            w,
+            "AdminService/ListConflicts",
+            String::new(),
+            &result,
+            |r| {
+                (
+                    String::new(),
+                    counts([("conflicts", r.conflicts.len() as u64)]),
+                )
+            },
+        );
+        result
+    }
+
+    async fn resolve_conflict(
+        &self,
+        request: Request<pb::ResolveConflictRequest>,
+    ) -> Result<Response<pb::SyncJobRun>, Status> {
+        let (w, id) = (who(&request), request.get_ref().id.clone());
+        let result = self.inner.resolve_conflict(request).await;
+        self.log(
+            w,
+            "AdminService/ResolveConflict",
+            String::new(),
+            &result,
+            |_| (id, BTreeMap::new()),
+        );
+        result
+    }
+}
+
+#[tonic::async_trait]
+impl<S: IngestService> IngestService for Audited<S> {
+    async fn ingest_changes(
+        &self,
+        request: Request<pb::IngestRequest>,
+    ) -> Result<Response<pb::IngestResponse>, Status> {
+        let (w, d) = (who(&request), request.get_ref().dataset.clone());
+        let result = self.inner.ingest_changes(request).await;
+        self.log(w, "IngestService/IngestChanges", d, &result, |r| {
+            (
+                String::new(),
+                counts([
+                    ("inserted", r.inserted),
+                    ("updated", r.updated),
+                    ("deleted", r.deleted),
+                ]),
+            )
+        });
+        result
+    }
+}
+
+#[tonic::async_trait]
+impl<S: RepairService> RepairService for Audited<S> {
+    type FetchRecordsStream = S::FetchRecordsStream;
+
+    async fn fetch_records(
+        &self,
+        request: Request<pb::FetchRecordsRequest>,
+    ) -> Result<Response<Self::FetchRecordsStream>, Status> {
+        let (w, d) = (who(&request), request.get_ref().dataset.clone());
+        let keys = request.get_ref().canonical_keys.len() as u64;
+        let result = self.inner.fetch_records(request).await;
+        self.log(w, "RepairService/FetchRecords", d, &result, |_| {
+            (String::new(), counts([("keys", keys)]))
+        });
+        result
+    }
+
+    async fn apply_changes(
+        &self,
+        request: Request<pb::ApplyChangesRequest>,
+    ) -> Result<Response<pb::ApplyChangesResponse>, Status> {
+        let (w, d) = (who(&request), request.get_ref().dataset.clone());
+        let (run, batch) = (request.get_ref().run_id.clone(), request.get_ref().batch);
+        let result = self.inner.apply_changes(request).await;
+        self.log(w, "RepairService/ApplyChanges", d, &result, |r| {
+            let of = |o: pb::WriteOutcome| {
+                r.results.iter().filter(|x| x.outcome == o as i32).count() as u64
+            };
+            (
+                run,
+                counts([
+                    ("batch", batch),
+                    ("writes", r.results.len() as u64),
+                    ("applied", of(pb::WriteOutcome::Applied)),
+                    ("already_applied", of(pb::WriteOutcome::AlreadyApplied)),
+                    ("conflicts", of(pb::WriteOutcome::Conflict)),
+                    ("replayed", u64::from(r.replayed)),
+                ]),
+            )
+        });
+        result
+    }
+}
