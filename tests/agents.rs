@@ -1966,3 +1966,86 @@ fn reconcile_over_grpc_repairs_with_a_policy_and_names_bad_fields() {
             || String::from_utf8_lossy(&out.stdout).contains("edited")
     );
 }
+
+/// Samples of a Prometheus text exposition, checked against its format:
+/// every sample belongs to a family declared by `# TYPE`, values parse.
+fn parse_prometheus(text: &str) -> BTreeMap<String, f64> {
+    let mut families = BTreeSet::new();
+    let mut samples = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split_whitespace();
+            let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
+            assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+            families.insert(name.to_owned());
+            continue;
+        }
+        if line.starts_with("# HELP ") || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
+        let name = series.split('{').next().unwrap();
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "{line}"
+        );
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| families.contains(*f)))
+            .unwrap_or(name);
+        assert!(families.contains(family), "no # TYPE for {line}");
+        if let Some(labels) = series.strip_prefix(name)
+            && !labels.is_empty()
+        {
+            assert!(labels.starts_with('{') && labels.ends_with('}'), "{line}");
+        }
+        let v: f64 = value.parse().unwrap_or_else(|_| panic!("value of {line}"));
+        samples.insert(series.to_owned(), v);
+    }
+    samples
+}
+
+#[test]
+fn metrics_are_served_as_prometheus_text() {
+    let dir = demo(2_000, 20);
+    let port = free_port();
+    let config = std::fs::read_to_string(dir.path().join("crm.toml"))
+        .unwrap()
+        .replace(
+            "data_dir = \"crm-data\"",
+            &format!("data_dir = \"crm-data\"\nmetrics_listen = \"127.0.0.1:{port}\""),
+        );
+    std::fs::write(dir.path().join("crm.toml"), config).unwrap();
+    let crm = AgentProcess::start(dir.path(), "crm.toml");
+    let erp = AgentProcess::start(dir.path(), "erp.toml");
+    let (code, _, _) = compare(dir.path(), &crm.address, &erp.address);
+    assert_eq!(code, 1);
+    let scrape = || -> String {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut response = String::new();
+        conn.read_to_string(&mut response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+        body.to_owned()
+    };
+    let samples = parse_prometheus(&scrape());
+    assert_eq!(
+        samples["arbor_records_indexed{dataset=\"customers\"}"],
+        2_000.0
+    );
+    assert_eq!(samples["arbor_drift_records{dataset=\"customers\"}"], 60.0);
+    assert!(samples["arbor_runs_total{outcome=\"completed\"}"] >= 1.0);
+    let compares =
+        samples["arbor_rpc_duration_seconds_count{call=\"AuditService/Compare\",outcome=\"ok\"}"];
+    assert!(compares >= 1.0);
+    assert_eq!(
+        samples["arbor_rpc_duration_seconds_bucket{call=\"AuditService/Compare\",outcome=\"ok\",le=\"+Inf\"}"],
+        compares
+    );
+    drop(erp);
+}

@@ -1198,6 +1198,21 @@ pub async fn run(
             source: std::io::Error::other(e.to_string()),
         })?,
     );
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    if let Some(at) = config.metrics_listen {
+        let listener =
+            tokio::net::TcpListener::bind(at)
+                .await
+                .map_err(|e| AgentError::DataDir {
+                    path: PathBuf::from(at.to_string()),
+                    source: e,
+                })?;
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            Arc::clone(&metrics),
+            Arc::clone(&state),
+        ));
+    }
     let audit_service = AuditServiceServer::new(crate::audited::Audited::new(
         AuditServer::new(
             Arc::clone(&state),
@@ -1206,6 +1221,7 @@ pub async fn run(
         )
         .with_self_address(self_address.clone()),
         Arc::clone(&audit_log),
+        Arc::clone(&metrics),
     ));
     let jobs = Arc::new(
         crate::jobs::Jobs::new(&config.syncs, self_address.clone()).with_store(Arc::clone(&runs)),
@@ -1213,10 +1229,12 @@ pub async fn run(
     let admin_service = AdminServiceServer::new(crate::audited::Audited::new(
         AdminServer::new(Arc::clone(&state)).with_jobs(Arc::clone(&jobs)),
         Arc::clone(&audit_log),
+        Arc::clone(&metrics),
     ));
     let ingest_service = IngestServiceServer::new(crate::audited::Audited::new(
         IngestServer::new(Arc::clone(&state)),
         Arc::clone(&audit_log),
+        Arc::clone(&metrics),
     ))
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let repair_service = crate::proto::v1::repair_service_server::RepairServiceServer::new(
@@ -1227,6 +1245,7 @@ pub async fn run(
                 &config.datasets,
             ),
             Arc::clone(&audit_log),
+            Arc::clone(&metrics),
         ),
     )
     .max_decoding_message_size(MAX_MESSAGE_BYTES)

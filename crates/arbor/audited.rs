@@ -6,33 +6,47 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 
 use crate::audit::{AuditLog, Record};
+use crate::metrics::Metrics;
 use crate::proto::v1 as pb;
 use crate::proto::v1::admin_service_server::AdminService;
 use crate::proto::v1::audit_service_server::AuditService;
 use crate::proto::v1::ingest_service_server::IngestService;
 use crate::proto::v1::repair_service_server::RepairService;
 
-/// A service whose calls are written to the audit log.
+/// A service whose calls are written to the audit log and timed in the
+/// metrics.
 pub struct Audited<S> {
     inner: S,
     log: Arc<AuditLog>,
+    metrics: Arc<Metrics>,
+}
+
+/// Who called, and when the call started.
+struct Caller {
+    who: String,
+    started: Instant,
 }
 
 impl<S> Audited<S> {
-    /// `inner`, audited into `log`.
-    pub fn new(inner: S, log: Arc<AuditLog>) -> Audited<S> {
-        Audited { inner, log }
+    /// `inner`, audited into `log` and timed into `metrics`.
+    pub fn new(inner: S, log: Arc<AuditLog>, metrics: Arc<Metrics>) -> Audited<S> {
+        Audited {
+            inner,
+            log,
+            metrics,
+        }
     }
 
     /// Appends the entry of a finished call; `describe` gives the run and
     /// counts of a successful response.
     fn log<T>(
         &self,
-        who: String,
+        caller: Caller,
         call: &'static str,
         dataset: String,
         result: &Result<Response<T>, Status>,
@@ -42,8 +56,23 @@ impl<S> Audited<S> {
             Ok(r) => ("ok".to_string(), describe(r.get_ref())),
             Err(s) => (format!("{:?}", s.code()), (String::new(), BTreeMap::new())),
         };
+        self.metrics
+            .observe_rpc(call, &outcome, caller.started.elapsed());
+        let n = |k: &str| counts.get(k).copied().unwrap_or(0);
+        match call {
+            "AuditService/Compare" => self.metrics.observe_run(
+                &dataset,
+                result.is_ok(),
+                n("missing_left") + n("missing_right") + n("changed"),
+            ),
+            "RepairService/ApplyChanges" if result.is_ok() => {
+                self.metrics
+                    .observe_repair(n("applied"), n("already_applied"), n("conflicts"))
+            }
+            _ => {}
+        }
         self.log.record(Record {
-            who,
+            who: caller.who,
             call,
             dataset,
             run,
@@ -56,9 +85,13 @@ impl<S> Audited<S> {
     }
 }
 
-fn who<T>(r: &Request<T>) -> String {
-    r.remote_addr()
-        .map_or_else(|| "unknown".to_string(), |a| a.to_string())
+fn who<T>(r: &Request<T>) -> Caller {
+    Caller {
+        who: r
+            .remote_addr()
+            .map_or_else(|| "unknown".to_string(), |a| a.to_string()),
+        started: Instant::now(),
+    }
 }
 
 fn counts<const N: usize>(pairs: [(&str, u64); N]) -> BTreeMap<String, u64> {

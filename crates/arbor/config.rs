@@ -99,6 +99,9 @@ pub struct AgentSection {
     /// The audit log (JSON lines, hash-chained). Default `<data_dir>/audit.jsonl`.
     #[serde(default)]
     pub audit_log: Option<PathBuf>,
+    /// Where to serve Prometheus `GET /metrics` (`127.0.0.1:9464`); default off.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
 }
 
 fn default_tombstone_days() -> u64 {
@@ -586,6 +589,8 @@ pub struct AgentConfig {
     pub tombstone_retention: Duration,
     /// The audit log.
     pub audit_log: PathBuf,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Overrides from the environment and flags, applied over the file.
@@ -813,6 +818,15 @@ impl AgentConfig {
                 allow_repairs: d.allow_repairs,
             });
         }
+        let metrics_listen = match &file.agent.metrics_listen {
+            None => None,
+            Some(a) => Some(a.parse::<SocketAddr>().map_err(|e| {
+                invalid(
+                    "agent.metrics_listen".into(),
+                    format!("{a:?} is not an address: {e}"),
+                )
+            })?),
+        };
         let mut syncs = Vec::new();
         for s in file.syncs {
             if syncs.iter().any(|j: &SyncJobConfig| j.name == s.name) {
@@ -837,6 +851,7 @@ impl AgentConfig {
                 |p| base.join(p),
             ),
             data_dir: base.join(data_dir),
+            metrics_listen,
         })
     }
 }

@@ -20,6 +20,7 @@ pub mod config;
 pub mod convert;
 pub mod jobs;
 pub mod logical;
+pub mod metrics;
 pub mod repair;
 pub mod report;
 pub mod service;

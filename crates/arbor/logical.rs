@@ -245,6 +245,12 @@ impl Follower {
             stats.advanced_to = Some(last);
         }
         self.applied = self.applied.max(last);
+        if let Some(worst) = stats.lags.iter().max() {
+            ds.lag_ms.store(
+                worst.as_millis() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
         if stats.inserted + stats.updated + stats.deleted > 0 {
             ds.changed();
         }

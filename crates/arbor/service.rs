@@ -55,6 +55,9 @@ pub struct Dataset {
     /// A counter bumped whenever change capture brings changes into the
     /// index: real-time sync jobs watch it.
     pub changes: tokio::sync::watch::Sender<u64>,
+    /// Commit-to-index lag of the last captured batch, milliseconds
+    /// (logical capture; 0 otherwise).
+    pub lag_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Dataset {
@@ -70,6 +73,7 @@ impl Dataset {
             indexing: AtomicBool::new(false),
             mapping,
             changes: tokio::sync::watch::Sender::new(0),
+            lag_ms: std::sync::atomic::AtomicU64::new(0),
         }
     }
 

@@ -183,6 +183,7 @@ pub(crate) fn scan_in_chunks<R: KeysetReader>(
                     let due =
                         Duration::from_secs_f64(total as f64 / options.max_rows_per_sec as f64);
                     if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        THROTTLE_WAITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         std::thread::sleep(wait);
                     }
                 }
@@ -211,6 +212,14 @@ pub(crate) fn scan_in_chunks<R: KeysetReader>(
         debug!(rows = total, "scan finished");
         Ok(total)
     })
+}
+
+static THROTTLE_WAITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Times a scan paused to stay under its `max_rows_per_sec`, in this
+/// process.
+pub fn throttle_waits() -> u64 {
+    THROTTLE_WAITS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Keys looked up per statement by `fetch`.
