@@ -2049,3 +2049,84 @@ fn metrics_are_served_as_prometheus_text() {
     );
     drop(erp);
 }
+
+#[test]
+fn mutual_tls_refuses_clients_without_a_certificate() {
+    let dir = demo(500, 5);
+    let out = arbor(dir.path(), &["certs", "dev", "--dir", "certs"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for side in ["crm", "erp"] {
+        let path = dir.path().join(format!("{side}.toml"));
+        let config = std::fs::read_to_string(&path).unwrap().replacen(
+            &format!("data_dir = \"{side}-data\"\n"),
+            &format!(
+                "data_dir = \"{side}-data\"\n\n[agent.tls]\ncert = \"certs/agent.pem\"\nkey = \"certs/agent.key\"\n\
+                 client_ca = \"certs/ca.pem\"\nca = \"certs/ca.pem\"\n"
+            ),
+            1,
+        );
+        assert!(config.contains("[agent.tls]"));
+        std::fs::write(path, config).unwrap();
+    }
+    let crm = AgentProcess::start(dir.path(), "crm.toml");
+    let erp = AgentProcess::start(dir.path(), "erp.toml");
+    let https = |a: &str| a.replace("http://", "https://");
+    let (crm_at, erp_at) = (https(&crm.address), https(&erp.address));
+    let compare = |env: &[(&str, &str)], agent: &str| -> Output {
+        let mut cmd = Command::new(ARBOR);
+        cmd.args([
+            "compare",
+            "--agent",
+            agent,
+            "--dataset",
+            "customers",
+            "--peer",
+            &erp_at,
+            "--json",
+            "--limit",
+            "0",
+            "--wait",
+            "5",
+        ])
+        .current_dir(dir.path());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let operator = [
+        ("ARBOR_TLS_CA", "certs/ca.pem"),
+        ("ARBOR_TLS_CERT", "certs/operator.pem"),
+        ("ARBOR_TLS_KEY", "certs/operator.key"),
+    ];
+    // With the CA and a client certificate: the agents (themselves talking
+    // mutual TLS to each other) report the seeded drift.
+    let out = compare(&operator, &crm_at);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Json =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(
+        summary["missing_left"].as_u64().unwrap()
+            + summary["missing_right"].as_u64().unwrap()
+            + summary["changed"].as_u64().unwrap(),
+        15
+    );
+    // Without a client certificate the handshake is refused.
+    let out = compare(&operator[..1], &crm_at);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ARBOR_TLS_CERT"), "{err}");
+    // Clear text to a TLS port is refused too.
+    let out = compare(&operator, &crm.address);
+    assert_eq!(out.status.code(), Some(2));
+    drop(erp);
+}

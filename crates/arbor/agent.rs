@@ -79,6 +79,9 @@ pub enum AgentError {
     /// The run store could not be opened.
     #[error("run store")]
     Runs(#[source] IndexError),
+    /// The TLS material does not make a server configuration.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The data directory could not be created.
     #[error("cannot create data directory {path}")]
     DataDir {
@@ -427,10 +430,12 @@ impl AuditServer {
         peer_dataset: &str,
         keys: &[Vec<u8>],
     ) -> Result<HashMap<Vec<u8>, Vec<String>>, String> {
-        let mut client = AgentServiceClient::connect(peer.to_owned())
+        let channel = crate::client::endpoint(peer)?
+            .connect()
             .await
-            .map_err(|e| format!("{peer}: {e}"))?
-            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+            .map_err(|e| format!("{peer}: {e}"))?;
+        let mut client =
+            AgentServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
         let mut out = HashMap::new();
         for chunk in keys.chunks(MAX_COLUMN_DIGEST_KEYS) {
             let local_ds = Arc::clone(ds);
@@ -1187,7 +1192,15 @@ pub async fn run(
     } else {
         addr.ip()
     };
-    let self_address = format!("http://{}", SocketAddr::new(self_host, addr.port()));
+    let self_address = format!(
+        "{}://{}",
+        if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        },
+        SocketAddr::new(self_host, addr.port())
+    );
     let agent_service = AgentServiceServer::new(AgentServer::new(Arc::clone(&state)))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -1250,7 +1263,25 @@ pub async fn run(
     )
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let mut server_tls =
+            ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert, &tls.key));
+        if let Some(ca) = &tls.client_ca {
+            // Mutual TLS: a client without a certificate from this CA is
+            // refused during the handshake.
+            server_tls = server_tls.client_ca_root(Certificate::from_pem(ca));
+        }
+        builder = builder
+            .tls_config(server_tls)
+            .map_err(|e| AgentError::Tls(e.to_string()))?;
+        crate::client::set_client_tls(
+            tls.ca.as_deref(),
+            Some((&tls.client_identity.0, &tls.client_identity.1)),
+        );
+    }
+    let server = builder
         .timeout(config.request_timeout)
         .concurrency_limit_per_connection(config.max_concurrent_requests)
         .add_service(health_service)

@@ -25,6 +25,44 @@ use crate::proto::v1::agent_service_client::AgentServiceClient;
 /// Largest gRPC message either side accepts.
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
 
+/// The TLS every `https://` address of this process is reached with: set
+/// once, at agent start from `[agent.tls]`, or at CLI start from
+/// `ARBOR_TLS_CA` / `ARBOR_TLS_CERT` / `ARBOR_TLS_KEY`.
+static CLIENT_TLS: std::sync::OnceLock<tonic::transport::ClientTlsConfig> =
+    std::sync::OnceLock::new();
+
+/// Sets the process's client TLS (the first call wins).
+pub fn set_client_tls(ca: Option<&[u8]>, identity: Option<(&[u8], &[u8])>) {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let mut tls = ClientTlsConfig::new().with_enabled_roots();
+    if let Some(ca) = ca {
+        tls = tls.ca_certificate(Certificate::from_pem(ca));
+    }
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    let _ = CLIENT_TLS.set(tls);
+}
+
+/// An endpoint for an agent address: `http://` in clear, `https://` with
+/// the process's client TLS.
+pub fn endpoint(address: &str) -> Result<Endpoint, String> {
+    let endpoint = Endpoint::from_shared(address.to_owned())
+        .map_err(|e| format!("invalid agent address {address:?}: {e}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    if !address.starts_with("https://") {
+        return Ok(endpoint);
+    }
+    let tls = CLIENT_TLS
+        .get()
+        .cloned()
+        .unwrap_or_else(|| tonic::transport::ClientTlsConfig::new().with_enabled_roots());
+    endpoint
+        .tls_config(tls)
+        .map_err(|e| format!("TLS for {address}: {e}"))
+}
+
 /// How a client retries transient failures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -91,11 +129,9 @@ impl GrpcPeer {
                 "cannot connect to {address}: no Tokio runtime is running"
             )));
         }
-        let endpoint = Endpoint::from_shared(address.to_owned())
-            .map_err(|e| PeerError::Refused(format!("invalid agent address {address:?}: {e}")))?
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(retry.call_timeout)
-            .tcp_nodelay(true);
+        let endpoint = endpoint(address)
+            .map_err(PeerError::Refused)?
+            .timeout(retry.call_timeout);
         let client = AgentServiceClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);

@@ -102,6 +102,55 @@ pub struct AgentSection {
     /// Where to serve Prometheus `GET /metrics` (`127.0.0.1:9464`); default off.
     #[serde(default)]
     pub metrics_listen: Option<String>,
+    /// TLS for the gRPC port and for this agent's calls to peers.
+    #[serde(default)]
+    pub tls: Option<TlsSection>,
+}
+
+/// `[agent.tls]`: PEM files, relative to the config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// The agent's certificate chain (server side).
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// Require client certificates signed by this CA (mutual TLS).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// The CA that signs peers' certificates (this agent as a client).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// The certificate this agent presents to peers that require one;
+    /// default: `cert`.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// Its key; default: `key`.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+}
+
+/// TLS material, loaded.
+#[derive(Clone)]
+pub struct TlsConfig {
+    /// Server certificate chain, PEM.
+    pub cert: Vec<u8>,
+    /// Server key, PEM.
+    pub key: Vec<u8>,
+    /// Client CA, PEM (mutual TLS when set).
+    pub client_ca: Option<Vec<u8>>,
+    /// CA for peers, PEM.
+    pub ca: Option<Vec<u8>>,
+    /// Client certificate and key, PEM.
+    pub client_identity: (Vec<u8>, Vec<u8>),
+}
+
+impl std::fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("mutual", &self.client_ca.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 fn default_tombstone_days() -> u64 {
@@ -591,6 +640,8 @@ pub struct AgentConfig {
     pub audit_log: PathBuf,
     /// Where `/metrics` is served, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// TLS, if configured.
+    pub tls: Option<TlsConfig>,
 }
 
 /// Overrides from the environment and flags, applied over the file.
@@ -818,6 +869,34 @@ impl AgentConfig {
                 allow_repairs: d.allow_repairs,
             });
         }
+        let tls = match &file.agent.tls {
+            None => None,
+            Some(t) => {
+                let read = |field: &str, p: &Path| {
+                    let p = base.join(p);
+                    std::fs::read(&p).map_err(|e| {
+                        invalid(
+                            format!("agent.tls.{field}"),
+                            format!("cannot read {}: {e}", p.display()),
+                        )
+                    })
+                };
+                Some(TlsConfig {
+                    cert: read("cert", &t.cert)?,
+                    key: read("key", &t.key)?,
+                    client_ca: t
+                        .client_ca
+                        .as_deref()
+                        .map(|p| read("client_ca", p))
+                        .transpose()?,
+                    ca: t.ca.as_deref().map(|p| read("ca", p)).transpose()?,
+                    client_identity: (
+                        read("client_cert", t.client_cert.as_deref().unwrap_or(&t.cert))?,
+                        read("client_key", t.client_key.as_deref().unwrap_or(&t.key))?,
+                    ),
+                })
+            }
+        };
         let metrics_listen = match &file.agent.metrics_listen {
             None => None,
             Some(a) => Some(a.parse::<SocketAddr>().map_err(|e| {
@@ -852,6 +931,7 @@ impl AgentConfig {
             ),
             data_dir: base.join(data_dir),
             metrics_listen,
+            tls,
         })
     }
 }

@@ -3,7 +3,7 @@
 //! Exit codes: 0 in sync (or success), 1 drift found, 2 error.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,7 @@ use arbor::report::{DriftEntry, RunSummary};
 use arbor_index::Index;
 use clap::{Args, Parser, Subcommand};
 
+mod certs;
 mod demo;
 
 // Builds allocate a key per record on several threads at once; glibc's
@@ -67,6 +68,11 @@ enum Command {
     Sync {
         #[command(subcommand)]
         command: SyncCommand,
+    },
+    /// Certificates for trying TLS.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
     },
     /// The audit log.
     Audit {
@@ -192,6 +198,20 @@ struct SyncArgs {
     /// agents and datasets come from the file).
     #[arg(long)]
     plan: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// A local CA, an agent certificate (server and client, for localhost,
+    /// 127.0.0.1 and each --name) and an operator client certificate.
+    Dev {
+        /// Where to write them.
+        #[arg(long)]
+        dir: PathBuf,
+        /// More names (or IPs) the agent certificate is valid for.
+        #[arg(long = "name")]
+        names: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -335,8 +355,40 @@ fn init_logging(default: &str) {
         .init();
 }
 
+/// The CLI's client TLS, from `ARBOR_TLS_CA` (the agents' CA) and
+/// `ARBOR_TLS_CERT` / `ARBOR_TLS_KEY` (a client identity for mutual TLS).
+fn cli_tls() -> Result<()> {
+    let read = |var: &str| -> Result<Option<Vec<u8>>> {
+        match std::env::var_os(var) {
+            None => Ok(None),
+            Some(p) => std::fs::read(&p)
+                .map(Some)
+                .with_context(|| format!("{var}: cannot read {}", Path::new(&p).display())),
+        }
+    };
+    let ca = read("ARBOR_TLS_CA")?;
+    let identity = match (read("ARBOR_TLS_CERT")?, read("ARBOR_TLS_KEY")?) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => bail!("set both ARBOR_TLS_CERT and ARBOR_TLS_KEY, or neither"),
+    };
+    if ca.is_some() || identity.is_some() {
+        arbor::client::set_client_tls(
+            ca.as_deref(),
+            identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+        );
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Agent { .. })
+        && let Err(e) = cli_tls()
+    {
+        eprintln!("arbor: error: {e:#}");
+        return ExitCode::from(2);
+    }
     let is_agent = matches!(cli.command, Command::Agent { .. });
     init_logging(if is_agent { "info" } else { "warn" });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -385,6 +437,16 @@ async fn run(cli: Cli) -> Result<u8> {
         Command::Runs { command } => runs(command).await,
         Command::Demo(args) => demo::run(args),
         Command::Sync { command } => sync(command).await,
+        Command::Certs {
+            command: CertsCommand::Dev { dir, names },
+        } => {
+            certs::dev(&dir, &names)?;
+            println!(
+                "certs: ca.pem, agent.pem/agent.key, operator.pem/operator.key in {} (for trials only)",
+                dir.display()
+            );
+            Ok(0)
+        }
         Command::Audit {
             command: AuditCommand::Verify { file, config },
         } => {
@@ -814,13 +876,39 @@ fn peak_rss() -> Option<u64> {
 
 /// A failed call to an agent, for the CLI's error line.
 fn rpc_error(agent: &str, s: &tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{agent}: {} ({:?})", s.message(), s.code())
+    anyhow::anyhow!("{agent}: {}", status_text(agent, s))
+}
+
+/// A status for a person: its message, its code, the transport's reason
+/// when the call never reached the agent, and for a TLS agent a hint (a
+/// server refusing a client certificate just closes the connection).
+fn status_text(agent: &str, s: &tonic::Status) -> String {
+    let mut text = format!("{} ({:?})", s.message(), s.code());
+    let mut cause = std::error::Error::source(s);
+    let transport = cause.is_some();
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    if transport && agent.starts_with("https://") {
+        text.push_str(
+            " (TLS: ARBOR_TLS_CA must name the agents' CA, and an agent requiring client certificates needs ARBOR_TLS_CERT and ARBOR_TLS_KEY)",
+        );
+    }
+    text
 }
 
 async fn admin_client(
     agent: &str,
 ) -> Result<arbor::proto::v1::admin_service_client::AdminServiceClient<tonic::transport::Channel>> {
-    arbor::proto::v1::admin_service_client::AdminServiceClient::connect(agent.to_owned())
+    Ok(arbor::proto::v1::admin_service_client::AdminServiceClient::new(connect(agent).await?))
+}
+
+/// A channel to an agent (TLS for `https://`, from `ARBOR_TLS_*`).
+async fn connect(agent: &str) -> Result<tonic::transport::Channel> {
+    arbor::client::endpoint(agent)
+        .map_err(anyhow::Error::msg)?
+        .connect()
         .await
         .with_context(|| format!("connect to agent {agent}"))
 }
@@ -889,9 +977,7 @@ async fn sync_jobs(agent: &str, json: bool) -> Result<u8> {
 }
 
 async fn audit_client(agent: &str) -> Result<AuditServiceClient<tonic::transport::Channel>> {
-    let client = AuditServiceClient::connect(agent.to_owned())
-        .await
-        .with_context(|| format!("connect to agent {agent}"))?;
+    let client = AuditServiceClient::new(connect(agent).await?);
     Ok(client.max_decoding_message_size(arbor::client::MAX_MESSAGE_BYTES))
 }
 
@@ -900,8 +986,8 @@ async fn wait_serving(addr: &str, deadline: Instant) -> Result<()> {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
     loop {
-        let state = match tonic::transport::Endpoint::from_shared(addr.to_owned()) {
-            Err(e) => bail!("invalid agent address {addr:?}: {e}"),
+        let state = match arbor::client::endpoint(addr) {
+            Err(e) => bail!("{e}"),
             Ok(endpoint) => match endpoint.connect().await {
                 Ok(channel) => match HealthClient::new(channel)
                     .check(HealthCheckRequest {
@@ -951,10 +1037,9 @@ async fn compare(args: CompareArgs) -> Result<u8> {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             Err(s) => bail!(
-                "compare on {}: {} ({:?})",
+                "compare on {}: {}",
                 args.agent,
-                s.message(),
-                s.code()
+                status_text(&args.agent, &s)
             ),
         }
     };

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use arbor_record::{Digest, Value};
 use arbor_sync::{CompareOptions, DriftKind, compare_collect};
 use serde::{Deserialize, Serialize};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tracing::warn;
 
 use crate::client::{GrpcPeer, MAX_MESSAGE_BYTES, RetryPolicy, is_transient};
@@ -337,13 +337,10 @@ pub enum SyncError {
 }
 
 fn repair_client(address: &str) -> Result<RepairServiceClient<Channel>, SyncError> {
-    let endpoint = Endpoint::from_shared(address.to_owned())
-        .map_err(|e| SyncError::Agent {
-            agent: address.to_owned(),
-            message: format!("invalid address: {e}"),
-        })?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true);
+    let endpoint = crate::client::endpoint(address).map_err(|message| SyncError::Agent {
+        agent: address.to_owned(),
+        message,
+    })?;
     Ok(RepairServiceClient::new(endpoint.connect_lazy())
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
