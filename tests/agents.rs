@@ -2130,3 +2130,312 @@ fn mutual_tls_refuses_clients_without_a_certificate() {
     assert_eq!(out.status.code(), Some(2));
     drop(erp);
 }
+
+/// One RPC of the agent, called with an optional bearer token: the status
+/// code it ends with (`Ok` when it succeeded).
+async fn call_rpc(address: &str, rpc: &str, token: Option<&str>) -> tonic::Code {
+    use arbor::proto::v1 as pb;
+    use arbor::proto::v1::admin_service_client::AdminServiceClient;
+    use arbor::proto::v1::agent_service_client::AgentServiceClient;
+    use arbor::proto::v1::audit_service_client::AuditServiceClient;
+    use arbor::proto::v1::ingest_service_client::IngestServiceClient;
+    use arbor::proto::v1::repair_service_client::RepairServiceClient;
+    let channel = tonic::transport::Endpoint::from_shared(address.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let token = token.map(|t| format!("Bearer {t}"));
+    let add = move |mut r: tonic::Request<()>| {
+        if let Some(t) = &token {
+            r.metadata_mut().insert("authorization", t.parse().unwrap());
+        }
+        Ok(r)
+    };
+    let ds = || "customers".to_string();
+    fn code<T>(r: Result<T, tonic::Status>) -> tonic::Code {
+        r.map_or_else(|s| s.code(), |_| tonic::Code::Ok)
+    }
+    let (agent, audit, admin, ingest, repair) = (
+        AgentServiceClient::with_interceptor(channel.clone(), add.clone()),
+        AuditServiceClient::with_interceptor(channel.clone(), add.clone()),
+        AdminServiceClient::with_interceptor(channel.clone(), add.clone()),
+        IngestServiceClient::with_interceptor(channel.clone(), add.clone()),
+        RepairServiceClient::with_interceptor(channel, add),
+    );
+    match rpc {
+        "AgentService/Describe" => code(
+            agent
+                .clone()
+                .describe(pb::DescribeRequest { dataset: ds() })
+                .await,
+        ),
+        "AgentService/GetNodes" => code(
+            agent
+                .clone()
+                .get_nodes(pb::GetNodesRequest {
+                    dataset: ds(),
+                    ..Default::default()
+                })
+                .await,
+        ),
+        "AgentService/StreamLeaves" => code(
+            agent
+                .clone()
+                .stream_leaves(pb::StreamLeavesRequest {
+                    dataset: ds(),
+                    ..Default::default()
+                })
+                .await,
+        ),
+        "AgentService/EndSession" => code(
+            agent
+                .clone()
+                .end_session(pb::EndSessionRequest {
+                    dataset: ds(),
+                    session: 0,
+                })
+                .await,
+        ),
+        "AgentService/ColumnDigests" => code(
+            agent
+                .clone()
+                .column_digests(pb::ColumnDigestsRequest {
+                    dataset: ds(),
+                    keys: vec![],
+                })
+                .await,
+        ),
+        "AuditService/Compare" => code(
+            audit
+                .clone()
+                .compare(pb::CompareRequest {
+                    dataset: ds(),
+                    ..Default::default()
+                })
+                .await,
+        ),
+        "AuditService/GetRun" => code(
+            audit
+                .clone()
+                .get_run(pb::GetRunRequest {
+                    run_id: "none".into(),
+                })
+                .await,
+        ),
+        "AuditService/ListRuns" => code(
+            audit
+                .clone()
+                .list_runs(pb::ListRunsRequest::default())
+                .await,
+        ),
+        "AuditService/StreamDrift" => code(
+            audit
+                .clone()
+                .stream_drift(pb::StreamDriftRequest {
+                    run_id: "none".into(),
+                    ..Default::default()
+                })
+                .await,
+        ),
+        "AuditService/Reconcile" => code(
+            audit
+                .clone()
+                .reconcile(pb::ReconcileRequest {
+                    dataset: ds(),
+                    ..Default::default()
+                })
+                .await,
+        ),
+        "AdminService/Reindex" => code(
+            admin
+                .clone()
+                .reindex(pb::ReindexRequest { dataset: ds() })
+                .await,
+        ),
+        "AdminService/GetIndexStatus" => code(
+            admin
+                .clone()
+                .get_index_status(pb::IndexStatusRequest { dataset: ds() })
+                .await,
+        ),
+        "AdminService/Verify" => code(
+            admin
+                .clone()
+                .verify(pb::VerifyRequest { dataset: ds() })
+                .await,
+        ),
+        "AdminService/ListSyncJobs" => code(
+            admin
+                .clone()
+                .list_sync_jobs(pb::ListSyncJobsRequest {})
+                .await,
+        ),
+        "AdminService/RunSyncJob" => code(
+            admin
+                .clone()
+                .run_sync_job(pb::RunSyncJobRequest {
+                    name: "none".into(),
+                })
+                .await,
+        ),
+        "AdminService/ListSyncRuns" => code(
+            admin
+                .clone()
+                .list_sync_runs(pb::ListSyncRunsRequest {
+                    job: "none".into(),
+                    limit: 1,
+                })
+                .await,
+        ),
+        "AdminService/ListConflicts" => code(
+            admin
+                .clone()
+                .list_conflicts(pb::ListConflictsRequest {})
+                .await,
+        ),
+        "AdminService/ResolveConflict" => code(
+            admin
+                .clone()
+                .resolve_conflict(pb::ResolveConflictRequest {
+                    id: "none".into(),
+                    take: "source".into(),
+                })
+                .await,
+        ),
+        "IngestService/IngestChanges" => code(
+            ingest
+                .clone()
+                .ingest_changes(pb::IngestRequest {
+                    dataset: ds(),
+                    ..Default::default()
+                })
+                .await,
+        ),
+        "RepairService/FetchRecords" => code(
+            repair
+                .clone()
+                .fetch_records(pb::FetchRecordsRequest {
+                    dataset: ds(),
+                    canonical_keys: vec![],
+                })
+                .await,
+        ),
+        "RepairService/ApplyChanges" => code(
+            repair
+                .clone()
+                .apply_changes(pb::ApplyChangesRequest {
+                    dataset: ds(),
+                    dry_run: true,
+                    ..Default::default()
+                })
+                .await,
+        ),
+        other => panic!("unknown rpc {other}"),
+    }
+}
+
+#[test]
+fn each_role_calls_exactly_its_rpcs() {
+    // (rpc, the one role besides admin that may call it)
+    let table = [
+        ("AgentService/Describe", "peer"),
+        ("AgentService/GetNodes", "peer"),
+        ("AgentService/StreamLeaves", "peer"),
+        ("AgentService/EndSession", "peer"),
+        ("AgentService/ColumnDigests", "peer"),
+        ("AuditService/Compare", "operator"),
+        ("AuditService/GetRun", "auditor"),
+        ("AuditService/ListRuns", "auditor"),
+        ("AuditService/StreamDrift", "auditor"),
+        ("AuditService/Reconcile", "repairer"),
+        ("AdminService/Reindex", "operator"),
+        ("AdminService/GetIndexStatus", "auditor"),
+        ("AdminService/Verify", "operator"),
+        ("AdminService/ListSyncJobs", "auditor"),
+        ("AdminService/RunSyncJob", "operator"),
+        ("AdminService/ListSyncRuns", "auditor"),
+        ("AdminService/ListConflicts", "auditor"),
+        ("AdminService/ResolveConflict", "repairer"),
+        ("IngestService/IngestChanges", "operator"),
+        ("RepairService/FetchRecords", "repairer"),
+        ("RepairService/ApplyChanges", "repairer"),
+    ];
+    let roles = ["peer", "auditor", "operator", "repairer", "admin"];
+    let dir = demo(300, 0);
+    let principals: String = roles
+        .iter()
+        .map(|r| {
+            format!(
+                "[[agent.auth.principal]]\nname = \"{r}-user\"\ntoken_blake3 = \"{}\"\nroles = [\"{r}\"]\n",
+                arbor::auth::token_hash(&format!("token-{r}"))
+            )
+        })
+        .collect::<String>()
+        + "[[agent.auth.principal]]\nname = \"elsewhere\"\ntoken_blake3 = \""
+        + &arbor::auth::token_hash("token-scoped")
+        + "\"\nroles = [\"admin\"]\ndatasets = [\"orders\"]\n";
+    let config = std::fs::read_to_string(dir.path().join("crm.toml"))
+        .unwrap()
+        .replacen(
+            "data_dir = \"crm-data\"\n",
+            &format!("data_dir = \"crm-data\"\n\n{principals}"),
+            1,
+        );
+    std::fs::write(dir.path().join("crm.toml"), config).unwrap();
+    let crm = AgentProcess::start(dir.path(), "crm.toml");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // Ready (GetIndexStatus as admin answers once indexed).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rt.block_on(call_rpc(
+        &crm.address,
+        "AdminService/Verify",
+        Some("token-admin"),
+    )) != tonic::Code::Ok
+    {
+        assert!(Instant::now() < deadline, "the agent never became ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let denied = [tonic::Code::Unauthenticated, tonic::Code::PermissionDenied];
+    for (rpc, role) in table {
+        assert_eq!(
+            rt.block_on(call_rpc(&crm.address, rpc, None)),
+            tonic::Code::Unauthenticated,
+            "{rpc} without credentials"
+        );
+        assert_eq!(
+            rt.block_on(call_rpc(&crm.address, rpc, Some("not-a-token"))),
+            tonic::Code::Unauthenticated,
+            "{rpc} with an unknown token"
+        );
+        for r in roles {
+            let got = rt.block_on(call_rpc(&crm.address, rpc, Some(&format!("token-{r}"))));
+            if r == role || r == "admin" {
+                assert!(!denied.contains(&got), "{rpc} as {r}: {got:?}");
+            } else {
+                assert_eq!(got, tonic::Code::PermissionDenied, "{rpc} as {r}");
+            }
+        }
+    }
+    // Scoping: an admin of another dataset may not touch this one.
+    assert_eq!(
+        rt.block_on(call_rpc(
+            &crm.address,
+            "AdminService/Reindex",
+            Some("token-scoped")
+        )),
+        tonic::Code::PermissionDenied
+    );
+    // Refusals are in the audit log, as denied.
+    let log = std::fs::read_to_string(dir.path().join("crm-data/audit.jsonl")).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\"decision\":\"denied\"")
+                && l.contains("RepairService/ApplyChanges"))
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\"who\":\"repairer-user\"")
+                && l.contains("\"decision\":\"allowed\""))
+    );
+}

@@ -1201,9 +1201,7 @@ pub async fn run(
         },
         SocketAddr::new(self_host, addr.port())
     );
-    let agent_service = AgentServiceServer::new(AgentServer::new(Arc::clone(&state)))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let auth = config.auth.clone().map(Arc::new);
     // Every privileged or audit call leaves a line in the audit log.
     let audit_log = Arc::new(
         crate::audit::AuditLog::open(&config.audit_log).map_err(|e| AgentError::DataDir {
@@ -1226,29 +1224,66 @@ pub async fn run(
             Arc::clone(&state),
         ));
     }
-    let audit_service = AuditServiceServer::new(crate::audited::Audited::new(
-        AuditServer::new(
-            Arc::clone(&state),
-            Arc::clone(&runs),
-            RetryPolicy::default(),
+    // AgentService (peers' hash exchange) is not audited, only gated.
+    let peer_auth = auth.clone();
+    let peer_log = Arc::clone(&audit_log);
+    let agent_service = tonic::service::interceptor::InterceptedService::new(
+        AgentServiceServer::new(AgentServer::new(Arc::clone(&state)))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        move |request: Request<()>| {
+            let Some(auth) = &peer_auth else {
+                return Ok(request);
+            };
+            match auth.check(&request, "AgentService/*", "") {
+                Ok(_) => Ok(request),
+                Err(status) => {
+                    peer_log.record(crate::audit::Record {
+                        who: request
+                            .remote_addr()
+                            .map_or_else(|| "unknown".to_string(), |a| a.to_string()),
+                        call: "AgentService/*",
+                        decision: "denied",
+                        outcome: format!("{:?}", status.code()),
+                        ..Default::default()
+                    });
+                    Err(status)
+                }
+            }
+        },
+    );
+    let audit_service = AuditServiceServer::new(
+        crate::audited::Audited::new(
+            AuditServer::new(
+                Arc::clone(&state),
+                Arc::clone(&runs),
+                RetryPolicy::default(),
+            )
+            .with_self_address(self_address.clone()),
+            Arc::clone(&audit_log),
+            Arc::clone(&metrics),
         )
-        .with_self_address(self_address.clone()),
-        Arc::clone(&audit_log),
-        Arc::clone(&metrics),
-    ));
+        .with_auth(auth.clone()),
+    );
     let jobs = Arc::new(
         crate::jobs::Jobs::new(&config.syncs, self_address.clone()).with_store(Arc::clone(&runs)),
     );
-    let admin_service = AdminServiceServer::new(crate::audited::Audited::new(
-        AdminServer::new(Arc::clone(&state)).with_jobs(Arc::clone(&jobs)),
-        Arc::clone(&audit_log),
-        Arc::clone(&metrics),
-    ));
-    let ingest_service = IngestServiceServer::new(crate::audited::Audited::new(
-        IngestServer::new(Arc::clone(&state)),
-        Arc::clone(&audit_log),
-        Arc::clone(&metrics),
-    ))
+    let admin_service = AdminServiceServer::new(
+        crate::audited::Audited::new(
+            AdminServer::new(Arc::clone(&state)).with_jobs(Arc::clone(&jobs)),
+            Arc::clone(&audit_log),
+            Arc::clone(&metrics),
+        )
+        .with_auth(auth.clone()),
+    );
+    let ingest_service = IngestServiceServer::new(
+        crate::audited::Audited::new(
+            IngestServer::new(Arc::clone(&state)),
+            Arc::clone(&audit_log),
+            Arc::clone(&metrics),
+        )
+        .with_auth(auth.clone()),
+    )
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let repair_service = crate::proto::v1::repair_service_server::RepairServiceServer::new(
         crate::audited::Audited::new(
@@ -1259,7 +1294,8 @@ pub async fn run(
             ),
             Arc::clone(&audit_log),
             Arc::clone(&metrics),
-        ),
+        )
+        .with_auth(auth.clone()),
     )
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);

@@ -11,6 +11,7 @@ use std::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::audit::{AuditLog, Record};
+use crate::auth::Auth;
 use crate::metrics::Metrics;
 use crate::proto::v1 as pb;
 use crate::proto::v1::admin_service_server::AdminService;
@@ -24,6 +25,7 @@ pub struct Audited<S> {
     inner: S,
     log: Arc<AuditLog>,
     metrics: Arc<Metrics>,
+    auth: Option<Arc<Auth>>,
 }
 
 /// Who called, and when the call started.
@@ -39,6 +41,45 @@ impl<S> Audited<S> {
             inner,
             log,
             metrics,
+            auth: None,
+        }
+    }
+
+    /// Admits only callers whose principal holds the call's role.
+    pub fn with_auth(mut self, auth: Option<Arc<Auth>>) -> Audited<S> {
+        self.auth = auth;
+        self
+    }
+
+    /// Authenticates and authorises a call (a refusal is audited as
+    /// `denied`); the caller is named by its principal when there is one.
+    fn admit<T>(
+        &self,
+        request: &Request<T>,
+        call: &'static str,
+        dataset: &str,
+    ) -> Result<Caller, Status> {
+        let mut caller = who(request);
+        let Some(auth) = &self.auth else {
+            return Ok(caller);
+        };
+        match auth.check(request, call, dataset) {
+            Ok(name) => {
+                caller.who = name;
+                Ok(caller)
+            }
+            Err(status) => {
+                self.log.record(Record {
+                    who: caller.who,
+                    call,
+                    dataset: dataset.to_owned(),
+                    run: String::new(),
+                    decision: "denied",
+                    outcome: format!("{:?}", status.code()),
+                    counts: BTreeMap::new(),
+                });
+                Err(status)
+            }
         }
     }
 
@@ -76,8 +117,7 @@ impl<S> Audited<S> {
             call,
             dataset,
             run,
-            // Every call that reaches a service was allowed; refusals by
-            // authentication are logged where they happen.
+            // Refusals are logged by `admit`.
             decision: "allowed",
             outcome,
             counts,
@@ -121,7 +161,8 @@ impl<S: AuditService> AuditService for Audited<S> {
         &self,
         request: Request<pb::CompareRequest>,
     ) -> Result<Response<pb::RunSummary>, Status> {
-        let (w, d) = (who(&request), request.get_ref().dataset.clone());
+        let d = request.get_ref().dataset.clone();
+        let w = self.admit(&request, "AuditService/Compare", &d)?;
         let result = self.inner.compare(request).await;
         self.log(w, "AuditService/Compare", d, &result, run_counts);
         result
@@ -131,7 +172,7 @@ impl<S: AuditService> AuditService for Audited<S> {
         &self,
         request: Request<pb::GetRunRequest>,
     ) -> Result<Response<pb::RunSummary>, Status> {
-        let w = who(&request);
+        let w = self.admit(&request, "AuditService/GetRun", "")?;
         let result = self.inner.get_run(request).await;
         self.log(w, "AuditService/GetRun", String::new(), &result, run_counts);
         result
@@ -141,7 +182,8 @@ impl<S: AuditService> AuditService for Audited<S> {
         &self,
         request: Request<pb::ListRunsRequest>,
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
-        let (w, d) = (who(&request), request.get_ref().dataset.clone());
+        let d = request.get_ref().dataset.clone();
+        let w = self.admit(&request, "AuditService/ListRuns", &d)?;
         let result = self.inner.list_runs(request).await;
         self.log(w, "AuditService/ListRuns", d, &result, |r| {
             (String::new(), counts([("runs", r.runs.len() as u64)]))
@@ -153,7 +195,8 @@ impl<S: AuditService> AuditService for Audited<S> {
         &self,
         request: Request<pb::StreamDriftRequest>,
     ) -> Result<Response<Self::StreamDriftStream>, Status> {
-        let (w, run) = (who(&request), request.get_ref().run_id.clone());
+        let run = request.get_ref().run_id.clone();
+        let w = self.admit(&request, "AuditService/StreamDrift", "")?;
         let result = self.inner.stream_drift(request).await;
         self.log(
             w,
@@ -169,7 +212,8 @@ impl<S: AuditService> AuditService for Audited<S> {
         &self,
         request: Request<pb::ReconcileRequest>,
     ) -> Result<Response<pb::ReconcileResponse>, Status> {
-        let (w, d) = (who(&request), request.get_ref().dataset.clone());
+        let d = request.get_ref().dataset.clone();
+        let w = self.admit(&request, "AuditService/Reconcile", &d)?;
         let result = self.inner.reconcile(request).await;
         self.log(w, "AuditService/Reconcile", d, &result, |r| {
             let report: serde_json::Value =
@@ -194,7 +238,8 @@ impl<S: AdminService> AdminService for Audited<S> {
         &self,
         request: Request<pb::ReindexRequest>,
     ) -> Result<Response<pb::IndexStatus>, Status> {
-        let (w, d) = (who(&request), request.get_ref().dataset.clone());
+        let d = request.get_ref().dataset.clone();
+        let w = self.admit(&request, "AdminService/Reindex", &d)?;
         let result = self.inner.reindex(request).await;
         self.log(w, "AdminService/Reindex", d, &result, |r| {
             (String::new(), counts([("records", r.count)]))
@@ -206,7 +251,8 @@ impl<S: AdminService> AdminService for Audited<S> {
         &self,
         request: Request<pb::IndexStatusRequest>,
     ) -> Result<Response<pb::IndexStatus>, Status> {
-        let (w, d) = (who(&request), request.get_ref().dataset.clone());
+        let d = request.get_ref().dataset.clone();
+        let w = self.admit(&request, "AdminService/GetIndexStatus", &d)?;
         let result = self.inner.get_index_status(request).await;
         self.log(w, "AdminService/GetIndexStatus", d, &result, none);
         result
@@ -216,7 +262,8 @@ impl<S: AdminService> AdminService for Audited<S> {
         &self,
         request: Request<pb::VerifyRequest>,
     ) -> Result<Response<pb::VerifyResponse>, Status> {
-        let (w, d) = (who(&request), request.get_ref().dataset.clone());
+        let d = request.get_ref().dataset.clone();
+        let w = self.admit(&request, "AdminService/Verify", &d)?;
         let result = self.inner.verify(request).await;
         self.log(w, "AdminService/Verify", d, &result, |r| {
             (
@@ -234,7 +281,7 @@ impl<S: AdminService> AdminService for Audited<S> {
         &self,
         request: Request<pb::ListSyncJobsRequest>,
     ) -> Result<Response<pb::ListSyncJobsResponse>, Status> {
-        let w = who(&request);
+        let w = self.admit(&request, "AdminService/ListSyncJobs", "")?;
         let result = self.inner.list_sync_jobs(request).await;
         self.log(w, "AdminService/ListSyncJobs", String::new(), &result, none);
         result
@@ -244,7 +291,8 @@ impl<S: AdminService> AdminService for Audited<S> {
         &self,
         request: Request<pb::RunSyncJobRequest>,
     ) -> Result<Response<pb::SyncJobRun>, Status> {
-        let (w, job) = (who(&request), request.get_ref().name.clone());
+        let job = request.get_ref().name.clone();
+        let w = self.admit(&request, "AdminService/RunSyncJob", "")?;
         let result = self.inner.run_sync_job(request).await;
         self.log(w, "AdminService/RunSyncJob", String::new(), &result, |_| {
             (job, BTreeMap::new())
@@ -256,7 +304,8 @@ impl<S: AdminService> AdminService for Audited<S> {
         &self,
         request: Request<pb::ListSyncRunsRequest>,
     ) -> Result<Response<pb::ListSyncRunsResponse>, Status> {
-        let (w, job) = (who(&request), request.get_ref().job.clone());
+        let job = request.get_ref().job.clone();
+        let w = self.admit(&request, "AdminService/ListSyncRuns", "")?;
         let result = self.inner.list_sync_runs(request).await;
         self.log(
             w,
@@ -272,7 +321,7 @@ impl<S: AdminService> AdminService for Audited<S> {
         &self,
         request: Request<pb::ListConflictsRequest>,
     ) -> Result<Response<pb::ListConflictsResponse>, Status> {
-        let w = who(&request);
+        let w = self.admit(&request, "AdminService/ListConflicts", "")?;
         let result = self.inner.list_conflicts(request).await;
         self.log(
             w,
@@ -293,7 +342,8 @@ impl<S: AdminService> AdminService for Audited<S> {
         &self,
         request: Request<pb::ResolveConflictRequest>,
     ) -> Result<Response<pb::SyncJobRun>, Status> {
-        let (w, id) = (who(&request), request.get_ref().id.clone());
+        let id = request.get_ref().id.clone();
+        let w = self.admit(&request, "AdminService/ResolveConflict", "")?;
         let result = self.inner.resolve_conflict(request).await;
         self.log(
             w,
@@ -312,7 +362,8 @@ impl<S: IngestService> IngestService for Audited<S> {
         &self,
         request: Request<pb::IngestRequest>,
     ) -> Result<Response<pb::IngestResponse>, Status> {
-        let (w, d) = (who(&request), request.get_ref().dataset.clone());
+        let d = request.get_ref().dataset.clone();
+        let w = self.admit(&request, "IngestService/IngestChanges", &d)?;
         let result = self.inner.ingest_changes(request).await;
         self.log(w, "IngestService/IngestChanges", d, &result, |r| {
             (
@@ -336,7 +387,8 @@ impl<S: RepairService> RepairService for Audited<S> {
         &self,
         request: Request<pb::FetchRecordsRequest>,
     ) -> Result<Response<Self::FetchRecordsStream>, Status> {
-        let (w, d) = (who(&request), request.get_ref().dataset.clone());
+        let d = request.get_ref().dataset.clone();
+        let w = self.admit(&request, "RepairService/FetchRecords", &d)?;
         let keys = request.get_ref().canonical_keys.len() as u64;
         let result = self.inner.fetch_records(request).await;
         self.log(w, "RepairService/FetchRecords", d, &result, |_| {
@@ -349,7 +401,8 @@ impl<S: RepairService> RepairService for Audited<S> {
         &self,
         request: Request<pb::ApplyChangesRequest>,
     ) -> Result<Response<pb::ApplyChangesResponse>, Status> {
-        let (w, d) = (who(&request), request.get_ref().dataset.clone());
+        let d = request.get_ref().dataset.clone();
+        let w = self.admit(&request, "RepairService/ApplyChanges", &d)?;
         let (run, batch) = (request.get_ref().run_id.clone(), request.get_ref().batch);
         let result = self.inner.apply_changes(request).await;
         self.log(w, "RepairService/ApplyChanges", d, &result, |r| {

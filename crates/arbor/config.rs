@@ -105,6 +105,38 @@ pub struct AgentSection {
     /// TLS for the gRPC port and for this agent's calls to peers.
     #[serde(default)]
     pub tls: Option<TlsSection>,
+    /// Who may call what. Absent: every caller may call everything (a
+    /// trial setup); present: default deny.
+    #[serde(default)]
+    pub auth: Option<AuthSection>,
+}
+
+/// `[agent.auth]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// The principals.
+    #[serde(default, rename = "principal")]
+    pub principals: Vec<PrincipalSection>,
+}
+
+/// One `[[agent.auth.principal]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrincipalSection {
+    /// Its name (in the audit log).
+    pub name: String,
+    /// The common name of its client certificate.
+    #[serde(default)]
+    pub cert_cn: Option<String>,
+    /// blake3 of its bearer token, hex (`arbor auth hash-token`).
+    #[serde(default)]
+    pub token_blake3: Option<String>,
+    /// Its roles: peer, auditor, operator, repairer, admin.
+    pub roles: Vec<String>,
+    /// The datasets it may touch; default all.
+    #[serde(default)]
+    pub datasets: Option<Vec<String>>,
 }
 
 /// `[agent.tls]`: PEM files, relative to the config file.
@@ -642,6 +674,8 @@ pub struct AgentConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// TLS, if configured.
     pub tls: Option<TlsConfig>,
+    /// Principals and roles, if authentication is on.
+    pub auth: Option<crate::auth::Auth>,
 }
 
 /// Overrides from the environment and flags, applied over the file.
@@ -897,6 +931,43 @@ impl AgentConfig {
                 })
             }
         };
+        let auth = match &file.agent.auth {
+            None => None,
+            Some(a) => {
+                let mut principals = Vec::new();
+                for (i, p) in a.principals.iter().enumerate() {
+                    let field = |f: &str| format!("agent.auth.principal[{i}].{f}");
+                    if p.cert_cn.is_none() && p.token_blake3.is_none() {
+                        return Err(invalid(
+                            field("name"),
+                            format!("{:?} needs cert_cn or token_blake3", p.name),
+                        ));
+                    }
+                    if let Some(h) = &p.token_blake3
+                        && (h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
+                    {
+                        return Err(invalid(
+                            field("token_blake3"),
+                            "expected 64 hex digits (arbor auth hash-token)".into(),
+                        ));
+                    }
+                    let roles = p
+                        .roles
+                        .iter()
+                        .map(|r| crate::auth::Role::parse(r))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| invalid(field("roles"), e))?;
+                    principals.push(crate::auth::Principal {
+                        name: p.name.clone(),
+                        cert_cn: p.cert_cn.clone(),
+                        token_blake3: p.token_blake3.as_ref().map(|h| h.to_lowercase()),
+                        roles,
+                        datasets: p.datasets.clone(),
+                    });
+                }
+                Some(crate::auth::Auth { principals })
+            }
+        };
         let metrics_listen = match &file.agent.metrics_listen {
             None => None,
             Some(a) => Some(a.parse::<SocketAddr>().map_err(|e| {
@@ -932,6 +1003,7 @@ impl AgentConfig {
             data_dir: base.join(data_dir),
             metrics_listen,
             tls,
+            auth,
         })
     }
 }

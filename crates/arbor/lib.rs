@@ -15,6 +15,7 @@
 pub mod agent;
 pub mod audit;
 pub mod audited;
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod convert;

@@ -69,6 +69,11 @@ enum Command {
         #[command(subcommand)]
         command: SyncCommand,
     },
+    /// Credentials for [agent.auth].
+    Auth {
+        #[command(subcommand)]
+        command: AuthCommand,
+    },
     /// Certificates for trying TLS.
     Certs {
         #[command(subcommand)]
@@ -198,6 +203,13 @@ struct SyncArgs {
     /// agents and datasets come from the file).
     #[arg(long)]
     plan: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum AuthCommand {
+    /// Reads a token on stdin and prints the token_blake3 to put in a
+    /// principal (the config never holds the token itself).
+    HashToken,
 }
 
 #[derive(Subcommand)]
@@ -437,6 +449,18 @@ async fn run(cli: Cli) -> Result<u8> {
         Command::Runs { command } => runs(command).await,
         Command::Demo(args) => demo::run(args),
         Command::Sync { command } => sync(command).await,
+        Command::Auth {
+            command: AuthCommand::HashToken,
+        } => {
+            let mut token = String::new();
+            std::io::stdin()
+                .read_line(&mut token)
+                .context("read the token from stdin")?;
+            let token = token.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(!token.is_empty(), "the token on stdin is empty");
+            println!("{}", arbor::auth::token_hash(token));
+            Ok(0)
+        }
         Command::Certs {
             command: CertsCommand::Dev { dir, names },
         } => {
@@ -900,8 +924,36 @@ fn status_text(agent: &str, s: &tonic::Status) -> String {
 
 async fn admin_client(
     agent: &str,
-) -> Result<arbor::proto::v1::admin_service_client::AdminServiceClient<tonic::transport::Channel>> {
-    Ok(arbor::proto::v1::admin_service_client::AdminServiceClient::new(connect(agent).await?))
+) -> Result<arbor::proto::v1::admin_service_client::AdminServiceClient<Authed>> {
+    Ok(
+        arbor::proto::v1::admin_service_client::AdminServiceClient::with_interceptor(
+            connect(agent).await?,
+            bearer as BearerFn,
+        ),
+    )
+}
+
+type BearerFn = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
+/// A channel whose calls carry the CLI's bearer token, if it has one.
+type Authed = tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerFn>;
+
+/// The CLI's bearer token (`ARBOR_TOKEN`), as a header value.
+static TOKEN: std::sync::OnceLock<Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>> =
+    std::sync::OnceLock::new();
+
+/// Adds `authorization: Bearer $ARBOR_TOKEN` to a call when the token is set.
+fn bearer(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    let token = TOKEN.get_or_init(|| {
+        std::env::var("ARBOR_TOKEN")
+            .ok()
+            .and_then(|t| format!("Bearer {t}").parse().ok())
+    });
+    if let Some(value) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", value.clone());
+    }
+    Ok(request)
 }
 
 /// A channel to an agent (TLS for `https://`, from `ARBOR_TLS_*`).
@@ -976,8 +1028,8 @@ async fn sync_jobs(agent: &str, json: bool) -> Result<u8> {
     Ok(0)
 }
 
-async fn audit_client(agent: &str) -> Result<AuditServiceClient<tonic::transport::Channel>> {
-    let client = AuditServiceClient::new(connect(agent).await?);
+async fn audit_client(agent: &str) -> Result<AuditServiceClient<Authed>> {
+    let client = AuditServiceClient::with_interceptor(connect(agent).await?, bearer as BearerFn);
     Ok(client.max_decoding_message_size(arbor::client::MAX_MESSAGE_BYTES))
 }
 
@@ -1168,7 +1220,7 @@ fn print_summary(s: &RunSummary, stats: bool, json: bool) -> Result<()> {
 }
 
 async fn print_run(
-    client: &mut AuditServiceClient<tonic::transport::Channel>,
+    client: &mut AuditServiceClient<Authed>,
     summary: &RunSummary,
     output: &OutputArgs,
     stats: bool,
