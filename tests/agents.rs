@@ -24,12 +24,17 @@ struct AgentProcess {
 
 impl AgentProcess {
     fn start(dir: &Path, config: &str) -> AgentProcess {
+        AgentProcess::start_with(dir, config, "warn", Stdio::inherit())
+    }
+
+    /// An agent logging at `level` into `stderr`.
+    fn start_with(dir: &Path, config: &str, level: &str, stderr: Stdio) -> AgentProcess {
         let mut child = Command::new(ARBOR)
             .args(["agent", "--config", config])
             .current_dir(dir)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", level)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn arbor agent");
         let stdout = child.stdout.take().expect("agent stdout");
@@ -2438,4 +2443,122 @@ fn each_role_calls_exactly_its_rpcs() {
             .any(|l| l.contains("\"who\":\"repairer-user\"")
                 && l.contains("\"decision\":\"allowed\""))
     );
+}
+
+#[test]
+fn secret_columns_and_sensitive_keys_stay_out_of_reports_logs_and_audit() {
+    let dir = demo(1_000, 20);
+    let redact = |file: &str, columns: &[&str]| {
+        let path = dir.path().join(file);
+        let mut config = std::fs::read_to_string(&path).unwrap();
+        for c in columns {
+            let marker = format!("{{ source = \"{c}\"");
+            let at = config
+                .find(&marker)
+                .unwrap_or_else(|| panic!("{c} in {file}"));
+            let end = at + config[at..].find(" }").unwrap();
+            config.insert_str(end, ", redact = true");
+        }
+        std::fs::write(&path, config + "key_sensitive = true\n").unwrap();
+    };
+    redact("crm.toml", &["email", "balance"]);
+    redact("erp.toml", &["mail", "credit"]);
+    let secrets: Vec<String> = {
+        let crm = Connection::open(dir.path().join("crm.db")).unwrap();
+        let mut stmt = crm.prepare("SELECT email FROM customers").unwrap();
+        stmt.query_map([], |r| r.get::<_, String>(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let logs = |name: &str| std::fs::File::create(dir.path().join(name)).unwrap();
+    let crm = AgentProcess::start_with(dir.path(), "crm.toml", "debug", logs("crm.stderr").into());
+    let erp = AgentProcess::start_with(dir.path(), "erp.toml", "debug", logs("erp.stderr").into());
+    let (code, summary, drift) = compare(dir.path(), &crm.address, &erp.address);
+    assert_eq!(code, 1);
+    assert_eq!(drift.len(), 60, "{summary}");
+    for d in &drift {
+        assert!(d["key"].as_str().unwrap().starts_with("hash:"), "{d}");
+        assert!(!d["canonical_key"].as_str().unwrap().is_empty());
+        let columns = d["columns"].as_array().unwrap();
+        assert!(
+            !columns.iter().any(|c| c == "email" || c == "balance"),
+            "a redacted column named: {d}"
+        );
+    }
+    // Changed names are still reported by name: only the secrets are hidden.
+    assert!(
+        drift
+            .iter()
+            .any(|d| d["columns"] == serde_json::json!(["name"]))
+    );
+    let run = summary["run_id"].as_str().unwrap().to_owned();
+    let csv = arbor(
+        dir.path(),
+        &[
+            "runs",
+            "show",
+            "--agent",
+            &crm.address,
+            &run,
+            "--csv",
+            "--limit",
+            "0",
+        ],
+    );
+    drop((crm, erp));
+    // A malformed secret value: the build's error names the column, not the value.
+    Connection::open(dir.path().join("crm.db"))
+        .unwrap()
+        .execute(
+            "UPDATE customers SET balance = 'SECRET-VALUE-42' WHERE customer_id = 3",
+            [],
+        )
+        .unwrap();
+    let build = arbor(
+        dir.path(),
+        &[
+            "index",
+            "build",
+            "--config",
+            "crm.toml",
+            "--dataset",
+            "customers",
+        ],
+    );
+    assert!(!build.status.success());
+    let build_err = String::from_utf8_lossy(&build.stderr).into_owned();
+    assert!(build_err.contains("balance"), "{build_err}");
+    // Search everything arbor wrote or printed.
+    let mut texts = vec![
+        (
+            "compare JSON".to_string(),
+            drift.iter().map(Json::to_string).collect::<String>(),
+        ),
+        (
+            "runs show CSV".into(),
+            String::from_utf8_lossy(&csv.stdout).into_owned(),
+        ),
+        ("index build error".into(), build_err),
+    ];
+    for f in [
+        "crm.stderr",
+        "erp.stderr",
+        "crm-data/audit.jsonl",
+        "erp-data/audit.jsonl",
+    ] {
+        texts.push((
+            f.into(),
+            std::fs::read_to_string(dir.path().join(f)).unwrap(),
+        ));
+    }
+    for (what, text) in &texts {
+        assert!(
+            !text.contains("SECRET-VALUE-42"),
+            "the secret value in {what}"
+        );
+        if let Some(s) = secrets.iter().find(|s| text.contains(s.as_str())) {
+            panic!("secret {s:?} in {what}");
+        }
+    }
 }

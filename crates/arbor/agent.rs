@@ -132,7 +132,7 @@ pub fn open_source(d: &DatasetConfig) -> Result<Box<dyn Source>, AgentError> {
         )),
     };
     s.check().map_err(wrap)?;
-    Ok(s)
+    Ok(arbor_source::redacting(s))
 }
 
 /// The index configuration of a dataset: keys from its secret, its schema.
@@ -399,16 +399,28 @@ impl AuditServer {
                 }
             }
         }
+        // Redacted columns are never named; sensitive keys are hashed.
+        let redacted = ds
+            .mapping
+            .as_ref()
+            .map(|m| m.redacted_names())
+            .unwrap_or_default();
         let mut seq = 0u64;
         for chunk in drift.chunks(DRIFT_WRITE_BATCH) {
             let entries = chunk
                 .iter()
                 .map(|d| {
+                    let (key, canonical_key) = ds.shown_key(&d.key);
                     serde_json::to_vec(&DriftEntry {
                         kind: d.kind.name().to_owned(),
-                        key: report::display_key(&d.key),
-                        canonical_key: hex::encode(&d.key),
-                        columns: columns.remove(&d.key).unwrap_or_default(),
+                        key,
+                        canonical_key,
+                        columns: columns
+                            .remove(&d.key)
+                            .unwrap_or_default()
+                            .into_iter()
+                            .filter(|c| !redacted.contains(c))
+                            .collect(),
                     })
                     .map_err(|e| e.to_string())
                 })
@@ -1127,7 +1139,11 @@ pub fn open_datasets(config: &AgentConfig) -> Result<HashMap<String, Arc<Dataset
         out.insert(
             d.name.clone(),
             Arc::new({
-                let ds = Dataset::new(Arc::new(index), Some(source), Some(d.mapping.clone()));
+                let mut ds = Dataset::new(Arc::new(index), Some(source), Some(d.mapping.clone()));
+                if d.key_sensitive {
+                    ds.report_key =
+                        Some(blake3::derive_key("arbor report key hashes v1", &d.secret));
+                }
                 // Indexed at start: compares wait for it.
                 ds.indexing.store(true, Ordering::Release);
                 ds

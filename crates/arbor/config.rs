@@ -442,6 +442,10 @@ pub struct DatasetSection {
     /// Default false: the agent only reads.
     #[serde(default)]
     pub allow_repairs: bool,
+    /// The key itself is sensitive (a national id, an email): reports show
+    /// keyed hashes of keys instead.
+    #[serde(default)]
+    pub key_sensitive: bool,
 }
 
 /// A peer of a sync job.
@@ -639,6 +643,8 @@ pub struct DatasetConfig {
     pub serve_values: bool,
     /// Repairs may be written into the system.
     pub allow_repairs: bool,
+    /// Reports hash this dataset's keys.
+    pub key_sensitive: bool,
 }
 
 impl std::fmt::Debug for DatasetConfig {
@@ -901,6 +907,7 @@ impl AgentConfig {
                 capture,
                 serve_values: d.serve_values,
                 allow_repairs: d.allow_repairs,
+                key_sensitive: d.key_sensitive,
             });
         }
         let tls = match &file.agent.tls {

@@ -58,6 +58,9 @@ pub struct Dataset {
     /// Commit-to-index lag of the last captured batch, milliseconds
     /// (logical capture; 0 otherwise).
     pub lag_ms: std::sync::atomic::AtomicU64,
+    /// For a dataset whose key is sensitive: the key reports hash keys
+    /// with, so they show `hash:…` instead of the key.
+    pub report_key: Option<[u8; 32]>,
 }
 
 impl Dataset {
@@ -74,12 +77,28 @@ impl Dataset {
             mapping,
             changes: tokio::sync::watch::Sender::new(0),
             lag_ms: std::sync::atomic::AtomicU64::new(0),
+            report_key: None,
         }
     }
 
     /// A dataset served from an index alone.
     pub fn from_index(index: Arc<Index>) -> Dataset {
         Dataset::new(index, None, None)
+    }
+
+    /// How a report shows a canonical key: (human form, hex). A sensitive
+    /// key shows as a keyed hash in both.
+    pub fn shown_key(&self, canonical: &[u8]) -> (String, String) {
+        match &self.report_key {
+            Some(k) => {
+                let h = hex::encode(&blake3::keyed_hash(k, canonical).as_bytes()[..12]);
+                (format!("hash:{h}"), h)
+            }
+            None => (
+                crate::report::display_key(canonical),
+                hex::encode(canonical),
+            ),
+        }
     }
 
     /// Tells real-time sync jobs that captured changes reached the index.

@@ -122,3 +122,75 @@ pub trait Source: Send {
         })
     }
 }
+
+/// What an error says instead of a redacted column's value.
+pub const WITHHELD: &str =
+    "a value that does not read as the column's kind (withheld: redacted column)";
+
+/// A source whose errors never carry a redacted column's value.
+struct Redacting {
+    inner: Box<dyn Source>,
+}
+
+impl Redacting {
+    fn scrub(&self, e: SourceError) -> SourceError {
+        match e {
+            SourceError::Value {
+                dataset,
+                column,
+                problem,
+            } if self.inner.mapping().is_redacted(&column) => {
+                let _ = problem;
+                SourceError::Value {
+                    dataset,
+                    column,
+                    problem: WITHHELD.to_owned(),
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+impl Source for Redacting {
+    fn mapping(&self) -> &Mapping {
+        self.inner.mapping()
+    }
+
+    fn check(&mut self) -> Result<(), SourceError> {
+        self.inner.check().map_err(|e| self.scrub(e))
+    }
+
+    fn scan(
+        &mut self,
+        visit: &mut dyn FnMut(Record) -> Result<(), SourceError>,
+    ) -> Result<u64, SourceError> {
+        let r = self.inner.scan(visit);
+        r.map_err(|e| self.scrub(e))
+    }
+
+    fn fetch(&mut self, keys: &[Vec<Value>]) -> Result<Vec<Option<Record>>, SourceError> {
+        let r = self.inner.fetch(keys);
+        r.map_err(|e| self.scrub(e))
+    }
+
+    fn changed_since(
+        &mut self,
+        column: &str,
+        since: Option<&str>,
+        visit: &mut dyn FnMut(Record) -> Result<(), SourceError>,
+    ) -> Result<Option<String>, SourceError> {
+        let r = self.inner.changed_since(column, since, visit);
+        r.map_err(|e| self.scrub(e))
+    }
+}
+
+/// Wraps a source so its errors withhold redacted columns' values (a
+/// source without redacted columns is returned as it is).
+pub fn redacting(source: Box<dyn Source>) -> Box<dyn Source> {
+    if source.mapping().redacted_names().is_empty() {
+        source
+    } else {
+        Box::new(Redacting { inner: source })
+    }
+}

@@ -21,6 +21,10 @@ pub struct ColumnMapping {
     /// Normalisation before hashing (trim, case, scale, …); none by default.
     #[serde(default, rename = "transform")]
     pub transforms: Transforms,
+    /// A secret column: compared, but its name never appears in reports and
+    /// its values never in errors or logs.
+    #[serde(default)]
+    pub redact: bool,
 }
 
 impl ColumnMapping {
@@ -35,6 +39,7 @@ impl ColumnMapping {
             name: Some(name.into()),
             kind,
             transforms: Transforms::default(),
+            redact: false,
         }
     }
 
@@ -110,6 +115,24 @@ impl Mapping {
     /// Value columns, in canonical order.
     pub fn columns(&self) -> &[ColumnMapping] {
         &self.columns
+    }
+
+    /// Whether the column with this source name is redacted.
+    pub fn is_redacted(&self, source: &str) -> bool {
+        self.key
+            .iter()
+            .chain(&self.columns)
+            .any(|c| c.redact && c.source == source)
+    }
+
+    /// Canonical names of the redacted columns.
+    pub fn redacted_names(&self) -> Vec<String> {
+        self.key
+            .iter()
+            .chain(&self.columns)
+            .filter(|c| c.redact)
+            .map(|c| c.canonical().to_owned())
+            .collect()
     }
 
     /// The canonical schema.

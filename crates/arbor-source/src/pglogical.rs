@@ -684,7 +684,14 @@ impl LogicalCapture {
     }
 
     fn parse(&self, c: &crate::ColumnMapping, t: &str) -> Result<Value, String> {
-        text::parse(c.kind, t).map_err(|p| format!("column {:?}: {p}", c.source))
+        text::parse(c.kind, t).map_err(|p| {
+            let p = if c.redact {
+                crate::WITHHELD.to_owned()
+            } else {
+                p
+            };
+            format!("column {:?}: {p}", c.source)
+        })
     }
 }
 
