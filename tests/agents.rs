@@ -2562,3 +2562,147 @@ fn secret_columns_and_sensitive_keys_stay_out_of_reports_logs_and_audit() {
         }
     }
 }
+
+#[test]
+fn runs_diff_names_new_resolved_and_persisting_drift() {
+    let dir = demo(1_000, 10);
+    let (crm, erp) = (
+        AgentProcess::start(dir.path(), "crm.toml"),
+        AgentProcess::start(dir.path(), "erp.toml"),
+    );
+    let (_, first, drift) = compare(dir.path(), &crm.address, &erp.address);
+    assert_eq!(drift.len(), 30);
+    let gone = drift.iter().find(|d| d["kind"] == "missing_right").unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let keys: BTreeSet<String> = drift
+        .iter()
+        .map(|d| d["key"].as_str().unwrap().to_owned())
+        .collect();
+    let fresh = (1..1_000)
+        .map(|i: i64| i.to_string())
+        .find(|k| !keys.contains(k))
+        .unwrap();
+    drop((crm, erp));
+    // Resolve one (the CRM drops a row the ERP never had), break another.
+    Connection::open(dir.path().join("crm.db"))
+        .unwrap()
+        .execute(
+            &format!("DELETE FROM customers WHERE customer_id = {gone}"),
+            [],
+        )
+        .unwrap();
+    Connection::open(dir.path().join("erp.db"))
+        .unwrap()
+        .execute(
+            &format!("UPDATE clients SET display_name = 'Changed' WHERE client_no = {fresh}"),
+            [],
+        )
+        .unwrap();
+    let (crm, erp) = (
+        AgentProcess::start(dir.path(), "crm.toml"),
+        AgentProcess::start(dir.path(), "erp.toml"),
+    );
+    let (_, second, _) = compare(dir.path(), &crm.address, &erp.address);
+    let out = arbor(
+        dir.path(),
+        &[
+            "runs",
+            "diff",
+            "--agent",
+            &crm.address,
+            first["run_id"].as_str().unwrap(),
+            second["run_id"].as_str().unwrap(),
+            "--json",
+            "--limit",
+            "0",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "new drift exits 1");
+    let lines: Vec<Json> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        (
+            lines[0]["new"].clone(),
+            lines[0]["resolved"].clone(),
+            lines[0]["persisting"].clone()
+        ),
+        (1.into(), 1.into(), 29.into())
+    );
+    let in_group = |g: &str| -> Vec<String> {
+        lines[1..]
+            .iter()
+            .filter(|l| l["group"] == g)
+            .map(|l| l["key"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(in_group("new"), vec![fresh]);
+    assert_eq!(in_group("resolved"), vec![gone]);
+    assert_eq!(in_group("persisting").len(), 29);
+}
+
+#[test]
+fn a_busy_dataset_refuses_more_runs_than_its_limit() {
+    use arbor::proto::v1 as pb;
+    use arbor::proto::v1::audit_service_client::AuditServiceClient;
+    let dir = demo(1_000, 20);
+    let config = std::fs::read_to_string(dir.path().join("crm.toml"))
+        .unwrap()
+        .replacen(
+            "data_dir = \"crm-data\"\n",
+            "data_dir = \"crm-data\"\nmax_runs_per_dataset = 1\n",
+            1,
+        );
+    std::fs::write(dir.path().join("crm.toml"), config).unwrap();
+    let crm = AgentProcess::start(dir.path(), "crm.toml");
+    let erp = AgentProcess::start(dir.path(), "erp.toml");
+    let (code, _, _) = compare(dir.path(), &crm.address, &erp.address);
+    assert_eq!(code, 1);
+    // A throttled repair holds the dataset's one run slot for ~3 s.
+    let (crm_at, erp_at) = (crm.address.clone(), erp.address.clone());
+    let repair = std::thread::spawn(move || {
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            AuditServiceClient::connect(crm_at)
+                .await
+                .unwrap()
+                .reconcile(pb::ReconcileRequest {
+                    dataset: "customers".into(),
+                    peer: erp_at,
+                    policy: "one_way".into(),
+                    extra: "delete".into(),
+                    execute: true,
+                    batch: 1,
+                    max_rows_per_sec: 20,
+                    ..Default::default()
+                })
+                .await
+                .map(|r| r.into_inner().report_json)
+        })
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    let out = arbor(
+        dir.path(),
+        &[
+            "compare",
+            "--agent",
+            &crm.address,
+            "--dataset",
+            "customers",
+            "--peer",
+            &erp.address,
+            "--wait",
+            "0",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_runs_per_dataset"), "{err}");
+    let report: Json = serde_json::from_str(&repair.join().unwrap().unwrap()).unwrap();
+    assert_eq!(report["drift_after"], 0, "{report}");
+    // The slot is free again.
+    let (code, _, _) = compare(dir.path(), &crm.address, &erp.address);
+    assert_eq!(code, 0);
+}

@@ -501,6 +501,7 @@ impl AuditService for AuditServer {
     ) -> Result<Response<pb::RunSummary>, Status> {
         let req = request.into_inner();
         let ds = Arc::clone(self.state.comparable(&req.dataset)?);
+        let _slot = ds.start_run(&req.dataset)?;
         if req.peer.is_empty() {
             return Err(Status::invalid_argument(
                 "CompareRequest.peer: the peer agent's address is required",
@@ -638,7 +639,7 @@ impl AuditService for AuditServer {
         request: Request<pb::ReconcileRequest>,
     ) -> Result<Response<pb::ReconcileResponse>, Status> {
         let req = request.into_inner();
-        self.state.dataset(&req.dataset)?;
+        let _slot = Arc::clone(self.state.dataset(&req.dataset)?).start_run(&req.dataset)?;
         let me = self
             .self_address
             .clone()
@@ -1140,6 +1141,7 @@ pub fn open_datasets(config: &AgentConfig) -> Result<HashMap<String, Arc<Dataset
             d.name.clone(),
             Arc::new({
                 let mut ds = Dataset::new(Arc::new(index), Some(source), Some(d.mapping.clone()));
+                ds.max_runs = config.max_runs_per_dataset;
                 if d.key_sensitive {
                     ds.report_key =
                         Some(blake3::derive_key("arbor report key hashes v1", &d.secret));

@@ -76,6 +76,8 @@ pub struct Principal {
     pub roles: Vec<Role>,
     /// The datasets they may touch; `None`: all.
     pub datasets: Option<Vec<String>>,
+    /// Calls per second they may make (a burst of as many); `None`: no limit.
+    pub max_calls_per_sec: Option<u32>,
 }
 
 /// The principals of an agent.
@@ -83,6 +85,10 @@ pub struct Principal {
 pub struct Auth {
     /// Everyone known.
     pub principals: Vec<Principal>,
+    /// Per principal: tokens left and when they were counted.
+    buckets: std::sync::Arc<
+        std::sync::Mutex<std::collections::HashMap<String, (f64, std::time::Instant)>>,
+    >,
 }
 
 /// The hash a token is stored as: blake3, hex.
@@ -159,7 +165,30 @@ impl Auth {
                 principal.name
             )));
         }
+        if let Some(rate) = principal.max_calls_per_sec {
+            let rate = f64::from(rate.max(1));
+            let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+            let now = std::time::Instant::now();
+            let (tokens, at) = buckets.entry(principal.name.clone()).or_insert((rate, now));
+            *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(rate);
+            *at = now;
+            if *tokens < 1.0 {
+                return Err(Status::resource_exhausted(format!(
+                    "{} exceeds its {rate} calls per second",
+                    principal.name
+                )));
+            }
+            *tokens -= 1.0;
+        }
         Ok(principal.name.clone())
+    }
+
+    /// Principals of a configuration.
+    pub fn new(principals: Vec<Principal>) -> Auth {
+        Auth {
+            principals,
+            buckets: Default::default(),
+        }
     }
 }
 
@@ -168,15 +197,14 @@ mod tests {
     use super::*;
 
     fn auth() -> Auth {
-        Auth {
-            principals: vec![Principal {
-                name: "nightly".into(),
-                cert_cn: None,
-                token_blake3: Some(token_hash("s3cret")),
-                roles: vec![Role::Operator],
-                datasets: Some(vec!["customers".into()]),
-            }],
-        }
+        Auth::new(vec![Principal {
+            name: "nightly".into(),
+            cert_cn: None,
+            token_blake3: Some(token_hash("s3cret")),
+            roles: vec![Role::Operator],
+            datasets: Some(vec!["customers".into()]),
+            max_calls_per_sec: None,
+        }])
     }
 
     fn with_token(token: Option<&str>) -> Request<()> {
@@ -228,6 +256,28 @@ mod tests {
                 "orders"
             )),
             tonic::Code::PermissionDenied
+        );
+    }
+
+    #[test]
+    fn a_principal_over_its_rate_is_refused_until_tokens_refill() {
+        let mut a = auth();
+        a.principals[0].max_calls_per_sec = Some(3);
+        let call = || {
+            a.check(
+                &with_token(Some("s3cret")),
+                "AuditService/Compare",
+                "customers",
+            )
+        };
+        for _ in 0..3 {
+            assert!(call().is_ok());
+        }
+        assert_eq!(call().unwrap_err().code(), tonic::Code::ResourceExhausted);
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        assert!(
+            call().is_ok(),
+            "a token came back after a third of a second"
         );
     }
 

@@ -102,6 +102,10 @@ pub struct AgentSection {
     /// Where to serve Prometheus `GET /metrics` (`127.0.0.1:9464`); default off.
     #[serde(default)]
     pub metrics_listen: Option<String>,
+    /// Compare and reconcile runs at once per dataset (more are refused
+    /// with ResourceExhausted). Default 4.
+    #[serde(default)]
+    pub max_runs_per_dataset: Option<usize>,
     /// TLS for the gRPC port and for this agent's calls to peers.
     #[serde(default)]
     pub tls: Option<TlsSection>,
@@ -137,6 +141,9 @@ pub struct PrincipalSection {
     /// The datasets it may touch; default all.
     #[serde(default)]
     pub datasets: Option<Vec<String>>,
+    /// Calls per second it may make; default no limit.
+    #[serde(default)]
+    pub max_calls_per_sec: Option<u32>,
 }
 
 /// `[agent.tls]`: PEM files, relative to the config file.
@@ -678,6 +685,8 @@ pub struct AgentConfig {
     pub audit_log: PathBuf,
     /// Where `/metrics` is served, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Runs at once per dataset.
+    pub max_runs_per_dataset: usize,
     /// TLS, if configured.
     pub tls: Option<TlsConfig>,
     /// Principals and roles, if authentication is on.
@@ -970,9 +979,10 @@ impl AgentConfig {
                         token_blake3: p.token_blake3.as_ref().map(|h| h.to_lowercase()),
                         roles,
                         datasets: p.datasets.clone(),
+                        max_calls_per_sec: p.max_calls_per_sec,
                     });
                 }
-                Some(crate::auth::Auth { principals })
+                Some(crate::auth::Auth::new(principals))
             }
         };
         let metrics_listen = match &file.agent.metrics_listen {
@@ -1009,6 +1019,11 @@ impl AgentConfig {
             ),
             data_dir: base.join(data_dir),
             metrics_listen,
+            max_runs_per_dataset: file
+                .agent
+                .max_runs_per_dataset
+                .unwrap_or(crate::service::DEFAULT_MAX_RUNS_PER_DATASET)
+                .max(1),
             tls,
             auth,
         })

@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 in sync (or success), 1 drift found, 2 error.
 
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -344,6 +345,23 @@ enum RunsCommand {
         /// JSON lines.
         #[arg(long)]
         json: bool,
+    },
+    /// What changed between two runs: drift that is new in the second,
+    /// resolved since the first, and persisting in both (keys compared).
+    Diff {
+        /// The agent.
+        #[arg(long, default_value = "http://127.0.0.1:7401")]
+        agent: String,
+        /// The earlier run.
+        first: String,
+        /// The later run.
+        second: String,
+        /// JSON: a summary line, then one line per key.
+        #[arg(long)]
+        json: bool,
+        /// Keys listed per group (0: all).
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
     },
     /// One run and its drift.
     Show {
@@ -1150,6 +1168,93 @@ async fn runs(command: RunsCommand) -> Result<u8> {
                 }
             }
             Ok(0)
+        }
+        RunsCommand::Diff {
+            agent,
+            first,
+            second,
+            json,
+            limit,
+        } => {
+            let mut client = audit_client(&agent).await?;
+            let mut read = async |run: &str| -> Result<BTreeMap<String, DriftEntry>> {
+                let mut stream = client
+                    .stream_drift(pb::StreamDriftRequest {
+                        run_id: run.to_owned(),
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|s| rpc_error(&agent, &s))?
+                    .into_inner();
+                let mut out = BTreeMap::new();
+                while let Some(e) = stream.message().await.map_err(|s| rpc_error(&agent, &s))? {
+                    let e: DriftEntry = e.into();
+                    out.insert(e.canonical_key.clone(), e);
+                }
+                Ok(out)
+            };
+            let (a, b) = (read(&first).await?, read(&second).await?);
+            let groups = [
+                (
+                    "new",
+                    b.iter()
+                        .filter(|(k, _)| !a.contains_key(*k))
+                        .map(|(_, e)| e)
+                        .collect::<Vec<_>>(),
+                ),
+                (
+                    "resolved",
+                    a.iter()
+                        .filter(|(k, _)| !b.contains_key(*k))
+                        .map(|(_, e)| e)
+                        .collect(),
+                ),
+                (
+                    "persisting",
+                    b.iter()
+                        .filter(|(k, _)| a.contains_key(*k))
+                        .map(|(_, e)| e)
+                        .collect(),
+                ),
+            ];
+            let mut out = std::io::stdout().lock();
+            if json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({
+                        "first": first, "second": second,
+                        "new": groups[0].1.len(), "resolved": groups[1].1.len(), "persisting": groups[2].1.len(),
+                    })
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "{first} -> {second}: {} new, {} resolved, {} persisting",
+                    groups[0].1.len(),
+                    groups[1].1.len(),
+                    groups[2].1.len()
+                )?;
+            }
+            for (group, entries) in &groups {
+                let shown = if limit == 0 {
+                    entries.len()
+                } else {
+                    limit.min(entries.len())
+                };
+                for e in &entries[..shown] {
+                    if json {
+                        writeln!(
+                            out,
+                            "{}",
+                            serde_json::json!({"group": group, "kind": e.kind, "key": e.key, "canonical_key": e.canonical_key, "columns": e.columns})
+                        )?;
+                    } else {
+                        writeln!(out, "  {group:<11} {:<14} {}", e.kind, e.key)?;
+                    }
+                }
+            }
+            Ok(u8::from(!groups[0].1.is_empty()))
         }
         RunsCommand::Show {
             agent,

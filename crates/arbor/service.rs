@@ -37,6 +37,9 @@ use crate::proto::v1::agent_service_server::AgentService;
 pub const LEAVES_PER_BATCH: usize = arbor_sync::wire::LEAVES_PER_MESSAGE;
 /// Leaf batches buffered ahead of a slow reader.
 const LEAF_STREAM_BUFFER: usize = 4;
+/// Runs (compares, reconciles) at once on one dataset, by default.
+pub const DEFAULT_MAX_RUNS_PER_DATASET: usize = 4;
+
 /// Keys in one ColumnDigests request.
 pub const MAX_COLUMN_DIGEST_KEYS: usize = 4_096;
 
@@ -61,6 +64,21 @@ pub struct Dataset {
     /// For a dataset whose key is sensitive: the key reports hash keys
     /// with, so they show `hash:…` instead of the key.
     pub report_key: Option<[u8; 32]>,
+    /// Compare and reconcile runs in progress on this dataset.
+    pub runs_in_progress: std::sync::atomic::AtomicUsize,
+    /// How many may run at once.
+    pub max_runs: usize,
+}
+
+/// A run's claim on its dataset; released when dropped.
+pub struct RunSlot(Arc<Dataset>);
+
+impl Drop for RunSlot {
+    fn drop(&mut self) {
+        self.0
+            .runs_in_progress
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl Dataset {
@@ -78,12 +96,31 @@ impl Dataset {
             changes: tokio::sync::watch::Sender::new(0),
             lag_ms: std::sync::atomic::AtomicU64::new(0),
             report_key: None,
+            runs_in_progress: std::sync::atomic::AtomicUsize::new(0),
+            max_runs: DEFAULT_MAX_RUNS_PER_DATASET,
         }
     }
 
     /// A dataset served from an index alone.
     pub fn from_index(index: Arc<Index>) -> Dataset {
         Dataset::new(index, None, None)
+    }
+
+    /// Claims a run slot, or says the dataset is busy (ResourceExhausted:
+    /// protects the system from a pile of concurrent scans and repairs).
+    pub fn start_run(self: &Arc<Self>, name: &str) -> Result<RunSlot, Status> {
+        let before = self
+            .runs_in_progress
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        if before >= self.max_runs {
+            self.runs_in_progress
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            return Err(Status::resource_exhausted(format!(
+                "dataset {name:?} already has {before} runs in progress (max_runs_per_dataset = {})",
+                self.max_runs
+            )));
+        }
+        Ok(RunSlot(Arc::clone(self)))
     }
 
     /// How a report shows a canonical key: (human form, hex). A sensitive
