@@ -24,15 +24,15 @@ struct AgentProcess {
 
 impl AgentProcess {
     fn start(dir: &Path, config: &str) -> AgentProcess {
-        AgentProcess::start_with(dir, config, "warn", Stdio::inherit())
+        AgentProcess::start_with(dir, config, &[("RUST_LOG", "warn")], Stdio::inherit())
     }
 
-    /// An agent logging at `level` into `stderr`.
-    fn start_with(dir: &Path, config: &str, level: &str, stderr: Stdio) -> AgentProcess {
+    /// An agent with these environment variables, logging into `stderr`.
+    fn start_with(dir: &Path, config: &str, env: &[(&str, &str)], stderr: Stdio) -> AgentProcess {
         let mut child = Command::new(ARBOR)
             .args(["agent", "--config", config])
             .current_dir(dir)
-            .env("RUST_LOG", level)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
@@ -2472,8 +2472,19 @@ fn secret_columns_and_sensitive_keys_stay_out_of_reports_logs_and_audit() {
             .collect()
     };
     let logs = |name: &str| std::fs::File::create(dir.path().join(name)).unwrap();
-    let crm = AgentProcess::start_with(dir.path(), "crm.toml", "debug", logs("crm.stderr").into());
-    let erp = AgentProcess::start_with(dir.path(), "erp.toml", "debug", logs("erp.stderr").into());
+    let crm = AgentProcess::start_with(
+        dir.path(),
+        "crm.toml",
+        &[("RUST_LOG", "debug")],
+        logs("crm.stderr").into(),
+    );
+    // One agent logs JSON lines (ARBOR_LOG_FORMAT=json): searched the same way.
+    let erp = AgentProcess::start_with(
+        dir.path(),
+        "erp.toml",
+        &[("RUST_LOG", "debug"), ("ARBOR_LOG_FORMAT", "json")],
+        logs("erp.stderr").into(),
+    );
     let (code, summary, drift) = compare(dir.path(), &crm.address, &erp.address);
     assert_eq!(code, 1);
     assert_eq!(drift.len(), 60, "{summary}");
@@ -2551,6 +2562,15 @@ fn secret_columns_and_sensitive_keys_stay_out_of_reports_logs_and_audit() {
             f.into(),
             std::fs::read_to_string(dir.path().join(f)).unwrap(),
         ));
+    }
+    let erp_log = std::fs::read_to_string(dir.path().join("erp.stderr")).unwrap();
+    assert!(erp_log.lines().count() > 3, "{erp_log}");
+    for line in erp_log.lines() {
+        let entry: Json = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            entry["level"].is_string() && entry["fields"].is_object(),
+            "{line}"
+        );
     }
     for (what, text) in &texts {
         assert!(

@@ -1097,6 +1097,24 @@ async fn rescan_every(ds: Arc<Dataset>, name: String, interval: std::time::Durat
     }
 }
 
+/// Forgets compare reports older than `retention`, now and once a day.
+async fn prune_runs_daily(runs: Arc<RunStore>, retention: std::time::Duration) {
+    loop {
+        let cut = std::time::SystemTime::now()
+            .checked_sub(retention)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_millis() as u64);
+        let store = Arc::clone(&runs);
+        match tokio::task::spawn_blocking(move || store.prune_runs(cut)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(pruned)) => info!(pruned, "old run reports forgotten"),
+            Ok(Err(e)) => warn!(error = %e, "pruning run reports failed"),
+            Err(e) => warn!(error = %e, "pruning task failed"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(86_400)).await;
+    }
+}
+
 /// Forgets tombstones older than `retention`, now and once a day.
 async fn prune_tombstones_daily(state: Arc<AgentState>, retention: std::time::Duration) {
     loop {
@@ -1375,6 +1393,7 @@ pub async fn run(
         .collect();
     let indexing_state = Arc::clone(&state);
     let tombstone_retention = config.tombstone_retention;
+    let (prune_runs, runs_retention) = (Arc::clone(&runs), config.runs_retention);
     let indexing = async move {
         let mut followers = HashMap::new();
         for name in indexing_state.dataset_names() {
@@ -1438,6 +1457,7 @@ pub async fn run(
             Arc::clone(&indexing_state),
             tombstone_retention,
         ));
+        tokio::spawn(prune_runs_daily(Arc::clone(&prune_runs), runs_retention));
         // Change capture: periodic rescans, one task per dataset.
         for (name, capture) in captures {
             let Ok(ds) = indexing_state.dataset(&name).map(Arc::clone) else {

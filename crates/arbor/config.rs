@@ -106,6 +106,9 @@ pub struct AgentSection {
     /// with ResourceExhausted). Default 4.
     #[serde(default)]
     pub max_runs_per_dataset: Option<usize>,
+    /// Days compare reports are kept. Default 90.
+    #[serde(default)]
+    pub runs_retention_days: Option<u64>,
     /// TLS for the gRPC port and for this agent's calls to peers.
     #[serde(default)]
     pub tls: Option<TlsSection>,
@@ -687,6 +690,8 @@ pub struct AgentConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Runs at once per dataset.
     pub max_runs_per_dataset: usize,
+    /// How long compare reports are kept.
+    pub runs_retention: Duration,
     /// TLS, if configured.
     pub tls: Option<TlsConfig>,
     /// Principals and roles, if authentication is on.
@@ -1019,6 +1024,9 @@ impl AgentConfig {
             ),
             data_dir: base.join(data_dir),
             metrics_listen,
+            runs_retention: Duration::from_secs(
+                file.agent.runs_retention_days.unwrap_or(90).max(1) * 86_400,
+            ),
             max_runs_per_dataset: file
                 .agent
                 .max_runs_per_dataset

@@ -375,14 +375,19 @@ enum RunsCommand {
     },
 }
 
+/// Logs to stderr, filtered by `RUST_LOG`; one JSON object per line with
+/// `ARBOR_LOG_FORMAT=json` (for log shippers), human lines otherwise.
 fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    if std::env::var("ARBOR_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().with_current_span(true).init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
 }
 
 /// The CLI's client TLS, from `ARBOR_TLS_CA` (the agents' CA) and

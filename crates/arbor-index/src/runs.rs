@@ -191,6 +191,39 @@ impl RunStore {
             .map_err(IndexError::storage("read a run summary"))
     }
 
+    /// Forgets runs whose id says they started before `before_ms` (run ids
+    /// begin with their start time in milliseconds), with their drift;
+    /// returns how many went.
+    pub fn prune_runs(&self, before_ms: u64) -> Result<u64, IndexError> {
+        let mut doomed = Vec::new();
+        for item in self.db.iterator_cf(self.cf(RUNS), IteratorMode::Start) {
+            let (k, _) = item.map_err(IndexError::storage("list runs"))?;
+            let started = std::str::from_utf8(&k)
+                .ok()
+                .and_then(|id| id.split('-').next())
+                .and_then(|ms| ms.parse::<u64>().ok());
+            match started {
+                Some(ms) if ms < before_ms => doomed.push(k.to_vec()),
+                // Ids sort by start time: the rest are newer.
+                Some(_) => break,
+                None => {}
+            }
+        }
+        let mut batch = WriteBatch::default();
+        for id in &doomed {
+            batch.delete_cf(self.cf(RUNS), id);
+            let mut from = id.clone();
+            from.push(0);
+            let mut to = id.clone();
+            to.push(1);
+            batch.delete_range_cf(self.cf(DRIFT), from, to);
+        }
+        self.db
+            .write(batch)
+            .map_err(IndexError::storage("forget old runs"))?;
+        Ok(doomed.len() as u64)
+    }
+
     /// Up to `limit` summaries, newest first.
     pub fn list_runs(&self, limit: usize) -> Result<Vec<Vec<u8>>, IndexError> {
         let mut out = Vec::new();
@@ -230,6 +263,40 @@ impl RunStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn old_runs_and_their_drift_are_forgotten() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = RunStore::open(dir.path()).unwrap();
+        for id in [
+            "1000000000000-aaaaaa",
+            "2000000000000-bbbbbb",
+            "3000000000000-cccccc",
+        ] {
+            store.put_run(id, id.as_bytes()).unwrap();
+            store.put_drift(id, 0, &[id.as_bytes().to_vec()]).unwrap();
+        }
+        assert_eq!(store.prune_runs(2_500_000_000_000).unwrap(), 2);
+        assert_eq!(
+            store.list_runs(10).unwrap(),
+            vec![b"3000000000000-cccccc".to_vec()]
+        );
+        let mut left = 0;
+        store
+            .drift("2000000000000-bbbbbb", |_| {
+                left += 1;
+                true
+            })
+            .unwrap();
+        assert_eq!(left, 0);
+        store
+            .drift("3000000000000-cccccc", |_| {
+                left += 1;
+                true
+            })
+            .unwrap();
+        assert_eq!(left, 1);
+    }
 
     #[test]
     fn sync_runs_number_per_job_and_list_newest_first() {
