@@ -2726,3 +2726,94 @@ fn a_busy_dataset_refuses_more_runs_than_its_limit() {
     let (code, _, _) = compare(dir.path(), &crm.address, &erp.address);
     assert_eq!(code, 0);
 }
+
+#[test]
+fn a_run_exports_as_one_html_file_that_a_browser_renders() {
+    let dir = demo(1_000, 10);
+    let crm = AgentProcess::start(dir.path(), "crm.toml");
+    let erp = AgentProcess::start(dir.path(), "erp.toml");
+    compare(dir.path(), &crm.address, &erp.address);
+    let (_, summary, _) = compare(dir.path(), &crm.address, &erp.address);
+    let run = summary["run_id"].as_str().unwrap();
+    let out = arbor(
+        dir.path(),
+        &[
+            "runs",
+            "export",
+            "--agent",
+            &crm.address,
+            run,
+            "--html",
+            "report.html",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
+    assert!(html.contains(&format!("<span id=\"run-id\">{run}</span>")));
+    for (id, n) in [
+        ("missing-left", "10"),
+        ("missing-right", "10"),
+        ("changed", "10"),
+    ] {
+        assert!(html.contains(&format!("id=\"{id}\">{n}<")), "{id}");
+    }
+    assert!(
+        html.contains("<svg") && html.contains("2 runs"),
+        "a chart of both runs"
+    );
+    assert!(
+        !html.contains("<script") && !html.contains("src="),
+        "one file, no assets"
+    );
+
+    // Rendered by headless Chromium (tools/test.sh installs it).
+    let Some(chromium) = ["chromium", "chromium-browser"].into_iter().find(|c| {
+        Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }) else {
+        eprintln!("skipped: no chromium on PATH (tools/test.sh installs it)");
+        return;
+    };
+    let headless = |args: &[&str]| -> Output {
+        Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+            ])
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let url = format!("file://{}", dir.path().join("report.html").display());
+    let dom = headless(&["--dump-dom", &url]);
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    assert!(
+        dom.contains(run) && dom.contains("id=\"changed\">10<"),
+        "{dom}"
+    );
+    let shot = |name: &str, page: &str| -> Vec<u8> {
+        headless(&[
+            &format!("--screenshot={name}"),
+            "--window-size=1200,900",
+            page,
+        ]);
+        std::fs::read(dir.path().join(name)).unwrap_or_default()
+    };
+    let (report, blank) = (shot("report.png", &url), shot("blank.png", "about:blank"));
+    assert!(report.starts_with(b"\x89PNG"), "a PNG screenshot");
+    assert!(
+        report.len() > 3 * blank.len().max(1),
+        "the screenshot is not blank ({} bytes vs {} for an empty page)",
+        report.len(),
+        blank.len()
+    );
+}

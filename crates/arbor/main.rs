@@ -19,6 +19,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod certs;
 mod demo;
+mod html;
 
 // Builds allocate a key per record on several threads at once; glibc's
 // malloc spent a fifth of a PostgreSQL build's CPU time there.
@@ -362,6 +363,21 @@ enum RunsCommand {
         /// Keys listed per group (0: all).
         #[arg(long, default_value_t = 20)]
         limit: usize,
+    },
+    /// A run as one self-contained HTML file (summary, counts per kind and
+    /// column, drift over the dataset's recent runs, the first keys).
+    Export {
+        /// The agent.
+        #[arg(long, default_value = "http://127.0.0.1:7401")]
+        agent: String,
+        /// The run id.
+        run_id: String,
+        /// Where to write the HTML.
+        #[arg(long)]
+        html: PathBuf,
+        /// Keys listed.
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
     },
     /// One run and its drift.
     Show {
@@ -1172,6 +1188,51 @@ async fn runs(command: RunsCommand) -> Result<u8> {
                     );
                 }
             }
+            Ok(0)
+        }
+        RunsCommand::Export {
+            agent,
+            run_id,
+            html,
+            limit,
+        } => {
+            let mut client = audit_client(&agent).await?;
+            let run: RunSummary = client
+                .get_run(pb::GetRunRequest {
+                    run_id: run_id.clone(),
+                })
+                .await
+                .map_err(|s| rpc_error(&agent, &s))?
+                .into_inner()
+                .into();
+            let history: Vec<RunSummary> = client
+                .list_runs(pb::ListRunsRequest {
+                    limit: 30,
+                    dataset: run.left.dataset.clone(),
+                })
+                .await
+                .map_err(|s| rpc_error(&agent, &s))?
+                .into_inner()
+                .runs
+                .into_iter()
+                .map(Into::into)
+                .collect();
+            let mut entries = Vec::new();
+            let mut stream = client
+                .stream_drift(pb::StreamDriftRequest {
+                    run_id,
+                    limit,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|s| rpc_error(&agent, &s))?
+                .into_inner();
+            while let Some(e) = stream.message().await.map_err(|s| rpc_error(&agent, &s))? {
+                entries.push(DriftEntry::from(e));
+            }
+            std::fs::write(&html, html::render(&run, &history, &entries))
+                .with_context(|| format!("write {}", html.display()))?;
+            println!("report of run {} written to {}", run.run_id, html.display());
             Ok(0)
         }
         RunsCommand::Diff {
