@@ -67,9 +67,10 @@ echo
 echo "demo: one-way repair plan, CRM -> ERP (a dry run: the SQL the ERP would run)"
 # A plan exits 1: there is drift to repair.
 plan=$("$arbor" sync plan --source "http://$crm" --target "http://$erp" --dataset customers --extra delete || true)
-echo "$plan" | head -n 4
+# sed reads to the end (head would close the pipe early: SIGPIPE under pipefail).
+printf '%s\n' "$plan" | sed -n '1,4p'
 echo "  ..."
-echo "$plan" | tail -n 1
+printf '%s\n' "$plan" | tail -n 1
 echo "demo: executing it"
 "$arbor" sync run --source "http://$crm" --target "http://$erp" --dataset customers --extra delete --execute
 "$arbor" compare --agent "http://$crm" --dataset customers --peer "http://$erp" --stats --limit 0
