@@ -661,13 +661,13 @@ impl AuditService for AuditServer {
             dataset: req.dataset,
             policy,
             batch: if req.batch == 0 {
-                500
+                crate::sync::DEFAULT_BATCH
             } else {
                 req.batch as usize
             }
             .min(crate::repair::MAX_WRITES_PER_BATCH),
             max_rows_per_sec: req.max_rows_per_sec,
-            retry_for: std::time::Duration::from_secs(60),
+            retry_for: crate::sync::DEFAULT_RETRY_FOR,
             only_keys: None,
         };
         let sync_status = |e: crate::sync::SyncError| Status::aborted(e.to_string());

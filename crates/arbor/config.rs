@@ -628,7 +628,7 @@ fn sync_job(s: SyncSection, datasets: &[DatasetConfig]) -> Result<SyncJobConfig,
         execute: s.execute,
         batch: s
             .batch
-            .unwrap_or(500)
+            .unwrap_or(crate::sync::DEFAULT_BATCH)
             .clamp(1, crate::repair::MAX_WRITES_PER_BATCH),
         max_rows_per_sec: s.max_rows_per_sec.unwrap_or(0),
     })

@@ -193,7 +193,7 @@ impl Jobs {
             policy: Policy::TwoWay(Rule::Priority(take)),
             batch: 1,
             max_rows_per_sec: 0,
-            retry_for: Duration::from_secs(60),
+            retry_for: crate::sync::DEFAULT_RETRY_FOR,
             only_keys: Some(std::collections::HashSet::from([key])),
         };
         let (actions, report) = crate::sync::plan(&opts, false)
@@ -337,7 +337,7 @@ async fn run(
             policy: c.policy.clone(),
             batch: c.batch,
             max_rows_per_sec: c.max_rows_per_sec,
-            retry_for: Duration::from_secs(60),
+            retry_for: crate::sync::DEFAULT_RETRY_FOR,
             only_keys: None,
         };
         let result = async {

@@ -187,7 +187,7 @@ struct SyncArgs {
     #[arg(long, default_value = "priority:source")]
     fallback: String,
     /// Writes per batch (one target transaction each).
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = arbor::sync::DEFAULT_BATCH)]
     batch: usize,
     /// Throttle in rows per second (0: none).
     #[arg(long, default_value_t = 0)]

@@ -55,6 +55,13 @@ pub use arbor_sync::policy::{
     Extra, Policy, Rule, Side, parse_policy, parse_rule, parse_side, settle,
 };
 
+/// Writes per batch when a job, a request or the CLI names none.
+pub const DEFAULT_BATCH: usize = 500;
+
+/// How long a batch is retried while its agent is unreachable, by default
+/// (long enough for an agent restart and its reindex).
+pub const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(60);
+
 /// A sync job.
 #[derive(Debug, Clone)]
 pub struct SyncOptions {
