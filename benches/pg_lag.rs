@@ -170,7 +170,7 @@ fn run(url: &str, interval: Duration, rate: u64, secs: u64) {
     let fresh = dataset(url, fresh_dir.path());
     arbor::agent::reindex(&fresh, "fresh", true).expect("fresh build");
     let root = |d: &Dataset| {
-        d.index
+        d.index()
             .snapshot()
             .and_then(|s| s.describe())
             .expect("describe")

@@ -215,18 +215,10 @@ fn expected(dir: &Path) -> BTreeSet<(String, i64, Vec<String>)> {
     out
 }
 
-#[test]
-fn two_agents_report_exactly_the_seeded_drift() {
-    let dir = demo(20_000, 60);
-    let crm = AgentProcess::start(dir.path(), "crm.toml");
-    let erp = AgentProcess::start(dir.path(), "erp.toml");
-    let (code, summary, drift) = compare(dir.path(), &crm.address, &erp.address);
-    assert_eq!(code, 1, "drift exits 1: {summary}");
-    assert_eq!(summary["status"], "completed");
-    assert_eq!(summary["schema_version"], 1);
-    let want = expected(dir.path());
-    assert_eq!(want.len(), 180, "the demo seeds 60 of each kind");
-    let got: BTreeSet<(String, i64, Vec<String>)> = drift
+/// Drift entries as (kind, integer key, sorted columns), as [`expected`]
+/// gives them.
+fn drift_set(drift: &[Json]) -> BTreeSet<(String, i64, Vec<String>)> {
+    drift
         .iter()
         .map(|d| {
             let mut cols: Vec<String> = d["columns"]
@@ -242,8 +234,21 @@ fn two_agents_report_exactly_the_seeded_drift() {
                 cols,
             )
         })
-        .collect();
-    assert_eq!(got, want);
+        .collect()
+}
+
+#[test]
+fn two_agents_report_exactly_the_seeded_drift() {
+    let dir = demo(20_000, 60);
+    let crm = AgentProcess::start(dir.path(), "crm.toml");
+    let erp = AgentProcess::start(dir.path(), "erp.toml");
+    let (code, summary, drift) = compare(dir.path(), &crm.address, &erp.address);
+    assert_eq!(code, 1, "drift exits 1: {summary}");
+    assert_eq!(summary["status"], "completed");
+    assert_eq!(summary["schema_version"], 1);
+    let want = expected(dir.path());
+    assert_eq!(want.len(), 180, "the demo seeds 60 of each kind");
+    assert_eq!(drift_set(&drift), want);
     assert_eq!(
         (
             summary["missing_left"].as_u64(),
@@ -318,6 +323,140 @@ fn a_different_secret_is_an_error_not_drift() {
             .contains("hashing key id"),
         "{summary}"
     );
+}
+
+#[test]
+fn compares_keep_working_across_a_key_rotation() {
+    let dir = demo(3_000, 15);
+    // Both agents are given the key to rotate to; the CRM agent follows
+    // its system by rescans, so changes keep arriving during the rotation.
+    let secret_line = "secret = \"arbor demo secret";
+    for (file, extra) in [
+        (
+            "crm.toml",
+            "capture = { mode = \"rescan\", interval_secs = 1 }\n",
+        ),
+        ("erp.toml", ""),
+    ] {
+        let path = dir.path().join(file);
+        let text = std::fs::read_to_string(&path).unwrap().replacen(
+            secret_line,
+            &format!("next_secret = \"the rotated key\"\n{secret_line}"),
+            1,
+        ) + extra;
+        std::fs::write(&path, text).unwrap();
+    }
+    let mut crm = AgentProcess::start(dir.path(), "crm.toml");
+    let erp = AgentProcess::start(dir.path(), "erp.toml");
+    let rotate = |agent: &str| -> Json {
+        let out = arbor(
+            dir.path(),
+            &[
+                "keys",
+                "rotate",
+                "--agent",
+                agent,
+                "--dataset",
+                "customers",
+                "--json",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "keys rotate: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    // Checks crm→erp against the oracle, erp→crm by its mirrored counts;
+    // returns the key id each compare settled on (both sides of a compare
+    // use one key; when both agents hold both keys, the right side follows
+    // the left).
+    let check = |crm: &str, erp: &str| -> (String, String) {
+        let (code, summary, drift) = compare(dir.path(), crm, erp);
+        assert_eq!(code, 1, "{summary}");
+        assert_eq!(drift_set(&drift), expected(dir.path()), "{summary}");
+        let (code, back, _) = compare(dir.path(), erp, crm);
+        assert_eq!(code, 1, "{back}");
+        assert_eq!(back["missing_left"], summary["missing_right"]);
+        assert_eq!(back["missing_right"], summary["missing_left"]);
+        assert_eq!(back["changed"], summary["changed"]);
+        for s in [&summary, &back] {
+            assert_eq!(s["left"]["key_id"], s["right"]["key_id"], "{s}");
+        }
+        let key = |s: &Json| s["left"]["key_id"].as_str().unwrap().to_owned();
+        (key(&summary), key(&back))
+    };
+    let (k1, back) = check(&crm.address, &erp.address);
+    assert_eq!(back, k1);
+
+    // The CRM agent rotates; the ERP agent has not yet: both directions
+    // settle on the old key, which the CRM agent keeps maintaining.
+    let r = rotate(&crm.address);
+    assert_eq!(r["previous_key_id"], k1.as_str());
+    assert_eq!(r["built"], true);
+    assert_eq!(r["records"], 3_000, "{r}");
+    let k2 = r["key_id"].as_str().unwrap().to_owned();
+    assert_ne!(k1, k2);
+    assert_eq!(r["held_key_ids"], serde_json::json!([k2, k1]));
+    assert_eq!(check(&crm.address, &erp.address), (k1.clone(), k1.clone()));
+
+    // A change in the CRM system after the rotation reaches both of its
+    // indexes (the rescan applies it to each).
+    let db = Connection::open(dir.path().join("crm.db")).unwrap();
+    db.execute(
+        "INSERT INTO customers VALUES (777777, 'late@example.org', 'Late', '3.00', NULL)",
+        [],
+    )
+    .unwrap();
+    let late: Drift = expected(dir.path())
+        .into_iter()
+        .map(|(k, id, c)| (k, id.to_string(), c))
+        .collect();
+    wait_for_drift(dir.path(), &crm.address, &erp.address, &late);
+
+    // The ERP agent rotates too: both now compare under the new key.
+    let r = rotate(&erp.address);
+    assert_eq!(
+        (r["previous_key_id"].as_str(), r["built"].as_bool()),
+        (Some(k1.as_str()), Some(true))
+    );
+    assert_eq!(check(&crm.address, &erp.address), (k2.clone(), k2.clone()));
+
+    // A restart keeps the rotated key (and still holds the old one): a
+    // second rotation switches back without a build.
+    drop(crm);
+    crm = AgentProcess::start(dir.path(), "crm.toml");
+    assert_eq!(check(&crm.address, &erp.address), (k2.clone(), k2.clone()));
+    let r = rotate(&crm.address);
+    assert_eq!(
+        (
+            r["previous_key_id"].as_str(),
+            r["key_id"].as_str(),
+            r["built"].as_bool()
+        ),
+        (Some(k2.as_str()), Some(k1.as_str()), Some(false))
+    );
+    assert_eq!(check(&crm.address, &erp.address), (k1.clone(), k2.clone()));
+
+    // Without a configured next key, a rotation is refused, naming why.
+    let plain = demo(100, 1);
+    let agent = AgentProcess::start(plain.path(), "crm.toml");
+    compare(plain.path(), &agent.address, &agent.address);
+    let out = arbor(
+        plain.path(),
+        &[
+            "keys",
+            "rotate",
+            "--agent",
+            &agent.address,
+            "--dataset",
+            "customers",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("next_secret"), "{err}");
 }
 
 #[test]
@@ -2172,7 +2311,10 @@ async fn call_rpc(address: &str, rpc: &str, token: Option<&str>) -> tonic::Code 
         "AgentService/Describe" => code(
             agent
                 .clone()
-                .describe(pb::DescribeRequest { dataset: ds() })
+                .describe(pb::DescribeRequest {
+                    dataset: ds(),
+                    ..Default::default()
+                })
                 .await,
         ),
         "AgentService/GetNodes" => code(
@@ -2208,6 +2350,7 @@ async fn call_rpc(address: &str, rpc: &str, token: Option<&str>) -> tonic::Code 
                 .column_digests(pb::ColumnDigestsRequest {
                     dataset: ds(),
                     keys: vec![],
+                    ..Default::default()
                 })
                 .await,
         ),
@@ -2299,6 +2442,12 @@ async fn call_rpc(address: &str, rpc: &str, token: Option<&str>) -> tonic::Code 
                 .list_conflicts(pb::ListConflictsRequest {})
                 .await,
         ),
+        "AdminService/RotateKey" => code(
+            admin
+                .clone()
+                .rotate_key(pb::RotateKeyRequest { dataset: ds() })
+                .await,
+        ),
         "AdminService/ResolveConflict" => code(
             admin
                 .clone()
@@ -2362,6 +2511,7 @@ fn each_role_calls_exactly_its_rpcs() {
         ("AdminService/ListSyncRuns", "auditor"),
         ("AdminService/ListConflicts", "auditor"),
         ("AdminService/ResolveConflict", "repairer"),
+        ("AdminService/RotateKey", "admin"),
         ("IngestService/IngestChanges", "operator"),
         ("RepairService/FetchRecords", "repairer"),
         ("RepairService/ApplyChanges", "repairer"),
@@ -2422,15 +2572,19 @@ fn each_role_calls_exactly_its_rpcs() {
             }
         }
     }
-    // Scoping: an admin of another dataset may not touch this one.
-    assert_eq!(
-        rt.block_on(call_rpc(
-            &crm.address,
-            "AdminService/Reindex",
-            Some("token-scoped")
-        )),
-        tonic::Code::PermissionDenied
-    );
+    // Scoping: an admin of another dataset may not touch this one, not
+    // even through the peer service.
+    for rpc in [
+        "AdminService/Reindex",
+        "AgentService/Describe",
+        "AgentService/ColumnDigests",
+    ] {
+        assert_eq!(
+            rt.block_on(call_rpc(&crm.address, rpc, Some("token-scoped"))),
+            tonic::Code::PermissionDenied,
+            "{rpc}"
+        );
+    }
     // Refusals are in the audit log, as denied.
     let log = std::fs::read_to_string(dir.path().join("crm-data/audit.jsonl")).unwrap();
     assert!(
@@ -2815,5 +2969,48 @@ fn a_run_exports_as_one_html_file_that_a_browser_renders() {
         "the screenshot is not blank ({} bytes vs {} for an empty page)",
         report.len(),
         blank.len()
+    );
+    // The run id and the counts are visible on screen: rendering is
+    // deterministic (the same page twice gives the same pixels), and a
+    // copy of the page with only the run id, or only one count, changed
+    // renders differently.
+    assert_eq!(
+        shot("again.png", &url),
+        report,
+        "rendering is deterministic"
+    );
+    let variant = |name: &str, from: &str, to: &str| -> Vec<u8> {
+        assert_eq!(from.len(), to.len(), "same width, so only the text differs");
+        let page = format!("{name}.html");
+        std::fs::write(dir.path().join(&page), html.replace(from, to)).unwrap();
+        let page_url = format!("file://{}", dir.path().join(&page).display());
+        shot(&format!("{name}.png"), &page_url)
+    };
+    let other_run: String = run
+        .chars()
+        .map(|c| match c {
+            '0'..='8' => char::from(c as u8 + 1),
+            '9' => '0',
+            c => c,
+        })
+        .collect();
+    assert_ne!(
+        variant("other-run", run, &other_run),
+        report,
+        "the run id is on screen"
+    );
+    assert_ne!(
+        variant("other-count", "id=\"changed\">10<", "id=\"changed\">47<"),
+        report,
+        "the changed count is on screen"
+    );
+    assert_ne!(
+        variant(
+            "other-missing",
+            "id=\"missing-left\">10<",
+            "id=\"missing-left\">83<"
+        ),
+        report,
+        "the missing count is on screen"
     );
 }

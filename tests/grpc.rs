@@ -256,6 +256,7 @@ fn malformed_requests_are_refused_and_the_agent_keeps_serving() {
         let session = c
             .describe(pb::DescribeRequest {
                 dataset: "d".into(),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -337,10 +338,23 @@ fn malformed_requests_are_refused_and_the_agent_keeps_serving() {
         let s = c
             .describe(pb::DescribeRequest {
                 dataset: "nope".into(),
+                ..Default::default()
             })
             .await
             .unwrap_err();
         assert_eq!(s.code(), Code::NotFound);
+        let s = c
+            .describe(pb::DescribeRequest {
+                dataset: "d".into(),
+                key_id: vec![1, 2, 3],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+        assert!(
+            s.message().contains("DescribeRequest.key_id: 3 bytes"),
+            "{s:?}"
+        );
         // Still serving: a valid request right after.
         let ok = c
             .get_nodes(nodes(0, vec![0], session))

@@ -64,11 +64,18 @@ fn describe_sizes_match_prost() {
             msg.encoded_len() as u64 + GRPC_PREFIX
         );
     }
-    let req = pb::DescribeRequest {
+    let mut req = pb::DescribeRequest {
         dataset: "customers".into(),
+        key_id: Vec::new(),
     };
     assert_eq!(
         wire::describe_request("customers"),
+        req.encoded_len() as u64 + GRPC_PREFIX
+    );
+    // Asking for a key (a compare across a key rotation) adds the key id.
+    req.key_id = vec![7; 8];
+    assert_eq!(
+        wire::describe_request("customers") + wire::KEY_ID_FIELD_BYTES,
         req.encoded_len() as u64 + GRPC_PREFIX
     );
 }

@@ -24,7 +24,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use arbor_index::{BuildStats, Change, Index, IndexConfig, IndexError, RunStore};
-use arbor_record::{DatasetKeys, Record};
+use arbor_record::Record;
 use arbor_source::sqlite::SqliteSource;
 use arbor_source::{FileSource, MysqlSource, PostgresSource, Source, SourceError};
 use arbor_sync::{CompareOptions, DriftKind, LocalPeer, compare_collect};
@@ -137,10 +137,7 @@ pub fn open_source(d: &DatasetConfig) -> Result<Box<dyn Source>, AgentError> {
 
 /// The index configuration of a dataset: keys from its secret, its schema.
 pub fn index_config(d: &DatasetConfig) -> IndexConfig {
-    IndexConfig {
-        keys: DatasetKeys::derive(&d.secret),
-        schema_fingerprint: d.mapping.schema().fingerprint(),
-    }
+    crate::keys::index_config_under(d, &d.secret)
 }
 
 /// Where a dataset's index lives.
@@ -223,16 +220,28 @@ pub fn rescan_marked(
         Status::failed_precondition(format!("dataset {name:?} has no system attached"))
     })?;
     let mut source = source.lock().unwrap_or_else(|p| p.into_inner());
-    with_records(source.as_mut(), |records| {
-        ds.index.rescan(records, Some(watermark.as_bytes()))
-    })
-    .map_err(|e| match e {
+    // Every index held (more than one during a key rotation) gets its own
+    // pass over the system.
+    let mut first = None;
+    for index in ds.indexes() {
+        let stats = with_records(source.as_mut(), |records| {
+            index.rescan(records, Some(watermark.as_bytes()))
+        })
+        .map_err(rescan_error)?;
+        first.get_or_insert(stats);
+    }
+    first.ok_or_else(|| Status::internal("a dataset without an index"))
+}
+
+/// The status of a failed build or rescan: the system's error if it failed.
+fn rescan_error(e: IndexError) -> Status {
+    match e {
         IndexError::Source(inner) => match inner.downcast::<SourceError>() {
             Ok(s) => source_status(*s),
             Err(other) => Status::unavailable(other.to_string()),
         },
         other => index_status(other),
-    })
+    }
 }
 
 /// Indexes one dataset from its system, refusing compares meanwhile.
@@ -249,16 +258,20 @@ pub fn reindex(ds: &Dataset, name: &str, claimed: bool) -> Result<BuildStats, St
     let started = Instant::now();
     let result = {
         let mut source = source.lock().unwrap_or_else(|p| p.into_inner());
-        build_from_source(&ds.index, source.as_mut())
+        // Every index held (two during a key rotation) is rebuilt.
+        let indexes = ds.indexes();
+        let mut result = build_from_source(&indexes[0], source.as_mut());
+        for other in &indexes[1..] {
+            if result.is_ok()
+                && let Err(e) = build_from_source(other, source.as_mut())
+            {
+                result = Err(e);
+            }
+        }
+        result
     };
     ds.indexing.store(false, Ordering::Release);
-    let stats = result.map_err(|e| match e {
-        IndexError::Source(inner) => match inner.downcast::<SourceError>() {
-            Ok(s) => source_status(*s),
-            Err(other) => Status::unavailable(other.to_string()),
-        },
-        other => index_status(other),
-    })?;
+    let stats = result.map_err(rescan_error)?;
     info!(
         dataset = name,
         records = stats.records,
@@ -359,8 +372,12 @@ impl AuditServer {
         peer_dataset: &str,
         summary: &mut RunSummary,
     ) -> Result<(), String> {
-        let local = LocalPeer::new(&ds.index, req.dataset.clone())
-            .map_err(|e| format!("local index: {e}"))?;
+        // During a key rotation the dataset holds two indexes; the one
+        // under the peer's key is offered if the current one differs.
+        let indexes = ds.indexes();
+        let local = LocalPeer::new(&indexes[0], req.dataset.clone())
+            .map_err(|e| format!("local index: {e}"))?
+            .with_alternates(indexes[1..].iter().map(|i| &**i));
         let remote =
             GrpcPeer::new(&req.peer, peer_dataset, self.retry).map_err(|e| e.to_string())?;
         let mut options = CompareOptions::default();
@@ -369,6 +386,7 @@ impl AuditServer {
         }
         let outcome = compare_collect(&local, &remote, &options).await;
         drop(local);
+        drop(indexes);
         let (mut drift, stats) = outcome.map_err(|e| error_chain(&e))?;
         // Reports read by kind, then key (canonical order: numeric for
         // non-negative integers, byte order for text).
@@ -390,7 +408,13 @@ impl AuditServer {
             .collect();
         if !req.skip_column_names && !changed.is_empty() {
             match self
-                .differing_columns(ds, &req.peer, peer_dataset, &changed)
+                .differing_columns(
+                    ds,
+                    &req.peer,
+                    peer_dataset,
+                    &changed,
+                    stats.left_description.as_ref().map(|d| d.key_id),
+                )
                 .await
             {
                 Ok(found) => columns = found,
@@ -441,6 +465,7 @@ impl AuditServer {
         peer: &str,
         peer_dataset: &str,
         keys: &[Vec<u8>],
+        key_id: Option<arbor_record::KeyId>,
     ) -> Result<HashMap<Vec<u8>, Vec<String>>, String> {
         let channel = crate::client::endpoint(peer)?
             .connect()
@@ -453,7 +478,7 @@ impl AuditServer {
             let local_ds = Arc::clone(ds);
             let local_keys = chunk.to_vec();
             let local = tokio::task::spawn_blocking(move || {
-                service::column_digests(&local_ds, &local_keys)
+                service::column_digests(&local_ds, &local_keys, key_id)
             })
             .await
             .map_err(|e| e.to_string())?
@@ -462,6 +487,7 @@ impl AuditServer {
                 .column_digests(pb::ColumnDigestsRequest {
                     dataset: peer_dataset.to_owned(),
                     keys: chunk.to_vec(),
+                    key_id: key_id.map(|k| k.0.to_vec()).unwrap_or_default(),
                 })
                 .await
                 .map_err(|s| format!("{peer}: {}", s.message()))?
@@ -769,11 +795,10 @@ impl IngestService for IngestServer {
         let changes = ingested_changes(mapping, &req)?;
         let watermark = (!req.watermark.is_empty()).then_some(req.watermark);
         let applied = Arc::clone(&ds);
-        let stats =
-            tokio::task::spawn_blocking(move || ds.index.apply(&changes, watermark.as_deref()))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?
-                .map_err(index_status)?;
+        let stats = tokio::task::spawn_blocking(move || ds.apply(&changes, watermark.as_deref()))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(index_status)?;
         if stats.inserted + stats.updated + stats.deleted > 0 {
             applied.changed();
         }
@@ -792,12 +817,25 @@ impl IngestService for IngestServer {
 pub struct AdminServer {
     state: Arc<AgentState>,
     jobs: Option<Arc<crate::jobs::Jobs>>,
+    /// The agent's configuration (data directory, dataset keys): key
+    /// rotation needs it.
+    config: Option<Arc<AgentConfig>>,
 }
 
 impl AdminServer {
     /// The service over shared agent state.
     pub fn new(state: Arc<AgentState>) -> AdminServer {
-        AdminServer { state, jobs: None }
+        AdminServer {
+            state,
+            jobs: None,
+            config: None,
+        }
+    }
+
+    /// With the agent's configuration, for key rotation.
+    pub fn with_config(mut self, config: Arc<AgentConfig>) -> AdminServer {
+        self.config = Some(config);
+        self
     }
 
     /// With the agent's sync jobs.
@@ -816,7 +854,7 @@ fn status_of(name: &str, ds: &Dataset) -> Result<pb::IndexStatus, Status> {
         });
     }
     let d = ds
-        .index
+        .index()
         .snapshot()
         .and_then(|s| s.describe())
         .map_err(index_status)?;
@@ -863,7 +901,7 @@ impl AdminService for AdminServer {
     ) -> Result<Response<pb::VerifyResponse>, Status> {
         let name = request.into_inner().dataset;
         let ds = Arc::clone(self.state.comparable(&name)?);
-        let report = tokio::task::spawn_blocking(move || ds.index.verify())
+        let report = tokio::task::spawn_blocking(move || ds.index().verify())
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(index_status)?;
@@ -964,6 +1002,29 @@ impl AdminService for AdminServer {
         Ok(Response::new(pb::ListConflictsResponse { conflicts }))
     }
 
+    #[instrument(skip_all, fields(dataset = %request.get_ref().dataset))]
+    async fn rotate_key(
+        &self,
+        request: Request<pb::RotateKeyRequest>,
+    ) -> Result<Response<pb::RotateKeyResponse>, Status> {
+        let name = request.into_inner().dataset;
+        let config = self
+            .config
+            .clone()
+            .ok_or_else(|| Status::unimplemented("this server cannot rotate keys"))?;
+        let ds = Arc::clone(self.state.dataset(&name)?);
+        let d = config
+            .datasets
+            .iter()
+            .find(|d| d.name == name)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("no dataset {name:?} configured")))?;
+        let response = tokio::task::spawn_blocking(move || crate::keys::rotate(&config, &d, &ds))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(response))
+    }
+
     async fn resolve_conflict(
         &self,
         request: Request<pb::ResolveConflictRequest>,
@@ -1041,7 +1102,6 @@ pub fn poll(
             None
         };
         let s = ds
-            .index
             .apply(chunk, w.map(str::as_bytes))
             .map_err(index_status)?;
         applied += s.inserted + s.updated;
@@ -1126,7 +1186,14 @@ async fn prune_tombstones_daily(state: Arc<AgentState>, retention: std::time::Du
                 .checked_sub(retention)
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map_or(0, |d| d.as_micros() as i64);
-            match tokio::task::spawn_blocking(move || ds.index.prune_tombstones(cut)).await {
+            match tokio::task::spawn_blocking(move || {
+                ds.indexes()
+                    .iter()
+                    .map(|i| i.prune_tombstones(cut))
+                    .sum::<Result<_, _>>()
+            })
+            .await
+            {
                 Ok(Ok(0)) => {}
                 Ok(Ok(pruned)) => info!(dataset = %name, pruned, "old tombstones forgotten"),
                 Ok(Err(e)) => warn!(dataset = %name, error = %e, "pruning tombstones failed"),
@@ -1148,17 +1215,15 @@ pub fn open_datasets(config: &AgentConfig) -> Result<HashMap<String, Arc<Dataset
     let mut out = HashMap::new();
     for d in &config.datasets {
         let source = open_source(d)?;
-        let index =
-            Index::open(index_path(config, &d.name), index_config(d)).map_err(|source| {
-                AgentError::Index {
-                    dataset: d.name.clone(),
-                    source,
-                }
-            })?;
+        // Two indexes while a key rotation is under way (see keys.rs).
+        let (index, other) = crate::keys::open_dataset_indexes(config, d)?;
         out.insert(
             d.name.clone(),
             Arc::new({
                 let mut ds = Dataset::new(Arc::new(index), Some(source), Some(d.mapping.clone()));
+                if let Some(other) = other {
+                    ds.hold(Arc::new(other));
+                }
                 ds.max_runs = config.max_runs_per_dataset;
                 if d.key_sensitive {
                     ds.report_key =
@@ -1267,12 +1332,18 @@ pub async fn run(
         AgentServiceServer::new(AgentServer::new(Arc::clone(&state)))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        move |request: Request<()>| {
+        move |mut request: Request<()>| {
             let Some(auth) = &peer_auth else {
                 return Ok(request);
             };
             match auth.check(&request, "AgentService/*", "") {
-                Ok(_) => Ok(request),
+                Ok(_) => {
+                    // The service checks the dataset each message names.
+                    if let Some(scope) = auth.scope_of(&request) {
+                        request.extensions_mut().insert(scope);
+                    }
+                    Ok(request)
+                }
                 Err(status) => {
                     peer_log.record(crate::audit::Record {
                         who: request
@@ -1306,7 +1377,9 @@ pub async fn run(
     );
     let admin_service = AdminServiceServer::new(
         crate::audited::Audited::new(
-            AdminServer::new(Arc::clone(&state)).with_jobs(Arc::clone(&jobs)),
+            AdminServer::new(Arc::clone(&state))
+                .with_jobs(Arc::clone(&jobs))
+                .with_config(Arc::new(config.clone())),
             Arc::clone(&audit_log),
             Arc::clone(&metrics),
         )
@@ -1420,6 +1493,7 @@ pub async fn run(
                 };
                 match follower {
                     Some((f, false)) => {
+                        crate::keys::rebuild_lagging(&ds, &n)?;
                         ds.indexing.store(false, Ordering::Release);
                         Ok(Some(f))
                     }

@@ -338,6 +338,19 @@ impl<S: AdminService> AdminService for Audited<S> {
         result
     }
 
+    async fn rotate_key(
+        &self,
+        request: Request<pb::RotateKeyRequest>,
+    ) -> Result<Response<pb::RotateKeyResponse>, Status> {
+        let d = request.get_ref().dataset.clone();
+        let w = self.admit(&request, "AdminService/RotateKey", &d)?;
+        let result = self.inner.rotate_key(request).await;
+        self.log(w, "AdminService/RotateKey", d, &result, |r| {
+            (String::new(), counts([("records", r.records)]))
+        });
+        result
+    }
+
     async fn resolve_conflict(
         &self,
         request: Request<pb::ResolveConflictRequest>,

@@ -63,6 +63,24 @@ pub fn required_role(call: &str) -> Option<Role> {
     })
 }
 
+/// The datasets a call may touch, put into the request by the agent's
+/// AgentService interceptor: the dataset is named inside the message, which
+/// an interceptor cannot read, so the service checks it with [`Self::admit`].
+#[derive(Debug, Clone)]
+pub struct DatasetScope(pub Vec<String>);
+
+impl DatasetScope {
+    /// Refuses a call on `dataset` outside the scope `request` carries.
+    pub fn admit<T>(request: &Request<T>, dataset: &str) -> Result<(), Status> {
+        match request.extensions().get::<DatasetScope>() {
+            Some(scope) if !scope.0.iter().any(|d| d == dataset) => Err(Status::permission_denied(
+                format!("the caller may not touch dataset {dataset:?}"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Someone who may call: how they are recognised and what they may do.
 #[derive(Debug, Clone)]
 pub struct Principal {
@@ -134,6 +152,12 @@ impl Auth {
                 .iter()
                 .find(|p| p.cert_cn.as_deref() == Some(cn.as_str()))
         }))
+    }
+
+    /// The datasets the caller of `request` is limited to, if it is.
+    pub fn scope_of<T>(&self, request: &Request<T>) -> Option<DatasetScope> {
+        let principal = self.identify(request).ok()??;
+        principal.datasets.clone().map(DatasetScope)
     }
 
     /// Admits a call or says why not; `Ok` is the principal's name.

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arbor_index::{Description, Leaf};
+use arbor_record::KeyId;
 use arbor_sync::{Peer, PeerError};
 use arbor_tree::{Node, Prefix};
 use tonic::transport::{Channel, Endpoint};
@@ -176,19 +177,20 @@ impl Peer for GrpcPeer {
     }
 
     async fn describe(&self) -> Result<Description, PeerError> {
-        let req = pb::DescribeRequest {
-            dataset: self.dataset.clone(),
-        };
-        let resp = self
-            .call("Describe", |mut c| {
-                let req = req.clone();
-                async move { c.describe(req).await.map(tonic::Response::into_inner) }
-            })
-            .await?;
-        let (description, session) = convert::description(&resp)
-            .map_err(|e| PeerError::Malformed(format!("{}: {e}", self.address)))?;
-        self.session.store(session, Ordering::Release);
-        Ok(description)
+        self.describe_under(None).await
+    }
+
+    async fn switch_key(&self, key_id: KeyId) -> Result<Option<Description>, PeerError> {
+        let previous = self.session();
+        let description = self.describe_under(Some(key_id)).await?;
+        if description.key_id != key_id {
+            // The agent does not hold that key: back to the first session.
+            self.finish().await;
+            self.session.store(previous, Ordering::Release);
+            return Ok(None);
+        }
+        self.end(previous).await;
+        Ok(Some(description))
     }
 
     async fn children(&self, parents: &[Prefix]) -> Result<Vec<(Prefix, Node)>, PeerError> {
@@ -249,6 +251,31 @@ impl Peer for GrpcPeer {
 
     async fn finish(&self) {
         let session = self.session.swap(0, Ordering::AcqRel);
+        self.end(session).await;
+    }
+}
+
+impl GrpcPeer {
+    /// Opens a session, under the key `key_id` if the agent holds it.
+    async fn describe_under(&self, key_id: Option<KeyId>) -> Result<Description, PeerError> {
+        let req = pb::DescribeRequest {
+            dataset: self.dataset.clone(),
+            key_id: key_id.map(|k| k.0.to_vec()).unwrap_or_default(),
+        };
+        let resp = self
+            .call("Describe", |mut c| {
+                let req = req.clone();
+                async move { c.describe(req).await.map(tonic::Response::into_inner) }
+            })
+            .await?;
+        let (description, session) = convert::description(&resp)
+            .map_err(|e| PeerError::Malformed(format!("{}: {e}", self.address)))?;
+        self.session.store(session, Ordering::Release);
+        Ok(description)
+    }
+
+    /// Ends a session on the agent (best effort: it would expire anyway).
+    async fn end(&self, session: u64) {
         if session == 0 {
             return;
         }

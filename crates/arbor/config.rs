@@ -434,6 +434,16 @@ pub struct DatasetSection {
     /// The secret inline: for trials only, since config files get shared.
     #[serde(default)]
     pub secret: Option<String>,
+    /// Environment variable holding the key to rotate to (`arbor keys
+    /// rotate`); while set, the agent can serve compares under both keys.
+    #[serde(default)]
+    pub next_secret_env: Option<String>,
+    /// File holding the key to rotate to.
+    #[serde(default)]
+    pub next_secret_file: Option<PathBuf>,
+    /// The key to rotate to, inline (trials only).
+    #[serde(default)]
+    pub next_secret: Option<String>,
     /// The system.
     pub source: SourceSection,
     /// Key columns, in key order. Required.
@@ -643,6 +653,8 @@ pub struct DatasetConfig {
     pub secret: Vec<u8>,
     /// Where the secret came from, for messages.
     pub secret_origin: String,
+    /// The other key of a rotation (`next_secret_*`) and where it came from.
+    pub next_secret: Option<(Vec<u8>, String)>,
     /// The system.
     pub source: SourceConfig,
     /// Column mapping.
@@ -767,38 +779,31 @@ impl AgentConfig {
             if datasets.iter().any(|x: &DatasetConfig| x.name == d.name) {
                 return Err(invalid(field("name"), "appears twice".into()));
             }
-            let (secret, secret_origin) = match (&d.secret_env, &d.secret_file, &d.secret) {
-                (Some(var), None, None) => (
-                    std::env::var(var)
-                        .map_err(|_| {
-                            invalid(
-                                field("secret_env"),
-                                format!("environment variable {var} is not set"),
-                            )
-                        })?
-                        .into_bytes(),
-                    format!("${var}"),
-                ),
-                (None, Some(f), None) => {
-                    let f = base.join(f);
-                    let bytes = std::fs::read(&f).map_err(|e| {
-                        invalid(
-                            field("secret_file"),
-                            format!("cannot read {}: {e}", f.display()),
-                        )
-                    })?;
-                    (trim_newline(bytes), f.display().to_string())
-                }
-                (None, None, Some(s)) => (s.clone().into_bytes(), "the config file".into()),
-                _ => {
-                    return Err(invalid(
-                        field("secret"),
-                        "set exactly one of secret_env, secret_file and secret".into(),
-                    ));
-                }
-            };
-            if secret.is_empty() {
-                return Err(invalid(field("secret"), "the secret is empty".into()));
+            let (secret, secret_origin) = read_secret(
+                base,
+                &invalid,
+                &field,
+                "",
+                (&d.secret_env, &d.secret_file, &d.secret),
+            )?
+            .ok_or_else(|| {
+                invalid(
+                    field("secret"),
+                    "set exactly one of secret_env, secret_file and secret".into(),
+                )
+            })?;
+            let next_secret = read_secret(
+                base,
+                &invalid,
+                &field,
+                "next_",
+                (&d.next_secret_env, &d.next_secret_file, &d.next_secret),
+            )?;
+            if next_secret.as_ref().is_some_and(|(n, _)| *n == secret) {
+                return Err(invalid(
+                    field("next_secret"),
+                    "is the same as the secret: a rotation needs a new key".into(),
+                ));
             }
             // Logical capture needs the table itself, before a filter
             // turns it into a query.
@@ -916,6 +921,7 @@ impl AgentConfig {
                 name: d.name,
                 secret,
                 secret_origin,
+                next_secret,
                 source,
                 mapping,
                 capture,
@@ -1085,6 +1091,55 @@ fn database(
             ..defaults
         },
     })
+}
+
+/// Reads a secret from exactly one of its `<prefix>secret_env`,
+/// `<prefix>secret_file` and `<prefix>secret` fields; `None` if none is set.
+fn read_secret(
+    base: &Path,
+    invalid: &dyn Fn(String, String) -> ConfigError,
+    field: &dyn Fn(&str) -> String,
+    prefix: &str,
+    (env, file, inline): (&Option<String>, &Option<PathBuf>, &Option<String>),
+) -> Result<Option<(Vec<u8>, String)>, ConfigError> {
+    let name = |f: &str| field(&format!("{prefix}{f}"));
+    let found = match (env, file, inline) {
+        (None, None, None) => return Ok(None),
+        (Some(var), None, None) => (
+            std::env::var(var)
+                .map_err(|_| {
+                    invalid(
+                        name("secret_env"),
+                        format!("environment variable {var} is not set"),
+                    )
+                })?
+                .into_bytes(),
+            format!("${var}"),
+        ),
+        (None, Some(f), None) => {
+            let f = base.join(f);
+            let bytes = std::fs::read(&f).map_err(|e| {
+                invalid(
+                    name("secret_file"),
+                    format!("cannot read {}: {e}", f.display()),
+                )
+            })?;
+            (trim_newline(bytes), f.display().to_string())
+        }
+        (None, None, Some(s)) => (s.clone().into_bytes(), "the config file".into()),
+        _ => {
+            return Err(invalid(
+                name("secret"),
+                format!(
+                    "set exactly one of {prefix}secret_env, {prefix}secret_file and {prefix}secret"
+                ),
+            ));
+        }
+    };
+    if found.0.is_empty() {
+        return Err(invalid(name("secret"), "the secret is empty".into()));
+    }
+    Ok(Some(found))
 }
 
 fn trim_newline(mut b: Vec<u8>) -> Vec<u8> {

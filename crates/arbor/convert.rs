@@ -111,6 +111,21 @@ pub fn describe_response(d: &Description, session: u64) -> pb::DescribeResponse 
     }
 }
 
+/// An optional key id from a request: empty means "not given".
+pub fn optional_key_id(field: &str, bytes: &[u8]) -> Result<Option<KeyId>, Status> {
+    match bytes.len() {
+        0 => Ok(None),
+        8 => {
+            let mut k = [0; 8];
+            k.copy_from_slice(bytes);
+            Ok(Some(KeyId(k)))
+        }
+        n => Err(Status::invalid_argument(format!(
+            "{field}: {n} bytes, expected 8 (or none)"
+        ))),
+    }
+}
+
 /// A description from the wire, and its session.
 pub fn description(r: &pb::DescribeResponse) -> Result<(Description, u64), Malformed> {
     let key_id: [u8; 8] = r.key_id.as_slice().try_into().map_err(|_| {

@@ -20,6 +20,7 @@ pub mod client;
 pub mod config;
 pub mod convert;
 pub mod jobs;
+pub mod keys;
 pub mod logical;
 pub mod metrics;
 pub mod repair;

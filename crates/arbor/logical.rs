@@ -96,8 +96,9 @@ pub fn prepare(
         },
     );
     let slot = capture.prepare().map_err(source_status)?;
-    let stored = if ds.index.is_ready().map_err(index_status)? {
-        ds.index
+    let index = ds.index();
+    let stored = if index.is_ready().map_err(index_status)? {
+        index
             .snapshot()
             .and_then(|s| s.describe())
             .map_err(index_status)?
@@ -140,10 +141,9 @@ impl Follower {
     /// Records that a full build finished: the slot's backlog from the
     /// prepared position on brings it up to date.
     pub fn built(&self, ds: &Dataset) -> Result<(), Status> {
-        ds.index
-            .apply(&[], Some(watermark(&self.slot, self.applied).as_bytes()))
+        ds.apply(&[], Some(watermark(&self.slot, self.applied).as_bytes()))
             .map_err(index_status)?;
-        ds.index.sync_wal().map_err(index_status)
+        ds.sync_wal().map_err(index_status)
     }
 
     /// The position whose changes are in the index.
@@ -221,14 +221,13 @@ impl Follower {
                 }
             }
             let s = ds
-                .index
                 .apply(&changes, Some(mark.as_bytes()))
                 .map_err(index_status)?;
             stats.changes = changes.len() as u64;
             (stats.inserted, stats.updated, stats.deleted) = (s.inserted, s.updated, s.deleted);
         }
         // Durable before the slot forgets the changes.
-        ds.index.sync_wal().map_err(index_status)?;
+        ds.sync_wal().map_err(index_status)?;
         let now_us = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as i64);

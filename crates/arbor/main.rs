@@ -86,6 +86,11 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Hashing keys: rotation to the configured next key.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Change capture state kept in the systems (replication slots).
     Capture {
         #[command(subcommand)]
@@ -239,6 +244,24 @@ enum AuditCommand {
         /// The agent's config (to find its log).
         #[arg(long, short, env = "ARBOR_CONFIG")]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Rotate a dataset to its other configured key (`next_secret_*`):
+    /// the agent builds the index under it beside the current one, then
+    /// switches; peers on the old key keep comparing meanwhile.
+    Rotate {
+        /// The agent, e.g. http://127.0.0.1:7400.
+        #[arg(long)]
+        agent: String,
+        /// The dataset.
+        #[arg(long)]
+        dataset: String,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -535,6 +558,51 @@ async fn run(cli: Cli) -> Result<u8> {
         Command::Capture {
             command: CaptureCommand::Drop { index, publication },
         } => blocking(move || capture_drop(&index, publication)).await,
+        Command::Keys {
+            command:
+                KeysCommand::Rotate {
+                    agent,
+                    dataset,
+                    json,
+                },
+        } => {
+            let r = admin_client(&agent)
+                .await?
+                .rotate_key(pb::RotateKeyRequest { dataset })
+                .await
+                .map_err(|s| rpc_error(&agent, &s))?
+                .into_inner();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "dataset": r.dataset,
+                        "previous_key_id": r.previous_key_id,
+                        "key_id": r.key_id,
+                        "built": r.built,
+                        "records": r.records,
+                        "elapsed_ms": r.elapsed_ms,
+                        "held_key_ids": r.held_key_ids,
+                    })
+                );
+            } else {
+                println!(
+                    "dataset {}: key {} -> {} ({}, {} records, {} ms); holding {}",
+                    r.dataset,
+                    r.previous_key_id,
+                    r.key_id,
+                    if r.built {
+                        "index built"
+                    } else {
+                        "index was held"
+                    },
+                    r.records,
+                    r.elapsed_ms,
+                    r.held_key_ids.join(", ")
+                );
+            }
+            Ok(0)
+        }
     }
 }
 

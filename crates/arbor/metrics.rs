@@ -98,7 +98,7 @@ impl Metrics {
             let Ok(ds) = state.dataset(&name) else {
                 continue;
             };
-            if let Ok(d) = ds.index.snapshot().and_then(|s| s.describe()) {
+            if let Ok(d) = ds.index().snapshot().and_then(|s| s.describe()) {
                 indexed.push(format!(
                     "arbor_records_indexed{{dataset=\"{}\"}} {}",
                     label(&name),

@@ -243,7 +243,7 @@ impl RepairService for RepairServer {
                             let deleted_at_us = match &r {
                                 Some(_) => 0,
                                 None => ds
-                                    .index
+                                    .index()
                                     .tombstone_of(&canonical_key)
                                     .map_err(index_status)?
                                     .unwrap_or(0),
@@ -379,7 +379,7 @@ impl RepairService for RepairServer {
                         None => IndexChange::Delete(k),
                     })
                     .collect();
-                ds.index.apply(&changes, None).map_err(index_status)?;
+                ds.apply(&changes, None).map_err(index_status)?;
             }
             let journal = Journalled {
                 outcomes: outcomes

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use std::sync::atomic::AtomicBool;
 
-use arbor_index::{Index, SharedSnapshot};
+use arbor_index::{ApplyStats, Change, Index, IndexError, SharedSnapshot};
+use arbor_record::KeyId;
 use arbor_record::{Digest, decode_tuple};
 use arbor_source::Source;
 use arbor_tree::{MAX_LEVEL, Prefix};
@@ -46,8 +47,13 @@ pub const MAX_COLUMN_DIGEST_KEYS: usize = 4_096;
 /// A dataset an agent serves: its index and, when the agent runs beside the
 /// system, the system itself (for column digests and reindexing).
 pub struct Dataset {
-    /// The Merkle index.
-    pub index: Arc<Index>,
+    /// The Merkle indexes, one per hashing key held (see [`Keyring`]).
+    keyring: std::sync::RwLock<Keyring>,
+    /// Serialises applies with key switches, so every index of the ring
+    /// sees every change.
+    apply_lock: Mutex<()>,
+    /// Set while `arbor keys rotate` builds an index under a new key.
+    pub rotating: AtomicBool,
     /// The system, read-only.
     pub source: Option<Arc<Mutex<Box<dyn Source>>>>,
     /// Set while a full build runs: compares are refused meanwhile, since
@@ -70,6 +76,35 @@ pub struct Dataset {
     pub max_runs: usize,
 }
 
+/// The indexes of a dataset, one per hashing key it holds. Normally one;
+/// during a key rotation two: the index under the new key is built beside
+/// the old one, then becomes active, while the old one keeps being
+/// maintained for peers that have not rotated yet.
+struct Keyring {
+    /// The index under the dataset's current key.
+    active: Arc<Index>,
+    /// Indexes under other keys, maintained alongside.
+    others: Vec<Arc<Index>>,
+    /// While a rotation builds a new index: the changes applied meanwhile,
+    /// replayed into the new index once it is built.
+    pending: Option<Pending>,
+}
+
+/// Changes queued for an index being built.
+#[derive(Default)]
+pub struct Pending {
+    /// Each applied batch and its watermark, in order.
+    pub batches: Vec<(Vec<Change>, Option<Vec<u8>>)>,
+    /// Changes queued so far.
+    pub changes: usize,
+    /// More changes arrived than [`MAX_PENDING_CHANGES`]: the build must
+    /// be abandoned.
+    pub overflowed: bool,
+}
+
+/// Changes a rotation buffers while it builds the new index (bounds memory).
+pub const MAX_PENDING_CHANGES: usize = 2_000_000;
+
 /// A run's claim on its dataset; released when dropped.
 pub struct RunSlot(Arc<Dataset>);
 
@@ -89,7 +124,13 @@ impl Dataset {
         mapping: Option<arbor_source::Mapping>,
     ) -> Dataset {
         Dataset {
-            index,
+            keyring: std::sync::RwLock::new(Keyring {
+                active: index,
+                others: Vec::new(),
+                pending: None,
+            }),
+            apply_lock: Mutex::new(()),
+            rotating: AtomicBool::new(false),
             source: source.map(|s| Arc::new(Mutex::new(s))),
             indexing: AtomicBool::new(false),
             mapping,
@@ -99,6 +140,136 @@ impl Dataset {
             runs_in_progress: std::sync::atomic::AtomicUsize::new(0),
             max_runs: DEFAULT_MAX_RUNS_PER_DATASET,
         }
+    }
+
+    /// The index under the dataset's current key.
+    pub fn index(&self) -> Arc<Index> {
+        Arc::clone(&self.ring().active)
+    }
+
+    /// Every index held, the active one first.
+    pub fn indexes(&self) -> Vec<Arc<Index>> {
+        let ring = self.ring();
+        std::iter::once(&ring.active)
+            .chain(&ring.others)
+            .cloned()
+            .collect()
+    }
+
+    /// The index under the key `key_id`, if this dataset holds one.
+    pub fn index_for(&self, key_id: KeyId) -> Option<Arc<Index>> {
+        self.indexes()
+            .into_iter()
+            .find(|i| i.config().keys.key_id() == key_id)
+    }
+
+    fn ring(&self) -> std::sync::RwLockReadGuard<'_, Keyring> {
+        self.keyring.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies changes to every index held (and queues them for an index
+    /// being built). Returns what the active index reports.
+    pub fn apply(
+        &self,
+        changes: &[Change],
+        watermark: Option<&[u8]>,
+    ) -> Result<ApplyStats, IndexError> {
+        let _serial = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let indexes = self.indexes();
+        let stats = indexes[0].apply(changes, watermark)?;
+        for other in &indexes[1..] {
+            other.apply(changes, watermark)?;
+        }
+        let mut ring = self.keyring.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = ring.pending.as_mut().filter(|p| !p.overflowed) {
+            p.changes += changes.len();
+            if p.changes > MAX_PENDING_CHANGES {
+                p.overflowed = true;
+                p.batches = Vec::new();
+            } else {
+                p.batches
+                    .push((changes.to_vec(), watermark.map(<[u8]>::to_vec)));
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Makes every index's write-ahead log durable.
+    pub fn sync_wal(&self) -> Result<(), IndexError> {
+        self.indexes().iter().try_for_each(|i| i.sync_wal())
+    }
+
+    /// Starts queueing applied changes for an index about to be built.
+    pub fn start_pending(&self) {
+        let _serial = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.keyring
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .pending = Some(Pending::default());
+    }
+
+    /// Stops queueing. With `built`, replays the queued changes into it
+    /// (then the active index's watermark) and adds it to the ring, all
+    /// while no other change can land in between.
+    pub fn finish_pending(&self, built: Option<Arc<Index>>) -> Result<(), IndexError> {
+        let _serial = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let pending = self
+            .keyring
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .pending
+            .take()
+            .unwrap_or_default();
+        let Some(built) = built else {
+            return Ok(());
+        };
+        if pending.overflowed {
+            return Err(IndexError::InvalidRequest(format!(
+                "more than {MAX_PENDING_CHANGES} changes arrived while the new index was built; \
+                 retry when the system is quieter"
+            )));
+        }
+        for (changes, watermark) in &pending.batches {
+            built.apply(changes, watermark.as_deref())?;
+        }
+        let active = self.index();
+        let watermark = active.snapshot()?.describe()?.watermark;
+        built.apply(&[], watermark.as_deref())?;
+        self.keyring
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .others
+            .push(built);
+        Ok(())
+    }
+
+    /// Makes the index under `key_id` the active one (it must be held).
+    pub fn switch_to(&self, key_id: KeyId) -> Result<(), IndexError> {
+        let _serial = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ring = self.keyring.write().unwrap_or_else(|p| p.into_inner());
+        let Some(i) = ring
+            .others
+            .iter()
+            .position(|x| x.config().keys.key_id() == key_id)
+        else {
+            return Err(IndexError::InvalidRequest(format!(
+                "no index under key {key_id} to switch to"
+            )));
+        };
+        let next = ring.others.remove(i);
+        let previous = std::mem::replace(&mut ring.active, next);
+        ring.others.push(previous);
+        Ok(())
+    }
+
+    /// Adds an index (under another key) maintained alongside the active one.
+    pub fn hold(&self, index: Arc<Index>) {
+        let _serial = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.keyring
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .others
+            .push(index);
     }
 
     /// A dataset served from an index alone.
@@ -149,7 +320,19 @@ impl Dataset {
 pub type ColumnDigests = (Vec<String>, Vec<Option<Vec<Digest>>>);
 
 /// The [`ColumnDigests`] of some canonical keys. Blocking: reads the system.
-pub fn column_digests(ds: &Dataset, keys: &[Vec<u8>]) -> Result<ColumnDigests, Status> {
+/// `key_id` names the hashing key (that of the compare); `None`: the
+/// current one.
+pub fn column_digests(
+    ds: &Dataset,
+    keys: &[Vec<u8>],
+    key_id: Option<KeyId>,
+) -> Result<ColumnDigests, Status> {
+    let index = match key_id {
+        None => ds.index(),
+        Some(k) => ds.index_for(k).ok_or_else(|| {
+            Status::failed_precondition(format!("this agent holds no index under key {k}"))
+        })?,
+    };
     let source = ds.source.as_ref().ok_or_else(|| {
         Status::failed_precondition(
             "this agent serves the dataset without its system: no column digests",
@@ -170,7 +353,7 @@ pub fn column_digests(ds: &Dataset, keys: &[Vec<u8>]) -> Result<ColumnDigests, S
         .map(|c| c.canonical().to_owned())
         .collect();
     let rows = source.fetch(&typed).map_err(convert::source_status)?;
-    let hashing = &ds.index.config().keys;
+    let hashing = &index.config().keys;
     let digests = rows
         .into_iter()
         .zip(keys)
@@ -376,8 +559,14 @@ impl AgentService for AgentServer {
         &self,
         request: Request<pb::DescribeRequest>,
     ) -> Result<Response<pb::DescribeResponse>, Status> {
-        let dataset = request.into_inner().dataset;
-        let index = Arc::clone(&self.state.comparable(&dataset)?.index);
+        crate::auth::DatasetScope::admit(&request, &request.get_ref().dataset)?;
+        let req = request.into_inner();
+        let dataset = req.dataset;
+        let wanted = convert::optional_key_id("DescribeRequest.key_id", &req.key_id)?;
+        let ds = self.state.comparable(&dataset)?;
+        let index = wanted
+            .and_then(|k| ds.index_for(k))
+            .unwrap_or_else(|| ds.index());
         let (snapshot, description) = blocking(move || {
             let snapshot = SharedSnapshot::new(index).map_err(index_status)?;
             let description = snapshot.get().describe().map_err(index_status)?;
@@ -397,6 +586,7 @@ impl AgentService for AgentServer {
         &self,
         request: Request<pb::GetNodesRequest>,
     ) -> Result<Response<pb::GetNodesResponse>, Status> {
+        crate::auth::DatasetScope::admit(&request, &request.get_ref().dataset)?;
         let req = request.into_inner();
         if req.parents.len() > self.state.limits.max_parents_per_request {
             return Err(Status::invalid_argument(format!(
@@ -435,6 +625,7 @@ impl AgentService for AgentServer {
         &self,
         request: Request<pb::StreamLeavesRequest>,
     ) -> Result<Response<Self::StreamLeavesStream>, Status> {
+        crate::auth::DatasetScope::admit(&request, &request.get_ref().dataset)?;
         let req = request.into_inner();
         if req.ranges.len() > self.state.limits.max_ranges_per_request {
             return Err(Status::invalid_argument(format!(
@@ -489,6 +680,7 @@ impl AgentService for AgentServer {
         &self,
         request: Request<pb::ColumnDigestsRequest>,
     ) -> Result<Response<pb::ColumnDigestsResponse>, Status> {
+        crate::auth::DatasetScope::admit(&request, &request.get_ref().dataset)?;
         let req = request.into_inner();
         if req.keys.len() > MAX_COLUMN_DIGEST_KEYS {
             return Err(Status::invalid_argument(format!(
@@ -496,10 +688,11 @@ impl AgentService for AgentServer {
                 req.keys.len()
             )));
         }
+        let key_id = convert::optional_key_id("ColumnDigestsRequest.key_id", &req.key_id)?;
         let ds = Arc::clone(self.state.dataset(&req.dataset)?);
         let keys = req.keys;
         let (columns, entries) = blocking(move || {
-            let (columns, digests) = column_digests(&ds, &keys)?;
+            let (columns, digests) = column_digests(&ds, &keys, key_id)?;
             let entries = keys
                 .into_iter()
                 .zip(digests)
@@ -526,6 +719,7 @@ impl AgentService for AgentServer {
         &self,
         request: Request<pb::EndSessionRequest>,
     ) -> Result<Response<pb::EndSessionResponse>, Status> {
+        crate::auth::DatasetScope::admit(&request, &request.get_ref().dataset)?;
         let req = request.into_inner();
         let mut sessions = self.state.sessions();
         if sessions

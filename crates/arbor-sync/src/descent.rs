@@ -251,7 +251,7 @@ async fn descend<L: Peer, R: Peer>(
 ) -> Result<CompareStats, CompareError> {
     let mut stats = CompareStats::default();
     let (dl, dr) = tokio::join!(left.describe(), right.describe());
-    let (dl, dr) = (
+    let (mut dl, mut dr) = (
         dl.map_err(peer_err(Side::Left))?,
         dr.map_err(peer_err(Side::Right))?,
     );
@@ -264,6 +264,35 @@ async fn descend<L: Peer, R: Peer>(
         wire::describe_request(right.dataset()),
         wire::describe_response(&dr),
     );
+    if dl.key_id != dr.key_id {
+        // During a key rotation one side may still hold an index under the
+        // other's key: the right side is asked first, then the left.
+        if let Some(d) = right
+            .switch_key(dl.key_id)
+            .await
+            .map_err(peer_err(Side::Right))?
+        {
+            stats.round_trips += 1;
+            add_traffic(
+                &mut stats.right,
+                wire::describe_request(right.dataset()) + wire::KEY_ID_FIELD_BYTES,
+                wire::describe_response(&d),
+            );
+            dr = d;
+        } else if let Some(d) = left
+            .switch_key(dr.key_id)
+            .await
+            .map_err(peer_err(Side::Left))?
+        {
+            stats.round_trips += 1;
+            add_traffic(
+                &mut stats.left,
+                wire::describe_request(left.dataset()) + wire::KEY_ID_FIELD_BYTES,
+                wire::describe_response(&d),
+            );
+            dl = d;
+        }
+    }
     stats.left_description = Some(dl.clone());
     stats.right_description = Some(dr.clone());
     check_compatible(&dl, &dr)?;

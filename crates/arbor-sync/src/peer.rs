@@ -6,8 +6,10 @@
 //! so the nodes of level 3 and the leaves below them describe the same data.
 
 use std::future::Future;
+use std::sync::OnceLock;
 
 use arbor_index::{Description, Index, IndexError, IndexSnapshot, Leaf};
+use arbor_record::KeyId;
 use arbor_tree::{Node, Prefix};
 use thiserror::Error;
 
@@ -54,6 +56,17 @@ pub trait Peer: Sync {
         ranges: &[Prefix],
     ) -> impl Future<Output = Result<Vec<Leaf>, PeerError>> + Send;
 
+    /// Describes the dataset again under the hashing key `key_id`, if this
+    /// side holds an index under it (during a key rotation an agent holds
+    /// two); `None` if it does not. Later calls then read that index.
+    fn switch_key(
+        &self,
+        key_id: KeyId,
+    ) -> impl Future<Output = Result<Option<Description>, PeerError>> + Send {
+        let _ = key_id;
+        async { Ok(None) }
+    }
+
     /// Releases what the peer holds for this compare (a remote snapshot).
     /// Best effort: called once the compare is over, whatever its outcome.
     fn finish(&self) -> impl Future<Output = ()> + Send {
@@ -65,6 +78,10 @@ pub trait Peer: Sync {
 pub struct LocalPeer<'a> {
     dataset: String,
     snapshot: IndexSnapshot<'a>,
+    /// Indexes of the same dataset under other keys (a key rotation).
+    alternates: Vec<&'a Index>,
+    /// The snapshot of the alternate switched to, if any.
+    switched: OnceLock<IndexSnapshot<'a>>,
 }
 
 impl<'a> LocalPeer<'a> {
@@ -73,7 +90,20 @@ impl<'a> LocalPeer<'a> {
         Ok(LocalPeer {
             dataset: dataset.into(),
             snapshot: index.snapshot()?,
+            alternates: Vec::new(),
+            switched: OnceLock::new(),
         })
+    }
+
+    /// Also offers these indexes of the dataset, under other keys, to a
+    /// peer that uses one of them ([`Peer::switch_key`]).
+    pub fn with_alternates(mut self, alternates: impl IntoIterator<Item = &'a Index>) -> Self {
+        self.alternates.extend(alternates);
+        self
+    }
+
+    fn current(&self) -> &IndexSnapshot<'a> {
+        self.switched.get().unwrap_or(&self.snapshot)
     }
 }
 
@@ -83,14 +113,33 @@ impl Peer for LocalPeer<'_> {
     }
 
     async fn describe(&self) -> Result<Description, PeerError> {
-        Ok(self.snapshot.describe()?)
+        Ok(self.current().describe()?)
+    }
+
+    async fn switch_key(&self, key_id: KeyId) -> Result<Option<Description>, PeerError> {
+        let Some(index) = self
+            .alternates
+            .iter()
+            .find(|i| i.config().keys.key_id() == key_id)
+        else {
+            return Ok(None);
+        };
+        if self.switched.get().is_some() {
+            return Err(PeerError::Refused(
+                "this compare already switched keys once".into(),
+            ));
+        }
+        let snapshot = index.snapshot()?;
+        let description = snapshot.describe()?;
+        let _ = self.switched.set(snapshot);
+        Ok(Some(description))
     }
 
     async fn children(&self, parents: &[Prefix]) -> Result<Vec<(Prefix, Node)>, PeerError> {
-        Ok(self.snapshot.children(parents)?)
+        Ok(self.current().children(parents)?)
     }
 
     async fn leaves(&self, ranges: &[Prefix]) -> Result<Vec<Leaf>, PeerError> {
-        Ok(self.snapshot.leaves(ranges)?)
+        Ok(self.current().leaves(ranges)?)
     }
 }

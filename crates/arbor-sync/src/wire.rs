@@ -62,6 +62,10 @@ pub fn describe_request(dataset: &str) -> u64 {
     GRPC_MESSAGE_PREFIX + len_field(dataset.len() as u64)
 }
 
+/// `bytes key_id = 2` of a DescribeRequest that asks for a key: tag,
+/// length and 8 bytes.
+pub const KEY_ID_FIELD_BYTES: u64 = 1 + 1 + 8;
+
 /// A session id as the agents issue them (random 64-bit, so 10 varint bytes
 /// at worst); accounting assumes the worst case.
 pub const SESSION_ID_BYTES: u64 = 1 + 10;

@@ -1,0 +1,275 @@
+//! Hashing keys of a dataset on disk, and their rotation.
+//!
+//! A dataset is hashed with a key derived from its secret (`secret_*`).
+//! For a rotation the config also names the key to rotate to
+//! (`next_secret_*`). `arbor keys rotate` (AdminService.RotateKey) builds
+//! the index under the other key *beside* the current one while changes
+//! keep flowing (they are applied to the current index and queued for the
+//! new one, then replayed into it), and switches atomically: compares are
+//! never refused. The old index stays maintained while its key is
+//! configured, so a peer that has not rotated yet still compares with this
+//! agent (the compare settles on the key both sides hold, see
+//! [`arbor_sync::Peer::switch_key`]).
+//!
+//! On disk: the first index of a dataset lives at `indexes/<name>`, an
+//! index under another key at `indexes/<name>.key-<key id>`; the current
+//! key id is recorded in `keys/<name>.active` (written atomically), so a
+//! restart keeps the rotated key whichever of the two config fields holds
+//! it. An index under a key no longer configured is not opened.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use arbor_index::{Index, IndexConfig, IndexError};
+use arbor_record::{DatasetKeys, KeyId};
+use tonic::Status;
+use tracing::{info, warn};
+
+use crate::agent::{AgentError, build_from_source, index_path};
+use crate::config::{AgentConfig, DatasetConfig};
+use crate::convert::index_status;
+use crate::service::Dataset;
+
+/// The index configuration of `d` under the key derived from `secret`.
+pub fn index_config_under(d: &DatasetConfig, secret: &[u8]) -> IndexConfig {
+    IndexConfig {
+        keys: DatasetKeys::derive(secret),
+        schema_fingerprint: d.mapping.schema().fingerprint(),
+    }
+}
+
+/// Where an index of `dataset` under a key other than its first lives.
+fn keyed_path(config: &AgentConfig, dataset: &str, key_id: KeyId) -> PathBuf {
+    config
+        .data_dir
+        .join("indexes")
+        .join(format!("{dataset}.key-{key_id}"))
+}
+
+fn marker_path(config: &AgentConfig, dataset: &str) -> PathBuf {
+    config
+        .data_dir
+        .join("keys")
+        .join(format!("{dataset}.active"))
+}
+
+/// Opens the index of `d` under the key of `secret`: the first index if it
+/// holds that key, else the keyed one. With `create`, makes it if missing;
+/// without, `None` if there is none. `first_taken`: the first index is
+/// already open (under another key), so it is not tried.
+pub fn open_under(
+    config: &AgentConfig,
+    d: &DatasetConfig,
+    secret: &[u8],
+    create: bool,
+    first_taken: bool,
+) -> Result<Option<Index>, AgentError> {
+    let cfg = index_config_under(d, secret);
+    let key_id = cfg.keys.key_id();
+    let first = index_path(config, &d.name);
+    let keyed = keyed_path(config, &d.name, key_id);
+    let open = |path: &Path, cfg: IndexConfig| {
+        Index::open(path, cfg).map_err(|source| AgentError::Index {
+            dataset: d.name.clone(),
+            source,
+        })
+    };
+    if keyed.exists() {
+        return open(&keyed, cfg).map(Some);
+    }
+    if first.exists() && !first_taken {
+        match Index::open(&first, cfg.clone()) {
+            Ok(index) => return Ok(Some(index)),
+            // The first index holds another key.
+            Err(IndexError::KeyId { .. }) => {}
+            Err(source) => {
+                return Err(AgentError::Index {
+                    dataset: d.name.clone(),
+                    source,
+                });
+            }
+        }
+    }
+    if !create {
+        return Ok(None);
+    }
+    open(if first.exists() { &keyed } else { &first }, cfg).map(Some)
+}
+
+/// The key recorded as current for `dataset`, if any.
+pub fn recorded_active(config: &AgentConfig, dataset: &str) -> Option<KeyId> {
+    let text = std::fs::read_to_string(marker_path(config, dataset)).ok()?;
+    let bytes = hex::decode(text.trim()).ok()?;
+    Some(KeyId(bytes.try_into().ok()?))
+}
+
+/// Records `key_id` as current for `dataset`: written to a temporary file,
+/// synced, renamed over the marker, and the directory synced.
+fn record_active(config: &AgentConfig, dataset: &str, key_id: KeyId) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = marker_path(config, dataset);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("active.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(format!("{key_id}\n").as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// The indexes of `d` to open at start: the current one (created if
+/// missing) and, if the other configured key already has an index, that
+/// one too.
+pub fn open_dataset_indexes(
+    config: &AgentConfig,
+    d: &DatasetConfig,
+) -> Result<(Index, Option<Index>), AgentError> {
+    let first = d.secret.as_slice();
+    let Some((next, _)) = &d.next_secret else {
+        return Ok((open_required(config, d, first)?, None));
+    };
+    let recorded = recorded_active(config, &d.name);
+    let (active, other) = if recorded == Some(DatasetKeys::derive(next).key_id()) {
+        (next.as_slice(), first)
+    } else {
+        (first, next.as_slice())
+    };
+    let active = open_required(config, d, active)?;
+    let first_taken = active.path() == index_path(config, &d.name);
+    let other = open_under(config, d, other, false, first_taken)?;
+    Ok((active, other))
+}
+
+fn open_required(
+    config: &AgentConfig,
+    d: &DatasetConfig,
+    secret: &[u8],
+) -> Result<Index, AgentError> {
+    open_under(config, d, secret, true, false)?.ok_or_else(|| AgentError::Index {
+        dataset: d.name.clone(),
+        source: IndexError::InvalidRequest("the index could not be created".into()),
+    })
+}
+
+/// Rebuilds every index held beside the current one whose watermark
+/// differs from the current index's (a crash between the two applies of a
+/// batch), so all of them describe the same changes. Blocking.
+pub fn rebuild_lagging(ds: &Dataset, name: &str) -> Result<(), Status> {
+    let indexes = ds.indexes();
+    if indexes.len() < 2 {
+        return Ok(());
+    }
+    let watermark = |i: &Index| -> Result<Option<Vec<u8>>, Status> {
+        Ok(i.snapshot()
+            .and_then(|s| s.describe())
+            .map_err(index_status)?
+            .watermark)
+    };
+    let current = watermark(&indexes[0])?;
+    for other in &indexes[1..] {
+        if watermark(other)? == current {
+            continue;
+        }
+        warn!(dataset = name, key_id = %other.config().keys.key_id(), "index under the other key lags the current one; rebuilding it");
+        let source = ds.source.as_ref().ok_or_else(|| {
+            Status::failed_precondition(format!("dataset {name:?} has no system attached"))
+        })?;
+        let mut source = source.lock().unwrap_or_else(|p| p.into_inner());
+        build_from_source(other, source.as_mut()).map_err(index_status)?;
+        other.apply(&[], current.as_deref()).map_err(index_status)?;
+    }
+    Ok(())
+}
+
+/// Rotates `d` to its other configured key (see the module docs). Blocking.
+pub fn rotate(
+    config: &AgentConfig,
+    d: &DatasetConfig,
+    ds: &Arc<Dataset>,
+) -> Result<crate::proto::v1::RotateKeyResponse, Status> {
+    let started = Instant::now();
+    let Some((next, _)) = &d.next_secret else {
+        return Err(Status::failed_precondition(format!(
+            "dataset[{}] has no next_secret_env, next_secret_file or next_secret: \
+             configure the key to rotate to, then restart the agent",
+            d.name
+        )));
+    };
+    let previous = ds.index().config().keys.key_id();
+    let target = [d.secret.as_slice(), next.as_slice()]
+        .into_iter()
+        .find(|s| DatasetKeys::derive(s).key_id() != previous)
+        .ok_or_else(|| Status::internal("both configured keys are current"))?;
+    let target_id = DatasetKeys::derive(target).key_id();
+    if ds.rotating.swap(true, Ordering::AcqRel) {
+        return Err(Status::aborted(format!(
+            "dataset {:?} is already rotating its key",
+            d.name
+        )));
+    }
+    let outcome = (|| -> Result<(bool, u64), Status> {
+        if let Some(held) = ds.index_for(target_id) {
+            let count = held
+                .snapshot()
+                .and_then(|s| s.describe())
+                .map_err(index_status)?
+                .count();
+            return Ok((false, count));
+        }
+        let fresh = Arc::new(
+            open_under(config, d, target, true, true)
+                .map_err(|e| Status::internal(e.to_string()))?
+                .ok_or_else(|| Status::internal("the new index could not be created"))?,
+        );
+        let source = ds.source.as_ref().ok_or_else(|| {
+            Status::failed_precondition(format!("dataset {:?} has no system attached", d.name))
+        })?;
+        // Changes applied from now on are queued for the new index.
+        ds.start_pending();
+        let built = {
+            let mut source = source.lock().unwrap_or_else(|p| p.into_inner());
+            build_from_source(&fresh, source.as_mut())
+        };
+        match built {
+            Ok(stats) => {
+                ds.finish_pending(Some(fresh)).map_err(index_status)?;
+                Ok((true, stats.records))
+            }
+            Err(e) => {
+                let _ = ds.finish_pending(None);
+                Err(index_status(e))
+            }
+        }
+    })();
+    let switched = outcome.and_then(|(built, records)| {
+        ds.switch_to(target_id).map_err(index_status)?;
+        Ok((built, records))
+    });
+    ds.rotating.store(false, Ordering::Release);
+    let (built, records) = switched?;
+    record_active(config, &d.name, target_id).map_err(|e| {
+        Status::internal(format!(
+            "switched to key {target_id}, but could not record it under {} ({e}); \
+             a restart would go back to key {previous}",
+            config.data_dir.join("keys").display()
+        ))
+    })?;
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    info!(dataset = %d.name, previous = %previous, key_id = %target_id, built, records, elapsed_ms, "key rotated");
+    Ok(crate::proto::v1::RotateKeyResponse {
+        dataset: d.name.clone(),
+        previous_key_id: previous.to_string(),
+        key_id: target_id.to_string(),
+        built,
+        records,
+        elapsed_ms,
+        held_key_ids: ds
+            .indexes()
+            .iter()
+            .map(|i| i.config().keys.key_id().to_string())
+            .collect(),
+    })
+}
