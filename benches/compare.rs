@@ -41,11 +41,20 @@ fn drifted(n: u64) -> (TempDir, Index, Index) {
 }
 
 fn run(rt: &tokio::runtime::Runtime, left: &Index, right: &Index) -> CompareStats {
+    run_with(rt, left, right, &CompareOptions::default())
+}
+
+fn run_with(
+    rt: &tokio::runtime::Runtime,
+    left: &Index,
+    right: &Index,
+    options: &CompareOptions,
+) -> CompareStats {
     let (l, r) = (
         LocalPeer::new(left, "orders").expect("peer"),
         LocalPeer::new(right, "orders").expect("peer"),
     );
-    rt.block_on(compare(&l, &r, &CompareOptions::default(), |d| {
+    rt.block_on(compare(&l, &r, options, |d| {
         std::hint::black_box(d);
     }))
     .expect("compare")
@@ -81,6 +90,18 @@ fn bench_compare(c: &mut Criterion) {
         "bench data must drift exactly"
     );
     report("compare_1M_0.1pct", &stats);
+    // Bytes and round trips against the leaf threshold (where descent
+    // stops and leaves are exchanged), to check the default.
+    for t in [1, 2, 4, 8, 12, 16, 24] {
+        let options = CompareOptions {
+            leaf_threshold: t,
+            ..CompareOptions::default()
+        };
+        report(
+            &format!("compare_1M_0.1pct_leaf_threshold_{t}"),
+            &run_with(&rt, &left, &right, &options),
+        );
+    }
     let mut group = c.benchmark_group("compare");
     group.sample_size(20);
     group.bench_function("1M_vs_1M_0.1pct_drift", |b| {

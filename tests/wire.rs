@@ -102,15 +102,11 @@ fn node_sizes_match_prost() {
         (Prefix::new(4, 0x50).unwrap(), node(2, 300)),
         (Prefix::new(4, 0xfff0).unwrap(), node(3, u64::MAX)),
     ];
-    // Below the root, sums cross as 16-byte fingerprints.
+    // Below the root, sums cross as 8-byte fingerprints.
     let resp = pb::GetNodesResponse {
         nodes: children
             .iter()
-            .map(|&(p, n)| {
-                let mut e = entry(p, n);
-                e.sum.truncate(16);
-                e
-            })
+            .map(|&(p, n)| arbor::convert::child_entry(p, n))
             .collect(),
     };
     assert_eq!(

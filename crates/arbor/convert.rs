@@ -45,17 +45,17 @@ pub fn prefix(field: &'static str, level: u32, value: u64) -> Result<Prefix, Mal
     Prefix::new(level, value).map_err(|e| malformed(field, e.to_string()))
 }
 
-/// A node sum: 32 bytes, a 16-byte fingerprint (the sum mod 2^128), or
+/// A node sum: 32 bytes, an 8-byte fingerprint (the sum mod 2^64), or
 /// empty for zero (proto3 omits empty bytes).
 fn sum(field: &'static str, bytes: &[u8]) -> Result<Sum256, Malformed> {
     match bytes.len() {
         0 => Ok(Sum256::ZERO),
-        16 | 32 => {
+        8 | 32 => {
             let mut b = [0u8; 32];
             b[..bytes.len()].copy_from_slice(bytes);
             Ok(Sum256::from_le_bytes(&b))
         }
-        n => Err(malformed(field, format!("{n} bytes, expected 16 or 32"))),
+        n => Err(malformed(field, format!("{n} bytes, expected 8 or 32"))),
     }
 }
 
@@ -72,7 +72,7 @@ pub fn node_entry(p: Prefix, n: Node) -> pb::NodeEntry {
     }
 }
 
-/// The wire form of a child node in GetNodes: its 16-byte fingerprint.
+/// The wire form of a child node in GetNodes: its 8-byte fingerprint.
 pub fn child_entry(p: Prefix, n: Node) -> pb::NodeEntry {
     let fp = n.sum.fingerprint();
     pb::NodeEntry {
@@ -303,6 +303,17 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.field, "NodeEntry.sum");
+        // Fingerprints are 8 bytes; 16 (an older agent's) is refused.
+        let e = node_from_entry(
+            2,
+            &pb::NodeEntry {
+                prefix: 1,
+                sum: vec![1; 16],
+                count: 1,
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("expected 8 or 32"), "{e}");
         let e = leaf(pb::LeafEntry {
             position: 1,
             key: vec![1],

@@ -41,7 +41,7 @@ pub fn node_entry_len(prefix: Prefix, node: Node) -> u64 {
     entry_len(prefix, node.count, node.sum != Sum256::ZERO, 32)
 }
 
-/// A `NodeEntry` of GetNodes, whose sum is the 16-byte fingerprint.
+/// A `NodeEntry` of GetNodes, whose sum is the 8-byte fingerprint.
 pub fn child_entry_len(prefix: Prefix, node: Node) -> u64 {
     entry_len(
         prefix,

@@ -33,7 +33,7 @@ use std::ops::RangeInclusive;
 use thiserror::Error;
 
 /// Bytes of a node's sum sent below the root: its [fingerprint](Sum256::fingerprint).
-pub const FINGERPRINT_BYTES: usize = 16;
+pub const FINGERPRINT_BYTES: usize = 8;
 /// Bits of position consumed per level.
 pub const FANOUT_BITS: u32 = 4;
 /// Children per node.
@@ -233,16 +233,19 @@ impl Sum256 {
         Sum256(out)
     }
 
-    /// The sum mod 2^128: what crosses the wire for nodes below the root.
-    /// Still an additive sum, and for keyed digests two different record
-    /// sets share it with probability about 2^-128.
-    pub fn fingerprint(self) -> u128 {
-        (u128::from(self.0[1]) << 64) | u128::from(self.0[0])
+    /// The sum mod 2^64: what crosses the wire for nodes below the root.
+    /// Still an additive sum, and since digests are keyed (an outsider
+    /// cannot aim at a collision), two different record sets under one node
+    /// share it with probability about 2^-64: below 10^-13 for a compare
+    /// that looks at a million nodes. Counts are compared too, and the root
+    /// always goes with its full 256-bit sum.
+    pub fn fingerprint(self) -> u64 {
+        self.0[0]
     }
 
     /// The sum with everything above its fingerprint cleared.
     pub fn truncated(self) -> Sum256 {
-        Sum256([self.0[0], self.0[1], 0, 0])
+        Sum256([self.0[0], 0, 0, 0])
     }
 
     /// `-self mod 2^256`.
@@ -288,7 +291,7 @@ impl Node {
 
     /// What two peers compare below the root: the sum's fingerprint and
     /// the count.
-    pub fn fingerprint(self) -> (u128, u64) {
+    pub fn fingerprint(self) -> (u64, u64) {
         (self.sum.fingerprint(), self.count)
     }
 
