@@ -284,10 +284,17 @@ fn malformed_requests_are_refused_and_the_agent_keeps_serving() {
                 Code::InvalidArgument,
                 "has no children",
             ),
+            // Parents are gap-encoded: a zero gap repeats a parent, and a
+            // gap past 64 bits wraps.
             (
-                nodes(1, vec![3, 2], session),
+                nodes(1, vec![3, 0], session),
                 Code::InvalidArgument,
-                "not ascending",
+                "must ascend",
+            ),
+            (
+                nodes(1, vec![3, u64::MAX], session),
+                Code::InvalidArgument,
+                "must ascend",
             ),
             (
                 nodes(1, (0..9).collect(), session),
@@ -361,7 +368,7 @@ fn malformed_requests_are_refused_and_the_agent_keeps_serving() {
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(ok.nodes.len(), 16);
+        assert_eq!(ok.counts.len(), 16);
         let mut stream = c
             .stream_leaves(leaves(vec![(0, 0)]))
             .await

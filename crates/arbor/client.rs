@@ -200,7 +200,7 @@ impl Peer for GrpcPeer {
         let req = pb::GetNodesRequest {
             dataset: self.dataset.clone(),
             level: u32::from(level),
-            parents: parents.iter().map(|p| p.value()).collect(),
+            parents: convert::gaps(parents.iter().map(|p| p.value())),
             session: self.session(),
         };
         let resp = self
@@ -209,10 +209,7 @@ impl Peer for GrpcPeer {
                 async move { c.get_nodes(req).await.map(tonic::Response::into_inner) }
             })
             .await?;
-        resp.nodes
-            .iter()
-            .map(|e| convert::node_from_entry(level + 1, e))
-            .collect::<Result<Vec<_>, _>>()
+        convert::children_from_response(level + 1, &resp)
             .map_err(|e| PeerError::Malformed(format!("{}: {e}", self.address)))
     }
 

@@ -8,7 +8,7 @@
 
 use arbor_index::{Description, IndexError, Leaf};
 use arbor_record::{Digest, KeyId};
-use arbor_tree::{MAX_LEVEL, MAX_STORED_DEPTH, Node, Prefix, Sum256};
+use arbor_tree::{FINGERPRINT_BYTES, MAX_LEVEL, MAX_STORED_DEPTH, Node, Prefix, Sum256};
 use tonic::{Code, Status};
 
 use crate::proto::v1 as pb;
@@ -45,17 +45,17 @@ pub fn prefix(field: &'static str, level: u32, value: u64) -> Result<Prefix, Mal
     Prefix::new(level, value).map_err(|e| malformed(field, e.to_string()))
 }
 
-/// A node sum: 32 bytes, an 8-byte fingerprint (the sum mod 2^64), or
-/// empty for zero (proto3 omits empty bytes).
+/// A node sum (the root's): 32 bytes, or empty for zero (proto3 omits
+/// empty bytes).
 fn sum(field: &'static str, bytes: &[u8]) -> Result<Sum256, Malformed> {
     match bytes.len() {
         0 => Ok(Sum256::ZERO),
-        8 | 32 => {
+        32 => {
             let mut b = [0u8; 32];
             b[..bytes.len()].copy_from_slice(bytes);
             Ok(Sum256::from_le_bytes(&b))
         }
-        n => Err(malformed(field, format!("{n} bytes, expected 8 or 32"))),
+        n => Err(malformed(field, format!("{n} bytes, expected 32"))),
     }
 }
 
@@ -72,18 +72,89 @@ pub fn node_entry(p: Prefix, n: Node) -> pb::NodeEntry {
     }
 }
 
-/// The wire form of a child node in GetNodes: its 8-byte fingerprint.
-pub fn child_entry(p: Prefix, n: Node) -> pb::NodeEntry {
-    let fp = n.sum.fingerprint();
-    pb::NodeEntry {
-        prefix: p.value(),
-        sum: if fp == 0 {
-            Vec::new()
-        } else {
-            fp.to_le_bytes().to_vec()
-        },
-        count: n.count,
+/// Gap encoding of sorted prefixes (GetNodes parents and children): the
+/// first as is, each next one as its distance from the one before. Children
+/// of neighbouring parents sit close, so most gaps fit one varint byte where
+/// a whole level-5 prefix takes three.
+pub fn gaps(prefixes: impl IntoIterator<Item = u64>) -> Vec<u64> {
+    let mut previous = 0u64;
+    prefixes
+        .into_iter()
+        .map(|p| {
+            let gap = p.wrapping_sub(previous);
+            previous = p;
+            gap
+        })
+        .collect()
+}
+
+/// Prefix values from their [`gaps`]: strictly ascending, or an error
+/// naming `field` (a zero gap after the first, or past 64 bits).
+pub fn ungap(field: &'static str, gaps: &[u64]) -> Result<Vec<u64>, Malformed> {
+    let mut at = 0u64;
+    gaps.iter()
+        .enumerate()
+        .map(|(i, &g)| {
+            at = if i == 0 {
+                g
+            } else {
+                at.checked_add(g).filter(|_| g > 0).ok_or_else(|| {
+                    malformed(field, format!("gap {g} at {i}: prefixes must ascend"))
+                })?
+            };
+            Ok(at)
+        })
+        .collect()
+}
+
+/// GetNodes children on the wire: columns of gap-encoded prefixes, counts
+/// and 8-byte fingerprints.
+pub fn children_response(children: &[(Prefix, Node)]) -> pb::GetNodesResponse {
+    pb::GetNodesResponse {
+        prefix_gaps: gaps(children.iter().map(|(p, _)| p.value())),
+        counts: children.iter().map(|(_, n)| n.count).collect(),
+        fingerprints: children
+            .iter()
+            .flat_map(|(_, n)| n.sum.fingerprint().to_le_bytes())
+            .collect(),
     }
+}
+
+/// GetNodes children from the wire, at `level`.
+pub fn children_from_response(
+    level: u8,
+    r: &pb::GetNodesResponse,
+) -> Result<Vec<(Prefix, Node)>, Malformed> {
+    let n = r.prefix_gaps.len();
+    if r.counts.len() != n || r.fingerprints.len() != n * FINGERPRINT_BYTES {
+        return Err(malformed(
+            "GetNodesResponse",
+            format!(
+                "{n} prefixes, {} counts and {} fingerprint bytes (expected {})",
+                r.counts.len(),
+                r.fingerprints.len(),
+                n * FINGERPRINT_BYTES
+            ),
+        ));
+    }
+    let prefixes = ungap("GetNodesResponse.prefix_gaps", &r.prefix_gaps)?;
+    prefixes
+        .into_iter()
+        .zip(&r.counts)
+        .zip(r.fingerprints.chunks_exact(FINGERPRINT_BYTES))
+        .map(|((p, &count), fp)| {
+            let p = prefix("GetNodesResponse.prefix_gaps", u32::from(level), p)?;
+            let mut sum = [0u8; 32];
+            sum[..FINGERPRINT_BYTES].copy_from_slice(fp);
+            Ok((
+                p,
+                Node {
+                    sum: Sum256::from_le_bytes(&sum),
+                    count,
+                },
+            ))
+        })
+        .collect()
 }
 
 /// A node of a known level from the wire.
@@ -303,7 +374,39 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.field, "NodeEntry.sum");
-        // Fingerprints are 8 bytes; 16 (an older agent's) is refused.
+        // Children in columns: lengths must agree, prefixes ascend and fit.
+        let good = children_response(&[
+            (Prefix::new(2, 3).unwrap(), Node::of_digest(&[7; 32])),
+            (Prefix::new(2, 0x41).unwrap(), Node::of_digest(&[9; 32])),
+        ]);
+        let back = children_from_response(2, &good).unwrap();
+        assert_eq!(back[1].0, Prefix::new(2, 0x41).unwrap());
+        assert_eq!(
+            back[1].1.fingerprint(),
+            Node::of_digest(&[9; 32]).fingerprint()
+        );
+        for bad in [
+            pb::GetNodesResponse {
+                counts: vec![1],
+                ..good.clone()
+            },
+            pb::GetNodesResponse {
+                fingerprints: vec![0; 15],
+                ..good.clone()
+            },
+            pb::GetNodesResponse {
+                prefix_gaps: vec![3, 0],
+                ..good.clone()
+            },
+            pb::GetNodesResponse {
+                prefix_gaps: vec![3, 0x100],
+                ..good.clone()
+            },
+        ] {
+            let e = children_from_response(2, &bad).unwrap_err();
+            assert!(e.field.starts_with("GetNodesResponse"), "{e}");
+        }
+        // A root sum is 32 bytes; 16 (an older agent's fingerprint) is refused.
         let e = node_from_entry(
             2,
             &pb::NodeEntry {
@@ -313,7 +416,7 @@ mod tests {
             },
         )
         .unwrap_err();
-        assert!(e.to_string().contains("expected 8 or 32"), "{e}");
+        assert!(e.to_string().contains("expected 32"), "{e}");
         let e = leaf(pb::LeafEntry {
             position: 1,
             key: vec![1],

@@ -601,21 +601,15 @@ impl AgentService for AgentServer {
                 req.level
             )));
         }
-        let parents = req
-            .parents
-            .iter()
-            .map(|&p| convert::prefix("GetNodesRequest.parents", req.level, p))
+        let parents = convert::ungap("GetNodesRequest.parents", &req.parents)?
+            .into_iter()
+            .map(|p| convert::prefix("GetNodesRequest.parents", req.level, p))
             .collect::<Result<Vec<_>, _>>()?;
         ascending("GetNodesRequest.parents", &parents)?;
         let snapshot = self.state.session(&req.dataset, req.session)?;
         let children =
             blocking(move || snapshot.get().children(&parents).map_err(index_status)).await?;
-        Ok(Response::new(pb::GetNodesResponse {
-            nodes: children
-                .into_iter()
-                .map(|(p, n)| convert::child_entry(p, n))
-                .collect(),
-        }))
+        Ok(Response::new(convert::children_response(&children)))
     }
 
     type StreamLeavesStream = Pin<Box<dyn Stream<Item = Result<pb::LeafBatch, Status>> + Send>>;

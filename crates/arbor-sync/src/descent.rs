@@ -34,12 +34,12 @@ use crate::peer::{Peer, PeerError};
 use crate::wire;
 
 /// Default [`CompareOptions::leaf_threshold`]: a level of descent costs up
-/// to 16 node entries of ~18 bytes per differing parent (8-byte
-/// fingerprints), a leaf ~50 bytes. Measured with `cargo bench --bench
-/// compare` (1M records, 0.1 % drift; it sweeps the threshold): 8 sends the
-/// fewest bytes (500 per divergent record, against 550 at 12 and 731 at 16)
-/// without adding a round trip; lower thresholds save a little more but
-/// descend further, one round trip per level.
+/// to 16 children of ~10 bytes per differing parent (gap-encoded prefix,
+/// count, 8-byte fingerprint, in columns), a leaf ~50 bytes. Measured with
+/// `cargo bench --bench compare` (1M records, 0.1 % drift; it sweeps the
+/// threshold): 8 sends the fewest bytes (325 per divergent record, against
+/// 384 at 12) without adding a round trip; lower thresholds save a little
+/// more but descend further, one round trip per level.
 pub const DEFAULT_LEAF_THRESHOLD: u64 = 8;
 /// Default [`CompareOptions::max_leaf_batch`].
 pub const DEFAULT_MAX_LEAF_BATCH: u64 = 65_536;

@@ -38,23 +38,11 @@ fn scalar_field(v: u64) -> u64 {
 /// `NodeEntry { uint64 prefix = 1; bytes sum = 2; uint64 count = 3; }`
 /// with the full 32-byte sum (the root in Describe).
 pub fn node_entry_len(prefix: Prefix, node: Node) -> u64 {
-    entry_len(prefix, node.count, node.sum != Sum256::ZERO, 32)
+    entry_len(prefix.value(), node.count, node.sum != Sum256::ZERO, 32)
 }
 
-/// A `NodeEntry` of GetNodes, whose sum is the 8-byte fingerprint.
-pub fn child_entry_len(prefix: Prefix, node: Node) -> u64 {
-    entry_len(
-        prefix,
-        node.count,
-        node.sum.fingerprint() != 0,
-        FINGERPRINT_BYTES as u64,
-    )
-}
-
-fn entry_len(prefix: Prefix, count: u64, has_sum: bool, sum_bytes: u64) -> u64 {
-    scalar_field(prefix.value())
-        + if has_sum { len_field(sum_bytes) } else { 0 }
-        + scalar_field(count)
+fn entry_len(prefix: u64, count: u64, has_sum: bool, sum_bytes: u64) -> u64 {
+    scalar_field(prefix) + if has_sum { len_field(sum_bytes) } else { 0 } + scalar_field(count)
 }
 
 /// `DescribeRequest { string dataset = 1; }`
@@ -85,10 +73,11 @@ pub fn describe_response(d: &arbor_index::Description) -> u64 {
 }
 
 /// `GetNodesRequest { string dataset = 1; uint32 level = 2; repeated uint64
-/// parents = 3 [packed]; uint64 session = 4; }`
+/// parents = 3 [packed]; uint64 session = 4; }`, parents gap-encoded (the
+/// first as is, then each one's distance from the one before).
 pub fn nodes_request(dataset: &str, parents: &[Prefix]) -> u64 {
     let level = parents.first().map_or(0, |p| u64::from(p.level()));
-    let packed: u64 = parents.iter().map(|p| varint(p.value())).sum();
+    let packed: u64 = gaps(parents).map(varint).sum();
     GRPC_MESSAGE_PREFIX
         + len_field(dataset.len() as u64)
         + scalar_field(level)
@@ -96,13 +85,24 @@ pub fn nodes_request(dataset: &str, parents: &[Prefix]) -> u64 {
         + SESSION_ID_BYTES
 }
 
-/// `GetNodesResponse { repeated NodeEntry nodes = 1; }`
+/// `GetNodesResponse { repeated uint64 prefix_gaps = 2 [packed]; repeated
+/// uint64 counts = 3 [packed]; bytes fingerprints = 4; }`, prefixes
+/// gap-encoded like the request's parents.
 pub fn nodes_response(nodes: &[(Prefix, Node)]) -> u64 {
+    let prefixes: Vec<Prefix> = nodes.iter().map(|&(p, _)| p).collect();
     GRPC_MESSAGE_PREFIX
-        + nodes
-            .iter()
-            .map(|&(p, n)| message_field(child_entry_len(p, n)))
-            .sum::<u64>()
+        + len_field(gaps(&prefixes).map(varint).sum())
+        + len_field(nodes.iter().map(|(_, n)| varint(n.count)).sum())
+        + len_field(nodes.len() as u64 * FINGERPRINT_BYTES as u64)
+}
+
+/// Distances between consecutive prefix values, the first from 0.
+fn gaps(prefixes: &[Prefix]) -> impl Iterator<Item = u64> + '_ {
+    prefixes.iter().scan(0u64, |previous, p| {
+        let gap = p.value().wrapping_sub(*previous);
+        *previous = p.value();
+        Some(gap)
+    })
 }
 
 /// `StreamLeavesRequest { string dataset = 1; repeated Range ranges = 2; uint64 session = 3; }`,
