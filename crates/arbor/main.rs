@@ -346,6 +346,10 @@ struct CompareArgs {
     /// Print the cost of the compare too.
     #[arg(long)]
     stats: bool,
+    /// Do not name the differing columns of changed keys (saves reading
+    /// those rows from both systems; reports list keys and kinds only).
+    #[arg(long)]
+    skip_column_names: bool,
     /// Seconds to wait for agents that are still indexing.
     #[arg(long, default_value_t = 120)]
     wait: u64,
@@ -1186,6 +1190,7 @@ async fn compare(args: CompareArgs) -> Result<u8> {
         dataset: args.dataset.clone(),
         peer: args.peer.clone(),
         peer_dataset: args.peer_dataset.clone().unwrap_or_default(),
+        skip_column_names: args.skip_column_names,
         ..Default::default()
     };
     let summary: RunSummary = loop {

@@ -642,8 +642,9 @@ impl AgentService for AgentServer {
                 tx.blocking_send(Ok(pb::LeafBatch { leaves: batch }))
                     .is_ok()
             };
-            for range in ranges {
-                let scanned = snapshot.get().scan_range(range, |position, key, digest| {
+            let scanned = snapshot
+                .get()
+                .scan_ranges(&ranges, |_, position, key, digest| {
                     batch.push(convert::leaf_entry(&arbor_index::Leaf {
                         position,
                         key: key.to_vec(),
@@ -657,10 +658,9 @@ impl AgentService for AgentServer {
                     }
                     Ok(())
                 });
-                if let Err(e) = scanned {
-                    let _ = tx.blocking_send(Err(index_status(e)));
-                    return;
-                }
+            if let Err(e) = scanned {
+                let _ = tx.blocking_send(Err(index_status(e)));
+                return;
             }
             if !batch.is_empty() {
                 send(batch);

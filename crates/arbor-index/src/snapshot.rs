@@ -12,6 +12,10 @@ use crate::cf::{self, meta};
 use crate::error::IndexError;
 use crate::store::Index;
 
+/// Ranges at this level or deeper (at most 1/65,536 of the positions) are
+/// narrow: scans of them go through the block cache.
+const NARROW_LEVEL: u8 = 4;
+
 /// What a dataset's index says about itself: enough for a peer to check that
 /// a compare is meaningful and to know whether anything differs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,88 +124,91 @@ impl<'a> IndexSnapshot<'a> {
         self.stored_node(Prefix::ROOT)
     }
 
-    fn iter(
-        &self,
-        name: &'static str,
-        lower: &[u8],
-        upper: Option<Vec<u8>>,
-    ) -> DBRawIteratorWithThreadMode<'a, DB> {
+    /// A raw iterator over a column family at this snapshot (seek before use).
+    fn cursor(&self, name: &'static str, fill_cache: bool) -> DBRawIteratorWithThreadMode<'a, DB> {
         let mut ro = ReadOptions::default();
         ro.set_snapshot(&self.snap);
-        if let Some(u) = upper {
-            ro.set_iterate_upper_bound(u);
-        }
-        // Range scans read each block once: keep them out of the block cache
-        // so a compare does not evict the hot set of incremental updates.
-        ro.fill_cache(false);
-        let mut it = self.index.db.raw_iterator_cf_opt(self.index.cf(name), ro);
-        it.seek(lower);
-        it
+        ro.fill_cache(fill_cache);
+        self.index.db.raw_iterator_cf_opt(self.index.cf(name), ro)
     }
 
     /// The non-empty children of each parent, in parent order then child
     /// order. Parents above the stored depth read stored nodes; deeper ones
-    /// are summed from a range scan of their records.
+    /// are summed from a range scan of their records. One iterator serves
+    /// all parents (they come sorted), which matters when a level has
+    /// thousands of differing parents.
     pub fn children(&self, parents: &[Prefix]) -> Result<Vec<(Prefix, Node)>, IndexError> {
+        if let Some(p) = parents.iter().find(|p| p.level() >= MAX_LEVEL) {
+            return Err(IndexError::InvalidRequest(format!(
+                "{p} is at the deepest level and has no children"
+            )));
+        }
         let mut out = Vec::new();
-        for &parent in parents {
-            if parent.level() >= MAX_LEVEL {
-                return Err(IndexError::InvalidRequest(format!(
-                    "{parent} is at the deepest level and has no children"
-                )));
-            }
-            if parent.level() < self.depth {
-                self.stored_children(parent, &mut out)?;
-            } else {
-                self.computed_children(parent, &mut out)?;
-            }
+        let (stored, computed): (Vec<Prefix>, Vec<Prefix>) =
+            parents.iter().partition(|p| p.level() < self.depth);
+        if !stored.is_empty() {
+            self.stored_children(&stored, &mut out)?;
+        }
+        if !computed.is_empty() {
+            self.computed_children(&computed, &mut out)?;
+        }
+        if !stored.is_empty() && !computed.is_empty() {
+            out.sort_by_key(|(p, _)| (p.level(), p.value()));
         }
         Ok(out)
     }
 
     fn stored_children(
         &self,
-        parent: Prefix,
+        parents: &[Prefix],
         out: &mut Vec<(Prefix, Node)>,
     ) -> Result<(), IndexError> {
-        let first = parent.child(0).expect("checked above the deepest level");
-        let last = parent
-            .child(FANOUT as u8 - 1)
-            .expect("checked above the deepest level");
-        let mut upper = cf::node_key(last).to_vec();
-        upper.push(0);
-        let mut it = self.iter(cf::NODES, &cf::node_key(first), Some(upper));
-        while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            let prefix = cf::split_node_key(k)?;
-            let node = cf::node_value(k, v)?;
-            if !node.is_empty() {
-                out.push((prefix, node));
+        let mut it = self.cursor(cf::NODES, true);
+        for parent in parents {
+            let first = parent.child(0).expect("checked above the deepest level");
+            let last = parent
+                .child(FANOUT as u8 - 1)
+                .expect("checked above the deepest level");
+            let last_key = cf::node_key(last);
+            it.seek(cf::node_key(first));
+            while let (Some(k), Some(v)) = (it.key(), it.value()) {
+                if k > last_key.as_slice() {
+                    break;
+                }
+                let prefix = cf::split_node_key(k)?;
+                let node = cf::node_value(k, v)?;
+                if !node.is_empty() {
+                    out.push((prefix, node));
+                }
+                it.next();
             }
-            it.next();
+            it.status().map_err(IndexError::storage("read nodes"))?;
         }
-        it.status().map_err(IndexError::storage("read nodes"))
+        Ok(())
     }
 
     fn computed_children(
         &self,
-        parent: Prefix,
+        parents: &[Prefix],
         out: &mut Vec<(Prefix, Node)>,
     ) -> Result<(), IndexError> {
-        let mut sums = [Node::EMPTY; FANOUT];
-        let level = parent.level() + 1;
-        self.scan_range(parent, |position, _, digest| {
+        let mut sums = vec![[Node::EMPTY; FANOUT]; parents.len()];
+        self.scan_ranges(parents, |i, position, _, digest| {
+            let level = parents[i].level() + 1;
             let child = Prefix::of(position, level).value() as usize % FANOUT;
-            sums[child] += Node::of_digest(&digest.0);
+            sums[i][child] += Node::of_digest(&digest.0);
             Ok(())
         })?;
-        for (i, n) in sums.into_iter().enumerate() {
-            if !n.is_empty() {
-                out.push((
-                    parent
-                        .child(i as u8)
-                        .expect("checked above the deepest level"),
-                    n,
-                ));
+        for (parent, children) in parents.iter().zip(sums) {
+            for (i, n) in children.into_iter().enumerate() {
+                if !n.is_empty() {
+                    out.push((
+                        parent
+                            .child(i as u8)
+                            .expect("checked above the deepest level"),
+                        n,
+                    ));
+                }
             }
         }
         Ok(())
@@ -213,30 +220,51 @@ impl<'a> IndexSnapshot<'a> {
         range: Prefix,
         mut visit: impl FnMut(u64, &[u8], Digest) -> Result<(), IndexError>,
     ) -> Result<(), IndexError> {
-        let span = range.range();
-        let upper = span.end().checked_add(1).map(|e| e.to_be_bytes().to_vec());
-        let mut it = self.iter(cf::RECORDS, &span.start().to_be_bytes(), upper);
-        while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            let (position, key) = cf::split_record_key(k)?;
-            visit(position, key, cf::record_digest(k, v)?)?;
-            it.next();
+        self.scan_ranges(&[range], |_, position, key, digest| {
+            visit(position, key, digest)
+        })
+    }
+
+    /// Visits every record under each range (sorted and disjoint), in
+    /// (position, key) order, with one iterator; `visit` gets the range's
+    /// index. Narrow ranges (a descent's deep nodes and leaves, which the
+    /// next level and the leaf exchange read again) go through the block
+    /// cache; wide scans read each block once and stay out of it, so they
+    /// do not evict the hot set of incremental updates.
+    pub fn scan_ranges(
+        &self,
+        ranges: &[Prefix],
+        mut visit: impl FnMut(usize, u64, &[u8], Digest) -> Result<(), IndexError>,
+    ) -> Result<(), IndexError> {
+        let narrow = ranges.iter().all(|r| r.level() >= NARROW_LEVEL);
+        let mut it = self.cursor(cf::RECORDS, narrow);
+        for (i, range) in ranges.iter().enumerate() {
+            let span = range.range();
+            it.seek(span.start().to_be_bytes());
+            while let (Some(k), Some(v)) = (it.key(), it.value()) {
+                let (position, key) = cf::split_record_key(k)?;
+                if position > *span.end() {
+                    break;
+                }
+                visit(i, position, key, cf::record_digest(k, v)?)?;
+                it.next();
+            }
+            it.status().map_err(IndexError::storage("scan records"))?;
         }
-        it.status().map_err(IndexError::storage("scan records"))
+        Ok(())
     }
 
     /// The leaves under each range, ranges in the order given.
     pub fn leaves(&self, ranges: &[Prefix]) -> Result<Vec<Leaf>, IndexError> {
         let mut out = Vec::new();
-        for &r in ranges {
-            self.scan_range(r, |position, key, digest| {
-                out.push(Leaf {
-                    position,
-                    key: key.to_vec(),
-                    digest,
-                });
-                Ok(())
-            })?;
-        }
+        self.scan_ranges(ranges, |_, position, key, digest| {
+            out.push(Leaf {
+                position,
+                key: key.to_vec(),
+                digest,
+            });
+            Ok(())
+        })?;
         Ok(out)
     }
 
