@@ -66,8 +66,11 @@ fn block_cache() -> Cache {
 /// RocksDB memtable size per column family.
 const WRITE_BUFFER_BYTES: usize = 64 << 20;
 /// Records per sorted run a full build writes as one SST file and ingests
-/// (about 80 bytes each in memory while the run fills).
-const BUILD_RUN_RECORDS: usize = 1 << 20;
+/// (about 80 bytes each in memory while the run fills). Small enough that
+/// runs are merged and ingested while the source is still being read: with
+/// 1 M-record runs a 1 M-row build did all of that after the last row
+/// (0.72 s of 2.16 s); with 256 K, 0.41 s of 1.97 s.
+const BUILD_RUN_RECORDS: usize = 1 << 18;
 /// The build's sorted-run files, inside the index directory.
 const BUILD_RUN_DIR: &str = "build-runs";
 
@@ -151,6 +154,8 @@ pub struct Index {
     /// Set while a rescan runs: applies then mark their keys as seen, so a
     /// change that lands mid-rescan is never taken for a vanished record.
     rescanning: AtomicBool,
+    /// Records per sorted run of a full build ([`BUILD_RUN_RECORDS`]).
+    build_run_records: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Index {
@@ -225,6 +230,7 @@ impl Index {
             config,
             writer: Mutex::new(()),
             rescanning: AtomicBool::new(false),
+            build_run_records: std::sync::atomic::AtomicUsize::new(BUILD_RUN_RECORDS),
         };
         index.check_or_init_meta()?;
         Ok(index)
@@ -460,7 +466,7 @@ impl Index {
                 for chunk in rx {
                     in_run += chunk.len();
                     run.push(chunk);
-                    if in_run >= BUILD_RUN_RECORDS {
+                    if in_run >= self.build_run_records.load(Ordering::Relaxed) {
                         self.ingest_run(&mut run, &dir, &mut runs)?;
                         in_run = 0;
                     }
@@ -526,6 +532,14 @@ impl Index {
             "full build committed"
         );
         Ok(stats)
+    }
+
+    /// Sets the records per sorted run of full builds (tests use small runs
+    /// to cover merges across many runs without millions of records).
+    #[doc(hidden)]
+    pub fn set_build_run_records(&self, records: usize) {
+        self.build_run_records
+            .store(records.max(1), Ordering::Relaxed);
     }
 
     /// Merges sorted chunks into one SST file of the records CF and ingests

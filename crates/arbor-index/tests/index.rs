@@ -138,6 +138,34 @@ proptest! {
 }
 
 #[test]
+fn a_build_over_many_sorted_runs_equals_one_over_a_single_run() {
+    // Three chunks of the source, each its own sorted run: runs overlap
+    // in position, and keys repeated across runs keep their last record.
+    let n = 2 * arbor_index::BUILD_CHUNK_RECORDS as i64 + 5_000;
+    let rows = || {
+        (0..n)
+            .map(|k| (k, k * 3))
+            .chain([(5, -1), (n - 1, -2), (5, -3)])
+    };
+    let dir = TempDir::new().unwrap();
+    let many = Index::open(dir.path().join("many"), config(b"test")).unwrap();
+    many.set_build_run_records(1);
+    let stats = many
+        .build(rows().map(|(k, v)| Ok::<_, IndexError>(record(k, v))), None)
+        .unwrap();
+    assert_eq!(stats.records, n as u64);
+    let mut last: BTreeMap<i64, i64> = BTreeMap::new();
+    for (k, v) in rows() {
+        last.insert(k, v);
+    }
+    assert_eq!((last[&5], last[&(n - 1)]), (-3, -2));
+    let one = build(&dir, "one", last.clone());
+    let (a, b) = (many.snapshot().unwrap(), one.snapshot().unwrap());
+    assert_eq!(logical_tree(&a, 4), logical_tree(&b, 4));
+    assert!(many.verify().unwrap().is_ok());
+}
+
+#[test]
 fn apply_counts_what_it_did_and_repeated_keys_in_a_batch_see_each_other() {
     let dir = TempDir::new().unwrap();
     let index = build(&dir, "i", [(1, 1), (2, 2)]);
