@@ -2600,6 +2600,71 @@ fn each_role_calls_exactly_its_rpcs() {
 }
 
 #[test]
+fn the_sync_cli_presents_its_bearer_token_to_both_agents() {
+    let dir = demo(500, 5);
+    // Both agents admit one token, as peer (the compare) and repairer (the
+    // values a plan reads); nothing else.
+    let principal = format!(
+        "[[agent.auth.principal]]\nname = \"sync-job\"\ntoken_blake3 = \"{}\"\nroles = [\"peer\", \"repairer\"]\n",
+        arbor::auth::token_hash("tok-sync")
+    );
+    for (file, data) in [("crm.toml", "crm-data"), ("erp.toml", "erp-data")] {
+        let path = dir.path().join(file);
+        let text = std::fs::read_to_string(&path).unwrap().replacen(
+            &format!("data_dir = \"{data}\"\n"),
+            &format!("data_dir = \"{data}\"\n\n{principal}"),
+            1,
+        );
+        std::fs::write(&path, text).unwrap();
+    }
+    let crm = AgentProcess::start(dir.path(), "crm.toml");
+    let erp = AgentProcess::start(dir.path(), "erp.toml");
+    let plan = |token: Option<&str>| -> Output {
+        let mut c = Command::new(ARBOR);
+        c.args(
+            [
+                &["sync", "plan"][..],
+                &sync_endpoints(&crm, &erp, &[]),
+                &["--json"],
+            ]
+            .concat(),
+        )
+        .current_dir(dir.path());
+        if let Some(t) = token {
+            c.env("ARBOR_TOKEN", t);
+        }
+        c.output().unwrap()
+    };
+    // Without the token, or with another one: refused, saying why.
+    for token in [None, Some("not-the-token")] {
+        let out = plan(token);
+        assert_eq!(out.status.code(), Some(2), "{token:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("credentials") || err.contains("unknown token"),
+            "{token:?}: {err}"
+        );
+    }
+    // With it, the plan goes through both agents (wait out indexing).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let summary = loop {
+        let out = plan(Some("tok-sync"));
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if let Some(first) = text.lines().next() {
+            assert_eq!(out.status.code(), Some(1), "{text}");
+            break serde_json::from_str::<Json>(first).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(summary["drift"], 15, "{summary}");
+}
+
+#[test]
 fn secret_columns_and_sensitive_keys_stay_out_of_reports_logs_and_audit() {
     let dir = demo(1_000, 20);
     let redact = |file: &str, columns: &[&str]| {

@@ -301,7 +301,9 @@ pub fn new_run_id() -> String {
     )
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error and its sources, "outer: inner: …" (what a report or a CLI
+/// message shows).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
     while let Some(s) = cur {
@@ -471,8 +473,8 @@ impl AuditServer {
             .connect()
             .await
             .map_err(|e| format!("{peer}: {e}"))?;
-        let mut client =
-            AgentServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let mut client = AgentServiceClient::new(crate::client::authed(channel))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let mut out = HashMap::new();
         for chunk in keys.chunks(MAX_COLUMN_DIGEST_KEYS) {
             let local_ds = Arc::clone(ds);

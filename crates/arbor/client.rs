@@ -88,9 +88,45 @@ impl Default for RetryPolicy {
     }
 }
 
+/// A function adding the process's bearer token to a call.
+pub type BearerFn = fn(tonic::Request<()>) -> Result<tonic::Request<()>, Status>;
+/// A channel whose calls carry the process's bearer token, if it has one.
+pub type Authed = tonic::service::interceptor::InterceptedService<Channel, BearerFn>;
+
+/// The bearer token every outgoing call of this process carries: the
+/// CLI's `ARBOR_TOKEN` (an agent started with it presents it to its peers
+/// too, for sync runs and column names), as an `authorization` value.
+static BEARER: std::sync::OnceLock<Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>> =
+    std::sync::OnceLock::new();
+
+/// Sets the process's bearer token (once; later calls are ignored). An
+/// error if it cannot be a header value.
+pub fn set_bearer_token(token: &str) -> Result<(), String> {
+    let value = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| "the token has characters a header cannot carry".to_string())?;
+    let _ = BEARER.set(Some(value));
+    Ok(())
+}
+
+/// Adds `authorization: Bearer <token>` when the process has a token.
+fn bearer(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+    if let Some(Some(value)) = BEARER.get() {
+        request
+            .metadata_mut()
+            .insert("authorization", value.clone());
+    }
+    Ok(request)
+}
+
+/// `channel` with the process's bearer token on every call.
+pub fn authed(channel: Channel) -> Authed {
+    tonic::service::interceptor::InterceptedService::new(channel, bearer as BearerFn)
+}
+
 /// A dataset on a remote agent.
 pub struct GrpcPeer {
-    client: AgentServiceClient<Channel>,
+    client: AgentServiceClient<Authed>,
     address: String,
     dataset: String,
     session: AtomicU64,
@@ -133,7 +169,7 @@ impl GrpcPeer {
         let endpoint = endpoint(address)
             .map_err(PeerError::Refused)?
             .timeout(retry.call_timeout);
-        let client = AgentServiceClient::new(endpoint.connect_lazy())
+        let client = AgentServiceClient::new(authed(endpoint.connect_lazy()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         Ok(GrpcPeer {
@@ -147,7 +183,7 @@ impl GrpcPeer {
 
     async fn call<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T, PeerError>
     where
-        F: Fn(AgentServiceClient<Channel>) -> Fut,
+        F: Fn(AgentServiceClient<Authed>) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         let mut backoff = self.retry.first_backoff;

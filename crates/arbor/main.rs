@@ -467,6 +467,14 @@ fn main() -> ExitCode {
         eprintln!("arbor: error: {e:#}");
         return ExitCode::from(2);
     }
+    // Every outgoing call (to agents, and an agent's to its peers) carries
+    // ARBOR_TOKEN when it is set.
+    if let Some(token) = std::env::var("ARBOR_TOKEN").ok().filter(|t| !t.is_empty())
+        && let Err(e) = arbor::client::set_bearer_token(&token)
+    {
+        eprintln!("arbor: error: ARBOR_TOKEN: {e}");
+        return ExitCode::from(2);
+    }
     let is_agent = matches!(cli.command, Command::Agent { .. });
     init_logging(if is_agent { "info" } else { "warn" });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -1037,35 +1045,13 @@ async fn admin_client(
     agent: &str,
 ) -> Result<arbor::proto::v1::admin_service_client::AdminServiceClient<Authed>> {
     Ok(
-        arbor::proto::v1::admin_service_client::AdminServiceClient::with_interceptor(
+        arbor::proto::v1::admin_service_client::AdminServiceClient::new(arbor::client::authed(
             connect(agent).await?,
-            bearer as BearerFn,
-        ),
+        )),
     )
 }
 
-type BearerFn = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
-/// A channel whose calls carry the CLI's bearer token, if it has one.
-type Authed = tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerFn>;
-
-/// The CLI's bearer token (`ARBOR_TOKEN`), as a header value.
-static TOKEN: std::sync::OnceLock<Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>> =
-    std::sync::OnceLock::new();
-
-/// Adds `authorization: Bearer $ARBOR_TOKEN` to a call when the token is set.
-fn bearer(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-    let token = TOKEN.get_or_init(|| {
-        std::env::var("ARBOR_TOKEN")
-            .ok()
-            .and_then(|t| format!("Bearer {t}").parse().ok())
-    });
-    if let Some(value) = token {
-        request
-            .metadata_mut()
-            .insert("authorization", value.clone());
-    }
-    Ok(request)
-}
+use arbor::client::Authed;
 
 /// A channel to an agent (TLS for `https://`, from `ARBOR_TLS_*`).
 async fn connect(agent: &str) -> Result<tonic::transport::Channel> {
@@ -1140,7 +1126,7 @@ async fn sync_jobs(agent: &str, json: bool) -> Result<u8> {
 }
 
 async fn audit_client(agent: &str) -> Result<AuditServiceClient<Authed>> {
-    let client = AuditServiceClient::with_interceptor(connect(agent).await?, bearer as BearerFn);
+    let client = AuditServiceClient::new(arbor::client::authed(connect(agent).await?));
     Ok(client.max_decoding_message_size(arbor::client::MAX_MESSAGE_BYTES))
 }
 

@@ -42,7 +42,6 @@ use std::time::{Duration, Instant};
 use arbor_record::{Digest, Value};
 use arbor_sync::{CompareOptions, DriftKind, compare_collect};
 use serde::{Deserialize, Serialize};
-use tonic::transport::Channel;
 use tracing::warn;
 
 use crate::client::{GrpcPeer, MAX_MESSAGE_BYTES, RetryPolicy, is_transient};
@@ -343,14 +342,16 @@ pub enum SyncError {
     Invalid(String),
 }
 
-fn repair_client(address: &str) -> Result<RepairServiceClient<Channel>, SyncError> {
+fn repair_client(address: &str) -> Result<RepairServiceClient<crate::client::Authed>, SyncError> {
     let endpoint = crate::client::endpoint(address).map_err(|message| SyncError::Agent {
         agent: address.to_owned(),
         message,
     })?;
-    Ok(RepairServiceClient::new(endpoint.connect_lazy())
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    Ok(
+        RepairServiceClient::new(crate::client::authed(endpoint.connect_lazy()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    )
 }
 
 fn agent_err(agent: &str, s: &tonic::Status) -> SyncError {
@@ -362,12 +363,12 @@ fn agent_err(agent: &str, s: &tonic::Status) -> SyncError {
 
 async fn drift_of(opts: &SyncOptions) -> Result<Vec<arbor_sync::Drift>, SyncError> {
     let left = GrpcPeer::new(&opts.source, &opts.dataset, RetryPolicy::default())
-        .map_err(|e| SyncError::Compare(e.to_string()))?;
+        .map_err(|e| SyncError::Compare(crate::agent::error_chain(&e)))?;
     let right = GrpcPeer::new(&opts.target, &opts.target_dataset, RetryPolicy::default())
-        .map_err(|e| SyncError::Compare(e.to_string()))?;
+        .map_err(|e| SyncError::Compare(crate::agent::error_chain(&e)))?;
     let (mut drift, _) = compare_collect(&left, &right, &CompareOptions::default())
         .await
-        .map_err(|e| SyncError::Compare(e.to_string()))?;
+        .map_err(|e| SyncError::Compare(crate::agent::error_chain(&e)))?;
     if let Some(only) = &opts.only_keys {
         drift.retain(|d| only.contains(&d.key));
     }
