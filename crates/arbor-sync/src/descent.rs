@@ -25,7 +25,7 @@ use std::cmp::Ordering;
 use std::fmt;
 
 use arbor_index::{Description, Leaf};
-use arbor_record::Digest;
+use arbor_record::{Digest, KeyId};
 use arbor_tree::{MAX_LEVEL, Node, NodeDiff, Prefix, diff_nodes};
 use thiserror::Error;
 use tracing::{debug, info, instrument};
@@ -271,29 +271,11 @@ async fn descend<L: Peer, R: Peer>(
     if dl.key_id != dr.key_id {
         // During a key rotation one side may still hold an index under the
         // other's key: the right side is asked first, then the left.
-        if let Some(d) = right
-            .switch_key(dl.key_id)
-            .await
-            .map_err(peer_err(Side::Right))?
-        {
-            stats.round_trips += 1;
-            add_traffic(
-                &mut stats.right,
-                wire::describe_request(right.dataset()) + wire::KEY_ID_FIELD_BYTES,
-                wire::describe_response(&d),
-            );
+        let rt = &mut stats.round_trips;
+        if let Some(d) = switch_key(right, dl.key_id, Side::Right, rt, &mut stats.right).await? {
             dr = d;
-        } else if let Some(d) = left
-            .switch_key(dr.key_id)
-            .await
-            .map_err(peer_err(Side::Left))?
+        } else if let Some(d) = switch_key(left, dr.key_id, Side::Left, rt, &mut stats.left).await?
         {
-            stats.round_trips += 1;
-            add_traffic(
-                &mut stats.left,
-                wire::describe_request(left.dataset()) + wire::KEY_ID_FIELD_BYTES,
-                wire::describe_response(&d),
-            );
             dl = d;
         }
     }
@@ -456,6 +438,27 @@ async fn fetch_leaves<P: Peer>(peer: &P, ranges: &[Prefix]) -> Result<Vec<Leaf>,
     } else {
         peer.leaves(ranges).await
     }
+}
+
+/// Asks `peer` to describe its dataset under `key` ([`Peer::switch_key`]);
+/// when it can, counts the round trip and its bytes.
+async fn switch_key<P: Peer>(
+    peer: &P,
+    key: KeyId,
+    side: Side,
+    round_trips: &mut u64,
+    traffic: &mut Traffic,
+) -> Result<Option<Description>, CompareError> {
+    let switched = peer.switch_key(key).await.map_err(peer_err(side))?;
+    if let Some(d) = &switched {
+        *round_trips += 1;
+        add_traffic(
+            traffic,
+            wire::describe_request(peer.dataset()) + wire::KEY_ID_FIELD_BYTES,
+            wire::describe_response(d),
+        );
+    }
+    Ok(switched)
 }
 
 fn traffic(request: u64, response: u64) -> Traffic {
