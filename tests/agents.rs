@@ -439,6 +439,26 @@ fn compares_keep_working_across_a_key_rotation() {
     );
     assert_eq!(check(&crm.address, &erp.address), (k1.clone(), k2.clone()));
 
+    // Repairs check each row against the digest the compare saw, under the
+    // compare's key: with both agents on the rotated key (which is not the
+    // `secret` of their configs), a sync still writes, with no conflicts.
+    let r = rotate(&crm.address);
+    assert_eq!(r["key_id"], k2.as_str());
+    let (code, report, _) = sync_json(
+        dir.path(),
+        &[
+            &["run"][..],
+            &sync_endpoints(&crm, &erp, &["--extra", "delete", "--execute"]),
+        ]
+        .concat(),
+    );
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["key_id"], k2.as_str(), "{report}");
+    assert_eq!(report["conflicts"], 0, "{report}");
+    assert_eq!(report["applied"], report["drift"], "{report}");
+    assert_eq!(report["drift_after"], 0, "{report}");
+    assert!(expected(dir.path()).is_empty(), "the systems now agree");
+
     // Without a configured next key, a rotation is refused, naming why.
     let plain = demo(100, 1);
     let agent = AgentProcess::start(plain.path(), "crm.toml");

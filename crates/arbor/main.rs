@@ -761,12 +761,20 @@ async fn sync(command: SyncCommand) -> Result<u8> {
             let actions = file
                 .actions()
                 .map_err(|e| anyhow::anyhow!("plan {}: {e}", path.display()))?;
+            if !file.key_id.is_empty() && hex::decode(&file.key_id).map(|k| k.len()) != Ok(8) {
+                anyhow::bail!(
+                    "plan {}: key_id {:?} is not 16 hex digits",
+                    path.display(),
+                    file.key_id
+                );
+            }
             opts.source = file.source.clone();
             opts.target = file.target.clone();
             opts.dataset = file.dataset.clone();
             opts.target_dataset = file.target_dataset.clone();
             let report = arbor::sync::SyncReport {
                 run_id: file.run_id.clone(),
+                key_id: file.key_id.clone(),
                 planned_upserts: actions.iter().filter(|a| a.action == "upsert").count() as u64,
                 planned_deletes: actions.iter().filter(|a| a.action == "delete").count() as u64,
                 ..Default::default()
@@ -778,7 +786,7 @@ async fn sync(command: SyncCommand) -> Result<u8> {
             .context("sync plan failed")?,
     };
     if let Some(out) = &args.out {
-        let file = arbor::sync::PlanFile::new(&opts, &report.run_id, &actions);
+        let file = arbor::sync::PlanFile::new(&opts, &report, &actions);
         std::fs::write(out, serde_json::to_vec_pretty(&file)?)
             .with_context(|| format!("write the plan {}", out.display()))?;
     }

@@ -307,6 +307,22 @@ impl RepairService for RepairServer {
                 req.dataset
             )));
         }
+        // Current rows are hashed with the key of the compare that planned
+        // the writes, which this agent must hold.
+        let keys = match crate::convert::optional_key_id("ApplyChangesRequest.key_id", &req.key_id)? {
+            None => ds.index().config().keys.clone(),
+            Some(k) => ds
+                .index_for(k)
+                .ok_or_else(|| {
+                    Status::failed_precondition(format!(
+                        "dataset {:?} holds no index under key {k}: the plan's digests cannot be checked",
+                        req.dataset
+                    ))
+                })?
+                .config()
+                .keys
+                .clone(),
+        };
         let (runs, sinks) = (Arc::clone(&self.runs), Arc::clone(&self.sinks));
         // One run may write to several datasets of this agent (two-way).
         let journal_key = format!("{}/{}", req.run_id, req.dataset);
@@ -339,6 +355,7 @@ impl RepairService for RepairServer {
             let Some(sink) = sinks.get_mut(&d.name) else {
                 unreachable!("inserted above")
             };
+            sink.set_keys(keys);
             if req.dry_run {
                 let results = req
                     .writes

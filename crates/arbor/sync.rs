@@ -158,6 +158,10 @@ pub struct PlanFile {
     pub dataset: String,
     /// Dataset on the target.
     pub target_dataset: String,
+    /// Hashing key id (hex) of the compare whose digests the writes expect;
+    /// empty in plans written before key rotation existed.
+    #[serde(default)]
+    pub key_id: String,
     /// The writes.
     pub writes: Vec<PlanEntry>,
 }
@@ -190,10 +194,11 @@ pub struct PlanEntry {
 
 impl PlanFile {
     /// The plan's writes, for saving.
-    pub fn new(opts: &SyncOptions, run_id: &str, actions: &[Action]) -> PlanFile {
+    pub fn new(opts: &SyncOptions, report: &SyncReport, actions: &[Action]) -> PlanFile {
         PlanFile {
             version: 1,
-            run_id: run_id.to_owned(),
+            run_id: report.run_id.clone(),
+            key_id: report.key_id.clone(),
             source: opts.source.clone(),
             target: opts.target.clone(),
             dataset: opts.dataset.clone(),
@@ -279,6 +284,10 @@ impl PlanFile {
 pub struct SyncReport {
     /// The run id (journal key on the written agents).
     pub run_id: String,
+    /// Hashing key id (hex) the compare settled on: the writes' expected
+    /// digests are keyed with it (they may not be the agents' first key
+    /// during a key rotation).
+    pub key_id: String,
     /// Whether writes were executed (false: a plan only).
     pub executed: bool,
     /// Drifting keys found.
@@ -361,18 +370,24 @@ fn agent_err(agent: &str, s: &tonic::Status) -> SyncError {
     }
 }
 
-async fn drift_of(opts: &SyncOptions) -> Result<Vec<arbor_sync::Drift>, SyncError> {
+/// The drift between the two sides, and the hashing key the compare
+/// settled on (its digests are keyed with it).
+async fn drift_of(opts: &SyncOptions) -> Result<(Vec<arbor_sync::Drift>, String), SyncError> {
     let left = GrpcPeer::new(&opts.source, &opts.dataset, RetryPolicy::default())
         .map_err(|e| SyncError::Compare(crate::agent::error_chain(&e)))?;
     let right = GrpcPeer::new(&opts.target, &opts.target_dataset, RetryPolicy::default())
         .map_err(|e| SyncError::Compare(crate::agent::error_chain(&e)))?;
-    let (mut drift, _) = compare_collect(&left, &right, &CompareOptions::default())
+    let (mut drift, stats) = compare_collect(&left, &right, &CompareOptions::default())
         .await
         .map_err(|e| SyncError::Compare(crate::agent::error_chain(&e)))?;
     if let Some(only) = &opts.only_keys {
         drift.retain(|d| only.contains(&d.key));
     }
-    Ok(drift)
+    let key_id = stats
+        .right_description
+        .map(|d| d.key_id.to_string())
+        .unwrap_or_default();
+    Ok((drift, key_id))
 }
 
 /// Values fetched from one side: by canonical key (`None`: absent), and
@@ -440,9 +455,10 @@ pub async fn plan(
     dry_run: bool,
 ) -> Result<(Vec<Action>, SyncReport), SyncError> {
     let started = Instant::now();
-    let drift = drift_of(opts).await?;
+    let (drift, key_id) = drift_of(opts).await?;
     let mut report = SyncReport {
         run_id: crate::agent::new_run_id(),
+        key_id,
         drift: drift.len() as u64,
         compare_ms: started.elapsed().as_millis() as u64,
         ..SyncReport::default()
@@ -655,6 +671,7 @@ pub async fn plan(
                         batch: 0,
                         writes: chunk.iter().map(|&i| actions[i].wire()).collect(),
                         dry_run: true,
+                        key_id: key_id_bytes(&report.key_id),
                     })
                     .await
                     .map_err(|s| agent_err(agent, &s))?
@@ -667,6 +684,11 @@ pub async fn plan(
     }
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok((actions, report))
+}
+
+/// A hex key id as request bytes (empty stays empty: the agent's current key).
+fn key_id_bytes(hex_id: &str) -> Vec<u8> {
+    hex::decode(hex_id).unwrap_or_default()
 }
 
 /// Executes a plan (each side's writes in batches), then compares again.
@@ -695,6 +717,7 @@ pub async fn execute(
                 batch: n as u64,
                 writes: chunk.iter().map(|a| a.wire()).collect(),
                 dry_run: false,
+                key_id: key_id_bytes(&report.key_id),
             };
             let deadline = Instant::now() + opts.retry_for;
             let mut backoff = Duration::from_millis(100);
@@ -736,7 +759,7 @@ pub async fn execute(
     }
     report.write_ms = started.elapsed().as_millis() as u64;
     let verifying = Instant::now();
-    report.drift_after = Some(drift_of(opts).await?.len() as u64);
+    report.drift_after = Some(drift_of(opts).await?.0.len() as u64);
     report.verify_ms = verifying.elapsed().as_millis() as u64;
     report.elapsed_ms += started.elapsed().as_millis() as u64;
     Ok(report)

@@ -642,6 +642,10 @@ impl MysqlSink {
 }
 
 impl crate::sink::Sink for MysqlSink {
+    fn set_keys(&mut self, keys: arbor_record::DatasetKeys) {
+        self.keys = keys;
+    }
+
     fn apply(
         &mut self,
         writes: &[crate::sink::Write],

@@ -606,6 +606,10 @@ impl PostgresSink {
 }
 
 impl crate::sink::Sink for PostgresSink {
+    fn set_keys(&mut self, keys: arbor_record::DatasetKeys) {
+        self.keys = keys;
+    }
+
     fn apply(
         &mut self,
         writes: &[crate::sink::Write],

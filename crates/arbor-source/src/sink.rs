@@ -67,6 +67,11 @@ pub trait Sink: Send {
     /// batch was written.
     fn apply(&mut self, writes: &[Write]) -> Result<Vec<Outcome>, SourceError>;
 
+    /// Sets the hashing keys the rows' current digests are computed with
+    /// (those of the compare that planned the writes: during a key
+    /// rotation, not always the dataset's first key).
+    fn set_keys(&mut self, keys: DatasetKeys);
+
     /// The SQL statement a write would run (for dry runs).
     fn render(&self, write: &Write) -> Result<String, SourceError>;
 }

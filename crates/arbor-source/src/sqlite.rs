@@ -426,6 +426,10 @@ impl SqliteSink {
 }
 
 impl crate::sink::Sink for SqliteSink {
+    fn set_keys(&mut self, keys: arbor_record::DatasetKeys) {
+        self.keys = keys;
+    }
+
     fn apply(
         &mut self,
         writes: &[crate::sink::Write],
