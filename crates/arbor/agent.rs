@@ -227,14 +227,14 @@ pub fn rescan_marked(
         let stats = with_records(source.as_mut(), |records| {
             index.rescan(records, Some(watermark.as_bytes()))
         })
-        .map_err(rescan_error)?;
+        .map_err(read_status)?;
         first.get_or_insert(stats);
     }
     first.ok_or_else(|| Status::internal("a dataset without an index"))
 }
 
 /// The status of a failed build or rescan: the system's error if it failed.
-fn rescan_error(e: IndexError) -> Status {
+fn read_status(e: IndexError) -> Status {
     match e {
         IndexError::Source(inner) => match inner.downcast::<SourceError>() {
             Ok(s) => source_status(*s),
@@ -271,7 +271,7 @@ pub fn reindex(ds: &Dataset, name: &str, claimed: bool) -> Result<BuildStats, St
         result
     };
     ds.indexing.store(false, Ordering::Release);
-    let stats = result.map_err(rescan_error)?;
+    let stats = result.map_err(read_status)?;
     info!(
         dataset = name,
         records = stats.records,

@@ -72,20 +72,9 @@ pub fn node_entry(p: Prefix, n: Node) -> pb::NodeEntry {
     }
 }
 
-/// Gap encoding of sorted prefixes (GetNodes parents and children): the
-/// first as is, each next one as its distance from the one before. Children
-/// of neighbouring parents sit close, so most gaps fit one varint byte where
-/// a whole level-5 prefix takes three.
+/// The [gap encoding](arbor_sync::wire::gaps) of sorted prefix values.
 pub fn gaps(prefixes: impl IntoIterator<Item = u64>) -> Vec<u64> {
-    let mut previous = 0u64;
-    prefixes
-        .into_iter()
-        .map(|p| {
-            let gap = p.wrapping_sub(previous);
-            previous = p;
-            gap
-        })
-        .collect()
+    arbor_sync::wire::gaps(prefixes).collect()
 }
 
 /// Prefix values from their [`gaps`]: strictly ascending, or an error

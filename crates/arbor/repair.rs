@@ -30,7 +30,6 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 
-use crate::agent::index_config;
 use crate::config::{DatasetConfig, SourceConfig};
 use crate::convert::{self, index_status, source_status};
 use crate::proto::v1 as pb;
@@ -46,26 +45,22 @@ const FETCH_BATCH: usize = 1_000;
 
 /// Opens the sink of a dataset's system (read-write).
 pub fn open_sink(d: &DatasetConfig) -> Result<Box<dyn Sink>, SourceError> {
-    let keys = index_config(d).keys;
     match &d.source {
         SourceConfig::Sqlite { path, relation } => Ok(Box::new(SqliteSink::open(
             path,
             relation.clone(),
             d.mapping.clone(),
-            keys,
         )?)),
         SourceConfig::Postgres(db) => Ok(Box::new(PostgresSink::new(
             db.url.clone(),
             db.relation.clone(),
             d.mapping.clone(),
-            keys,
             db.options.statement_timeout,
         )?)),
         SourceConfig::Mysql(db) => Ok(Box::new(arbor_source::mysql::MysqlSink::new(
             db.url.clone(),
             db.relation.clone(),
             d.mapping.clone(),
-            keys,
             db.options.statement_timeout,
         )?)),
         SourceConfig::Files { .. } => Err(SourceError::Schema {
@@ -355,7 +350,6 @@ impl RepairService for RepairServer {
             let Some(sink) = sinks.get_mut(&d.name) else {
                 unreachable!("inserted above")
             };
-            sink.set_keys(keys);
             if req.dry_run {
                 let results = req
                     .writes
@@ -374,7 +368,7 @@ impl RepairService for RepairServer {
                     replayed: false,
                 });
             }
-            let outcomes = sink.apply(&writes).map_err(source_status)?;
+            let outcomes = sink.apply(&writes, &keys).map_err(source_status)?;
             drop(sinks);
             // The index follows what the system now stores: written rows,
             // and conflicting rows too (a conflict means the index was

@@ -180,6 +180,12 @@ impl Dataset {
         for other in &indexes[1..] {
             other.apply(changes, watermark)?;
         }
+        // Pending is only set and taken under `apply_lock`, held here: a
+        // read first keeps the usual apply (no rotation) off the write lock
+        // that describes would wait on.
+        if self.ring().pending.is_none() {
+            return Ok(stats);
+        }
         let mut ring = self.keyring.write().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = ring.pending.as_mut().filter(|p| !p.overflowed) {
             p.changes += changes.len();

@@ -46,6 +46,9 @@ COLUMNS = [
     ("note", "text"),
 ]
 
+# How long drift #2 may take to reach the index through change capture.
+CAPTURE_WAIT_S = 600
+
 LOAD_SQL = """
 CREATE TABLE orders (
   id bigint PRIMARY KEY, customer_id bigint NOT NULL, status text NOT NULL,
@@ -368,7 +371,7 @@ def bench(args, n):
         round2 = drift_sets(n, args.drift, 2)
         apply_drift(urls["r"], *round2)
         exp2 = expected_set([round1, round2])
-        deadline = time.monotonic() + 600
+        deadline = time.monotonic() + CAPTURE_WAIT_S
         while True:
             _, summary, drift, rc, err = arbor_compare(args.arbor, left, right)
             if summary and arbor_drift(drift) == exp2:

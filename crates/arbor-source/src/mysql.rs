@@ -510,7 +510,6 @@ pub struct MysqlSink {
     context: ChunkContext,
     statements: Option<crate::sink::Statements>,
     table: String,
-    keys: arbor_record::DatasetKeys,
     statement_timeout: std::time::Duration,
     conn: Option<Conn>,
 }
@@ -521,7 +520,6 @@ impl MysqlSink {
         url: impl Into<String>,
         relation: Relation,
         mapping: Mapping,
-        keys: arbor_record::DatasetKeys,
         statement_timeout: std::time::Duration,
     ) -> Result<MysqlSink, SourceError> {
         let url = url.into();
@@ -534,7 +532,6 @@ impl MysqlSink {
             url,
             statements: None,
             table,
-            keys,
             statement_timeout,
             conn: None,
         })
@@ -589,6 +586,7 @@ impl MysqlSink {
     fn run_batch(
         &mut self,
         writes: &[crate::sink::Write],
+        keys: &arbor_record::DatasetKeys,
     ) -> Result<Vec<crate::sink::Outcome>, SourceError> {
         self.ready()?;
         let (url, dataset) = (self.url.clone(), self.context.dataset.clone());
@@ -601,8 +599,8 @@ impl MysqlSink {
         let (Some(conn), Some(statements)) = (self.conn.as_mut(), self.statements.as_ref()) else {
             unreachable!("ready above")
         };
-        let keys: Vec<&[Value]> = writes.iter().map(|w| w.key.as_slice()).collect();
-        let select = statements.select_current(&keys).map_err(value_err)?;
+        let wanted: Vec<&[Value]> = writes.iter().map(|w| w.key.as_slice()).collect();
+        let select = statements.select_current(&wanted).map_err(value_err)?;
         let mut tx = match conn.start_transaction(mysql::TxOpts::default()) {
             Ok(tx) => tx,
             Err(e) => return Err(write_err(e)),
@@ -620,7 +618,7 @@ impl MysqlSink {
             .iter()
             .map(|w| found.remove(&arbor_record::tuple_bytes(&w.key)))
             .collect();
-        let decided = crate::sink::decide(&self.keys, writes, &current);
+        let decided = crate::sink::decide(keys, writes, &current);
         let mut script = Vec::new();
         for ((w, (_, run)), cur) in writes.iter().zip(&decided).zip(&current) {
             if *run {
@@ -642,19 +640,16 @@ impl MysqlSink {
 }
 
 impl crate::sink::Sink for MysqlSink {
-    fn set_keys(&mut self, keys: arbor_record::DatasetKeys) {
-        self.keys = keys;
-    }
-
     fn apply(
         &mut self,
         writes: &[crate::sink::Write],
+        keys: &arbor_record::DatasetKeys,
     ) -> Result<Vec<crate::sink::Outcome>, SourceError> {
         crate::sink::check_batch(&self.context.mapping, writes, &self.context.dataset)?;
         if writes.is_empty() {
             return Ok(Vec::new());
         }
-        let result = self.run_batch(writes);
+        let result = self.run_batch(writes, keys);
         if matches!(result, Err(SourceError::Open { .. })) {
             self.conn = None;
         }

@@ -557,7 +557,6 @@ pub struct PostgresSink {
     url: String,
     context: ChunkContext,
     statements: crate::sink::Statements,
-    keys: arbor_record::DatasetKeys,
     statement_timeout: std::time::Duration,
     client: Option<Client>,
 }
@@ -568,7 +567,6 @@ impl PostgresSink {
         url: impl Into<String>,
         relation: Relation,
         mapping: Mapping,
-        keys: arbor_record::DatasetKeys,
         statement_timeout: std::time::Duration,
     ) -> Result<PostgresSink, SourceError> {
         let url = url.into();
@@ -584,7 +582,6 @@ impl PostgresSink {
                 mapping,
             ),
             url,
-            keys,
             statement_timeout,
             client: None,
         })
@@ -606,13 +603,10 @@ impl PostgresSink {
 }
 
 impl crate::sink::Sink for PostgresSink {
-    fn set_keys(&mut self, keys: arbor_record::DatasetKeys) {
-        self.keys = keys;
-    }
-
     fn apply(
         &mut self,
         writes: &[crate::sink::Write],
+        keys: &arbor_record::DatasetKeys,
     ) -> Result<Vec<crate::sink::Outcome>, SourceError> {
         crate::sink::check_batch(&self.context.mapping, writes, &self.context.dataset)?;
         if writes.is_empty() {
@@ -623,8 +617,8 @@ impl crate::sink::Sink for PostgresSink {
             column: "(write)".into(),
             problem: p,
         };
-        let keys: Vec<&[Value]> = writes.iter().map(|w| w.key.as_slice()).collect();
-        let select = self.statements.select_current(&keys).map_err(value_err)?;
+        let wanted: Vec<&[Value]> = writes.iter().map(|w| w.key.as_slice()).collect();
+        let select = self.statements.select_current(&wanted).map_err(value_err)?;
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.client = Some(open_session(&self.url, self.statement_timeout, false)?);
         }
@@ -653,7 +647,7 @@ impl crate::sink::Sink for PostgresSink {
                     .iter()
                     .map(|w| found.remove(&arbor_record::tuple_bytes(&w.key)))
                     .collect();
-                let decided = crate::sink::decide(&self.keys, writes, &current);
+                let decided = crate::sink::decide(keys, writes, &current);
                 let mut script = String::new();
                 for ((w, (_, run)), cur) in writes.iter().zip(&decided).zip(&current) {
                     if *run {

@@ -63,14 +63,11 @@ pub enum Outcome {
 /// A system that repairs can write to.
 pub trait Sink: Send {
     /// Applies `writes` in one transaction, each only if its row is as
-    /// planned; an outcome per write, in order. On error nothing of the
-    /// batch was written.
-    fn apply(&mut self, writes: &[Write]) -> Result<Vec<Outcome>, SourceError>;
-
-    /// Sets the hashing keys the rows' current digests are computed with
-    /// (those of the compare that planned the writes: during a key
-    /// rotation, not always the dataset's first key).
-    fn set_keys(&mut self, keys: DatasetKeys);
+    /// planned: its current digest, under `keys` (those of the compare that
+    /// planned the writes, which during a key rotation are not always the
+    /// dataset's first key), equals the expected one. An outcome per write,
+    /// in order. On error nothing of the batch was written.
+    fn apply(&mut self, writes: &[Write], keys: &DatasetKeys) -> Result<Vec<Outcome>, SourceError>;
 
     /// The SQL statement a write would run (for dry runs).
     fn render(&self, write: &Write) -> Result<String, SourceError>;

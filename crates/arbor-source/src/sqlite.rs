@@ -382,7 +382,6 @@ pub struct SqliteSink {
     conn: Connection,
     reader: SqliteSource,
     statements: crate::sink::Statements,
-    keys: arbor_record::DatasetKeys,
     dataset: String,
 }
 
@@ -393,7 +392,6 @@ impl SqliteSink {
         path: impl AsRef<Path>,
         relation: Relation,
         mapping: Mapping,
-        keys: arbor_record::DatasetKeys,
     ) -> Result<SqliteSink, SourceError> {
         let path = path.as_ref().to_path_buf();
         let table = crate::sink::target_table(relation.clone(), &path.display().to_string())?;
@@ -420,19 +418,15 @@ impl SqliteSink {
             conn,
             reader,
             statements,
-            keys,
         })
     }
 }
 
 impl crate::sink::Sink for SqliteSink {
-    fn set_keys(&mut self, keys: arbor_record::DatasetKeys) {
-        self.keys = keys;
-    }
-
     fn apply(
         &mut self,
         writes: &[crate::sink::Write],
+        keys: &arbor_record::DatasetKeys,
     ) -> Result<Vec<crate::sink::Outcome>, SourceError> {
         crate::sink::check_batch(crate::Source::mapping(&self.reader), writes, &self.dataset)?;
         let dataset = self.dataset.clone();
@@ -444,10 +438,10 @@ impl crate::sink::Sink for SqliteSink {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(write_err)?;
-        let keys: Vec<Vec<Value>> = writes.iter().map(|w| w.key.clone()).collect();
+        let wanted: Vec<Vec<Value>> = writes.iter().map(|w| w.key.clone()).collect();
         // Committed state, read while this transaction holds the write lock.
-        let current = crate::Source::fetch(&mut self.reader, &keys)?;
-        let decided = crate::sink::decide(&self.keys, writes, &current);
+        let current = crate::Source::fetch(&mut self.reader, &wanted)?;
+        let decided = crate::sink::decide(keys, writes, &current);
         for ((w, (_, run)), cur) in writes.iter().zip(&decided).zip(&current) {
             if *run {
                 let sql = self.statements.statement(w, cur.is_some()).map_err(|p| {

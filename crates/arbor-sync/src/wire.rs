@@ -77,7 +77,7 @@ pub fn describe_response(d: &arbor_index::Description) -> u64 {
 /// first as is, then each one's distance from the one before).
 pub fn nodes_request(dataset: &str, parents: &[Prefix]) -> u64 {
     let level = parents.first().map_or(0, |p| u64::from(p.level()));
-    let packed: u64 = gaps(parents).map(varint).sum();
+    let packed: u64 = gaps(parents.iter().map(|p| p.value())).map(varint).sum();
     GRPC_MESSAGE_PREFIX
         + len_field(dataset.len() as u64)
         + scalar_field(level)
@@ -89,18 +89,20 @@ pub fn nodes_request(dataset: &str, parents: &[Prefix]) -> u64 {
 /// uint64 counts = 3 [packed]; bytes fingerprints = 4; }`, prefixes
 /// gap-encoded like the request's parents.
 pub fn nodes_response(nodes: &[(Prefix, Node)]) -> u64 {
-    let prefixes: Vec<Prefix> = nodes.iter().map(|&(p, _)| p).collect();
     GRPC_MESSAGE_PREFIX
-        + len_field(gaps(&prefixes).map(varint).sum())
+        + len_field(gaps(nodes.iter().map(|(p, _)| p.value())).map(varint).sum())
         + len_field(nodes.iter().map(|(_, n)| varint(n.count)).sum())
         + len_field(nodes.len() as u64 * FINGERPRINT_BYTES as u64)
 }
 
-/// Distances between consecutive prefix values, the first from 0.
-fn gaps(prefixes: &[Prefix]) -> impl Iterator<Item = u64> + '_ {
-    prefixes.iter().scan(0u64, |previous, p| {
-        let gap = p.value().wrapping_sub(*previous);
-        *previous = p.value();
+/// Gap encoding of sorted prefix values (GetNodes parents and children):
+/// the first as is, each next one as its distance from the one before.
+/// Children of neighbouring parents sit close, so most gaps fit one varint
+/// byte where a whole level-5 prefix takes three.
+pub fn gaps(prefixes: impl IntoIterator<Item = u64>) -> impl Iterator<Item = u64> {
+    prefixes.into_iter().scan(0u64, |previous, p| {
+        let gap = p.wrapping_sub(*previous);
+        *previous = p;
         Some(gap)
     })
 }
