@@ -68,9 +68,14 @@ pub mod meta {
 /// The key of a record in [`RECORDS`].
 pub fn record_key(position: u64, canonical_key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(POSITION_LEN + canonical_key.len());
-    k.extend_from_slice(&position.to_be_bytes());
-    k.extend_from_slice(canonical_key);
+    put_record_key(&mut k, position, canonical_key);
     k
+}
+
+/// Appends the key of a record in [`RECORDS`] to `out`.
+pub fn put_record_key(out: &mut Vec<u8>, position: u64, canonical_key: &[u8]) {
+    out.extend_from_slice(&position.to_be_bytes());
+    out.extend_from_slice(canonical_key);
 }
 
 /// Splits a [`RECORDS`] key into position and canonical key.

@@ -25,6 +25,7 @@
 //!
 //! Only this crate links RocksDB.
 
+mod build;
 pub mod cf;
 mod error;
 pub mod runs;
@@ -36,7 +37,7 @@ pub use error::{IndexError, SourceError};
 pub use runs::RunStore;
 pub use snapshot::{Description, IndexSnapshot, Leaf, SharedSnapshot};
 pub use store::{
-    ApplyStats, BUILD_CHUNK_RECORDS, BuildStats, Change, HashedChange, INDEX_FORMAT, Index,
-    IndexConfig, RescanStats,
+    ApplyStats, BUILD_CHUNK_RECORDS, BuildFeed, BuildStats, BuildStopped, Change, HashedChange,
+    INDEX_FORMAT, Index, IndexConfig, RescanStats,
 };
 pub use verify::{BadRecord, MAX_REPORTED_PROBLEMS, NodeMismatch, VerifyReport};

@@ -18,18 +18,21 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::sync_channel;
+use std::sync::mpsc::{SyncSender, sync_channel};
 use std::time::Instant;
 
-use arbor_record::{DatasetKeys, Digest, ENCODING_VERSION, HashedRecord, KeyId, Record, Value};
-use arbor_tree::{Aggregator, Node, Prefix, ancestor_deltas, stored_depth};
+use arbor_record::{
+    DatasetKeys, Digest, ENCODING_VERSION, HashedBatch, HashedRecord, KeyId, Record, Value,
+};
+use arbor_tree::{Node, Prefix, ancestor_deltas, stored_depth};
 use rayon::prelude::*;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
-    IngestExternalFileOptions, Options, SstFileWriter, WriteBatch, WriteOptions,
+    IngestExternalFileOptions, Options, WriteBatch, WriteOptions,
 };
-use tracing::{info, instrument};
+use tracing::{debug, info, instrument};
 
+use crate::build::{BUCKET_BUFFER_BYTES, Spill, SpilledBuckets, Written};
 use crate::cf::{self, meta};
 use crate::error::{IndexError, SourceError};
 
@@ -39,12 +42,10 @@ pub const INDEX_FORMAT: u32 = 1;
 /// amortise WriteBatch and rayon overhead, small enough that a chunk in flight
 /// is a few MiB whatever the dataset size.
 pub const BUILD_CHUNK_RECORDS: usize = 32_768;
-/// A full build logs its progress every this many chunks (~1M records).
-const PROGRESS_EVERY_CHUNKS: u64 = 32;
+/// A full build logs its progress every this many records.
+const PROGRESS_LOG_RECORDS: u64 = 1 << 20;
 /// Chunks queued between the hashing and the writing stage of a build.
 const BUILD_QUEUE_CHUNKS: usize = 2;
-/// Node entries per WriteBatch when a build writes its nodes.
-const NODE_BATCH_ENTRIES: usize = 65_536;
 /// Records per batch of a rescan.
 const RESCAN_CHUNK_RECORDS: usize = 8_192;
 /// Changes per batch above which [`Index::apply`] hashes in parallel.
@@ -65,14 +66,70 @@ fn block_cache() -> Cache {
 }
 /// RocksDB memtable size per column family.
 const WRITE_BUFFER_BYTES: usize = 64 << 20;
-/// Records per sorted run a full build writes as one SST file and ingests
-/// (about 80 bytes each in memory while the run fills). Small enough that
-/// runs are merged and ingested while the source is still being read: with
-/// 1 M-record runs a 1 M-row build did all of that after the last row
-/// (0.72 s of 2.16 s); with 256 K, 0.41 s of 1.97 s.
-const BUILD_RUN_RECORDS: usize = 1 << 18;
-/// The build's sorted-run files, inside the index directory.
-const BUILD_RUN_DIR: &str = "build-runs";
+/// The build's spilled records, inside the index directory.
+const BUILD_SPILL_DIR: &str = "build-spill";
+
+/// What a full build reads into: batches of hashed records, pushed by the
+/// caller of [`Index::build_batches`] while the index writes earlier ones.
+pub struct BuildFeed<'a> {
+    tx: SyncSender<HashedBatch>,
+    records_read: u64,
+    progress: &'a dyn Fn(u64),
+}
+
+/// The build behind a [`BuildFeed`] stopped (the build returns why); stop
+/// reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the index build stopped")]
+pub struct BuildStopped;
+
+impl BuildFeed<'_> {
+    /// Hands a batch to the writer, waiting while [`BUILD_QUEUE_CHUNKS`]
+    /// batches are already queued.
+    pub fn push(&mut self, batch: HashedBatch) -> Result<(), BuildStopped> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let n = batch.len() as u64;
+        self.tx.send(batch).map_err(|_| BuildStopped)?;
+        let before = self.records_read;
+        self.records_read += n;
+        (self.progress)(self.records_read);
+        if before / PROGRESS_LOG_RECORDS != self.records_read / PROGRESS_LOG_RECORDS {
+            info!(records_read = self.records_read, "full build progress");
+        }
+        Ok(())
+    }
+
+    /// Records pushed so far.
+    pub fn records_read(&self) -> u64 {
+        self.records_read
+    }
+}
+
+/// Feeds `items` in chunks of [`BUILD_CHUNK_RECORDS`], each turned into a
+/// batch by `hash`.
+fn feed_chunks<T, I, E>(
+    feed: &mut BuildFeed<'_>,
+    items: I,
+    hash: impl Fn(Vec<T>) -> HashedBatch,
+) -> Result<(), SourceError>
+where
+    I: IntoIterator<Item = Result<T, E>>,
+    E: Into<SourceError>,
+{
+    let mut items = items.into_iter();
+    loop {
+        let mut chunk = Vec::with_capacity(BUILD_CHUNK_RECORDS);
+        for item in items.by_ref().take(BUILD_CHUNK_RECORDS) {
+            chunk.push(item.map_err(Into::into)?);
+        }
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        feed.push(hash(chunk))?;
+    }
+}
 
 /// What identifies the records an index may hold: its hashing keys and schema.
 #[derive(Debug, Clone)]
@@ -154,8 +211,8 @@ pub struct Index {
     /// Set while a rescan runs: applies then mark their keys as seen, so a
     /// change that lands mid-rescan is never taken for a vanished record.
     rescanning: AtomicBool,
-    /// Records per sorted run of a full build ([`BUILD_RUN_RECORDS`]).
-    build_run_records: std::sync::atomic::AtomicUsize,
+    /// Bytes per spill bucket buffer of a full build.
+    build_spill_bytes: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Index {
@@ -230,7 +287,7 @@ impl Index {
             config,
             writer: Mutex::new(()),
             rescanning: AtomicBool::new(false),
-            build_run_records: std::sync::atomic::AtomicUsize::new(BUILD_RUN_RECORDS),
+            build_spill_bytes: std::sync::atomic::AtomicUsize::new(BUCKET_BUFFER_BYTES),
         };
         index.check_or_init_meta()?;
         Ok(index)
@@ -356,14 +413,6 @@ impl Index {
             .map_err(IndexError::storage("write a batch"))
     }
 
-    fn write_unlogged(&self, batch: WriteBatch) -> Result<(), IndexError> {
-        let mut wo = WriteOptions::default();
-        wo.disable_wal(true);
-        self.db
-            .write_opt(batch, &wo)
-            .map_err(IndexError::storage("write a build batch"))
-    }
-
     /// Replaces the whole index with the given records, hashing them in
     /// parallel. Memory stays bounded by a few chunks whatever the count.
     pub fn build<I, E>(
@@ -375,33 +424,16 @@ impl Index {
         I: IntoIterator<Item = Result<Record, E>>,
         E: Into<SourceError>,
     {
-        self.build_with_progress(records, watermark, &|_| {})
-    }
-
-    /// [`Index::build`], calling `progress` with the records read so far
-    /// after each chunk (for progress bars and log lines).
-    pub fn build_with_progress<I, E>(
-        &self,
-        records: I,
-        watermark: Option<&[u8]>,
-        progress: &dyn Fn(u64),
-    ) -> Result<BuildStats, IndexError>
-    where
-        I: IntoIterator<Item = Result<Record, E>>,
-        E: Into<SourceError>,
-    {
         let keys = &self.config.keys;
-        let hash = |chunk: Vec<Record>| -> Vec<HashedRecord> {
-            chunk
-                .par_iter()
-                .map_init(Vec::new, |scratch, r| r.hash(keys, scratch))
-                .collect()
-        };
-        self.build_chunks(records, watermark, hash, progress)
+        self.build_batches(watermark, &|_| {}, |feed| {
+            feed_chunks(feed, records, |chunk| {
+                HashedBatch::hash_records(keys, &chunk)
+            })
+        })
     }
 
-    /// [`Index::build`] from records already hashed (by a connector that
-    /// hashes as it reads, or by tests placing records at chosen positions).
+    /// [`Index::build`] from records already hashed (tests placing records
+    /// at chosen positions).
     pub fn build_hashed<I, E>(
         &self,
         records: I,
@@ -411,111 +443,80 @@ impl Index {
         I: IntoIterator<Item = Result<HashedRecord, E>>,
         E: Into<SourceError>,
     {
-        self.build_chunks(
-            records,
-            watermark,
-            |chunk: Vec<HashedRecord>| chunk,
-            &|_| {},
-        )
+        self.build_batches(watermark, &|_| {}, |feed| {
+            feed_chunks(feed, records, HashedBatch::from_iter)
+        })
     }
 
+    /// Replaces the whole index with the batches `fill` pushes into its
+    /// [`BuildFeed`] (a connector that reads and hashes rows itself pushes
+    /// them as it goes). `progress` hears the records read so far after
+    /// each batch. A failing `fill` fails the build, which then stays
+    /// marked unfinished.
     #[instrument(skip_all, fields(path = %self.path.display()))]
-    fn build_chunks<T, I, E, H>(
+    pub fn build_batches<E>(
         &self,
-        records: I,
         watermark: Option<&[u8]>,
-        hash: H,
         progress: &dyn Fn(u64),
+        fill: impl FnOnce(&mut BuildFeed<'_>) -> Result<(), E>,
     ) -> Result<BuildStats, IndexError>
     where
-        T: Send,
-        I: IntoIterator<Item = Result<T, E>>,
         E: Into<SourceError>,
-        H: Fn(Vec<T>) -> Vec<HashedRecord> + Sync,
     {
         let _guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let started = Instant::now();
         self.begin_build()?;
 
-        // Stage 1 (this thread): pull a chunk from the source and hash it in
-        // parallel. Stage 2 (writer thread): write the previous chunk.
-        let mut records_read = 0u64;
-        let write_result = std::thread::scope(|scope| -> Result<(), IndexError> {
-            let (tx, rx) = sync_channel::<Vec<HashedRecord>>(BUILD_QUEUE_CHUNKS);
-            let writer = scope.spawn(move || -> Result<(), IndexError> {
-                // Records go to RocksDB as sorted runs written straight to
-                // SST files and ingested: no memtable inserts of random keys,
-                // no flush, no write-ahead log.
-                let dir = self.path.join(BUILD_RUN_DIR);
-                let io = |op| {
-                    let dir = dir.clone();
-                    move |source| IndexError::Io {
-                        op,
-                        path: dir,
-                        source,
-                    }
-                };
-                if dir.exists() {
-                    std::fs::remove_dir_all(&dir).map_err(io("clear"))?;
+        // This thread (through `fill`) reads and hashes batches; the writer
+        // thread spills them into buckets by position (see crate::build).
+        let spill_dir = self.path.join(BUILD_SPILL_DIR);
+        let (filled, spilled, records_read) = std::thread::scope(|scope| {
+            let (tx, rx) = sync_channel::<HashedBatch>(BUILD_QUEUE_CHUNKS);
+            let spill_dir = &spill_dir;
+            let writer = scope.spawn(move || -> Result<SpilledBuckets, IndexError> {
+                let mut spill =
+                    Spill::create(spill_dir, self.build_spill_bytes.load(Ordering::Relaxed))?;
+                for batch in rx {
+                    spill.push(&batch)?;
                 }
-                std::fs::create_dir_all(&dir).map_err(io("create"))?;
-                // Sorted chunks, merged into one sorted run per file.
-                let mut run: Vec<Vec<HashedRecord>> = Vec::new();
-                let mut in_run = 0usize;
-                let mut runs = 0u32;
-                for chunk in rx {
-                    in_run += chunk.len();
-                    run.push(chunk);
-                    if in_run >= self.build_run_records.load(Ordering::Relaxed) {
-                        self.ingest_run(&mut run, &dir, &mut runs)?;
-                        in_run = 0;
-                    }
-                }
-                self.ingest_run(&mut run, &dir, &mut runs)?;
-                std::fs::remove_dir_all(&dir).map_err(io("remove"))?;
-                Ok(())
+                spill.finish()
             });
-            let mut source = records.into_iter();
-            let pulled = loop {
-                let mut chunk = Vec::with_capacity(BUILD_CHUNK_RECORDS);
-                for item in source.by_ref().take(BUILD_CHUNK_RECORDS) {
-                    match item {
-                        Ok(r) => chunk.push(r),
-                        Err(e) => {
-                            drop(tx);
-                            let _ = writer.join();
-                            return Err(IndexError::Source(e.into()));
-                        }
-                    }
-                }
-                if chunk.is_empty() {
-                    break Ok(());
-                }
-                records_read += chunk.len() as u64;
-                progress(records_read);
-                let mut hashed = hash(chunk);
-                // Stable: a repeated key's last record stays last.
-                hashed.par_sort_by(|a, b| (a.position, &a.key).cmp(&(b.position, &b.key)));
-                if tx.send(hashed).is_err() {
-                    // The writer stopped early: its error is reported below.
-                    break Ok(());
-                }
-                if records_read.is_multiple_of(PROGRESS_EVERY_CHUNKS * BUILD_CHUNK_RECORDS as u64) {
-                    info!(records_read, "full build progress");
-                }
+            let mut feed = BuildFeed {
+                tx,
+                records_read: 0,
+                progress,
             };
-            drop(tx);
-            let written = writer.join().unwrap_or_else(|_| {
+            let filled = fill(&mut feed);
+            let records_read = feed.records_read;
+            // Closing the channel ends the writer's loop.
+            drop(feed);
+            let spilled = writer.join().unwrap_or_else(|_| {
                 Err(IndexError::InvalidRequest(
                     "build writer thread panicked".into(),
                 ))
             });
-            pulled.and(written)
+            (filled, spilled, records_read)
         });
-        write_result?;
+        // The writer's error first: a feed that stopped because the writer
+        // did reports only that it was stopped.
+        let spilled = spilled?;
+        filled.map_err(|e| IndexError::Source(e.into()))?;
 
         let depth = stored_depth(records_read);
-        let (records, nodes) = self.write_all_nodes(depth)?;
+        debug!(records_read, "build: source read, writing the buckets");
+        let written = spilled.write(depth, &records_file_options())?;
+        debug!(
+            records = written.records,
+            "build: buckets written, ingesting"
+        );
+        self.ingest_build(&written)?;
+        debug!("build: ingested");
+        std::fs::remove_dir_all(&spill_dir).map_err(|source| IndexError::Io {
+            op: "remove",
+            path: spill_dir.clone(),
+            source,
+        })?;
+        let (records, nodes) = (written.records, written.nodes);
         self.finish_build(depth, watermark)?;
         let stats = BuildStats {
             records_read,
@@ -534,77 +535,37 @@ impl Index {
         Ok(stats)
     }
 
-    /// Sets the records per sorted run of full builds (tests use small runs
-    /// to cover merges across many runs without millions of records).
+    /// Sets the bytes a build's spill bucket gathers before writing them
+    /// (tests use tiny buffers so a few records cover many appends).
     #[doc(hidden)]
-    pub fn set_build_run_records(&self, records: usize) {
-        self.build_run_records
-            .store(records.max(1), Ordering::Relaxed);
+    pub fn set_build_spill_bytes(&self, bytes: usize) {
+        self.build_spill_bytes
+            .store(bytes.max(1), Ordering::Relaxed);
     }
 
-    /// Merges sorted chunks into one SST file of the records CF and ingests
-    /// it. For a repeated key the last record wins: the later chunk, or the
-    /// later record of one chunk (chunks are sorted stably); so does a later
-    /// run over an earlier one, since each ingestion is newer.
-    fn ingest_run(
-        &self,
-        run: &mut Vec<Vec<HashedRecord>>,
-        dir: &Path,
-        runs: &mut u32,
-    ) -> Result<(), IndexError> {
-        use std::cmp::Reverse;
-        use std::collections::BinaryHeap;
-        if run.iter().all(Vec::is_empty) {
-            run.clear();
-            return Ok(());
-        }
-        let path = dir.join(format!("run-{:06}.sst", *runs));
-        *runs += 1;
-        let opts = records_file_options();
-        let mut writer = SstFileWriter::create(&opts);
-        writer
-            .open(&path)
-            .map_err(IndexError::storage("open a build run file"))?;
-        // (position, key, chunk, index): equal keys pop in arrival order.
-        type Head<'a> = Reverse<(u64, &'a [u8], usize, usize)>;
-        let mut heap: BinaryHeap<Head<'_>> = run
-            .iter()
-            .enumerate()
-            .filter_map(|(c, chunk)| {
-                chunk
-                    .first()
-                    .map(|r| Reverse((r.position, &r.key[..], c, 0)))
-            })
-            .collect();
-        let mut pending: Option<&HashedRecord> = None;
-        while let Some(Reverse((_, _, c, i))) = heap.pop() {
-            let r = &run[c][i];
-            if let Some(next) = run[c].get(i + 1) {
-                heap.push(Reverse((next.position, &next.key[..], c, i + 1)));
-            }
-            if let Some(p) = pending
-                && (p.position, &p.key) != (r.position, &r.key)
-            {
-                writer
-                    .put(cf::record_key(p.position, &p.key), p.digest.0)
-                    .map_err(IndexError::storage("write a build run file"))?;
-            }
-            pending = Some(r);
-        }
-        if let Some(p) = pending {
-            writer
-                .put(cf::record_key(p.position, &p.key), p.digest.0)
-                .map_err(IndexError::storage("write a build run file"))?;
-        }
-        writer
-            .finish()
-            .map_err(IndexError::storage("finish a build run file"))?;
+    /// Ingests a build's files: they do not overlap, so RocksDB places them
+    /// in the bottom level as they are, without compacting them.
+    fn ingest_build(&self, written: &Written) -> Result<(), IndexError> {
         let mut ingest = IngestExternalFileOptions::default();
         ingest.set_move_files(true);
-        self.db
-            .ingest_external_file_cf_opts(self.cf(cf::RECORDS), &ingest, vec![&path])
-            .map_err(IndexError::storage("ingest a build run"))?;
-        run.clear();
+        if !written.record_files.is_empty() {
+            self.db
+                .ingest_external_file_cf_opts(
+                    self.cf(cf::RECORDS),
+                    &ingest,
+                    written.record_files.iter().collect(),
+                )
+                .map_err(IndexError::storage("ingest the build's records"))?;
+        }
+        if !written.node_files.is_empty() {
+            self.db
+                .ingest_external_file_cf_opts(
+                    self.cf(cf::NODES),
+                    &ingest,
+                    written.node_files.iter().collect(),
+                )
+                .map_err(IndexError::storage("ingest the build's nodes"))?;
+        }
         Ok(())
     }
 
@@ -635,46 +596,6 @@ impl Index {
         it.status()
             .map_err(IndexError::storage("clear a column family"))?;
         self.write(batch, false)
-    }
-
-    /// Streams the records in position order and writes every node of levels
-    /// `0..=depth`. Returns (distinct records, nodes written).
-    fn write_all_nodes(&self, depth: u8) -> Result<(u64, u64), IndexError> {
-        let nodes_cf = self.cf(cf::NODES);
-        let mut aggregator = Aggregator::new(depth);
-        let mut batch = WriteBatch::default();
-        let mut nodes = 0u64;
-        let mut records = 0u64;
-        let mut pending_error: Option<IndexError> = None;
-        let mut emit = |p: Prefix, n: Node, batch: &mut WriteBatch| {
-            batch.put_cf(nodes_cf, cf::node_key(p), n.to_bytes());
-            nodes += 1;
-        };
-        let mut it = self.db.raw_iterator_cf(self.cf(cf::RECORDS));
-        it.seek_to_first();
-        while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            let (position, _) = cf::split_record_key(k)?;
-            let digest = cf::record_digest(k, v)?;
-            aggregator.push(position, Node::of_digest(&digest.0), |p, n| {
-                emit(p, n, &mut batch)
-            });
-            records += 1;
-            if batch.len() >= NODE_BATCH_ENTRIES {
-                let full = std::mem::take(&mut batch);
-                if let Err(e) = self.write_unlogged(full) {
-                    pending_error = Some(e);
-                    break;
-                }
-            }
-            it.next();
-        }
-        if let Some(e) = pending_error {
-            return Err(e);
-        }
-        it.status().map_err(IndexError::storage("scan records"))?;
-        aggregator.finish(|p, n| emit(p, n, &mut batch));
-        self.write_unlogged(batch)?;
-        Ok((records, nodes))
     }
 
     fn finish_build(&self, depth: u8, watermark: Option<&[u8]>) -> Result<(), IndexError> {

@@ -138,9 +138,9 @@ proptest! {
 }
 
 #[test]
-fn a_build_over_many_sorted_runs_equals_one_over_a_single_run() {
-    // Three chunks of the source, each its own sorted run: runs overlap
-    // in position, and keys repeated across runs keep their last record.
+fn a_build_keeps_the_last_record_of_a_repeated_key_across_batches_and_appends() {
+    // Three batches of the source, spilled one record per append: a key
+    // repeated across batches or within one keeps its last record.
     let n = 2 * arbor_index::BUILD_CHUNK_RECORDS as i64 + 5_000;
     let rows = || {
         (0..n)
@@ -149,7 +149,7 @@ fn a_build_over_many_sorted_runs_equals_one_over_a_single_run() {
     };
     let dir = TempDir::new().unwrap();
     let many = Index::open(dir.path().join("many"), config(b"test")).unwrap();
-    many.set_build_run_records(1);
+    many.set_build_spill_bytes(1);
     let stats = many
         .build(rows().map(|(k, v)| Ok::<_, IndexError>(record(k, v))), None)
         .unwrap();

@@ -95,6 +95,28 @@ pub fn encode_value(out: &mut Vec<u8>, value: &Value) {
     }
 }
 
+/// Appends the canonical encoding of a text value without building a
+/// [`Value`] (connectors that encode straight from the wire).
+pub fn encode_text(out: &mut Vec<u8>, text: &str) {
+    put_len_prefixed(out, TAG_TEXT, text.as_bytes());
+}
+
+/// Appends the canonical encoding of a bytes value without building a [`Value`].
+pub fn encode_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    put_len_prefixed(out, TAG_BYTES, bytes);
+}
+
+/// Appends the canonical encoding of a decimal already in normal form (see
+/// [`Decimal`]); `None` if `normalised` is not, so nothing unnormalised is
+/// ever hashed.
+pub fn encode_normalised_decimal(out: &mut Vec<u8>, normalised: &str) -> Option<()> {
+    if !crate::value::is_normalised_decimal(normalised) {
+        return None;
+    }
+    put_len_prefixed(out, TAG_DECIMAL, normalised.as_bytes());
+    Some(())
+}
+
 /// Appends the canonical encoding of a tuple (a key or a row's values).
 pub fn encode_tuple(out: &mut Vec<u8>, values: &[Value]) {
     put_varint(out, values.len() as u64);

@@ -30,6 +30,7 @@
 //! Test vectors in `tests/vectors/canonical-v1.json` pin all of this; any
 //! connector or port must reproduce them.
 
+pub mod batch;
 pub mod encode;
 pub mod error;
 pub mod hash;
@@ -37,6 +38,7 @@ pub mod schema;
 pub mod typed;
 pub mod value;
 
+pub use batch::{BatchEntry, HashedBatch};
 pub use encode::{ENCODING_VERSION, decode_tuple, encode_tuple, tuple_bytes};
 pub use error::{DecodeError, SchemaError, ValueError};
 pub use hash::{DatasetKeys, Digest, HashedRecord, KeyId};

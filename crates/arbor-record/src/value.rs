@@ -284,17 +284,36 @@ impl Decimal {
 
     /// Accepts `text` only if it is already in normal form (used by the decoder).
     pub fn from_normalised(text: &str) -> Option<Decimal> {
-        if text.contains(['e', 'E', '+']) {
-            return None;
-        }
-        let d = Decimal::parse(text).ok()?;
-        (d.0 == text).then_some(d)
+        is_normalised_decimal(text).then(|| Decimal(text.to_owned()))
     }
 
     /// The normal form.
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Whether `text` is a decimal in the normal form of [`Decimal`]: `-?`, the
+/// integer digits (`0`, or no leading zero), then `.` and fraction digits
+/// ending in a non-zero digit, if any; never `-0`.
+pub fn is_normalised_decimal(text: &str) -> bool {
+    let b = text.as_bytes();
+    let (negative, b) = match b.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, b),
+    };
+    let int_len = b.iter().take_while(|c| c.is_ascii_digit()).count();
+    let (int, rest) = b.split_at(int_len);
+    let int_ok = int == b"0" || (!int.is_empty() && int[0] != b'0');
+    let frac_ok = match rest.split_first() {
+        None => true,
+        Some((b'.', frac)) => {
+            frac.iter().all(u8::is_ascii_digit) && frac.last().is_some_and(|&d| d != b'0')
+        }
+        Some(_) => false,
+    };
+    let zero = int == b"0" && rest.is_empty();
+    int_ok && frac_ok && !(negative && zero)
 }
 
 /// A calendar date: days since 1970-01-01 in the proleptic Gregorian calendar.
@@ -620,6 +639,16 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The fast normal-form check agrees with normalising and comparing.
+        #[test]
+        fn normal_form_check_agrees_with_parse(text in "[-+]?[0-9]{0,4}(\\.[0-9]{0,4})?") {
+            let by_parse = Decimal::parse(&text).is_ok_and(|d| d.as_str() == text);
+            prop_assert_eq!(is_normalised_decimal(&text), by_parse, "{:?}", text);
+        }
+    }
 
     #[test]
     fn decimals_normalise() {
