@@ -145,8 +145,8 @@ pub fn index_path(config: &AgentConfig, dataset: &str) -> PathBuf {
     config.data_dir.join("indexes").join(dataset)
 }
 
-/// Full build of `index` from `source`: a reader thread streams the rows
-/// while the index hashes and writes them.
+/// Full build of `index` from `source`: the source reads and hashes rows
+/// in batches while the index sorts and writes earlier ones.
 pub fn build_from_source(index: &Index, source: &mut dyn Source) -> Result<BuildStats, IndexError> {
     build_from_source_with_progress(index, source, &|_| {})
 }
@@ -157,8 +157,13 @@ pub fn build_from_source_with_progress(
     source: &mut dyn Source,
     progress: &dyn Fn(u64),
 ) -> Result<BuildStats, IndexError> {
-    with_records(source, |records| {
-        index.build_with_progress(records, None, progress)
+    let keys = index.config().keys.clone();
+    index.build_batches(None, progress, |feed| {
+        source
+            .scan_hashed(&keys, &mut |batch| {
+                feed.push(batch).map_err(|_| SourceError::Stopped)
+            })
+            .map(drop)
     })
 }
 

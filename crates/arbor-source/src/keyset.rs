@@ -104,16 +104,28 @@ impl ChunkContext {
     }
 }
 
-/// A chunk as fetched: rows not yet parsed, their count, and the key of the
-/// last one (where the next chunk starts).
-pub(crate) struct Fetched<R> {
+/// A chunk as fetched: rows not yet parsed, their count, and where the next
+/// chunk starts (`None` after the last one).
+pub(crate) struct Fetched<R, C> {
     pub raw: R,
     pub rows: u64,
-    pub last_key: Option<Vec<Value>>,
+    pub next: Option<C>,
+}
+
+impl<R> Fetched<R, Vec<Value>> {
+    /// A keyset chunk: a full chunk continues after its last key, a short
+    /// one is the last.
+    pub fn keyset(raw: R, rows: u64, chunk_rows: u64, last_key: Option<Vec<Value>>) -> Self {
+        Fetched {
+            raw,
+            rows,
+            next: last_key.filter(|_| rows >= chunk_rows.max(1)),
+        }
+    }
 }
 
 /// Chunks of fewer rows than this are parsed on one thread.
-const PARALLEL_PARSE_MIN_ROWS: u64 = 2_048;
+pub(crate) const PARALLEL_PARSE_MIN_ROWS: u64 = 2_048;
 
 /// A connector that reads a relation in keyset chunks.
 ///
@@ -123,43 +135,42 @@ const PARALLEL_PARSE_MIN_ROWS: u64 = 2_048;
 pub(crate) trait KeysetReader: Send {
     /// A chunk's rows as the server sent them.
     type Raw: Send;
+    /// Where a chunk starts: the key it follows, or a place in the table.
+    type Cursor: Clone + Send;
     /// Chunking, throttle and reconnection settings.
     fn options(&self) -> &ScanOptions;
     /// The dataset, for messages (no password).
     fn dataset(&self) -> String;
-    /// What parsing needs.
-    fn context(&self) -> ChunkContext;
-    /// The rows after `after` (from the start if `None`), in key order, at
-    /// most `chunk_rows` of them, unparsed except for the last key.
-    fn fetch_chunk(&mut self, after: Option<&[Value]>) -> Result<Fetched<Self::Raw>, ChunkError>;
-    /// Turns a fetched chunk into records, in key order; `parallel` allows
-    /// spreading the work over the rayon pool.
-    fn parse_chunk(
-        context: &ChunkContext,
-        raw: Self::Raw,
-        parallel: bool,
-    ) -> Result<Vec<Record>, SourceError>;
+    /// The chunk starting at `from` (the first if `None`), unparsed except
+    /// for where the next one starts.
+    fn fetch_chunk(
+        &mut self,
+        from: Option<&Self::Cursor>,
+    ) -> Result<Fetched<Self::Raw, Self::Cursor>, ChunkError>;
     /// Drops the current connection and opens a new one.
     fn connect_again(&mut self) -> Result<(), SourceError>;
 }
 
-/// Scans everything, chunk after chunk; returns the records visited.
-pub(crate) fn scan_in_chunks<R: KeysetReader>(
+/// Scans everything, chunk after chunk: `parse` turns each fetched chunk
+/// into what `visit` takes (records, or a batch of hashed records); its
+/// flag allows spreading the work over the rayon pool. Returns the rows
+/// read.
+pub(crate) fn scan_in_chunks<R: KeysetReader, T>(
     reader: &mut R,
-    visit: &mut dyn FnMut(Record) -> Result<(), SourceError>,
+    parse: &dyn Fn(R::Raw, bool) -> Result<T, SourceError>,
+    visit: &mut dyn FnMut(T) -> Result<(), SourceError>,
 ) -> Result<u64, SourceError> {
     let options = *reader.options();
-    let context = reader.context();
-    let chunk_rows = options.chunk_rows.max(1);
+    let dataset = reader.dataset();
     std::thread::scope(|scope| {
         // Two chunks in flight: one being parsed, one fetched ahead.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Fetched<R::Raw>>(1);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Fetched<R::Raw, R::Cursor>>(1);
         let fetcher = scope.spawn(move || -> Result<(), SourceError> {
             let started = Instant::now();
-            let mut after: Option<Vec<Value>> = None;
+            let mut from: Option<R::Cursor> = None;
             let mut total = 0u64;
             loop {
-                let fetched = match reader.fetch_chunk(after.as_deref()) {
+                let fetched = match reader.fetch_chunk(from.as_ref()) {
                     Ok(f) => f,
                     Err(ChunkError::Connection(cause)) => {
                         reconnect(reader, &cause)?;
@@ -167,17 +178,15 @@ pub(crate) fn scan_in_chunks<R: KeysetReader>(
                     }
                     Err(ChunkError::Fatal(e)) => return Err(e),
                 };
-                let n = fetched.rows;
-                total += n;
-                if fetched.last_key.is_some() {
-                    after.clone_from(&fetched.last_key);
-                }
+                total += fetched.rows;
+                let next = fetched.next.clone();
                 if tx.send(fetched).is_err() {
                     // The consumer stopped: its error is the scan's.
                     return Ok(());
                 }
-                if n < chunk_rows {
-                    return Ok(());
+                match next {
+                    Some(next) => from = Some(next),
+                    None => return Ok(()),
                 }
                 if options.max_rows_per_sec > 0 {
                     let due =
@@ -193,17 +202,15 @@ pub(crate) fn scan_in_chunks<R: KeysetReader>(
             let mut total = 0u64;
             for fetched in rx {
                 let parallel = fetched.rows >= PARALLEL_PARSE_MIN_ROWS;
-                for r in R::parse_chunk(&context, fetched.raw, parallel)? {
-                    visit(r)?;
-                    total += 1;
-                }
+                total += fetched.rows;
+                visit(parse(fetched.raw, parallel)?)?;
             }
             Ok(total)
         })();
         // The receiver is gone now, so a fetcher still running stops.
         let fetched = fetcher.join().unwrap_or_else(|_| {
             Err(SourceError::Read {
-                dataset: context.dataset.clone(),
+                dataset: dataset.clone(),
                 reason: "the fetching thread panicked".into(),
             })
         });
@@ -211,6 +218,17 @@ pub(crate) fn scan_in_chunks<R: KeysetReader>(
         fetched?;
         debug!(rows = total, "scan finished");
         Ok(total)
+    })
+}
+
+/// [`scan_in_chunks`] handing out records one by one.
+pub(crate) fn scan_records<R: KeysetReader>(
+    reader: &mut R,
+    parse: &dyn Fn(R::Raw, bool) -> Result<Vec<Record>, SourceError>,
+    visit: &mut dyn FnMut(Record) -> Result<(), SourceError>,
+) -> Result<u64, SourceError> {
+    scan_in_chunks(reader, parse, &mut |records: Vec<Record>| {
+        records.into_iter().try_for_each(&mut *visit)
     })
 }
 

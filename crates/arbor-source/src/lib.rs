@@ -17,6 +17,7 @@ pub mod files;
 pub mod keyset;
 pub mod mapping;
 pub mod mysql;
+mod pgbinary;
 pub mod pglogical;
 pub mod postgres;
 pub mod sink;
@@ -24,7 +25,7 @@ pub mod sqlite;
 pub mod text;
 pub mod transform;
 
-use arbor_record::{Record, Value};
+use arbor_record::{DatasetKeys, HashedBatch, Record, Value};
 
 use thiserror::Error;
 
@@ -100,6 +101,19 @@ pub trait Source: Send {
         visit: &mut dyn FnMut(Record) -> Result<(), SourceError>,
     ) -> Result<u64, SourceError>;
 
+    /// Streams every record, hashed with `keys`, to `visit` in batches (in
+    /// no particular order); returns the number of records read. This is
+    /// what a full build reads. By default a thread scans while this one
+    /// hashes; a connector that can encode rows as it reads them does
+    /// better (PostgreSQL's binary COPY).
+    fn scan_hashed(
+        &mut self,
+        keys: &DatasetKeys,
+        visit: &mut dyn FnMut(HashedBatch) -> Result<(), SourceError>,
+    ) -> Result<u64, SourceError> {
+        hash_while_scanning(self, keys, visit)
+    }
+
     /// The current record of each key (`None` if absent), in key order.
     fn fetch(&mut self, keys: &[Vec<Value>]) -> Result<Vec<Option<Record>>, SourceError>;
 
@@ -121,6 +135,50 @@ pub trait Source: Send {
             problem: format!("polling on {column:?} needs a database source; use rescan capture"),
         })
     }
+}
+
+/// Records hashed per batch by [`Source::scan_hashed`]'s default.
+const HASH_BATCH_RECORDS: usize = 32_768;
+
+/// [`Source::scan_hashed`] for any source: a scoped thread scans, this
+/// one hashes each batch on the rayon pool and hands it on.
+fn hash_while_scanning<S: Source + ?Sized>(
+    source: &mut S,
+    keys: &DatasetKeys,
+    visit: &mut dyn FnMut(HashedBatch) -> Result<(), SourceError>,
+) -> Result<u64, SourceError> {
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Record>>(2);
+        let scanner = scope.spawn(move || {
+            let mut batch = Vec::with_capacity(HASH_BATCH_RECORDS);
+            let scanned = source.scan(&mut |r| {
+                batch.push(r);
+                if batch.len() == HASH_BATCH_RECORDS {
+                    let full =
+                        std::mem::replace(&mut batch, Vec::with_capacity(HASH_BATCH_RECORDS));
+                    tx.send(full).map_err(|_| SourceError::Stopped)?;
+                }
+                Ok(())
+            });
+            if scanned.is_ok() && !batch.is_empty() {
+                // A closed channel means the consumer failed; its error wins.
+                let _ = tx.send(batch);
+            }
+            scanned
+        });
+        let consumed = rx
+            .into_iter()
+            .try_for_each(|records| visit(HashedBatch::hash_records(keys, &records)));
+        // Dropping the receiver (above) stops a scanner still sending.
+        let scanned = scanner.join().unwrap_or_else(|_| {
+            Err(SourceError::Read {
+                dataset: "(scan)".into(),
+                reason: "the scanning thread panicked".into(),
+            })
+        });
+        consumed?;
+        scanned
+    })
 }
 
 /// What an error says instead of a redacted column's value.
@@ -166,6 +224,15 @@ impl Source for Redacting {
         visit: &mut dyn FnMut(Record) -> Result<(), SourceError>,
     ) -> Result<u64, SourceError> {
         let r = self.inner.scan(visit);
+        r.map_err(|e| self.scrub(e))
+    }
+
+    fn scan_hashed(
+        &mut self,
+        keys: &DatasetKeys,
+        visit: &mut dyn FnMut(HashedBatch) -> Result<(), SourceError>,
+    ) -> Result<u64, SourceError> {
+        let r = self.inner.scan_hashed(keys, visit);
         r.map_err(|e| self.scrub(e))
     }
 

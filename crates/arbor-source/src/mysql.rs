@@ -290,9 +290,37 @@ fn row_record(context: &ChunkContext, row: Vec<mysql::Value>) -> Result<Record, 
     context.record(values)
 }
 
+impl MysqlSource {
+    /// A fetched chunk's rows as records, in parallel if `parallel`.
+    fn parse_chunk(
+        context: &ChunkContext,
+        raw: Vec<Vec<mysql::Value>>,
+        parallel: bool,
+    ) -> Result<Vec<Record>, SourceError> {
+        if parallel {
+            use rayon::prelude::*;
+            raw.into_par_iter()
+                .map(|r| row_record(context, r))
+                .collect()
+        } else {
+            raw.into_iter().map(|r| row_record(context, r)).collect()
+        }
+    }
+
+    /// What parsing a chunk needs.
+    fn context(&self) -> ChunkContext {
+        ChunkContext {
+            mapping: self.mapping.clone(),
+            dataset: MysqlSource::dataset(self),
+        }
+    }
+}
+
 impl KeysetReader for MysqlSource {
     /// The chunk's rows, values as the binary protocol sent them.
     type Raw = Vec<Vec<mysql::Value>>;
+    /// The key of the last row read.
+    type Cursor = Vec<Value>;
 
     fn options(&self) -> &ScanOptions {
         &self.options
@@ -304,8 +332,8 @@ impl KeysetReader for MysqlSource {
 
     fn fetch_chunk(
         &mut self,
-        after: Option<&[Value]>,
-    ) -> Result<Fetched<Vec<Vec<mysql::Value>>>, ChunkError> {
+        after: Option<&Vec<Value>>,
+    ) -> Result<Fetched<Vec<Vec<mysql::Value>>, Vec<Value>>, ChunkError> {
         let (filter, params) = match after {
             None => (String::new(), Vec::new()),
             Some(last) => {
@@ -347,33 +375,8 @@ impl KeysetReader for MysqlSource {
             Some(row) => Some(key_values(&context, row)?),
             None => None,
         };
-        Ok(Fetched {
-            rows: rows.len() as u64,
-            raw: rows,
-            last_key,
-        })
-    }
-
-    fn parse_chunk(
-        context: &ChunkContext,
-        raw: Vec<Vec<mysql::Value>>,
-        parallel: bool,
-    ) -> Result<Vec<Record>, SourceError> {
-        if parallel {
-            use rayon::prelude::*;
-            raw.into_par_iter()
-                .map(|r| row_record(context, r))
-                .collect()
-        } else {
-            raw.into_iter().map(|r| row_record(context, r)).collect()
-        }
-    }
-
-    fn context(&self) -> ChunkContext {
-        ChunkContext {
-            mapping: self.mapping.clone(),
-            dataset: MysqlSource::dataset(self),
-        }
+        let n = rows.len() as u64;
+        Ok(Fetched::keyset(rows, n, self.options.chunk_rows, last_key))
     }
 
     fn connect_again(&mut self) -> Result<(), SourceError> {
@@ -429,7 +432,12 @@ impl Source for MysqlSource {
         visit: &mut dyn FnMut(Record) -> Result<(), SourceError>,
     ) -> Result<u64, SourceError> {
         self.check()?;
-        keyset::scan_in_chunks(self, visit)
+        let context = self.context();
+        keyset::scan_records(
+            self,
+            &|raw, parallel| MysqlSource::parse_chunk(&context, raw, parallel),
+            visit,
+        )
     }
 
     fn changed_since(

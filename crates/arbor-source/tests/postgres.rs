@@ -186,6 +186,259 @@ break', 'x', 'x', false, '\\x', '1969-07-20', '1970-01-01 00:00:00', '1970-01-01
     assert_eq!(fetched[1], None);
 }
 
+/// Full scans read binary COPY; lookups by key, polling and logical
+/// capture read text. Both readings of every edge value must agree, or a
+/// build and a later change would hash one row two ways.
+#[test]
+fn binary_scans_and_text_lookups_read_every_value_alike() {
+    let _serial = serial();
+    // One column per type, one row per edge value (NULL where a column has
+    // fewer edge values than the longest).
+    let columns: &[(&str, &str, ValueKind, &[&str])] = &[
+        ("i2", "int2", ValueKind::Integer, &["-32768", "32767", "0"]),
+        (
+            "i4",
+            "int4",
+            ValueKind::Integer,
+            &["-2147483648", "2147483647"],
+        ),
+        (
+            "i8",
+            "int8",
+            ValueKind::Integer,
+            &["-9223372036854775808", "9223372036854775807"],
+        ),
+        ("i4d", "int4", ValueKind::Decimal, &["-7", "0", "120"]),
+        (
+            "n",
+            "numeric",
+            ValueKind::Decimal,
+            &[
+                "0",
+                "-0.000",
+                "0.0001",
+                "10000",
+                "1e20",
+                "123456789.123456789",
+                "-0.5",
+                "99999999.99990000",
+                "1e-30",
+                "-1e100",
+                "0.00012300",
+                "1234.5678e4",
+            ],
+        ),
+        (
+            "f4",
+            "float4",
+            ValueKind::Float,
+            &[
+                "0.1",
+                "1e10",
+                "3.4028235e38",
+                "1.4e-45",
+                "-0",
+                "NaN",
+                "Infinity",
+                "-Infinity",
+                "16777217",
+                "0.33333334",
+                "1.17549435e-38",
+                "123.456",
+            ],
+        ),
+        (
+            "f8",
+            "float8",
+            ValueKind::Float,
+            &[
+                "0.1",
+                "1e308",
+                "5e-324",
+                "-0",
+                "0.3333333333333333",
+                "-2.5e-10",
+            ],
+        ),
+        (
+            "t",
+            "text",
+            ValueKind::Text,
+            &[
+                "",
+                "é",
+                "tab\there",
+                "back\\slash",
+                "🦀 crab",
+                "line\nbreak",
+            ],
+        ),
+        ("c", "char(5)", ValueKind::Text, &["ab", "", "abcde"]),
+        ("nm", "name", ValueKind::Text, &["pg_class", ""]),
+        (
+            "by",
+            "bytea",
+            ValueKind::Bytes,
+            &["\\x", "\\x00ff0a", "\\xdeadbeef"],
+        ),
+        ("b", "bool", ValueKind::Bool, &["true", "false"]),
+        (
+            "d",
+            "date",
+            ValueKind::Date,
+            &[
+                "0001-01-01",
+                "1969-12-31",
+                "1970-01-01",
+                "2000-01-01",
+                "9999-12-31",
+                "10000-01-01",
+            ],
+        ),
+        (
+            "ts",
+            "timestamp(6)",
+            ValueKind::Timestamp,
+            &[
+                "0001-01-01 00:00:00",
+                "1969-12-31 23:59:59.999999",
+                "2000-01-01 00:00:00",
+                "1999-12-31 23:59:59.000001",
+                "12000-06-30 12:00:00.5",
+            ],
+        ),
+        (
+            "tz",
+            "timestamptz",
+            ValueKind::Timestamp,
+            &[
+                "2024-03-01 05:29:59.123456+05:30",
+                "0001-01-01 00:00:00+00",
+                "1970-01-01 00:00:00-01",
+            ],
+        ),
+        (
+            "u",
+            "uuid",
+            ValueKind::Uuid,
+            &[
+                "123e4567-e89b-12d3-a456-426614174000",
+                "00000000-0000-0000-0000-000000000000",
+            ],
+        ),
+        (
+            "j",
+            "json",
+            ValueKind::Json,
+            &[r#"{"b": 1.0, "a": [1e2, -0.0, "x"]}"#, r#""str""#, "null"],
+        ),
+        (
+            "jb",
+            "jsonb",
+            ValueKind::Json,
+            &[r#"{"b": 1.0, "a": [1e2, -0.0, "x"]}"#, "[]", "12.50"],
+        ),
+    ];
+    let defs: Vec<String> = columns
+        .iter()
+        .map(|(n, t, _, _)| format!("{n} {t}"))
+        .collect();
+    let mut t = Table::create(&format!("id int4 primary key, {}", defs.join(", ")));
+    let rows = columns.iter().map(|c| c.3.len()).max().unwrap();
+    for row in 0..rows {
+        let values: Vec<String> = columns
+            .iter()
+            .map(|(_, _, _, edge)| match edge.get(row) {
+                Some(v) => format!("'{}'", v.replace('\'', "''")),
+                None => "NULL".into(),
+            })
+            .collect();
+        t.admin
+            .batch_execute(&format!(
+                "INSERT INTO {} VALUES ({row}, {})",
+                t.name,
+                values.join(", ")
+            ))
+            .unwrap();
+    }
+    let mapping = Mapping::new(
+        vec![col("id", ValueKind::Integer)],
+        columns.iter().map(|(n, _, k, _)| col(n, *k)).collect(),
+    )
+    .unwrap();
+    let options = ScanOptions {
+        chunk_rows: 5,
+        ..ScanOptions::default()
+    };
+    let mut s = PostgresSource::new(url(), Relation::Table(t.name.clone()), mapping, options);
+    let scanned = scan_all(&mut s).unwrap();
+    assert_eq!(scanned.len(), rows);
+    let keys: Vec<Vec<Value>> = (0..rows as i128).map(|i| vec![Value::Integer(i)]).collect();
+    let fetched: Vec<Record> = s
+        .fetch(&keys)
+        .unwrap()
+        .into_iter()
+        .map(Option::unwrap)
+        .collect();
+    for (binary, text) in scanned.iter().zip(&fetched) {
+        assert_eq!(binary, text, "binary and text readings differ");
+    }
+    // The build's path encodes fields without values: same hashes.
+    let dataset_keys = arbor_record::DatasetKeys::derive(b"equivalence");
+    let mut scratch = Vec::new();
+    let mut want: Vec<_> = fetched
+        .iter()
+        .map(|r| r.hash(&dataset_keys, &mut scratch))
+        .collect();
+    let mut got = Vec::new();
+    s.scan_hashed(&dataset_keys, &mut |batch| {
+        got.extend(batch.to_records());
+        Ok(())
+    })
+    .unwrap();
+    want.sort_by_key(|r| r.position);
+    got.sort_by_key(|r| r.position);
+    assert_eq!(got, want);
+
+    // Values the text reading refuses, the binary reading refuses too,
+    // naming the column.
+    for (ty, bad) in [
+        ("date", "0044-03-15 BC"),
+        ("date", "infinity"),
+        ("timestamp", "-infinity"),
+        ("timestamptz", "0001-12-31 23:00:00 BC"),
+        ("numeric", "NaN"),
+        ("numeric", "-Infinity"),
+    ] {
+        let mut t = Table::create(&format!("id int4 primary key, x {ty}"));
+        t.admin
+            .batch_execute(&format!("INSERT INTO {} VALUES (1, '{bad}')", t.name))
+            .unwrap();
+        let kind = match ty {
+            "date" => ValueKind::Date,
+            "numeric" => ValueKind::Decimal,
+            _ => ValueKind::Timestamp,
+        };
+        let mapping =
+            Mapping::new(vec![col("id", ValueKind::Integer)], vec![col("x", kind)]).unwrap();
+        let mut s = PostgresSource::new(
+            url(),
+            Relation::Table(t.name.clone()),
+            mapping,
+            ScanOptions::default(),
+        );
+        let scan = scan_all(&mut s).unwrap_err().to_string();
+        let hashed = s
+            .scan_hashed(&dataset_keys, &mut |_| Ok(()))
+            .unwrap_err()
+            .to_string();
+        let fetch = s.fetch(&[vec![Value::Integer(1)]]).unwrap_err().to_string();
+        for e in [&scan, &hashed, &fetch] {
+            assert!(e.contains("\"x\""), "{ty} {bad}: {e}");
+        }
+    }
+}
+
 #[test]
 fn wrong_columns_and_types_are_named() {
     let _serial = serial();
@@ -232,6 +485,14 @@ fn wrong_columns_and_types_are_named() {
     );
 }
 
+/// How a scan walks a table: a table with planner statistics is read in
+/// block ranges, one without them in key order.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Walk {
+    ByKey,
+    ByBlocks,
+}
+
 /// Scans a table of `rows` (id, v) rows in chunks of `chunk_rows`, calling
 /// `interrupt` with the table once each count in `at` has been seen; then
 /// checks every row was seen exactly once. Returns how many interruptions
@@ -240,15 +501,22 @@ fn scan_interrupted(
     rows: usize,
     chunk_rows: u64,
     at: &[usize],
+    walk: Walk,
     mut interrupt: impl FnMut(&mut Table) -> u64,
 ) -> u64 {
     let mut t = Table::create("id int4 primary key, v text");
     t.admin
         .batch_execute(&format!(
-            "INSERT INTO {} SELECT g, 'row ' || g FROM generate_series(1, {rows}) g",
+            "ALTER TABLE {0} SET (autovacuum_enabled = false);
+             INSERT INTO {0} SELECT g, 'row ' || g FROM generate_series(1, {rows}) g;",
             t.name
         ))
         .unwrap();
+    if walk == Walk::ByBlocks {
+        t.admin
+            .batch_execute(&format!("ANALYZE {}", t.name))
+            .unwrap();
+    }
     let mapping = Mapping::new(
         vec![col("id", ValueKind::Integer)],
         vec![col("v", ValueKind::Text)],
@@ -263,14 +531,34 @@ fn scan_interrupted(
     let mut s = PostgresSource::new(url(), Relation::Table(t.name.clone()), mapping, options);
     let mut seen = Vec::new();
     let mut effective = 0;
+    let mut statements = Vec::new();
     s.scan(&mut |r| {
         seen.push(r.key[0].clone());
         if at.contains(&seen.len()) {
+            // The scan's last statement shows how it walks the table.
+            for row in t
+                .admin
+                .query(
+                    "SELECT query FROM pg_stat_activity WHERE application_name = 'arbor'",
+                    &[],
+                )
+                .unwrap()
+            {
+                statements.push(row.get::<_, String>(0));
+            }
             effective += interrupt(&mut t);
         }
         Ok(())
     })
     .unwrap();
+    let marker = match walk {
+        Walk::ByKey => "ORDER BY",
+        Walk::ByBlocks => "ctid >=",
+    };
+    assert!(
+        statements.iter().any(|q| q.contains(marker)),
+        "{walk:?}: {statements:?}"
+    );
     let distinct: BTreeSet<_> = seen.iter().cloned().collect();
     assert_eq!(seen.len(), rows, "no row read twice");
     assert_eq!(distinct.len(), rows, "no row skipped");
@@ -281,16 +569,21 @@ fn scan_interrupted(
 fn a_scan_resumes_after_the_server_drops_the_connection() {
     let _serial = serial();
     // Twice mid-scan, the server terminates the source's connection.
-    let killed = scan_interrupted(5_000, 250, &[1_000, 3_333], |t| {
-        t.admin
-            .execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                 WHERE application_name = 'arbor' AND pid <> pg_backend_pid()",
-                &[],
-            )
-            .unwrap()
-    });
-    assert!(killed >= 2, "the test must really cut the connection");
+    for walk in [Walk::ByKey, Walk::ByBlocks] {
+        let killed = scan_interrupted(5_000, 250, &[1_000, 3_333], walk, |t| {
+            t.admin
+                .execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                     WHERE application_name = 'arbor' AND pid <> pg_backend_pid()",
+                    &[],
+                )
+                .unwrap()
+        });
+        assert!(
+            killed >= 2,
+            "{walk:?}: the test must really cut the connection"
+        );
+    }
 }
 
 #[test]
@@ -382,7 +675,7 @@ fn a_scan_resumes_across_a_server_restart() {
         eprintln!("skipped: the PostgreSQL server is not a private instance of tools/databases.sh");
         return;
     };
-    let restarts = scan_interrupted(20_000, 500, &[7_000], |t| {
+    let restarts = scan_interrupted(20_000, 500, &[7_000], Walk::ByBlocks, |t| {
         let status = std::process::Command::new("sh")
             .arg("-c")
             .arg(&restart)
