@@ -160,8 +160,8 @@ pub fn build_from_source_with_progress(
     let keys = index.config().keys.clone();
     index.build_batches(None, progress, |feed| {
         source
-            .scan_hashed(&keys, &mut |batch| {
-                feed.push(batch).map_err(|_| SourceError::Stopped)
+            .scan_hashed(&keys, &mut |batches| {
+                feed.push(batches).map_err(|_| SourceError::Stopped)
             })
             .map(drop)
     })

@@ -72,7 +72,7 @@ const BUILD_SPILL_DIR: &str = "build-spill";
 /// What a full build reads into: batches of hashed records, pushed by the
 /// caller of [`Index::build_batches`] while the index writes earlier ones.
 pub struct BuildFeed<'a> {
-    tx: SyncSender<HashedBatch>,
+    tx: SyncSender<Vec<HashedBatch>>,
     records_read: u64,
     progress: &'a dyn Fn(u64),
 }
@@ -84,14 +84,15 @@ pub struct BuildFeed<'a> {
 pub struct BuildStopped;
 
 impl BuildFeed<'_> {
-    /// Hands a batch to the writer, waiting while [`BUILD_QUEUE_CHUNKS`]
-    /// batches are already queued.
-    pub fn push(&mut self, batch: HashedBatch) -> Result<(), BuildStopped> {
-        if batch.is_empty() {
+    /// Hands batches to the writer (one chunk of the source, say: one
+    /// hand-over each, not one per batch), waiting while
+    /// [`BUILD_QUEUE_CHUNKS`] hand-overs are already queued.
+    pub fn push(&mut self, batches: Vec<HashedBatch>) -> Result<(), BuildStopped> {
+        let n: u64 = batches.iter().map(|b| b.len() as u64).sum();
+        if n == 0 {
             return Ok(());
         }
-        let n = batch.len() as u64;
-        self.tx.send(batch).map_err(|_| BuildStopped)?;
+        self.tx.send(batches).map_err(|_| BuildStopped)?;
         let before = self.records_read;
         self.records_read += n;
         (self.progress)(self.records_read);
@@ -127,7 +128,7 @@ where
         if chunk.is_empty() {
             return Ok(());
         }
-        feed.push(hash(chunk))?;
+        feed.push(vec![hash(chunk)])?;
     }
 }
 
@@ -471,12 +472,12 @@ impl Index {
         // thread spills them into buckets by position (see crate::build).
         let spill_dir = self.path.join(BUILD_SPILL_DIR);
         let (filled, spilled, records_read) = std::thread::scope(|scope| {
-            let (tx, rx) = sync_channel::<HashedBatch>(BUILD_QUEUE_CHUNKS);
+            let (tx, rx) = sync_channel::<Vec<HashedBatch>>(BUILD_QUEUE_CHUNKS);
             let spill_dir = &spill_dir;
             let writer = scope.spawn(move || -> Result<SpilledBuckets, IndexError> {
                 let mut spill =
                     Spill::create(spill_dir, self.build_spill_bytes.load(Ordering::Relaxed))?;
-                for batch in rx {
+                for batch in rx.iter().flatten() {
                     spill.push(&batch)?;
                 }
                 spill.finish()

@@ -102,14 +102,15 @@ pub trait Source: Send {
     ) -> Result<u64, SourceError>;
 
     /// Streams every record, hashed with `keys`, to `visit` in batches (in
-    /// no particular order); returns the number of records read. This is
+    /// no particular order; the batches of one chunk of the source in one
+    /// call); returns the number of records read. This is
     /// what a full build reads. By default a thread scans while this one
     /// hashes; a connector that can encode rows as it reads them does
     /// better (PostgreSQL's binary COPY).
     fn scan_hashed(
         &mut self,
         keys: &DatasetKeys,
-        visit: &mut dyn FnMut(HashedBatch) -> Result<(), SourceError>,
+        visit: &mut dyn FnMut(Vec<HashedBatch>) -> Result<(), SourceError>,
     ) -> Result<u64, SourceError> {
         hash_while_scanning(self, keys, visit)
     }
@@ -145,7 +146,7 @@ const HASH_BATCH_RECORDS: usize = 32_768;
 fn hash_while_scanning<S: Source + ?Sized>(
     source: &mut S,
     keys: &DatasetKeys,
-    visit: &mut dyn FnMut(HashedBatch) -> Result<(), SourceError>,
+    visit: &mut dyn FnMut(Vec<HashedBatch>) -> Result<(), SourceError>,
 ) -> Result<u64, SourceError> {
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Record>>(2);
@@ -168,7 +169,7 @@ fn hash_while_scanning<S: Source + ?Sized>(
         });
         let consumed = rx
             .into_iter()
-            .try_for_each(|records| visit(HashedBatch::hash_records(keys, &records)));
+            .try_for_each(|records| visit(vec![HashedBatch::hash_records(keys, &records)]));
         // Dropping the receiver (above) stops a scanner still sending.
         let scanned = scanner.join().unwrap_or_else(|_| {
             Err(SourceError::Read {
@@ -230,7 +231,7 @@ impl Source for Redacting {
     fn scan_hashed(
         &mut self,
         keys: &DatasetKeys,
-        visit: &mut dyn FnMut(HashedBatch) -> Result<(), SourceError>,
+        visit: &mut dyn FnMut(Vec<HashedBatch>) -> Result<(), SourceError>,
     ) -> Result<u64, SourceError> {
         let r = self.inner.scan_hashed(keys, visit);
         r.map_err(|e| self.scrub(e))

@@ -655,7 +655,7 @@ impl Source for PostgresSource {
     fn scan_hashed(
         &mut self,
         keys: &DatasetKeys,
-        visit: &mut dyn FnMut(HashedBatch) -> Result<(), SourceError>,
+        visit: &mut dyn FnMut(Vec<HashedBatch>) -> Result<(), SourceError>,
     ) -> Result<u64, SourceError> {
         self.check()?;
         self.choose_walk()?;
@@ -664,7 +664,7 @@ impl Source for PostgresSource {
         keyset::scan_in_chunks(
             self,
             &|chunk, parallel| context.hashed(keys, chunk, parallel, &pool),
-            &mut |batches| batches.into_iter().try_for_each(&mut *visit),
+            visit,
         )
     }
 

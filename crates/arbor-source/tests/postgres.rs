@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arbor_record::value::{Date, Decimal, Timestamp, parse_uuid};
-use arbor_record::{CanonicalJson, Record, Value, ValueKind};
+use arbor_record::{CanonicalJson, HashedBatch, Record, Value, ValueKind};
 use arbor_source::postgres::{PostgresSource, ScanOptions};
 use arbor_source::sqlite::Relation;
 use arbor_source::{ColumnMapping, Mapping, Source, SourceError};
@@ -391,8 +391,8 @@ fn binary_scans_and_text_lookups_read_every_value_alike() {
         .map(|r| r.hash(&dataset_keys, &mut scratch))
         .collect();
     let mut got = Vec::new();
-    s.scan_hashed(&dataset_keys, &mut |batch| {
-        got.extend(batch.to_records());
+    s.scan_hashed(&dataset_keys, &mut |batches| {
+        got.extend(batches.iter().flat_map(HashedBatch::to_records));
         Ok(())
     })
     .unwrap();
