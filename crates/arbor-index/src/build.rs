@@ -5,7 +5,7 @@
 //!
 //! ```text
 //!   batches ──▶ 256 bucket files (by the top 8 bits of the position)
-//!   end:  16 groups in parallel, one per level-1 prefix:
+//!   end:  16 groups in parallel, one per level-1 prefix (2 in a small build):
 //!         bucket ──sort──▶ records SST  +  nodes of levels 1..=depth
 //!   nodes sorted ──▶ nodes SST;  ingest everything;  root = Σ level 1
 //! ```
@@ -32,16 +32,25 @@ use crate::error::IndexError;
 
 /// Buckets: the top 8 bits of the position (two tree levels).
 const BUCKETS: usize = 256;
-/// Buckets per level-1 prefix: one group of the final pass.
-const BUCKETS_PER_GROUP: usize = BUCKETS / FANOUT;
+/// Builds of fewer records than this write their buckets in two groups
+/// (two of each file, not sixteen: a file costs a sync and an ingestion
+/// whatever its size), larger ones in sixteen.
+const SMALL_BUILD_RECORDS: u64 = 1 << 20;
 /// Bytes a bucket gathers in memory before they are appended to its file.
 pub(crate) const BUCKET_BUFFER_BYTES: usize = 64 << 10;
 /// Spilled record: position (8), digest (32), key length (4), key.
 const RECORD_HEADER: usize = 8 + 32 + 4;
+/// A bucket larger than this is split by the next 8 bits of the position
+/// before it is sorted, so the final pass holds at most about this much
+/// per worker whatever the build's size (a 1 B-record build has ~200 MB
+/// buckets; each splits into ~1 MB pieces).
+const MAX_BUCKET_BYTES: u64 = 64 << 20;
 
 /// Where a build's spilled records go while the source is read.
 pub(crate) struct Spill {
     dir: PathBuf,
+    /// The bucket of a record is `(position >> shift) & 0xff`.
+    shift: u32,
     buffers: Vec<Vec<u8>>,
     /// Bytes a bucket gathers before they are written.
     flush_bytes: usize,
@@ -53,12 +62,18 @@ impl Spill {
     /// Buckets in `dir`, which is created empty, each writing its records
     /// once `flush_bytes` of them gathered.
     pub fn create(dir: &Path, flush_bytes: usize) -> Result<Spill, IndexError> {
+        Spill::create_at(dir, flush_bytes, 56)
+    }
+
+    /// Buckets by the 8 bits of the position at `shift`.
+    fn create_at(dir: &Path, flush_bytes: usize, shift: u32) -> Result<Spill, IndexError> {
         if dir.exists() {
             std::fs::remove_dir_all(dir).map_err(io("clear", dir))?;
         }
         std::fs::create_dir_all(dir).map_err(io("create", dir))?;
         Ok(Spill {
             dir: dir.to_owned(),
+            shift,
             buffers: vec![Vec::new(); BUCKETS],
             flush_bytes,
             started: vec![false; BUCKETS],
@@ -68,16 +83,25 @@ impl Spill {
     /// Spills every record of a batch.
     pub fn push(&mut self, batch: &HashedBatch) -> Result<(), IndexError> {
         for e in batch.entries() {
-            let b = bucket_of(e.position);
-            let key = batch.key(e);
-            let buf = &mut self.buffers[b];
-            buf.extend_from_slice(&e.position.to_le_bytes());
-            buf.extend_from_slice(&e.digest.0);
-            buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
-            buf.extend_from_slice(key);
-            if buf.len() >= self.flush_bytes {
-                self.flush(b)?;
-            }
+            self.push_record(e.position, &e.digest, batch.key(e))?;
+        }
+        Ok(())
+    }
+
+    fn push_record(
+        &mut self,
+        position: u64,
+        digest: &Digest,
+        key: &[u8],
+    ) -> Result<(), IndexError> {
+        let b = ((position >> self.shift) & 0xff) as usize;
+        let buf = &mut self.buffers[b];
+        buf.extend_from_slice(&position.to_le_bytes());
+        buf.extend_from_slice(&digest.0);
+        buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        buf.extend_from_slice(key);
+        if buf.len() >= self.flush_bytes {
+            self.flush(b)?;
         }
         Ok(())
     }
@@ -107,6 +131,7 @@ impl Spill {
         Ok(SpilledBuckets {
             dir: self.dir,
             present: self.started,
+            split_above: MAX_BUCKET_BYTES,
         })
     }
 }
@@ -115,6 +140,8 @@ impl Spill {
 pub(crate) struct SpilledBuckets {
     dir: PathBuf,
     present: Vec<bool>,
+    /// Buckets of more bytes than this are split before sorting.
+    split_above: u64,
 }
 
 /// What the final pass wrote.
@@ -217,11 +244,25 @@ impl<'a> LazySst<'a> {
 impl SpilledBuckets {
     /// Sorts every bucket and writes the records' and the nodes' SST files
     /// (levels `0..=depth`), groups of buckets in parallel.
-    pub fn write(self, depth: u8, options: &Options) -> Result<Written, IndexError> {
-        let groups = (0..FANOUT)
+    pub fn write(
+        self,
+        records_read: u64,
+        depth: u8,
+        options: &Options,
+    ) -> Result<Written, IndexError> {
+        // Groups are contiguous runs of buckets covering whole level-1
+        // prefixes, so each closes its own level-1 nodes.
+        let count = if records_read < SMALL_BUILD_RECORDS {
+            2
+        } else {
+            FANOUT
+        };
+        let per_group = BUCKETS / count;
+        let groups = (0..count)
             .into_par_iter()
             .map_init(GroupBuffers::default, |buffers, g| {
-                self.write_group(g, depth, options, buffers)
+                let buckets = g * per_group..(g + 1) * per_group;
+                self.write_group(g, buckets, depth, options, buffers)
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut written = Written {
@@ -258,74 +299,82 @@ impl SpilledBuckets {
         Ok(written)
     }
 
-    /// The buckets under level-1 prefix `g`, in position order: its records
-    /// and its deepest nodes each in an SST file, and its other nodes of
-    /// levels `1..depth`.
+    /// Group `g`, the `buckets` (whole level-1 prefixes), in position
+    /// order: its records and its deepest nodes each in an SST file, and
+    /// its other nodes of levels `1..depth`.
     fn write_group(
         &self,
         g: usize,
+        buckets: std::ops::Range<usize>,
         depth: u8,
         options: &Options,
         buffers: &mut GroupBuffers,
     ) -> Result<GroupOutput, IndexError> {
-        let mut out = GroupOutput {
+        let out = GroupOutput {
             upper: vec![Vec::new(); usize::from(depth.saturating_sub(1))],
             ..GroupOutput::default()
         };
-        let mut records = LazySst::new(options, self.dir.join(format!("records-{g:02}.sst")));
-        let mut nodes = NodeSink {
-            depth,
-            deep: LazySst::new(options, self.dir.join(format!("nodes-{g:02}.sst"))),
-            error: None,
+        let mut state = GroupState {
+            records: LazySst::new(options, self.dir.join(format!("records-{g:02}.sst"))),
+            nodes: NodeSink {
+                depth,
+                deep: LazySst::new(options, self.dir.join(format!("nodes-{g:02}.sst"))),
+                error: None,
+            },
+            aggregator: Aggregator::new(depth),
+            out,
         };
-        let mut aggregator = Aggregator::new(depth);
-        let GroupBuffers {
-            raw,
-            entries,
-            key_buf,
-        } = buffers;
-        for b in g * BUCKETS_PER_GROUP..(g + 1) * BUCKETS_PER_GROUP {
+        for b in buckets {
             if !self.present[b] {
                 continue;
             }
             let path = bucket_path(&self.dir, b);
-            raw.clear();
-            File::open(&path)
-                .and_then(|mut f| {
-                    raw.reserve(f.metadata()?.len() as usize);
-                    f.read_to_end(raw)
-                })
-                .map_err(io("read", &path))?;
-            // The spill file is gone once read: disk holds one copy.
-            std::fs::remove_file(&path).map_err(io("remove", &path))?;
-            spilled_entries(raw, entries).map_err(|reason| IndexError::Corrupt {
-                cf: "build spill",
-                key: path.display().to_string(),
-                reason,
-            })?;
-            sort_spilled(raw, entries);
-            for (i, &(position, at)) in entries.iter().enumerate() {
-                let key = spilled_key(raw, at);
-                if let Some(&(next_pos, next_at)) = entries.get(i + 1)
-                    && next_pos == position
-                    && spilled_key(raw, next_at) == key
-                {
-                    // A later copy of this key follows: it wins.
-                    continue;
+            let size = std::fs::metadata(&path).map_err(io("read", &path))?.len();
+            if size <= self.split_above {
+                self.write_bucket(&path, buffers, &mut state)?;
+                continue;
+            }
+            // Too large to sort in memory: split by the next 8 bits of the
+            // position (pieces come out in position order), then each.
+            let pieces_dir = path.with_extension("pieces");
+            let mut pieces = Spill::create_at(&pieces_dir, BUCKET_BUFFER_BYTES, 48)?;
+            let mut reader = std::io::BufReader::with_capacity(
+                1 << 20,
+                File::open(&path).map_err(io("read", &path))?,
+            );
+            let mut header = [0u8; RECORD_HEADER];
+            let mut key = Vec::new();
+            loop {
+                match reader.read_exact(&mut header) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                    Err(e) => return Err(io("read", &path)(e)),
                 }
-                let digest = spilled_digest(raw, at);
-                key_buf.clear();
-                cf::put_record_key(key_buf, position, key);
-                records.put(key_buf, &digest.0)?;
-                aggregator.push(position, Node::of_digest(&digest.0), |p, n| {
-                    nodes.emit(p, n, &mut out)
-                });
-                out.records += 1;
+                let (position, digest, len) = spilled_header(&header);
+                if len as u64 > size {
+                    return Err(IndexError::Corrupt {
+                        cf: "build spill",
+                        key: path.display().to_string(),
+                        reason: format!("a key of {len} bytes in a file of {size}"),
+                    });
+                }
+                key.resize(len, 0);
+                reader.read_exact(&mut key).map_err(io("read", &path))?;
+                pieces.push_record(position, &digest, &key)?;
             }
-            if let Some(e) = nodes.error.take() {
-                return Err(e);
+            std::fs::remove_file(&path).map_err(io("remove", &path))?;
+            let pieces = pieces.finish()?;
+            for piece in (0..BUCKETS).filter(|&p| pieces.present[p]) {
+                self.write_bucket(&bucket_path(&pieces_dir, piece), buffers, &mut state)?;
             }
+            std::fs::remove_dir_all(&pieces_dir).map_err(io("remove", &pieces_dir))?;
         }
+        let GroupState {
+            records,
+            mut nodes,
+            aggregator,
+            mut out,
+        } = state;
         out.root = aggregator.finish(|p, n| {
             // The root is summed over every group by the caller.
             if p != Prefix::ROOT {
@@ -339,6 +388,72 @@ impl SpilledBuckets {
         out.deep_file = nodes.deep.finish()?;
         Ok(out)
     }
+
+    /// Sorts one bucket file (or piece of one) and writes its records and
+    /// nodes; the file is removed once read.
+    fn write_bucket(
+        &self,
+        path: &Path,
+        buffers: &mut GroupBuffers,
+        state: &mut GroupState<'_>,
+    ) -> Result<(), IndexError> {
+        let GroupBuffers {
+            raw,
+            entries,
+            key_buf,
+        } = buffers;
+        raw.clear();
+        File::open(path)
+            .and_then(|mut f| {
+                raw.reserve(f.metadata()?.len() as usize);
+                f.read_to_end(raw)
+            })
+            .map_err(io("read", path))?;
+        // The spill file is gone once read: disk holds one copy.
+        std::fs::remove_file(path).map_err(io("remove", path))?;
+        spilled_entries(raw, entries).map_err(|reason| IndexError::Corrupt {
+            cf: "build spill",
+            key: path.display().to_string(),
+            reason,
+        })?;
+        sort_spilled(raw, entries);
+        let GroupState {
+            records,
+            nodes,
+            aggregator,
+            out,
+        } = state;
+        for (i, &(position, at)) in entries.iter().enumerate() {
+            let key = spilled_key(raw, at);
+            if let Some(&(next_pos, next_at)) = entries.get(i + 1)
+                && next_pos == position
+                && spilled_key(raw, next_at) == key
+            {
+                // A later copy of this key follows: it wins.
+                continue;
+            }
+            let digest = spilled_digest(raw, at);
+            key_buf.clear();
+            cf::put_record_key(key_buf, position, key);
+            records.put(key_buf, &digest.0)?;
+            aggregator.push(position, Node::of_digest(&digest.0), |p, n| {
+                nodes.emit(p, n, out)
+            });
+            out.records += 1;
+        }
+        match nodes.error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What a group of the final pass carries from bucket to bucket.
+struct GroupState<'a> {
+    records: LazySst<'a>,
+    nodes: NodeSink<'a>,
+    aggregator: Aggregator,
+    out: GroupOutput,
 }
 
 /// Indexes the records of a spill file: (position, offset) each. The file
@@ -390,6 +505,21 @@ fn sort_spilled(raw: &[u8], entries: &mut [(u64, usize)]) {
     }
 }
 
+/// Position, digest and key length from a spilled record's header.
+fn spilled_header(header: &[u8; RECORD_HEADER]) -> (u64, Digest, usize) {
+    let mut pos = [0u8; 8];
+    pos.copy_from_slice(&header[..8]);
+    let mut digest = [0u8; 32];
+    digest.copy_from_slice(&header[8..40]);
+    let mut len = [0u8; 4];
+    len.copy_from_slice(&header[40..44]);
+    (
+        u64::from_le_bytes(pos),
+        Digest(digest),
+        u32::from_le_bytes(len) as usize,
+    )
+}
+
 /// The key of the spilled record at `at` (checked by [`spilled_entries`]).
 fn spilled_key(raw: &[u8], at: usize) -> &[u8] {
     let mut len = [0u8; 4];
@@ -403,10 +533,6 @@ fn spilled_digest(raw: &[u8], at: usize) -> Digest {
     let mut d = [0u8; 32];
     d.copy_from_slice(&raw[at + 8..at + 40]);
     Digest(d)
-}
-
-fn bucket_of(position: u64) -> usize {
-    (position >> 56) as usize
 }
 
 fn bucket_path(dir: &Path, b: usize) -> PathBuf {
@@ -423,4 +549,90 @@ fn sst_writer<'a>(options: &'a Options, path: &Path) -> Result<SstFileWriter<'a>
 fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> IndexError {
     let path = path.to_owned();
     move |source| IndexError::Io { op, path, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arbor_record::HashedRecord;
+    use rocksdb::{DB, IngestExternalFileOptions};
+
+    /// Everything a build writes, as RocksDB reads it back after ingestion:
+    /// (records, nodes), each as sorted (key, value) pairs.
+    type Content = (Vec<(Vec<u8>, Vec<u8>)>, Vec<(Vec<u8>, Vec<u8>)>);
+
+    fn build(
+        records: &HashedBatch,
+        records_read: u64,
+        depth: u8,
+        split_above: u64,
+    ) -> (Written, Content) {
+        let dir = tempfile::TempDir::new().unwrap();
+        let mut spill = Spill::create(&dir.path().join("spill"), 256).unwrap();
+        spill.push(records).unwrap();
+        let mut spilled = spill.finish().unwrap();
+        spilled.split_above = split_above;
+        let written = spilled
+            .write(records_read, depth, &Options::default())
+            .unwrap();
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let db = DB::open_cf(&opts, dir.path().join("db"), ["r", "n"]).unwrap();
+        let ingest = IngestExternalFileOptions::default();
+        let read = |cf: &str, files: &[PathBuf]| {
+            let handle = db.cf_handle(cf).unwrap();
+            if !files.is_empty() {
+                db.ingest_external_file_cf_opts(handle, &ingest, files.iter().collect())
+                    .unwrap();
+            }
+            db.iterator_cf(handle, rocksdb::IteratorMode::Start)
+                .map(|kv| {
+                    let (k, v) = kv.unwrap();
+                    (k.to_vec(), v.to_vec())
+                })
+                .collect::<Vec<_>>()
+        };
+        let content = (
+            read("r", &written.record_files),
+            read("n", &written.node_files),
+        );
+        (written, content)
+    }
+
+    #[test]
+    fn group_counts_and_split_buckets_write_the_same_index() {
+        // Spread over every bucket; key 7 is read twice, the last copy wins.
+        let mut records: Vec<HashedRecord> = (0u64..5_000)
+            .map(|i| HashedRecord {
+                position: i.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                key: i.to_be_bytes().to_vec(),
+                digest: Digest([i as u8; 32]),
+            })
+            .collect();
+        records.push(HashedRecord {
+            digest: Digest([0xee; 32]),
+            ..records[7].clone()
+        });
+        let batch: HashedBatch = records.into_iter().collect();
+        let (small, small_content) = build(&batch, 1, 3, MAX_BUCKET_BYTES);
+        let (large, large_content) = build(&batch, SMALL_BUILD_RECORDS, 3, MAX_BUCKET_BYTES);
+        // Every bucket (~20 records, ~1 KB) split into pieces.
+        let (_, split_content) = build(&batch, 1, 3, 100);
+        assert_eq!(split_content, small_content);
+        assert_eq!(small.record_files.len(), 2);
+        assert_eq!(large.record_files.len(), FANOUT);
+        assert_eq!((small.records, large.records), (5_000, 5_000));
+        assert_eq!(small.nodes, large.nodes);
+        assert_eq!(small_content, large_content);
+        let seven = cf::record_key(
+            7u64.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            &7u64.to_be_bytes(),
+        );
+        let found = small_content.0.iter().find(|(k, _)| *k == seven).unwrap();
+        assert_eq!(found.1, vec![0xee; 32]);
+        // Root, 16 level-1 nodes, 256 level-2, and the non-empty level 3.
+        assert_eq!(small_content.1.first().map(|(k, _)| k[0]), Some(0));
+        assert_eq!(small.nodes as usize, small_content.1.len());
+    }
 }

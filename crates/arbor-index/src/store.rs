@@ -505,7 +505,7 @@ impl Index {
 
         let depth = stored_depth(records_read);
         debug!(records_read, "build: source read, writing the buckets");
-        let written = spilled.write(depth, &records_file_options())?;
+        let written = spilled.write(records_read, depth, &records_file_options())?;
         debug!(
             records = written.records,
             "build: buckets written, ingesting"

@@ -1,12 +1,13 @@
-//! What the database connectors share: reading a relation in keyset chunks
-//! under a throttle, and reconnecting with backoff when the connection
-//! breaks, resuming after the last key handed out.
+//! What the database connectors share: reading a relation in chunks under
+//! a throttle, and reconnecting with backoff when the connection breaks,
+//! resuming at the chunk that broke.
 //!
-//! A connector implements `KeysetReader`: read one whole chunk after a
-//! key, and open a fresh connection. `scan_in_chunks` drives it. Because a
-//! chunk is read whole before any of it is handed out, a connection that
-//! breaks mid-chunk only means reading that chunk again: no record is seen
-//! twice or skipped.
+//! A connector implements `KeysetReader`: read one whole chunk from a
+//! cursor (the last key read, for keyset chunks; a block of the table for
+//! PostgreSQL's block walk), and open a fresh connection. `scan_in_chunks`
+//! drives it. Because a chunk is read whole before any of it is handed out,
+//! a connection that breaks mid-chunk only means reading that chunk again:
+//! no record is handed out twice or skipped.
 
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,8 @@ use crate::mapping::Mapping;
 /// How a database scan treats the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ScanOptions {
-    /// Rows per keyset chunk (one statement each).
+    /// Rows per chunk (one statement each; PostgreSQL's block walk aims at
+    /// about this many).
     pub chunk_rows: u64,
     /// Throttle: at most this many rows per second; 0 means no limit.
     pub max_rows_per_sec: u64,
