@@ -528,6 +528,12 @@ fn config_mistakes_are_named_before_anything_runs() {
         !String::from_utf8_lossy(&out.stdout).contains("arbor demo secret"),
         "secrets are never printed"
     );
+    // A missing file is named, and its cause said once.
+    let out = arbor(dir.path(), &["config", "check", "--config", "missing.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("missing.toml"), "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
 }
 
 /// A table name no other test (or test process) uses: tests run in

@@ -459,12 +459,30 @@ fn cli_tls() -> Result<()> {
     Ok(())
 }
 
+/// An error and its causes on one line, each cause once: library errors
+/// often say their cause in their own message too, and `{:#}` would then
+/// print it twice.
+fn describe(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Agent { .. })
         && let Err(e) = cli_tls()
     {
-        eprintln!("arbor: error: {e:#}");
+        eprintln!("arbor: error: {}", describe(&e));
         return ExitCode::from(2);
     }
     // Every outgoing call (to agents, and an agent's to its peers) carries
@@ -490,7 +508,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("arbor: error: {e:#}");
+            eprintln!("arbor: error: {}", describe(&e));
             ExitCode::from(2)
         }
     }
