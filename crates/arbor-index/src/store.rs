@@ -86,7 +86,7 @@ pub struct BuildStopped;
 impl BuildFeed<'_> {
     /// Hands batches to the writer (one chunk of the source, say: one
     /// hand-over each, not one per batch), waiting while
-    /// [`BUILD_QUEUE_CHUNKS`] hand-overs are already queued.
+    /// two hand-overs are already queued.
     pub fn push(&mut self, batches: Vec<HashedBatch>) -> Result<(), BuildStopped> {
         let n: u64 = batches.iter().map(|b| b.len() as u64).sum();
         if n == 0 {
