@@ -173,39 +173,15 @@ pub fn with_records<R>(
     source: &mut dyn Source,
     consume: impl FnOnce(&mut dyn Iterator<Item = Result<Record, SourceError>>) -> R,
 ) -> R {
-    std::thread::scope(|scope| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Record>, SourceError>>(4);
-        let reader = scope.spawn(move || {
-            let mut chunk = Vec::with_capacity(SOURCE_CHUNK_RECORDS);
-            let scanned = source.scan(&mut |r| {
-                chunk.push(r);
-                if chunk.len() == SOURCE_CHUNK_RECORDS {
-                    let full =
-                        std::mem::replace(&mut chunk, Vec::with_capacity(SOURCE_CHUNK_RECORDS));
-                    tx.send(Ok(full)).map_err(|_| SourceError::Stopped)?;
-                }
-                Ok(())
-            });
-            let last = match scanned {
-                Ok(_) => Ok(chunk),
-                Err(e) => Err(e),
-            };
-            let _ = tx.send(last);
+    arbor_source::scan_in_batches(source, SOURCE_CHUNK_RECORDS, |batches| {
+        // Batches are handed on as they are, without copying them again.
+        let mut records = batches.flat_map(|batch| -> Box<dyn Iterator<Item = _>> {
+            match batch {
+                Ok(records) => Box::new(records.into_iter().map(Ok)),
+                Err(e) => Box::new(std::iter::once(Err(e))),
+            }
         });
-        // Chunks are handed on as they are, without copying them again.
-        let mut records = rx
-            .into_iter()
-            .flat_map(|chunk| -> Box<dyn Iterator<Item = _>> {
-                match chunk {
-                    Ok(records) => Box::new(records.into_iter().map(Ok)),
-                    Err(e) => Box::new(std::iter::once(Err(e))),
-                }
-            });
-        let out = consume(&mut records);
-        // Dropping the receiver stops a reader the consumer left early.
-        drop(records);
-        let _ = reader.join();
-        out
+        consume(&mut records)
     })
 }
 

@@ -549,23 +549,19 @@ impl Index {
     fn ingest_build(&self, written: &Written) -> Result<(), IndexError> {
         let mut ingest = IngestExternalFileOptions::default();
         ingest.set_move_files(true);
-        if !written.record_files.is_empty() {
-            self.db
-                .ingest_external_file_cf_opts(
-                    self.cf(cf::RECORDS),
-                    &ingest,
-                    written.record_files.iter().collect(),
-                )
-                .map_err(IndexError::storage("ingest the build's records"))?;
-        }
-        if !written.node_files.is_empty() {
-            self.db
-                .ingest_external_file_cf_opts(
-                    self.cf(cf::NODES),
-                    &ingest,
-                    written.node_files.iter().collect(),
-                )
-                .map_err(IndexError::storage("ingest the build's nodes"))?;
+        for (name, files, op) in [
+            (
+                cf::RECORDS,
+                &written.record_files,
+                "ingest the build's records",
+            ),
+            (cf::NODES, &written.node_files, "ingest the build's nodes"),
+        ] {
+            if !files.is_empty() {
+                self.db
+                    .ingest_external_file_cf_opts(self.cf(name), &ingest, files.iter().collect())
+                    .map_err(IndexError::storage(op))?;
+            }
         }
         Ok(())
     }

@@ -148,38 +148,82 @@ fn hash_while_scanning<S: Source + ?Sized>(
     keys: &DatasetKeys,
     visit: &mut dyn FnMut(Vec<HashedBatch>) -> Result<(), SourceError>,
 ) -> Result<u64, SourceError> {
+    scan_in_batches(source, HASH_BATCH_RECORDS, |batches| {
+        let mut records = 0;
+        for batch in batches {
+            let batch = batch?;
+            records += batch.len() as u64;
+            visit(vec![HashedBatch::hash_records(keys, &batch)])?;
+        }
+        Ok(records)
+    })
+}
+
+/// Runs `source.scan` on a scoped thread and hands its records to
+/// `consume`, on this thread, in batches of `batch_records` as they come.
+/// A failed scan's error is the last item, so a consumer never takes a
+/// scan cut short for a complete one; a consumer that stops early stops
+/// the scan.
+pub fn scan_in_batches<S: Source + ?Sized, R>(
+    source: &mut S,
+    batch_records: usize,
+    consume: impl FnOnce(&mut dyn Iterator<Item = Result<Vec<Record>, SourceError>>) -> R,
+) -> R {
+    let batch_records = batch_records.max(1);
     std::thread::scope(|scope| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Record>>(2);
+        let (tx, rx) = std::sync::mpsc::sync_channel(2);
         let scanner = scope.spawn(move || {
-            let mut batch = Vec::with_capacity(HASH_BATCH_RECORDS);
+            let mut batch = Vec::with_capacity(batch_records);
             let scanned = source.scan(&mut |r| {
                 batch.push(r);
-                if batch.len() == HASH_BATCH_RECORDS {
-                    let full =
-                        std::mem::replace(&mut batch, Vec::with_capacity(HASH_BATCH_RECORDS));
-                    tx.send(full).map_err(|_| SourceError::Stopped)?;
+                if batch.len() == batch_records {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(batch_records));
+                    tx.send((Ok(full), false))
+                        .map_err(|_| SourceError::Stopped)?;
                 }
                 Ok(())
             });
-            if scanned.is_ok() && !batch.is_empty() {
-                // A closed channel means the consumer failed; its error wins.
-                let _ = tx.send(batch);
-            }
-            scanned
+            // A closed channel means the consumer stopped: nobody listens.
+            let _ = tx.send((scanned.map(|_| batch), true));
         });
-        let consumed = rx
-            .into_iter()
-            .try_for_each(|records| visit(vec![HashedBatch::hash_records(keys, &records)]));
-        // Dropping the receiver (above) stops a scanner still sending.
-        let scanned = scanner.join().unwrap_or_else(|_| {
-            Err(SourceError::Read {
-                dataset: "(scan)".into(),
-                reason: "the scanning thread panicked".into(),
-            })
-        });
-        consumed?;
-        scanned
+        let mut batches = Batches { rx, done: false };
+        let out = consume(&mut batches);
+        // Dropping the receiver stops a scanner the consumer left early.
+        drop(batches);
+        let _ = scanner.join();
+        out
     })
+}
+
+/// The batches of [`scan_in_batches`]: each item with whether it is the
+/// last. A scanner gone before its last item (it panicked) ends the
+/// batches with an error rather than passing for a complete scan.
+struct Batches {
+    rx: std::sync::mpsc::Receiver<(Result<Vec<Record>, SourceError>, bool)>,
+    done: bool,
+}
+
+impl Iterator for Batches {
+    type Item = Result<Vec<Record>, SourceError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.rx.recv() {
+            Ok((item, last)) => {
+                self.done = last;
+                Some(item)
+            }
+            Err(_) => {
+                self.done = true;
+                Some(Err(SourceError::Read {
+                    dataset: "(scan)".into(),
+                    reason: "the scanning thread stopped before the end of the scan".into(),
+                }))
+            }
+        }
+    }
 }
 
 /// What an error says instead of a redacted column's value.
@@ -260,5 +304,95 @@ pub fn redacting(source: Box<dyn Source>) -> Box<dyn Source> {
         source
     } else {
         Box::new(Redacting { inner: source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arbor_record::ValueKind;
+
+    /// Records 0..n, then the scan's end: `Ok`, an error, or a panic.
+    struct Counting {
+        mapping: Mapping,
+        n: i128,
+        end: &'static str,
+        visited: i128,
+    }
+
+    impl Counting {
+        fn new(n: i128, end: &'static str) -> Counting {
+            let key = ColumnMapping::new("id", "id", ValueKind::Integer);
+            Counting {
+                mapping: Mapping::new(vec![key], vec![]).unwrap(),
+                n,
+                end,
+                visited: 0,
+            }
+        }
+    }
+
+    impl Source for Counting {
+        fn mapping(&self) -> &Mapping {
+            &self.mapping
+        }
+
+        fn check(&mut self) -> Result<(), SourceError> {
+            Ok(())
+        }
+
+        fn scan(
+            &mut self,
+            visit: &mut dyn FnMut(Record) -> Result<(), SourceError>,
+        ) -> Result<u64, SourceError> {
+            for i in 0..self.n {
+                visit(Record::new(vec![Value::Integer(i)], vec![]))?;
+                self.visited += 1;
+            }
+            match self.end {
+                "error" => Err(SourceError::Read {
+                    dataset: "counting".into(),
+                    reason: "the system went away".into(),
+                }),
+                "panic" => panic!("a connector bug"),
+                _ => Ok(self.n as u64),
+            }
+        }
+
+        fn fetch(&mut self, _: &[Vec<Value>]) -> Result<Vec<Option<Record>>, SourceError> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn collect(source: &mut Counting) -> (usize, Option<String>) {
+        scan_in_batches(source, 3, |batches| {
+            let mut n = 0;
+            for b in batches {
+                match b {
+                    Ok(records) => n += records.len(),
+                    Err(e) => return (n, Some(e.to_string())),
+                }
+            }
+            (n, None)
+        })
+    }
+
+    #[test]
+    fn batches_end_with_the_scans_error_and_never_pass_a_cut_scan_for_whole() {
+        assert_eq!(collect(&mut Counting::new(10, "ok")), (10, None));
+        assert_eq!(collect(&mut Counting::new(0, "ok")), (0, None));
+        let (n, e) = collect(&mut Counting::new(10, "error"));
+        assert_eq!(n, 9, "the partial last batch is not handed out");
+        assert!(e.unwrap().contains("went away"));
+        let (_, e) = collect(&mut Counting::new(10, "panic"));
+        assert!(e.unwrap().contains("stopped before the end"));
+    }
+
+    #[test]
+    fn a_consumer_that_stops_stops_the_scan() {
+        let mut source = Counting::new(1_000_000, "ok");
+        let first = scan_in_batches(&mut source, 10, |batches| batches.next());
+        assert_eq!(first.unwrap().unwrap().len(), 10);
+        assert!(source.visited < 1_000, "visited {}", source.visited);
     }
 }

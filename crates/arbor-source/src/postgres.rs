@@ -241,6 +241,25 @@ impl PostgresSource {
         }
     }
 
+    /// The rows of a simple (text) query.
+    fn query_rows(&mut self, sql: &str) -> Result<Vec<postgres::SimpleQueryRow>, SourceError> {
+        let dataset = self.dataset();
+        let messages = self
+            .client()?
+            .simple_query(sql)
+            .map_err(|e| SourceError::Read {
+                dataset,
+                reason: db_message(&e),
+            })?;
+        Ok(messages
+            .into_iter()
+            .filter_map(|m| match m {
+                SimpleQueryMessage::Row(row) => Some(row),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// What turning text rows into records needs.
     fn context(&self) -> ChunkContext {
         ChunkContext {
@@ -362,18 +381,8 @@ impl PostgresSource {
                     c.relpages, c.reltuples
              FROM pg_class c WHERE c.oid = {name}::regclass"
         );
-        let dataset = self.dataset();
-        let rows = self
-            .client()?
-            .simple_query(&sql)
-            .map_err(|e| SourceError::Read {
-                dataset,
-                reason: db_message(&e),
-            })?;
-        let Some(row) = rows.iter().find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(r),
-            _ => None,
-        }) else {
+        let rows = self.query_rows(&sql)?;
+        let Some(row) = rows.first() else {
             return Ok(());
         };
         let field = |i: usize| row.get(i).unwrap_or("");
@@ -697,26 +706,15 @@ impl Source for PostgresSource {
             self.from(),
             ident(column)
         );
-        let dataset = self.dataset();
-        let rows = self
-            .client()?
-            .simple_query(&sql)
-            .map_err(|e| SourceError::Read {
-                dataset,
-                reason: e
-                    .as_db_error()
-                    .map_or_else(|| e.to_string(), |d| d.message().to_owned()),
-            })?;
+        let rows = self.query_rows(&sql)?;
         // The watermark column comes after the mapped ones.
         let mark_at = self.mapping.key().len() + self.mapping.columns().len();
         let mut last = None;
-        for m in rows {
-            if let SimpleQueryMessage::Row(row) = m {
-                if let Some(mark) = row.get(mark_at) {
-                    last = Some(mark.to_owned());
-                }
-                visit(self.record(self.text_row(&row)?)?)?;
+        for row in rows {
+            if let Some(mark) = row.get(mark_at) {
+                last = Some(mark.to_owned());
             }
+            visit(self.record(self.text_row(&row)?)?)?;
         }
         Ok(last.or_else(|| since.map(str::to_owned)))
     }
@@ -732,19 +730,8 @@ impl Source for PostgresSource {
                 self.columns_sql(),
                 self.from()
             );
-            let dataset = self.dataset();
-            let rows = self
-                .client()?
-                .simple_query(&sql)
-                .map_err(|e| SourceError::Read {
-                    dataset,
-                    reason: db_message(&e),
-                })?;
-            rows.iter()
-                .filter_map(|m| match m {
-                    SimpleQueryMessage::Row(row) => Some(row),
-                    _ => None,
-                })
+            self.query_rows(&sql)?
+                .iter()
                 .map(|row| context.record(text_values(&context, row)?))
                 .collect()
         })
