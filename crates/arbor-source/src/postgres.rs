@@ -3,15 +3,18 @@
 //!
 //! * **Chunks**: each is its own short read-only statement, so no snapshot
 //!   is held for the whole scan (vacuum is never blocked for long), and a
-//!   scan can **resume** after the last chunk it read. A plain table with
-//!   planner statistics on PostgreSQL 14 or later is walked in `ctid` block
-//!   ranges (`WHERE ctid >= '(a,0)' AND ctid < '(b,0)'`, a TID range scan
-//!   that reads the heap in order); anything else in key order,
+//!   scan can **resume** after the last chunk it read. A build of a plain
+//!   table with planner statistics on PostgreSQL 14 or later walks it in
+//!   `ctid` block ranges (`WHERE ctid >= '(a,0)' AND ctid < '(b,0)'`, a TID
+//!   range scan that reads the heap in order); everything else (rescans,
+//!   queries, views, partitioned or unanalysed tables) walks in key order,
 //!   `WHERE (key) > (last) ORDER BY key LIMIT n` (keyset chunks). Rows
-//!   changed while a scan runs may be read in either version, or (moved
+//!   changed while a build runs may be read in either version, or (moved
 //!   by an update behind a block walk, inserted behind a keyset walk) not
 //!   at all: change capture brings those, as it brings every change made
-//!   during a build.
+//!   during a build. A rescan walks by key because it takes a key it did
+//!   not see for a deleted row: under a block walk, an update could make
+//!   a live row look deleted.
 //! * **Resilient**: when the connection breaks mid-scan (a restart, a
 //!   failover), the source reconnects with backoff and reads the broken
 //!   chunk again; nothing is handed out twice or skipped.
@@ -360,11 +363,14 @@ impl PostgresSource {
         Ok((copy(&filter, &order), false))
     }
 
-    /// Chooses how a full scan walks the relation: block ranges of a plain
-    /// table on PostgreSQL 14 or later (a TID range scan reads the heap in
-    /// order, like a sequential scan: ~10 % less server time than walking
-    /// the key's index at 10 M rows), keyset chunks otherwise (queries,
-    /// views, partitioned tables, older servers).
+    /// Chooses how a build's scan walks the relation: block ranges of a
+    /// plain table on PostgreSQL 14 or later (a TID range scan reads the
+    /// heap in order, like a sequential scan: ~10 % less server time than
+    /// walking the key's index at 10 M rows), keyset chunks otherwise
+    /// (queries, views, partitioned tables, older servers). Only builds
+    /// walk by blocks: a row an update moves behind the walk is missed,
+    /// which change capture repairs for a build but which a rescan would
+    /// take for a deleted row.
     fn choose_walk(&mut self) -> Result<(), SourceError> {
         self.blocks = None;
         let Relation::Table(table) = &self.relation else {
@@ -661,7 +667,9 @@ impl Source for PostgresSource {
         visit: &mut dyn FnMut(Record) -> Result<(), SourceError>,
     ) -> Result<u64, SourceError> {
         self.check()?;
-        self.choose_walk()?;
+        // Always by key: a rescan takes a key it did not see for a deleted
+        // row, and an update can move a row behind a block walk.
+        self.blocks = None;
         let context = self.binary_context()?;
         let pool = self.buffers.clone();
         keyset::scan_records(

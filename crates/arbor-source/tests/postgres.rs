@@ -485,8 +485,8 @@ fn wrong_columns_and_types_are_named() {
     );
 }
 
-/// How a scan walks a table: a table with planner statistics is read in
-/// block ranges, one without them in key order.
+/// How a scan walks a table: a build's scan of a table with planner
+/// statistics reads block ranges; any other scan walks in key order.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Walk {
     ByKey,
@@ -512,11 +512,10 @@ fn scan_interrupted(
             t.name
         ))
         .unwrap();
-    if walk == Walk::ByBlocks {
-        t.admin
-            .batch_execute(&format!("ANALYZE {}", t.name))
-            .unwrap();
-    }
+    // Statistics in both cases: what decides the walk is the kind of scan.
+    t.admin
+        .batch_execute(&format!("ANALYZE {}", t.name))
+        .unwrap();
     let mapping = Mapping::new(
         vec![col("id", ValueKind::Integer)],
         vec![col("v", ValueKind::Text)],
@@ -529,28 +528,58 @@ fn scan_interrupted(
         ..ScanOptions::default()
     };
     let mut s = PostgresSource::new(url(), Relation::Table(t.name.clone()), mapping, options);
-    let mut seen = Vec::new();
+    // Canonical keys as handed out: one by one from a scan (rescans walk
+    // by key), a chunk at a time from a build's hashed scan.
+    let mut seen: Vec<Vec<u8>> = Vec::new();
     let mut effective = 0;
     let mut statements = Vec::new();
-    s.scan(&mut |r| {
-        seen.push(r.key[0].clone());
-        if at.contains(&seen.len()) {
-            // The scan's last statement shows how it walks the table.
-            for row in t
-                .admin
-                .query(
-                    "SELECT query FROM pg_stat_activity WHERE application_name = 'arbor'",
-                    &[],
-                )
-                .unwrap()
-            {
-                statements.push(row.get::<_, String>(0));
+    let mut handle = |keys: Vec<Vec<u8>>| {
+        let before = seen.len();
+        seen.extend(keys);
+        for &mark in at {
+            if before < mark && mark <= seen.len() {
+                // The scan's last statement shows how it walks the table.
+                for row in t
+                    .admin
+                    .query(
+                        "SELECT query FROM pg_stat_activity WHERE application_name = 'arbor'",
+                        &[],
+                    )
+                    .unwrap()
+                {
+                    statements.push(row.get::<_, String>(0));
+                }
+                effective += interrupt(&mut t);
             }
-            effective += interrupt(&mut t);
         }
-        Ok(())
-    })
-    .unwrap();
+    };
+    let dataset_keys = arbor_record::DatasetKeys::derive(b"walk");
+    if walk == Walk::ByKey {
+        // A build first: the rescan after it still walks by key.
+        s.scan_hashed(&dataset_keys, &mut |_| Ok(())).unwrap();
+    }
+    match walk {
+        Walk::ByKey => s
+            .scan(&mut |r| {
+                handle(vec![arbor_record::tuple_bytes(&r.key)]);
+                Ok(())
+            })
+            .unwrap(),
+        Walk::ByBlocks => s
+            .scan_hashed(
+                &arbor_record::DatasetKeys::derive(b"walk"),
+                &mut |batches| {
+                    handle(
+                        batches
+                            .iter()
+                            .flat_map(|b| b.entries().iter().map(|e| b.key(e).to_vec()))
+                            .collect(),
+                    );
+                    Ok(())
+                },
+            )
+            .unwrap(),
+    };
     let marker = match walk {
         Walk::ByKey => "ORDER BY",
         Walk::ByBlocks => "ctid >=",
