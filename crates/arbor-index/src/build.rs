@@ -6,8 +6,9 @@
 //! ```text
 //!   batches ──▶ 256 bucket files (by the top 8 bits of the position)
 //!   end:  16 groups in parallel, one per level-1 prefix (2 in a small build):
-//!         bucket ──sort──▶ records SST  +  nodes of levels 1..=depth
-//!   nodes sorted ──▶ nodes SST;  ingest everything;  root = Σ level 1
+//!         bucket ──sort──▶ records SST  +  deepest nodes SST
+//!                          + levels above, in memory
+//!   root and levels above ──▶ one more nodes SST;  ingest everything
 //! ```
 //!
 //! Why not sorted runs ingested as they fill: those overlap each other, so
@@ -30,16 +31,30 @@ use rocksdb::{Options, SstFileWriter};
 use crate::cf;
 use crate::error::IndexError;
 
-/// Buckets: the top 8 bits of the position (two tree levels).
+/// Buckets: 8 bits of the position (two tree levels).
 const BUCKETS: usize = 256;
-/// Builds of fewer records than this write their buckets in two groups
-/// (two of each file, not sixteen: a file costs a sync and an ingestion
-/// whatever its size), larger ones in sixteen.
+/// A record's bucket is `(position >> BUCKET_SHIFT) & BUCKET_MASK`: the top
+/// 8 bits.
+const BUCKET_SHIFT: u32 = 56;
+/// An oversized bucket is split into pieces by the next 8 bits.
+const PIECE_SHIFT: u32 = BUCKET_SHIFT - 8;
+const BUCKET_MASK: u64 = BUCKETS as u64 - 1;
+/// Builds of fewer records than this write their buckets in
+/// [`SMALL_BUILD_GROUPS`] groups (a file costs a sync and an ingestion
+/// whatever its size), larger ones in one group per level-1 prefix.
 const SMALL_BUILD_RECORDS: u64 = 1 << 20;
+/// Groups of a small build: two, so both cores still write.
+const SMALL_BUILD_GROUPS: usize = 2;
+/// Read buffer for splitting an oversized bucket.
+const SPLIT_READ_BYTES: usize = 1 << 20;
 /// Bytes a bucket gathers in memory before they are appended to its file.
 pub(crate) const BUCKET_BUFFER_BYTES: usize = 64 << 10;
-/// Spilled record: position (8), digest (32), key length (4), key.
-const RECORD_HEADER: usize = 8 + 32 + 4;
+/// Spilled record: position (8, little-endian), digest (32), key length
+/// (4, little-endian), key. Where the digest and the length start:
+const DIGEST_AT: usize = 8;
+const LEN_AT: usize = DIGEST_AT + 32;
+/// Bytes before the key.
+const RECORD_HEADER: usize = LEN_AT + 4;
 /// A bucket larger than this is split by the next 8 bits of the position
 /// before it is sorted, so the final pass holds at most about this much
 /// per worker whatever the build's size (a 1 B-record build has ~200 MB
@@ -62,7 +77,7 @@ impl Spill {
     /// Buckets in `dir`, which is created empty, each writing its records
     /// once `flush_bytes` of them gathered.
     pub fn create(dir: &Path, flush_bytes: usize) -> Result<Spill, IndexError> {
-        Spill::create_at(dir, flush_bytes, 56)
+        Spill::create_at(dir, flush_bytes, BUCKET_SHIFT)
     }
 
     /// Buckets by the 8 bits of the position at `shift`.
@@ -94,11 +109,14 @@ impl Spill {
         digest: &Digest,
         key: &[u8],
     ) -> Result<(), IndexError> {
-        let b = ((position >> self.shift) & 0xff) as usize;
+        let b = ((position >> self.shift) & BUCKET_MASK) as usize;
+        let len = u32::try_from(key.len()).map_err(|_| {
+            IndexError::InvalidRequest(format!("a key of {} bytes is too long", key.len()))
+        })?;
         let buf = &mut self.buffers[b];
         buf.extend_from_slice(&position.to_le_bytes());
         buf.extend_from_slice(&digest.0);
-        buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&len.to_le_bytes());
         buf.extend_from_slice(key);
         if buf.len() >= self.flush_bytes {
             self.flush(b)?;
@@ -253,7 +271,7 @@ impl SpilledBuckets {
         // Groups are contiguous runs of buckets covering whole level-1
         // prefixes, so each closes its own level-1 nodes.
         let count = if records_read < SMALL_BUILD_RECORDS {
-            2
+            SMALL_BUILD_GROUPS
         } else {
             FANOUT
         };
@@ -337,9 +355,9 @@ impl SpilledBuckets {
             // Too large to sort in memory: split by the next 8 bits of the
             // position (pieces come out in position order), then each.
             let pieces_dir = path.with_extension("pieces");
-            let mut pieces = Spill::create_at(&pieces_dir, BUCKET_BUFFER_BYTES, 48)?;
+            let mut pieces = Spill::create_at(&pieces_dir, BUCKET_BUFFER_BYTES, PIECE_SHIFT)?;
             let mut reader = std::io::BufReader::with_capacity(
-                1 << 20,
+                SPLIT_READ_BYTES,
                 File::open(&path).map_err(io("read", &path))?,
             );
             let mut header = [0u8; RECORD_HEADER];
@@ -465,16 +483,14 @@ fn spilled_entries(raw: &[u8], out: &mut Vec<(u64, usize)>) -> Result<(), String
     while at < raw.len() {
         let header = raw
             .get(at..at + RECORD_HEADER)
+            .and_then(|h| <&[u8; RECORD_HEADER]>::try_from(h).ok())
             .ok_or_else(|| format!("record cut short at byte {at}"))?;
-        let mut pos = [0u8; 8];
-        pos.copy_from_slice(&header[..8]);
-        let mut len = [0u8; 4];
-        len.copy_from_slice(&header[40..44]);
-        let end = at + RECORD_HEADER + u32::from_le_bytes(len) as usize;
+        let (position, _, len) = spilled_header(header);
+        let end = at + RECORD_HEADER + len;
         if end > raw.len() {
             return Err(format!("key cut short at byte {at}"));
         }
-        out.push((u64::from_le_bytes(pos), at));
+        out.push((position, at));
         at = end;
     }
     Ok(())
@@ -507,32 +523,37 @@ fn sort_spilled(raw: &[u8], entries: &mut [(u64, usize)]) {
 
 /// Position, digest and key length from a spilled record's header.
 fn spilled_header(header: &[u8; RECORD_HEADER]) -> (u64, Digest, usize) {
-    let mut pos = [0u8; 8];
-    pos.copy_from_slice(&header[..8]);
-    let mut digest = [0u8; 32];
-    digest.copy_from_slice(&header[8..40]);
-    let mut len = [0u8; 4];
-    len.copy_from_slice(&header[40..44]);
+    let (position, rest) = header.split_at(DIGEST_AT);
+    let (digest, len) = rest.split_at(LEN_AT - DIGEST_AT);
+    let mut p = [0u8; DIGEST_AT];
+    p.copy_from_slice(position);
+    let mut d = [0u8; 32];
+    d.copy_from_slice(digest);
+    let mut l = [0u8; RECORD_HEADER - LEN_AT];
+    l.copy_from_slice(len);
     (
-        u64::from_le_bytes(pos),
-        Digest(digest),
-        u32::from_le_bytes(len) as usize,
+        u64::from_le_bytes(p),
+        Digest(d),
+        u32::from_le_bytes(l) as usize,
     )
+}
+
+/// The header of the spilled record at `at` (checked by [`spilled_entries`]).
+fn header_at(raw: &[u8], at: usize) -> &[u8; RECORD_HEADER] {
+    <&[u8; RECORD_HEADER]>::try_from(&raw[at..at + RECORD_HEADER])
+        .expect("spilled_entries checked every header")
 }
 
 /// The key of the spilled record at `at` (checked by [`spilled_entries`]).
 fn spilled_key(raw: &[u8], at: usize) -> &[u8] {
-    let mut len = [0u8; 4];
-    len.copy_from_slice(&raw[at + 40..at + 44]);
+    let (_, _, len) = spilled_header(header_at(raw, at));
     let start = at + RECORD_HEADER;
-    &raw[start..start + u32::from_le_bytes(len) as usize]
+    &raw[start..start + len]
 }
 
 /// The digest of the spilled record at `at`.
 fn spilled_digest(raw: &[u8], at: usize) -> Digest {
-    let mut d = [0u8; 32];
-    d.copy_from_slice(&raw[at + 8..at + 40]);
-    Digest(d)
+    spilled_header(header_at(raw, at)).1
 }
 
 fn bucket_path(dir: &Path, b: usize) -> PathBuf {

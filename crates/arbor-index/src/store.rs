@@ -101,11 +101,6 @@ impl BuildFeed<'_> {
         }
         Ok(())
     }
-
-    /// Records pushed so far.
-    pub fn records_read(&self) -> u64 {
-        self.records_read
-    }
 }
 
 /// Feeds `items` in chunks of [`BUILD_CHUNK_RECORDS`], each turned into a

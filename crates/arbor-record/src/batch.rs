@@ -6,14 +6,14 @@
 //! million keys (allocation and the page faults of fresh memory were a
 //! fifth of a build's time when each record owned its key).
 
-use std::cmp::Ordering;
-
 use crate::Record;
 use crate::encode::encode_tuple;
 use crate::hash::{DatasetKeys, Digest, HashedRecord};
 
-/// Records one rayon task hashes in [`HashedBatch::hash_records`].
-const HASH_PART_RECORDS: usize = 2_048;
+/// Records one rayon task hashes (in [`HashedBatch::hash_records`], and
+/// in connectors that hash rows from the wire): enough to amortise the
+/// task, few enough to spread a chunk over every core.
+pub const HASH_PART_RECORDS: usize = 2_048;
 
 /// One record of a [`HashedBatch`]: where it sits, its digest, and where its
 /// canonical key lies in the batch's key bytes.
@@ -25,18 +25,6 @@ pub struct BatchEntry {
     pub digest: Digest,
     key_start: usize,
     key_len: usize,
-}
-
-impl BatchEntry {
-    /// The order of a build: by position, then canonical key; of two
-    /// entries with the same key, the one pushed later sorts later (so
-    /// "the last one read wins" survives an unstable sort).
-    pub fn order(keys: &[u8], a: &BatchEntry, b: &BatchEntry) -> Ordering {
-        a.position
-            .cmp(&b.position)
-            .then_with(|| entry_key(keys, a).cmp(entry_key(keys, b)))
-            .then(a.key_start.cmp(&b.key_start))
-    }
 }
 
 fn entry_key<'k>(keys: &'k [u8], e: &BatchEntry) -> &'k [u8] {
@@ -114,7 +102,7 @@ impl HashedBatch {
     }
 
     /// One batch of the records of `parts`, in order.
-    pub fn concat(parts: Vec<HashedBatch>) -> HashedBatch {
+    fn concat(parts: Vec<HashedBatch>) -> HashedBatch {
         if parts.len() == 1 {
             return parts.into_iter().next().unwrap_or_default();
         }
@@ -147,18 +135,6 @@ impl HashedBatch {
     /// The canonical key of one of this batch's entries.
     pub fn key(&self, entry: &BatchEntry) -> &[u8] {
         entry_key(&self.keys, entry)
-    }
-
-    /// The entries to reorder (with [`BatchEntry::order`]) and the key
-    /// bytes they point into.
-    pub fn entries_mut(&mut self) -> (&mut [BatchEntry], &[u8]) {
-        (&mut self.entries, &self.keys)
-    }
-
-    /// Sorts by [`BatchEntry::order`] on this thread.
-    pub fn sort(&mut self) {
-        let (entries, keys) = self.entries_mut();
-        entries.sort_unstable_by(|a, b| BatchEntry::order(keys, a, b));
     }
 
     /// The records as [`HashedRecord`]s (each owning its key).
@@ -207,7 +183,7 @@ mod tests {
     }
 
     #[test]
-    fn sorting_keeps_the_last_of_equal_keys_last_and_append_shifts_keys() {
+    fn append_keeps_the_order_and_each_records_key() {
         let d = |b: u8| Digest([b; 32]);
         let mut a = HashedBatch::default();
         a.push(5, b"k", d(1));
@@ -216,7 +192,6 @@ mod tests {
         b.push(5, b"k", d(3));
         b.push(5, b"a", d(4));
         a.append(&b);
-        a.sort();
         let got: Vec<(u64, Vec<u8>, u8)> = a
             .entries()
             .iter()
@@ -225,10 +200,10 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                (1, b"z".to_vec(), 2),
-                (5, b"a".to_vec(), 4),
                 (5, b"k".to_vec(), 1),
+                (1, b"z".to_vec(), 2),
                 (5, b"k".to_vec(), 3),
+                (5, b"a".to_vec(), 4),
             ]
         );
     }

@@ -38,7 +38,7 @@ pub mod schema;
 pub mod typed;
 pub mod value;
 
-pub use batch::{BatchEntry, HashedBatch};
+pub use batch::{BatchEntry, HASH_PART_RECORDS, HashedBatch};
 pub use encode::{ENCODING_VERSION, decode_tuple, encode_tuple, tuple_bytes};
 pub use error::{DecodeError, SchemaError, ValueError};
 pub use hash::{DatasetKeys, Digest, HashedRecord, KeyId};

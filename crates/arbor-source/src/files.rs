@@ -96,7 +96,7 @@ impl FileSource {
     fn record(&self, values: Vec<Value>, file: &Path, line: u64) -> Result<Record, SourceError> {
         self.mapping
             .record(values)
-            .map_err(|c| self.value_error(file, line, c, "key column is NULL".into()))
+            .map_err(|c| self.value_error(file, line, c, crate::NULL_KEY.into()))
     }
 
     fn scan_csv(

@@ -102,7 +102,7 @@ impl ChunkContext {
     pub fn record(&self, values: Vec<Value>) -> Result<Record, SourceError> {
         self.mapping
             .record(values)
-            .map_err(|c| self.value_error(c, "key column is NULL".into()))
+            .map_err(|c| self.value_error(c, crate::NULL_KEY.into()))
     }
 }
 
@@ -115,15 +115,20 @@ pub(crate) struct Fetched<R, C> {
 }
 
 impl<R> Fetched<R, Vec<Value>> {
-    /// A keyset chunk: a full chunk continues after its last key, a short
-    /// one is the last.
+    /// A keyset chunk (see [`keyset_continues`]).
     pub fn keyset(raw: R, rows: u64, chunk_rows: u64, last_key: Option<Vec<Value>>) -> Self {
         Fetched {
             raw,
             rows,
-            next: last_key.filter(|_| rows >= chunk_rows.max(1)),
+            next: last_key.filter(|_| keyset_continues(rows, chunk_rows)),
         }
     }
+}
+
+/// Whether a keyset chunk of `rows` rows has a next one: a full chunk
+/// continues after its last key, a short one is the last.
+pub(crate) fn keyset_continues(rows: u64, chunk_rows: u64) -> bool {
+    rows >= chunk_rows.max(1)
 }
 
 /// Chunks a scan fetches ahead of the one being parsed (~10 MB each for a

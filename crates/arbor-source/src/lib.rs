@@ -226,6 +226,9 @@ impl Iterator for Batches {
     }
 }
 
+/// What a value error says of a NULL in a key column.
+pub(crate) const NULL_KEY: &str = "key column is NULL";
+
 /// What an error says instead of a redacted column's value.
 pub const WITHHELD: &str =
     "a value that does not read as the column's kind (withheld: redacted column)";

@@ -260,7 +260,7 @@ impl MysqlSource {
         }
         self.mapping
             .record(values)
-            .map_err(|c| self.value_error(c, "key column is NULL".into()))
+            .map_err(|c| self.value_error(c, crate::NULL_KEY.into()))
     }
 }
 

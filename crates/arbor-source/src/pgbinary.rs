@@ -21,7 +21,8 @@ use arbor_record::{CanonicalJson, DatasetKeys, HashedBatch, Value, ValueKind};
 use postgres::types::Type;
 
 use crate::SourceError;
-use crate::mapping::{ColumnMapping, Mapping};
+use crate::keyset::ChunkContext;
+use crate::mapping::ColumnMapping;
 
 /// The header every binary COPY stream starts with.
 const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
@@ -30,7 +31,8 @@ const FLAG_OIDS: u32 = 1 << 16;
 /// Days from 1970-01-01 (arbor's epoch) to 2000-01-01 (PostgreSQL's).
 const PG_EPOCH_DAYS: i64 = 10_957;
 /// Microseconds from 1970-01-01 to 2000-01-01.
-const PG_EPOCH_MICROS: i64 = PG_EPOCH_DAYS * 86_400 * 1_000_000;
+const PG_EPOCH_MICROS: i64 = PG_EPOCH_DAYS * MICROS_PER_DAY;
+const MICROS_PER_DAY: i64 = 86_400 * 1_000_000;
 /// 0001-01-01 in days since 1970-01-01: PostgreSQL prints earlier dates
 /// with a ` BC` suffix, which the text reading refuses.
 const FIRST_AD_DAY: i64 = -719_162;
@@ -152,18 +154,10 @@ impl Field {
                 numeric_text(b, scratch)?;
                 encode_normalised_decimal(out, scratch).ok_or_else(|| malformed("numeric", b))?;
             }
-            // Values of these kinds own no heap memory: building one on the
-            // stack costs nothing, and the encoding stays in one place.
-            Field::Integer(_)
-            | Field::Bool
-            | Field::Float4
-            | Field::Float8
-            | Field::Date
-            | Field::Timestamp
-            | Field::Uuid => encode_value(out, &self.decode(b)?),
-            Field::IntegerDecimal(_) | Field::Json | Field::Jsonb => {
-                encode_value(out, &self.decode(b)?)
-            }
+            // Through a value: for fixed-size kinds it owns no heap memory
+            // (building one costs nothing and the encoding stays in one
+            // place); JSON must be put in canonical form anyway.
+            _ => encode_value(out, &self.decode(b)?),
         }
         Ok(())
     }
@@ -227,7 +221,7 @@ fn timestamp(b: &[u8]) -> Result<Timestamp, String> {
     let micros = raw
         .checked_add(PG_EPOCH_MICROS)
         .ok_or_else(|| malformed("timestamp", b))?;
-    if micros.div_euclid(86_400 * 1_000_000) < FIRST_AD_DAY {
+    if micros.div_euclid(MICROS_PER_DAY) < FIRST_AD_DAY {
         return Err("expected timestamp: a time before year 1".into());
     }
     Ok(Timestamp(micros))
@@ -395,33 +389,28 @@ pub(crate) fn row_fields<'a>(raw: &'a [u8], at: usize, out: &mut Vec<Option<&'a 
     }
 }
 
-/// What reading a chunk needs: the mapping, each select-list column's
-/// reading, and the dataset for messages.
+/// What reading a chunk needs: the mapping and the dataset (as for text
+/// chunks), and each select-list column's reading.
 pub(crate) struct BinaryContext {
-    /// The mapping (transforms, NULL keys).
-    pub mapping: Mapping,
+    /// The mapping (transforms, NULL keys) and the dataset for messages.
+    pub chunk: ChunkContext,
     /// One reading per select-list column: the key, then the values.
     pub fields: Vec<Field>,
-    /// The dataset, for messages.
-    pub dataset: String,
 }
 
 impl BinaryContext {
     fn columns(&self) -> impl Iterator<Item = &ColumnMapping> {
-        self.mapping.key().iter().chain(self.mapping.columns())
+        let mapping = &self.chunk.mapping;
+        mapping.key().iter().chain(mapping.columns())
     }
 
     fn value_error(&self, column: &ColumnMapping, problem: String) -> SourceError {
-        SourceError::Value {
-            dataset: self.dataset.clone(),
-            column: column.source.clone(),
-            problem,
-        }
+        self.chunk.value_error(&column.source, problem)
     }
 
     fn short_row(&self) -> SourceError {
         SourceError::Read {
-            dataset: self.dataset.clone(),
+            dataset: self.chunk.dataset.clone(),
             reason: "a binary COPY row has fewer fields than mapped".into(),
         }
     }
@@ -459,7 +448,7 @@ impl BinaryContext {
         raw: &[u8],
         rows: &[usize],
     ) -> Result<HashedBatch, SourceError> {
-        let key_len = self.mapping.key().len();
+        let key_len = self.chunk.mapping.key().len();
         let columns: Vec<&ColumnMapping> = self.columns().collect();
         let mut batch = HashedBatch::with_capacity(rows.len());
         let mut fields = Vec::with_capacity(self.fields.len());
@@ -475,8 +464,7 @@ impl BinaryContext {
             put_varint(&mut row, key_len as u64);
             for i in 0..key_len {
                 let c = columns[i];
-                let b =
-                    fields[i].ok_or_else(|| self.value_error(c, "key column is NULL".into()))?;
+                let b = fields[i].ok_or_else(|| self.value_error(c, crate::NULL_KEY.into()))?;
                 self.fields[i]
                     .encode(b, &mut row, &mut scratch)
                     .map_err(|p| self.value_error(c, p))?;
@@ -609,7 +597,9 @@ mod tests {
         assert_eq!(t(0).unwrap(), Value::Timestamp(Timestamp(PG_EPOCH_MICROS)));
         assert!(t(i64::MAX).is_err());
         assert!(t(i64::MIN).is_err());
-        assert!(t(-PG_EPOCH_MICROS - 719_162 * 86_400_000_000 - 1).is_err());
+        let first_ad = FIRST_AD_DAY * MICROS_PER_DAY - PG_EPOCH_MICROS;
+        assert!(t(first_ad).is_ok());
+        assert!(t(first_ad - 1).is_err());
     }
 
     #[test]

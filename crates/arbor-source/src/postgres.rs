@@ -34,7 +34,7 @@
 use arbor_record::value::format_uuid;
 use std::sync::Arc;
 
-use arbor_record::{DatasetKeys, HashedBatch, Record, Value};
+use arbor_record::{DatasetKeys, HASH_PART_RECORDS, HashedBatch, Record, Value};
 use postgres::{Client, NoTls, SimpleQueryMessage};
 use tracing::instrument;
 
@@ -416,7 +416,7 @@ impl PostgresSource {
     fn record(&self, values: Vec<Value>) -> Result<Record, SourceError> {
         self.mapping
             .record(values)
-            .map_err(|c| self.value_error(c, "key column is NULL".into()))
+            .map_err(|c| self.value_error(c, crate::NULL_KEY.into()))
     }
 
     /// The mapped values of a simple-query (text) row.
@@ -479,14 +479,7 @@ impl BinaryContext {
         parallel: bool,
         pool: &BufferPool,
     ) -> Result<Vec<Record>, SourceError> {
-        let record = |&at: &usize| {
-            let values = self.values(&chunk.raw, at, None)?;
-            self.mapping.record(values).map_err(|c| SourceError::Value {
-                dataset: self.dataset.clone(),
-                column: c.to_owned(),
-                problem: "key column is NULL".into(),
-            })
-        };
+        let record = |&at: &usize| self.chunk.record(self.values(&chunk.raw, at, None)?);
         let records = if parallel {
             use rayon::prelude::*;
             chunk.rows.par_iter().map(record).collect()
@@ -497,8 +490,8 @@ impl BinaryContext {
         records
     }
 
-    /// A chunk's rows hashed, in batches of [`HASH_PART_ROWS`] hashed in
-    /// parallel if `parallel`.
+    /// A chunk's rows hashed, in batches of [`HASH_PART_RECORDS`] hashed
+    /// in parallel if `parallel`.
     fn hashed(
         &self,
         keys: &DatasetKeys,
@@ -510,7 +503,7 @@ impl BinaryContext {
         let parts = if parallel {
             chunk
                 .rows
-                .par_chunks(HASH_PART_ROWS)
+                .par_chunks(HASH_PART_RECORDS)
                 .map(|rows| self.hash_rows(keys, &chunk.raw, rows))
                 .collect::<Result<Vec<_>, _>>()
         } else {
@@ -521,9 +514,6 @@ impl BinaryContext {
         parts
     }
 }
-
-/// Rows one rayon task hashes.
-const HASH_PART_ROWS: usize = 2_048;
 
 /// Where a chunk of a PostgreSQL scan starts.
 #[derive(Debug, Clone)]
@@ -596,9 +586,9 @@ impl KeysetReader for PostgresSource {
                 (!last).then(|| PgCursor::Block(start + blocks.per_chunk))
             }
             None => match rows.last() {
-                Some(&at) if n >= self.options.chunk_rows.max(1) => Some(PgCursor::After(
-                    context.values(&raw, at, Some(self.mapping.key().len()))?,
-                )),
+                Some(&at) if keyset::keyset_continues(n, self.options.chunk_rows) => Some(
+                    PgCursor::After(context.values(&raw, at, Some(self.mapping.key().len()))?),
+                ),
                 _ => None,
             },
         };
@@ -654,9 +644,11 @@ impl Source for PostgresSource {
             fields.push(field);
         }
         self.binary = Some(Arc::new(BinaryContext {
-            mapping: self.mapping.clone(),
+            chunk: ChunkContext {
+                mapping: self.mapping.clone(),
+                dataset,
+            },
             fields,
-            dataset,
         }));
         Ok(())
     }

@@ -142,7 +142,7 @@ impl SqliteSource {
             .map_err(|column| SourceError::Value {
                 dataset: self.dataset(),
                 column: column.to_owned(),
-                problem: "key column is NULL".into(),
+                problem: crate::NULL_KEY.into(),
             })
     }
 
