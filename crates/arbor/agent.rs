@@ -201,17 +201,18 @@ pub fn rescan_marked(
         Status::failed_precondition(format!("dataset {name:?} has no system attached"))
     })?;
     let mut source = source.lock().unwrap_or_else(|p| p.into_inner());
-    // Every index held (more than one during a key rotation) gets its own
-    // pass over the system.
-    let mut first = None;
-    for index in ds.indexes() {
-        let stats = with_records(source.as_mut(), |records| {
-            index.rescan(records, Some(watermark.as_bytes()))
-        })
-        .map_err(read_status)?;
-        first.get_or_insert(stats);
-    }
-    first.ok_or_else(|| Status::internal("a dataset without an index"))
+    // Every index held (more than one during a key rotation) is brought to
+    // the same state of the system: one pass feeds them all.
+    let indexes = ds.indexes();
+    let held: Vec<&Index> = indexes.iter().map(|i| i.as_ref()).collect();
+    let stats = with_records(source.as_mut(), |records| {
+        arbor_index::rescan_each(&held, records, Some(watermark.as_bytes()))
+    })
+    .map_err(read_status)?;
+    stats
+        .into_iter()
+        .next()
+        .ok_or_else(|| Status::internal("a dataset without an index"))
 }
 
 /// The status of a failed build or rescan: the system's error if it failed.

@@ -821,62 +821,31 @@ impl Index {
         I: IntoIterator<Item = Result<Record, E>>,
         E: Into<SourceError>,
     {
-        self.ensure_ready()?;
-        self.clear_cf(cf::SCAN)?;
-        self.rescanning.store(true, Ordering::Release);
-        let outcome = self.rescan_marked(records, watermark);
-        self.rescanning.store(false, Ordering::Release);
-        let stats = outcome?;
-        self.clear_cf(cf::SCAN)?;
-        info!(
-            read = stats.records_read,
-            inserted = stats.applied.inserted,
-            updated = stats.applied.updated,
-            vanished = stats.vanished,
-            "rescan finished"
-        );
-        Ok(stats)
+        let mut stats = rescan_each(&[self], records, watermark)?;
+        Ok(stats.remove(0))
     }
 
-    fn rescan_marked<I, E>(
-        &self,
-        records: I,
-        watermark: Option<&[u8]>,
-    ) -> Result<RescanStats, IndexError>
-    where
-        I: IntoIterator<Item = Result<Record, E>>,
-        E: Into<SourceError>,
-    {
+    /// Applies one rescan chunk, hashed under this index's key.
+    fn rescan_chunk(&self, chunk: &[Record]) -> Result<ApplyStats, IndexError> {
         let keys = &self.config.keys;
-        let scan_cf = self.cf(cf::SCAN);
-        let mut stats = RescanStats::default();
-        let mut source = records.into_iter();
-        loop {
-            let mut chunk = Vec::with_capacity(RESCAN_CHUNK_RECORDS);
-            for item in source.by_ref().take(RESCAN_CHUNK_RECORDS) {
-                chunk.push(item.map_err(|e| IndexError::Source(e.into()))?);
-            }
-            if chunk.is_empty() {
-                break;
-            }
-            stats.records_read += chunk.len() as u64;
-            let hashed: Vec<HashedChange> = chunk
-                .par_iter()
-                .map_init(Vec::new, |scratch, r| {
-                    HashedChange::Upsert(r.hash(keys, scratch))
-                })
-                .collect();
-            // Marks every key as seen in the same batch (see `rescanning`).
-            let applied = self.apply_hashed(&hashed, None)?;
-            stats.applied.inserted += applied.inserted;
-            stats.applied.updated += applied.updated;
-            stats.applied.unchanged += applied.unchanged;
-        }
-        // Records not seen by this scan vanished from the source.
+        let hashed: Vec<HashedChange> = chunk
+            .par_iter()
+            .map_init(Vec::new, |scratch, r| {
+                HashedChange::Upsert(r.hash(keys, scratch))
+            })
+            .collect();
+        // Marks every key as seen in the same batch (see `rescanning`).
+        self.apply_hashed(&hashed, None)
+    }
+
+    /// Removes the records this rescan did not see, committing `watermark`
+    /// with the last of them. Returns how many were removed.
+    fn remove_unseen(&self, watermark: Option<&[u8]>) -> Result<u64, IndexError> {
+        let mut removed = 0;
         let mut vanished: Vec<HashedChange> = Vec::new();
         {
             let mut records_it = self.db.raw_iterator_cf(self.cf(cf::RECORDS));
-            let mut seen_it = self.db.raw_iterator_cf(scan_cf);
+            let mut seen_it = self.db.raw_iterator_cf(self.cf(cf::SCAN));
             records_it.seek_to_first();
             seen_it.seek_to_first();
             while let Some(rk) = records_it.key() {
@@ -891,7 +860,7 @@ impl Index {
                     });
                 }
                 if vanished.len() == RESCAN_CHUNK_RECORDS {
-                    stats.vanished += self.apply_hashed(&vanished, None)?.deleted;
+                    removed += self.apply_hashed(&vanished, None)?.deleted;
                     vanished.clear();
                 }
                 records_it.next();
@@ -903,9 +872,80 @@ impl Index {
                 .status()
                 .map_err(IndexError::storage("scan seen keys"))?;
         }
-        stats.vanished += self.apply_hashed(&vanished, watermark)?.deleted;
-        Ok(stats)
+        removed += self.apply_hashed(&vanished, watermark)?.deleted;
+        Ok(removed)
     }
+}
+
+/// Rescans several indexes of one system (the indexes of a dataset under
+/// each key it holds during a key rotation) in one pass over `records`
+/// (see [`Index::rescan`]). One pass, not one per index, so every index
+/// ends at the same state of the system; returns each index's figures.
+pub fn rescan_each<I, E>(
+    indexes: &[&Index],
+    records: I,
+    watermark: Option<&[u8]>,
+) -> Result<Vec<RescanStats>, IndexError>
+where
+    I: IntoIterator<Item = Result<Record, E>>,
+    E: Into<SourceError>,
+{
+    for index in indexes {
+        index.ensure_ready()?;
+        index.clear_cf(cf::SCAN)?;
+        index.rescanning.store(true, Ordering::Release);
+    }
+    let outcome = rescan_marked(indexes, records, watermark);
+    for index in indexes {
+        index.rescanning.store(false, Ordering::Release);
+    }
+    let stats = outcome?;
+    for (index, stats) in indexes.iter().zip(&stats) {
+        index.clear_cf(cf::SCAN)?;
+        info!(
+            key_id = %index.config.keys.key_id(),
+            read = stats.records_read,
+            inserted = stats.applied.inserted,
+            updated = stats.applied.updated,
+            vanished = stats.vanished,
+            "rescan finished"
+        );
+    }
+    Ok(stats)
+}
+
+fn rescan_marked<I, E>(
+    indexes: &[&Index],
+    records: I,
+    watermark: Option<&[u8]>,
+) -> Result<Vec<RescanStats>, IndexError>
+where
+    I: IntoIterator<Item = Result<Record, E>>,
+    E: Into<SourceError>,
+{
+    let mut stats = vec![RescanStats::default(); indexes.len()];
+    let mut source = records.into_iter();
+    loop {
+        let mut chunk = Vec::with_capacity(RESCAN_CHUNK_RECORDS);
+        for item in source.by_ref().take(RESCAN_CHUNK_RECORDS) {
+            chunk.push(item.map_err(|e| IndexError::Source(e.into()))?);
+        }
+        if chunk.is_empty() {
+            break;
+        }
+        for (index, stats) in indexes.iter().zip(&mut stats) {
+            stats.records_read += chunk.len() as u64;
+            let applied = index.rescan_chunk(&chunk)?;
+            stats.applied.inserted += applied.inserted;
+            stats.applied.updated += applied.updated;
+            stats.applied.unchanged += applied.unchanged;
+        }
+    }
+    // Records not seen by this scan vanished from the source.
+    for (index, stats) in indexes.iter().zip(&mut stats) {
+        stats.vanished += index.remove_unseen(watermark)?;
+    }
+    Ok(stats)
 }
 
 fn read_u32(name: &'static [u8], v: &[u8]) -> Result<u32, IndexError> {
