@@ -827,12 +827,10 @@ impl Index {
 
     /// Applies one rescan chunk, hashed under this index's key.
     fn rescan_chunk(&self, chunk: &[Record]) -> Result<ApplyStats, IndexError> {
-        let keys = &self.config.keys;
-        let hashed: Vec<HashedChange> = chunk
-            .par_iter()
-            .map_init(Vec::new, |scratch, r| {
-                HashedChange::Upsert(r.hash(keys, scratch))
-            })
+        let hashed: Vec<HashedChange> = HashedBatch::hash_records(&self.config.keys, chunk)
+            .to_records()
+            .into_iter()
+            .map(HashedChange::Upsert)
             .collect();
         // Marks every key as seen in the same batch (see `rescanning`).
         self.apply_hashed(&hashed, None)

@@ -31,6 +31,56 @@ fn entry_key<'k>(keys: &'k [u8], e: &BatchEntry) -> &'k [u8] {
     &keys[e.key_start..e.key_start + e.key_len]
 }
 
+/// Rows in canonical encoding (`canon(key) ‖ canon(values)`), side by
+/// side in one buffer until they are hashed together.
+#[derive(Debug, Default, Clone)]
+pub struct EncodedRows {
+    bytes: Vec<u8>,
+    /// Per row: where it starts in `bytes`, and its key's length.
+    rows: Vec<(usize, usize)>,
+}
+
+impl EncodedRows {
+    /// Room for `rows` rows of ~256 bytes.
+    pub fn with_capacity(rows: usize) -> EncodedRows {
+        EncodedRows {
+            bytes: Vec::with_capacity(rows * 256),
+            rows: Vec::with_capacity(rows),
+        }
+    }
+
+    /// Appends one row: the key tuple (its first `key_len` bytes), then the
+    /// values tuple.
+    pub fn push(&mut self, row: &[u8], key_len: usize) {
+        self.rows.push((self.bytes.len(), key_len.min(row.len())));
+        self.bytes.extend_from_slice(row);
+    }
+
+    /// Rows held.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether no row is held.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Each row's key bytes and whole bytes, in order.
+    pub fn rows(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let ends = self
+            .rows
+            .iter()
+            .skip(1)
+            .map(|&(start, _)| start)
+            .chain(std::iter::once(self.bytes.len()));
+        self.rows.iter().zip(ends).map(|(&(start, key_len), end)| {
+            let row = &self.bytes[start..end];
+            (&row[..key_len], row)
+        })
+    }
+}
+
 /// Hashed records sharing one buffer of canonical keys.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct HashedBatch {
@@ -69,15 +119,20 @@ impl HashedBatch {
         });
     }
 
-    /// Appends a record from its canonical encoding: `row` is the key
-    /// tuple (its first `key_len` bytes) followed by the values tuple.
-    pub fn push_row(&mut self, keys: &DatasetKeys, row: &[u8], key_len: usize) {
-        let key = &row[..key_len.min(row.len())];
-        self.push(
-            keys.position_of_encoded_key(key),
-            key,
-            keys.digest_of_encoded_row(row),
-        );
+    /// Hashes rows in canonical encoding, many at a time (see
+    /// [`crate::many`]), in their order.
+    pub fn hash_rows(keys: &DatasetKeys, rows: &EncodedRows) -> HashedBatch {
+        let key_slices: Vec<&[u8]> = rows.rows().map(|(key, _)| key).collect();
+        let row_slices: Vec<&[u8]> = rows.rows().map(|(_, row)| row).collect();
+        let mut positions = Vec::with_capacity(rows.len());
+        keys.positions_of_encoded_keys(&key_slices, &mut positions);
+        let mut digests = Vec::with_capacity(rows.len());
+        keys.digests_of_encoded_rows(&row_slices, &mut digests);
+        let mut batch = HashedBatch::with_capacity(rows.len());
+        for ((key, position), digest) in key_slices.iter().zip(positions).zip(digests) {
+            batch.push(position, key, digest);
+        }
+        batch
     }
 
     /// Hashes records on the rayon pool, in their order.
@@ -86,16 +141,16 @@ impl HashedBatch {
         let parts: Vec<HashedBatch> = records
             .par_chunks(HASH_PART_RECORDS)
             .map(|part| {
-                let mut batch = HashedBatch::with_capacity(part.len());
+                let mut rows = EncodedRows::with_capacity(part.len());
                 let mut row = Vec::new();
                 for r in part {
                     row.clear();
                     encode_tuple(&mut row, &r.key);
                     let key_len = row.len();
                     encode_tuple(&mut row, &r.values);
-                    batch.push_row(keys, &row, key_len);
+                    rows.push(&row, key_len);
                 }
-                batch
+                HashedBatch::hash_rows(keys, &rows)
             })
             .collect();
         HashedBatch::concat(parts)

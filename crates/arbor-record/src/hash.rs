@@ -132,11 +132,27 @@ impl DatasetKeys {
         Digest(*h.finalize().as_bytes())
     }
 
-    /// The row digest of an encoded key and values lying side by side in
-    /// `row` (the same digest as [`DatasetKeys::digest_of_encoded`], in one
-    /// call: a build hashes millions of short rows).
-    pub fn digest_of_encoded_row(&self, row: &[u8]) -> Digest {
-        Digest(*blake3::keyed_hash(&self.row, row).as_bytes())
+    /// The positions of many encoded keys, into `out` (same order); the
+    /// same as [`DatasetKeys::position_of_encoded_key`] of each, hashed many
+    /// at a time (see [`crate::many`]).
+    pub fn positions_of_encoded_keys(&self, keys: &[&[u8]], out: &mut Vec<u64>) {
+        let mut hashes = vec![[0u8; 32]; keys.len()];
+        crate::many::keyed_hash_many(&self.position, keys, &mut hashes);
+        out.extend(
+            hashes
+                .iter()
+                .map(|h| u64::from_be_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]])),
+        );
+    }
+
+    /// The row digests of many encoded rows, into `out`: each row is an
+    /// encoded key and encoded values side by side, and its digest that of
+    /// [`DatasetKeys::digest_of_encoded`] (a build hashes millions of short
+    /// rows, so each in one call, many per call).
+    pub fn digests_of_encoded_rows(&self, rows: &[&[u8]], out: &mut Vec<Digest>) {
+        let mut hashes = vec![[0u8; 32]; rows.len()];
+        crate::many::keyed_hash_many(&self.row, rows, &mut hashes);
+        out.extend(hashes.into_iter().map(Digest));
     }
 
     /// Hashes one record: its canonical key, position and row digest.
@@ -205,13 +221,29 @@ mod tests {
     }
 
     #[test]
-    fn a_row_hashed_in_one_piece_has_the_digest_of_its_parts() {
+    fn rows_hashed_many_at_a_time_have_the_digest_and_position_of_their_parts() {
         let k = DatasetKeys::derive(b"s");
-        let row = b"key bytes|value bytes";
-        assert_eq!(
-            k.digest_of_encoded_row(row),
-            k.digest_of_encoded(&row[..9], &row[9..])
-        );
+        // 40 rows (two SIMD groups and a remainder) of 9..1,209 bytes.
+        let rows: Vec<Vec<u8>> = (0..40usize)
+            .map(|i| (0..9 + i * 30).map(|b| (b * 7 + i) as u8).collect())
+            .collect();
+        let slices: Vec<&[u8]> = rows.iter().map(Vec::as_slice).collect();
+        let keys: Vec<&[u8]> = rows.iter().map(|r| &r[..9]).collect();
+        let (mut digests, mut positions) = (Vec::new(), Vec::new());
+        k.digests_of_encoded_rows(&slices, &mut digests);
+        k.positions_of_encoded_keys(&keys, &mut positions);
+        for (i, row) in rows.iter().enumerate() {
+            assert_eq!(
+                digests[i],
+                k.digest_of_encoded(&row[..9], &row[9..]),
+                "row {i}"
+            );
+            assert_eq!(
+                positions[i],
+                k.position_of_encoded_key(&row[..9]),
+                "row {i}"
+            );
+        }
     }
 
     #[test]

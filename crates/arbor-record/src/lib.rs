@@ -34,11 +34,12 @@ pub mod batch;
 pub mod encode;
 pub mod error;
 pub mod hash;
+pub mod many;
 pub mod schema;
 pub mod typed;
 pub mod value;
 
-pub use batch::{BatchEntry, HASH_PART_RECORDS, HashedBatch};
+pub use batch::{BatchEntry, EncodedRows, HASH_PART_RECORDS, HashedBatch};
 pub use encode::{ENCODING_VERSION, decode_tuple, encode_tuple, tuple_bytes};
 pub use error::{DecodeError, SchemaError, ValueError};
 pub use hash::{DatasetKeys, Digest, HashedRecord, KeyId};

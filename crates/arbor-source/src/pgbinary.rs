@@ -17,7 +17,7 @@ use arbor_record::encode::{
     encode_bytes, encode_normalised_decimal, encode_text, encode_value, put_varint,
 };
 use arbor_record::value::{Date, Decimal, Timestamp};
-use arbor_record::{CanonicalJson, DatasetKeys, HashedBatch, Value, ValueKind};
+use arbor_record::{CanonicalJson, DatasetKeys, EncodedRows, HashedBatch, Value, ValueKind};
 use postgres::types::Type;
 
 use crate::SourceError;
@@ -450,7 +450,7 @@ impl BinaryContext {
     ) -> Result<HashedBatch, SourceError> {
         let key_len = self.chunk.mapping.key().len();
         let columns: Vec<&ColumnMapping> = self.columns().collect();
-        let mut batch = HashedBatch::with_capacity(rows.len());
+        let mut encoded = EncodedRows::with_capacity(rows.len());
         let mut fields = Vec::with_capacity(self.fields.len());
         let mut row = Vec::with_capacity(256);
         let mut scratch = String::new();
@@ -486,9 +486,9 @@ impl BinaryContext {
                     }
                 }
             }
-            batch.push_row(keys, &row, key_bytes);
+            encoded.push(&row, key_bytes);
         }
-        Ok(batch)
+        Ok(HashedBatch::hash_rows(keys, &encoded))
     }
 }
 
