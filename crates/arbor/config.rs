@@ -228,6 +228,11 @@ pub struct DatabaseSection {
     /// Time limit of each statement, seconds. Default 60.
     #[serde(default)]
     pub statement_timeout_secs: Option<u64>,
+    /// Connections a full build of a PostgreSQL table reads over, side by
+    /// side (1 to 16). Default 2; throttled builds and every other scan
+    /// use one.
+    #[serde(default)]
+    pub build_connections: Option<u32>,
 }
 
 /// Where a dataset's records live.
@@ -1061,6 +1066,9 @@ fn relation(
     }
 }
 
+/// The most connections a build may read over.
+const MAX_BUILD_CONNECTIONS: u32 = 16;
+
 /// Validates a database section; `field` names a field of its dataset.
 fn database(
     db: DatabaseSection,
@@ -1077,6 +1085,16 @@ fn database(
         _ => return Err((field("source"), "set exactly one of url_env and url".into())),
     };
     let defaults = ScanOptions::default();
+    let build_connections = match db.build_connections {
+        None => defaults.build_connections,
+        Some(n @ 1..=MAX_BUILD_CONNECTIONS) => n,
+        Some(n) => {
+            return Err((
+                field("source.build_connections"),
+                format!("{n} is out of range: between 1 and {MAX_BUILD_CONNECTIONS}"),
+            ));
+        }
+    };
     Ok(DatabaseConfig {
         url,
         relation: relation(db.table, db.query, db.filter).map_err(|p| (field("source"), p))?,
@@ -1088,6 +1106,7 @@ fn database(
                 .map_or(defaults.statement_timeout, |s| {
                     Duration::from_secs(s.max(1))
                 }),
+            build_connections,
             ..defaults
         },
     })
@@ -1181,9 +1200,21 @@ mod tests {
             r#"source = { kind = "postgres", url = "postgres://u:pw-123@db/crm", table = "sales.customers", chunk_rows = 10 }"#,
         );
         let c = load(&pg).unwrap();
-        assert!(
-            matches!(&c.datasets[0].source, SourceConfig::Postgres(db) if db.options.chunk_rows == 10)
-        );
+        assert!(matches!(&c.datasets[0].source,
+            SourceConfig::Postgres(db) if db.options.chunk_rows == 10 && db.options.build_connections == 2));
+        let three = pg.replace("chunk_rows = 10", "chunk_rows = 10, build_connections = 3");
+        assert!(matches!(&load(&three).unwrap().datasets[0].source,
+            SourceConfig::Postgres(db) if db.options.build_connections == 3));
+        for bad in ["0", "17"] {
+            let e = load(&pg.replace("chunk_rows = 10", &format!("build_connections = {bad}")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("dataset[customers].source.build_connections")
+                    && e.contains("between 1 and 16"),
+                "{e}"
+            );
+        }
         assert!(
             !format!("{c:?}").contains("pw-123"),
             "passwords never printed"

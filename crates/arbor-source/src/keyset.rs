@@ -27,6 +27,9 @@ pub struct ScanOptions {
     pub max_rows_per_sec: u64,
     /// Time limit of every statement.
     pub statement_timeout: Duration,
+    /// Connections a build reads over, side by side (PostgreSQL's block
+    /// walk of a plain table, unthrottled; every other scan uses one).
+    pub build_connections: u32,
     /// Reconnection attempts after a broken connection, before giving up.
     pub reconnect_attempts: u32,
     /// Wait before the first reconnection; doubles up to [`MAX_RECONNECT_BACKOFF`].
@@ -42,6 +45,7 @@ impl Default for ScanOptions {
             chunk_rows: 50_000,
             max_rows_per_sec: 0,
             statement_timeout: Duration::from_secs(60),
+            build_connections: 2,
             reconnect_attempts: 10,
             reconnect_backoff: Duration::from_millis(200),
         }
@@ -160,78 +164,116 @@ pub(crate) trait KeysetReader: Send {
     ) -> Result<Fetched<Self::Raw, Self::Cursor>, ChunkError>;
     /// Drops the current connection and opens a new one.
     fn connect_again(&mut self) -> Result<(), SourceError>;
+    /// Further readers, each to open its own connection, that walk the
+    /// relation side by side with this one: each reads its own share of
+    /// the chunks, in no particular order between them. None by default.
+    fn lanes(&mut self) -> Vec<Self>
+    where
+        Self: Sized,
+    {
+        Vec::new()
+    }
 }
 
 /// Scans everything, chunk after chunk: `parse` turns each fetched chunk
 /// into what `visit` takes (records, or a batch of hashed records); its
 /// flag allows spreading the work over the rayon pool. Returns the rows
-/// read.
+/// read. A reader with [lanes](KeysetReader::lanes) is read by one
+/// fetching thread per lane, and chunks come in the order they arrive.
 pub(crate) fn scan_in_chunks<R: KeysetReader, T>(
     reader: &mut R,
     parse: &dyn Fn(R::Raw, bool) -> Result<T, SourceError>,
     visit: &mut dyn FnMut(T) -> Result<(), SourceError>,
 ) -> Result<u64, SourceError> {
-    let options = *reader.options();
     let dataset = reader.dataset();
+    let lanes = reader.lanes();
     std::thread::scope(|scope| {
         // Chunks fetched ahead of the one being parsed: the server keeps
-        // streaming while parsing falls behind for a while.
-        let (tx, rx) =
-            std::sync::mpsc::sync_channel::<Fetched<R::Raw, R::Cursor>>(FETCH_AHEAD_CHUNKS);
-        let fetcher = scope.spawn(move || -> Result<(), SourceError> {
-            let started = Instant::now();
-            let mut from: Option<R::Cursor> = None;
-            let mut total = 0u64;
-            loop {
-                let fetched = match reader.fetch_chunk(from.as_ref()) {
-                    Ok(f) => f,
-                    Err(ChunkError::Connection(cause)) => {
-                        reconnect(reader, &cause)?;
-                        continue;
-                    }
-                    Err(ChunkError::Fatal(e)) => return Err(e),
-                };
-                total += fetched.rows;
-                let next = fetched.next.clone();
-                if tx.send(fetched).is_err() {
-                    // The consumer stopped: its error is the scan's.
-                    return Ok(());
-                }
-                match next {
-                    Some(next) => from = Some(next),
-                    None => return Ok(()),
-                }
-                if options.max_rows_per_sec > 0 {
-                    let due =
-                        Duration::from_secs_f64(total as f64 / options.max_rows_per_sec as f64);
-                    if let Some(wait) = due.checked_sub(started.elapsed()) {
-                        THROTTLE_WAITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        std::thread::sleep(wait);
-                    }
-                }
-            }
-        });
+        // streaming while parsing falls behind for a while. A fetcher that
+        // fails sends its error, which ends the scan at once.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<
+            Result<Fetched<R::Raw, R::Cursor>, SourceError>,
+        >(FETCH_AHEAD_CHUNKS);
+        let mut fetchers = vec![scope.spawn({
+            let tx = tx.clone();
+            move || fetch_all(reader, &tx)
+        })];
+        for mut lane in lanes {
+            let tx = tx.clone();
+            fetchers.push(scope.spawn(move || fetch_all(&mut lane, &tx)));
+        }
+        // The fetchers hold the only senders: the receiver ends with them.
+        drop(tx);
         let consumed = (|| -> Result<u64, SourceError> {
             let mut total = 0u64;
             for fetched in rx {
+                let fetched = fetched?;
                 let parallel = fetched.rows >= PARALLEL_PARSE_MIN_ROWS;
                 total += fetched.rows;
                 visit(parse(fetched.raw, parallel)?)?;
             }
             Ok(total)
         })();
-        // The receiver is gone now, so a fetcher still running stops.
-        let fetched = fetcher.join().unwrap_or_else(|_| {
-            Err(SourceError::Read {
-                dataset: dataset.clone(),
-                reason: "the fetching thread panicked".into(),
-            })
-        });
+        // The receiver is gone now, so fetchers still running stop.
+        let panicked = fetchers.into_iter().any(|f| f.join().is_err());
         let total = consumed?;
-        fetched?;
+        if panicked {
+            return Err(SourceError::Read {
+                dataset,
+                reason: "a fetching thread panicked".into(),
+            });
+        }
         debug!(rows = total, "scan finished");
         Ok(total)
     })
+}
+
+/// What a fetching thread sends: a chunk, or the error that ended it.
+type FetchResult<R> =
+    Result<Fetched<<R as KeysetReader>::Raw, <R as KeysetReader>::Cursor>, SourceError>;
+
+/// Fetches every chunk of `reader` (its lane of the relation) into `tx`,
+/// reconnecting when the connection breaks, under the throttle; a failure
+/// is sent as the last item.
+fn fetch_all<R: KeysetReader>(reader: &mut R, tx: &std::sync::mpsc::SyncSender<FetchResult<R>>) {
+    let options = *reader.options();
+    let started = Instant::now();
+    let mut from: Option<R::Cursor> = None;
+    let mut total = 0u64;
+    loop {
+        let fetched = match reader.fetch_chunk(from.as_ref()) {
+            Ok(f) => f,
+            Err(ChunkError::Connection(cause)) => match reconnect(reader, &cause) {
+                Ok(()) => continue,
+                Err(e) => {
+                    // A closed channel means the consumer already failed.
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            },
+            Err(ChunkError::Fatal(e)) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
+        total += fetched.rows;
+        let next = fetched.next.clone();
+        if tx.send(Ok(fetched)).is_err() {
+            // The consumer stopped: its error is the scan's.
+            return;
+        }
+        match next {
+            Some(next) => from = Some(next),
+            None => return,
+        }
+        if options.max_rows_per_sec > 0 {
+            let due = Duration::from_secs_f64(total as f64 / options.max_rows_per_sec as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                THROTTLE_WAITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(wait);
+            }
+        }
+    }
 }
 
 /// [`scan_in_chunks`] handing out records one by one.

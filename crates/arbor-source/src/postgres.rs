@@ -6,7 +6,10 @@
 //!   scan can **resume** after the last chunk it read. A build of a plain
 //!   table with planner statistics on PostgreSQL 14 or later walks it in
 //!   `ctid` block ranges (`WHERE ctid >= '(a,0)' AND ctid < '(b,0)'`, a TID
-//!   range scan that reads the heap in order); everything else (rescans,
+//!   range scan that reads the heap in order), over `build_connections`
+//!   connections side by side (one server backend produces `COPY` at one
+//!   core's pace, which held a build on one connection to ~0.7× the rate
+//!   of a plain export; see `docs/scale.md`); everything else (rescans,
 //!   queries, views, partitioned or unanalysed tables) walks in key order,
 //!   `WHERE (key) > (last) ORDER BY key LIMIT n` (keyset chunks). Rows
 //!   changed while a build runs may be read in either version, or (moved
@@ -315,8 +318,8 @@ impl PostgresSource {
         keyset::key_list(&self.mapping, ident)
     }
 
-    /// The `COPY` of the chunk at `from`, and whether it is the last.
-    fn chunk_query(&self, from: Option<&PgCursor>) -> Result<(String, bool), SourceError> {
+    /// The `COPY` of the chunk at `from`.
+    fn chunk_query(&self, from: Option<&PgCursor>) -> Result<String, SourceError> {
         let copy = |filter: &str, order: &str| {
             format!(
                 "COPY (SELECT {} FROM {}{filter}{order}) TO STDOUT (FORMAT binary)",
@@ -325,10 +328,7 @@ impl PostgresSource {
             )
         };
         if let Some(blocks) = self.blocks {
-            let start = match from {
-                Some(PgCursor::Block(b)) => *b,
-                _ => 0,
-            };
+            let start = blocks.start(from);
             let end = start.saturating_add(blocks.per_chunk);
             // The last chunk is open-ended: rows the table grew by since
             // the scan began are read too.
@@ -338,7 +338,7 @@ impl PostgresSource {
             } else {
                 format!(" WHERE ctid >= '({start},0)'::tid AND ctid < '({end},0)'::tid")
             };
-            return Ok((copy(&filter, ""), last));
+            return Ok(copy(&filter, ""));
         }
         let filter = match from {
             Some(PgCursor::After(last)) => {
@@ -360,7 +360,7 @@ impl PostgresSource {
             self.key_sql(),
             self.options.chunk_rows.max(1)
         );
-        Ok((copy(&filter, &order), false))
+        Ok(copy(&filter, &order))
     }
 
     /// Chooses how a build's scan walks the relation: block ranges of a
@@ -405,10 +405,14 @@ impl PostgresSource {
         }
         let per_block = (tuples / pages).max(1.0);
         let per_chunk = ((self.options.chunk_rows.max(1) as f64 / per_block).ceil() as u64).max(1);
-        self.blocks = Some(BlockWalk {
-            table_blocks,
-            per_chunk,
-        });
+        // A throttled scan keeps to one connection (the throttle is per
+        // reader).
+        let connections = if self.options.max_rows_per_sec == 0 {
+            self.options.build_connections
+        } else {
+            1
+        };
+        self.blocks = Some(BlockWalk::new(table_blocks, per_chunk, connections));
         Ok(())
     }
 
@@ -531,6 +535,49 @@ struct BlockWalk {
     table_blocks: u64,
     /// Blocks per chunk, for about `chunk_rows` rows each.
     per_chunk: u64,
+    /// This reader's lane of a walk over several connections: it reads
+    /// chunks `lane`, `lane + lanes`, `lane + 2·lanes`, …
+    lane: u64,
+    /// Readers walking the table side by side (1: one connection).
+    lanes: u64,
+}
+
+impl BlockWalk {
+    /// The walk of lane 0 over up to `connections` lanes: fewer when the
+    /// table has few chunks (two chunks a lane at least), so every lane
+    /// has chunks to read.
+    fn new(table_blocks: u64, per_chunk: u64, connections: u32) -> BlockWalk {
+        let mut walk = BlockWalk {
+            table_blocks,
+            per_chunk: per_chunk.max(1),
+            lane: 0,
+            lanes: 1,
+        };
+        walk.lanes = u64::from(connections).min(walk.chunks() / 2).max(1);
+        walk
+    }
+
+    /// Chunks in the table: chunk k starts at block `k · per_chunk`, and
+    /// the last one, open-ended, is the one holding block `table_blocks`.
+    fn chunks(&self) -> u64 {
+        self.table_blocks / self.per_chunk + 1
+    }
+
+    /// The first block of this lane's chunk at `from` (its first chunk if
+    /// `None`).
+    fn start(&self, from: Option<&PgCursor>) -> u64 {
+        match from {
+            Some(PgCursor::Block(b)) => *b,
+            _ => self.lane * self.per_chunk,
+        }
+    }
+
+    /// Where this lane's chunk after the one at `start` begins, if it has
+    /// one.
+    fn next(&self, start: u64) -> Option<u64> {
+        let next = start + self.per_chunk * self.lanes;
+        (next <= self.table_blocks).then_some(next)
+    }
 }
 
 impl KeysetReader for PostgresSource {
@@ -549,7 +596,7 @@ impl KeysetReader for PostgresSource {
         &mut self,
         from: Option<&PgCursor>,
     ) -> Result<Fetched<BinaryChunk, PgCursor>, ChunkError> {
-        let (query, last) = self.chunk_query(from)?;
+        let query = self.chunk_query(from)?;
         let dataset = PostgresSource::dataset(self);
         let context = self.binary_context()?;
         // A recycled buffer, sized for the last chunk: no doubling and
@@ -578,13 +625,7 @@ impl KeysetReader for PostgresSource {
         })?;
         let n = rows.len() as u64;
         let next = match self.blocks {
-            Some(blocks) => {
-                let start = match from {
-                    Some(PgCursor::Block(b)) => *b,
-                    _ => 0,
-                };
-                (!last).then(|| PgCursor::Block(start + blocks.per_chunk))
-            }
+            Some(blocks) => blocks.next(blocks.start(from)).map(PgCursor::Block),
             None => match rows.last() {
                 Some(&at) if keyset::keyset_continues(n, self.options.chunk_rows) => Some(
                     PgCursor::After(context.values(&raw, at, Some(self.mapping.key().len()))?),
@@ -597,6 +638,25 @@ impl KeysetReader for PostgresSource {
             raw: BinaryChunk { raw, rows },
             next,
         })
+    }
+
+    fn lanes(&mut self) -> Vec<PostgresSource> {
+        let Some(walk) = self.blocks else {
+            return Vec::new();
+        };
+        (1..walk.lanes)
+            .map(|lane| PostgresSource {
+                url: self.url.clone(),
+                relation: self.relation.clone(),
+                mapping: self.mapping.clone(),
+                options: self.options,
+                client: None,
+                binary: self.binary.clone(),
+                last_chunk_bytes: self.last_chunk_bytes,
+                buffers: self.buffers.clone(),
+                blocks: Some(BlockWalk { lane, ..walk }),
+            })
+            .collect()
     }
 
     fn connect_again(&mut self) -> Result<(), SourceError> {
@@ -900,6 +960,42 @@ fn text_values(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_lanes_of_a_block_walk_read_every_chunk_once_and_one_open_ended() {
+        use super::{BlockWalk, PgCursor};
+        for table_blocks in 0..40 {
+            for per_chunk in 1..6 {
+                for connections in 1..5 {
+                    let walk = BlockWalk::new(table_blocks, per_chunk, connections);
+                    let mut starts = Vec::new();
+                    for lane in 0..walk.lanes {
+                        let lane = BlockWalk { lane, ..walk };
+                        let mut from = None;
+                        loop {
+                            let start = lane.start(from.as_ref());
+                            starts.push(start);
+                            match lane.next(start) {
+                                Some(next) => from = Some(PgCursor::Block(next)),
+                                None => break,
+                            }
+                        }
+                    }
+                    starts.sort_unstable();
+                    let want: Vec<u64> = (0..walk.chunks()).map(|k| k * per_chunk).collect();
+                    let case = (table_blocks, per_chunk, connections, walk.lanes);
+                    assert_eq!(starts, want, "{case:?}");
+                    // Only the last chunk (open-ended) reaches past the table.
+                    let open = starts.iter().filter(|&&s| s + per_chunk > table_blocks);
+                    assert_eq!(open.count(), 1, "{case:?}");
+                    assert!(walk.lanes <= u64::from(connections), "{case:?}");
+                    if walk.chunks() >= 2 * u64::from(connections) {
+                        assert_eq!(walk.lanes, u64::from(connections), "{case:?}");
+                    }
+                }
+            }
+        }
+    }
+
     use super::*;
 
     #[test]

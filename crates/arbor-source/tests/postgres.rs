@@ -533,22 +533,23 @@ fn scan_interrupted(
     let mut seen: Vec<Vec<u8>> = Vec::new();
     let mut effective = 0;
     let mut statements = Vec::new();
+    let mut most_connections = 0;
     let mut handle = |keys: Vec<Vec<u8>>| {
         let before = seen.len();
         seen.extend(keys);
         for &mark in at {
             if before < mark && mark <= seen.len() {
-                // The scan's last statement shows how it walks the table.
-                for row in t
+                // The scan's last statements show how it walks the table,
+                // and over how many connections.
+                let rows = t
                     .admin
                     .query(
                         "SELECT query FROM pg_stat_activity WHERE application_name = 'arbor'",
                         &[],
                     )
-                    .unwrap()
-                {
-                    statements.push(row.get::<_, String>(0));
-                }
+                    .unwrap();
+                most_connections = most_connections.max(rows.len());
+                statements.extend(rows.iter().map(|row| row.get::<_, String>(0)));
                 effective += interrupt(&mut t);
             }
         }
@@ -588,6 +589,12 @@ fn scan_interrupted(
         statements.iter().any(|q| q.contains(marker)),
         "{walk:?}: {statements:?}"
     );
+    // A build reads over two connections by default; a rescan over one.
+    let connections = match walk {
+        Walk::ByKey => 1,
+        Walk::ByBlocks => 2,
+    };
+    assert_eq!(most_connections, connections, "{walk:?}: {statements:?}");
     let distinct: BTreeSet<_> = seen.iter().cloned().collect();
     assert_eq!(seen.len(), rows, "no row read twice");
     assert_eq!(distinct.len(), rows, "no row skipped");
