@@ -16,7 +16,7 @@ binary and a venv with reladiff. For each N:
      capture; then compares (median of --runs) -- the nightly case;
   6. arbor on identical tables: an agent on S, compares L vs S;
   7. COPY (binary) of L into /dev/null and `arbor index build` of L, for
-     the build rate.
+     the build rate (medians of --runs pairs, alternating).
 
 Every tool's drift is checked against the expected set. Prints one table,
 writes results/bench-N.json and (over all results in the directory) a PNG
@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -424,23 +425,36 @@ def bench(args, n):
             except SystemExit:
                 pass
 
-    # Build rate against COPY (binary) of the same table.
-    copy_s, _, _, err, rc = timed_child(
-        ["psql", urls["l"], "-qc", "\\copy orders TO '/dev/null' WITH (FORMAT binary)"])
+    # Build rate against COPY (binary) of the same table: median of --runs
+    # pairs, the two alternating so that both see the same machine.
     cfg = os.path.join(work, "l", "agent.toml")
     build_dir = os.path.join(work, "build")
-    os.makedirs(build_dir)
     text = open(cfg).read().replace('data_dir = "data"', f'data_dir = "{build_dir}"')
     text = re.sub(r"capture = .*\n", "", text)
-    open(os.path.join(build_dir, "agent.toml"), "w").write(text)
-    build_s, build_rss, out, err, rc = timed_child(
-        [args.arbor, "index", "build", "--config", os.path.join(build_dir, "agent.toml"), "--dataset", "orders"])
-    if rc != 0:
-        raise SystemExit(f"arbor index build failed: {err}")
+    build_cfg = os.path.join(work, "build.toml")
+    open(build_cfg, "w").write(text)
+    copy_times, build_times, build_rss = [], [], 0
+    for i in range(args.runs):
+        copy_s, _, _, err, rc = timed_child(
+            ["psql", urls["l"], "-qc", "\\copy orders TO '/dev/null' WITH (FORMAT binary)"])
+        if rc != 0:
+            raise SystemExit(f"COPY failed: {err}")
+        shutil.rmtree(build_dir, ignore_errors=True)
+        build_s, rss, out, err, rc = timed_child(
+            [args.arbor, "index", "build", "--config", build_cfg, "--dataset", "orders"])
+        if rc != 0:
+            raise SystemExit(f"arbor index build failed: {err}")
+        copy_times.append(copy_s)
+        build_times.append(build_s)
+        build_rss = max(build_rss, rss)
+        log(f"N={n}: run {i + 1}: COPY binary {copy_s:.2f} s; arbor index build {build_s:.2f} s")
+    copy_s, build_s = median(copy_times), median(build_times)
     results["copy_binary_rows_per_s"] = n / copy_s
     results["build_rows_per_s"] = n / build_s
+    results["copy_binary_seconds"] = copy_times
+    results["build_seconds"] = build_times
     results["build_peak_rss_mib"] = build_rss
-    log(f"N={n}: COPY binary {n / copy_s:,.0f} rows/s; arbor index build {n / build_s:,.0f} rows/s")
+    log(f"N={n}: COPY binary {n / copy_s:,.0f} rows/s; arbor index build {n / build_s:,.0f} rows/s (medians)")
 
     for db in dbs.values():
         psql(url, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
