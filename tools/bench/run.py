@@ -87,6 +87,22 @@ def psql(url, sql):
     return out.stdout.strip()
 
 
+def create_copy(url, db, template):
+    """CREATE DATABASE db TEMPLATE template, retried: PostgreSQL 15 once
+    failed it with "buffer is pinned in InvalidateBuffer" right after a
+    10M-row load (a background process still held a page of the template)."""
+    for attempt in range(1, 6):
+        try:
+            psql(url, f"CREATE DATABASE {db} TEMPLATE {template}")
+            return
+        except SystemExit as e:
+            if attempt == 5:
+                raise
+            log(f"CREATE DATABASE {db} failed (attempt {attempt}), retrying: {e}")
+            psql(url, f"DROP DATABASE IF EXISTS {db}")
+            time.sleep(5)
+
+
 def with_db(url, db):
     u = urllib.parse.urlsplit(url)
     return urllib.parse.urlunsplit((u.scheme, u.netloc, "/" + db, u.query, u.fragment))
@@ -324,8 +340,8 @@ def bench(args, n):
     psql(url, f"CREATE DATABASE {dbs['l']}")
     psql(urls["l"], LOAD_SQL.format(n=n))
     psql(url, f"CHECKPOINT")
-    psql(url, f"CREATE DATABASE {dbs['r']} TEMPLATE {dbs['l']}")
-    psql(url, f"CREATE DATABASE {dbs['s']} TEMPLATE {dbs['l']}")
+    for copy in (dbs["r"], dbs["s"]):
+        create_copy(url, copy, dbs["l"])
     heap = psql(urls["l"], "SELECT pg_total_relation_size('orders')")
     log(f"N={n}: loaded in {time.monotonic() - t:.0f} s ({int(heap) >> 20} MiB per table)")
 
