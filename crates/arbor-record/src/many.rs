@@ -6,11 +6,13 @@
 //! fixed cost per call: 260 ns for a 200-byte row and 114 ns for a 9-byte
 //! key on the 2-core bench machine, about a fifth of a build's CPU time.
 //! Here every SIMD lane hashes a different input instead: sixteen rows per
-//! AVX-512 compression, 51 ns per row and 19 ns per key there.
+//! AVX-512 compression (51 ns per row and 19 ns per key there), or eight
+//! with AVX2.
 //!
-//! The output is exactly `blake3::keyed_hash` of each input (a proptest
-//! pins it). Inputs over one chunk (1 KiB), and every input on a CPU without
-//! AVX-512 (F and BW), go through `blake3::keyed_hash` one by one.
+//! The output is exactly `blake3::keyed_hash` of each input (proptests pin
+//! it, for each path this CPU has). Inputs over one chunk (1 KiB), the
+//! last few of a call, and every input on a CPU with neither AVX-512 (F and
+//! BW) nor AVX2 go through `blake3::keyed_hash` one by one.
 
 /// The largest input hashed in a SIMD lane: one BLAKE3 chunk, whose
 /// blocks all take chunk counter 0.
@@ -23,42 +25,96 @@ const MAX_LANE_INPUT: usize = 1024;
 ///
 /// If `out` is shorter than `inputs`.
 pub fn keyed_hash_many(key: &[u8; 32], inputs: &[&[u8]], out: &mut [[u8; 32]]) {
+    hash_on(Simd::detect(), key, inputs, out)
+}
+
+/// The SIMD paths a call may take: only ever those this CPU has (see
+/// [`Simd::detect`]; the tests turn paths off, never on).
+#[derive(Debug, Clone, Copy)]
+struct Simd {
+    avx512: bool,
+    avx2: bool,
+}
+
+impl Simd {
+    /// The paths this CPU runs (detected once, then cached by std).
+    fn detect() -> Simd {
+        #[cfg(target_arch = "x86_64")]
+        {
+            Simd {
+                avx512: is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw"),
+                avx2: is_x86_feature_detected!("avx2"),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            Simd {
+                avx512: false,
+                avx2: false,
+            }
+        }
+    }
+}
+
+fn hash_on(simd: Simd, key: &[u8; 32], inputs: &[&[u8]], out: &mut [[u8; 32]]) {
     assert!(out.len() >= inputs.len(), "one output per input");
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if x86::available() {
+    {
         let words = x86::key_words(key);
-        for (ins, outs) in inputs
-            .chunks_exact(x86::LANES)
-            .zip(out.chunks_exact_mut(x86::LANES))
-        {
-            if ins.iter().all(|i| i.len() <= MAX_LANE_INPUT) {
-                // SAFETY: `available()` checked that this CPU has the
+        if simd.avx512 {
+            done += in_groups(16, key, inputs, out, |ins, outs| {
+                // SAFETY: `simd.avx512` is set only on CPUs with the
                 // features `hash16` is compiled for.
-                unsafe { x86::hash16(&words, ins, outs) };
-            } else {
-                for (i, o) in ins.iter().zip(outs) {
-                    *o = *blake3::keyed_hash(key, i).as_bytes();
-                }
-            }
-            done += x86::LANES;
+                unsafe { x86::hash16(&words, ins, outs) }
+            });
+        }
+        if simd.avx2 {
+            done += in_groups(8, key, &inputs[done..], &mut out[done..], |ins, outs| {
+                // SAFETY: `simd.avx2` is set only on CPUs with AVX2.
+                unsafe { x86::hash8(&words, ins, outs) }
+            });
         }
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = simd;
     for (i, o) in inputs[done..].iter().zip(&mut out[done..]) {
         *o = *blake3::keyed_hash(key, i).as_bytes();
     }
 }
 
+/// Hashes `inputs` in whole groups of `lanes` with `hash` (one by one for a
+/// group holding an input over [`MAX_LANE_INPUT`]); returns how many.
+fn in_groups(
+    lanes: usize,
+    key: &[u8; 32],
+    inputs: &[&[u8]],
+    out: &mut [[u8; 32]],
+    mut hash: impl FnMut(&[&[u8]], &mut [[u8; 32]]),
+) -> usize {
+    let mut done = 0;
+    for (ins, outs) in inputs.chunks_exact(lanes).zip(out.chunks_exact_mut(lanes)) {
+        if ins.iter().all(|i| i.len() <= MAX_LANE_INPUT) {
+            hash(ins, outs);
+        } else {
+            for (i, o) in ins.iter().zip(outs) {
+                *o = *blake3::keyed_hash(key, i).as_bytes();
+            }
+        }
+        done += lanes;
+    }
+    done
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    //! Sixteen inputs per compression with AVX-512: lane `l` of every
-    //! vector belongs to input `l`.
+    //! Sixteen inputs per compression with AVX-512, eight with AVX2: lane
+    //! `l` of every vector belongs to input `l`.
 
     use std::arch::x86_64::*;
 
     use super::MAX_LANE_INPUT;
 
-    pub const LANES: usize = 16;
     const BLOCK: usize = 64;
     const IV: [u32; 8] = [
         0x6A09E667, 0xBB67AE85, 0x3C6EF372, 0xA54FF53A, 0x510E527F, 0x9B05688C, 0x1F83D9AB,
@@ -90,11 +146,6 @@ mod x86 {
         s
     };
 
-    /// Whether this CPU runs [`hash16`] (detected once, then cached by std).
-    pub fn available() -> bool {
-        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw")
-    }
-
     /// The key as BLAKE3's little-endian words.
     pub fn key_words(key: &[u8; 32]) -> [u32; 8] {
         std::array::from_fn(|i| {
@@ -102,24 +153,155 @@ mod x86 {
         })
     }
 
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    fn g(v: &mut [__m512i; 16], [a, b, c, d]: [usize; 4], x: __m512i, y: __m512i) {
-        v[a] = _mm512_add_epi32(_mm512_add_epi32(v[a], v[b]), x);
-        v[d] = _mm512_ror_epi32::<16>(_mm512_xor_si512(v[d], v[a]));
-        v[c] = _mm512_add_epi32(v[c], v[d]);
-        v[b] = _mm512_ror_epi32::<12>(_mm512_xor_si512(v[b], v[c]));
-        v[a] = _mm512_add_epi32(_mm512_add_epi32(v[a], v[b]), y);
-        v[d] = _mm512_ror_epi32::<8>(_mm512_xor_si512(v[d], v[a]));
-        v[c] = _mm512_add_epi32(v[c], v[d]);
-        v[b] = _mm512_ror_epi32::<7>(_mm512_xor_si512(v[b], v[c]));
+    /// The vector operations of BLAKE3's compression, on one 32-bit word
+    /// per lane.
+    ///
+    /// The methods wrap intrinsics: they are only called from inside
+    /// [`hash16`] and [`hash8`], which are compiled for (and only run on
+    /// CPUs with) the features the intrinsics need, and into which they
+    /// are inlined.
+    trait Words: Copy {
+        fn splat(x: u32) -> Self;
+        fn add(self, o: Self) -> Self;
+        fn xor(self, o: Self) -> Self;
+        fn ror<const R: u32>(self) -> Self;
+    }
+
+    impl Words for __m512i {
+        #[inline(always)]
+        fn splat(x: u32) -> Self {
+            // SAFETY (each method): see `Words`.
+            unsafe { _mm512_set1_epi32(x as i32) }
+        }
+        #[inline(always)]
+        fn add(self, o: Self) -> Self {
+            unsafe { _mm512_add_epi32(self, o) }
+        }
+        #[inline(always)]
+        fn xor(self, o: Self) -> Self {
+            unsafe { _mm512_xor_si512(self, o) }
+        }
+        #[inline(always)]
+        fn ror<const R: u32>(self) -> Self {
+            unsafe {
+                match R {
+                    16 => _mm512_ror_epi32::<16>(self),
+                    12 => _mm512_ror_epi32::<12>(self),
+                    8 => _mm512_ror_epi32::<8>(self),
+                    _ => _mm512_ror_epi32::<7>(self),
+                }
+            }
+        }
+    }
+
+    impl Words for __m256i {
+        #[inline(always)]
+        fn splat(x: u32) -> Self {
+            unsafe { _mm256_set1_epi32(x as i32) }
+        }
+        #[inline(always)]
+        fn add(self, o: Self) -> Self {
+            unsafe { _mm256_add_epi32(self, o) }
+        }
+        #[inline(always)]
+        fn xor(self, o: Self) -> Self {
+            unsafe { _mm256_xor_si256(self, o) }
+        }
+        #[inline(always)]
+        fn ror<const R: u32>(self) -> Self {
+            // AVX2 has no rotate: two shifts and an or.
+            unsafe {
+                match R {
+                    16 => _mm256_or_si256(
+                        _mm256_srli_epi32::<16>(self),
+                        _mm256_slli_epi32::<16>(self),
+                    ),
+                    12 => _mm256_or_si256(
+                        _mm256_srli_epi32::<12>(self),
+                        _mm256_slli_epi32::<20>(self),
+                    ),
+                    8 => {
+                        _mm256_or_si256(_mm256_srli_epi32::<8>(self), _mm256_slli_epi32::<24>(self))
+                    }
+                    _ => {
+                        _mm256_or_si256(_mm256_srli_epi32::<7>(self), _mm256_slli_epi32::<25>(self))
+                    }
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn g<W: Words>(v: &mut [W; 16], [a, b, c, d]: [usize; 4], x: W, y: W) {
+        v[a] = v[a].add(v[b]).add(x);
+        v[d] = v[d].xor(v[a]).ror::<16>();
+        v[c] = v[c].add(v[d]);
+        v[b] = v[b].xor(v[c]).ror::<12>();
+        v[a] = v[a].add(v[b]).add(y);
+        v[d] = v[d].xor(v[a]).ror::<8>();
+        v[c] = v[c].add(v[d]);
+        v[b] = v[b].xor(v[c]).ror::<7>();
+    }
+
+    /// BLAKE3's compression of one block per lane (chunk counter 0): the
+    /// next chaining value of each lane.
+    #[inline(always)]
+    fn compress<W: Words>(cv: &[W; 8], m: &[W; 16], len: W, flags: W) -> [W; 8] {
+        let zero = W::splat(0);
+        let mut v = [
+            cv[0],
+            cv[1],
+            cv[2],
+            cv[3],
+            cv[4],
+            cv[5],
+            cv[6],
+            cv[7],
+            W::splat(IV[0]),
+            W::splat(IV[1]),
+            W::splat(IV[2]),
+            W::splat(IV[3]),
+            zero, // chunk counter, low word
+            zero, // chunk counter, high word
+            len,
+            flags,
+        ];
+        for s in &SCHEDULE {
+            g(&mut v, [0, 4, 8, 12], m[s[0]], m[s[1]]);
+            g(&mut v, [1, 5, 9, 13], m[s[2]], m[s[3]]);
+            g(&mut v, [2, 6, 10, 14], m[s[4]], m[s[5]]);
+            g(&mut v, [3, 7, 11, 15], m[s[6]], m[s[7]]);
+            g(&mut v, [0, 5, 10, 15], m[s[8]], m[s[9]]);
+            g(&mut v, [1, 6, 11, 12], m[s[10]], m[s[11]]);
+            g(&mut v, [2, 7, 8, 13], m[s[12]], m[s[13]]);
+            g(&mut v, [3, 4, 9, 14], m[s[14]], m[s[15]]);
+        }
+        std::array::from_fn(|i| v[i].xor(v[i + 8]))
+    }
+
+    /// Per lane, the flags of block `b`: keyed, chunk start on the first
+    /// block, chunk end and root on the last (`last` lanes).
+    fn flags(b: u32) -> (u32, u32) {
+        (
+            KEYED_HASH | if b == 0 { CHUNK_START } else { 0 },
+            CHUNK_END | ROOT,
+        )
+    }
+
+    /// The little-endian bytes of each lane's chaining value.
+    fn write_out<const L: usize>(words: &[[u32; L]; 8], out: &mut [[u8; 32]]) {
+        for (l, o) in out.iter_mut().enumerate() {
+            for (i, w) in words.iter().enumerate() {
+                o[4 * i..4 * i + 4].copy_from_slice(&w[l].to_le_bytes());
+            }
+        }
     }
 
     /// Turns sixteen 64-byte blocks, one per vector, into the sixteen
     /// message words, one per vector (a 16×16 transpose of 32-bit words).
     #[target_feature(enable = "avx512f")]
     #[inline]
-    fn transpose(r: [__m512i; 16]) -> [__m512i; 16] {
+    fn transpose16(r: [__m512i; 16]) -> [__m512i; 16] {
         // Pairs of inputs interleaved, then quads: q[j][c] holds, in its
         // 128-bit part k, word 4k+c of inputs 4j..4j+3.
         let lo: [__m512i; 8] =
@@ -149,15 +331,10 @@ mod x86 {
         m
     }
 
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    fn splat(x: u32) -> __m512i {
-        _mm512_set1_epi32(x as i32)
-    }
-
     /// Keyed BLAKE3 of sixteen inputs of at most [`MAX_LANE_INPUT`] bytes.
     #[target_feature(enable = "avx512f,avx512bw")]
     pub fn hash16(key: &[u32; 8], inputs: &[&[u8]], out: &mut [[u8; 32]]) {
+        const LANES: usize = 16;
         assert!(inputs.len() == LANES && out.len() == LANES);
         assert!(inputs.iter().all(|i| i.len() <= MAX_LANE_INPUT));
         let block_counts: [u32; LANES] =
@@ -171,7 +348,7 @@ mod x86 {
                 _mm512_loadu_si512(block_counts.as_ptr().cast()),
             )
         };
-        let mut cv: [__m512i; 8] = std::array::from_fn(|i| splat(key[i]));
+        let mut cv: [__m512i; 8] = std::array::from_fn(|i| Words::splat(key[i]));
         for b in 0..most {
             let at = b as usize * BLOCK;
             let rows: [__m512i; 16] = std::array::from_fn(|l| {
@@ -189,51 +366,25 @@ mod x86 {
                 // (the padding of a short last block).
                 unsafe { _mm512_maskz_loadu_epi8(mask, input.as_ptr().add(start).cast()) }
             });
-            let m = transpose(rows);
+            let m = transpose16(rows);
             // Per lane: bytes in this block, the flags of its place in the
             // input, and whether the input has this block at all.
             let len = _mm512_min_epi32(
                 _mm512_max_epi32(
-                    _mm512_sub_epi32(lens, splat(at as u32)),
+                    _mm512_sub_epi32(lens, _mm512_set1_epi32(at as i32)),
                     _mm512_setzero_si512(),
                 ),
-                splat(BLOCK as u32),
+                _mm512_set1_epi32(BLOCK as i32),
             );
-            let last = _mm512_cmpeq_epi32_mask(block_counts, splat(b + 1));
-            let live = _mm512_cmpgt_epi32_mask(block_counts, splat(b));
-            let flags = splat(KEYED_HASH | if b == 0 { CHUNK_START } else { 0 });
-            let flags = _mm512_mask_or_epi32(flags, last, flags, splat(CHUNK_END | ROOT));
-            let mut v = [
-                cv[0],
-                cv[1],
-                cv[2],
-                cv[3],
-                cv[4],
-                cv[5],
-                cv[6],
-                cv[7],
-                splat(IV[0]),
-                splat(IV[1]),
-                splat(IV[2]),
-                splat(IV[3]),
-                _mm512_setzero_si512(), // chunk counter, low word
-                _mm512_setzero_si512(), // chunk counter, high word
-                len,
-                flags,
-            ];
-            for s in &SCHEDULE {
-                g(&mut v, [0, 4, 8, 12], m[s[0]], m[s[1]]);
-                g(&mut v, [1, 5, 9, 13], m[s[2]], m[s[3]]);
-                g(&mut v, [2, 6, 10, 14], m[s[4]], m[s[5]]);
-                g(&mut v, [3, 7, 11, 15], m[s[6]], m[s[7]]);
-                g(&mut v, [0, 5, 10, 15], m[s[8]], m[s[9]]);
-                g(&mut v, [1, 6, 11, 12], m[s[10]], m[s[11]]);
-                g(&mut v, [2, 7, 8, 13], m[s[12]], m[s[13]]);
-                g(&mut v, [3, 4, 9, 14], m[s[14]], m[s[15]]);
-            }
+            let last = _mm512_cmpeq_epi32_mask(block_counts, _mm512_set1_epi32(b as i32 + 1));
+            let live = _mm512_cmpgt_epi32_mask(block_counts, _mm512_set1_epi32(b as i32));
+            let (every, end) = flags(b);
+            let every = _mm512_set1_epi32(every as i32);
+            let flags = _mm512_mask_or_epi32(every, last, every, _mm512_set1_epi32(end as i32));
+            let next = compress(&cv, &m, len, flags);
             // Inputs already finished keep their output.
             for i in 0..8 {
-                cv[i] = _mm512_mask_blend_epi32(live, cv[i], _mm512_xor_si512(v[i], v[i + 8]));
+                cv[i] = _mm512_mask_blend_epi32(live, cv[i], next[i]);
             }
         }
         let mut words = [[0u32; LANES]; 8];
@@ -241,11 +392,105 @@ mod x86 {
             // SAFETY: `w` is 64 bytes; an unaligned store.
             unsafe { _mm512_storeu_si512(w.as_mut_ptr().cast(), v) };
         }
-        for (l, o) in out.iter_mut().enumerate() {
-            for (i, w) in words.iter().enumerate() {
-                o[4 * i..4 * i + 4].copy_from_slice(&w[l].to_le_bytes());
+        write_out(&words, out);
+    }
+
+    /// Turns eight rows of eight words, one per vector, into eight vectors
+    /// of one word each (an 8×8 transpose of 32-bit words).
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn transpose8(r: [__m256i; 8]) -> [__m256i; 8] {
+        // Pairs, then quads, within each 128-bit half: u[j][c] holds word
+        // c (low half) and word 4+c (high half) of inputs 4j..4j+3.
+        let lo: [__m256i; 4] =
+            std::array::from_fn(|i| _mm256_unpacklo_epi32(r[2 * i], r[2 * i + 1]));
+        let hi: [__m256i; 4] =
+            std::array::from_fn(|i| _mm256_unpackhi_epi32(r[2 * i], r[2 * i + 1]));
+        let u: [[__m256i; 4]; 2] = std::array::from_fn(|j| {
+            [
+                _mm256_unpacklo_epi64(lo[2 * j], lo[2 * j + 1]),
+                _mm256_unpackhi_epi64(lo[2 * j], lo[2 * j + 1]),
+                _mm256_unpacklo_epi64(hi[2 * j], hi[2 * j + 1]),
+                _mm256_unpackhi_epi64(hi[2 * j], hi[2 * j + 1]),
+            ]
+        });
+        let mut m = [_mm256_setzero_si256(); 8];
+        for c in 0..4 {
+            m[c] = _mm256_permute2x128_si256::<0x20>(u[0][c], u[1][c]);
+            m[4 + c] = _mm256_permute2x128_si256::<0x31>(u[0][c], u[1][c]);
+        }
+        m
+    }
+
+    /// Keyed BLAKE3 of eight inputs of at most [`MAX_LANE_INPUT`] bytes.
+    #[target_feature(enable = "avx2")]
+    pub fn hash8(key: &[u32; 8], inputs: &[&[u8]], out: &mut [[u8; 32]]) {
+        const LANES: usize = 8;
+        assert!(inputs.len() == LANES && out.len() == LANES);
+        assert!(inputs.iter().all(|i| i.len() <= MAX_LANE_INPUT));
+        let block_counts: [u32; LANES] =
+            std::array::from_fn(|l| inputs[l].len().div_ceil(BLOCK).max(1) as u32);
+        let most = block_counts.iter().copied().max().unwrap_or(1);
+        let lens: [u32; LANES] = std::array::from_fn(|l| inputs[l].len() as u32);
+        // SAFETY: both arrays are 32 bytes; unaligned loads.
+        let (lens, block_counts) = unsafe {
+            (
+                _mm256_loadu_si256(lens.as_ptr().cast()),
+                _mm256_loadu_si256(block_counts.as_ptr().cast()),
+            )
+        };
+        let mut cv: [__m256i; 8] = std::array::from_fn(|i| Words::splat(key[i]));
+        let mut pad = [0u8; BLOCK];
+        for b in 0..most {
+            let at = b as usize * BLOCK;
+            let mut first = [_mm256_setzero_si256(); 8];
+            let mut second = [_mm256_setzero_si256(); 8];
+            for l in 0..LANES {
+                let input = inputs[l];
+                let rest = &input[at.min(input.len())..];
+                // A whole block is read where it lies; a short last one
+                // from a zero-padded copy.
+                let block: &[u8] = if rest.len() >= BLOCK {
+                    &rest[..BLOCK]
+                } else {
+                    pad.fill(0);
+                    pad[..rest.len()].copy_from_slice(rest);
+                    &pad
+                };
+                // SAFETY: `block` holds 64 bytes; unaligned loads.
+                unsafe {
+                    first[l] = _mm256_loadu_si256(block.as_ptr().cast());
+                    second[l] = _mm256_loadu_si256(block.as_ptr().add(32).cast());
+                }
+            }
+            let (low, high) = (transpose8(first), transpose8(second));
+            let m: [__m256i; 16] =
+                std::array::from_fn(|w| if w < 8 { low[w] } else { high[w - 8] });
+            let len = _mm256_min_epi32(
+                _mm256_max_epi32(
+                    _mm256_sub_epi32(lens, _mm256_set1_epi32(at as i32)),
+                    _mm256_setzero_si256(),
+                ),
+                _mm256_set1_epi32(BLOCK as i32),
+            );
+            let last = _mm256_cmpeq_epi32(block_counts, _mm256_set1_epi32(b as i32 + 1));
+            let live = _mm256_cmpgt_epi32(block_counts, _mm256_set1_epi32(b as i32));
+            let (every, end) = flags(b);
+            let flags = _mm256_or_si256(
+                _mm256_set1_epi32(every as i32),
+                _mm256_and_si256(last, _mm256_set1_epi32(end as i32)),
+            );
+            let next = compress(&cv, &m, len, flags);
+            for i in 0..8 {
+                cv[i] = _mm256_blendv_epi8(cv[i], next[i], live);
             }
         }
+        let mut words = [[0u32; LANES]; 8];
+        for (w, v) in words.iter_mut().zip(cv) {
+            // SAFETY: `w` is 32 bytes; an unaligned store.
+            unsafe { _mm256_storeu_si256(w.as_mut_ptr().cast(), v) };
+        }
+        write_out(&words, out);
     }
 }
 
@@ -254,17 +499,35 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Every path this CPU has: all its SIMD, AVX2 alone, none.
+    fn paths() -> [Simd; 3] {
+        let all = Simd::detect();
+        [
+            all,
+            Simd {
+                avx512: false,
+                ..all
+            },
+            Simd {
+                avx512: false,
+                avx2: false,
+            },
+        ]
+    }
+
     fn check(key: &[u8; 32], inputs: &[Vec<u8>]) {
         let slices: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
-        let mut out = vec![[0u8; 32]; slices.len()];
-        keyed_hash_many(key, &slices, &mut out);
-        for (i, (input, o)) in inputs.iter().zip(&out).enumerate() {
-            assert_eq!(
-                o,
-                blake3::keyed_hash(key, input).as_bytes(),
-                "input {i} of {} bytes",
-                input.len()
-            );
+        for simd in paths() {
+            let mut out = vec![[0u8; 32]; slices.len()];
+            hash_on(simd, key, &slices, &mut out);
+            for (i, (input, o)) in inputs.iter().zip(&out).enumerate() {
+                assert_eq!(
+                    o,
+                    blake3::keyed_hash(key, input).as_bytes(),
+                    "{simd:?}: input {i} of {} bytes",
+                    input.len()
+                );
+            }
         }
     }
 
