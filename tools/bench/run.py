@@ -87,22 +87,6 @@ def psql(url, sql):
     return out.stdout.strip()
 
 
-def create_copy(url, db, template):
-    """CREATE DATABASE db TEMPLATE template, retried: PostgreSQL 15 once
-    failed it with "buffer is pinned in InvalidateBuffer" right after a
-    10M-row load (a background process still held a page of the template)."""
-    for attempt in range(1, 6):
-        try:
-            psql(url, f"CREATE DATABASE {db} TEMPLATE {template}")
-            return
-        except SystemExit as e:
-            if attempt == 5:
-                raise
-            log(f"CREATE DATABASE {db} failed (attempt {attempt}), retrying: {e}")
-            psql(url, f"DROP DATABASE IF EXISTS {db}")
-            time.sleep(5)
-
-
 def with_db(url, db):
     u = urllib.parse.urlsplit(url)
     return urllib.parse.urlunsplit((u.scheme, u.netloc, "/" + db, u.query, u.fragment))
@@ -335,13 +319,29 @@ def bench(args, n):
         psql(url, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
     for slot in ("arbor_bench_l", "arbor_bench_r"):
         psql(url, f"SELECT pg_drop_replication_slot('{slot}') FROM pg_replication_slots WHERE slot_name = '{slot}'")
+    # Three copies of the table (~290 bytes a row with its index), WAL,
+    # two indexes and a build: ~1 KB a row. A full disk fails the run half
+    # way with PostgreSQL errors that do not name the cause.
+    try:
+        places = {psql(url, "SHOW data_directory"), work}
+    except SystemExit:  # a role that may not read the setting
+        places = {work}
+    need = n * 1000
+    for where in places:
+        if not os.path.isdir(where):  # a server on another machine
+            continue
+        free = shutil.disk_usage(where).free
+        if free < need:
+            raise SystemExit(
+                f"N={n} needs about {need >> 30} GiB free on the disk of {where}; "
+                f"it has {free >> 30} GiB")
     log(f"N={n}: loading {n} rows")
     t = time.monotonic()
     psql(url, f"CREATE DATABASE {dbs['l']}")
     psql(urls["l"], LOAD_SQL.format(n=n))
     psql(url, f"CHECKPOINT")
-    for copy in (dbs["r"], dbs["s"]):
-        create_copy(url, copy, dbs["l"])
+    psql(url, f"CREATE DATABASE {dbs['r']} TEMPLATE {dbs['l']}")
+    psql(url, f"CREATE DATABASE {dbs['s']} TEMPLATE {dbs['l']}")
     heap = psql(urls["l"], "SELECT pg_total_relation_size('orders')")
     log(f"N={n}: loaded in {time.monotonic() - t:.0f} s ({int(heap) >> 20} MiB per table)")
 
