@@ -893,7 +893,31 @@ where
         index.clear_cf(cf::SCAN)?;
         index.rescanning.store(true, Ordering::Release);
     }
-    let outcome = rescan_marked(indexes, records, watermark);
+    let outcome = (|| {
+        let mut stats = vec![RescanStats::default(); indexes.len()];
+        let mut source = records.into_iter();
+        loop {
+            let mut chunk = Vec::with_capacity(RESCAN_CHUNK_RECORDS);
+            for item in source.by_ref().take(RESCAN_CHUNK_RECORDS) {
+                chunk.push(item.map_err(|e| IndexError::Source(e.into()))?);
+            }
+            if chunk.is_empty() {
+                break;
+            }
+            for (index, stats) in indexes.iter().zip(&mut stats) {
+                stats.records_read += chunk.len() as u64;
+                let applied = index.rescan_chunk(&chunk)?;
+                stats.applied.inserted += applied.inserted;
+                stats.applied.updated += applied.updated;
+                stats.applied.unchanged += applied.unchanged;
+            }
+        }
+        // Records not seen by this scan vanished from the source.
+        for (index, stats) in indexes.iter().zip(&mut stats) {
+            stats.vanished += index.remove_unseen(watermark)?;
+        }
+        Ok(stats)
+    })();
     for index in indexes {
         index.rescanning.store(false, Ordering::Release);
     }
@@ -908,40 +932,6 @@ where
             vanished = stats.vanished,
             "rescan finished"
         );
-    }
-    Ok(stats)
-}
-
-fn rescan_marked<I, E>(
-    indexes: &[&Index],
-    records: I,
-    watermark: Option<&[u8]>,
-) -> Result<Vec<RescanStats>, IndexError>
-where
-    I: IntoIterator<Item = Result<Record, E>>,
-    E: Into<SourceError>,
-{
-    let mut stats = vec![RescanStats::default(); indexes.len()];
-    let mut source = records.into_iter();
-    loop {
-        let mut chunk = Vec::with_capacity(RESCAN_CHUNK_RECORDS);
-        for item in source.by_ref().take(RESCAN_CHUNK_RECORDS) {
-            chunk.push(item.map_err(|e| IndexError::Source(e.into()))?);
-        }
-        if chunk.is_empty() {
-            break;
-        }
-        for (index, stats) in indexes.iter().zip(&mut stats) {
-            stats.records_read += chunk.len() as u64;
-            let applied = index.rescan_chunk(&chunk)?;
-            stats.applied.inserted += applied.inserted;
-            stats.applied.updated += applied.updated;
-            stats.applied.unchanged += applied.unchanged;
-        }
-    }
-    // Records not seen by this scan vanished from the source.
-    for (index, stats) in indexes.iter().zip(&mut stats) {
-        stats.vanished += index.remove_unseen(watermark)?;
     }
     Ok(stats)
 }

@@ -165,6 +165,27 @@ mod x86 {
         fn add(self, o: Self) -> Self;
         fn xor(self, o: Self) -> Self;
         fn ror<const R: u32>(self) -> Self;
+        /// Within each 128-bit part: words 0, 1 of `self` and `o`
+        /// interleaved (`unpacklo_epi32`); `hi32` words 2, 3.
+        fn lo32(self, o: Self) -> Self;
+        fn hi32(self, o: Self) -> Self;
+        /// Within each 128-bit part: the low 64 bits of `self` then of
+        /// `o` (`unpacklo_epi64`); `hi64` the high ones.
+        fn lo64(self, o: Self) -> Self;
+        fn hi64(self, o: Self) -> Self;
+    }
+
+    /// The first two steps of transposing rows of words, one row per
+    /// vector: for each four rows `4j..4j+3`, `q[j][c]` holds word `4k+c`
+    /// of the four rows in its 128-bit part `k`. What is left is moving
+    /// whole 128-bit parts, which differs with the vector's width.
+    #[inline(always)]
+    fn quads<W: Words>(rows: &[W], q: &mut [[W; 4]]) {
+        for (r, q) in rows.chunks_exact(4).zip(q) {
+            let (a, b) = (r[0].lo32(r[1]), r[2].lo32(r[3]));
+            let (c, d) = (r[0].hi32(r[1]), r[2].hi32(r[3]));
+            *q = [a.lo64(b), a.hi64(b), c.lo64(d), c.hi64(d)];
+        }
     }
 
     impl Words for __m512i {
@@ -191,6 +212,22 @@ mod x86 {
                     _ => _mm512_ror_epi32::<7>(self),
                 }
             }
+        }
+        #[inline(always)]
+        fn lo32(self, o: Self) -> Self {
+            unsafe { _mm512_unpacklo_epi32(self, o) }
+        }
+        #[inline(always)]
+        fn hi32(self, o: Self) -> Self {
+            unsafe { _mm512_unpackhi_epi32(self, o) }
+        }
+        #[inline(always)]
+        fn lo64(self, o: Self) -> Self {
+            unsafe { _mm512_unpacklo_epi64(self, o) }
+        }
+        #[inline(always)]
+        fn hi64(self, o: Self) -> Self {
+            unsafe { _mm512_unpackhi_epi64(self, o) }
         }
     }
 
@@ -228,6 +265,22 @@ mod x86 {
                     }
                 }
             }
+        }
+        #[inline(always)]
+        fn lo32(self, o: Self) -> Self {
+            unsafe { _mm256_unpacklo_epi32(self, o) }
+        }
+        #[inline(always)]
+        fn hi32(self, o: Self) -> Self {
+            unsafe { _mm256_unpackhi_epi32(self, o) }
+        }
+        #[inline(always)]
+        fn lo64(self, o: Self) -> Self {
+            unsafe { _mm256_unpacklo_epi64(self, o) }
+        }
+        #[inline(always)]
+        fn hi64(self, o: Self) -> Self {
+            unsafe { _mm256_unpackhi_epi64(self, o) }
         }
     }
 
@@ -302,20 +355,8 @@ mod x86 {
     #[target_feature(enable = "avx512f")]
     #[inline]
     fn transpose16(r: [__m512i; 16]) -> [__m512i; 16] {
-        // Pairs of inputs interleaved, then quads: q[j][c] holds, in its
-        // 128-bit part k, word 4k+c of inputs 4j..4j+3.
-        let lo: [__m512i; 8] =
-            std::array::from_fn(|i| _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]));
-        let hi: [__m512i; 8] =
-            std::array::from_fn(|i| _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]));
-        let q: [[__m512i; 4]; 4] = std::array::from_fn(|j| {
-            [
-                _mm512_unpacklo_epi64(lo[2 * j], lo[2 * j + 1]),
-                _mm512_unpackhi_epi64(lo[2 * j], lo[2 * j + 1]),
-                _mm512_unpacklo_epi64(hi[2 * j], hi[2 * j + 1]),
-                _mm512_unpackhi_epi64(hi[2 * j], hi[2 * j + 1]),
-            ]
-        });
+        let mut q = [[_mm512_setzero_si512(); 4]; 4];
+        quads(&r, &mut q);
         // Then the 128-bit parts transposed across the four quads.
         let mut m = [_mm512_setzero_si512(); 16];
         for c in 0..4 {
@@ -400,20 +441,10 @@ mod x86 {
     #[target_feature(enable = "avx2")]
     #[inline]
     fn transpose8(r: [__m256i; 8]) -> [__m256i; 8] {
-        // Pairs, then quads, within each 128-bit half: u[j][c] holds word
-        // c (low half) and word 4+c (high half) of inputs 4j..4j+3.
-        let lo: [__m256i; 4] =
-            std::array::from_fn(|i| _mm256_unpacklo_epi32(r[2 * i], r[2 * i + 1]));
-        let hi: [__m256i; 4] =
-            std::array::from_fn(|i| _mm256_unpackhi_epi32(r[2 * i], r[2 * i + 1]));
-        let u: [[__m256i; 4]; 2] = std::array::from_fn(|j| {
-            [
-                _mm256_unpacklo_epi64(lo[2 * j], lo[2 * j + 1]),
-                _mm256_unpackhi_epi64(lo[2 * j], lo[2 * j + 1]),
-                _mm256_unpacklo_epi64(hi[2 * j], hi[2 * j + 1]),
-                _mm256_unpackhi_epi64(hi[2 * j], hi[2 * j + 1]),
-            ]
-        });
+        // u[j][c]: word c (low half) and word 4+c (high half) of inputs
+        // 4j..4j+3.
+        let mut u = [[_mm256_setzero_si256(); 4]; 2];
+        quads(&r, &mut u);
         let mut m = [_mm256_setzero_si256(); 8];
         for c in 0..4 {
             m[c] = _mm256_permute2x128_si256::<0x20>(u[0][c], u[1][c]);
