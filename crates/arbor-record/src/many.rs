@@ -153,15 +153,22 @@ mod x86 {
         })
     }
 
-    /// The vector operations of BLAKE3's compression, on one 32-bit word
-    /// per lane.
+    /// What hashing many inputs side by side needs of a vector of 32-bit
+    /// words, one word per lane: BLAKE3's arithmetic, per-lane choices,
+    /// and loading one 64-byte block per lane as sixteen message words.
     ///
-    /// The methods wrap intrinsics: they are only called from inside
+    /// The methods wrap intrinsics. They are only called from inside
     /// [`hash16`] and [`hash8`], which are compiled for (and only run on
-    /// CPUs with) the features the intrinsics need, and into which they
+    /// CPUs with) the features those intrinsics need, and into which they
     /// are inlined.
     trait Words: Copy {
+        /// Lanes per vector.
+        const LANES: usize;
         fn splat(x: u32) -> Self;
+        /// The first [`Words::LANES`] words of `words`.
+        fn load(words: &[u32]) -> Self;
+        /// Into the first [`Words::LANES`] words of `words`.
+        fn store(self, words: &mut [u32]);
         fn add(self, o: Self) -> Self;
         fn xor(self, o: Self) -> Self;
         fn ror<const R: u32>(self) -> Self;
@@ -173,26 +180,36 @@ mod x86 {
         /// `o` (`unpacklo_epi64`); `hi64` the high ones.
         fn lo64(self, o: Self) -> Self;
         fn hi64(self, o: Self) -> Self;
-    }
-
-    /// The first two steps of transposing rows of words, one row per
-    /// vector: for each four rows `4j..4j+3`, `q[j][c]` holds word `4k+c`
-    /// of the four rows in its 128-bit part `k`. What is left is moving
-    /// whole 128-bit parts, which differs with the vector's width.
-    #[inline(always)]
-    fn quads<W: Words>(rows: &[W], q: &mut [[W; 4]]) {
-        for (r, q) in rows.chunks_exact(4).zip(q) {
-            let (a, b) = (r[0].lo32(r[1]), r[2].lo32(r[3]));
-            let (c, d) = (r[0].hi32(r[1]), r[2].hi32(r[3]));
-            *q = [a.lo64(b), a.hi64(b), c.lo64(d), c.hi64(d)];
-        }
+        /// Per lane: the byte count of the block at `at` of an input of
+        /// `self` bytes, `clamp(self - at, 0, 64)`.
+        fn block_len(self, at: u32) -> Self;
+        /// Per lane: `yes` where `self == x`, else `no`.
+        fn where_eq(self, x: u32, yes: Self, no: Self) -> Self;
+        /// Per lane: `yes` where `self > x`, else `no`.
+        fn where_gt(self, x: u32, yes: Self, no: Self) -> Self;
+        /// The block at byte `at` of each input (zero-padded past its
+        /// end), as message words: word `w` of lane `l` is word `w` of
+        /// input `l`'s block.
+        fn message(inputs: &[&[u8]], at: usize) -> [Self; 16];
     }
 
     impl Words for __m512i {
+        const LANES: usize = 16;
         #[inline(always)]
         fn splat(x: u32) -> Self {
-            // SAFETY (each method): see `Words`.
+            // SAFETY (every method): see `Words`; loads and stores are
+            // unaligned, within slices checked to be long enough.
             unsafe { _mm512_set1_epi32(x as i32) }
+        }
+        #[inline(always)]
+        fn load(words: &[u32]) -> Self {
+            assert!(words.len() >= Self::LANES);
+            unsafe { _mm512_loadu_si512(words.as_ptr().cast()) }
+        }
+        #[inline(always)]
+        fn store(self, words: &mut [u32]) {
+            assert!(words.len() >= Self::LANES);
+            unsafe { _mm512_storeu_si512(words.as_mut_ptr().cast(), self) }
         }
         #[inline(always)]
         fn add(self, o: Self) -> Self {
@@ -229,12 +246,80 @@ mod x86 {
         fn hi64(self, o: Self) -> Self {
             unsafe { _mm512_unpackhi_epi64(self, o) }
         }
+        #[inline(always)]
+        fn block_len(self, at: u32) -> Self {
+            unsafe {
+                let n = _mm512_sub_epi32(self, _mm512_set1_epi32(at as i32));
+                let n = _mm512_max_epi32(n, _mm512_setzero_si512());
+                _mm512_min_epi32(n, _mm512_set1_epi32(BLOCK as i32))
+            }
+        }
+        #[inline(always)]
+        fn where_eq(self, x: u32, yes: Self, no: Self) -> Self {
+            unsafe {
+                let k = _mm512_cmpeq_epi32_mask(self, _mm512_set1_epi32(x as i32));
+                _mm512_mask_blend_epi32(k, no, yes)
+            }
+        }
+        #[inline(always)]
+        fn where_gt(self, x: u32, yes: Self, no: Self) -> Self {
+            unsafe {
+                let k = _mm512_cmpgt_epi32_mask(self, _mm512_set1_epi32(x as i32));
+                _mm512_mask_blend_epi32(k, no, yes)
+            }
+        }
+        #[inline(always)]
+        fn message(inputs: &[&[u8]], at: usize) -> [Self; 16] {
+            let rows: [Self; 16] = std::array::from_fn(|l| {
+                let input = inputs[l];
+                let start = at.min(input.len());
+                let n = (input.len() - start).min(BLOCK);
+                let mask = if n == BLOCK {
+                    u64::MAX
+                } else {
+                    (1u64 << n) - 1
+                };
+                // `start <= input.len()`, and the mask selects only the
+                // `n` bytes from `start` that the input holds: masked-off
+                // bytes are neither read nor faulted on, and come back
+                // zero (the padding of a short last block).
+                unsafe { _mm512_maskz_loadu_epi8(mask, input.as_ptr().add(start).cast()) }
+            });
+            let mut q = [[rows[0]; 4]; 4];
+            quads(&rows, &mut q);
+            // Then the 128-bit parts transposed across the four quads.
+            let mut m = rows;
+            for c in 0..4 {
+                unsafe {
+                    let x0 = _mm512_shuffle_i32x4::<0x44>(q[0][c], q[1][c]);
+                    let x1 = _mm512_shuffle_i32x4::<0xEE>(q[0][c], q[1][c]);
+                    let y0 = _mm512_shuffle_i32x4::<0x44>(q[2][c], q[3][c]);
+                    let y1 = _mm512_shuffle_i32x4::<0xEE>(q[2][c], q[3][c]);
+                    m[c] = _mm512_shuffle_i32x4::<0x88>(x0, y0);
+                    m[4 + c] = _mm512_shuffle_i32x4::<0xDD>(x0, y0);
+                    m[8 + c] = _mm512_shuffle_i32x4::<0x88>(x1, y1);
+                    m[12 + c] = _mm512_shuffle_i32x4::<0xDD>(x1, y1);
+                }
+            }
+            m
+        }
     }
 
     impl Words for __m256i {
+        const LANES: usize = 8;
         #[inline(always)]
         fn splat(x: u32) -> Self {
             unsafe { _mm256_set1_epi32(x as i32) }
+        }
+        #[inline(always)]
+        fn load(words: &[u32]) -> Self {
+            assert!(words.len() >= Self::LANES);
+            unsafe { _mm256_loadu_si256(words.as_ptr().cast()) }
+        }
+        #[inline(always)]
+        fn store(self, words: &mut [u32]) {
+            assert!(words.len() >= Self::LANES);
+            unsafe { _mm256_storeu_si256(words.as_mut_ptr().cast(), self) }
         }
         #[inline(always)]
         fn add(self, o: Self) -> Self {
@@ -248,22 +333,13 @@ mod x86 {
         fn ror<const R: u32>(self) -> Self {
             // AVX2 has no rotate: two shifts and an or.
             unsafe {
-                match R {
-                    16 => _mm256_or_si256(
-                        _mm256_srli_epi32::<16>(self),
-                        _mm256_slli_epi32::<16>(self),
-                    ),
-                    12 => _mm256_or_si256(
-                        _mm256_srli_epi32::<12>(self),
-                        _mm256_slli_epi32::<20>(self),
-                    ),
-                    8 => {
-                        _mm256_or_si256(_mm256_srli_epi32::<8>(self), _mm256_slli_epi32::<24>(self))
-                    }
-                    _ => {
-                        _mm256_or_si256(_mm256_srli_epi32::<7>(self), _mm256_slli_epi32::<25>(self))
-                    }
-                }
+                let (right, left) = match R {
+                    16 => (_mm256_srli_epi32::<16>(self), _mm256_slli_epi32::<16>(self)),
+                    12 => (_mm256_srli_epi32::<12>(self), _mm256_slli_epi32::<20>(self)),
+                    8 => (_mm256_srli_epi32::<8>(self), _mm256_slli_epi32::<24>(self)),
+                    _ => (_mm256_srli_epi32::<7>(self), _mm256_slli_epi32::<25>(self)),
+                };
+                _mm256_or_si256(right, left)
             }
         }
         #[inline(always)]
@@ -282,6 +358,86 @@ mod x86 {
         fn hi64(self, o: Self) -> Self {
             unsafe { _mm256_unpackhi_epi64(self, o) }
         }
+        #[inline(always)]
+        fn block_len(self, at: u32) -> Self {
+            unsafe {
+                let n = _mm256_sub_epi32(self, _mm256_set1_epi32(at as i32));
+                let n = _mm256_max_epi32(n, _mm256_setzero_si256());
+                _mm256_min_epi32(n, _mm256_set1_epi32(BLOCK as i32))
+            }
+        }
+        #[inline(always)]
+        fn where_eq(self, x: u32, yes: Self, no: Self) -> Self {
+            unsafe {
+                let mask = _mm256_cmpeq_epi32(self, _mm256_set1_epi32(x as i32));
+                _mm256_blendv_epi8(no, yes, mask)
+            }
+        }
+        #[inline(always)]
+        fn where_gt(self, x: u32, yes: Self, no: Self) -> Self {
+            unsafe {
+                let mask = _mm256_cmpgt_epi32(self, _mm256_set1_epi32(x as i32));
+                _mm256_blendv_epi8(no, yes, mask)
+            }
+        }
+        #[inline(always)]
+        fn message(inputs: &[&[u8]], at: usize) -> [Self; 16] {
+            // Each block as two rows of eight words: a whole block read
+            // where it lies, a short last one from a zero-padded copy.
+            let mut first = [unsafe { _mm256_setzero_si256() }; 8];
+            let mut second = first;
+            let mut pad = [0u8; BLOCK];
+            for l in 0..Self::LANES {
+                let input = inputs[l];
+                let rest = &input[at.min(input.len())..];
+                let block: &[u8] = if rest.len() >= BLOCK {
+                    &rest[..BLOCK]
+                } else {
+                    pad.fill(0);
+                    pad[..rest.len()].copy_from_slice(rest);
+                    &pad
+                };
+                // `block` holds 64 bytes.
+                unsafe {
+                    first[l] = _mm256_loadu_si256(block.as_ptr().cast());
+                    second[l] = _mm256_loadu_si256(block.as_ptr().add(32).cast());
+                }
+            }
+            let (low, high) = (transpose8(first), transpose8(second));
+            std::array::from_fn(|w| if w < 8 { low[w] } else { high[w - 8] })
+        }
+    }
+
+    /// The first two steps of transposing rows of words, one row per
+    /// vector: for each four rows `4j..4j+3`, `q[j][c]` holds word `4k+c`
+    /// of the four rows in its 128-bit part `k`. What is left is moving
+    /// whole 128-bit parts, which differs with the vector's width.
+    #[inline(always)]
+    fn quads<W: Words>(rows: &[W], q: &mut [[W; 4]]) {
+        for (r, q) in rows.chunks_exact(4).zip(q) {
+            let (a, b) = (r[0].lo32(r[1]), r[2].lo32(r[3]));
+            let (c, d) = (r[0].hi32(r[1]), r[2].hi32(r[3]));
+            *q = [a.lo64(b), a.hi64(b), c.lo64(d), c.hi64(d)];
+        }
+    }
+
+    /// Eight rows of eight words, one per vector, as eight vectors of one
+    /// word each (an 8×8 transpose of 32-bit words).
+    #[inline(always)]
+    fn transpose8(r: [__m256i; 8]) -> [__m256i; 8] {
+        // u[j][c]: word c (low half) and word 4+c (high half) of rows
+        // 4j..4j+3.
+        let mut u = [[r[0]; 4]; 2];
+        quads(&r, &mut u);
+        let mut m = r;
+        for c in 0..4 {
+            // SAFETY: see `Words`.
+            unsafe {
+                m[c] = _mm256_permute2x128_si256::<0x20>(u[0][c], u[1][c]);
+                m[4 + c] = _mm256_permute2x128_si256::<0x31>(u[0][c], u[1][c]);
+            }
+        }
+        m
     }
 
     #[inline(always)]
@@ -332,17 +488,40 @@ mod x86 {
         std::array::from_fn(|i| v[i].xor(v[i + 8]))
     }
 
-    /// Per lane, the flags of block `b`: keyed, chunk start on the first
-    /// block, chunk end and root on the last (`last` lanes).
-    fn flags(b: u32) -> (u32, u32) {
-        (
-            KEYED_HASH | if b == 0 { CHUNK_START } else { 0 },
-            CHUNK_END | ROOT,
-        )
-    }
-
-    /// The little-endian bytes of each lane's chaining value.
-    fn write_out<const L: usize>(words: &[[u32; L]; 8], out: &mut [[u8; 32]]) {
+    /// Keyed BLAKE3 of `L` inputs of at most [`MAX_LANE_INPUT`] bytes, one
+    /// per lane of `W`.
+    #[inline(always)]
+    fn hash_lanes<W: Words, const L: usize>(
+        key: &[u32; 8],
+        inputs: &[&[u8]],
+        out: &mut [[u8; 32]],
+    ) {
+        assert!(W::LANES == L && inputs.len() == L && out.len() == L);
+        assert!(inputs.iter().all(|i| i.len() <= MAX_LANE_INPUT));
+        let blocks: [u32; L] =
+            std::array::from_fn(|l| inputs[l].len().div_ceil(BLOCK).max(1) as u32);
+        let most = blocks.iter().copied().max().unwrap_or(1);
+        let lens: [u32; L] = std::array::from_fn(|l| inputs[l].len() as u32);
+        let (lens, blocks) = (W::load(&lens), W::load(&blocks));
+        let mut cv: [W; 8] = std::array::from_fn(|i| W::splat(key[i]));
+        for b in 0..most {
+            let at = b * BLOCK as u32;
+            let m = W::message(inputs, at as usize);
+            // Per lane: the flags of the block's place in its input (the
+            // last block ends the chunk and is the root), its byte count,
+            // and whether the input has this block at all (a finished
+            // input keeps its output).
+            let every = KEYED_HASH | if b == 0 { CHUNK_START } else { 0 };
+            let flags = blocks.where_eq(b + 1, W::splat(every | CHUNK_END | ROOT), W::splat(every));
+            let next = compress(&cv, &m, lens.block_len(at), flags);
+            for (cv, next) in cv.iter_mut().zip(next) {
+                *cv = blocks.where_gt(b, next, *cv);
+            }
+        }
+        let mut words = [[0u32; L]; 8];
+        for (w, v) in words.iter_mut().zip(cv) {
+            v.store(w);
+        }
         for (l, o) in out.iter_mut().enumerate() {
             for (i, w) in words.iter().enumerate() {
                 o[4 * i..4 * i + 4].copy_from_slice(&w[l].to_le_bytes());
@@ -350,178 +529,16 @@ mod x86 {
         }
     }
 
-    /// Turns sixteen 64-byte blocks, one per vector, into the sixteen
-    /// message words, one per vector (a 16×16 transpose of 32-bit words).
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    fn transpose16(r: [__m512i; 16]) -> [__m512i; 16] {
-        let mut q = [[_mm512_setzero_si512(); 4]; 4];
-        quads(&r, &mut q);
-        // Then the 128-bit parts transposed across the four quads.
-        let mut m = [_mm512_setzero_si512(); 16];
-        for c in 0..4 {
-            let x0 = _mm512_shuffle_i32x4::<0x44>(q[0][c], q[1][c]);
-            let x1 = _mm512_shuffle_i32x4::<0xEE>(q[0][c], q[1][c]);
-            let y0 = _mm512_shuffle_i32x4::<0x44>(q[2][c], q[3][c]);
-            let y1 = _mm512_shuffle_i32x4::<0xEE>(q[2][c], q[3][c]);
-            m[c] = _mm512_shuffle_i32x4::<0x88>(x0, y0);
-            m[4 + c] = _mm512_shuffle_i32x4::<0xDD>(x0, y0);
-            m[8 + c] = _mm512_shuffle_i32x4::<0x88>(x1, y1);
-            m[12 + c] = _mm512_shuffle_i32x4::<0xDD>(x1, y1);
-        }
-        m
-    }
-
     /// Keyed BLAKE3 of sixteen inputs of at most [`MAX_LANE_INPUT`] bytes.
     #[target_feature(enable = "avx512f,avx512bw")]
     pub fn hash16(key: &[u32; 8], inputs: &[&[u8]], out: &mut [[u8; 32]]) {
-        const LANES: usize = 16;
-        assert!(inputs.len() == LANES && out.len() == LANES);
-        assert!(inputs.iter().all(|i| i.len() <= MAX_LANE_INPUT));
-        let block_counts: [u32; LANES] =
-            std::array::from_fn(|l| inputs[l].len().div_ceil(BLOCK).max(1) as u32);
-        let most = block_counts.iter().copied().max().unwrap_or(1);
-        let lens: [u32; LANES] = std::array::from_fn(|l| inputs[l].len() as u32);
-        // SAFETY: both arrays are 64 bytes; unaligned loads.
-        let (lens, block_counts) = unsafe {
-            (
-                _mm512_loadu_si512(lens.as_ptr().cast()),
-                _mm512_loadu_si512(block_counts.as_ptr().cast()),
-            )
-        };
-        let mut cv: [__m512i; 8] = std::array::from_fn(|i| Words::splat(key[i]));
-        for b in 0..most {
-            let at = b as usize * BLOCK;
-            let rows: [__m512i; 16] = std::array::from_fn(|l| {
-                let input = inputs[l];
-                let start = at.min(input.len());
-                let n = (input.len() - start).min(BLOCK);
-                let mask = if n == BLOCK {
-                    u64::MAX
-                } else {
-                    (1u64 << n) - 1
-                };
-                // SAFETY: `start <= input.len()`, and the mask selects only
-                // the `n` bytes from `start` that the input holds: masked-off
-                // bytes are neither read nor faulted on, and come back zero
-                // (the padding of a short last block).
-                unsafe { _mm512_maskz_loadu_epi8(mask, input.as_ptr().add(start).cast()) }
-            });
-            let m = transpose16(rows);
-            // Per lane: bytes in this block, the flags of its place in the
-            // input, and whether the input has this block at all.
-            let len = _mm512_min_epi32(
-                _mm512_max_epi32(
-                    _mm512_sub_epi32(lens, _mm512_set1_epi32(at as i32)),
-                    _mm512_setzero_si512(),
-                ),
-                _mm512_set1_epi32(BLOCK as i32),
-            );
-            let last = _mm512_cmpeq_epi32_mask(block_counts, _mm512_set1_epi32(b as i32 + 1));
-            let live = _mm512_cmpgt_epi32_mask(block_counts, _mm512_set1_epi32(b as i32));
-            let (every, end) = flags(b);
-            let every = _mm512_set1_epi32(every as i32);
-            let flags = _mm512_mask_or_epi32(every, last, every, _mm512_set1_epi32(end as i32));
-            let next = compress(&cv, &m, len, flags);
-            // Inputs already finished keep their output.
-            for i in 0..8 {
-                cv[i] = _mm512_mask_blend_epi32(live, cv[i], next[i]);
-            }
-        }
-        let mut words = [[0u32; LANES]; 8];
-        for (w, v) in words.iter_mut().zip(cv) {
-            // SAFETY: `w` is 64 bytes; an unaligned store.
-            unsafe { _mm512_storeu_si512(w.as_mut_ptr().cast(), v) };
-        }
-        write_out(&words, out);
-    }
-
-    /// Turns eight rows of eight words, one per vector, into eight vectors
-    /// of one word each (an 8×8 transpose of 32-bit words).
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    fn transpose8(r: [__m256i; 8]) -> [__m256i; 8] {
-        // u[j][c]: word c (low half) and word 4+c (high half) of inputs
-        // 4j..4j+3.
-        let mut u = [[_mm256_setzero_si256(); 4]; 2];
-        quads(&r, &mut u);
-        let mut m = [_mm256_setzero_si256(); 8];
-        for c in 0..4 {
-            m[c] = _mm256_permute2x128_si256::<0x20>(u[0][c], u[1][c]);
-            m[4 + c] = _mm256_permute2x128_si256::<0x31>(u[0][c], u[1][c]);
-        }
-        m
+        hash_lanes::<__m512i, 16>(key, inputs, out)
     }
 
     /// Keyed BLAKE3 of eight inputs of at most [`MAX_LANE_INPUT`] bytes.
     #[target_feature(enable = "avx2")]
     pub fn hash8(key: &[u32; 8], inputs: &[&[u8]], out: &mut [[u8; 32]]) {
-        const LANES: usize = 8;
-        assert!(inputs.len() == LANES && out.len() == LANES);
-        assert!(inputs.iter().all(|i| i.len() <= MAX_LANE_INPUT));
-        let block_counts: [u32; LANES] =
-            std::array::from_fn(|l| inputs[l].len().div_ceil(BLOCK).max(1) as u32);
-        let most = block_counts.iter().copied().max().unwrap_or(1);
-        let lens: [u32; LANES] = std::array::from_fn(|l| inputs[l].len() as u32);
-        // SAFETY: both arrays are 32 bytes; unaligned loads.
-        let (lens, block_counts) = unsafe {
-            (
-                _mm256_loadu_si256(lens.as_ptr().cast()),
-                _mm256_loadu_si256(block_counts.as_ptr().cast()),
-            )
-        };
-        let mut cv: [__m256i; 8] = std::array::from_fn(|i| Words::splat(key[i]));
-        let mut pad = [0u8; BLOCK];
-        for b in 0..most {
-            let at = b as usize * BLOCK;
-            let mut first = [_mm256_setzero_si256(); 8];
-            let mut second = [_mm256_setzero_si256(); 8];
-            for l in 0..LANES {
-                let input = inputs[l];
-                let rest = &input[at.min(input.len())..];
-                // A whole block is read where it lies; a short last one
-                // from a zero-padded copy.
-                let block: &[u8] = if rest.len() >= BLOCK {
-                    &rest[..BLOCK]
-                } else {
-                    pad.fill(0);
-                    pad[..rest.len()].copy_from_slice(rest);
-                    &pad
-                };
-                // SAFETY: `block` holds 64 bytes; unaligned loads.
-                unsafe {
-                    first[l] = _mm256_loadu_si256(block.as_ptr().cast());
-                    second[l] = _mm256_loadu_si256(block.as_ptr().add(32).cast());
-                }
-            }
-            let (low, high) = (transpose8(first), transpose8(second));
-            let m: [__m256i; 16] =
-                std::array::from_fn(|w| if w < 8 { low[w] } else { high[w - 8] });
-            let len = _mm256_min_epi32(
-                _mm256_max_epi32(
-                    _mm256_sub_epi32(lens, _mm256_set1_epi32(at as i32)),
-                    _mm256_setzero_si256(),
-                ),
-                _mm256_set1_epi32(BLOCK as i32),
-            );
-            let last = _mm256_cmpeq_epi32(block_counts, _mm256_set1_epi32(b as i32 + 1));
-            let live = _mm256_cmpgt_epi32(block_counts, _mm256_set1_epi32(b as i32));
-            let (every, end) = flags(b);
-            let flags = _mm256_or_si256(
-                _mm256_set1_epi32(every as i32),
-                _mm256_and_si256(last, _mm256_set1_epi32(end as i32)),
-            );
-            let next = compress(&cv, &m, len, flags);
-            for i in 0..8 {
-                cv[i] = _mm256_blendv_epi8(cv[i], next[i], live);
-            }
-        }
-        let mut words = [[0u32; LANES]; 8];
-        for (w, v) in words.iter_mut().zip(cv) {
-            // SAFETY: `w` is 32 bytes; an unaligned store.
-            unsafe { _mm256_storeu_si256(w.as_mut_ptr().cast(), v) };
-        }
-        write_out(&words, out);
+        hash_lanes::<__m256i, 8>(key, inputs, out)
     }
 }
 
