@@ -191,9 +191,7 @@ pub(crate) fn scan_in_chunks<R: KeysetReader, T>(
         // Chunks fetched ahead of the one being parsed: the server keeps
         // streaming while parsing falls behind for a while. A fetcher that
         // fails sends its error, which ends the scan at once.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<
-            Result<Fetched<R::Raw, R::Cursor>, SourceError>,
-        >(FETCH_AHEAD_CHUNKS);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<FetchResult<R>>(FETCH_AHEAD_CHUNKS);
         let mut fetchers = vec![scope.spawn({
             let tx = tx.clone();
             move || fetch_all(reader, &tx)
