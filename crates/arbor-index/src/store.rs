@@ -891,6 +891,10 @@ where
     for index in indexes {
         index.ensure_ready()?;
         index.clear_cf(cf::SCAN)?;
+    }
+    // Set only once nothing above can fail, so that every flag set is
+    // cleared below.
+    for index in indexes {
         index.rescanning.store(true, Ordering::Release);
     }
     let outcome = (|| {

@@ -145,10 +145,10 @@ impl DatasetKeys {
         );
     }
 
-    /// The row digests of many encoded rows, into `out`: each row is an
-    /// encoded key and encoded values side by side, and its digest that of
-    /// [`DatasetKeys::digest_of_encoded`] (a build hashes millions of short
-    /// rows, so each in one call, many per call).
+    /// The row digests of many encoded rows, into `out` (same order): each
+    /// row is an encoded key and encoded values side by side, and its
+    /// digest that of [`DatasetKeys::digest_of_encoded`] of the two, hashed
+    /// many at a time (see [`crate::many`]).
     pub fn digests_of_encoded_rows(&self, rows: &[&[u8]], out: &mut Vec<Digest>) {
         let mut hashes = vec![[0u8; 32]; rows.len()];
         crate::many::keyed_hash_many(&self.row, rows, &mut hashes);
