@@ -41,10 +41,14 @@ pub struct EncodedRows {
 }
 
 impl EncodedRows {
-    /// Room for `rows` rows of ~256 bytes.
+    /// The row size buffers are first sized for (rows of a few hundred
+    /// bytes are the common case; longer ones make the buffer grow).
+    pub const TYPICAL_ROW_BYTES: usize = 256;
+
+    /// Room for `rows` rows of [`EncodedRows::TYPICAL_ROW_BYTES`].
     pub fn with_capacity(rows: usize) -> EncodedRows {
         EncodedRows {
-            bytes: Vec::with_capacity(rows * 256),
+            bytes: Vec::with_capacity(rows * Self::TYPICAL_ROW_BYTES),
             rows: Vec::with_capacity(rows),
         }
     }

@@ -63,17 +63,23 @@ fn hash_on(simd: Simd, key: &[u8; 32], inputs: &[&[u8]], out: &mut [[u8; 32]]) {
     {
         let words = x86::key_words(key);
         if simd.avx512 {
-            done += in_groups(16, key, inputs, out, |ins, outs| {
+            done += in_groups(x86::LANES_512, key, inputs, out, |ins, outs| {
                 // SAFETY: `simd.avx512` is set only on CPUs with the
                 // features `hash16` is compiled for.
                 unsafe { x86::hash16(&words, ins, outs) }
             });
         }
         if simd.avx2 {
-            done += in_groups(8, key, &inputs[done..], &mut out[done..], |ins, outs| {
-                // SAFETY: `simd.avx2` is set only on CPUs with AVX2.
-                unsafe { x86::hash8(&words, ins, outs) }
-            });
+            done += in_groups(
+                x86::LANES_256,
+                key,
+                &inputs[done..],
+                &mut out[done..],
+                |ins, outs| {
+                    // SAFETY: `simd.avx2` is set only on CPUs with AVX2.
+                    unsafe { x86::hash8(&words, ins, outs) }
+                },
+            );
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -114,6 +120,10 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::MAX_LANE_INPUT;
+
+    /// Inputs per compression with AVX-512 ([`hash16`]) and AVX2 ([`hash8`]).
+    pub const LANES_512: usize = 16;
+    pub const LANES_256: usize = 8;
 
     const BLOCK: usize = 64;
     const IV: [u32; 8] = [
@@ -194,7 +204,7 @@ mod x86 {
     }
 
     impl Words for __m512i {
-        const LANES: usize = 16;
+        const LANES: usize = LANES_512;
         #[inline(always)]
         fn splat(x: u32) -> Self {
             // SAFETY (every method): see `Words`; loads and stores are
@@ -306,7 +316,7 @@ mod x86 {
     }
 
     impl Words for __m256i {
-        const LANES: usize = 8;
+        const LANES: usize = LANES_256;
         #[inline(always)]
         fn splat(x: u32) -> Self {
             unsafe { _mm256_set1_epi32(x as i32) }
@@ -532,13 +542,13 @@ mod x86 {
     /// Keyed BLAKE3 of sixteen inputs of at most [`MAX_LANE_INPUT`] bytes.
     #[target_feature(enable = "avx512f,avx512bw")]
     pub fn hash16(key: &[u32; 8], inputs: &[&[u8]], out: &mut [[u8; 32]]) {
-        hash_lanes::<__m512i, 16>(key, inputs, out)
+        hash_lanes::<__m512i, LANES_512>(key, inputs, out)
     }
 
     /// Keyed BLAKE3 of eight inputs of at most [`MAX_LANE_INPUT`] bytes.
     #[target_feature(enable = "avx2")]
     pub fn hash8(key: &[u32; 8], inputs: &[&[u8]], out: &mut [[u8; 32]]) {
-        hash_lanes::<__m256i, 8>(key, inputs, out)
+        hash_lanes::<__m256i, LANES_256>(key, inputs, out)
     }
 }
 
