@@ -7,15 +7,7 @@ cd "$(dirname "$0")/.."
 source tools/env.sh
 source tools/databases.sh
 
-tools/setup.sh
-# The HTML report test renders a report in headless Chromium.
-if ! command -v chromium >/dev/null 2>&1; then
-  echo "test: installing chromium (headless rendering of the HTML report)"
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium >/dev/null
-fi
+tools/setup.sh --test
 trap arbor_databases_down EXIT
 arbor_databases_up
 psql "$ARBOR_TEST_POSTGRES_URL" -tAc "select 'postgres reachable: ' || version()"
