@@ -28,6 +28,25 @@ pub mod report;
 pub mod service;
 pub mod sync;
 
+/// What this binary is: package version, git commit, build profile.
+pub mod build {
+    /// The package version (`Cargo.toml`).
+    pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+    /// The git commit it was built from (`unknown` outside a checkout).
+    pub const COMMIT: &str = env!("ARBOR_GIT_COMMIT");
+    /// `release` for production builds, `debug` for the dev profile.
+    pub const PROFILE: &str = env!("ARBOR_BUILD_PROFILE");
+    /// `0.1.0 (commit 3a482dc1d2e4, release)`: `arbor --version`.
+    pub const LONG_VERSION: &str = concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (commit ",
+        env!("ARBOR_GIT_COMMIT"),
+        ", ",
+        env!("ARBOR_BUILD_PROFILE"),
+        ")"
+    );
+}
+
 pub use arbor_index;
 pub use arbor_record;
 pub use arbor_source;
