@@ -11,7 +11,10 @@
 //!   its report in `data_dir/runs`; GetRun, ListRuns, StreamDrift read them;
 //! * `AdminService`: Reindex, GetIndexStatus, Verify;
 //! * health and server reflection (v1 and v1alpha), so any gRPC client works
-//!   without our proto files.
+//!   without our proto files. Health's empty service name is readiness
+//!   (every dataset indexed); [`LIVENESS_SERVICE`] answers SERVING as soon as
+//!   the port is open. `health_listen` serves health alone on a second,
+//!   plaintext port for probes that cannot speak TLS.
 //!
 //! SIGTERM or SIGINT stop it gracefully: in-flight requests finish.
 
@@ -355,7 +358,7 @@ impl AuditServer {
         req: &pb::CompareRequest,
         peer_dataset: &str,
         summary: &mut RunSummary,
-    ) -> Result<(), String> {
+    ) -> Result<Option<String>, String> {
         // During a key rotation the dataset holds two indexes; the one
         // under the peer's key is offered if the current one differs.
         let indexes = ds.indexes();
@@ -385,6 +388,8 @@ impl AuditServer {
         summary.cost.peer_bytes = stats.right.total_bytes();
 
         let mut columns: HashMap<Vec<u8>, Vec<String>> = HashMap::new();
+        // A step that could not be done: the run is stored `incomplete`.
+        let mut missing_step = None;
         let changed: Vec<Vec<u8>> = drift
             .iter()
             .filter(|d| d.kind == DriftKind::Changed)
@@ -403,7 +408,13 @@ impl AuditServer {
             {
                 Ok(found) => columns = found,
                 Err(e) => {
-                    warn!(run = %summary.run_id, error = %e, "could not name the differing columns")
+                    warn!(run = %summary.run_id, error = %e, "could not name the differing columns");
+                    missing_step = Some(format!(
+                        "the differing columns of the {} changed keys could not be named: {e} \
+                         (the drifting keys are complete; compare again, or pass \
+                         --skip-column-names)",
+                        changed.len()
+                    ));
                 }
             }
         }
@@ -438,7 +449,7 @@ impl AuditServer {
                 .map_err(|e| e.to_string())?;
             seq += entries.len() as u64;
         }
-        Ok(())
+        Ok(missing_step)
     }
 
     /// For changed keys, the canonical names of the columns whose digests
@@ -537,9 +548,14 @@ impl AuditService for AuditServer {
         summary.cost.elapsed_ms = started.elapsed().as_millis() as u64;
         summary.finished_at = report::now_rfc3339();
         match outcome {
-            Ok(()) => {
+            Ok(None) => {
                 summary.status = "completed".into();
                 info!(run = %summary.run_id, drift = summary.drift(), elapsed_ms = summary.cost.elapsed_ms, "run completed");
+            }
+            Ok(Some(missing)) => {
+                summary.status = "incomplete".into();
+                summary.error = missing;
+                warn!(run = %summary.run_id, error = %summary.error, "run incomplete");
             }
             Err(e) => {
                 summary.status = "failed".into();
@@ -592,7 +608,9 @@ impl AuditService for AuditServer {
     ) -> Result<Response<DriftStream>, Status> {
         let req = request.into_inner();
         let summary = self.load(&req.run_id)?;
-        if summary.status != "completed" {
+        // An incomplete run lists every drifting key (a later step, naming
+        // columns, is what it lacks).
+        if summary.status != "completed" && summary.status != "incomplete" {
             return Err(Status::failed_precondition(format!(
                 "run {} is {}{}: it has no complete drift report",
                 summary.run_id,
@@ -1222,6 +1240,168 @@ pub fn open_datasets(config: &AgentConfig) -> Result<HashMap<String, Arc<Dataset
     Ok(out)
 }
 
+/// First wait before indexing a failed dataset again; doubles up to
+/// [`INDEX_RETRY_MAX`].
+const INDEX_RETRY_FIRST: std::time::Duration = std::time::Duration::from_secs(5);
+/// Longest wait between attempts to index a failed dataset.
+const INDEX_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The `grpc.health.v1` service name of one dataset: SERVING once it is
+/// indexed, NOT_SERVING while it is being indexed or has failed.
+pub fn dataset_health_name(dataset: &str) -> String {
+    format!("arbor.dataset.{dataset}")
+}
+
+/// Brings one dataset up: prepares its capture, indexes it from its system,
+/// then starts following its changes. A failure is recorded on the dataset
+/// (compares say why at once), its health says NOT_SERVING, and the attempt
+/// is repeated with backoff; `first` is told when the first attempt ends.
+async fn bring_up(
+    ds: Arc<Dataset>,
+    dc: DatasetConfig,
+    health: tonic_health::server::HealthReporter,
+    first: tokio::sync::oneshot::Sender<()>,
+) {
+    let name = dc.name.clone();
+    let mut first = Some(first);
+    let mut wait = INDEX_RETRY_FIRST;
+    loop {
+        let (d, c) = (Arc::clone(&ds), dc.clone());
+        let outcome = tokio::task::spawn_blocking(move || prepare_and_index(&d, &c))
+            .await
+            .unwrap_or_else(|e| Err(format!("indexing task failed: {e}")));
+        match outcome {
+            Ok(follower) => {
+                ds.clear_failure();
+                health
+                    .set_service_status(
+                        dataset_health_name(&name),
+                        tonic_health::ServingStatus::Serving,
+                    )
+                    .await;
+                if let Some(tx) = first.take() {
+                    let _ = tx.send(());
+                }
+                start_capture(ds, name, dc.capture, follower);
+                return;
+            }
+            Err(reason) => {
+                warn!(
+                    dataset = %name,
+                    error = %reason,
+                    retry_in_secs = wait.as_secs(),
+                    "indexing failed; the dataset is unavailable until a retry succeeds"
+                );
+                ds.fail(reason);
+                health
+                    .set_service_status(
+                        dataset_health_name(&name),
+                        tonic_health::ServingStatus::NotServing,
+                    )
+                    .await;
+                if let Some(tx) = first.take() {
+                    let _ = tx.send(());
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(INDEX_RETRY_MAX);
+            }
+        }
+    }
+}
+
+/// Prepares a dataset's change capture and indexes it (blocking): a logical
+/// slot that still covers the index catches up instead of rebuilding.
+fn prepare_and_index(
+    ds: &Dataset,
+    dc: &DatasetConfig,
+) -> Result<Option<crate::logical::Follower>, String> {
+    let name = &dc.name;
+    // Marked unavailable until this attempt succeeds.
+    ds.indexing.store(true, Ordering::Release);
+    let status = |s: Status| s.message().to_owned();
+    let follower = match (&dc.capture, &dc.source) {
+        (Capture::Logical(lc), SourceConfig::Postgres(db)) => Some(
+            crate::logical::prepare(ds, name, &db.url, lc, db.options.statement_timeout)
+                .map_err(status)?,
+        ),
+        _ => None,
+    };
+    match follower {
+        Some((f, false)) => {
+            crate::keys::rebuild_lagging(ds, name).map_err(status)?;
+            ds.indexing.store(false, Ordering::Release);
+            Ok(Some(f))
+        }
+        Some((f, true)) => {
+            reindex(ds, name, true).map_err(status)?;
+            f.built(ds).map_err(status)?;
+            Ok(Some(f))
+        }
+        None => reindex(ds, name, true).map(|_| None).map_err(status),
+    }
+}
+
+/// Starts following a dataset's changes: periodic rescans, polls, or a
+/// logical replication slot.
+fn start_capture(
+    ds: Arc<Dataset>,
+    name: String,
+    capture: Capture,
+    follower: Option<crate::logical::Follower>,
+) {
+    match capture {
+        Capture::None => {}
+        Capture::Rescan { interval } => {
+            tokio::spawn(rescan_every(ds, name, interval));
+        }
+        Capture::Poll {
+            column,
+            interval,
+            rescan_interval,
+        } => {
+            tokio::spawn(rescan_every(Arc::clone(&ds), name.clone(), rescan_interval));
+            tokio::spawn(poll_every(ds, name, column, interval));
+        }
+        Capture::Logical(lc) => {
+            if let Some(f) = follower {
+                tokio::spawn(crate::logical::follow(ds, name, f, lc.interval));
+            }
+        }
+    }
+}
+
+/// Marks `failed` every stored run still `running`: at start no run of this
+/// process exists yet, so those were cut off when an earlier process
+/// stopped (killed, crashed, restarted). Returns how many.
+pub fn fail_orphaned_runs(runs: &RunStore) -> Result<usize, IndexError> {
+    let mut failed = 0;
+    for raw in runs.list_runs(usize::MAX)? {
+        let Ok(mut summary) = serde_json::from_slice::<RunSummary>(&raw) else {
+            // Unreadable summaries are reported when read (GetRun).
+            continue;
+        };
+        if summary.status != "running" {
+            continue;
+        }
+        summary.status = "failed".into();
+        summary.error = format!(
+            "the agent stopped before the run finished (marked failed at the next start, {})",
+            report::now_rfc3339()
+        );
+        summary.finished_at = report::now_rfc3339();
+        let json = serde_json::to_vec(&summary)
+            .map_err(|e| IndexError::InvalidRequest(format!("run {}: {e}", summary.run_id)))?;
+        runs.put_run(&summary.run_id, &json)?;
+        failed += 1;
+    }
+    Ok(failed)
+}
+
+/// The `grpc.health.v1` service name that answers SERVING as soon as the
+/// agent listens (liveness); the empty name answers SERVING only once every
+/// dataset is indexed (readiness).
+pub const LIVENESS_SERVICE: &str = "arbor.liveness";
+
 /// Runs the agent until `shutdown` resolves. `on_listening` is called with
 /// the bound address once the port is open (before indexing finishes).
 pub async fn run(
@@ -1229,6 +1409,12 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     on_listening: impl FnOnce(SocketAddr),
 ) -> Result<(), AgentError> {
+    info!(
+        version = crate::build::VERSION,
+        commit = crate::build::COMMIT,
+        profile = crate::build::PROFILE,
+        "arbor agent starting"
+    );
     // Connectors may block (and the PostgreSQL driver runs its own
     // runtime): sources are only ever touched on the blocking pool.
     let opening = config.clone();
@@ -1238,6 +1424,13 @@ pub async fn run(
             AgentError::Runs(IndexError::InvalidRequest(format!("opening datasets: {e}")))
         })??;
     let runs = Arc::new(RunStore::open(config.data_dir.join("runs")).map_err(AgentError::Runs)?);
+    let orphans = fail_orphaned_runs(&runs).map_err(AgentError::Runs)?;
+    if orphans > 0 {
+        warn!(
+            runs = orphans,
+            "runs left running by an earlier process are marked failed"
+        );
+    }
     let state = Arc::new(AgentState::with_datasets(
         datasets,
         ServiceLimits::default(),
@@ -1246,6 +1439,10 @@ pub async fn run(
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    // The process answers: liveness, as opposed to readiness ("").
+    health
+        .set_service_status(LIVENESS_SERVICE, tonic_health::ServingStatus::Serving)
         .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -1410,6 +1607,25 @@ pub async fn run(
             Some((&tls.client_identity.0, &tls.client_identity.1)),
         );
     }
+    // Health alone, in plaintext, for probes that cannot do TLS.
+    let health_port = match config.health_listen {
+        None => None,
+        Some(at) => {
+            let listener =
+                tokio::net::TcpListener::bind(at)
+                    .await
+                    .map_err(|e| AgentError::DataDir {
+                        path: PathBuf::from(at.to_string()),
+                        source: e,
+                    })?;
+            info!(addr = %at, "health port listening");
+            Some(tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(health_service.clone())
+                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            ))
+        }
+    };
     let server = builder
         .timeout(config.request_timeout)
         .concurrency_limit_per_connection(config.max_concurrent_requests)
@@ -1438,112 +1654,90 @@ pub async fn run(
         );
 
     // Index every dataset while the server already answers (NOT_SERVING).
-    let captures: Vec<(String, Capture)> = config
-        .datasets
-        .iter()
-        .map(|d| (d.name.clone(), d.capture.clone()))
-        .collect();
-    let configs: HashMap<String, DatasetConfig> = config
-        .datasets
-        .iter()
-        .map(|d| (d.name.clone(), d.clone()))
-        .collect();
+    // Each dataset comes up on its own: one that fails is reported and
+    // retried with backoff while the others serve.
+    let configs: Vec<DatasetConfig> = config.datasets.clone();
     let indexing_state = Arc::clone(&state);
     let tombstone_retention = config.tombstone_retention;
     let (prune_runs, runs_retention) = (Arc::clone(&runs), config.runs_retention);
     let indexing = async move {
-        let mut followers = HashMap::new();
-        for name in indexing_state.dataset_names() {
-            let Ok(ds) = indexing_state.dataset(&name).map(Arc::clone) else {
+        let mut first_attempts = Vec::new();
+        for dc in configs {
+            let Ok(ds) = indexing_state.dataset(&dc.name).map(Arc::clone) else {
                 continue;
             };
-            let Some(dc) = configs.get(&name).cloned() else {
-                continue;
-            };
-            // Datasets start with `indexing` set (see open_datasets).
-            let n = name.clone();
-            let prepared = tokio::task::spawn_blocking(move || -> Result<_, Status> {
-                let follower = match (&dc.capture, &dc.source) {
-                    (Capture::Logical(lc), SourceConfig::Postgres(db)) => {
-                        Some(crate::logical::prepare(
-                            &ds,
-                            &n,
-                            &db.url,
-                            lc,
-                            db.options.statement_timeout,
-                        )?)
-                    }
-                    _ => None,
-                };
-                match follower {
-                    Some((f, false)) => {
-                        crate::keys::rebuild_lagging(&ds, &n)?;
-                        ds.indexing.store(false, Ordering::Release);
-                        Ok(Some(f))
-                    }
-                    Some((f, true)) => {
-                        reindex(&ds, &n, true)?;
-                        f.built(&ds)?;
-                        Ok(Some(f))
-                    }
-                    None => reindex(&ds, &n, true).map(|_| None),
-                }
-            })
-            .await;
-            match prepared {
-                Ok(Ok(f)) => {
-                    if let Some(f) = f {
-                        followers.insert(name, f);
-                    }
-                }
-                Ok(Err(status)) => {
-                    warn!(dataset = %name, error = %status.message(), "indexing failed; the dataset stays unavailable");
-                    return;
-                }
-                Err(e) => {
-                    warn!(dataset = %name, error = %e, "indexing task failed");
-                    return;
-                }
-            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            tokio::spawn(bring_up(ds, dc, health.clone(), tx));
+            first_attempts.push(rx);
+        }
+        for attempt in first_attempts {
+            let _ = attempt.await;
         }
         health
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
-        info!("all datasets indexed; serving");
+        let failed: Vec<String> = indexing_state
+            .dataset_names()
+            .into_iter()
+            .filter(|n| {
+                indexing_state
+                    .dataset(n)
+                    .is_ok_and(|ds| ds.failure().is_some())
+            })
+            .collect();
+        if failed.is_empty() {
+            info!("all datasets indexed; serving");
+        } else {
+            warn!(failed = ?failed, "serving; these datasets failed to index and are retried");
+        }
         jobs.spawn(&indexing_state);
         tokio::spawn(prune_tombstones_daily(
             Arc::clone(&indexing_state),
             tombstone_retention,
         ));
         tokio::spawn(prune_runs_daily(Arc::clone(&prune_runs), runs_retention));
-        // Change capture: periodic rescans, one task per dataset.
-        for (name, capture) in captures {
-            let Ok(ds) = indexing_state.dataset(&name).map(Arc::clone) else {
-                continue;
-            };
-            match capture {
-                Capture::None => {}
-                Capture::Rescan { interval } => {
-                    tokio::spawn(rescan_every(ds, name, interval));
-                }
-                Capture::Poll {
-                    column,
-                    interval,
-                    rescan_interval,
-                } => {
-                    tokio::spawn(rescan_every(Arc::clone(&ds), name.clone(), rescan_interval));
-                    tokio::spawn(poll_every(ds, name, column, interval));
-                }
-                Capture::Logical(lc) => {
-                    if let Some(f) = followers.remove(&name) {
-                        tokio::spawn(crate::logical::follow(ds, name, f, lc.interval));
-                    }
-                }
-            }
-        }
     };
     let (served, ()) = tokio::join!(server, indexing);
+    if let Some(port) = health_port {
+        port.abort();
+    }
     served.map_err(|source| AgentError::Serve { addr, source })?;
     info!("agent stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(run_id: &str, status: &str) -> RunSummary {
+        RunSummary {
+            schema_version: SCHEMA_VERSION,
+            run_id: run_id.into(),
+            status: status.into(),
+            ..RunSummary::default()
+        }
+    }
+
+    #[test]
+    fn runs_left_running_by_a_stopped_process_are_marked_failed() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let runs = RunStore::open(dir.path()).unwrap();
+        for (id, status) in [("r1", "completed"), ("r2", "running"), ("r3", "failed")] {
+            runs.put_run(id, &serde_json::to_vec(&summary(id, status)).unwrap())
+                .unwrap();
+        }
+        assert_eq!(fail_orphaned_runs(&runs).unwrap(), 1);
+        let read = |id: &str| -> RunSummary {
+            serde_json::from_slice(&runs.get_run(id).unwrap().unwrap()).unwrap()
+        };
+        let orphan = read("r2");
+        assert_eq!(orphan.status, "failed");
+        assert!(orphan.error.contains("agent stopped"), "{}", orphan.error);
+        assert!(!orphan.finished_at.is_empty());
+        assert_eq!(read("r1").status, "completed");
+        assert_eq!(read("r3").status, "failed");
+        // A second start finds nothing left to fail.
+        assert_eq!(fail_orphaned_runs(&runs).unwrap(), 0);
+    }
 }

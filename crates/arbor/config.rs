@@ -32,6 +32,8 @@ use arbor_source::sqlite::Relation;
 use arbor_source::{ColumnMapping, Mapping};
 use serde::Deserialize;
 
+pub mod reference;
+
 /// A configuration that cannot be used, with where the problem is.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -77,7 +79,7 @@ fn default_concurrency() -> usize {
 }
 
 /// The `[agent]` table.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentSection {
     /// Address the gRPC server listens on. Default `127.0.0.1:7401`.
@@ -102,6 +104,11 @@ pub struct AgentSection {
     /// Where to serve Prometheus `GET /metrics` (`127.0.0.1:9464`); default off.
     #[serde(default)]
     pub metrics_listen: Option<String>,
+    /// A second, plaintext port serving only `grpc.health.v1` (no data),
+    /// for probes that cannot speak TLS, such as Kubernetes' gRPC probes
+    /// (`0.0.0.0:7402`); default off.
+    #[serde(default)]
+    pub health_listen: Option<String>,
     /// Compare and reconcile runs at once per dataset (more are refused
     /// with ResourceExhausted). Default 4.
     #[serde(default)]
@@ -119,7 +126,7 @@ pub struct AgentSection {
 }
 
 /// `[agent.auth]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSection {
     /// The principals.
@@ -128,7 +135,7 @@ pub struct AuthSection {
 }
 
 /// One `[[agent.auth.principal]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PrincipalSection {
     /// Its name (in the audit log).
@@ -150,7 +157,7 @@ pub struct PrincipalSection {
 }
 
 /// `[agent.tls]`: PEM files, relative to the config file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSection {
     /// The agent's certificate chain (server side).
@@ -200,7 +207,7 @@ fn default_tombstone_days() -> u64 {
 }
 
 /// A database connection and what to read from it (PostgreSQL, MySQL).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSection {
     /// Environment variable holding the connection URL (preferred: URLs
@@ -236,7 +243,7 @@ pub struct DatabaseSection {
 }
 
 /// Where a dataset's records live.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
 pub enum SourceSection {
     /// A SQLite database file.
@@ -315,7 +322,7 @@ pub enum SourceConfig {
 }
 
 /// How an agent follows its system's changes between full builds.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, tag = "mode", rename_all = "snake_case")]
 pub enum CaptureSection {
     /// Only the full build at start and AdminService.Reindex (the default).
@@ -425,7 +432,7 @@ pub fn default_slot_name(dataset: &str) -> String {
 }
 
 /// One `[[dataset]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetSection {
     /// Name peers and clients use for this dataset. Required, unique.
@@ -474,7 +481,7 @@ pub struct DatasetSection {
 }
 
 /// A peer of a sync job.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SyncPeerSection {
     /// The peer agent, `http://host:port`.
@@ -486,7 +493,7 @@ pub struct SyncPeerSection {
 
 /// One `[[sync]]`: a job this agent runs, its own dataset as the source
 /// side and each peer as a target side.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SyncSection {
     /// Unique job name.
@@ -559,7 +566,7 @@ pub struct SyncJobConfig {
 }
 
 /// The whole file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
     /// The `[agent]` table.
@@ -705,6 +712,8 @@ pub struct AgentConfig {
     pub audit_log: PathBuf,
     /// Where `/metrics` is served, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where the health-only port listens, if anywhere.
+    pub health_listen: Option<SocketAddr>,
     /// Runs at once per dataset.
     pub max_runs_per_dataset: usize,
     /// How long compare reports are kept.
@@ -1001,15 +1010,17 @@ impl AgentConfig {
                 Some(crate::auth::Auth::new(principals))
             }
         };
-        let metrics_listen = match &file.agent.metrics_listen {
-            None => None,
-            Some(a) => Some(a.parse::<SocketAddr>().map_err(|e| {
+        let address = |field: &str, value: &Option<String>| match value {
+            None => Ok(None),
+            Some(a) => a.parse::<SocketAddr>().map(Some).map_err(|e| {
                 invalid(
-                    "agent.metrics_listen".into(),
+                    format!("agent.{field}"),
                     format!("{a:?} is not an address: {e}"),
                 )
-            })?),
+            }),
         };
+        let metrics_listen = address("metrics_listen", &file.agent.metrics_listen)?;
+        let health_listen = address("health_listen", &file.agent.health_listen)?;
         let mut syncs = Vec::new();
         for s in file.syncs {
             if syncs.iter().any(|j: &SyncJobConfig| j.name == s.name) {
@@ -1035,6 +1046,7 @@ impl AgentConfig {
             ),
             data_dir: base.join(data_dir),
             metrics_listen,
+            health_listen,
             runs_retention: Duration::from_secs(
                 file.agent.runs_retention_days.unwrap_or(90).max(1) * 86_400,
             ),

@@ -133,7 +133,7 @@ pub fn run(args: DemoArgs) -> Result<u8> {
             ("credit", "balance", "decimal"),
         ],
     )?;
-    println!(
+    outln!(
         "demo: {} customers in the CRM and {} in the ERP; seeded drift: {} missing from the ERP, \
          {} missing from the CRM, {} changed ({} email, {} name, {} balance)",
         args.rows,

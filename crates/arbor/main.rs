@@ -17,6 +17,8 @@ use arbor::report::{DriftEntry, RunSummary};
 use arbor_index::Index;
 use clap::{Args, Parser, Subcommand};
 
+#[macro_use]
+mod output;
 mod certs;
 mod demo;
 mod html;
@@ -28,7 +30,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Merkle-tree anti-entropy: find and report drift between systems.
 #[derive(Parser)]
-#[command(name = "arbor", version, about)]
+#[command(name = "arbor", version = arbor::build::LONG_VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -289,6 +291,9 @@ struct ConfigArgs {
 enum ConfigCommand {
     /// Validate the file and open each dataset's system read-only.
     Check(ConfigArgs),
+    /// Print every configuration field with its type and default (Markdown;
+    /// the same as docs/config.md).
+    Reference,
 }
 
 #[derive(Subcommand)]
@@ -318,15 +323,27 @@ struct OutputArgs {
     /// CSV of the drifting keys.
     #[arg(long)]
     csv: bool,
-    /// Most drifting keys to print (0: all).
-    #[arg(long, default_value_t = 20)]
-    limit: u64,
+    /// Most drifting keys to print (0: all). Default: all with --json and
+    /// --csv (machine output is complete), 20 in the table.
+    #[arg(long)]
+    limit: Option<u64>,
     /// Only these kinds: missing_left, missing_right, changed (repeatable).
     #[arg(long = "kind")]
     kinds: Vec<String>,
     /// Only changed keys whose differing columns include this one.
     #[arg(long)]
     column: Option<String>,
+}
+
+/// Drifting keys a table shows unless `--limit` says otherwise.
+const TABLE_ROWS: u64 = 20;
+
+impl OutputArgs {
+    /// The keys to print: `--limit`, else all for machine output.
+    fn limit(&self) -> u64 {
+        self.limit
+            .unwrap_or(if self.json || self.csv { 0 } else { TABLE_ROWS })
+    }
 }
 
 #[derive(Args)]
@@ -387,9 +404,10 @@ enum RunsCommand {
         /// JSON: a summary line, then one line per key.
         #[arg(long)]
         json: bool,
-        /// Keys listed per group (0: all).
-        #[arg(long, default_value_t = 20)]
-        limit: usize,
+        /// Keys listed per group (0: all). Default: all with --json, 20 in
+        /// the table.
+        #[arg(long)]
+        limit: Option<usize>,
     },
     /// A run as one self-contained HTML file (summary, counts per kind and
     /// column, drift over the dataset's recent runs, the first keys).
@@ -525,8 +543,8 @@ async fn run(cli: Cli) -> Result<u8> {
             let cfg = AgentConfig::load(&config.config, &overrides)?;
             agent::run(cfg, shutdown_signal(), |addr| {
                 // One line on stdout for scripts that start agents on port 0.
-                println!("listening on {addr}");
-                let _ = std::io::stdout().flush();
+                outln!("listening on {addr}");
+                let _ = crate::output::stdout().flush();
             })
             .await
             .context("agent stopped with an error")?;
@@ -536,6 +554,12 @@ async fn run(cli: Cli) -> Result<u8> {
         Command::Config {
             command: ConfigCommand::Check(args),
         } => blocking(move || config_check(&args)).await,
+        Command::Config {
+            command: ConfigCommand::Reference,
+        } => {
+            out!("{}", arbor::config::reference::markdown());
+            Ok(0)
+        }
         Command::Index { command } => blocking(move || index_command(command)).await,
         Command::Compare(args) => compare(args).await,
         Command::Runs { command } => runs(command).await,
@@ -550,14 +574,14 @@ async fn run(cli: Cli) -> Result<u8> {
                 .context("read the token from stdin")?;
             let token = token.trim_end_matches(['\r', '\n']);
             anyhow::ensure!(!token.is_empty(), "the token on stdin is empty");
-            println!("{}", arbor::auth::token_hash(token));
+            outln!("{}", arbor::auth::token_hash(token));
             Ok(0)
         }
         Command::Certs {
             command: CertsCommand::Dev { dir, names },
         } => {
             certs::dev(&dir, &names)?;
-            println!(
+            outln!(
                 "certs: ca.pem, agent.pem/agent.key, operator.pem/operator.key in {} (for trials only)",
                 dir.display()
             );
@@ -573,14 +597,14 @@ async fn run(cli: Cli) -> Result<u8> {
             };
             match arbor::audit::verify(&path) {
                 Ok(lines) => {
-                    println!(
+                    outln!(
                         "audit log {}: ok, {lines} lines, chain and head intact",
                         path.display()
                     );
                     Ok(0)
                 }
                 Err(problem) => {
-                    println!("audit log {}: {problem}", path.display());
+                    outln!("audit log {}: {problem}", path.display());
                     Ok(1)
                 }
             }
@@ -603,7 +627,7 @@ async fn run(cli: Cli) -> Result<u8> {
                 .map_err(|s| rpc_error(&agent, &s))?
                 .into_inner();
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({
                         "dataset": r.dataset,
@@ -616,7 +640,7 @@ async fn run(cli: Cli) -> Result<u8> {
                     })
                 );
             } else {
-                println!(
+                outln!(
                     "dataset {}: key {} -> {} ({}, {} records, {} ms); holding {}",
                     r.dataset,
                     r.previous_key_id,
@@ -664,13 +688,13 @@ async fn shutdown_signal() {
 
 fn config_check(args: &ConfigArgs) -> Result<u8> {
     let cfg = AgentConfig::load(&args.config, &Overrides::default())?;
-    println!("config {}: ok", args.config.display());
-    println!("  listen   {}", cfg.listen);
-    println!("  data dir {}", cfg.data_dir.display());
+    outln!("config {}: ok", args.config.display());
+    outln!("  listen   {}", cfg.listen);
+    outln!("  data dir {}", cfg.data_dir.display());
     for d in &cfg.datasets {
         agent::open_source(d)?;
         let keys = arbor_record::DatasetKeys::derive(&d.secret);
-        println!(
+        outln!(
             "  dataset {}: {:?}, {} key and {} compared columns, secret from {} (key id {}): system readable",
             d.name,
             d.source,
@@ -698,7 +722,7 @@ async fn sync(command: SyncCommand) -> Result<u8> {
                 .into_inner()
                 .runs;
             for r in &runs {
-                println!("{r}");
+                outln!("{r}");
             }
             return Ok(0);
         }
@@ -710,7 +734,7 @@ async fn sync(command: SyncCommand) -> Result<u8> {
                 .map_err(|s| rpc_error(&agent, &s))?
                 .into_inner();
             for c in &list.conflicts {
-                println!("{c}");
+                outln!("{c}");
             }
             return Ok(if list.conflicts.is_empty() { 0 } else { 1 });
         }
@@ -721,7 +745,7 @@ async fn sync(command: SyncCommand) -> Result<u8> {
                 .await
                 .map_err(|s| rpc_error(&agent, &s))?
                 .into_inner();
-            println!("{}", run.json);
+            outln!("{}", run.json);
             let report: serde_json::Value = serde_json::from_str(&run.json)?;
             return Ok(if report["drift_after"] == 0 { 0 } else { 1 });
         }
@@ -732,7 +756,7 @@ async fn sync(command: SyncCommand) -> Result<u8> {
                 .await
                 .map_err(|s| rpc_error(&agent, &s))?
                 .into_inner();
-            println!("{}", run.json);
+            outln!("{}", run.json);
             let parsed: serde_json::Value = serde_json::from_str(&run.json)?;
             return Ok(if parsed["outcome"] == "completed" {
                 0
@@ -815,7 +839,7 @@ async fn sync(command: SyncCommand) -> Result<u8> {
     } else {
         report
     };
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     if args.json {
         writeln!(out, "{}", serde_json::to_string(&report)?)?;
         for a in &actions {
@@ -929,12 +953,12 @@ fn capture_drop(args: &IndexArgs, publication: bool) -> Result<u8> {
         .drop_slot(publication)
         .with_context(|| format!("drop slot {:?} of dataset {:?}", lc.slot, d.name))?;
     if existed {
-        println!("slot {} dropped", lc.slot);
+        outln!("slot {} dropped", lc.slot);
     } else {
-        println!("slot {} did not exist", lc.slot);
+        outln!("slot {} did not exist", lc.slot);
     }
     if publication {
-        println!("publication {} dropped (if it existed)", lc.publication);
+        outln!("publication {} dropped (if it existed)", lc.publication);
     }
     Ok(0)
 }
@@ -983,7 +1007,7 @@ fn index_command(command: IndexCommand) -> Result<u8> {
             }
             let stats = built.context("index build")?;
             let secs = started.elapsed().as_secs_f64();
-            println!(
+            outln!(
                 "indexed {} records of {} in {secs:.2}s ({:.0} records/s), depth {}, {} nodes, peak RSS {}",
                 stats.records,
                 d.name,
@@ -998,7 +1022,7 @@ fn index_command(command: IndexCommand) -> Result<u8> {
                 .snapshot()
                 .and_then(|s| s.describe())
                 .context("read the index")?;
-            println!(
+            outln!(
                 "dataset {}: {} records, root {}, depth {}, key id {}",
                 d.name,
                 s.count(),
@@ -1009,18 +1033,24 @@ fn index_command(command: IndexCommand) -> Result<u8> {
         }
         _ => {
             let r = index.verify().context("verify")?;
-            println!(
+            outln!(
                 "dataset {}: {} records, {} nodes checked, {} node mismatches, {} bad records",
-                d.name, r.records, r.nodes, r.node_mismatches, r.bad_records
+                d.name,
+                r.records,
+                r.nodes,
+                r.node_mismatches,
+                r.bad_records
             );
             for m in &r.mismatches {
-                println!(
+                outln!(
                     "  node {}: stored {} records, computed {}",
-                    m.prefix, m.stored.count, m.computed.count
+                    m.prefix,
+                    m.stored.count,
+                    m.computed.count
                 );
             }
             for b in &r.records_with_problems {
-                println!("  record {}: {}", b.key, b.reason);
+                outln!("  record {}: {}", b.key, b.reason);
             }
             if !r.is_ok() {
                 return Ok(1);
@@ -1096,7 +1126,7 @@ async fn sync_jobs(agent: &str, json: bool) -> Result<u8> {
         .map_err(|s| rpc_error(agent, &s))?
         .into_inner()
         .jobs;
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     for j in jobs {
         let last: serde_json::Value = if j.last_run_json.is_empty() {
             serde_json::Value::Null
@@ -1157,13 +1187,18 @@ async fn audit_client(agent: &str) -> Result<AuditServiceClient<Authed>> {
 }
 
 /// Waits while the agent at `addr` answers NOT_SERVING (still indexing).
+/// How long one health check may take before the agent counts as hung.
+const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn wait_serving(addr: &str, deadline: Instant) -> Result<()> {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
     loop {
-        let state = match arbor::client::endpoint(addr) {
-            Err(e) => bail!("{e}"),
-            Ok(endpoint) => match endpoint.connect().await {
+        let endpoint = arbor::client::endpoint(addr).map_err(|e| anyhow::anyhow!("{e}"))?;
+        // A process that accepts connections but never answers (stopped,
+        // wedged) must not hang the CLI: each check has its own deadline.
+        let check = async {
+            match endpoint.connect().await {
                 Ok(channel) => match HealthClient::new(channel)
                     .check(HealthCheckRequest {
                         service: String::new(),
@@ -1174,7 +1209,13 @@ async fn wait_serving(addr: &str, deadline: Instant) -> Result<()> {
                     Err(s) => Err(s.message().to_owned()),
                 },
                 Err(e) => Err(e.to_string()),
-            },
+            }
+        };
+        let Ok(state) = tokio::time::timeout(HEALTH_CHECK_TIMEOUT, check).await else {
+            bail!(
+                "agent {addr} did not answer its health check within {} s (is the process stopped or overloaded?)",
+                HEALTH_CHECK_TIMEOUT.as_secs()
+            );
         };
         match state {
             Ok(s)
@@ -1220,6 +1261,10 @@ async fn compare(args: CompareArgs) -> Result<u8> {
         }
     };
     // A run that failed on the peer side: report the run, exit 2.
+    if summary.status == "incomplete" {
+        print_run(&mut client, &summary, &args.output, args.stats).await?;
+        bail!("run {} incomplete: {}", summary.run_id, summary.error);
+    }
     if summary.status != "completed" {
         print_summary(&summary, args.stats, args.output.json)?;
         bail!(
@@ -1251,17 +1296,23 @@ async fn runs(command: RunsCommand) -> Result<u8> {
                 .context("list runs")?
                 .into_inner();
             if !json {
-                println!(
+                outln!(
                     "{:<22} {:<10} {:<24} {:>10} {:>10} {:>10} {:>8}",
-                    "RUN", "STATUS", "STARTED", "MISS_LEFT", "MISS_RIGHT", "CHANGED", "MS"
+                    "RUN",
+                    "STATUS",
+                    "STARTED",
+                    "MISS_LEFT",
+                    "MISS_RIGHT",
+                    "CHANGED",
+                    "MS"
                 );
             }
             for r in list.runs {
                 let s: RunSummary = r.into();
                 if json {
-                    println!("{}", serde_json::to_string(&s)?);
+                    outln!("{}", serde_json::to_string(&s)?);
                 } else {
-                    println!(
+                    outln!(
                         "{:<22} {:<10} {:<24} {:>10} {:>10} {:>10} {:>8}",
                         s.run_id,
                         s.status,
@@ -1317,7 +1368,7 @@ async fn runs(command: RunsCommand) -> Result<u8> {
             }
             std::fs::write(&html, html::render(&run, &history, &entries))
                 .with_context(|| format!("write {}", html.display()))?;
-            println!("report of run {} written to {}", run.run_id, html.display());
+            outln!("report of run {} written to {}", run.run_id, html.display());
             Ok(0)
         }
         RunsCommand::Diff {
@@ -1368,7 +1419,7 @@ async fn runs(command: RunsCommand) -> Result<u8> {
                         .collect(),
                 ),
             ];
-            let mut out = std::io::stdout().lock();
+            let mut out = crate::output::stdout();
             if json {
                 writeln!(
                     out,
@@ -1387,6 +1438,7 @@ async fn runs(command: RunsCommand) -> Result<u8> {
                     groups[2].1.len()
                 )?;
             }
+            let limit = limit.unwrap_or(if json { 0 } else { TABLE_ROWS as usize });
             for (group, entries) in &groups {
                 let shown = if limit == 0 {
                     entries.len()
@@ -1403,6 +1455,13 @@ async fn runs(command: RunsCommand) -> Result<u8> {
                     } else {
                         writeln!(out, "  {group:<11} {:<14} {}", e.kind, e.key)?;
                     }
+                }
+                if !json && shown < entries.len() {
+                    writeln!(
+                        out,
+                        "  {group:<11} … and {} more (use --limit 0 for all)",
+                        entries.len() - shown
+                    )?;
                 }
             }
             Ok(u8::from(!groups[0].1.is_empty()))
@@ -1421,6 +1480,10 @@ async fn runs(command: RunsCommand) -> Result<u8> {
                 .with_context(|| format!("run {run_id}"))?
                 .into_inner()
                 .into();
+            if summary.status == "incomplete" {
+                print_run(&mut client, &summary, &output, true).await?;
+                return Ok(2);
+            }
             if summary.status != "completed" {
                 print_summary(&summary, true, output.json)?;
                 return Ok(2);
@@ -1433,31 +1496,40 @@ async fn runs(command: RunsCommand) -> Result<u8> {
 
 fn print_summary(s: &RunSummary, stats: bool, json: bool) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string(s)?);
+        outln!("{}", serde_json::to_string(s)?);
         return Ok(());
     }
-    println!(
+    outln!(
         "run {} {} ({} → {})",
-        s.run_id, s.status, s.started_at, s.finished_at
+        s.run_id,
+        s.status,
+        s.started_at,
+        s.finished_at
     );
-    println!(
+    outln!(
         "  left  {} / {}: {} records",
-        s.left.agent, s.left.dataset, s.left.count
+        s.left.agent,
+        s.left.dataset,
+        s.left.count
     );
-    println!(
+    outln!(
         "  right {} / {}: {} records",
-        s.right.agent, s.right.dataset, s.right.count
+        s.right.agent,
+        s.right.dataset,
+        s.right.count
     );
     if !s.error.is_empty() {
-        println!("  error: {}", s.error);
+        outln!("  error: {}", s.error);
     }
-    if s.status == "completed" {
+    if s.status == "completed" || s.status == "incomplete" {
         if s.drift() == 0 {
-            println!("  in sync");
+            outln!("  in sync");
         } else {
-            println!(
+            outln!(
                 "  drift: {} missing on the left, {} missing on the right, {} changed",
-                s.missing_left, s.missing_right, s.changed
+                s.missing_left,
+                s.missing_right,
+                s.changed
             );
         }
     }
@@ -1467,9 +1539,13 @@ fn print_summary(s: &RunSummary, stats: bool, json: bool) -> Result<()> {
         } else {
             0
         };
-        println!(
+        outln!(
             "  cost: {} ms, {} round trips, {} levels, {} bytes with the peer ({} per drifting key)",
-            s.cost.elapsed_ms, s.cost.round_trips, s.cost.levels, s.cost.peer_bytes, per
+            s.cost.elapsed_ms,
+            s.cost.round_trips,
+            s.cost.levels,
+            s.cost.peer_bytes,
+            per
         );
     }
     Ok(())
@@ -1490,7 +1566,7 @@ async fn print_run(
     let mut stream = client
         .stream_drift(pb::StreamDriftRequest {
             run_id: summary.run_id.clone(),
-            limit: output.limit,
+            limit: output.limit(),
             kinds: output.kinds.clone(),
             column: output.column.clone().unwrap_or_default(),
             ..Default::default()
@@ -1499,32 +1575,32 @@ async fn print_run(
         .context("read the run's drift")?
         .into_inner();
     if output.csv {
-        println!("kind,key,columns");
+        outln!("kind,key,columns");
     } else if !output.json {
-        println!();
-        println!("  {:<14} {:<40} COLUMNS", "KIND", "KEY");
+        outln!();
+        outln!("  {:<14} {:<40} COLUMNS", "KIND", "KEY");
     }
     let mut shown = 0u64;
     while let Some(entry) = stream.message().await.context("read the run's drift")? {
         let e: DriftEntry = entry.into();
         shown += 1;
         if output.json {
-            println!("{}", serde_json::to_string(&e)?);
+            outln!("{}", serde_json::to_string(&e)?);
         } else if output.csv {
-            println!(
+            outln!(
                 "{},{},{}",
                 e.kind,
                 csv_field(&e.key),
                 csv_field(&e.columns.join(";"))
             );
         } else {
-            println!("  {:<14} {:<40} {}", e.kind, e.key, e.columns.join(", "));
+            outln!("  {:<14} {:<40} {}", e.kind, e.key, e.columns.join(", "));
         }
     }
     let filtered = !output.kinds.is_empty() || output.column.is_some();
     if !output.json && !output.csv && !filtered && shown < summary.drift() {
-        println!(
-            "  … {} more (use --limit 0 for all)",
+        outln!(
+            "  … and {} more (use --limit 0 for all)",
             summary.drift() - shown
         );
     }

@@ -44,27 +44,28 @@ pub enum Value {
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ValueKind {
-    /// [`Value::Bool`]
+    /// True or false ([`Value::Bool`]).
     Bool,
-    /// [`Value::Integer`]
+    /// A whole number, signed or unsigned 64-bit ([`Value::Integer`]).
     Integer,
-    /// [`Value::Decimal`]
+    /// An exact decimal of any precision ([`Value::Decimal`]).
     Decimal,
-    /// [`Value::Float`]
+    /// A 64-bit binary float ([`Value::Float`]).
     Float,
-    /// [`Value::Text`]
+    /// UTF-8 text, compared as exact bytes ([`Value::Text`]).
     Text,
-    /// [`Value::Bytes`]
+    /// Raw bytes ([`Value::Bytes`]).
     Bytes,
-    /// [`Value::Date`]
+    /// A calendar date ([`Value::Date`]).
     Date,
-    /// [`Value::Timestamp`]
+    /// An instant in UTC, to the microsecond ([`Value::Timestamp`]).
     Timestamp,
-    /// [`Value::Uuid`]
+    /// A UUID, whatever its storage form ([`Value::Uuid`]).
     Uuid,
-    /// [`Value::Json`]
+    /// A JSON document in canonical form ([`Value::Json`]).
     Json,
 }
 

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// One mapped column.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ColumnMapping {
     /// The column's name in the system.

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 /// Letter case folding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Case {
     /// Unicode lower case.
@@ -29,6 +30,7 @@ pub enum Case {
 
 /// Timestamp precision to keep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Precision {
     /// Whole seconds.
@@ -41,6 +43,7 @@ pub enum Precision {
 
 /// The transforms of one column; all off by default.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Transforms {
     /// Text: strip leading and trailing white space.
