@@ -90,7 +90,7 @@ fn demo(rows: u64, drift: u64) -> TempDir {
     dir
 }
 
-/// Compare with `--json --limit 0`: (exit code, summary, drift entries).
+/// Compare with `--json`: (exit code, summary, drift entries).
 fn compare(dir: &Path, left: &str, right: &str) -> (i32, Json, Vec<Json>) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -104,9 +104,8 @@ fn compare(dir: &Path, left: &str, right: &str) -> (i32, Json, Vec<Json>) {
                 "customers",
                 "--peer",
                 right,
+                // No --limit: machine output is complete by default.
                 "--json",
-                "--limit",
-                "0",
             ],
         );
         let code = out.status.code().unwrap_or(-1);
@@ -2229,6 +2228,17 @@ fn mutual_tls_refuses_clients_without_a_certificate() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Private keys are the owner's alone; certificates are public.
+    for (file, mode) in [
+        ("agent.key", 0o600),
+        ("operator.key", 0o600),
+        ("agent.pem", 0o644),
+        ("ca.pem", 0o644),
+    ] {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(dir.path().join("certs").join(file)).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, mode, "{file}");
+    }
     for side in ["crm", "erp"] {
         let path = dir.path().join(format!("{side}.toml"));
         let config = std::fs::read_to_string(&path).unwrap().replacen(
@@ -3103,5 +3113,354 @@ fn a_run_exports_as_one_html_file_that_a_browser_renders() {
         ),
         report,
         "the missing count is on screen"
+    );
+}
+
+/// SIGTERM stops an agent over each kind of system cleanly: exit 0, the
+/// `agent stopped` line, no panic. (A PostgreSQL source's blocking client
+/// used to be dropped on a runtime worker: `Cannot drop a runtime in a
+/// context where blocking is not allowed`, a failed stop under systemd.)
+#[test]
+fn sigterm_stops_agents_over_every_kind_of_source_cleanly() {
+    use mysql::prelude::Queryable;
+    let dir = demo(2_000, 0);
+    let (mut pg, _, pg_table) = crm_into_postgres(dir.path());
+    let (mut my, my_table) = crm_into_mariadb(dir.path());
+    let crm = std::fs::read_to_string(dir.path().join("crm.toml")).unwrap();
+    let sqlite_source = "source = { kind = \"sqlite\", path = \"crm.db\", table = \"customers\" }";
+    assert!(crm.contains(sqlite_source));
+    // Rescans every second: the capture task holds the dataset (and its
+    // source) when the runtime stops.
+    let rescan = "capture = { mode = \"rescan\", interval_secs = 1 }\n";
+    for (name, source) in [
+        ("sqlite", sqlite_source.to_owned()),
+        (
+            "postgres",
+            format!(
+                "source = {{ kind = \"postgres\", url_env = \"ARBOR_TEST_POSTGRES_URL\", table = \"{pg_table}\" }}"
+            ),
+        ),
+        (
+            "mysql",
+            format!(
+                "source = {{ kind = \"mysql\", url_env = \"ARBOR_TEST_MYSQL_URL\", table = \"{my_table}\" }}"
+            ),
+        ),
+    ] {
+        // The dataset is the file's last table: the capture line joins it.
+        let config = crm
+            .replace("crm-data", &format!("{name}-data"))
+            .replace(sqlite_source, &source)
+            + rescan;
+        std::fs::write(dir.path().join(format!("{name}.toml")), &config).unwrap();
+        let log = dir.path().join(format!("{name}.log"));
+        let mut agent = AgentProcess::start_with(
+            dir.path(),
+            &format!("{name}.toml"),
+            &[("RUST_LOG", "info")],
+            Stdio::from(std::fs::File::create(&log).unwrap()),
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap();
+            // Indexed, and at least one rescan ran over the source.
+            if text.contains("all datasets indexed") && text.contains("rescan applied") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} agent never served:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_millis(1_500));
+        // SAFETY: kill(2) on our own child's pid.
+        let sent = unsafe { libc::kill(agent.child.id() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(sent, 0);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = agent.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "{name} agent ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            !text.contains("panicked"),
+            "{name} agent panicked on SIGTERM:\n{text}"
+        );
+        assert_eq!(status.code(), Some(0), "{name} agent: {status}\n{text}");
+        assert!(text.contains("agent stopped"), "{name}:\n{text}");
+    }
+    pg.batch_execute(&format!("DROP TABLE {pg_table}")).unwrap();
+    my.query_drop(format!("DROP TABLE {my_table}")).unwrap();
+}
+
+/// `arbor … | head -1`: a closed stdout ends the command quietly with its
+/// own exit code (it used to panic on the broken pipe, exit 101).
+#[test]
+fn a_closed_stdout_ends_the_cli_quietly_with_its_exit_code() {
+    let dir = demo(200, 0);
+    for args in [
+        &["config", "reference"][..],
+        &["config", "check", "--config", "crm.toml"][..],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        // Closed before the command writes a byte: every write is EPIPE.
+        drop(reader);
+        let out = Command::new(ARBOR)
+            .args(args)
+            .current_dir(dir.path())
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("Broken pipe"), "{args:?}: {stderr}");
+    }
+}
+
+/// `runs show --json` / `--csv` list every drifting key unless told
+/// otherwise (they stopped at the table's 20); the table says how many it
+/// left out.
+#[test]
+fn machine_output_lists_every_drifting_key_unless_limited() {
+    let dir = demo(2_000, 25);
+    let (crm, erp) = (
+        AgentProcess::start(dir.path(), "crm.toml"),
+        AgentProcess::start(dir.path(), "erp.toml"),
+    );
+    let (code, summary, drift) = compare(dir.path(), &crm.address, &erp.address);
+    assert_eq!(code, 1);
+    let oracle = expected(dir.path());
+    assert_eq!(drift.len(), oracle.len());
+    assert!(oracle.len() > 20, "{}", oracle.len());
+    let run = summary["run_id"].as_str().unwrap();
+    let show = |extra: &[&str]| {
+        let mut args = vec!["runs", "show", "--agent", &crm.address, run];
+        args.extend_from_slice(extra);
+        let out = arbor(dir.path(), &args);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let json = show(&["--json"]);
+    assert_eq!(json.lines().count(), 1 + oracle.len(), "{json}");
+    let csv = show(&["--csv"]);
+    assert_eq!(csv.lines().count(), 1 + oracle.len(), "{csv}");
+    let keys: BTreeSet<String> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap().to_owned())
+        .collect();
+    let oracle_keys: BTreeSet<String> = oracle.iter().map(|(_, k, _)| k.to_string()).collect();
+    assert_eq!(keys, oracle_keys);
+    // Asked for less, machine output gives less.
+    assert_eq!(show(&["--csv", "--limit", "5"]).lines().count(), 6);
+    let table = show(&[]);
+    assert!(
+        table.contains(&format!("… and {} more", oracle.len() - 20)),
+        "{table}"
+    );
+}
+
+/// One dataset that cannot be indexed (a fractional quantity in an integer
+/// column) leaves the agent's other datasets serving; compares of the
+/// broken one fail at once with the reason, and it serves once the row is
+/// fixed (it used to stop start-up indexing for good: every later dataset
+/// stayed "being indexed").
+#[test]
+fn a_dataset_that_fails_to_index_leaves_the_others_serving_and_is_retried() {
+    let dir = demo(1_000, 5);
+    let db = Connection::open(dir.path().join("crm.db")).unwrap();
+    db.execute_batch(
+        "CREATE TABLE orders (order_id INTEGER PRIMARY KEY, qty INTEGER);
+         INSERT INTO orders VALUES (1, 5), (2, 1.5), (3, 7);",
+    )
+    .unwrap();
+    // The broken dataset comes first in the file.
+    let crm = std::fs::read_to_string(dir.path().join("crm.toml")).unwrap();
+    let orders = "[[dataset]]\nname = \"orders\"\nsecret = \"orders secret\"\n\
+        source = { kind = \"sqlite\", path = \"crm.db\", table = \"orders\" }\n\
+        key = [{ source = \"order_id\", kind = \"integer\" }]\n\
+        columns = [{ source = \"qty\", kind = \"integer\" }]\n\n";
+    let config = crm.replacen("[[dataset]]\n", &format!("{orders}[[dataset]]\n"), 1);
+    assert!(config.find("name = \"orders\"") < config.find("name = \"customers\""));
+    std::fs::write(dir.path().join("crm.toml"), config).unwrap();
+    let (crm, erp) = (
+        AgentProcess::start(dir.path(), "crm.toml"),
+        AgentProcess::start(dir.path(), "erp.toml"),
+    );
+    // The healthy dataset serves: exactly the seeded drift.
+    let (code, _, drift) = compare(dir.path(), &crm.address, &erp.address);
+    assert_eq!(code, 1);
+    assert_eq!(drift_set(&drift), expected(dir.path()));
+
+    // The broken one says why, at once (no waiting out --wait).
+    let orders_compare = || {
+        arbor(
+            dir.path(),
+            &[
+                "compare",
+                "--agent",
+                &crm.address,
+                "--dataset",
+                "orders",
+                "--peer",
+                &crm.address,
+                "--wait",
+                "60",
+            ],
+        )
+    };
+    let started = Instant::now();
+    let out = orders_compare();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("failed to index") && err.contains("qty"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Fixed in the system, it is indexed again by the retry.
+    db.execute("UPDATE orders SET qty = 2 WHERE order_id = 2", [])
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = orders_compare();
+        if out.status.code() == Some(0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "orders never came back: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// A peer that is alive but stopped (SIGSTOP) ends `arbor compare` with a
+/// clear error instead of hanging it (the readiness check had no deadline).
+#[test]
+fn a_stopped_peer_ends_the_compare_with_an_error_not_a_hang() {
+    let dir = demo(300, 2);
+    let (crm, erp) = (
+        AgentProcess::start(dir.path(), "crm.toml"),
+        AgentProcess::start(dir.path(), "erp.toml"),
+    );
+    let (code, _, _) = compare(dir.path(), &crm.address, &erp.address);
+    assert_eq!(code, 1);
+    let pid = erp.child.id() as libc::pid_t;
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let started = Instant::now();
+    let out = arbor(
+        dir.path(),
+        &[
+            "compare",
+            "--agent",
+            &crm.address,
+            "--dataset",
+            "customers",
+            "--peer",
+            &erp.address,
+            "--wait",
+            "5",
+        ],
+    );
+    let elapsed = started.elapsed();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("did not answer") && err.contains(&erp.address),
+        "{err}"
+    );
+    assert!(elapsed < Duration::from_secs(60), "{elapsed:?}");
+}
+
+/// A compare whose column-naming step fails (here the peer's table is gone
+/// after it was indexed, so its rows cannot be read) is stored
+/// `incomplete` with the step named and exits 2; its drifting keys are
+/// still all there. (It used to be stored `completed` with the columns of
+/// changed keys silently missing.)
+#[test]
+fn a_compare_that_cannot_name_columns_is_incomplete_not_completed() {
+    let dir = demo(1_000, 5);
+    let (crm, erp) = (
+        AgentProcess::start(dir.path(), "crm.toml"),
+        AgentProcess::start(dir.path(), "erp.toml"),
+    );
+    let (code, _, _) = compare(dir.path(), &crm.address, &erp.address);
+    assert_eq!(code, 1);
+    let oracle: BTreeSet<(String, i64)> = expected(dir.path())
+        .into_iter()
+        .map(|(k, key, _)| (k, key))
+        .collect();
+    Connection::open(dir.path().join("erp.db"))
+        .unwrap()
+        .execute_batch("ALTER TABLE clients RENAME TO clients_gone;")
+        .unwrap();
+    let out = arbor(
+        dir.path(),
+        &[
+            "compare",
+            "--agent",
+            &crm.address,
+            "--dataset",
+            "customers",
+            "--peer",
+            &erp.address,
+            "--json",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("incomplete") && err.contains("columns"),
+        "{err}"
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text
+        .lines()
+        .map(|l| serde_json::from_str::<Json>(l).unwrap());
+    let summary = lines.next().expect("the summary is printed");
+    assert_eq!(summary["status"], "incomplete", "{summary}");
+    let keys: BTreeSet<(String, i64)> = lines
+        .map(|d| {
+            (
+                d["kind"].as_str().unwrap().to_owned(),
+                d["key"].as_str().unwrap().parse().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(keys, oracle);
+    // The stored run says the same.
+    let run = summary["run_id"].as_str().unwrap();
+    let out = arbor(
+        dir.path(),
+        &["runs", "show", "--agent", &crm.address, run, "--json"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stored: Json =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(stored["status"], "incomplete");
+    assert!(
+        stored["error"].as_str().unwrap().contains("columns"),
+        "{stored}"
     );
 }

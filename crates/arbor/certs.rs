@@ -15,9 +15,32 @@ use rcgen::{
     KeyPair, KeyUsagePurpose,
 };
 
+/// Private keys are readable by their owner alone.
+const KEY_MODE: u32 = 0o600;
+/// Certificates are public.
+const CERT_MODE: u32 = 0o644;
+
 fn write(dir: &Path, name: &str, text: &str) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let path = dir.join(name);
-    std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))
+    let mode = if name.ends_with(".key") {
+        KEY_MODE
+    } else {
+        CERT_MODE
+    };
+    let context = || format!("write {}", path.display());
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&path)
+        .with_context(context)?;
+    // `mode` applies only to a new file: an existing one is narrowed too.
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
+        .with_context(context)?;
+    file.write_all(text.as_bytes()).with_context(context)
 }
 
 /// Writes the CA and the agent and operator certificates into `dir`.

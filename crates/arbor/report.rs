@@ -48,7 +48,8 @@ pub struct RunSummary {
     pub schema_version: u32,
     /// Sorts by start time.
     pub run_id: String,
-    /// `running`, `completed` or `failed`.
+    /// `running`, `completed`, `incomplete` (every drifting key, but a later
+    /// step such as naming columns failed: see `error`) or `failed`.
     pub status: String,
     /// Why it failed.
     pub error: String,

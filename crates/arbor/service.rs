@@ -74,6 +74,9 @@ pub struct Dataset {
     pub runs_in_progress: std::sync::atomic::AtomicUsize,
     /// How many may run at once.
     pub max_runs: usize,
+    /// Why the last attempt to index this dataset failed, while it stays
+    /// failed (the agent retries it).
+    failure: Mutex<Option<String>>,
 }
 
 /// The indexes of a dataset, one per hashing key it holds. Normally one;
@@ -117,6 +120,25 @@ impl Drop for RunSlot {
 }
 
 impl Dataset {
+    /// Records why indexing this dataset failed; compares refuse it with
+    /// that reason until [`Dataset::clear_failure`].
+    pub fn fail(&self, reason: String) {
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+    }
+
+    /// The dataset was indexed: it serves again.
+    pub fn clear_failure(&self) {
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Why the dataset is unavailable, if its last indexing failed.
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// A dataset of an index and, optionally, its system and mapping.
     pub fn new(
         index: Arc<Index>,
@@ -133,6 +155,7 @@ impl Dataset {
             rotating: AtomicBool::new(false),
             source: source.map(|s| Arc::new(Mutex::new(s))),
             indexing: AtomicBool::new(false),
+            failure: Mutex::new(None),
             mapping,
             changes: tokio::sync::watch::Sender::new(0),
             lag_ms: std::sync::atomic::AtomicU64::new(0),
@@ -462,9 +485,14 @@ impl AgentState {
         names
     }
 
-    /// A dataset that is ready to be compared: not being indexed.
+    /// A dataset that is ready to be compared: indexed, not being indexed.
     pub fn comparable(&self, dataset: &str) -> Result<&Arc<Dataset>, Status> {
         let ds = self.dataset(dataset)?;
+        if let Some(reason) = ds.failure() {
+            return Err(Status::failed_precondition(format!(
+                "dataset {dataset:?} failed to index: {reason} (the agent retries it)"
+            )));
+        }
         if ds.indexing.load(Ordering::Acquire) {
             return Err(Status::unavailable(format!(
                 "dataset {dataset:?} is being indexed; retry when it is done"

@@ -133,7 +133,7 @@ pub struct LogicalCapture {
     has_filter: bool,
     mapping: Mapping,
     options: LogicalOptions,
-    client: Option<Client>,
+    client: Option<crate::postgres::PgClient>,
     relid: Option<u32>,
     relations: HashMap<u32, RelationInfo>,
 }
@@ -190,7 +190,11 @@ impl LogicalCapture {
     }
 
     fn client(&mut self) -> Result<&mut Client, SourceError> {
-        if self.client.as_ref().is_none_or(Client::is_closed) {
+        if self
+            .client
+            .as_ref()
+            .is_none_or(crate::postgres::PgClient::is_closed)
+        {
             self.client = Some(open_session(
                 &self.url,
                 self.options.statement_timeout,

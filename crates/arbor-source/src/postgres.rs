@@ -66,28 +66,164 @@ pub struct PostgresSource {
     blocks: Option<BlockWalk>,
 }
 
-/// The URL with its password masked, for messages.
+/// Names of URL query parameters and connection-string keys whose values
+/// are secrets (compared case-insensitively).
+const SECRET_PARAMETERS: &[&str] = &[
+    "password",
+    "passwd",
+    "pass",
+    "pwd",
+    "sslpassword",
+    "secret",
+    "token",
+    "access_token",
+    "api_key",
+    "apikey",
+];
+
+fn is_secret_parameter(name: &str) -> bool {
+    SECRET_PARAMETERS
+        .iter()
+        .any(|p| p.eq_ignore_ascii_case(name.trim()))
+}
+
+/// The URL (or `key=value` connection string) with every password masked,
+/// for messages: the `user:password@` of a URL, secret query parameters
+/// (`?password=…`), and `password=…` of a libpq connection string.
 pub fn redact_url(url: &str) -> String {
-    // postgres://user:password@host/db → postgres://user:***@host/db
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.find(':') {
-                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
-                None => url.to_owned(),
+    let Some(scheme_end) = url.find("://") else {
+        return redact_connection_string(url);
+    };
+    let (head, rest) = url.split_at(scheme_end + 3);
+    // The authority ends at the first '/', '?' or '#'; a password may hold
+    // '@', so the userinfo ends at the authority's last '@'.
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rfind('@') {
+        Some(at) => {
+            let (userinfo, host) = authority.split_at(at);
+            match userinfo.find(':') {
+                Some(c) => format!("{}:***{host}", &userinfo[..c]),
+                None => authority.to_owned(),
             }
         }
-        _ => url
-            .split_whitespace()
-            .map(|kv| {
-                if kv.starts_with("password=") {
-                    "password=***"
-                } else {
-                    kv
+        None => authority.to_owned(),
+    };
+    let tail = match tail.find('?') {
+        Some(q) => {
+            let (path, query) = tail.split_at(q + 1);
+            let (query, fragment) = match query.find('#') {
+                Some(h) => query.split_at(h),
+                None => (query, ""),
+            };
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((name, _)) if is_secret_parameter(name) => format!("{name}=***"),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}{}{fragment}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{head}{authority}{tail}")
+}
+
+/// `host=db password='s e c' user=arbor` → `host=db password=*** user=arbor`.
+fn redact_connection_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while !rest.is_empty() {
+        let ws = rest.len() - rest.trim_start().len();
+        out.push_str(&rest[..ws]);
+        rest = &rest[ws..];
+        if rest.is_empty() {
+            break;
+        }
+        let Some(eq) = rest
+            .find('=')
+            .filter(|&eq| !rest[..eq].contains(char::is_whitespace))
+        else {
+            // Not key=value: copy the word.
+            let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+            out.push_str(&rest[..end]);
+            rest = &rest[end..];
+            continue;
+        };
+        let key = &rest[..eq];
+        let value = &rest[eq + 1..];
+        // A value is a quoted string (with \' escapes) or runs to white space.
+        let value_len = if let Some(quoted) = value.strip_prefix('\'') {
+            let mut escaped = false;
+            let mut len = quoted.len() + 1;
+            for (i, c) in quoted.char_indices() {
+                match c {
+                    '\\' if !escaped => escaped = true,
+                    '\'' if !escaped => {
+                        len = i + 2;
+                        break;
+                    }
+                    _ => escaped = false,
                 }
-            })
-            .collect::<Vec<_>>()
-            .join(" "),
+            }
+            len
+        } else {
+            value.find(char::is_whitespace).unwrap_or(value.len())
+        };
+        out.push_str(key);
+        out.push('=');
+        if is_secret_parameter(key) {
+            out.push_str("***");
+        } else {
+            out.push_str(&value[..value_len]);
+        }
+        rest = &value[value_len..];
+    }
+    out
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_url;
+
+    #[test]
+    fn every_form_of_password_is_masked() {
+        for (url, want) in [
+            (
+                "postgres://arbor:s3cret@db:5432/crm",
+                "postgres://arbor:***@db:5432/crm",
+            ),
+            (
+                "postgres://arbor:p@ss@db/crm?sslmode=require",
+                "postgres://arbor:***@db/crm?sslmode=require",
+            ),
+            (
+                "postgres://db/crm?user=arbor&password=s3cret&sslmode=require",
+                "postgres://db/crm?user=arbor&password=***&sslmode=require",
+            ),
+            (
+                "postgresql://arbor@db/crm?PASSWORD=x#frag",
+                "postgresql://arbor@db/crm?PASSWORD=***#frag",
+            ),
+            (
+                "mysql://root:hunter2@127.0.0.1:3306/erp",
+                "mysql://root:***@127.0.0.1:3306/erp",
+            ),
+            ("postgres://db/crm", "postgres://db/crm"),
+            (
+                "host=db user=arbor password=s3cret dbname=crm",
+                "host=db user=arbor password=*** dbname=crm",
+            ),
+            (
+                "host=db password='a b\\' c' dbname=crm",
+                "host=db password=*** dbname=crm",
+            ),
+            ("host = db", "host = db"),
+        ] {
+            assert_eq!(redact_url(url), want, "{url}");
+            assert!(!redact_url(url).contains("s3cret"));
+        }
     }
 }
 
@@ -119,7 +255,7 @@ pub(crate) fn open_session(
     url: &str,
     statement_timeout: std::time::Duration,
     read_only: bool,
-) -> Result<Client, SourceError> {
+) -> Result<PgClient, SourceError> {
     let open_err = |e: &dyn std::fmt::Display| SourceError::Open {
         what: format!("postgres {}", redact_url(url)),
         reason: e.to_string(),
@@ -128,7 +264,58 @@ pub(crate) fn open_session(
     client
         .batch_execute(&session_settings(statement_timeout, read_only))
         .map_err(|e| open_err(&e))?;
-    Ok(client)
+    Ok(PgClient(Some(client)))
+}
+
+/// A blocking PostgreSQL client that may be dropped anywhere.
+///
+/// `postgres::Client` drives a runtime of its own and closes by blocking on
+/// it, which panics when the last owner lets go on a tokio worker (an agent
+/// stopping drops its datasets' sources there). Dropped inside a runtime,
+/// the client is closed on a thread of its own instead.
+pub(crate) struct PgClient(Option<Client>);
+
+impl PgClient {
+    /// Whether the connection is gone (reconnect before the next use).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.0.as_ref().is_none_or(Client::is_closed)
+    }
+}
+
+impl std::ops::Deref for PgClient {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        self.0
+            .as_ref()
+            .expect("a PgClient holds its client until dropped")
+    }
+}
+
+impl std::ops::DerefMut for PgClient {
+    fn deref_mut(&mut self) -> &mut Client {
+        self.0
+            .as_mut()
+            .expect("a PgClient holds its client until dropped")
+    }
+}
+
+impl Drop for PgClient {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take()
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            // Closing blocks; a worker must not. Detached: the process may
+            // be exiting, and the server notices a closed socket either way.
+            let closer = std::thread::Builder::new()
+                .name("arbor-pg-close".into())
+                .spawn(move || drop(client));
+            if let Err(e) = closer {
+                // No thread to close it on: leak the connection rather than
+                // panic (the server drops it when the process exits).
+                tracing::warn!(error = %e, "cannot close a PostgreSQL connection");
+            }
+        }
+    }
 }
 
 /// The `SET` statements of [`open_session`].
@@ -148,11 +335,29 @@ fn session_settings(statement_timeout: std::time::Duration, read_only: bool) -> 
 /// row of a `COPY`; this reads a whole chunk in one `block_on` (the
 /// per-row entries were a seventh of a build's CPU).
 pub(crate) struct Session {
-    runtime: tokio::runtime::Runtime,
+    /// Always `Some` until dropped (see `Drop`).
+    runtime: Option<tokio::runtime::Runtime>,
     client: tokio_postgres::Client,
 }
 
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks until its tasks stop, which panics on a
+        // tokio worker; this one's only task is the connection, which may
+        // simply be abandoned.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 impl Session {
+    fn rt(&self) -> &tokio::runtime::Runtime {
+        self.runtime
+            .as_ref()
+            .expect("a Session holds its runtime until dropped")
+    }
+
     /// Connects and applies the session settings.
     fn open(url: &str, statement_timeout: std::time::Duration) -> Result<Session, SourceError> {
         let open_err = |e: &dyn std::fmt::Display| SourceError::Open {
@@ -172,9 +377,12 @@ impl Session {
                 tracing::debug!(error = %e, "postgres connection ended");
             }
         });
-        let session = Session { runtime, client };
+        let session = Session {
+            runtime: Some(runtime),
+            client,
+        };
         session
-            .runtime
+            .rt()
             .block_on(
                 session
                     .client
@@ -189,17 +397,17 @@ impl Session {
     }
 
     fn prepare(&self, sql: &str) -> Result<tokio_postgres::Statement, postgres::Error> {
-        self.runtime.block_on(self.client.prepare(sql))
+        self.rt().block_on(self.client.prepare(sql))
     }
 
     fn simple_query(&self, sql: &str) -> Result<Vec<SimpleQueryMessage>, postgres::Error> {
-        self.runtime.block_on(self.client.simple_query(sql))
+        self.rt().block_on(self.client.simple_query(sql))
     }
 
     /// Runs a `COPY ... TO STDOUT` and appends all of its output to `out`.
     fn copy_out(&self, sql: &str, out: &mut Vec<u8>) -> Result<(), postgres::Error> {
         use futures_util::StreamExt;
-        self.runtime.block_on(async {
+        self.rt().block_on(async {
             let stream = self.client.copy_out(sql).await?;
             let mut stream = std::pin::pin!(stream);
             while let Some(data) = stream.next().await {
@@ -809,7 +1017,7 @@ pub struct PostgresSink {
     context: ChunkContext,
     statements: crate::sink::Statements,
     statement_timeout: std::time::Duration,
-    client: Option<Client>,
+    client: Option<PgClient>,
 }
 
 impl PostgresSink {
@@ -870,7 +1078,7 @@ impl crate::sink::Sink for PostgresSink {
         };
         let wanted: Vec<&[Value]> = writes.iter().map(|w| w.key.as_slice()).collect();
         let select = self.statements.select_current(&wanted).map_err(value_err)?;
-        if self.client.as_ref().is_none_or(Client::is_closed) {
+        if self.client.as_ref().is_none_or(PgClient::is_closed) {
             self.client = Some(open_session(&self.url, self.statement_timeout, false)?);
         }
         let Some(client) = self.client.as_mut() else {
