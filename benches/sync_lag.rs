@@ -95,7 +95,7 @@ fn run(bin: &str, pg_url: &str, my_url: &str, rate: u64, secs: u64) {
         columns = [{ source = \"v\", kind = \"integer\" }, { source = \"updated_at\", kind = \"timestamp\" }]\n";
     let head = |data: &str| {
         format!(
-            "[agent]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\n\n[[dataset]]\nname = \"rt\"\nsecret = \"bench\"\n"
+            "[agent]\ninsecure = true\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\n\n[[dataset]]\nname = \"rt\"\nsecret = \"bench\"\n"
         )
     };
     std::fs::write(

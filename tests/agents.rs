@@ -1116,7 +1116,7 @@ fn one_way_sync_repairs_postgres_from_sqlite_and_never_overwrites_a_later_change
     std::fs::write(
         dir.path().join("target.toml"),
         format!(
-            "[agent]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"target-data\"\n\n[[dataset]]\nname = \"customers\"\n\
+            "[agent]\ninsecure = true\nlisten = \"127.0.0.1:0\"\ndata_dir = \"target-data\"\n\n[[dataset]]\nname = \"customers\"\n\
              secret = \"arbor demo secret: use secret_env or secret_file in production\"\n\
              source = {{ kind = \"postgres\", url_env = \"ARBOR_TEST_POSTGRES_URL\", table = \"{table}\" }}\n\
              key = [{{ source = \"customer_id\", name = \"id\", kind = \"integer\" }}]\n\
@@ -1295,7 +1295,7 @@ fn one_way_sync_from_postgres_to_mariadb_survives_a_killed_target() {
            { source = \"balance\", kind = \"decimal\" },\n]\n";
     let agent = |listen: &str, data: &str, source: &str, extra: &str| {
         format!(
-            "[agent]\nlisten = \"{listen}\"\ndata_dir = \"{data}\"\n\n[[dataset]]\nname = \"customers\"\n\
+            "[agent]\ninsecure = true\nlisten = \"{listen}\"\ndata_dir = \"{data}\"\n\n[[dataset]]\nname = \"customers\"\n\
              secret = \"arbor demo secret: use secret_env or secret_file in production\"\n\
              source = {source}\n{columns}{extra}\n"
         )
@@ -1457,7 +1457,7 @@ fn two_way_sync_between_postgres_and_mariadb_under_lww_ownership_and_manual() {
         std::fs::write(
             dir.path().join(file),
             format!(
-                "[agent]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\n\n[[dataset]]\nname = \"customers\"\n\
+                "[agent]\ninsecure = true\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\n\n[[dataset]]\nname = \"customers\"\n\
                  secret = \"arbor demo secret: use secret_env or secret_file in production\"\n\
                  source = {source}\n{columns}"
             ),
@@ -1606,7 +1606,7 @@ fn a_realtime_sync_job_carries_postgres_commits_to_mariadb_and_jobs_are_listed()
            { source = \"balance\", kind = \"decimal\" },\n]\n";
     let head = |data: &str| {
         format!(
-            "[agent]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\n\n[[dataset]]\nname = \"customers\"\n\
+            "[agent]\ninsecure = true\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\n\n[[dataset]]\nname = \"customers\"\n\
              secret = \"arbor demo secret: use secret_env or secret_file in production\"\n"
         )
     };
@@ -1773,7 +1773,7 @@ fn two_way_realtime_jobs_converge_without_echo_loops() {
                   theirs: &str,
                   fallback: &str| {
         format!(
-            "[agent]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{data}\"\n\n[[dataset]]\nname = \"customers\"\n\
+            "[agent]\ninsecure = true\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{data}\"\n\n[[dataset]]\nname = \"customers\"\n\
              secret = \"arbor demo secret: use secret_env or secret_file in production\"\n\
              source = {source}\n{columns}capture = {capture}\n\n\
              [[sync]]\nname = \"both-ways\"\ndataset = \"customers\"\npeers = [{{ address = \"http://127.0.0.1:{peer}\" }}]\n\
@@ -3463,4 +3463,131 @@ fn a_compare_that_cannot_name_columns_is_incomplete_not_completed() {
         stored["error"].as_str().unwrap().contains("columns"),
         "{stored}"
     );
+}
+
+/// Safe by default: without principals an agent stays on loopback and
+/// refuses every write and value call unless its config says
+/// `insecure = true`; tokens never go out in plaintext to another machine;
+/// TLS files that cannot work are named by `config check`.
+#[test]
+fn without_principals_an_agent_is_loopback_only_and_read_only() {
+    let dir = demo(500, 5);
+    for side in ["crm", "erp"] {
+        let path = dir.path().join(format!("{side}.toml"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("insecure = true\n"));
+        std::fs::write(&path, text.replace("insecure = true\n", "")).unwrap();
+    }
+    // Reachable from other machines without principals: refused up front.
+    let open = std::fs::read_to_string(dir.path().join("crm.toml"))
+        .unwrap()
+        .replace("listen = \"127.0.0.1:0\"", "listen = \"0.0.0.0:0\"");
+    std::fs::write(dir.path().join("open.toml"), &open).unwrap();
+    let out = arbor(dir.path(), &["config", "check", "--config", "open.toml"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("agent.listen") && err.contains("[agent.auth]") && err.contains("insecure"),
+        "{err}"
+    );
+    std::fs::write(
+        dir.path().join("open.toml"),
+        open.replace("[agent]\n", "[agent]\ninsecure = true\n"),
+    )
+    .unwrap();
+    let out = arbor(dir.path(), &["config", "check", "--config", "open.toml"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // On loopback it serves reads, and says what it refuses.
+    let log = dir.path().join("crm.log");
+    let crm = AgentProcess::start_with(
+        dir.path(),
+        "crm.toml",
+        &[("RUST_LOG", "warn")],
+        Stdio::from(std::fs::File::create(&log).unwrap()),
+    );
+    let erp = AgentProcess::start(dir.path(), "erp.toml");
+    let (code, _, drift) = compare(dir.path(), &crm.address, &erp.address);
+    assert_eq!(code, 1);
+    assert_eq!(drift_set(&drift), expected(dir.path()));
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("no [agent.auth]")
+    );
+    // A sync plan fetches values: refused, naming the way out.
+    let out = arbor(
+        dir.path(),
+        &[
+            "sync",
+            "plan",
+            "--source",
+            &crm.address,
+            "--target",
+            &erp.address,
+            "--dataset",
+            "customers",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("FetchRecords") && err.contains("insecure = true"),
+        "{err}"
+    );
+    let audit = std::fs::read_to_string(dir.path().join("crm-data/audit.jsonl")).unwrap();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("RepairService/FetchRecords")
+                && l.contains("\"decision\":\"denied\"")),
+        "{audit}"
+    );
+
+    // A bearer token is never sent in plaintext to another machine (the
+    // address is refused before any connection is tried).
+    let out = Command::new(ARBOR)
+        .args(["runs", "list", "--agent", "http://arbor-peer.invalid:7401"])
+        .env("ARBOR_TOKEN", "a-secret-token")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("plaintext"), "{err}");
+    assert!(!err.contains("a-secret-token"), "{err}");
+
+    // TLS material that cannot work is named before the agent starts.
+    let out = arbor(dir.path(), &["certs", "dev", "--dir", "certs"]);
+    assert!(out.status.success());
+    let other = arbor(dir.path(), &["certs", "dev", "--dir", "other"]);
+    assert!(other.status.success());
+    std::fs::write(dir.path().join("certs/garbage.pem"), "not a certificate\n").unwrap();
+    for (tls, field) in [
+        (
+            "cert = \"certs/agent.pem\"\nkey = \"other/agent.key\"\n",
+            "agent.tls.key",
+        ),
+        (
+            "cert = \"certs/agent.pem\"\nkey = \"certs/agent.key\"\nclient_ca = \"certs/garbage.pem\"\n",
+            "agent.tls.client_ca",
+        ),
+    ] {
+        let config = std::fs::read_to_string(dir.path().join("crm.toml"))
+            .unwrap()
+            .replacen(
+                "[[dataset]]",
+                &format!("[agent.tls]\n{tls}\n[[dataset]]"),
+                1,
+            );
+        std::fs::write(dir.path().join("tls.toml"), config).unwrap();
+        let out = arbor(dir.path(), &["config", "check", "--config", "tls.toml"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(field), "{field}: {err}");
+    }
 }

@@ -460,10 +460,17 @@ fn ingested_changes_reach_the_tree_of_a_fresh_build_and_bad_ones_are_refused() {
     .unwrap();
     let rows: Rows = (0..1_000).map(|k| (k, k)).collect();
     let live = index(&dir, "live", b"s", &rows);
-    let datasets = HashMap::from([(
-        "d".to_string(),
-        Arc::new(Dataset::new(Arc::clone(&live), None, Some(mapping))),
-    )]);
+    let pulled = index(&dir, "pulled", b"s", &rows);
+    // "d" takes pushed changes (capture mode push); "pulled" reads its own.
+    let mut pushed = Dataset::new(Arc::clone(&live), None, Some(mapping.clone()));
+    pushed.accepts_push = true;
+    let datasets = HashMap::from([
+        ("d".to_string(), Arc::new(pushed)),
+        (
+            "pulled".to_string(),
+            Arc::new(Dataset::new(Arc::clone(&pulled), None, Some(mapping))),
+        ),
+    ]);
     let state = Arc::new(AgentState::with_datasets(
         datasets,
         ServiceLimits::default(),
@@ -585,7 +592,36 @@ fn ingested_changes_reach_the_tree_of_a_fresh_build_and_bad_ones_are_refused() {
             .await
             .unwrap_err();
         assert_eq!(s.code(), Code::NotFound);
+        // A dataset whose capture reads its system refuses pushed changes:
+        // they could falsify its index.
+        let s = c
+            .ingest_changes(pb::IngestRequest {
+                dataset: "pulled".into(),
+                changes: vec![delete(5)],
+                watermark: vec![],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+        assert!(s.message().contains("push"), "{s:?}");
+        // A watermark is copied into every later run: it is bounded.
+        let s = c
+            .ingest_changes(pb::IngestRequest {
+                dataset: "d".into(),
+                changes: vec![upsert(1, 3)],
+                watermark: vec![b'w'; arbor::agent::MAX_WATERMARK_BYTES + 1],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+        assert!(s.message().contains("watermark"), "{s:?}");
     });
+    let p = pulled.snapshot().unwrap();
+    assert_eq!(
+        p.describe().unwrap().count(),
+        rows.len() as u64,
+        "nothing reached the pulled dataset"
+    );
     // A refused batch applied nothing (row 1 still has value 1); the good one
     // reached exactly the tree of a fresh build of the expected rows.
     let mut want = rows.clone();

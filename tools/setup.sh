@@ -97,6 +97,10 @@ command -v ar >/dev/null 2>&1 || want binutils "ar archives the C and C++ object
 # cargo reaches crates.io over TLS and verifies it with the system's roots.
 [ -s /etc/ssl/certs/ca-certificates.crt ] || want ca-certificates "cargo verifies crates.io over TLS"
 command -v python3 >/dev/null 2>&1 || want python3 "the scripts pick free ports and write demo edits"
+# build.rs names the commit a binary was built from (arbor --version).
+if [ -e "$(dirname "$0")/../.git" ]; then
+  command -v git >/dev/null 2>&1 || want git "build.rs records the commit of this checkout"
+fi
 
 if [ "$mode" = test ]; then
   # tools/databases.sh starts private instances from these binaries.

@@ -787,7 +787,21 @@ impl IngestService for IngestServer {
                 req.changes.len()
             )));
         }
+        if req.watermark.len() > MAX_WATERMARK_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "IngestRequest.watermark: {} bytes, at most {MAX_WATERMARK_BYTES}",
+                req.watermark.len()
+            )));
+        }
         let ds = Arc::clone(self.state.dataset(&req.dataset)?);
+        if !ds.accepts_push {
+            return Err(Status::failed_precondition(format!(
+                "dataset {:?} does not take pushed changes: its capture reads them from \
+                 the system itself (set capture = {{ mode = \"push\" }} for a system that \
+                 pushes)",
+                req.dataset
+            )));
+        }
         let mapping = ds.mapping.as_ref().ok_or_else(|| {
             Status::failed_precondition(format!(
                 "dataset {:?} has no mapping to check changes against",
@@ -1227,6 +1241,7 @@ pub fn open_datasets(config: &AgentConfig) -> Result<HashMap<String, Arc<Dataset
                     ds.hold(Arc::new(other));
                 }
                 ds.max_runs = config.max_runs_per_dataset;
+                ds.accepts_push = matches!(d.capture, Capture::Push { .. });
                 if d.key_sensitive {
                     ds.report_key =
                         Some(blake3::derive_key("arbor report key hashes v1", &d.secret));
@@ -1239,6 +1254,10 @@ pub fn open_datasets(config: &AgentConfig) -> Result<HashMap<String, Arc<Dataset
     }
     Ok(out)
 }
+
+/// The largest watermark an ingest may record: it is copied into every
+/// later run's record, so an unbounded one would grow them all.
+pub const MAX_WATERMARK_BYTES: usize = 1024;
 
 /// First wait before indexing a failed dataset again; doubles up to
 /// [`INDEX_RETRY_MAX`].
@@ -1362,6 +1381,11 @@ fn start_capture(
             tokio::spawn(rescan_every(Arc::clone(&ds), name.clone(), rescan_interval));
             tokio::spawn(poll_every(ds, name, column, interval));
         }
+        Capture::Push { rescan_interval } => {
+            if let Some(interval) = rescan_interval {
+                tokio::spawn(rescan_every(ds, name, interval));
+            }
+        }
         Capture::Logical(lc) => {
             if let Some(f) = follower {
                 tokio::spawn(crate::logical::follow(ds, name, f, lc.interval));
@@ -1424,6 +1448,18 @@ pub async fn run(
             AgentError::Runs(IndexError::InvalidRequest(format!("opening datasets: {e}")))
         })??;
     let runs = Arc::new(RunStore::open(config.data_dir.join("runs")).map_err(AgentError::Runs)?);
+    if config.insecure {
+        warn!(
+            "insecure = true: every caller may call everything, values and repairs included; \
+             for a trial on one machine only"
+        );
+    } else if config.auth.is_none() {
+        warn!(
+            addr = %config.listen,
+            "no [agent.auth]: serving on loopback only; reads are open to local callers, \
+             write and value calls are refused"
+        );
+    }
     let orphans = fail_orphaned_runs(&runs).map_err(AgentError::Runs)?;
     if orphans > 0 {
         warn!(
@@ -1551,7 +1587,8 @@ pub async fn run(
             Arc::clone(&audit_log),
             Arc::clone(&metrics),
         )
-        .with_auth(auth.clone()),
+        .with_auth(auth.clone())
+        .insecure(config.insecure),
     );
     let jobs = Arc::new(
         crate::jobs::Jobs::new(&config.syncs, self_address.clone()).with_store(Arc::clone(&runs)),
@@ -1564,7 +1601,8 @@ pub async fn run(
             Arc::clone(&audit_log),
             Arc::clone(&metrics),
         )
-        .with_auth(auth.clone()),
+        .with_auth(auth.clone())
+        .insecure(config.insecure),
     );
     let ingest_service = IngestServiceServer::new(
         crate::audited::Audited::new(
@@ -1572,7 +1610,8 @@ pub async fn run(
             Arc::clone(&audit_log),
             Arc::clone(&metrics),
         )
-        .with_auth(auth.clone()),
+        .with_auth(auth.clone())
+        .insecure(config.insecure),
     )
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let repair_service = crate::proto::v1::repair_service_server::RepairServiceServer::new(
@@ -1585,7 +1624,8 @@ pub async fn run(
             Arc::clone(&audit_log),
             Arc::clone(&metrics),
         )
-        .with_auth(auth.clone()),
+        .with_auth(auth.clone())
+        .insecure(config.insecure),
     )
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);

@@ -26,6 +26,8 @@ pub struct Audited<S> {
     log: Arc<AuditLog>,
     metrics: Arc<Metrics>,
     auth: Option<Arc<Auth>>,
+    /// Without `auth`: serve write and value calls too (`insecure = true`).
+    insecure: bool,
 }
 
 /// Who called, and when the call started.
@@ -42,12 +44,20 @@ impl<S> Audited<S> {
             log,
             metrics,
             auth: None,
+            insecure: false,
         }
     }
 
     /// Admits only callers whose principal holds the call's role.
     pub fn with_auth(mut self, auth: Option<Arc<Auth>>) -> Audited<S> {
         self.auth = auth;
+        self
+    }
+
+    /// Without principals, serves write and value calls too (the config's
+    /// `insecure = true`); otherwise they are refused.
+    pub fn insecure(mut self, insecure: bool) -> Audited<S> {
+        self.insecure = insecure;
         self
     }
 
@@ -61,6 +71,22 @@ impl<S> Audited<S> {
     ) -> Result<Caller, Status> {
         let mut caller = who(request);
         let Some(auth) = &self.auth else {
+            if !self.insecure && crate::auth::writes_or_reveals(call) {
+                let status = Status::permission_denied(format!(
+                    "{call} writes or reveals values, and this agent has no [agent.auth]: \
+                     add principals, or set insecure = true for a trial on one machine"
+                ));
+                self.log.record(Record {
+                    who: caller.who,
+                    call,
+                    dataset: dataset.to_owned(),
+                    run: String::new(),
+                    decision: "denied",
+                    outcome: format!("{:?}", status.code()),
+                    counts: BTreeMap::new(),
+                });
+                return Err(status);
+            }
             return Ok(caller);
         };
         match auth.check(request, call, dataset) {

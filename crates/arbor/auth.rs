@@ -63,6 +63,14 @@ pub fn required_role(call: &str) -> Option<Role> {
     })
 }
 
+/// Whether a call writes into a system or an index, or hands out values:
+/// without `[agent.auth]` such calls need `insecure = true`.
+pub fn writes_or_reveals(call: &str) -> bool {
+    let method = call.rsplit('/').next().unwrap_or(call);
+    matches!(required_role(call), Some(Role::Repairer) | None)
+        || matches!(method, "IngestChanges" | "Reindex" | "RunSyncJob")
+}
+
 /// The datasets a call may touch, put into the request by the agent's
 /// AgentService interceptor: the dataset is named inside the message, which
 /// an interceptor cannot read, so the service checks it with [`Self::admit`].

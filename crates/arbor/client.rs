@@ -53,6 +53,13 @@ pub fn endpoint(address: &str) -> Result<Endpoint, String> {
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
     if !address.starts_with("https://") {
+        // A bearer token is a password: it never crosses a network in clear.
+        if matches!(BEARER.get(), Some(Some(_))) && !is_loopback(endpoint.uri().host()) {
+            return Err(format!(
+                "refusing to send ARBOR_TOKEN in plaintext to {address}: use https:// (the \
+                 agent's [agent.tls]), or unset ARBOR_TOKEN"
+            ));
+        }
         return Ok(endpoint);
     }
     let tls = CLIENT_TLS
@@ -62,6 +69,18 @@ pub fn endpoint(address: &str) -> Result<Endpoint, String> {
     endpoint
         .tls_config(tls)
         .map_err(|e| format!("TLS for {address}: {e}"))
+}
+
+/// Whether a URI host is this machine: `localhost`, 127.0.0.0/8 or `::1`.
+fn is_loopback(host: Option<&str>) -> bool {
+    let Some(host) = host else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// How a client retries transient failures.

@@ -119,10 +119,17 @@ pub struct AgentSection {
     /// TLS for the gRPC port and for this agent's calls to peers.
     #[serde(default)]
     pub tls: Option<TlsSection>,
-    /// Who may call what. Absent: every caller may call everything (a
-    /// trial setup); present: default deny.
+    /// Who may call what; present: default deny. Absent: the agent may
+    /// only listen on loopback, and write and value calls (ingest, repairs,
+    /// value fetches, reindex, job triggers, key rotation) are refused,
+    /// unless `insecure = true`.
     #[serde(default)]
     pub auth: Option<AuthSection>,
+    /// Without `[agent.auth]`: serve every call to every caller, on any
+    /// address, and allow bearer tokens over plaintext. For a trial on one
+    /// machine only; logged at WARN on every start. Default false.
+    #[serde(default)]
+    pub insecure: bool,
 }
 
 /// `[agent.auth]`.
@@ -346,6 +353,14 @@ pub enum CaptureSection {
         #[serde(default)]
         rescan_interval_secs: Option<u64>,
     },
+    /// The system (or an integration beside it) pushes its changes with
+    /// IngestService.IngestChanges; only datasets in this mode accept them.
+    /// A rescan every `rescan_interval_secs`, if set, catches a lost push.
+    Push {
+        /// Seconds between rescans; default none.
+        #[serde(default)]
+        rescan_interval_secs: Option<u64>,
+    },
     /// PostgreSQL logical replication (pgoutput): every committed insert,
     /// update and delete, within moments of the commit. PostgreSQL tables
     /// only; the server needs `wal_level = logical`.
@@ -387,6 +402,11 @@ pub enum Capture {
         interval: Duration,
         /// Time between rescans.
         rescan_interval: Duration,
+    },
+    /// Changes pushed through IngestService, with optional rescans.
+    Push {
+        /// Time between rescans, if any.
+        rescan_interval: Option<Duration>,
     },
     /// PostgreSQL logical replication.
     Logical(LogicalCapture),
@@ -722,6 +742,8 @@ pub struct AgentConfig {
     pub tls: Option<TlsConfig>,
     /// Principals and roles, if authentication is on.
     pub auth: Option<crate::auth::Auth>,
+    /// `insecure = true`: no principals, yet every call is served.
+    pub insecure: bool,
 }
 
 /// Overrides from the environment and flags, applied over the file.
@@ -866,6 +888,11 @@ impl AgentConfig {
                 Some(CaptureSection::Rescan { interval_secs }) => Capture::Rescan {
                     interval: Duration::from_secs(interval_secs.max(1)),
                 },
+                Some(CaptureSection::Push {
+                    rescan_interval_secs,
+                }) => Capture::Push {
+                    rescan_interval: rescan_interval_secs.map(|s| Duration::from_secs(s.max(1))),
+                },
                 Some(CaptureSection::Poll {
                     column,
                     interval_secs,
@@ -956,9 +983,28 @@ impl AgentConfig {
                         )
                     })
                 };
+                let cert = read("cert", &t.cert)?;
+                let key = read("key", &t.key)?;
+                check_identity(&cert, &key).map_err(|e| invalid("agent.tls.key".into(), e))?;
+                for (field, path) in [("client_ca", &t.client_ca), ("ca", &t.ca)] {
+                    if let Some(p) = path {
+                        certificates(&read(field, p)?).map_err(|e| {
+                            invalid(
+                                format!("agent.tls.{field}"),
+                                format!("{}: {e}", p.display()),
+                            )
+                        })?;
+                    }
+                }
+                if t.client_cert.is_some() || t.client_key.is_some() {
+                    let cc = read("client_cert", t.client_cert.as_deref().unwrap_or(&t.cert))?;
+                    let ck = read("client_key", t.client_key.as_deref().unwrap_or(&t.key))?;
+                    check_identity(&cc, &ck)
+                        .map_err(|e| invalid("agent.tls.client_key".into(), e))?;
+                }
                 Some(TlsConfig {
-                    cert: read("cert", &t.cert)?,
-                    key: read("key", &t.key)?,
+                    cert,
+                    key,
                     client_ca: t
                         .client_ca
                         .as_deref()
@@ -1019,6 +1065,33 @@ impl AgentConfig {
                 )
             }),
         };
+        // Safe by default: an agent nobody may authenticate to stays on
+        // this machine; tokens never cross a network in plaintext.
+        if auth.is_none() && !file.agent.insecure && !listen.ip().is_loopback() {
+            return Err(invalid(
+                "agent.listen".into(),
+                format!(
+                    "{listen} is reachable from other machines, but there is no [agent.auth]: \
+                     anyone could drive this agent. Add principals ([agent.auth], with \
+                     [agent.tls]), listen on 127.0.0.1, or set insecure = true for a trial"
+                ),
+            ));
+        }
+        let tokens = file
+            .agent
+            .auth
+            .as_ref()
+            .is_some_and(|a| a.principals.iter().any(|p| p.token_blake3.is_some()));
+        if tokens && tls.is_none() && !file.agent.insecure && !listen.ip().is_loopback() {
+            return Err(invalid(
+                "agent.tls".into(),
+                format!(
+                    "principals use bearer tokens and {listen} is reachable from other \
+                     machines: tokens would cross the network in plaintext. Configure \
+                     [agent.tls] (or set insecure = true for a trial)"
+                ),
+            ));
+        }
         let metrics_listen = address("metrics_listen", &file.agent.metrics_listen)?;
         let health_listen = address("health_listen", &file.agent.health_listen)?;
         let mut syncs = Vec::new();
@@ -1057,8 +1130,48 @@ impl AgentConfig {
                 .max(1),
             tls,
             auth,
+            insecure: file.agent.insecure,
         })
     }
+}
+
+/// The certificates of a PEM file: at least one, each a parseable X.509
+/// certificate.
+fn certificates(pem: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    let mut out = Vec::new();
+    for block in x509_parser::pem::Pem::iter_from_buffer(pem) {
+        let block = block.map_err(|e| format!("not PEM: {e}"))?;
+        if block.label != "CERTIFICATE" {
+            continue;
+        }
+        x509_parser::parse_x509_certificate(&block.contents)
+            .map_err(|e| format!("a CERTIFICATE block is not X.509: {e}"))?;
+        out.push(block.contents);
+    }
+    if out.is_empty() {
+        return Err("holds no PEM CERTIFICATE".into());
+    }
+    Ok(out)
+}
+
+/// A certificate chain and its private key: the key must be the one the
+/// first certificate names (a mismatch fails every TLS handshake later,
+/// after the agent already said it was listening).
+fn check_identity(cert_pem: &[u8], key_pem: &[u8]) -> Result<(), String> {
+    let chain = certificates(cert_pem).map_err(|e| format!("the certificate {e}"))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&chain[0])
+        .map_err(|e| format!("the certificate: {e}"))?;
+    let key_text =
+        std::str::from_utf8(key_pem).map_err(|_| "the key is not PEM text".to_owned())?;
+    let key = rcgen::KeyPair::from_pem(key_text)
+        .map_err(|e| format!("the key is not a private key in PEM: {e}"))?;
+    if rcgen::PublicKeyData::subject_public_key_info(&key) != cert.public_key().raw {
+        return Err(format!(
+            "the key does not belong to the certificate (subject {})",
+            cert.subject()
+        ));
+    }
+    Ok(())
 }
 
 /// Exactly one of a table and a query; a filter turns a table into a query.

@@ -161,7 +161,11 @@ fn write_config(
     };
     let text = format!(
         "# arbor demo agent for the {side} system (written by `arbor demo`).\n\
-         [agent]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{side}-data\"\n\n\
+         [agent]\nlisten = \"127.0.0.1:0\"\n\
+         # A trial on one machine: no principals, yet repairs and value fetches\n\
+         # are served. Never on a network: use [agent.auth] and [agent.tls].\n\
+         insecure = true\n\
+         data_dir = \"{side}-data\"\n\n\
          [[dataset]]\nname = \"customers\"\nsecret = \"{SECRET}\"\n\
          source = {{ kind = \"sqlite\", path = \"{db}\", table = \"{table}\" }}\n\
          key = [\n{}\n]\ncolumns = [\n{}\n]\n         # A trial setup: sync runs may read values here and write repairs.\n         serve_values = true\nallow_repairs = true\n",

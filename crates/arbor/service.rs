@@ -74,6 +74,9 @@ pub struct Dataset {
     pub runs_in_progress: std::sync::atomic::AtomicUsize,
     /// How many may run at once.
     pub max_runs: usize,
+    /// Its capture takes changes pushed through IngestService
+    /// (`capture = { mode = "push" }`); other datasets refuse them.
+    pub accepts_push: bool,
     /// Why the last attempt to index this dataset failed, while it stays
     /// failed (the agent retries it).
     failure: Mutex<Option<String>>,
@@ -156,6 +159,7 @@ impl Dataset {
             source: source.map(|s| Arc::new(Mutex::new(s))),
             indexing: AtomicBool::new(false),
             failure: Mutex::new(None),
+            accepts_push: false,
             mapping,
             changes: tokio::sync::watch::Sender::new(0),
             lag_ms: std::sync::atomic::AtomicU64::new(0),

@@ -58,6 +58,7 @@ columns = [
 ]'
 cat >"$work/pg.toml" <<TOML
 [agent]
+insecure = true
 listen = "127.0.0.1:0"
 data_dir = "pg-data"
 [[dataset]]
@@ -69,6 +70,7 @@ serve_values = true
 TOML
 cat >"$work/my.toml" <<TOML
 [agent]
+insecure = true
 listen = "127.0.0.1:0"
 data_dir = "my-data"
 [[dataset]]
