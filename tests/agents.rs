@@ -3591,3 +3591,109 @@ fn without_principals_an_agent_is_loopback_only_and_read_only() {
         assert!(err.contains(field), "{field}: {err}");
     }
 }
+
+/// A delete made while an agent was down is not undone: the restarted agent
+/// rescans into the index it has (the vanished key leaves a tombstone)
+/// instead of rebuilding from nothing, so a two-way sync propagates the
+/// delete rather than copying the row back from the other side.
+#[test]
+fn a_delete_made_while_the_agent_was_down_propagates_instead_of_coming_back() {
+    let dir = demo(500, 0);
+    // Rescans would catch the delete anyway; an hour means none runs here.
+    let path = dir.path().join("crm.toml");
+    let config = std::fs::read_to_string(&path).unwrap()
+        + "capture = { mode = \"rescan\", interval_secs = 3600 }\n";
+    std::fs::write(&path, config).unwrap();
+    let crm = AgentProcess::start(dir.path(), "crm.toml");
+    let erp = AgentProcess::start(dir.path(), "erp.toml");
+    let (code, _, _) = compare(dir.path(), &crm.address, &erp.address);
+    assert_eq!(code, 0);
+    drop(crm);
+    Connection::open(dir.path().join("crm.db"))
+        .unwrap()
+        .execute("DELETE FROM customers WHERE customer_id = 42", [])
+        .unwrap();
+    let crm = AgentProcess::start(dir.path(), "crm.toml");
+    let endpoints = sync_endpoints(
+        &crm,
+        &erp,
+        &["--policy", "two-way", "--rule", "priority:source"],
+    );
+    let (code, report, actions) = sync_json(
+        dir.path(),
+        &[&["run"][..], &endpoints, &["--execute"]].concat(),
+    );
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["applied"], 1, "{report}");
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    assert_eq!(actions[0]["key"], "42", "{actions:?}");
+    assert_eq!(actions[0]["action"], "delete", "{actions:?}");
+    // Both systems are without 42: the delete won, nothing came back.
+    for (db, sql) in [
+        (
+            "crm.db",
+            "SELECT count(*) FROM customers WHERE customer_id = 42",
+        ),
+        (
+            "erp.db",
+            "SELECT count(*) FROM clients WHERE client_no = 42",
+        ),
+    ] {
+        let n: i64 = Connection::open(dir.path().join(db))
+            .unwrap()
+            .query_row(sql, [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 0, "{db}");
+    }
+}
+
+/// Poll capture re-reads an overlap window behind its watermark: a row
+/// whose `updated_at` is older than the newest value already polled (a
+/// transaction that committed late) still reaches the index by polling,
+/// not only at the next rescan an hour later.
+#[test]
+fn poll_capture_catches_a_late_commit_behind_its_watermark() {
+    let dir = demo(1_000, 0);
+    std::fs::copy(dir.path().join("crm.db"), dir.path().join("polled.db")).unwrap();
+    let polled = std::fs::read_to_string(dir.path().join("crm.toml"))
+        .unwrap()
+        .replace("crm-data", "polled-data")
+        .replace("path = \"crm.db\"", "path = \"polled.db\"")
+        + "capture = { mode = \"poll\", column = \"updated_at\", interval_secs = 1, \
+           rescan_interval_secs = 3600, overlap_secs = 120 }\n";
+    std::fs::write(dir.path().join("polled.toml"), polled).unwrap();
+    let fixed = AgentProcess::start(dir.path(), "crm.toml");
+    let moving = AgentProcess::start(dir.path(), "polled.toml");
+    let db = Connection::open(dir.path().join("polled.db")).unwrap();
+    db.execute(
+        "UPDATE customers SET email = 'first@example.org', updated_at = '2026-11-02 00:00:05' \
+         WHERE customer_id = 6",
+        [],
+    )
+    .unwrap();
+    let mut want: Drift = [(
+        "changed".to_string(),
+        "6".to_string(),
+        vec!["email".to_string()],
+    )]
+    .into_iter()
+    .collect();
+    let summary = wait_for_drift(dir.path(), &fixed.address, &moving.address, &want);
+    assert_eq!(
+        summary["right"]["watermark"],
+        "poll updated_at >= 2026-11-02 00:00:05"
+    );
+    // Committed now, stamped before the value already polled.
+    db.execute(
+        "UPDATE customers SET email = 'late@example.org', updated_at = '2026-11-02 00:00:03' \
+         WHERE customer_id = 7",
+        [],
+    )
+    .unwrap();
+    want.insert((
+        "changed".to_string(),
+        "7".to_string(),
+        vec!["email".to_string()],
+    ));
+    wait_for_drift(dir.path(), &fixed.address, &moving.address, &want);
+}

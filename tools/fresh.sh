@@ -117,11 +117,20 @@ in_root() {
     "$@"
 }
 
-# A fresh image ships libclang-cpp but not libclang: the decoy.
-log "installing the decoy libclang-cpp into the root"
-in_root sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "libclang-cpp[0-9]*" >/dev/null' \
-  || in_root sh -c 'DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libclang-cpp14 >/dev/null'
-in_root sh -c 'ls /usr/lib/llvm-*/lib/libclang-cpp.so.* && ! ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*/libclang-[0-9]*.so* 2>/dev/null'
+# A fresh image ships libclang-cpp but not libclang: the decoys, in both
+# names LLVM uses (libclang-cpp.so.14; LLVM 13's libclang-cpp13.so, which
+# even clang-sys's name filter lets through).
+log "installing the decoys libclang-cpp14 and libclang-cpp13-dev into the root"
+in_root sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libclang-cpp14 libclang-cpp13-dev >/dev/null'
+in_root sh -c 'ls /usr/lib/llvm-*/lib/libclang-cpp* && ! ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*/libclang-[0-9]*.so* 2>/dev/null'
+# The machine's own certificate authorities (a registry proxy's, say) are
+# part of any machine here, not of the project: carried into the root, they
+# join its trust store when setup installs ca-certificates.
+if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+  mkdir -p "$root/usr/local/share/ca-certificates"
+  cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
+  log "carried $(ls /usr/local/share/ca-certificates/*.crt | wc -l) local CA certificates into the root"
+fi
 
 # Closing lines of a script's log: the last `tail` lines that say something.
 closing() { grep -v '^\s*$' "$1" | tail -n "$2" | sed 's/^/  | /'; }

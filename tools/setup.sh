@@ -29,48 +29,8 @@ want() { # want PACKAGE REASON
   why+=("$1 ($2)")
 }
 
-# bindgen (RocksDB's C API) loads libclang at build time through clang-sys,
-# which looks in $LIBCLANG_PATH alone when it is set, else in
-# `llvm-config --prefix`/{bin,lib,lib64}, $LD_LIBRARY_PATH, $LIBRARY_PATH and
-# /usr/local/llvm*/lib*, /usr/{local/,}lib*{,/*,/*/*}, for libclang.so,
-# libclang-*.so, libclang.so.* or libclang-*.so.*, skipping names with
-# "-cpp." (libclang-cpp is the C++ interface, which bindgen cannot use) and
-# libraries of another ELF class. This mirrors that search.
-libclang_found() {
-  local dirs=() d f name
-  if [ -n "${LIBCLANG_PATH:-}" ]; then
-    if [ -f "$LIBCLANG_PATH" ]; then dirs=("$(dirname "$LIBCLANG_PATH")"); else dirs=("$LIBCLANG_PATH"); fi
-  else
-    if command -v llvm-config >/dev/null 2>&1; then
-      local prefix
-      prefix=$(llvm-config --prefix 2>/dev/null | head -n 1)
-      [ -n "$prefix" ] && dirs+=("$prefix/bin" "$prefix/lib" "$prefix/lib64")
-    fi
-    local IFS=:
-    for d in ${LD_LIBRARY_PATH:-} ${LIBRARY_PATH:-}; do [ -n "$d" ] && dirs+=("$d"); done
-    unset IFS
-    shopt -s nullglob
-    for d in /usr/local/llvm*/lib* /usr/local/lib*/*/* /usr/local/lib*/* /usr/local/lib* \
-      /usr/lib*/*/* /usr/lib*/* /usr/lib*; do
-      [ -d "$d" ] && dirs+=("$d")
-    done
-    shopt -u nullglob
-  fi
-  shopt -s nullglob
-  for d in "${dirs[@]}"; do
-    for f in "$d"/libclang.so "$d"/libclang-*.so "$d"/libclang.so.* "$d"/libclang-*.so.*; do
-      name=$(basename "$f")
-      case "$name" in *-cpp.*) continue ;; esac
-      # EI_CLASS (byte 4 of the ELF header): 2 is 64-bit, as this build is.
-      [ "$(od -An -j4 -N1 -tu1 "$f" 2>/dev/null | tr -d ' ')" = 2 ] || continue
-      shopt -u nullglob
-      echo "$f"
-      return 0
-    done
-  done
-  shopt -u nullglob
-  return 1
-}
+# libclang as bindgen finds it (tools/libclang.sh).
+source "$(dirname "$0")/libclang.sh"
 
 compiles() { # compiles LANG COMPILER: the cc crate calls $CC/$CXX, else cc/c++
   local lang=$1 compiler=$2 src
@@ -90,7 +50,7 @@ int main(void) { return 0; }'
   return $rc
 }
 
-libclang_found >/dev/null || want libclang-dev "bindgen finds no libclang.so for RocksDB's C API"
+arbor_libclang >/dev/null || want libclang-dev "bindgen finds no libclang.so for RocksDB's C API"
 compiles c "${CC:-cc}" || want gcc "the C compiler builds SQLite, LZ4 and blake3's assembly"
 compiles c++ "${CXX:-c++}" || want g++ "the C++ compiler builds RocksDB"
 command -v ar >/dev/null 2>&1 || want binutils "ar archives the C and C++ objects"
@@ -155,7 +115,7 @@ fi
 # Check again, the same way: an install that did not give the consumer what
 # it looks for fails here, not forty minutes into a build.
 failed=()
-lib=$(libclang_found) || failed+=("libclang (clang-sys's search found no libclang.so; set LIBCLANG_PATH)")
+lib=$(arbor_libclang) || failed+=("libclang (clang-sys's search found no libclang.so; set LIBCLANG_PATH)")
 compiles c "${CC:-cc}" || failed+=("C compiler ${CC:-cc}")
 compiles c++ "${CXX:-c++}" || failed+=("C++ compiler ${CXX:-c++}")
 if [ "$mode" = test ]; then

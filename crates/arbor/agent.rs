@@ -1125,9 +1125,20 @@ pub fn poll(
     Ok((applied, next))
 }
 
-/// Polls a dataset forever, `interval` after each poll ends.
-async fn poll_every(ds: Arc<Dataset>, name: String, column: String, interval: std::time::Duration) {
+/// Polls a dataset forever, `interval` after each poll ends. Each poll
+/// reads from the last value seen at least `overlap` ago, not from the last
+/// value seen: a transaction that commits after a later one was polled
+/// carries a `column` value below the newest one seen, and would otherwise
+/// be missed until the next rescan.
+async fn poll_every(
+    ds: Arc<Dataset>,
+    name: String,
+    column: String,
+    interval: std::time::Duration,
+    overlap: std::time::Duration,
+) {
     let mut since: Option<String> = None;
+    let mut seen = PollWatermarks::default();
     loop {
         let (d, n, c, s) = (Arc::clone(&ds), name.clone(), column.clone(), since.clone());
         match tokio::task::spawn_blocking(move || poll(&d, &n, &c, s.as_deref())).await {
@@ -1136,7 +1147,10 @@ async fn poll_every(ds: Arc<Dataset>, name: String, column: String, interval: st
                     info!(dataset = %name, applied, watermark = ?next, "poll applied changes");
                     ds.changed();
                 }
-                since = next;
+                seen.push(Instant::now(), next);
+                if let Some(from) = seen.settled(Instant::now(), overlap) {
+                    since = from;
+                }
             }
             Ok(Err(status)) => {
                 warn!(dataset = %name, error = %status.message(), "poll failed; retrying")
@@ -1144,6 +1158,32 @@ async fn poll_every(ds: Arc<Dataset>, name: String, column: String, interval: st
             Err(e) => warn!(dataset = %name, error = %e, "poll task failed"),
         }
         tokio::time::sleep(interval).await;
+    }
+}
+
+/// The values a poll saw, with when, until they are older than the overlap
+/// window: the next poll reads from the newest value at least that old.
+#[derive(Default)]
+struct PollWatermarks {
+    held: std::collections::VecDeque<(Instant, Option<String>)>,
+}
+
+impl PollWatermarks {
+    fn push(&mut self, at: Instant, watermark: Option<String>) {
+        self.held.push_back((at, watermark));
+    }
+
+    /// The newest watermark seen at least `overlap` before `now`, if one
+    /// became so since the last call (older ones are dropped).
+    fn settled(&mut self, now: Instant, overlap: std::time::Duration) -> Option<Option<String>> {
+        let mut settled = None;
+        while let Some((at, _)) = self.held.front() {
+            if now.duration_since(*at) < overlap {
+                break;
+            }
+            settled = self.held.pop_front().map(|(_, w)| w);
+        }
+        settled
     }
 }
 
@@ -1352,12 +1392,49 @@ fn prepare_and_index(
             Ok(Some(f))
         }
         Some((f, true)) => {
-            reindex(ds, name, true).map_err(status)?;
+            catch_up(ds, name).map_err(status)?;
             f.built(ds).map_err(status)?;
             Ok(Some(f))
         }
-        None => reindex(ds, name, true).map(|_| None).map_err(status),
+        None => catch_up(ds, name).map(|()| None).map_err(status),
     }
+}
+
+/// Brings a dataset's indexes to the state of its system at start. Indexes
+/// that already hold records are rescanned into, not rebuilt: a key that
+/// vanished while the agent was down leaves a tombstone (stamped now, the
+/// first moment it was seen gone), so a two-way job propagates that delete
+/// instead of copying the row back. Empty or unfinished indexes are built.
+pub fn catch_up(ds: &Dataset, name: &str) -> Result<(), Status> {
+    let indexes = ds.indexes();
+    let mut warm = true;
+    for index in &indexes {
+        // An unfinished build cannot be described: it is built again.
+        warm = warm
+            && index.is_ready().map_err(index_status)?
+            && index
+                .snapshot()
+                .and_then(|s| s.describe())
+                .map_err(index_status)?
+                .count()
+                > 0;
+    }
+    if !warm {
+        return reindex(ds, name, true).map(drop);
+    }
+    let started = Instant::now();
+    let result = rescan_marked(ds, name, &format!("start rescan {}", report::now_rfc3339()));
+    ds.indexing.store(false, Ordering::Release);
+    let stats = result?;
+    info!(
+        dataset = name,
+        inserted = stats.applied.inserted,
+        updated = stats.applied.updated,
+        vanished = stats.vanished,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "dataset caught up with its system"
+    );
+    Ok(())
 }
 
 /// Starts following a dataset's changes: periodic rescans, polls, or a
@@ -1377,9 +1454,10 @@ fn start_capture(
             column,
             interval,
             rescan_interval,
+            overlap,
         } => {
             tokio::spawn(rescan_every(Arc::clone(&ds), name.clone(), rescan_interval));
-            tokio::spawn(poll_every(ds, name, column, interval));
+            tokio::spawn(poll_every(ds, name, column, interval, overlap));
         }
         Capture::Push { rescan_interval } => {
             if let Some(interval) = rescan_interval {
@@ -1757,6 +1835,30 @@ mod tests {
             status: status.into(),
             ..RunSummary::default()
         }
+    }
+
+    #[test]
+    fn a_poll_reads_from_the_newest_value_outside_the_overlap_window() {
+        let t0 = Instant::now();
+        let s = std::time::Duration::from_secs;
+        let mut seen = PollWatermarks::default();
+        seen.push(t0, Some("a".into()));
+        seen.push(t0 + s(10), Some("b".into()));
+        seen.push(t0 + s(20), Some("c".into()));
+        // Nothing is 30 s old yet: keep reading from where we were.
+        assert_eq!(seen.settled(t0 + s(25), s(30)), None);
+        // "a" is now 30 s old; "b" not yet.
+        assert_eq!(seen.settled(t0 + s(30), s(30)), Some(Some("a".into())));
+        assert_eq!(seen.settled(t0 + s(31), s(30)), None);
+        // Both "b" and "c" are: the newer wins.
+        assert_eq!(seen.settled(t0 + s(55), s(30)), Some(Some("c".into())));
+        assert_eq!(seen.settled(t0 + s(99), s(30)), None);
+        // No overlap: every poll reads from its own last value.
+        seen.push(t0 + s(100), Some("d".into()));
+        assert_eq!(
+            seen.settled(t0 + s(100), std::time::Duration::ZERO),
+            Some(Some("d".into()))
+        );
     }
 
     #[test]

@@ -66,6 +66,9 @@ pub enum ConfigError {
     },
 }
 
+/// Poll capture's default overlap window, seconds.
+const DEFAULT_POLL_OVERLAP_SECS: u64 = 60;
+
 fn default_listen() -> String {
     "127.0.0.1:7401".into()
 }
@@ -352,6 +355,13 @@ pub enum CaptureSection {
         /// Seconds between rescans, for deletes. Default 3600.
         #[serde(default)]
         rescan_interval_secs: Option<u64>,
+        /// Seconds of overlap: each poll reads again from the last value
+        /// seen at least this long ago, so a transaction that commits after
+        /// a later one was polled (its `column` older than the last value
+        /// seen) is still caught. Rows read again that did not change are
+        /// recognised by their digest and write nothing. Default 60.
+        #[serde(default)]
+        overlap_secs: Option<u64>,
     },
     /// The system (or an integration beside it) pushes its changes with
     /// IngestService.IngestChanges; only datasets in this mode accept them.
@@ -402,6 +412,8 @@ pub enum Capture {
         interval: Duration,
         /// Time between rescans.
         rescan_interval: Duration,
+        /// How far back each poll reads again (late commits).
+        overlap: Duration,
     },
     /// Changes pushed through IngestService, with optional rescans.
     Push {
@@ -897,6 +909,7 @@ impl AgentConfig {
                     column,
                     interval_secs,
                     rescan_interval_secs,
+                    overlap_secs,
                 }) => {
                     if matches!(source, SourceConfig::Files { .. }) {
                         return Err(invalid(
@@ -909,6 +922,9 @@ impl AgentConfig {
                         interval: Duration::from_secs(interval_secs.unwrap_or(10).max(1)),
                         rescan_interval: Duration::from_secs(
                             rescan_interval_secs.unwrap_or(3600).max(1),
+                        ),
+                        overlap: Duration::from_secs(
+                            overlap_secs.unwrap_or(DEFAULT_POLL_OVERLAP_SECS),
                         ),
                     }
                 }
