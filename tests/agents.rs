@@ -3697,3 +3697,85 @@ fn poll_capture_catches_a_late_commit_behind_its_watermark() {
     ));
     wait_for_drift(dir.path(), &fixed.address, &moving.address, &want);
 }
+
+/// An index built for another schema is refused with the way out, and
+/// `arbor index reset` removes it (refused while the agent has it open);
+/// the next start builds it again.
+#[test]
+fn an_index_that_no_longer_matches_its_config_names_the_way_out() {
+    let dir = demo(300, 0);
+    let crm = AgentProcess::start(dir.path(), "crm.toml");
+    let reset = || {
+        arbor(
+            dir.path(),
+            &[
+                "index",
+                "reset",
+                "--config",
+                "crm.toml",
+                "--dataset",
+                "customers",
+            ],
+        )
+    };
+    let out = reset();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("is its agent running"), "{err}");
+    drop(crm);
+    // Another canonical name is another schema.
+    let path = dir.path().join("crm.toml");
+    let config = std::fs::read_to_string(&path).unwrap();
+    let renamed = config.replace("name = \"name\"", "name = \"full_name\"");
+    assert_ne!(config, renamed);
+    std::fs::write(&path, renamed).unwrap();
+    let mut child = Command::new(ARBOR)
+        .args(["agent", "--config", "crm.toml"])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the agent kept running on an index of another schema");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("schema") && err.contains("arbor index reset"),
+        "{err}"
+    );
+    let out = reset();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("removed"));
+    let crm = AgentProcess::start(dir.path(), "crm.toml");
+    let erp = AgentProcess::start(dir.path(), "erp.toml");
+    // Built again under the new schema: it no longer matches the ERP's.
+    let out = arbor(
+        dir.path(),
+        &[
+            "compare",
+            "--agent",
+            &crm.address,
+            "--dataset",
+            "customers",
+            "--peer",
+            &erp.address,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("schema"));
+}

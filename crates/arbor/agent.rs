@@ -71,7 +71,7 @@ pub enum AgentError {
         source: SourceError,
     },
     /// A dataset's index could not be opened or built.
-    #[error("dataset {dataset}: index")]
+    #[error("dataset {dataset}: index{}", rebuild_hint(dataset, source))]
     Index {
         /// The dataset.
         dataset: String,
@@ -264,6 +264,21 @@ pub fn reindex(ds: &Dataset, name: &str, claimed: bool) -> Result<BuildStats, St
         "dataset indexed"
     );
     Ok(stats)
+}
+
+/// How to get past an index that no longer matches the configuration.
+pub fn rebuild_hint(dataset: &str, e: &IndexError) -> String {
+    if e.needs_rebuild() {
+        format!(
+            " (it is derived from the system: if the configuration change was meant, \
+             `arbor index reset --config FILE --dataset {dataset}` removes it, and the \
+             next start builds it again)"
+        )
+    } else if e.is_locked() {
+        " (another process has it open: is its agent running?)".to_owned()
+    } else {
+        String::new()
+    }
 }
 
 /// A new run id: milliseconds since the epoch (13 digits, so ids sort by

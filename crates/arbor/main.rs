@@ -304,6 +304,9 @@ enum IndexCommand {
     Status(IndexArgs),
     /// Recompute every stored node from the records.
     Verify(IndexArgs),
+    /// Remove a dataset's index (every key's), e.g. after a schema change;
+    /// the next agent start or `index build` builds it from the system.
+    Reset(IndexArgs),
 }
 
 #[derive(Args)]
@@ -963,22 +966,73 @@ fn capture_drop(args: &IndexArgs, publication: bool) -> Result<u8> {
     Ok(0)
 }
 
+/// `arbor index reset`: removes every index of a dataset (the one under
+/// its current key and any kept for a rotation). RocksDB's lock refuses it
+/// while the agent runs.
+fn index_reset(args: &IndexArgs) -> Result<u8> {
+    let cfg = AgentConfig::load(&args.config.config, &Overrides::default())?;
+    let d = dataset_of(&cfg, args)?;
+    let first = agent::index_path(&cfg, &d.name);
+    let mut paths = vec![first.clone()];
+    if let Some(dir) = first.parent()
+        && let Ok(entries) = std::fs::read_dir(dir)
+    {
+        let prefix = format!("{}.key-", d.name);
+        paths.extend(
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(&prefix))
+                }),
+        );
+    }
+    let mut removed = 0;
+    for path in paths.iter().filter(|p| p.exists()) {
+        Index::destroy(path).map_err(|e| {
+            let hint = agent::rebuild_hint(&d.name, &e);
+            anyhow::Error::new(e).context(format!("remove {}{hint}", path.display()))
+        })?;
+        outln!("removed {}", path.display());
+        removed += 1;
+    }
+    if removed == 0 {
+        outln!(
+            "dataset {} has no index under {}",
+            d.name,
+            cfg.data_dir.display()
+        );
+    } else {
+        outln!(
+            "the next agent start (or `arbor index build`) builds the index of {} from its system",
+            d.name
+        );
+    }
+    Ok(0)
+}
+
 fn index_command(command: IndexCommand) -> Result<u8> {
+    if let IndexCommand::Reset(args) = &command {
+        return index_reset(args);
+    }
     let (args, what) = match &command {
         IndexCommand::Build(a) => (a, "build"),
         IndexCommand::Status(a) => (a, "status"),
         IndexCommand::Verify(a) => (a, "verify"),
+        IndexCommand::Reset(_) => unreachable!("handled above"),
     };
     let cfg = AgentConfig::load(&args.config.config, &Overrides::default())?;
     let d = dataset_of(&cfg, args)?;
     let path = agent::index_path(&cfg, &d.name);
     std::fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
-    let index = Index::open(&path, agent::index_config(d)).with_context(|| {
-        format!(
-            "open the index of {} at {} (is its agent running?)",
+    let index = Index::open(&path, agent::index_config(d)).map_err(|e| {
+        let hint = agent::rebuild_hint(&d.name, &e);
+        anyhow::Error::new(e).context(format!(
+            "open the index of {} at {}{hint}",
             d.name,
             path.display()
-        )
+        ))
     })?;
     match what {
         "build" => {

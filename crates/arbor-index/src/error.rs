@@ -91,6 +91,25 @@ pub enum IndexError {
 }
 
 impl IndexError {
+    /// The index no longer matches the configuration (schema, secret,
+    /// encoding, format) or holds an unfinished build: rebuilding it from
+    /// the system is the way out.
+    pub fn needs_rebuild(&self) -> bool {
+        matches!(
+            self,
+            IndexError::Format { .. }
+                | IndexError::EncodingVersion { .. }
+                | IndexError::KeyId { .. }
+                | IndexError::Schema { .. }
+                | IndexError::IncompleteBuild { .. }
+        )
+    }
+
+    /// RocksDB refused the index's lock: another process has it open.
+    pub fn is_locked(&self) -> bool {
+        matches!(self, IndexError::Storage { source, .. } if source.to_string().contains("lock"))
+    }
+
     pub(crate) fn storage(op: &'static str) -> impl FnOnce(rocksdb::Error) -> IndexError {
         move |source| IndexError::Storage { op, source }
     }

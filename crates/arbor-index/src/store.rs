@@ -266,6 +266,23 @@ fn records_file_options() -> Options {
 }
 
 impl Index {
+    /// Removes the index at `path` (it is derived data: a build makes it
+    /// again from the system). Refused while a process has it open: RocksDB
+    /// takes the index's lock first.
+    pub fn destroy(path: impl AsRef<Path>) -> Result<(), IndexError> {
+        let path = path.as_ref();
+        let (opts, _) = db_options();
+        DB::destroy(&opts, path).map_err(IndexError::storage("remove the index"))?;
+        match std::fs::remove_dir_all(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(IndexError::InvalidRequest(format!(
+                "remove {}: {e}",
+                path.display()
+            ))),
+        }
+    }
+
     /// Opens the index at `path`, creating an empty one if there is none.
     ///
     /// An existing index must match `config` (format, encoding version, key id
