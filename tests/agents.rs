@@ -2975,6 +2975,27 @@ fn a_busy_dataset_refuses_more_runs_than_its_limit() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("max_runs_per_dataset"), "{err}");
+    // With time to wait, the CLI waits in line for the slot instead.
+    let out = arbor(
+        dir.path(),
+        &[
+            "compare",
+            "--agent",
+            &crm.address,
+            "--dataset",
+            "customers",
+            "--peer",
+            &erp.address,
+            "--wait",
+            "60",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: Json = serde_json::from_str(&repair.join().unwrap().unwrap()).unwrap();
     assert_eq!(report["drift_after"], 0, "{report}");
     // The slot is free again.
@@ -3778,4 +3799,94 @@ fn an_index_that_no_longer_matches_its_config_names_the_way_out() {
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("schema"));
+}
+
+/// A compare longer than the agent's request timeout completes: the CLI
+/// starts it detached and polls the run (a unary Compare was cut at
+/// `request_timeout_secs`, leaving the run `running`). The local system is
+/// locked for three seconds, so naming the changed keys' columns waits.
+#[test]
+fn a_compare_outlasting_the_request_timeout_completes() {
+    let dir = demo(500, 5);
+    let path = dir.path().join("crm.toml");
+    let config = std::fs::read_to_string(&path).unwrap().replacen(
+        "[agent]\n",
+        "[agent]\nrequest_timeout_secs = 1\n",
+        1,
+    );
+    std::fs::write(&path, config).unwrap();
+    let (crm, erp) = (
+        AgentProcess::start(dir.path(), "crm.toml"),
+        AgentProcess::start(dir.path(), "erp.toml"),
+    );
+    let (code, _, _) = compare(dir.path(), &crm.address, &erp.address);
+    assert_eq!(code, 1);
+    let lock = Connection::open(dir.path().join("crm.db")).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE;").unwrap();
+    let started = Instant::now();
+    let cli = Command::new(ARBOR)
+        .args([
+            "compare",
+            "--agent",
+            &crm.address,
+            "--dataset",
+            "customers",
+            "--peer",
+            &erp.address,
+            "--json",
+        ])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    lock.execute_batch("COMMIT;").unwrap();
+    let out = cli.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text
+        .lines()
+        .map(|l| serde_json::from_str::<Json>(l).unwrap());
+    let summary = lines.next().unwrap();
+    assert_eq!(summary["status"], "completed", "{summary}");
+    assert!(
+        summary["cost"]["elapsed_ms"].as_u64().unwrap() >= 2_000,
+        "{summary}"
+    );
+    let drift: Vec<Json> = lines.collect();
+    assert_eq!(drift_set(&drift), expected(dir.path()));
+}
+
+/// A caller that opens session after session (Describe without EndSession)
+/// only ever holds its own quota: a compare still gets one (it used to find
+/// all 256 taken for five minutes).
+#[test]
+fn a_flood_of_sessions_does_not_lock_compares_out() {
+    use arbor::proto::v1 as pb;
+    use arbor::proto::v1::agent_service_client::AgentServiceClient;
+    let dir = demo(500, 3);
+    let (crm, erp) = (
+        AgentProcess::start(dir.path(), "crm.toml"),
+        AgentProcess::start(dir.path(), "erp.toml"),
+    );
+    let (code, _, _) = compare(dir.path(), &crm.address, &erp.address);
+    assert_eq!(code, 1);
+    let erp_at = erp.address.clone();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let mut c = AgentServiceClient::connect(erp_at).await.unwrap();
+        for _ in 0..300 {
+            c.describe(pb::DescribeRequest {
+                dataset: "customers".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+    });
+    let (code, _, drift) = compare(dir.path(), &crm.address, &erp.address);
+    assert_eq!(code, 1);
+    assert_eq!(drift_set(&drift), expected(dir.path()));
 }

@@ -332,6 +332,8 @@ pub struct AuditServer {
     runs: Arc<RunStore>,
     retry: RetryPolicy,
     self_address: Option<String>,
+    /// Where finished runs are counted, if anywhere.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl AuditServer {
@@ -342,12 +344,19 @@ impl AuditServer {
             runs,
             retry,
             self_address: None,
+            metrics: None,
         }
     }
 
     /// This agent's own address, so Reconcile can reach it like a client.
     pub fn with_self_address(mut self, address: String) -> AuditServer {
         self.self_address = Some(address);
+        self
+    }
+
+    /// Counts each finished run (outcome, drift) into `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> AuditServer {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -467,6 +476,43 @@ impl AuditServer {
         Ok(missing_step)
     }
 
+    /// Runs a stored `running` compare to its end and stores the outcome.
+    async fn finish_run(
+        &self,
+        ds: &Arc<Dataset>,
+        req: &pb::CompareRequest,
+        peer_dataset: &str,
+        mut summary: RunSummary,
+    ) -> Result<RunSummary, Status> {
+        let started = Instant::now();
+        let outcome = self.execute(ds, req, peer_dataset, &mut summary).await;
+        summary.cost.elapsed_ms = started.elapsed().as_millis() as u64;
+        summary.finished_at = report::now_rfc3339();
+        match outcome {
+            Ok(None) => {
+                summary.status = "completed".into();
+                info!(run = %summary.run_id, drift = summary.drift(), elapsed_ms = summary.cost.elapsed_ms, "run completed");
+            }
+            Ok(Some(missing)) => {
+                summary.status = "incomplete".into();
+                summary.error = missing;
+                warn!(run = %summary.run_id, error = %summary.error, "run incomplete");
+            }
+            Err(e) => {
+                summary.status = "failed".into();
+                summary.error = e;
+                warn!(run = %summary.run_id, error = %summary.error, "run failed");
+            }
+        }
+        // Counted before it is stored: whoever sees the run finished (a
+        // caller polling GetRun) sees it counted.
+        if let Some(m) = &self.metrics {
+            m.observe_run(&req.dataset, summary.status == "completed", summary.drift());
+        }
+        self.save(&summary)?;
+        Ok(summary)
+    }
+
     /// For changed keys, the canonical names of the columns whose digests
     /// differ between the two systems (read now, from both).
     async fn differing_columns(
@@ -537,7 +583,7 @@ impl AuditService for AuditServer {
     ) -> Result<Response<pb::RunSummary>, Status> {
         let req = request.into_inner();
         let ds = Arc::clone(self.state.comparable(&req.dataset)?);
-        let _slot = ds.start_run(&req.dataset)?;
+        let slot = ds.start_run(&req.dataset)?;
         if req.peer.is_empty() {
             return Err(Status::invalid_argument(
                 "CompareRequest.peer: the peer agent's address is required",
@@ -548,7 +594,7 @@ impl AuditService for AuditServer {
         } else {
             req.peer_dataset.clone()
         };
-        let mut summary = RunSummary {
+        let summary = RunSummary {
             schema_version: SCHEMA_VERSION,
             run_id: new_run_id(),
             status: "running".into(),
@@ -558,27 +604,22 @@ impl AuditService for AuditServer {
             ..RunSummary::default()
         };
         self.save(&summary)?;
-        let started = Instant::now();
-        let outcome = self.execute(&ds, &req, &peer_dataset, &mut summary).await;
-        summary.cost.elapsed_ms = started.elapsed().as_millis() as u64;
-        summary.finished_at = report::now_rfc3339();
-        match outcome {
-            Ok(None) => {
-                summary.status = "completed".into();
-                info!(run = %summary.run_id, drift = summary.drift(), elapsed_ms = summary.cost.elapsed_ms, "run completed");
-            }
-            Ok(Some(missing)) => {
-                summary.status = "incomplete".into();
-                summary.error = missing;
-                warn!(run = %summary.run_id, error = %summary.error, "run incomplete");
-            }
-            Err(e) => {
-                summary.status = "failed".into();
-                summary.error = e;
-                warn!(run = %summary.run_id, error = %summary.error, "run failed");
-            }
+        // The run is a task of its own: it finishes, and is stored finished,
+        // even when the caller detaches, goes away or hits its deadline.
+        let detach = req.detach;
+        let running = summary.clone();
+        let server = self.clone();
+        let run = tokio::spawn(async move {
+            // Held until the run ends: the dataset's run limit counts it.
+            let _slot = slot;
+            server.finish_run(&ds, &req, &peer_dataset, summary).await
+        });
+        if detach {
+            return Ok(Response::new((&running).into()));
         }
-        self.save(&summary)?;
+        let summary = run
+            .await
+            .map_err(|e| Status::internal(format!("run task: {e}")))??;
         Ok(Response::new((&summary).into()))
     }
 
@@ -1647,11 +1688,15 @@ pub async fn run(
                 return Ok(request);
             };
             match auth.check(&request, "AgentService/*", "") {
-                Ok(_) => {
+                Ok(principal) => {
                     // The service checks the dataset each message names.
                     if let Some(scope) = auth.scope_of(&request) {
                         request.extensions_mut().insert(scope);
                     }
+                    // Sessions are counted per principal.
+                    request
+                        .extensions_mut()
+                        .insert(crate::service::SessionOwner(principal));
                     Ok(request)
                 }
                 Err(status) => {
@@ -1676,7 +1721,8 @@ pub async fn run(
                 Arc::clone(&runs),
                 RetryPolicy::default(),
             )
-            .with_self_address(self_address.clone()),
+            .with_self_address(self_address.clone())
+            .with_metrics(Arc::clone(&metrics)),
             Arc::clone(&audit_log),
             Arc::clone(&metrics),
         )

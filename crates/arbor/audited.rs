@@ -127,11 +127,12 @@ impl<S> Audited<S> {
             .observe_rpc(call, &outcome, caller.started.elapsed());
         let n = |k: &str| counts.get(k).copied().unwrap_or(0);
         match call {
-            "AuditService/Compare" => self.metrics.observe_run(
-                &dataset,
-                result.is_ok(),
-                n("missing_left") + n("missing_right") + n("changed"),
-            ),
+            // A run that started is counted by the audit server when it
+            // ends (it may end after this call, detached); here only
+            // compares refused before a run began.
+            "AuditService/Compare" if result.is_err() => {
+                self.metrics.observe_run(&dataset, false, 0)
+            }
             "RepairService/ApplyChanges" if result.is_ok() => {
                 self.metrics
                     .observe_repair(n("applied"), n("already_applied"), n("conflicts"))

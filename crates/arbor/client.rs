@@ -107,6 +107,19 @@ impl Default for RetryPolicy {
     }
 }
 
+impl RetryPolicy {
+    /// Retries transient failures for about `span` (an agent restarting, or
+    /// catching up with its system, answers Unavailable meanwhile).
+    pub fn spanning(span: Duration) -> RetryPolicy {
+        let base = RetryPolicy::default();
+        let attempts = (span.as_secs() / base.max_backoff.as_secs().max(1)) as u32 + base.attempts;
+        RetryPolicy {
+            attempts: attempts.max(base.attempts),
+            ..base
+        }
+    }
+}
+
 /// A function adding the process's bearer token to a call.
 pub type BearerFn = fn(tonic::Request<()>) -> Result<tonic::Request<()>, Status>;
 /// A channel whose calls carry the process's bearer token, if it has one.

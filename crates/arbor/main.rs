@@ -177,6 +177,9 @@ struct SyncArgs {
     /// The dataset's name on the target.
     #[arg(long)]
     target_dataset: Option<String>,
+    /// Seconds to wait for agents that are still indexing.
+    #[arg(long, default_value_t = 120)]
+    wait: u64,
     /// `one-way` (from --source, the source of truth) or `two-way`.
     #[arg(long, default_value = "one-way")]
     policy: String,
@@ -370,7 +373,8 @@ struct CompareArgs {
     /// those rows from both systems; reports list keys and kinds only).
     #[arg(long)]
     skip_column_names: bool,
-    /// Seconds to wait for agents that are still indexing.
+    /// Seconds to wait for agents that are still indexing, or busy with
+    /// as many runs of the dataset as they take at once.
     #[arg(long, default_value_t = 120)]
     wait: u64,
     #[command(flatten)]
@@ -768,6 +772,11 @@ async fn sync(command: SyncCommand) -> Result<u8> {
             });
         }
     };
+    // Both agents must have indexed their datasets (just started, or
+    // catching up after a restart).
+    let deadline = Instant::now() + Duration::from_secs(args.wait);
+    wait_serving(&args.source, deadline).await?;
+    wait_serving(&args.target, deadline).await?;
     let mut owners = Vec::new();
     for o in &args.owners {
         let (col, side) = o
@@ -1241,6 +1250,51 @@ async fn audit_client(agent: &str) -> Result<AuditServiceClient<Authed>> {
 }
 
 /// Waits while the agent at `addr` answers NOT_SERVING (still indexing).
+/// Longest pause between two polls of a running compare.
+const RUN_POLL_MAX: Duration = Duration::from_secs(1);
+/// Deadline of one poll of a running compare.
+const RUN_POLL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Consecutive failed polls before the agent counts as lost.
+const RUN_POLL_FAILURES: u32 = 10;
+
+/// Polls a detached run until it is no longer `running`.
+async fn wait_for_run(
+    client: &mut AuditServiceClient<Authed>,
+    agent: &str,
+    mut summary: RunSummary,
+) -> Result<RunSummary> {
+    let mut pause = Duration::from_millis(20);
+    let mut failures = 0;
+    while summary.status == "running" {
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(RUN_POLL_MAX);
+        let mut request = tonic::Request::new(pb::GetRunRequest {
+            run_id: summary.run_id.clone(),
+        });
+        request.set_timeout(RUN_POLL_TIMEOUT);
+        match client.get_run(request).await {
+            Ok(r) => {
+                summary = r.into_inner().into();
+                failures = 0;
+            }
+            Err(s) => {
+                failures += 1;
+                if failures >= RUN_POLL_FAILURES {
+                    bail!(
+                        "lost {agent} while run {} was running: {} (`arbor runs show {}` \
+                         tells how it ended once the agent is back)",
+                        summary.run_id,
+                        status_text(agent, &s),
+                        summary.run_id
+                    );
+                }
+                tracing::info!(reason = %s.message(), "polling the run failed; retrying");
+            }
+        }
+    }
+    Ok(summary)
+}
+
 /// How long one health check may take before the agent counts as hung.
 const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -1298,13 +1352,23 @@ async fn compare(args: CompareArgs) -> Result<u8> {
         peer: args.peer.clone(),
         peer_dataset: args.peer_dataset.clone().unwrap_or_default(),
         skip_column_names: args.skip_column_names,
+        // The run carries on in the agent; this polls it, so a compare of
+        // any length outlives the agent's per-request timeout.
+        detach: true,
         ..Default::default()
     };
-    let summary: RunSummary = loop {
+    let started: RunSummary = loop {
         match client.compare(request.clone()).await {
             Ok(r) => break r.into_inner().into(),
-            Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
-                tracing::info!(reason = %s.message(), "agent not ready; waiting");
+            // Not indexed yet, or busy (its dataset's run limit): wait in
+            // line until --wait runs out.
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::Unavailable | tonic::Code::ResourceExhausted
+                ) && Instant::now() < deadline =>
+            {
+                tracing::info!(reason = %s.message(), "agent not ready or busy; waiting");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             Err(s) => bail!(
@@ -1314,6 +1378,7 @@ async fn compare(args: CompareArgs) -> Result<u8> {
             ),
         }
     };
+    let summary = wait_for_run(&mut client, &args.agent, started).await?;
     // A run that failed on the peer side: report the run, exit 2.
     if summary.status == "incomplete" {
         print_run(&mut client, &summary, &args.output, args.stats).await?;

@@ -4,7 +4,10 @@
 //! GetNodes and StreamLeaves name the session, so every answer of one
 //! compare comes from the same state. Sessions end with EndSession or after
 //! [`ServiceLimits::session_idle`] without use; at most
-//! [`ServiceLimits::max_sessions`] are open at once.
+//! [`ServiceLimits::max_sessions`] are open at once, and one caller (a
+//! principal, or without principals an address) holds at most
+//! [`ServiceLimits::max_sessions_per_caller`]: opening one more closes that
+//! caller's least recently used session, so no caller can lock others out.
 //!
 //! Requests are validated before any work (prefix ranges, ordering, batch
 //! sizes): a bad request is `InvalidArgument`, an unknown dataset or
@@ -412,6 +415,9 @@ pub struct ServiceLimits {
     pub max_ranges_per_request: usize,
     /// Sessions (pinned snapshots) open at once.
     pub max_sessions: usize,
+    /// Sessions one caller holds at once; its least recently used one is
+    /// closed for a new one.
+    pub max_sessions_per_caller: usize,
     /// A session unused this long is closed.
     pub session_idle: Duration,
 }
@@ -422,6 +428,7 @@ impl Default for ServiceLimits {
             max_parents_per_request: arbor_sync::DEFAULT_MAX_PARENTS_PER_REQUEST,
             max_ranges_per_request: 65_536,
             max_sessions: 256,
+            max_sessions_per_caller: 32,
             session_idle: Duration::from_secs(300),
         }
     }
@@ -429,8 +436,27 @@ impl Default for ServiceLimits {
 
 struct Session {
     dataset: String,
+    /// Who opened it (see [`SessionOwner`]).
+    owner: String,
     snapshot: Arc<SharedSnapshot>,
     last_used: Instant,
+}
+
+/// Who a session belongs to: the principal the agent's interceptor
+/// authenticated, else the caller's address (its IP: one machine's
+/// connections share a quota).
+#[derive(Debug, Clone)]
+pub struct SessionOwner(pub String);
+
+impl SessionOwner {
+    fn of<T>(request: &Request<T>) -> String {
+        if let Some(owner) = request.extensions().get::<SessionOwner>() {
+            return owner.0.clone();
+        }
+        request
+            .remote_addr()
+            .map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string())
+    }
 }
 
 /// The agent's datasets and open sessions, shared by its services.
@@ -510,10 +536,26 @@ impl AgentState {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn open_session(&self, dataset: &str, snapshot: SharedSnapshot) -> Result<u64, Status> {
+    fn open_session(
+        &self,
+        dataset: &str,
+        owner: &str,
+        snapshot: SharedSnapshot,
+    ) -> Result<u64, Status> {
         let mut sessions = self.sessions();
         let idle = self.limits.session_idle;
         sessions.retain(|_, s| s.last_used.elapsed() < idle);
+        // A caller at its quota gives up its own least recently used session.
+        let own: Vec<(u64, Instant)> = sessions
+            .iter()
+            .filter(|(_, s)| s.owner == owner)
+            .map(|(id, s)| (*id, s.last_used))
+            .collect();
+        if own.len() >= self.limits.max_sessions_per_caller
+            && let Some((oldest, _)) = own.iter().min_by_key(|(_, used)| *used)
+        {
+            sessions.remove(oldest);
+        }
         if sessions.len() >= self.limits.max_sessions {
             return Err(Status::resource_exhausted(format!(
                 "{} compare sessions are open; retry later",
@@ -530,6 +572,7 @@ impl AgentState {
             id,
             Session {
                 dataset: dataset.to_owned(),
+                owner: owner.to_owned(),
                 snapshot: Arc::new(snapshot),
                 last_used: Instant::now(),
             },
@@ -598,6 +641,7 @@ impl AgentService for AgentServer {
         request: Request<pb::DescribeRequest>,
     ) -> Result<Response<pb::DescribeResponse>, Status> {
         crate::auth::DatasetScope::admit(&request, &request.get_ref().dataset)?;
+        let owner = SessionOwner::of(&request);
         let req = request.into_inner();
         let dataset = req.dataset;
         let wanted = convert::optional_key_id("DescribeRequest.key_id", &req.key_id)?;
@@ -611,7 +655,7 @@ impl AgentService for AgentServer {
             Ok((snapshot, description))
         })
         .await?;
-        let session = self.state.open_session(&dataset, snapshot)?;
+        let session = self.state.open_session(&dataset, &owner, snapshot)?;
         debug!(session, records = description.count(), "session opened");
         Ok(Response::new(convert::describe_response(
             &description,

@@ -373,9 +373,12 @@ fn agent_err(agent: &str, s: &tonic::Status) -> SyncError {
 /// The drift between the two sides, and the hashing key the compare
 /// settled on (its digests are keyed with it).
 async fn drift_of(opts: &SyncOptions) -> Result<(Vec<arbor_sync::Drift>, String), SyncError> {
-    let left = GrpcPeer::new(&opts.source, &opts.dataset, RetryPolicy::default())
+    // A side that restarted mid-run is back only once it caught up with
+    // its system: wait for it as long as writes are retried.
+    let retry = RetryPolicy::spanning(opts.retry_for);
+    let left = GrpcPeer::new(&opts.source, &opts.dataset, retry)
         .map_err(|e| SyncError::Compare(crate::agent::error_chain(&e)))?;
-    let right = GrpcPeer::new(&opts.target, &opts.target_dataset, RetryPolicy::default())
+    let right = GrpcPeer::new(&opts.target, &opts.target_dataset, retry)
         .map_err(|e| SyncError::Compare(crate::agent::error_chain(&e)))?;
     let (mut drift, stats) = compare_collect(&left, &right, &CompareOptions::default())
         .await
