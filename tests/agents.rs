@@ -504,7 +504,11 @@ fn a_dead_peer_fails_the_run_and_leaves_no_report_shown_as_complete() {
         ],
     );
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("failed"));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("failed"), "{shown}");
+    // The dead side was never described: no "0 records" for it.
+    assert!(shown.contains("not described"), "{shown}");
+    assert!(!shown.contains(": 0 records"), "{shown}");
 }
 
 #[test]

@@ -1625,17 +1625,26 @@ fn print_summary(s: &RunSummary, stats: bool, json: bool) -> Result<()> {
         s.started_at,
         s.finished_at
     );
+    // A side the run never described (it failed first) has no count: say
+    // so rather than show 0 records.
+    let records = |side: &arbor::report::RunSide| {
+        if side.root.is_empty() {
+            "not described (the run stopped before)".to_owned()
+        } else {
+            format!("{} records", side.count)
+        }
+    };
     outln!(
-        "  left  {} / {}: {} records",
+        "  left  {} / {}: {}",
         s.left.agent,
         s.left.dataset,
-        s.left.count
+        records(&s.left)
     );
     outln!(
-        "  right {} / {}: {} records",
+        "  right {} / {}: {}",
         s.right.agent,
         s.right.dataset,
-        s.right.count
+        records(&s.right)
     );
     if !s.error.is_empty() {
         outln!("  error: {}", s.error);
