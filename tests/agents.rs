@@ -2845,10 +2845,7 @@ fn secret_columns_and_sensitive_keys_stay_out_of_reports_logs_and_audit() {
 #[test]
 fn runs_diff_names_new_resolved_and_persisting_drift() {
     let dir = demo(1_000, 10);
-    let (crm, erp) = (
-        AgentProcess::start(dir.path(), "crm.toml"),
-        AgentProcess::start(dir.path(), "erp.toml"),
-    );
+    let (crm, erp) = start_pair(dir.path());
     let (_, first, drift) = compare(dir.path(), &crm.address, &erp.address);
     assert_eq!(drift.len(), 30);
     let gone = drift.iter().find(|d| d["kind"] == "missing_right").unwrap()["key"]
@@ -2879,10 +2876,7 @@ fn runs_diff_names_new_resolved_and_persisting_drift() {
             [],
         )
         .unwrap();
-    let (crm, erp) = (
-        AgentProcess::start(dir.path(), "crm.toml"),
-        AgentProcess::start(dir.path(), "erp.toml"),
-    );
+    let (crm, erp) = start_pair(dir.path());
     let (_, second, _) = compare(dir.path(), &crm.address, &erp.address);
     let out = arbor(
         dir.path(),
@@ -2962,38 +2956,12 @@ fn a_busy_dataset_refuses_more_runs_than_its_limit() {
         })
     });
     std::thread::sleep(Duration::from_millis(800));
-    let out = arbor(
-        dir.path(),
-        &[
-            "compare",
-            "--agent",
-            &crm.address,
-            "--dataset",
-            "customers",
-            "--peer",
-            &erp.address,
-            "--wait",
-            "0",
-        ],
-    );
+    let out = cli_compare(dir.path(), &crm.address, &erp.address, &["--wait", "0"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("max_runs_per_dataset"), "{err}");
     // With time to wait, the CLI waits in line for the slot instead.
-    let out = arbor(
-        dir.path(),
-        &[
-            "compare",
-            "--agent",
-            &crm.address,
-            "--dataset",
-            "customers",
-            "--peer",
-            &erp.address,
-            "--wait",
-            "60",
-        ],
-    );
+    let out = cli_compare(dir.path(), &crm.address, &erp.address, &["--wait", "60"]);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -3254,10 +3222,7 @@ fn a_closed_stdout_ends_the_cli_quietly_with_its_exit_code() {
 #[test]
 fn machine_output_lists_every_drifting_key_unless_limited() {
     let dir = demo(2_000, 25);
-    let (crm, erp) = (
-        AgentProcess::start(dir.path(), "crm.toml"),
-        AgentProcess::start(dir.path(), "erp.toml"),
-    );
+    let (crm, erp) = start_pair(dir.path());
     let (code, summary, drift) = compare(dir.path(), &crm.address, &erp.address);
     assert_eq!(code, 1);
     let oracle = expected(dir.path());
@@ -3319,10 +3284,7 @@ fn a_dataset_that_fails_to_index_leaves_the_others_serving_and_is_retried() {
     let config = crm.replacen("[[dataset]]\n", &format!("{orders}[[dataset]]\n"), 1);
     assert!(config.find("name = \"orders\"") < config.find("name = \"customers\""));
     std::fs::write(dir.path().join("crm.toml"), config).unwrap();
-    let (crm, erp) = (
-        AgentProcess::start(dir.path(), "crm.toml"),
-        AgentProcess::start(dir.path(), "erp.toml"),
-    );
+    let (crm, erp) = start_pair(dir.path());
     // The healthy dataset serves: exactly the seeded drift.
     let (code, _, drift) = compare(dir.path(), &crm.address, &erp.address);
     assert_eq!(code, 1);
@@ -3382,30 +3344,14 @@ fn a_dataset_that_fails_to_index_leaves_the_others_serving_and_is_retried() {
 #[test]
 fn a_stopped_peer_ends_the_compare_with_an_error_not_a_hang() {
     let dir = demo(300, 2);
-    let (crm, erp) = (
-        AgentProcess::start(dir.path(), "crm.toml"),
-        AgentProcess::start(dir.path(), "erp.toml"),
-    );
+    let (crm, erp) = start_pair(dir.path());
     let (code, _, _) = compare(dir.path(), &crm.address, &erp.address);
     assert_eq!(code, 1);
     let pid = erp.child.id() as libc::pid_t;
     // SAFETY: kill(2) on our own child's pid.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
     let started = Instant::now();
-    let out = arbor(
-        dir.path(),
-        &[
-            "compare",
-            "--agent",
-            &crm.address,
-            "--dataset",
-            "customers",
-            "--peer",
-            &erp.address,
-            "--wait",
-            "5",
-        ],
-    );
+    let out = cli_compare(dir.path(), &crm.address, &erp.address, &["--wait", "5"]);
     let elapsed = started.elapsed();
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
@@ -3426,10 +3372,7 @@ fn a_stopped_peer_ends_the_compare_with_an_error_not_a_hang() {
 #[test]
 fn a_compare_that_cannot_name_columns_is_incomplete_not_completed() {
     let dir = demo(1_000, 5);
-    let (crm, erp) = (
-        AgentProcess::start(dir.path(), "crm.toml"),
-        AgentProcess::start(dir.path(), "erp.toml"),
-    );
+    let (crm, erp) = start_pair(dir.path());
     let (code, _, _) = compare(dir.path(), &crm.address, &erp.address);
     assert_eq!(code, 1);
     let oracle: BTreeSet<(String, i64)> = expected(dir.path())
@@ -3440,19 +3383,7 @@ fn a_compare_that_cannot_name_columns_is_incomplete_not_completed() {
         .unwrap()
         .execute_batch("ALTER TABLE clients RENAME TO clients_gone;")
         .unwrap();
-    let out = arbor(
-        dir.path(),
-        &[
-            "compare",
-            "--agent",
-            &crm.address,
-            "--dataset",
-            "customers",
-            "--peer",
-            &erp.address,
-            "--json",
-        ],
-    );
+    let out = cli_compare(dir.path(), &crm.address, &erp.address, &["--json"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
@@ -3602,14 +3533,13 @@ fn without_principals_an_agent_is_loopback_only_and_read_only() {
             "agent.tls.client_ca",
         ),
     ] {
-        let config = std::fs::read_to_string(dir.path().join("crm.toml"))
-            .unwrap()
-            .replacen(
+        derive_config(dir.path(), "crm.toml", "tls.toml", |c| {
+            c.replacen(
                 "[[dataset]]",
                 &format!("[agent.tls]\n{tls}\n[[dataset]]"),
                 1,
-            );
-        std::fs::write(dir.path().join("tls.toml"), config).unwrap();
+            )
+        });
         let out = arbor(dir.path(), &["config", "check", "--config", "tls.toml"]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{err}");
@@ -3625,12 +3555,10 @@ fn without_principals_an_agent_is_loopback_only_and_read_only() {
 fn a_delete_made_while_the_agent_was_down_propagates_instead_of_coming_back() {
     let dir = demo(500, 0);
     // Rescans would catch the delete anyway; an hour means none runs here.
-    let path = dir.path().join("crm.toml");
-    let config = std::fs::read_to_string(&path).unwrap()
-        + "capture = { mode = \"rescan\", interval_secs = 3600 }\n";
-    std::fs::write(&path, config).unwrap();
-    let crm = AgentProcess::start(dir.path(), "crm.toml");
-    let erp = AgentProcess::start(dir.path(), "erp.toml");
+    derive_config(dir.path(), "crm.toml", "crm.toml", |c| {
+        c + "capture = { mode = \"rescan\", interval_secs = 3600 }\n"
+    });
+    let (crm, erp) = start_pair(dir.path());
     let (code, _, _) = compare(dir.path(), &crm.address, &erp.address);
     assert_eq!(code, 0);
     drop(crm);
@@ -3789,18 +3717,7 @@ fn an_index_that_no_longer_matches_its_config_names_the_way_out() {
     let crm = AgentProcess::start(dir.path(), "crm.toml");
     let erp = AgentProcess::start(dir.path(), "erp.toml");
     // Built again under the new schema: it no longer matches the ERP's.
-    let out = arbor(
-        dir.path(),
-        &[
-            "compare",
-            "--agent",
-            &crm.address,
-            "--dataset",
-            "customers",
-            "--peer",
-            &erp.address,
-        ],
-    );
+    let out = cli_compare(dir.path(), &crm.address, &erp.address, &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("schema"));
 }
@@ -3812,17 +3729,10 @@ fn an_index_that_no_longer_matches_its_config_names_the_way_out() {
 #[test]
 fn a_compare_outlasting_the_request_timeout_completes() {
     let dir = demo(500, 5);
-    let path = dir.path().join("crm.toml");
-    let config = std::fs::read_to_string(&path).unwrap().replacen(
-        "[agent]\n",
-        "[agent]\nrequest_timeout_secs = 1\n",
-        1,
-    );
-    std::fs::write(&path, config).unwrap();
-    let (crm, erp) = (
-        AgentProcess::start(dir.path(), "crm.toml"),
-        AgentProcess::start(dir.path(), "erp.toml"),
-    );
+    derive_config(dir.path(), "crm.toml", "crm.toml", |c| {
+        c.replacen("[agent]\n", "[agent]\nrequest_timeout_secs = 1\n", 1)
+    });
+    let (crm, erp) = start_pair(dir.path());
     let (code, _, _) = compare(dir.path(), &crm.address, &erp.address);
     assert_eq!(code, 1);
     let lock = Connection::open(dir.path().join("crm.db")).unwrap();
@@ -3872,10 +3782,7 @@ fn a_flood_of_sessions_does_not_lock_compares_out() {
     use arbor::proto::v1 as pb;
     use arbor::proto::v1::agent_service_client::AgentServiceClient;
     let dir = demo(500, 3);
-    let (crm, erp) = (
-        AgentProcess::start(dir.path(), "crm.toml"),
-        AgentProcess::start(dir.path(), "erp.toml"),
-    );
+    let (crm, erp) = start_pair(dir.path());
     let (code, _, _) = compare(dir.path(), &crm.address, &erp.address);
     assert_eq!(code, 1);
     let erp_at = erp.address.clone();
@@ -3893,4 +3800,33 @@ fn a_flood_of_sessions_does_not_lock_compares_out() {
     let (code, _, drift) = compare(dir.path(), &crm.address, &erp.address);
     assert_eq!(code, 1);
     assert_eq!(drift_set(&drift), expected(dir.path()));
+}
+
+/// `arbor compare --agent LEFT --dataset customers --peer RIGHT EXTRA…`.
+fn cli_compare(dir: &Path, left: &str, right: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "compare",
+        "--agent",
+        left,
+        "--dataset",
+        "customers",
+        "--peer",
+        right,
+    ];
+    args.extend_from_slice(extra);
+    arbor(dir, &args)
+}
+
+/// The demo's two agents: the CRM, then the ERP.
+fn start_pair(dir: &Path) -> (AgentProcess, AgentProcess) {
+    (
+        AgentProcess::start(dir, "crm.toml"),
+        AgentProcess::start(dir, "erp.toml"),
+    )
+}
+
+/// Writes `to` in `dir` as `from` edited by `edit` (`to` may be `from`).
+fn derive_config(dir: &Path, from: &str, to: &str, edit: impl FnOnce(String) -> String) {
+    let text = std::fs::read_to_string(dir.join(from)).unwrap();
+    std::fs::write(dir.join(to), edit(text)).unwrap();
 }

@@ -1385,20 +1385,10 @@ async fn bring_up(
         let outcome = tokio::task::spawn_blocking(move || prepare_and_index(&d, &c))
             .await
             .unwrap_or_else(|e| Err(format!("indexing task failed: {e}")));
-        match outcome {
-            Ok(follower) => {
+        let serving = match &outcome {
+            Ok(_) => {
                 ds.clear_failure();
-                health
-                    .set_service_status(
-                        dataset_health_name(&name),
-                        tonic_health::ServingStatus::Serving,
-                    )
-                    .await;
-                if let Some(tx) = first.take() {
-                    let _ = tx.send(());
-                }
-                start_capture(ds, name, dc.capture, follower);
-                return;
+                tonic_health::ServingStatus::Serving
             }
             Err(reason) => {
                 warn!(
@@ -1407,16 +1397,22 @@ async fn bring_up(
                     retry_in_secs = wait.as_secs(),
                     "indexing failed; the dataset is unavailable until a retry succeeds"
                 );
-                ds.fail(reason);
-                health
-                    .set_service_status(
-                        dataset_health_name(&name),
-                        tonic_health::ServingStatus::NotServing,
-                    )
-                    .await;
-                if let Some(tx) = first.take() {
-                    let _ = tx.send(());
-                }
+                ds.fail(reason.clone());
+                tonic_health::ServingStatus::NotServing
+            }
+        };
+        health
+            .set_service_status(dataset_health_name(&name), serving)
+            .await;
+        if let Some(tx) = first.take() {
+            let _ = tx.send(());
+        }
+        match outcome {
+            Ok(follower) => {
+                start_capture(ds, name, dc.capture, follower);
+                return;
+            }
+            Err(_) => {
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(INDEX_RETRY_MAX);
             }
@@ -1526,6 +1522,16 @@ fn start_capture(
             }
         }
     }
+}
+
+/// A listener for one of the agent's extra ports (metrics, health).
+async fn bind(at: SocketAddr) -> Result<tokio::net::TcpListener, AgentError> {
+    tokio::net::TcpListener::bind(at)
+        .await
+        .map_err(|e| AgentError::DataDir {
+            path: PathBuf::from(at.to_string()),
+            source: e,
+        })
 }
 
 /// Marks `failed` every stored run still `running`: at start no run of this
@@ -1663,13 +1669,7 @@ pub async fn run(
     );
     let metrics = Arc::new(crate::metrics::Metrics::default());
     if let Some(at) = config.metrics_listen {
-        let listener =
-            tokio::net::TcpListener::bind(at)
-                .await
-                .map_err(|e| AgentError::DataDir {
-                    path: PathBuf::from(at.to_string()),
-                    source: e,
-                })?;
+        let listener = bind(at).await?;
         tokio::spawn(crate::metrics::serve(
             listener,
             Arc::clone(&metrics),
@@ -1790,13 +1790,7 @@ pub async fn run(
     let health_port = match config.health_listen {
         None => None,
         Some(at) => {
-            let listener =
-                tokio::net::TcpListener::bind(at)
-                    .await
-                    .map_err(|e| AgentError::DataDir {
-                        path: PathBuf::from(at.to_string()),
-                        source: e,
-                    })?;
+            let listener = bind(at).await?;
             info!(addr = %at, "health port listening");
             Some(tokio::spawn(
                 tonic::transport::Server::builder()

@@ -70,26 +70,17 @@ impl<S> Audited<S> {
         dataset: &str,
     ) -> Result<Caller, Status> {
         let mut caller = who(request);
-        let Some(auth) = &self.auth else {
-            if !self.insecure && crate::auth::writes_or_reveals(call) {
-                let status = Status::permission_denied(format!(
+        let decided = match &self.auth {
+            Some(auth) => auth.check(request, call, dataset),
+            None if !self.insecure && crate::auth::writes_or_reveals(call) => {
+                Err(Status::permission_denied(format!(
                     "{call} writes or reveals values, and this agent has no [agent.auth]: \
                      add principals, or set insecure = true for a trial on one machine"
-                ));
-                self.log.record(Record {
-                    who: caller.who,
-                    call,
-                    dataset: dataset.to_owned(),
-                    run: String::new(),
-                    decision: "denied",
-                    outcome: format!("{:?}", status.code()),
-                    counts: BTreeMap::new(),
-                });
-                return Err(status);
+                )))
             }
-            return Ok(caller);
+            None => return Ok(caller),
         };
-        match auth.check(request, call, dataset) {
+        match decided {
             Ok(name) => {
                 caller.who = name;
                 Ok(caller)
