@@ -1022,14 +1022,12 @@ fn index_reset(args: &IndexArgs) -> Result<u8> {
 }
 
 fn index_command(command: IndexCommand) -> Result<u8> {
-    if let IndexCommand::Reset(args) = &command {
-        return index_reset(args);
-    }
     let (args, what) = match &command {
         IndexCommand::Build(a) => (a, "build"),
         IndexCommand::Status(a) => (a, "status"),
         IndexCommand::Verify(a) => (a, "verify"),
-        IndexCommand::Reset(_) => unreachable!("handled above"),
+        // Reset never opens the index: it may not match the config.
+        IndexCommand::Reset(a) => return index_reset(a),
     };
     let cfg = AgentConfig::load(&args.config.config, &Overrides::default())?;
     let d = dataset_of(&cfg, args)?;
