@@ -64,6 +64,9 @@ toolchain=$(dirname "$(dirname "$(rustup which cargo 2>/dev/null || command -v c
   || { log "no Rust toolchain found (rustup which cargo)"; exit 2; }
 
 root=$(mktemp -d /var/tmp/arbor-fresh.XXXXXX)
+# mktemp makes 0700: as the root's "/", that would shut out every user but
+# root (postgres could not run initdb, apt's _apt could not download).
+chmod 0755 "$root"
 mounts=()
 cleanup() {
   local rc=$?
