@@ -195,11 +195,14 @@ in_root sh -c 'arbor demo --dir /tmp/demo --rows 50000 --drift 0 >/dev/null \
   && chmod 0644 /srv/arbor/customers.db \
   && echo "ARBOR_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d " \n")" >>/etc/arbor/agent.env \
   && install -d -o arbor -g arbor -m 0750 /var/lib/arbor'
-in_root runuser -u arbor -- arbor config check --config /etc/arbor/agent.toml 2>&1 | sed 's/^/fresh: config check: /' \
+# As the unit runs it: root reads agent.env (0600, as systemd does), then
+# the program runs as arbor with that environment.
+as_agent() {
+  in_root sh -c 'set -a; . /etc/arbor/agent.env; set +a; exec runuser -u arbor -- "$@"' sh "$@"
+}
+as_agent arbor config check --config /etc/arbor/agent.toml 2>&1 | sed 's/^/fresh: config check: /' \
   || true
-# Started as the unit would: the arbor user, agent.env, the installed files.
-in_root runuser -u arbor -- sh -c 'set -a; . /etc/arbor/agent.env; set +a;
-  exec arbor agent --config /etc/arbor/agent.toml --data-dir /var/lib/arbor' >"$root/agent.log" 2>&1 &
+as_agent arbor agent --config /etc/arbor/agent.toml --data-dir /var/lib/arbor >"$root/agent.log" 2>&1 &
 agent=$!
 listening=""
 for _ in $(seq 1 120); do
@@ -227,8 +230,7 @@ wait "$agent"
 agent_rc=$?
 set -e
 # The index the agent left, read offline as its user.
-status=$(in_root runuser -u arbor -- sh -c 'set -a; . /etc/arbor/agent.env; set +a;
-  arbor index status --config /etc/arbor/agent.toml --dataset customers' 2>&1 | head -n 4 || true)
+status=$(as_agent arbor index status --config /etc/arbor/agent.toml --dataset customers 2>&1 | head -n 4 || true)
 log "installed agent: ${listening:-never printed listening on}"
 log "indexed: ${ready:+yes}${ready:-no}; exit on SIGTERM: $agent_rc"
 [ -n "$status" ] && echo "$status" | sed 's/^/fresh: /'

@@ -21,6 +21,8 @@ echo "package: release build"
 cargo build --release --locked --bin arbor
 "$CARGO_TARGET_DIR/release/arbor" config reference | cmp -s - docs/config.md \
   || { echo "package: docs/config.md is stale: run arbor config reference > docs/config.md" >&2; exit 1; }
-deb=$(cargo deb --locked --no-build --output "$CARGO_TARGET_DIR/debian/" | tail -n 1)
+# Stripped: the release profile keeps line tables (542 MB with RocksDB's),
+# which a package need not ship.
+deb=$(cargo deb --locked --no-build --strip --output "$CARGO_TARGET_DIR/debian/" | tail -n 1)
 echo "package: $("$CARGO_TARGET_DIR/release/arbor" --version)"
 echo "$deb"
