@@ -232,7 +232,7 @@ set -e
 # The index the agent left, read offline as its user.
 status=$(as_agent arbor index status --config /etc/arbor/agent.toml --dataset customers 2>&1 | head -n 4 || true)
 log "installed agent: ${listening:-never printed listening on}"
-log "indexed: ${ready:+yes}${ready:-no}; exit on SIGTERM: $agent_rc"
+log "indexed: $([ -n "$ready" ] && echo yes || echo no); exit on SIGTERM: $agent_rc"
 [ -n "$status" ] && echo "$status" | sed 's/^/fresh: /'
 log "agent log, last lines:"
 closing "$root/agent.log" 4
