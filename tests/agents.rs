@@ -3315,6 +3315,21 @@ fn a_dataset_that_fails_to_index_leaves_the_others_serving_and_is_retried() {
         err.contains("failed to index") && err.contains("qty"),
         "{err}"
     );
+    // IndexStatus says so too, with the reason.
+    let status = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use arbor::proto::v1 as pb;
+        arbor::proto::v1::admin_service_client::AdminServiceClient::connect(crm.address.clone())
+            .await
+            .unwrap()
+            .get_index_status(pb::IndexStatusRequest {
+                dataset: "orders".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    assert_eq!(status.state, "failed", "{status:?}");
+    assert!(status.error.contains("qty"), "{status:?}");
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "{:?}",

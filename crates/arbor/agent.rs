@@ -918,6 +918,14 @@ impl AdminServer {
 }
 
 fn status_of(name: &str, ds: &Dataset) -> Result<pb::IndexStatus, Status> {
+    if let Some(error) = ds.failure() {
+        return Ok(pb::IndexStatus {
+            dataset: name.to_owned(),
+            state: "failed".into(),
+            error,
+            ..Default::default()
+        });
+    }
     if ds.indexing.load(Ordering::Acquire) {
         return Ok(pb::IndexStatus {
             dataset: name.to_owned(),
@@ -938,6 +946,7 @@ fn status_of(name: &str, ds: &Dataset) -> Result<pb::IndexStatus, Status> {
         key_id: d.key_id.to_string(),
         watermark: report::watermark_text(d.watermark.as_deref()),
         state: "ready".into(),
+        error: String::new(),
     })
 }
 

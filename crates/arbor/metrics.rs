@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | `arbor_records_indexed` | gauge | dataset |
 //! | `arbor_index_lag_seconds` | gauge | dataset (commit → index, logical capture) |
+//! | `arbor_dataset_failed` | gauge | dataset (1 while its indexing failed and is retried) |
 //! | `arbor_drift_records` | gauge | dataset (the last compare's drifting keys) |
 //! | `arbor_runs_total` | counter | outcome (`completed`, `failed`) |
 //! | `arbor_repair_writes_total` | counter | outcome (`applied`, `already_applied`, `conflict`) |
@@ -94,6 +95,7 @@ impl Metrics {
     pub fn render(&self, state: &AgentState) -> String {
         let mut indexed = Vec::new();
         let mut lag = Vec::new();
+        let mut failed = Vec::new();
         for name in state.dataset_names() {
             let Ok(ds) = state.dataset(&name) else {
                 continue;
@@ -105,6 +107,11 @@ impl Metrics {
                     d.count()
                 ));
             }
+            failed.push(format!(
+                "arbor_dataset_failed{{dataset=\"{}\"}} {}",
+                label(&name),
+                u8::from(ds.failure().is_some())
+            ));
             let ms = ds.lag_ms.load(std::sync::atomic::Ordering::Relaxed);
             lag.push(format!(
                 "arbor_index_lag_seconds{{dataset=\"{}\"}} {}",
@@ -133,6 +140,13 @@ impl Metrics {
             "gauge",
             "Commit-to-index lag of the last captured batch (logical capture).",
             lag,
+        );
+        section(
+            &mut text,
+            "arbor_dataset_failed",
+            "gauge",
+            "1 while the dataset's last indexing failed (the agent retries it).",
+            failed,
         );
         section(
             &mut text,
