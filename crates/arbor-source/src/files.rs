@@ -175,13 +175,23 @@ impl FileSource {
         for (i, line) in BufReader::new(f).lines().enumerate() {
             let line_no = i as u64 + 1;
             let line = line.map_err(|e| SourceError::Read {
-                dataset: self.dataset(file),
-                reason: e.to_string(),
+                dataset: format!("{} line {line_no}", self.dataset(file)),
+                reason: if e.kind() == std::io::ErrorKind::InvalidData {
+                    "not UTF-8 text".to_owned()
+                } else {
+                    e.to_string()
+                },
             })?;
+            // A UTF-8 byte order mark before the first object, as in CSV.
+            let line = if line_no == 1 {
+                line.strip_prefix('\u{feff}').unwrap_or(&line)
+            } else {
+                &line
+            };
             if line.trim().is_empty() {
                 continue;
             }
-            let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&line)
+            let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line)
                 .map_err(|e| SourceError::Read {
                     dataset: format!("{} line {line_no}", self.dataset(file)),
                     reason: format!("not a JSON object: {e}"),
@@ -305,6 +315,36 @@ mod tests {
             ],
         )
         .unwrap()
+    }
+
+    fn scan_jsonl(bytes: &[u8]) -> Result<Vec<Record>, SourceError> {
+        let dir = tempfile::TempDir::new().unwrap();
+        std::fs::write(dir.path().join("a.jsonl"), bytes).unwrap();
+        let mut s = FileSource::new(dir.path(), Format::Jsonl, mapping(), None);
+        let mut out = Vec::new();
+        s.scan(&mut |r| {
+            out.push(r);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    #[test]
+    fn jsonl_takes_a_leading_byte_order_mark_and_names_the_line_that_is_not_utf8() {
+        let plain = b"{\"id\": 1, \"name\": \"a\"}\n{\"id\": 2}\n".to_vec();
+        let mut bom = b"\xef\xbb\xbf".to_vec();
+        bom.extend_from_slice(&plain);
+        assert_eq!(scan_jsonl(&bom).unwrap(), scan_jsonl(&plain).unwrap());
+        assert_eq!(scan_jsonl(&plain).unwrap().len(), 2);
+        // A BOM anywhere else is not white space: an error naming the line.
+        let mut late = plain.clone();
+        late.extend_from_slice(b"\xef\xbb\xbf{\"id\": 3}\n");
+        let e = scan_jsonl(&late).unwrap_err().to_string();
+        assert!(e.contains("line 3"), "{e}");
+        let mut broken = plain.clone();
+        broken.extend_from_slice(b"{\"id\": 3, \"name\": \"\xff\"}\n");
+        let e = scan_jsonl(&broken).unwrap_err().to_string();
+        assert!(e.contains("line 3") && e.contains("not UTF-8"), "{e}");
     }
 
     #[test]
