@@ -136,9 +136,35 @@ impl FileSource {
                     })?;
             index.push(i);
         }
+        // Rows are named by line and columns by header, counted from 1
+        // (the csv crate counts fields from 0).
+        let row_err = |e: csv::Error| {
+            let line = |p: Option<&csv::Position>| p.map_or(0, csv::Position::line);
+            let reason = match e.kind() {
+                csv::ErrorKind::Utf8 { pos, err } => format!(
+                    "line {}, column {:?} (field {}): not UTF-8 text",
+                    line(pos.as_ref()),
+                    headers.get(err.field()).unwrap_or("?"),
+                    err.field() + 1
+                ),
+                csv::ErrorKind::UnequalLengths {
+                    pos,
+                    expected_len,
+                    len,
+                } => format!(
+                    "line {}: {len} fields, but the header has {expected_len}",
+                    line(pos.as_ref())
+                ),
+                _ => e.to_string(),
+            };
+            SourceError::Read {
+                dataset: self.dataset(file),
+                reason,
+            }
+        };
         let mut n = 0u64;
         let mut row = csv::StringRecord::new();
-        while reader.read_record(&mut row).map_err(read_err)? {
+        while reader.read_record(&mut row).map_err(row_err)? {
             let line = row.position().map_or(0, |p| p.line());
             let mut values = Vec::with_capacity(cols.len());
             for (c, &i) in cols.iter().zip(&index) {
@@ -345,6 +371,26 @@ mod tests {
         broken.extend_from_slice(b"{\"id\": 3, \"name\": \"\xff\"}\n");
         let e = scan_jsonl(&broken).unwrap_err().to_string();
         assert!(e.contains("line 3") && e.contains("not UTF-8"), "{e}");
+    }
+
+    #[test]
+    fn csv_errors_name_the_line_and_the_column() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let scan = |bytes: &[u8]| {
+            std::fs::write(dir.path().join("a.csv"), bytes).unwrap();
+            let mut s = FileSource::new(dir.path(), Format::Csv, mapping(), None);
+            s.scan(&mut |_| Ok(())).unwrap_err().to_string()
+        };
+        let e = scan(b"id,name,amount,meta\n1,a,1,\\N\n2,\xff,2,\\N\n");
+        assert!(
+            e.contains("line 3") && e.contains("\"name\"") && e.contains("field 2"),
+            "{e}"
+        );
+        let e = scan(b"id,name,amount,meta\n1,a,1,\\N\n2,b\n");
+        assert!(
+            e.contains("line 3") && e.contains("2 fields") && e.contains("has 4"),
+            "{e}"
+        );
     }
 
     #[test]
