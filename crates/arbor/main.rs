@@ -1248,6 +1248,9 @@ async fn audit_client(agent: &str) -> Result<AuditServiceClient<Authed>> {
 }
 
 /// Waits while the agent at `addr` answers NOT_SERVING (still indexing).
+/// First pause before polling a running compare (short compares end in
+/// milliseconds); it doubles up to [`RUN_POLL_MAX`].
+const RUN_POLL_FIRST: Duration = Duration::from_millis(20);
 /// Longest pause between two polls of a running compare.
 const RUN_POLL_MAX: Duration = Duration::from_secs(1);
 /// Deadline of one poll of a running compare.
@@ -1261,7 +1264,7 @@ async fn wait_for_run(
     agent: &str,
     mut summary: RunSummary,
 ) -> Result<RunSummary> {
-    let mut pause = Duration::from_millis(20);
+    let mut pause = RUN_POLL_FIRST;
     let mut failures = 0;
     while summary.status == "running" {
         tokio::time::sleep(pause).await;
