@@ -239,6 +239,11 @@ pub struct DatabaseSection {
     /// Rows per keyset chunk. Default 50,000.
     #[serde(default)]
     pub chunk_rows: Option<u64>,
+    /// Bytes of rows per chunk, about: wide rows make chunks of fewer
+    /// rows, so a scan's memory stays bounded whatever the row size
+    /// (at least 65,536). Default 16 MiB.
+    #[serde(default)]
+    pub chunk_bytes: Option<u64>,
     /// Throttle in rows per second; 0 or absent: none.
     #[serde(default)]
     pub max_rows_per_sec: Option<u64>,
@@ -1210,6 +1215,10 @@ fn relation(
 /// The most connections a build may read over.
 const MAX_BUILD_CONNECTIONS: u32 = 16;
 
+/// Smallest `chunk_bytes`: a chunk smaller than this costs a statement per
+/// handful of rows.
+const MIN_CHUNK_BYTES: u64 = 64 << 10;
+
 /// Validates a database section; `field` names a field of its dataset.
 fn database(
     db: DatabaseSection,
@@ -1236,11 +1245,22 @@ fn database(
             ));
         }
     };
+    let chunk_bytes = match db.chunk_bytes {
+        None => defaults.chunk_bytes,
+        Some(n) if n >= MIN_CHUNK_BYTES => n,
+        Some(n) => {
+            return Err((
+                field("source.chunk_bytes"),
+                format!("{n} is too small: at least {MIN_CHUNK_BYTES}"),
+            ));
+        }
+    };
     Ok(DatabaseConfig {
         url,
         relation: relation(db.table, db.query, db.filter).map_err(|p| (field("source"), p))?,
         options: ScanOptions {
             chunk_rows: db.chunk_rows.unwrap_or(defaults.chunk_rows).max(1),
+            chunk_bytes,
             max_rows_per_sec: db.max_rows_per_sec.unwrap_or(0),
             statement_timeout: db
                 .statement_timeout_secs
@@ -1343,6 +1363,18 @@ mod tests {
         let c = load(&pg).unwrap();
         assert!(matches!(&c.datasets[0].source,
             SourceConfig::Postgres(db) if db.options.chunk_rows == 10 && db.options.build_connections == 2));
+        assert!(matches!(&c.datasets[0].source,
+            SourceConfig::Postgres(db) if db.options.chunk_bytes == ScanOptions::default().chunk_bytes));
+        let wide = pg.replace("chunk_rows = 10", "chunk_bytes = 1048576");
+        assert!(matches!(&load(&wide).unwrap().datasets[0].source,
+            SourceConfig::Postgres(db) if db.options.chunk_bytes == 1 << 20));
+        let e = load(&pg.replace("chunk_rows = 10", "chunk_bytes = 100"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("dataset[customers].source.chunk_bytes") && e.contains("at least 65536"),
+            "{e}"
+        );
         let three = pg.replace("chunk_rows = 10", "chunk_rows = 10, build_connections = 3");
         assert!(matches!(&load(&three).unwrap().datasets[0].source,
             SourceConfig::Postgres(db) if db.options.build_connections == 3));

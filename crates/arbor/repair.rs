@@ -40,8 +40,11 @@ use crate::service::AgentState;
 pub const MAX_WRITES_PER_BATCH: usize = 10_000;
 /// Keys per FetchRecords request, at most.
 pub const MAX_FETCH_KEYS: usize = 100_000;
-/// Records per streamed FetchRecords batch.
+/// Records per streamed FetchRecords batch, at most.
 const FETCH_BATCH: usize = 1_000;
+/// Bytes of values per streamed FetchRecords batch, about: well under the
+/// 16 MiB a gRPC message may hold, and what the agent holds at a time.
+const FETCH_BATCH_BYTES: usize = 4 << 20;
 
 /// Opens the sink of a dataset's system (read-write).
 pub fn open_sink(d: &DatasetConfig) -> Result<Box<dyn Sink>, SourceError> {
@@ -223,13 +226,17 @@ impl RepairService for RepairServer {
             .collect();
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         tokio::task::spawn_blocking(move || {
-            for chunk in keys.chunks(FETCH_BATCH) {
-                let found = {
+            // `Err(None)`: the caller went away; nothing left to tell it.
+            let fetched = arbor_source::fetch_each(
+                &keys,
+                FETCH_BATCH_BYTES,
+                FETCH_BATCH,
+                |group| {
                     let mut s = source.lock().unwrap_or_else(|p| p.into_inner());
-                    s.fetch(chunk)
-                };
-                let batch = found.map_err(source_status).and_then(|rows| {
-                    let records = chunk
+                    s.fetch(group).map_err(|e| Some(source_status(e)))
+                },
+                |group, rows| {
+                    let records = group
                         .iter()
                         .zip(rows)
                         .map(|(k, r)| {
@@ -252,16 +259,17 @@ impl RepairService for RepairServer {
                                 deleted_at_us,
                             })
                         })
-                        .collect::<Result<Vec<_>, Status>>()?;
-                    Ok(pb::RecordBatch {
+                        .collect::<Result<Vec<_>, Status>>()
+                        .map_err(Some)?;
+                    let batch = pb::RecordBatch {
                         columns: columns.clone(),
                         records,
-                    })
-                });
-                let failed = batch.is_err();
-                if tx.blocking_send(batch).is_err() || failed {
-                    return;
-                }
+                    };
+                    tx.blocking_send(Ok(batch)).map_err(|_| None)
+                },
+            );
+            if let Err(Some(status)) = fetched {
+                let _ = tx.blocking_send(Err(status));
             }
         });
         Ok(Response::new(Box::pin(

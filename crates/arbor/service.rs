@@ -47,6 +47,10 @@ pub const DEFAULT_MAX_RUNS_PER_DATASET: usize = 4;
 /// Keys in one ColumnDigests request.
 pub const MAX_COLUMN_DIGEST_KEYS: usize = 4_096;
 
+/// Bytes of rows a ColumnDigests request reads at a time, about: the
+/// digests are kept, the rows dropped.
+const COLUMN_DIGEST_FETCH_BYTES: usize = 8 << 20;
+
 /// A dataset an agent serves: its index and, when the agent runs beside the
 /// system, the system itself (for column digests and reindexing).
 pub struct Dataset {
@@ -388,21 +392,28 @@ pub fn column_digests(
         .iter()
         .map(|c| c.canonical().to_owned())
         .collect();
-    let rows = source.fetch(&typed).map_err(convert::source_status)?;
     let hashing = &index.config().keys;
-    let digests = rows
-        .into_iter()
-        .zip(keys)
-        .map(|(row, key)| {
-            row.map(|r| {
-                columns
-                    .iter()
-                    .zip(&r.values)
-                    .map(|(c, v)| hashing.column_digest(key, c, v))
-                    .collect()
-            })
-        })
-        .collect();
+    let mut digests = Vec::with_capacity(keys.len());
+    let mut at = 0;
+    arbor_source::fetch_each(
+        &typed,
+        COLUMN_DIGEST_FETCH_BYTES,
+        MAX_COLUMN_DIGEST_KEYS,
+        |group| source.fetch(group).map_err(convert::source_status),
+        |group, rows| {
+            for (row, key) in rows.into_iter().zip(&keys[at..at + group.len()]) {
+                digests.push(row.map(|r| {
+                    columns
+                        .iter()
+                        .zip(&r.values)
+                        .map(|(c, v)| hashing.column_digest(key, c, v))
+                        .collect()
+                }));
+            }
+            at += group.len();
+            Ok(())
+        },
+    )?;
     Ok((columns, digests))
 }
 

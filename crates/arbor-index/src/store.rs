@@ -46,8 +46,11 @@ pub const BUILD_CHUNK_RECORDS: usize = 32_768;
 const PROGRESS_LOG_RECORDS: u64 = 1 << 20;
 /// Chunks queued between the hashing and the writing stage of a build.
 const BUILD_QUEUE_CHUNKS: usize = 2;
-/// Records per batch of a rescan.
+/// Records per batch of a rescan, at most.
 const RESCAN_CHUNK_RECORDS: usize = 8_192;
+/// Bytes of records per batch of a rescan, about (plus one record): wide
+/// rows make batches of fewer records.
+const RESCAN_CHUNK_BYTES: usize = 8 << 20;
 /// Changes per batch above which [`Index::apply`] hashes in parallel.
 const PARALLEL_HASH_MIN: usize = 1_024;
 /// RocksDB block cache shared by every index of the process (an agent
@@ -918,9 +921,12 @@ where
         let mut stats = vec![RescanStats::default(); indexes.len()];
         let mut source = records.into_iter();
         loop {
-            let mut chunk = Vec::with_capacity(RESCAN_CHUNK_RECORDS);
-            for item in source.by_ref().take(RESCAN_CHUNK_RECORDS) {
-                chunk.push(item.map_err(|e| IndexError::Source(e.into()))?);
+            let (mut chunk, mut bytes) = (Vec::new(), 0);
+            while chunk.len() < RESCAN_CHUNK_RECORDS && bytes < RESCAN_CHUNK_BYTES {
+                let Some(item) = source.next() else { break };
+                let record = item.map_err(|e| IndexError::Source(e.into()))?;
+                bytes += record.mem_bytes();
+                chunk.push(record);
             }
             if chunk.is_empty() {
                 break;

@@ -62,6 +62,17 @@ impl Record {
         Record { key, values }
     }
 
+    /// Bytes this record occupies in memory (see [`Value::mem_bytes`]).
+    pub fn mem_bytes(&self) -> usize {
+        std::mem::size_of::<Record>()
+            + self
+                .key
+                .iter()
+                .chain(&self.values)
+                .map(Value::mem_bytes)
+                .sum::<usize>()
+    }
+
     /// Hashes this record with a dataset's keys.
     pub fn hash(&self, keys: &DatasetKeys, scratch: &mut Vec<u8>) -> HashedRecord {
         keys.hash_record(&self.key, &self.values, scratch)

@@ -111,6 +111,19 @@ impl fmt::Display for ValueKind {
 }
 
 impl Value {
+    /// Bytes this value occupies in memory, its heap part included: what
+    /// byte budgets of scans and fetches count.
+    pub fn mem_bytes(&self) -> usize {
+        let heap = match self {
+            Value::Text(s) => s.len(),
+            Value::Bytes(b) => b.len(),
+            Value::Decimal(d) => d.as_str().len(),
+            Value::Json(j) => j.as_str().len(),
+            _ => 0,
+        };
+        std::mem::size_of::<Value>() + heap
+    }
+
     /// A float value with `-0.0` folded into `0.0` and every NaN into one NaN.
     pub fn float(x: f64) -> Value {
         Value::Float(CanonicalF64::new(x))

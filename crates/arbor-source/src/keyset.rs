@@ -8,6 +8,15 @@
 //! drives it. Because a chunk is read whole before any of it is handed out,
 //! a connection that breaks mid-chunk only means reading that chunk again:
 //! no record is handed out twice or skipped.
+//!
+//! **Memory is bounded in bytes, not only in rows.** A chunk of 50,000 rows
+//! is 10 MB of 200-byte rows but 2.5 GB of 50 KB rows. Each statement asks
+//! for as many rows as fit `chunk_bytes` at the row size seen so far
+//! (`RowBudget`), and a reader stops taking rows once a chunk holds
+//! `chunk_bytes` (a *cut* chunk, which the next one continues after, by its
+//! last key; the rest of the statement's rows are read off the connection
+//! and dropped). In flight at once: the chunk being fetched, the
+//! `FETCH_AHEAD_CHUNKS` queued and the one being parsed.
 
 use std::time::{Duration, Instant};
 
@@ -23,6 +32,9 @@ pub struct ScanOptions {
     /// Rows per chunk (one statement each; PostgreSQL's block walk aims at
     /// about this many).
     pub chunk_rows: u64,
+    /// Bytes per chunk: fewer rows are read when they are wide (see the
+    /// module documentation).
+    pub chunk_bytes: u64,
     /// Throttle: at most this many rows per second; 0 means no limit.
     pub max_rows_per_sec: u64,
     /// Time limit of every statement.
@@ -36,6 +48,94 @@ pub struct ScanOptions {
     pub reconnect_backoff: Duration,
 }
 
+/// Default of [`ScanOptions::chunk_bytes`]: 50,000 rows of up to ~330
+/// bytes fit, so only wide rows make chunks shorter.
+pub const DEFAULT_CHUNK_BYTES: u64 = 16 << 20;
+
+/// Rows a batch asks for before any row's size is known: few, because a
+/// row may be a megabyte and a chunk cut short is still read to its end.
+const FIRST_BATCH_ROWS: u64 = 32;
+
+/// Sizes batches of rows (a chunk's `LIMIT`, keys per lookup) to a budget
+/// in bytes from the sizes of the rows read so far: the budget over the
+/// larger of the average row and the last batch's, so that a table whose
+/// rows grow is followed at once.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RowBudget {
+    /// Bytes a batch may hold.
+    bytes: u64,
+    /// Rows a batch may hold whatever their size.
+    max_rows: u64,
+    /// Rows and bytes seen so far.
+    seen_rows: u64,
+    seen_bytes: u64,
+    /// Bytes per row of the last batch.
+    last_per_row: f64,
+}
+
+impl RowBudget {
+    /// A budget of `bytes` and at most `max_rows` rows a batch.
+    pub fn new(bytes: u64, max_rows: u64) -> RowBudget {
+        RowBudget {
+            bytes: bytes.max(1),
+            max_rows: max_rows.max(1),
+            seen_rows: 0,
+            seen_bytes: 0,
+            last_per_row: 0.0,
+        }
+    }
+
+    /// A budget for a scan's chunks.
+    pub fn of_chunks(options: &ScanOptions) -> RowBudget {
+        RowBudget::new(options.chunk_bytes, options.chunk_rows)
+    }
+
+    /// Rows the next batch asks for.
+    pub fn rows(&self) -> u64 {
+        if self.seen_rows == 0 {
+            return self.max_rows.min(FIRST_BATCH_ROWS);
+        }
+        let average = self.seen_bytes as f64 / self.seen_rows as f64;
+        let per_row = average.max(self.last_per_row).max(1.0);
+        ((self.bytes as f64 / per_row) as u64).clamp(1, self.max_rows)
+    }
+
+    /// Whether a batch of `bytes` is full.
+    pub fn full(&self, bytes: u64) -> bool {
+        bytes >= self.bytes
+    }
+
+    /// Counts a batch read: `rows` rows of `bytes` bytes in all.
+    pub fn observe(&mut self, rows: u64, bytes: u64) {
+        if rows == 0 {
+            return;
+        }
+        self.seen_rows += rows;
+        self.seen_bytes += bytes;
+        self.last_per_row = bytes as f64 / rows as f64;
+    }
+}
+
+/// What a connector's scans held: the largest chunk, in bytes, shared by
+/// the lanes of a scan (a bound tests and operators can check).
+#[derive(Debug, Default)]
+pub struct ChunkStats {
+    largest: std::sync::atomic::AtomicU64,
+}
+
+impl ChunkStats {
+    /// Counts a chunk of `bytes`.
+    pub(crate) fn note(&self, bytes: u64) {
+        self.largest
+            .fetch_max(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Bytes of the largest chunk read so far.
+    pub fn largest_chunk_bytes(&self) -> u64 {
+        self.largest.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// Longest wait between two reconnection attempts.
 pub const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -43,6 +143,7 @@ impl Default for ScanOptions {
     fn default() -> Self {
         ScanOptions {
             chunk_rows: 50_000,
+            chunk_bytes: DEFAULT_CHUNK_BYTES,
             max_rows_per_sec: 0,
             statement_timeout: Duration::from_secs(60),
             build_connections: 2,
@@ -118,25 +219,29 @@ pub(crate) struct Fetched<R, C> {
     pub next: Option<C>,
 }
 
-impl<R> Fetched<R, Vec<Value>> {
-    /// A keyset chunk (see [`keyset_continues`]).
-    pub fn keyset(raw: R, rows: u64, chunk_rows: u64, last_key: Option<Vec<Value>>) -> Self {
+impl<R, K> Fetched<R, K> {
+    /// A keyset chunk of `rows` rows read by a statement that asked for
+    /// `limit` (see [`keyset_continues`]), ending at `last_key`.
+    pub fn keyset(raw: R, rows: u64, limit: u64, cut: bool, last_key: Option<K>) -> Self {
         Fetched {
             raw,
             rows,
-            next: last_key.filter(|_| keyset_continues(rows, chunk_rows)),
+            next: last_key.filter(|_| keyset_continues(rows, limit, cut)),
         }
     }
 }
 
-/// Whether a keyset chunk of `rows` rows has a next one: a full chunk
-/// continues after its last key, a short one is the last.
-pub(crate) fn keyset_continues(rows: u64, chunk_rows: u64) -> bool {
-    rows >= chunk_rows.max(1)
+/// Whether a keyset chunk of `rows` rows, read by a statement with `LIMIT
+/// limit`, has a next one: a chunk cut at its byte budget or holding all
+/// the rows asked for continues after its last key; a short one is the
+/// last. `limit` must be the one the statement sent, not the configured
+/// `chunk_rows`: a chunk shortened for wide rows is not the end.
+pub(crate) fn keyset_continues(rows: u64, limit: u64, cut: bool) -> bool {
+    cut || rows >= limit.max(1)
 }
 
-/// Chunks a scan fetches ahead of the one being parsed (~10 MB each for a
-/// build's 50,000 rows of 200 bytes).
+/// Chunks a scan fetches ahead of the one being parsed (each at most
+/// `chunk_bytes`, plus one row).
 const FETCH_AHEAD_CHUNKS: usize = 2;
 
 /// Chunks of fewer rows than this are parsed on one thread.
@@ -293,20 +398,32 @@ pub fn throttle_waits() -> u64 {
     THROTTLE_WAITS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// Keys looked up per statement by `fetch`.
+/// Keys looked up per statement by `fetch`, at most.
 pub(crate) const FETCH_KEYS_PER_STATEMENT: usize = 1_000;
 
-/// Looks records up by key, [`FETCH_KEYS_PER_STATEMENT`] keys a statement:
-/// `query` reads the rows of one batch of keys, in any order; the result is
-/// in `keys` order, `None` where a key has no row.
+/// Bytes of rows one lookup statement reads, about.
+pub(crate) const FETCH_STATEMENT_BYTES: u64 = 8 << 20;
+
+/// Looks records up by key, up to [`FETCH_KEYS_PER_STATEMENT`] keys and
+/// about [`FETCH_STATEMENT_BYTES`] of rows a statement: `query` reads the
+/// rows of one batch of keys, in any order; the result is in `keys` order,
+/// `None` where a key has no row. A caller holding many wide rows asks for
+/// fewer keys at a time ([`crate::fetch_each`]).
 pub(crate) fn fetch_in_batches(
     keys: &[Vec<Value>],
     mut query: impl FnMut(&[&[Value]]) -> Result<Vec<Record>, SourceError>,
 ) -> Result<Vec<Option<Record>>, SourceError> {
     let mut found = std::collections::HashMap::new();
-    for chunk in keys.chunks(FETCH_KEYS_PER_STATEMENT) {
+    let mut budget = RowBudget::new(FETCH_STATEMENT_BYTES, FETCH_KEYS_PER_STATEMENT as u64);
+    let mut rest = keys;
+    while !rest.is_empty() {
+        let (chunk, more) = rest.split_at((budget.rows() as usize).min(rest.len()));
+        rest = more;
         let refs: Vec<&[Value]> = chunk.iter().map(Vec::as_slice).collect();
-        for r in query(&refs)? {
+        let rows = query(&refs)?;
+        let bytes = rows.iter().map(|r| r.mem_bytes() as u64).sum();
+        budget.observe(rows.len() as u64, bytes);
+        for r in rows {
             found.insert(arbor_record::tuple_bytes(&r.key), r);
         }
     }

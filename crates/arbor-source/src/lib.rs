@@ -138,6 +138,34 @@ pub trait Source: Send {
     }
 }
 
+/// Looks `keys` up with `fetch` (a [`Source::fetch`]) in groups of at
+/// most `max_keys` keys and about `bytes` of rows, handing each group's
+/// keys and rows (`None` where a key has no row) to `visit` before the next
+/// is read: however wide the rows, one group is held at a time. Groups
+/// start small and follow the size of the rows found.
+pub fn fetch_each<E>(
+    keys: &[Vec<Value>],
+    bytes: usize,
+    max_keys: usize,
+    mut fetch: impl FnMut(&[Vec<Value>]) -> Result<Vec<Option<Record>>, E>,
+    mut visit: impl FnMut(&[Vec<Value>], Vec<Option<Record>>) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut budget = keyset::RowBudget::new(bytes as u64, max_keys as u64);
+    let mut rest = keys;
+    while !rest.is_empty() {
+        let (group, more) = rest.split_at((budget.rows() as usize).min(rest.len()));
+        rest = more;
+        let rows = fetch(group)?;
+        let found = rows.iter().flatten();
+        let size = found.clone().map(|r| r.mem_bytes() as u64).sum();
+        // Keys without a row count as rows of no size: a group of absent
+        // keys grows the next one.
+        budget.observe(found.count().max(1) as u64, size);
+        visit(group, rows)?;
+    }
+    Ok(())
+}
+
 /// Records hashed per batch by [`Source::scan_hashed`]'s default.
 const HASH_BATCH_RECORDS: usize = 32_768;
 
@@ -159,8 +187,13 @@ fn hash_while_scanning<S: Source + ?Sized>(
     })
 }
 
+/// Bytes of records a batch of [`scan_in_batches`] holds at most (plus one
+/// record): wide rows make batches of fewer records.
+pub const BATCH_BYTES: usize = 8 << 20;
+
 /// Runs `source.scan` on a scoped thread and hands its records to
-/// `consume`, on this thread, in batches of `batch_records` as they come.
+/// `consume`, on this thread, in batches of `batch_records` (or of
+/// [`BATCH_BYTES`], whichever is reached first) as they come.
 /// A failed scan's error is the last item, so a consumer never takes a
 /// scan cut short for a complete one; a consumer that stops early stops
 /// the scan.
@@ -173,11 +206,14 @@ pub fn scan_in_batches<S: Source + ?Sized, R>(
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel(2);
         let scanner = scope.spawn(move || {
-            let mut batch = Vec::with_capacity(batch_records);
+            let mut batch = Vec::new();
+            let mut bytes = 0;
             let scanned = source.scan(&mut |r| {
+                bytes += r.mem_bytes();
                 batch.push(r);
-                if batch.len() == batch_records {
-                    let full = std::mem::replace(&mut batch, Vec::with_capacity(batch_records));
+                if batch.len() == batch_records || bytes >= BATCH_BYTES {
+                    bytes = 0;
+                    let full = std::mem::take(&mut batch);
                     tx.send((Ok(full), false))
                         .map_err(|_| SourceError::Stopped)?;
                 }

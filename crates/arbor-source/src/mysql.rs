@@ -21,7 +21,9 @@ use mysql::prelude::Queryable;
 use mysql::{Conn, Opts};
 use tracing::{instrument, warn};
 
-use crate::keyset::{self, ChunkContext, ChunkError, Fetched, KeysetReader, ScanOptions};
+use crate::keyset::{
+    self, ChunkContext, ChunkError, ChunkStats, Fetched, KeysetReader, RowBudget, ScanOptions,
+};
 use crate::mapping::Mapping;
 use crate::postgres::redact_url;
 use crate::sqlite::Relation;
@@ -37,6 +39,10 @@ pub struct MysqlSource {
     mapping: Mapping,
     options: ScanOptions,
     conn: Option<Conn>,
+    /// Sizes chunks to `chunk_bytes` from the rows read so far.
+    budget: RowBudget,
+    /// The chunks read.
+    stats: ChunkStats,
 }
 
 fn ident(name: &str) -> String {
@@ -203,7 +209,14 @@ impl MysqlSource {
             mapping,
             options,
             conn: None,
+            budget: RowBudget::of_chunks(&options),
+            stats: ChunkStats::default(),
         }
+    }
+
+    /// What this source's scans held (see [`ChunkStats`]).
+    pub fn chunk_stats(&self) -> &ChunkStats {
+        &self.stats
     }
 
     fn dataset(&self) -> String {
@@ -273,6 +286,15 @@ fn key_values(context: &ChunkContext, row: &[mysql::Value]) -> Result<Vec<Value>
         .zip(row)
         .map(|(c, v)| convert(v.clone(), c.kind).map_err(|p| context.value_error(&c.source, p)))
         .collect()
+}
+
+/// Bytes a value read off the wire holds.
+fn value_bytes(v: &mysql::Value) -> u64 {
+    let heap = match v {
+        mysql::Value::Bytes(b) => b.len(),
+        _ => 0,
+    };
+    (std::mem::size_of::<mysql::Value>() + heap) as u64
 }
 
 /// A fetched row (select-list order) into a record.
@@ -346,12 +368,12 @@ impl KeysetReader for MysqlSource {
                 (format!(" WHERE ({}) > ({marks})", self.key_sql()), params)
             }
         };
+        let limit = self.budget.rows();
         let sql = format!(
-            "SELECT {} FROM {}{filter} ORDER BY {} LIMIT {}",
+            "SELECT {} FROM {}{filter} ORDER BY {} LIMIT {limit}",
             self.columns_sql(),
             self.from(),
             self.key_sql(),
-            self.options.chunk_rows.max(1)
         );
         let dataset = MysqlSource::dataset(self);
         let classify = |e: mysql::Error| {
@@ -364,19 +386,30 @@ impl KeysetReader for MysqlSource {
                 })
             }
         };
+        let budget = self.budget;
         let conn = self.conn()?;
         let result = conn.exec_iter(sql.as_str(), params).map_err(classify)?;
-        let mut rows = Vec::new();
+        let (mut rows, mut bytes, mut cut) = (Vec::new(), 0u64, false);
         for row in result {
-            rows.push(row.map_err(classify)?.unwrap());
+            let row = row.map_err(classify)?.unwrap();
+            bytes += row.iter().map(value_bytes).sum::<u64>();
+            rows.push(row);
+            if budget.full(bytes) {
+                // Dropping the result reads the rest of it off the
+                // connection without keeping it.
+                cut = true;
+                break;
+            }
         }
+        let n = rows.len() as u64;
+        self.budget.observe(n, bytes);
+        self.stats.note(bytes);
         let context = self.context();
         let last_key = match rows.last() {
             Some(row) => Some(key_values(&context, row)?),
             None => None,
         };
-        let n = rows.len() as u64;
-        Ok(Fetched::keyset(rows, n, self.options.chunk_rows, last_key))
+        Ok(Fetched::keyset(rows, n, limit, cut, last_key))
     }
 
     fn connect_again(&mut self) -> Result<(), SourceError> {

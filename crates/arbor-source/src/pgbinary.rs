@@ -28,6 +28,9 @@ use crate::mapping::ColumnMapping;
 const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
 /// Header flag: each row carries an OID (never asked for).
 const FLAG_OIDS: u32 = 1 << 16;
+
+/// The field count that ends binary COPY output.
+const TRAILER: [u8; 2] = [0xff, 0xff];
 /// Days from 1970-01-01 (arbor's epoch) to 2000-01-01 (PostgreSQL's).
 const PG_EPOCH_DAYS: i64 = 10_957;
 /// Microseconds from 1970-01-01 to 2000-01-01.
@@ -353,6 +356,46 @@ pub(crate) fn split_rows(raw: &[u8], fields: usize) -> Result<Vec<usize>, String
     }
 }
 
+/// Ends binary COPY output that was cut off mid-stream after its last
+/// complete row, with a trailer, so that [`split_rows`] reads the rows it
+/// holds. Fails if not even the header is complete.
+pub(crate) fn close_cut(raw: &mut Vec<u8>, fields: usize) -> Result<(), String> {
+    let bad = |at: usize, what: &str| format!("malformed binary COPY data at byte {at}: {what}");
+    if raw.get(..SIGNATURE.len()) != Some(&SIGNATURE[..]) {
+        return Err(bad(0, "no PGCOPY signature"));
+    }
+    let ext = be_u32(raw, SIGNATURE.len() + 4).ok_or_else(|| bad(0, "header cut short"))?;
+    let mut end = SIGNATURE.len() + 8 + ext as usize;
+    if end > raw.len() {
+        return Err(bad(0, "header cut short"));
+    }
+    // `end` is after the last complete row; each pass tries one more.
+    'rows: loop {
+        let mut at = end;
+        match be_u16(raw, at) {
+            Some(count) if usize::from(count) == fields => at += 2,
+            _ => break,
+        }
+        for _ in 0..fields {
+            let Some(len) = be_u32(raw, at) else {
+                break 'rows;
+            };
+            at += 4;
+            let len = len as i32;
+            if len > 0 {
+                at += len as usize;
+            }
+            if at > raw.len() {
+                break 'rows;
+            }
+        }
+        end = at;
+    }
+    raw.truncate(end);
+    raw.extend_from_slice(&TRAILER);
+    Ok(())
+}
+
 fn be_u16(raw: &[u8], at: usize) -> Option<u16> {
     let b = raw.get(at..at + 2)?;
     Some(u16::from_be_bytes([b[0], b[1]]))
@@ -583,6 +626,52 @@ mod tests {
                 .unwrap_err()
                 .contains("after the trailer")
         );
+    }
+
+    proptest::proptest! {
+        /// Output cut off anywhere after its header reads as the rows that
+        /// arrived whole: never a row cut short, never one skipped.
+        #[test]
+        fn a_cut_stream_keeps_exactly_its_complete_rows(
+            rows in proptest::collection::vec(
+                proptest::collection::vec(proptest::option::of(
+                    proptest::collection::vec(proptest::num::u8::ANY, 0..40)), 3),
+                0..12),
+            cut in proptest::num::usize::ANY,
+        ) {
+            let borrowed: Vec<Vec<Option<&[u8]>>> = rows
+                .iter()
+                .map(|r| r.iter().map(|f| f.as_deref()).collect())
+                .collect();
+            let refs: Vec<&[Option<&[u8]>]> = borrowed.iter().map(Vec::as_slice).collect();
+            let whole = copy(&refs);
+            let header = SIGNATURE.len() + 8;
+            let cut = header + cut % (whole.len() - header + 1);
+            let mut raw = whole[..cut].to_vec();
+            close_cut(&mut raw, 3).unwrap();
+            let starts = split_rows(&raw, 3).unwrap();
+            // Row i ends where row i + 1 (or the trailer) starts.
+            let mut ends = split_rows(&whole, 3).unwrap();
+            ends.push(whole.len() - TRAILER.len());
+            let complete = ends.iter().skip(1).filter(|&&end| end <= cut).count();
+            proptest::prop_assert_eq!(starts.len(), complete);
+            let mut fields = Vec::new();
+            for (i, &at) in starts.iter().enumerate() {
+                row_fields(&raw, at, &mut fields);
+                proptest::prop_assert_eq!(&fields, &borrowed[i]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_cut_without_a_whole_header_is_refused() {
+        let raw = copy(&[&[Some(b"ab"), None]]);
+        for cut in 0..SIGNATURE.len() + 8 {
+            assert!(
+                close_cut(&mut raw[..cut].to_vec(), 2).is_err(),
+                "cut at {cut}"
+            );
+        }
     }
 
     #[test]

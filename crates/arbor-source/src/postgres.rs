@@ -41,7 +41,7 @@ use arbor_record::{DatasetKeys, HASH_PART_RECORDS, HashedBatch, Record, Value};
 use postgres::{Client, NoTls, SimpleQueryMessage};
 use tracing::instrument;
 
-use crate::keyset::{self, ChunkContext, ChunkError, Fetched, KeysetReader};
+use crate::keyset::{self, ChunkContext, ChunkError, ChunkStats, Fetched, KeysetReader, RowBudget};
 use crate::mapping::Mapping;
 use crate::pgbinary::{self, BinaryContext, Field};
 use crate::sqlite::Relation;
@@ -62,8 +62,13 @@ pub struct PostgresSource {
     last_chunk_bytes: usize,
     /// Chunk buffers to reuse.
     buffers: BufferPool,
+    /// Sizes keyset chunks (and by-key pieces of a block walk) to
+    /// `chunk_bytes`.
+    budget: RowBudget,
     /// Set when a scan walks the table by block ranges.
     blocks: Option<BlockWalk>,
+    /// The chunks read, shared with the lanes.
+    stats: Arc<ChunkStats>,
 }
 
 /// Names of URL query parameters and connection-string keys whose values
@@ -404,21 +409,29 @@ impl Session {
         self.rt().block_on(self.client.simple_query(sql))
     }
 
-    /// Runs a `COPY ... TO STDOUT` and appends all of its output to `out`.
-    fn copy_out(&self, sql: &str, out: &mut Vec<u8>) -> Result<(), postgres::Error> {
+    /// Runs a `COPY ... TO STDOUT` and appends its output to `out`, up to
+    /// the first message that takes `out` to `cap` bytes; returns whether
+    /// it stopped there. The rest of a statement stopped early is read off
+    /// the connection and dropped before the next statement: a cancel
+    /// request is not used, because it is delivered asynchronously and
+    /// can cancel the next statement instead. Chunks are sized so that
+    /// this is rare (see [`crate::keyset`]).
+    fn copy_out(&self, sql: &str, out: &mut Vec<u8>, cap: u64) -> Result<bool, postgres::Error> {
         use futures_util::StreamExt;
         self.rt().block_on(async {
             let stream = self.client.copy_out(sql).await?;
             let mut stream = std::pin::pin!(stream);
             while let Some(data) = stream.next().await {
                 out.extend_from_slice(&data?);
+                if out.len() as u64 >= cap {
+                    return Ok(true);
+                }
             }
-            Ok(())
+            Ok(false)
         })
     }
 }
 
-/// A database error's own message, or the driver's.
 pub(crate) fn db_message(e: &postgres::Error) -> String {
     e.as_db_error()
         .map_or_else(|| e.to_string(), |d| d.message().to_owned())
@@ -434,6 +447,11 @@ pub(crate) fn is_connection_error(e: &postgres::Error) -> bool {
 }
 
 impl PostgresSource {
+    /// What this source's scans held (see [`ChunkStats`]).
+    pub fn chunk_stats(&self) -> &ChunkStats {
+        &self.stats
+    }
+
     /// A source that connects on first use (so a config check and an agent
     /// start name the database that cannot be reached).
     pub fn new(
@@ -451,7 +469,9 @@ impl PostgresSource {
             binary: None,
             last_chunk_bytes: 0,
             buffers: BufferPool::default(),
+            budget: RowBudget::of_chunks(&options),
             blocks: None,
+            stats: Arc::default(),
         }
     }
 
@@ -526,49 +546,61 @@ impl PostgresSource {
         keyset::key_list(&self.mapping, ident)
     }
 
-    /// The `COPY` of the chunk at `from`.
-    fn chunk_query(&self, from: Option<&PgCursor>) -> Result<String, SourceError> {
-        let copy = |filter: &str, order: &str| {
-            format!(
-                "COPY (SELECT {} FROM {}{filter}{order}) TO STDOUT (FORMAT binary)",
-                self.columns_sql(),
-                self.from(),
-            )
+    /// The `COPY` of the keyset chunk after `after` (the first if `None`),
+    /// asking for `limit` rows.
+    fn keyset_query(&self, after: Option<&[Value]>, limit: u64) -> Result<String, SourceError> {
+        let filter = match after {
+            Some(last) => format!(" WHERE {}", self.after_condition(last)?),
+            None => String::new(),
         };
-        if let Some(blocks) = self.blocks {
-            let start = blocks.start(from);
-            let end = start.saturating_add(blocks.per_chunk);
-            // The last chunk is open-ended: rows the table grew by since
-            // the scan began are read too.
-            let last = end > blocks.table_blocks;
-            let filter = if last {
-                format!(" WHERE ctid >= '({start},0)'::tid")
-            } else {
-                format!(" WHERE ctid >= '({start},0)'::tid AND ctid < '({end},0)'::tid")
-            };
-            return Ok(copy(&filter, ""));
+        Ok(self.copy_query(
+            &filter,
+            &format!(" ORDER BY {} LIMIT {limit}", self.key_sql()),
+        ))
+    }
+
+    /// The `COPY` of the piece of a block walk at `at`; in key order,
+    /// `limit` rows at a time, when the piece is read by key.
+    fn blocks_query(&self, at: &BlockCursor, limit: u64) -> Result<String, SourceError> {
+        // The last piece is open-ended: rows the table grew by since the
+        // scan began are read too.
+        let mut filter = format!(" WHERE ctid >= '({},0)'::tid", at.start);
+        if let Some(end) = at.piece_end {
+            filter.push_str(&format!(" AND ctid < '({end},0)'::tid"));
         }
-        let filter = match from {
-            Some(PgCursor::After(last)) => {
-                let lits = last
-                    .iter()
-                    .map(literal)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|problem| SourceError::Value {
-                        dataset: self.dataset(),
-                        column: "(key)".into(),
-                        problem,
-                    })?;
-                format!(" WHERE ({}) > ({})", self.key_sql(), lits.join(", "))
-            }
-            _ => String::new(),
+        let PieceRead::ByKey(after) = &at.read else {
+            return Ok(self.copy_query(&filter, ""));
         };
-        let order = format!(
-            " ORDER BY {} LIMIT {}",
-            self.key_sql(),
-            self.options.chunk_rows.max(1)
-        );
-        Ok(copy(&filter, &order))
+        if let Some(last) = after {
+            filter.push_str(&format!(" AND {}", self.after_condition(last)?));
+        }
+        Ok(self.copy_query(
+            &filter,
+            &format!(" ORDER BY {} LIMIT {limit}", self.key_sql()),
+        ))
+    }
+
+    /// `COPY (SELECT <columns> FROM <relation><filter><order>) TO STDOUT`.
+    fn copy_query(&self, filter: &str, order: &str) -> String {
+        format!(
+            "COPY (SELECT {} FROM {}{filter}{order}) TO STDOUT (FORMAT binary)",
+            self.columns_sql(),
+            self.from(),
+        )
+    }
+
+    /// `(key) > (last)`, the condition of the rows after key `last`.
+    fn after_condition(&self, last: &[Value]) -> Result<String, SourceError> {
+        let lits = last
+            .iter()
+            .map(literal)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|problem| SourceError::Value {
+                dataset: self.dataset(),
+                column: "(key)".into(),
+                problem,
+            })?;
+        Ok(format!("({}) > ({})", self.key_sql(), lits.join(", ")))
     }
 
     /// Chooses how a build's scan walks the relation: block ranges of a
@@ -592,7 +624,7 @@ impl PostgresSource {
         let sql = format!(
             "SELECT current_setting('server_version_num')::int >= 140000, c.relkind::text,
                     pg_relation_size(c.oid) / current_setting('block_size')::int8,
-                    c.relpages, c.reltuples
+                    c.relpages, c.reltuples, pg_table_size(c.oid)
              FROM pg_class c WHERE c.oid = {name}::regclass"
         );
         let rows = self.query_rows(&sql)?;
@@ -612,7 +644,15 @@ impl PostgresSource {
             return Ok(());
         }
         let per_block = (tuples / pages).max(1.0);
-        let per_chunk = ((self.options.chunk_rows.max(1) as f64 / per_block).ceil() as u64).max(1);
+        let max_per_chunk =
+            ((self.options.chunk_rows.max(1) as f64 / per_block).ceil() as u64).max(1);
+        // And of about `chunk_bytes`, by the bytes the table and its TOAST
+        // take on disk per block: a first guess (TOAST is compressed on
+        // disk, not in COPY), which the walk corrects as it reads.
+        let table_bytes: f64 = field(5).parse().unwrap_or(0.0);
+        let bytes_per_block = (table_bytes / table_blocks.max(1) as f64).max(1.0);
+        let per_chunk =
+            ((self.options.chunk_bytes as f64 / bytes_per_block) as u64).clamp(1, max_per_chunk);
         // A throttled scan keeps to one connection (the throttle is per
         // reader).
         let connections = if self.options.max_rows_per_sec == 0 {
@@ -620,7 +660,12 @@ impl PostgresSource {
         } else {
             1
         };
-        self.blocks = Some(BlockWalk::new(table_blocks, per_chunk, connections));
+        self.blocks = Some(BlockWalk::new(
+            table_blocks,
+            per_chunk,
+            max_per_chunk,
+            connections,
+        ));
         Ok(())
     }
 
@@ -732,59 +777,289 @@ impl BinaryContext {
 pub(crate) enum PgCursor {
     /// After this key (keyset chunks).
     After(Vec<Value>),
-    /// At this block of the table (block ranges).
-    Block(u64),
+    /// At this piece of a block walk.
+    Blocks(BlockCursor),
 }
 
-/// A scan of a table by block ranges.
-#[derive(Debug, Clone, Copy)]
+/// A piece of a range of blocks a lane of a block walk claimed: blocks
+/// `[start, piece_end)` of the range `[start, end)` (`None`: open-ended,
+/// to the table's end however far it grew).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BlockCursor {
+    start: u64,
+    piece_end: Option<u64>,
+    end: Option<u64>,
+    read: PieceRead,
+}
+
+/// How a piece of a block walk is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PieceRead {
+    /// In one statement, in the heap's order.
+    Whole,
+    /// A single block too wide for one chunk: in key order, a budget of
+    /// rows at a time, after this key (from its first row if `None`).
+    ByKey(Option<Vec<Value>>),
+}
+
+impl BlockCursor {
+    /// Blocks in the piece; `None` if it is open-ended.
+    fn piece_blocks(&self) -> Option<u64> {
+        self.piece_end.map(|e| e - self.start)
+    }
+}
+
+/// Rows a block walk's piece that overflowed `chunk_bytes` is cut down by:
+/// an eighth, so that a table of wide rows reaches pieces that fit in a
+/// few tries.
+const OVERFLOW_SHRINK: u64 = 8;
+
+/// Blocks a lane's first claim takes at most: a chunk too large is read
+/// to its end before it is dropped, so the first guess is a small one.
+const FIRST_CLAIM_BLOCKS: u64 = 8;
+
+/// A scan of a table by block ranges. Lanes (one per connection) claim
+/// ranges from a shared counter, each sized by the lane's `per_chunk`,
+/// which follows the bytes its chunks held: about `chunk_rows` rows and
+/// `chunk_bytes` bytes a chunk. A piece whose rows overflow `chunk_bytes`
+/// is dropped and read again in smaller pieces, and a single block that
+/// overflows is read in key order in budgeted chunks: memory stays bounded
+/// however wide the rows (see [`crate::keyset`]).
+#[derive(Debug, Clone)]
 struct BlockWalk {
     /// The table's size in blocks when the scan began.
     table_blocks: u64,
-    /// Blocks per chunk, for about `chunk_rows` rows each.
+    /// Blocks this lane's next claim or piece takes.
     per_chunk: u64,
-    /// This reader's lane of a walk over several connections: it reads
-    /// chunks `lane`, `lane + lanes`, `lane + 2·lanes`, …
-    lane: u64,
+    /// The most blocks a piece takes: about `chunk_rows` rows.
+    max_per_chunk: u64,
+    /// The first block no lane has claimed yet, shared by the lanes.
+    unclaimed: Arc<std::sync::atomic::AtomicU64>,
+    /// This lane's first claim, kept so that reading it again after a
+    /// broken connection reads the same blocks.
+    first: Option<Option<BlockCursor>>,
+    /// Set once a single block of this lane overflowed `chunk_bytes`:
+    /// single-block pieces are read by key from then on.
+    by_key: bool,
     /// Readers walking the table side by side (1: one connection).
     lanes: u64,
 }
 
 impl BlockWalk {
-    /// The walk of lane 0 over up to `connections` lanes: fewer when the
-    /// table has few chunks (two chunks a lane at least), so every lane
-    /// has chunks to read.
-    fn new(table_blocks: u64, per_chunk: u64, connections: u32) -> BlockWalk {
-        let mut walk = BlockWalk {
+    /// The walk of the first lane over up to `connections` lanes: fewer
+    /// when the table has few chunks (two chunks a lane at least), so every
+    /// lane has chunks to read.
+    fn new(table_blocks: u64, per_chunk: u64, max_per_chunk: u64, connections: u32) -> BlockWalk {
+        let per_chunk = per_chunk.max(1);
+        let chunks = table_blocks / per_chunk + 1;
+        BlockWalk {
             table_blocks,
-            per_chunk: per_chunk.max(1),
-            lane: 0,
-            lanes: 1,
-        };
-        walk.lanes = u64::from(connections).min(walk.chunks() / 2).max(1);
-        walk
-    }
-
-    /// Chunks in the table: chunk k starts at block `k · per_chunk`, and
-    /// the last one, open-ended, is the one holding block `table_blocks`.
-    fn chunks(&self) -> u64 {
-        self.table_blocks / self.per_chunk + 1
-    }
-
-    /// The first block of this lane's chunk at `from` (its first chunk if
-    /// `None`).
-    fn start(&self, from: Option<&PgCursor>) -> u64 {
-        match from {
-            Some(PgCursor::Block(b)) => *b,
-            _ => self.lane * self.per_chunk,
+            // The estimate may be far too large (TOAST is compressed on
+            // disk): start small and let `observe` double up to it.
+            per_chunk: per_chunk.min(FIRST_CLAIM_BLOCKS),
+            max_per_chunk: max_per_chunk.max(per_chunk),
+            unclaimed: Arc::default(),
+            first: None,
+            by_key: false,
+            lanes: u64::from(connections).min(chunks / 2).max(1),
         }
     }
 
-    /// Where this lane's chunk after the one at `start` begins, if it has
-    /// one.
-    fn next(&self, start: u64) -> Option<u64> {
-        let next = start + self.per_chunk * self.lanes;
-        (next <= self.table_blocks).then_some(next)
+    /// Another lane of this walk.
+    fn lane(&self) -> BlockWalk {
+        BlockWalk {
+            first: None,
+            by_key: false,
+            ..self.clone()
+        }
+    }
+
+    /// Claims the next `per_chunk` blocks; `None` once the table is
+    /// claimed. The claim holding block `table_blocks` is open-ended.
+    fn claim(&self) -> Option<BlockCursor> {
+        use std::sync::atomic::Ordering;
+        let start = self.unclaimed.fetch_add(self.per_chunk, Ordering::Relaxed);
+        if start > self.table_blocks {
+            return None;
+        }
+        let end = Some(start + self.per_chunk).filter(|&e| e <= self.table_blocks);
+        Some(BlockCursor {
+            start,
+            piece_end: end,
+            end,
+            read: PieceRead::Whole,
+        })
+    }
+
+    /// This lane's first claim (the same one every time).
+    fn first(&mut self) -> Option<BlockCursor> {
+        if self.first.is_none() {
+            self.first = Some(self.claim());
+        }
+        self.first.clone().flatten()
+    }
+
+    /// Where this lane reads after the piece `at`: the rest of its range
+    /// in pieces of `per_chunk` (the rest of an open range in one open
+    /// piece), then a new claim.
+    fn after(&self, at: &BlockCursor) -> Option<BlockCursor> {
+        match at.piece_end {
+            Some(start) if Some(start) != at.end => {
+                let piece_end = start + self.per_chunk;
+                Some(BlockCursor {
+                    start,
+                    // The rest of an open range is open from the table's
+                    // end only: before it, pieces of `per_chunk`.
+                    piece_end: match at.end {
+                        Some(end) => Some(end.min(piece_end)),
+                        None => Some(piece_end).filter(|&e| e <= self.table_blocks),
+                    },
+                    end: at.end,
+                    read: PieceRead::Whole,
+                })
+            }
+            _ => self.claim(),
+        }
+    }
+
+    /// A piece that overflowed `chunk_bytes`: the smaller piece to read
+    /// instead.
+    fn shrink(&mut self, at: &mut BlockCursor) {
+        self.per_chunk = (self.per_chunk / OVERFLOW_SHRINK).max(1);
+        match at.piece_blocks() {
+            Some(1) => {
+                self.by_key = true;
+                at.read = PieceRead::ByKey(None);
+            }
+            blocks => {
+                let most = blocks.map_or(u64::MAX, |b| b - 1);
+                at.piece_end = Some(at.start + self.per_chunk.min(most));
+            }
+        }
+    }
+
+    /// Sizes the next pieces after one of `blocks` blocks held `bytes`.
+    fn observe(&mut self, blocks: u64, bytes: u64, chunk_bytes: u64) {
+        let fit = (blocks as u128 * u128::from(chunk_bytes) / u128::from(bytes.max(1))) as u64;
+        self.per_chunk = fit
+            .min(self.per_chunk.saturating_mul(2))
+            .clamp(1, self.max_per_chunk);
+    }
+}
+
+/// A chunk with no rows.
+fn empty_chunk() -> Fetched<BinaryChunk, PgCursor> {
+    Fetched {
+        raw: BinaryChunk {
+            raw: Vec::new(),
+            rows: Vec::new(),
+        },
+        rows: 0,
+        next: None,
+    }
+}
+
+impl PostgresSource {
+    /// Runs a chunk's `COPY` into a recycled buffer; stops taking rows once
+    /// it holds `cap` bytes (a cut chunk: its complete rows, and the
+    /// flag).
+    fn copy_chunk(&mut self, query: &str, cap: u64) -> Result<(BinaryChunk, bool), ChunkError> {
+        let dataset = PostgresSource::dataset(self);
+        let context = self.binary_context()?;
+        // A recycled buffer, sized for the last chunk: no doubling and
+        // copying as it grows.
+        let mut raw = self.buffers.take();
+        raw.reserve(self.last_chunk_bytes + self.last_chunk_bytes / 8);
+        let cut = {
+            let client = self.client()?;
+            client.copy_out(query, &mut raw, cap).map_err(|e| {
+                if is_connection_error(&e) {
+                    ChunkError::Connection(format!("COPY interrupted: {e}"))
+                } else {
+                    ChunkError::Fatal(SourceError::Read {
+                        dataset: dataset.clone(),
+                        reason: db_message(&e),
+                    })
+                }
+            })?
+        };
+        let read = |raw: &mut Vec<u8>| {
+            if cut {
+                pgbinary::close_cut(raw, context.fields.len())?;
+            }
+            pgbinary::split_rows(raw, context.fields.len())
+        };
+        let rows = read(&mut raw).map_err(|reason| {
+            ChunkError::Fatal(SourceError::Read {
+                dataset: dataset.clone(),
+                reason,
+            })
+        })?;
+        self.last_chunk_bytes = raw.len();
+        self.stats.note(raw.len() as u64);
+        Ok((BinaryChunk { raw, rows }, cut))
+    }
+
+    /// The key of the last row of `chunk`.
+    fn last_key(&self, chunk: &BinaryChunk) -> Result<Option<Vec<Value>>, SourceError> {
+        let context = self.binary_context()?;
+        chunk
+            .rows
+            .last()
+            .map(|&at| context.values(&chunk.raw, at, Some(self.mapping.key().len())))
+            .transpose()
+    }
+
+    /// The piece of a block walk at `at`, read whole or, if its rows do
+    /// not fit `chunk_bytes`, in smaller pieces or by key.
+    fn fetch_blocks(
+        &mut self,
+        mut walk: BlockWalk,
+        mut at: BlockCursor,
+    ) -> Result<(BlockWalk, Fetched<BinaryChunk, PgCursor>), ChunkError> {
+        let cap = self.options.chunk_bytes;
+        loop {
+            if at.read == PieceRead::Whole && walk.by_key && at.piece_blocks() == Some(1) {
+                at.read = PieceRead::ByKey(None);
+            }
+            let limit = self.budget.rows();
+            let query = self.blocks_query(&at, limit)?;
+            let (chunk, cut) = self.copy_chunk(&query, cap)?;
+            let n = chunk.rows.len() as u64;
+            let next = match &at.read {
+                PieceRead::Whole if cut => {
+                    // Rows in heap order cannot be resumed mid-piece: drop
+                    // them and read a smaller piece.
+                    self.buffers.give(chunk.raw);
+                    walk.shrink(&mut at);
+                    continue;
+                }
+                PieceRead::Whole => {
+                    if let Some(blocks) = at.piece_blocks() {
+                        walk.observe(blocks, chunk.raw.len() as u64, cap);
+                    }
+                    walk.after(&at)
+                }
+                PieceRead::ByKey(_) => {
+                    self.budget.observe(n, chunk.raw.len() as u64);
+                    match self.last_key(&chunk)? {
+                        Some(last) if keyset::keyset_continues(n, limit, cut) => {
+                            Some(BlockCursor {
+                                read: PieceRead::ByKey(Some(last)),
+                                ..at.clone()
+                            })
+                        }
+                        _ => walk.after(&at),
+                    }
+                }
+            };
+            let fetched = Fetched {
+                rows: n,
+                raw: chunk,
+                next: next.map(PgCursor::Blocks),
+            };
+            return Ok((walk, fetched));
+        }
     }
 }
 
@@ -804,56 +1079,50 @@ impl KeysetReader for PostgresSource {
         &mut self,
         from: Option<&PgCursor>,
     ) -> Result<Fetched<BinaryChunk, PgCursor>, ChunkError> {
-        let query = self.chunk_query(from)?;
-        let dataset = PostgresSource::dataset(self);
-        let context = self.binary_context()?;
-        // A recycled buffer, sized for the last chunk: no doubling and
-        // copying as it grows.
-        let mut raw = self.buffers.take();
-        raw.reserve(self.last_chunk_bytes + self.last_chunk_bytes / 8);
-        {
-            let client = self.client()?;
-            client.copy_out(&query, &mut raw).map_err(|e| {
-                if is_connection_error(&e) {
-                    ChunkError::Connection(format!("COPY interrupted: {e}"))
-                } else {
-                    ChunkError::Fatal(SourceError::Read {
-                        dataset: dataset.clone(),
-                        reason: db_message(&e),
-                    })
-                }
-            })?;
+        if let Some(mut walk) = self.blocks.take() {
+            let at = match from {
+                Some(PgCursor::Blocks(at)) => Some(at.clone()),
+                _ => walk.first(),
+            };
+            let Some(at) = at else {
+                self.blocks = Some(walk);
+                return Ok(empty_chunk());
+            };
+            // The walk's state survives a failed read: it is put back
+            // before any error is returned.
+            let result = self.fetch_blocks(walk.clone(), at);
+            self.blocks = Some(match &result {
+                Ok((changed, _)) => changed.clone(),
+                Err(_) => walk,
+            });
+            return result.map(|(_, fetched)| fetched);
         }
-        self.last_chunk_bytes = raw.len();
-        let rows = pgbinary::split_rows(&raw, context.fields.len()).map_err(|reason| {
-            ChunkError::Fatal(SourceError::Read {
-                dataset: dataset.clone(),
-                reason,
-            })
-        })?;
-        let n = rows.len() as u64;
-        let next = match self.blocks {
-            Some(blocks) => blocks.next(blocks.start(from)).map(PgCursor::Block),
-            None => match rows.last() {
-                Some(&at) if keyset::keyset_continues(n, self.options.chunk_rows) => Some(
-                    PgCursor::After(context.values(&raw, at, Some(self.mapping.key().len()))?),
-                ),
-                _ => None,
-            },
+        let after = match from {
+            Some(PgCursor::After(last)) => Some(last.as_slice()),
+            _ => None,
+        };
+        let limit = self.budget.rows();
+        let query = self.keyset_query(after, limit)?;
+        let (chunk, cut) = self.copy_chunk(&query, self.options.chunk_bytes)?;
+        let n = chunk.rows.len() as u64;
+        self.budget.observe(n, chunk.raw.len() as u64);
+        let next = match self.last_key(&chunk)? {
+            Some(last) if keyset::keyset_continues(n, limit, cut) => Some(PgCursor::After(last)),
+            _ => None,
         };
         Ok(Fetched {
             rows: n,
-            raw: BinaryChunk { raw, rows },
+            raw: chunk,
             next,
         })
     }
 
     fn lanes(&mut self) -> Vec<PostgresSource> {
-        let Some(walk) = self.blocks else {
+        let Some(walk) = &self.blocks else {
             return Vec::new();
         };
         (1..walk.lanes)
-            .map(|lane| PostgresSource {
+            .map(|_| PostgresSource {
                 url: self.url.clone(),
                 relation: self.relation.clone(),
                 mapping: self.mapping.clone(),
@@ -862,7 +1131,9 @@ impl KeysetReader for PostgresSource {
                 binary: self.binary.clone(),
                 last_chunk_bytes: self.last_chunk_bytes,
                 buffers: self.buffers.clone(),
-                blocks: Some(BlockWalk { lane, ..walk }),
+                budget: self.budget,
+                blocks: Some(walk.lane()),
+                stats: Arc::clone(&self.stats),
             })
             .collect()
     }
@@ -1168,39 +1439,50 @@ fn text_values(
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn the_lanes_of_a_block_walk_read_every_chunk_once_and_one_open_ended() {
-        use super::{BlockWalk, PgCursor};
-        for table_blocks in 0..40 {
-            for per_chunk in 1..6 {
-                for connections in 1..5 {
-                    let walk = BlockWalk::new(table_blocks, per_chunk, connections);
-                    let mut starts = Vec::new();
-                    for lane in 0..walk.lanes {
-                        let lane = BlockWalk { lane, ..walk };
-                        let mut from = None;
-                        loop {
-                            let start = lane.start(from.as_ref());
-                            starts.push(start);
-                            match lane.next(start) {
-                                Some(next) => from = Some(PgCursor::Block(next)),
-                                None => break,
-                            }
-                        }
+    proptest::proptest! {
+        /// However the lanes' pieces overflow and shrink, the pieces read
+        /// cover every block once, and exactly one is open-ended.
+        #[test]
+        fn the_lanes_of_a_block_walk_read_every_block_once_and_one_open_ended(
+            table_blocks in 0u64..60,
+            per_chunk in 1u64..9,
+            connections in 1u32..5,
+            // Per piece read: whether it overflows, and its bytes.
+            luck in proptest::collection::vec((proptest::bool::weighted(0.3), 0u64..64), 200),
+        ) {
+            use super::{BlockWalk, PieceRead};
+            let first = BlockWalk::new(table_blocks, per_chunk, 16, connections);
+            let mut lanes: Vec<BlockWalk> = (0..first.lanes).map(|_| first.lane()).collect();
+            let mut at: Vec<_> = lanes.iter_mut().map(|l| l.first()).collect();
+            let (mut read, mut luck) = (Vec::new(), luck.into_iter().cycle());
+            while at.iter().any(Option::is_some) {
+                for (lane, cursor) in lanes.iter_mut().zip(at.iter_mut()) {
+                    let Some(mut c) = cursor.take() else { continue };
+                    let (overflow, bytes) = luck.next().unwrap();
+                    if c.read == PieceRead::Whole && overflow {
+                        lane.shrink(&mut c);
+                        *cursor = Some(c);
+                        continue;
                     }
-                    starts.sort_unstable();
-                    let want: Vec<u64> = (0..walk.chunks()).map(|k| k * per_chunk).collect();
-                    let case = (table_blocks, per_chunk, connections, walk.lanes);
-                    assert_eq!(starts, want, "{case:?}");
-                    // Only the last chunk (open-ended) reaches past the table.
-                    let open = starts.iter().filter(|&&s| s + per_chunk > table_blocks);
-                    assert_eq!(open.count(), 1, "{case:?}");
-                    assert!(walk.lanes <= u64::from(connections), "{case:?}");
-                    if walk.chunks() >= 2 * u64::from(connections) {
-                        assert_eq!(walk.lanes, u64::from(connections), "{case:?}");
+                    if let Some(blocks) = c.piece_blocks() {
+                        lane.observe(blocks, bytes, 8);
                     }
+                    read.push((c.start, c.piece_end));
+                    *cursor = lane.after(&c);
                 }
             }
+            read.sort_unstable();
+            let case = (table_blocks, per_chunk, connections, first.lanes);
+            let mut next = 0;
+            for (i, &(start, end)) in read.iter().enumerate() {
+                proptest::prop_assert_eq!(start, next, "{:?} {:?}", case, read);
+                match end {
+                    Some(end) => next = end,
+                    None => proptest::prop_assert_eq!(i, read.len() - 1, "{:?} {:?}", case, read),
+                }
+            }
+            proptest::prop_assert!(read.last().is_some_and(|l| l.1.is_none()));
+            proptest::prop_assert!(first.lanes <= u64::from(connections));
         }
     }
 

@@ -236,4 +236,55 @@ fn mysql_source_reads_types_checks_schemas_and_resumes() {
     assert_eq!(seen.len(), 5_000, "no row read twice");
     assert_eq!(distinct.len(), 5_000, "no row skipped");
     admin.query_drop(format!("DROP TABLE {big}")).unwrap();
+
+    // Rows from 100 bytes to 300 KB, wide ones scattered and in a run: each
+    // read once, in chunks of `chunk_bytes` plus one row at most, though
+    // the default 50,000 rows would take the table in one.
+    const CHUNK_BYTES: u64 = 1 << 20;
+    const WIDE: usize = 300_000;
+    let wide = format!("arbor_wide_{}", std::process::id());
+    admin
+        .query_drop(format!(
+            "DROP TABLE IF EXISTS {wide}; CREATE TABLE {wide} (id int primary key, pad longtext);
+             INSERT INTO {wide} SELECT n, REPEAT(CHAR(97 + n % 26), CASE WHEN n % 7 = 0 OR n BETWEEN 300 AND 339
+                 THEN {WIDE} + n ELSE 100 + n % 50 END) FROM (
+               SELECT a.d + 10 * b.d + 100 * c.d + 1 AS n
+               FROM {digits} a, {digits} b, {digits} c) g WHERE n <= 600"
+        ))
+        .unwrap();
+    let want: BTreeSet<(Value, usize)> = (1..=600usize)
+        .map(|i| {
+            let wide = i % 7 == 0 || (300..=339).contains(&i);
+            let len = if wide { WIDE + i } else { 100 + i % 50 };
+            (Value::Integer(i as i128), len)
+        })
+        .collect();
+    let mapping = Mapping::new(
+        vec![col("id", ValueKind::Integer)],
+        vec![col("pad", ValueKind::Text)],
+    )
+    .unwrap();
+    let options = ScanOptions {
+        chunk_bytes: CHUNK_BYTES,
+        ..ScanOptions::default()
+    };
+    let mut s = MysqlSource::new(url(), Relation::Table(wide.clone()), mapping, options);
+    let mut got = Vec::new();
+    s.scan(&mut |r| {
+        let len = match &r.values[0] {
+            Value::Text(p) => p.len(),
+            other => panic!("unexpected value {other:?}"),
+        };
+        got.push((r.key[0].clone(), len));
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(got.len(), want.len(), "a row read twice");
+    assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), want);
+    let largest = s.chunk_stats().largest_chunk_bytes();
+    assert!(
+        largest <= CHUNK_BYTES + WIDE as u64 + 4_096,
+        "a chunk of {largest} bytes"
+    );
+    admin.query_drop(format!("DROP TABLE {wide}")).unwrap();
 }

@@ -729,3 +729,91 @@ fn a_scan_resumes_across_a_server_restart() {
     });
     assert_eq!(restarts, 1);
 }
+
+/// Rows from 100 bytes to 300 KB, wide ones scattered and in runs, read by
+/// a build (block walk over two connections) and a rescan (keyset): every
+/// row exactly once, and no chunk larger than `chunk_bytes` plus one row,
+/// though the default 50,000 rows would take the whole table in one chunk.
+#[test]
+fn wide_rows_are_read_in_chunks_bounded_in_bytes() {
+    let _serial = serial();
+    const CHUNK_BYTES: u64 = 1 << 20;
+    const WIDE: usize = 300_000;
+    let mut t = Table::create("id int8 primary key, pad text");
+    // Wide rows every 7th id and in a run of 40; `repeat` compresses on
+    // disk, so the table's size on disk says nothing of its COPY size.
+    t.admin
+        .batch_execute(&format!(
+            "INSERT INTO {0} SELECT i, repeat(chr(97 + i % 26), CASE WHEN i % 7 = 0 OR i BETWEEN 300 AND 339
+                 THEN {WIDE} + i ELSE 100 + i % 50 END)
+             FROM generate_series(1, 600) AS i;
+             ANALYZE {0}",
+            t.name
+        ))
+        .unwrap();
+    let want: BTreeSet<(i128, usize)> = (1..=600i128)
+        .map(|i| {
+            let wide = i % 7 == 0 || (300..=339).contains(&i);
+            let len = if wide {
+                WIDE + i as usize
+            } else {
+                100 + (i % 50) as usize
+            };
+            (i, len)
+        })
+        .collect();
+    let mapping = Mapping::new(
+        vec![col("id", ValueKind::Integer)],
+        vec![col("pad", ValueKind::Text)],
+    )
+    .unwrap();
+    let options = ScanOptions {
+        chunk_bytes: CHUNK_BYTES,
+        build_connections: 2,
+        ..ScanOptions::default()
+    };
+    let bound = CHUNK_BYTES + WIDE as u64 + 4_096;
+
+    // The rescan's keyset walk.
+    let mut s = PostgresSource::new(
+        url(),
+        Relation::Table(t.name.clone()),
+        mapping.clone(),
+        options,
+    );
+    let rows = scan_all(&mut s).unwrap();
+    let got: BTreeSet<(i128, usize)> = rows
+        .iter()
+        .map(|r| match (&r.key[0], &r.values[0]) {
+            (Value::Integer(i), Value::Text(p)) => (*i, p.len()),
+            other => panic!("unexpected row {other:?}"),
+        })
+        .collect();
+    assert_eq!(rows.len(), want.len(), "a row read twice");
+    assert_eq!(got, want);
+    let largest = s.chunk_stats().largest_chunk_bytes();
+    assert!(largest <= bound, "a keyset chunk of {largest} bytes");
+
+    // The build's block walk, hashed from the wire: the same records.
+    let keys = arbor_record::DatasetKeys::derive(b"wide");
+    let mut b = PostgresSource::new(url(), Relation::Table(t.name.clone()), mapping, options);
+    let mut hashed = Vec::new();
+    b.scan_hashed(&keys, &mut |batches| {
+        hashed.extend(batches.iter().flat_map(HashedBatch::to_records));
+        Ok(())
+    })
+    .unwrap();
+    let digest = |r: arbor_record::HashedRecord| (r.key, *r.digest.as_bytes());
+    let want_hashed: BTreeSet<_> = HashedBatch::hash_records(&keys, &rows)
+        .to_records()
+        .into_iter()
+        .map(digest)
+        .collect();
+    assert_eq!(hashed.len(), want_hashed.len(), "a row read twice");
+    assert_eq!(
+        hashed.into_iter().map(digest).collect::<BTreeSet<_>>(),
+        want_hashed
+    );
+    let largest = b.chunk_stats().largest_chunk_bytes();
+    assert!(largest <= bound, "a block-walk chunk of {largest} bytes");
+}
