@@ -14,7 +14,7 @@
 //!   prints `float4`, so the same value hashes the same in both.
 //! * `tinyint(1)` reads as bool; uuids may be `char(36)` or `binary(16)`.
 
-use arbor_record::value::{Date, Decimal, Timestamp, format_uuid, parse_uuid};
+use arbor_record::value::{Date, Decimal, Timestamp, parse_uuid};
 use arbor_record::{Record, Value, ValueKind};
 use mysql::consts::ColumnType as T;
 use mysql::prelude::Queryable;
@@ -178,18 +178,6 @@ fn open_session(
     Ok(conn)
 }
 
-/// A key value as a statement parameter.
-fn key_param(v: &Value) -> Result<mysql::Value, String> {
-    Ok(match v {
-        Value::Integer(i) => mysql::Value::Int(
-            i64::try_from(*i).map_err(|_| format!("key {i} does not fit BIGINT"))?,
-        ),
-        Value::Text(t) => mysql::Value::Bytes(t.clone().into_bytes()),
-        Value::Uuid(u) => mysql::Value::Bytes(format_uuid(u).into_bytes()),
-        other => return Err(format!("{other} cannot be a key")),
-    })
-}
-
 fn is_connection_error(e: &mysql::Error) -> bool {
     matches!(e, mysql::Error::IoError(_) | mysql::Error::DriverError(_))
         || matches!(e, mysql::Error::MySqlError(m) if matches!(m.code, 1053 | 2006 | 2013 | 1927))
@@ -277,17 +265,6 @@ impl MysqlSource {
     }
 }
 
-/// The converted key of a fetched row.
-fn key_values(context: &ChunkContext, row: &[mysql::Value]) -> Result<Vec<Value>, SourceError> {
-    context
-        .mapping
-        .key()
-        .iter()
-        .zip(row)
-        .map(|(c, v)| convert(v.clone(), c.kind).map_err(|p| context.value_error(&c.source, p)))
-        .collect()
-}
-
 /// Bytes a value read off the wire holds.
 fn value_bytes(v: &mysql::Value) -> u64 {
     let heap = match v {
@@ -341,8 +318,12 @@ impl MysqlSource {
 impl KeysetReader for MysqlSource {
     /// The chunk's rows, values as the binary protocol sent them.
     type Raw = Vec<Vec<mysql::Value>>;
-    /// The key of the last row read.
-    type Cursor = Vec<Value>;
+    /// The key of the last row read, as the server sent it: the next
+    /// chunk's bound is the stored value in the column's own type and
+    /// collation (an upper-case uuid in CHAR(36), BINARY(16), CHAR(32), an
+    /// unsigned 64-bit integer), never its canonical form, which may sort
+    /// elsewhere.
+    type Cursor = Vec<mysql::Value>;
 
     fn options(&self) -> &ScanOptions {
         &self.options
@@ -354,20 +335,16 @@ impl KeysetReader for MysqlSource {
 
     fn fetch_chunk(
         &mut self,
-        after: Option<&Vec<Value>>,
-    ) -> Result<Fetched<Vec<Vec<mysql::Value>>, Vec<Value>>, ChunkError> {
-        let (filter, params) = match after {
-            None => (String::new(), Vec::new()),
+        after: Option<&Vec<mysql::Value>>,
+    ) -> Result<Fetched<Vec<Vec<mysql::Value>>, Vec<mysql::Value>>, ChunkError> {
+        let filter = match after {
+            None => String::new(),
             Some(last) => {
-                let params = last
-                    .iter()
-                    .map(key_param)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|p| self.value_error("(key)", p))?;
-                let marks = vec!["?"; params.len()].join(", ");
-                (format!(" WHERE ({}) > ({marks})", self.key_sql()), params)
+                let marks = vec!["?"; last.len()].join(", ");
+                format!(" WHERE ({}) > ({marks})", self.key_sql())
             }
         };
+        let params = after.cloned().unwrap_or_default();
         let limit = self.budget.rows();
         let sql = format!(
             "SELECT {} FROM {}{filter} ORDER BY {} LIMIT {limit}",
@@ -404,11 +381,21 @@ impl KeysetReader for MysqlSource {
         let n = rows.len() as u64;
         self.budget.observe(n, bytes);
         self.stats.note(bytes);
-        let context = self.context();
-        let last_key = match rows.last() {
-            Some(row) => Some(key_values(&context, row)?),
-            None => None,
-        };
+        let keys = self.mapping.key().len();
+        let last_key = rows.last().map(|row| row[..keys.min(row.len())].to_vec());
+        if let (Some(last), Some(after)) = (&last_key, after) {
+            // `>` on the stored values always moves on; a server that
+            // answers otherwise would loop forever.
+            if last == after {
+                return Err(ChunkError::Fatal(SourceError::Read {
+                    dataset: MysqlSource::dataset(self),
+                    reason: format!(
+                        "the keyset walk made no progress: the chunk after key {after:?} ends at \
+                         the same key (the key columns' order is not a total order?)"
+                    ),
+                }));
+            }
+        }
         Ok(Fetched::keyset(rows, n, limit, cut, last_key))
     }
 

@@ -287,4 +287,110 @@ fn mysql_source_reads_types_checks_schemas_and_resumes() {
         "a chunk of {largest} bytes"
     );
     admin.query_drop(format!("DROP TABLE {wide}")).unwrap();
+
+    awkward_keys_are_walked_one_row_per_chunk(&mut admin);
+}
+
+/// Keys whose stored form sorts differently from their canonical one:
+/// walked one row per chunk, every row is read once and the walk ends.
+fn awkward_keys_are_walked_one_row_per_chunk(admin: &mut mysql::Conn) {
+    let uuids = [
+        "00000000-0000-0000-0000-00000000000A",
+        "0000000A-0000-0000-0000-000000000000",
+        "1ABCDEF0-1234-4321-ABCD-0123456789AB",
+        "1abcdef0-1234-4321-abcd-0123456789ac",
+        // Lower-cased, A… sorts after B… in a binary collation.
+        "A0000000-0000-0000-0000-000000000000",
+        "B0000000-0000-0000-0000-000000000000",
+        "FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF",
+    ];
+    let uuid = |t: &str| Value::Uuid(parse_uuid(t).unwrap());
+    // What, the key column's type, its values as SQL, as read, its kind.
+    type Case<'a> = (&'a str, &'a str, Vec<String>, Vec<Value>, ValueKind);
+    let cases: Vec<Case> = vec![
+        (
+            "char(36) utf8mb4_bin, either case",
+            "CHAR(36) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+            uuids.iter().map(|u| format!("'{u}'")).collect(),
+            uuids.iter().map(|u| uuid(u)).collect(),
+            ValueKind::Uuid,
+        ),
+        (
+            "char(32)",
+            "CHAR(32)",
+            uuids
+                .iter()
+                .map(|u| format!("'{}'", u.replace('-', "")))
+                .collect(),
+            uuids.iter().map(|u| uuid(u)).collect(),
+            ValueKind::Uuid,
+        ),
+        (
+            "binary(16)",
+            "BINARY(16)",
+            uuids
+                .iter()
+                .map(|u| format!("UNHEX('{}')", u.replace('-', "")))
+                .collect(),
+            uuids.iter().map(|u| uuid(u)).collect(),
+            ValueKind::Uuid,
+        ),
+        (
+            "bigint unsigned beyond 2^63",
+            "BIGINT UNSIGNED",
+            [
+                "0",
+                "9223372036854775807",
+                "9223372036854775808",
+                "18446744073709551614",
+                "18446744073709551615",
+            ]
+            .iter()
+            .map(|n| n.to_string())
+            .collect(),
+            [
+                0u64,
+                9223372036854775807,
+                9223372036854775808,
+                18446744073709551614,
+                u64::MAX,
+            ]
+            .iter()
+            .map(|&n| Value::Integer(n.into()))
+            .collect(),
+            ValueKind::Integer,
+        ),
+    ];
+    for (what, column, literals, want, kind) in cases {
+        let t = format!("arbor_keys_{}", std::process::id());
+        let values: Vec<String> = literals.iter().map(|l| format!("({l}, 'x')")).collect();
+        admin
+            .query_drop(format!(
+                "DROP TABLE IF EXISTS {t}; CREATE TABLE {t} (id {column} PRIMARY KEY, v varchar(5));
+                 INSERT INTO {t} VALUES {}",
+                values.join(", ")
+            ))
+            .unwrap();
+        let mapping = Mapping::new(vec![col("id", kind)], vec![col("v", ValueKind::Text)]).unwrap();
+        let options = ScanOptions {
+            chunk_rows: 1,
+            ..ScanOptions::default()
+        };
+        let mut s = MysqlSource::new(url(), Relation::Table(t.clone()), mapping, options);
+        let mut got = Vec::new();
+        s.scan(&mut |r| {
+            got.push(r.key[0].clone());
+            assert!(
+                got.len() <= want.len(),
+                "{what}: the walk does not end: {got:?}"
+            );
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let mut want = want.clone();
+        want.sort_by_key(|v| format!("{v:?}"));
+        got.sort_by_key(|v| format!("{v:?}"));
+        assert_eq!(got, want, "{what}");
+        admin.query_drop(format!("DROP TABLE {t}")).unwrap();
+    }
 }
