@@ -124,6 +124,21 @@ pub struct SlotState {
 struct RelationInfo {
     /// Per mapped column (keys, then values), its index in the tuple.
     positions: Vec<usize>,
+    /// Per column of the tuple, whether it is `char(n)`, whose blank
+    /// padding is dropped as the scans drop it (see [`crate::postgres`]).
+    padded: Vec<bool>,
+}
+
+/// The type OID of `char(n)` (`bpchar`).
+const BPCHAR_OID: u32 = 1042;
+
+/// Column `at`'s text without the blank padding of a `char(n)` column.
+fn unpad<'t>(rel: &RelationInfo, at: usize, text: &'t str) -> &'t str {
+    if rel.padded.get(at) == Some(&true) {
+        text.trim_end_matches(' ')
+    } else {
+        text
+    }
 }
 
 /// A table's changes read from a logical replication slot.
@@ -538,10 +553,11 @@ impl LogicalCapture {
                 let _identity = m.u8()?;
                 let ncols = m.u16()?;
                 let mut names = Vec::with_capacity(usize::from(ncols));
+                let mut padded = Vec::with_capacity(usize::from(ncols));
                 for _ in 0..ncols {
                     let _flags = m.u8()?;
                     names.push(m.cstr()?.to_owned());
-                    let _type = m.u32()?;
+                    padded.push(m.u32()? == BPCHAR_OID);
                     let _typmod = m.i32()?;
                 }
                 if Some(relid) == self.relid {
@@ -555,7 +571,8 @@ impl LogicalCapture {
                         })?;
                         positions.push(at);
                     }
-                    self.relations.insert(relid, RelationInfo { positions });
+                    self.relations
+                        .insert(relid, RelationInfo { positions, padded });
                 }
             }
             b'I' => {
@@ -629,7 +646,7 @@ impl LogicalCapture {
         let mut key = Vec::with_capacity(self.mapping.key().len());
         for (c, &at) in self.mapping.key().iter().zip(&rel.positions) {
             match tuple.get(at) {
-                Some(Field::Text(t)) => key.push(self.parse(c, t)?),
+                Some(Field::Text(t)) => key.push(self.parse(c, unpad(rel, at, t))?),
                 _ => {
                     return Err(format!(
                         "key column {:?} is missing from a change (check the replica identity)",
@@ -661,7 +678,7 @@ impl LogicalCapture {
         {
             match tuple.get(at) {
                 Some(Field::Null) => row.push(Value::Null),
-                Some(Field::Text(t)) => row.push(self.parse(c, t)?),
+                Some(Field::Text(t)) => row.push(self.parse(c, unpad(rel, at, t))?),
                 // An unchanged TOASTed value is not in the WAL: read the row.
                 Some(Field::Unchanged) => {
                     row.truncate(self.mapping.key().len());
@@ -830,19 +847,50 @@ mod tests {
     }
 
     fn relation(relid: u32, cols: &[&str]) -> Vec<u8> {
+        let typed: Vec<(&str, u32)> = cols.iter().map(|&c| (c, TEXT_OID)).collect();
+        relation_typed(relid, &typed)
+    }
+
+    const TEXT_OID: u32 = 25;
+
+    fn relation_typed(relid: u32, cols: &[(&str, u32)]) -> Vec<u8> {
         let mut m = vec![b'R'];
         m.extend(relid.to_be_bytes());
         m.extend(b"public\0t\0");
         m.push(b'd');
         m.extend((cols.len() as u16).to_be_bytes());
-        for c in cols {
+        for (c, oid) in cols {
             m.push(0);
             m.extend(c.as_bytes());
             m.push(0);
-            m.extend(25u32.to_be_bytes());
+            m.extend(oid.to_be_bytes());
             m.extend((-1i32).to_be_bytes());
         }
         m
+    }
+
+    #[test]
+    fn char_padding_is_dropped_as_scans_drop_it() {
+        for (oid, want) in [(BPCHAR_OID, "ann"), (TEXT_OID, "ann  ")] {
+            let mut c = capture();
+            let mut ins = vec![b'I'];
+            ins.extend(42u32.to_be_bytes());
+            ins.push(b'N');
+            ins.extend(tuple(&[Some("1"), Some("x"), Some("ann  ")]));
+            let cols = [("id", TEXT_OID), ("extra", TEXT_OID), ("name", oid)];
+            let txns = run(
+                &mut c,
+                &[relation_typed(42, &cols), begin(), ins, commit(0x10)],
+            )
+            .unwrap();
+            assert_eq!(
+                txns[0].changes,
+                vec![Captured::Upsert(Record::new(
+                    vec![Value::Integer(1)],
+                    vec![Value::text(want)]
+                ))]
+            );
+        }
     }
 
     fn tuple(fields: &[Option<&str>]) -> Vec<u8> {

@@ -58,6 +58,8 @@ pub struct PostgresSource {
     client: Option<Session>,
     /// How to read the columns in binary; set by [`Source::check`].
     binary: Option<Arc<BinaryContext>>,
+    /// The select list [`Source::check`] settled (see `columns_sql`).
+    select: Option<String>,
     /// Bytes of the last chunk read, to size the next one's buffer.
     last_chunk_bytes: usize,
     /// Chunk buffers to reuse.
@@ -467,6 +469,7 @@ impl PostgresSource {
             options,
             client: None,
             binary: None,
+            select: None,
             last_chunk_bytes: 0,
             buffers: BufferPool::default(),
             budget: RowBudget::of_chunks(&options),
@@ -538,8 +541,15 @@ impl PostgresSource {
         })
     }
 
+    /// The select list: the mapped columns as [`Source::check`] found
+    /// them, `char(n)` ones cast to `text`, which drops their blank padding
+    /// (MariaDB drops it on read; a `text` column never had it): equal
+    /// values compare equal across engines and column types.
     fn columns_sql(&self) -> String {
-        keyset::select_list(&self.mapping, ident)
+        match &self.select {
+            Some(select) => select.clone(),
+            None => keyset::select_list(&self.mapping, ident),
+        }
     }
 
     fn key_sql(&self) -> String {
@@ -1129,6 +1139,7 @@ impl KeysetReader for PostgresSource {
                 options: self.options,
                 client: None,
                 binary: self.binary.clone(),
+                select: self.select.clone(),
                 last_chunk_bytes: self.last_chunk_bytes,
                 buffers: self.buffers.clone(),
                 budget: self.budget,
@@ -1151,7 +1162,11 @@ impl Source for PostgresSource {
     }
 
     fn check(&mut self) -> Result<(), SourceError> {
-        let probe = format!("SELECT {} FROM {} LIMIT 0", self.columns_sql(), self.from());
+        let probe = format!(
+            "SELECT {} FROM {} LIMIT 0",
+            keyset::select_list(&self.mapping, ident),
+            self.from()
+        );
         let dataset = self.dataset();
         let client = self.client()?;
         let stmt = client.prepare(&probe).map_err(|e| SourceError::Schema {
@@ -1167,6 +1182,7 @@ impl Source for PostgresSource {
             .chain(self.mapping.columns())
             .collect();
         let mut fields = Vec::with_capacity(cols.len());
+        let mut select = Vec::with_capacity(cols.len());
         for (c, col) in cols.iter().zip(stmt.columns()) {
             let Some(field) = Field::of(c.kind, col.type_()) else {
                 return Err(SourceError::Schema {
@@ -1181,7 +1197,13 @@ impl Source for PostgresSource {
                 });
             };
             fields.push(field);
+            select.push(if *col.type_() == postgres::types::Type::BPCHAR {
+                format!("{0}::text AS {0}", ident(&c.source))
+            } else {
+                ident(&c.source)
+            });
         }
+        self.select = Some(select.join(", "));
         self.binary = Some(Arc::new(BinaryContext {
             chunk: ChunkContext {
                 mapping: self.mapping.clone(),
