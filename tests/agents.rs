@@ -3855,3 +3855,110 @@ fn derive_config(dir: &Path, from: &str, to: &str, edit: impl FnOnce(String) -> 
     let text = std::fs::read_to_string(dir.join(from)).unwrap();
     std::fs::write(dir.join(to), edit(text)).unwrap();
 }
+
+/// A CSV export rewritten in place and appended to while its agent rescans
+/// it every second: the file always ends holding the same rows as the
+/// other system, and no compare in between reports drift (a half-read file
+/// or a half-written last line would show keys `missing_right` or
+/// `changed`).
+#[test]
+fn a_csv_export_rewritten_during_rescans_never_shows_false_drift() {
+    let dir = demo(2_000, 0);
+    let db = Connection::open(dir.path().join("crm.db")).unwrap();
+    let field = |v: Option<String>| match v {
+        None => "\\N".to_owned(),
+        Some(s) if s.contains([',', '"', '\n']) => format!("\"{}\"", s.replace('"', "\"\"")),
+        Some(s) => s,
+    };
+    let mut lines = vec!["customer_id,email,full_name,balance\n".to_owned()];
+    let mut stmt = db
+        .prepare("SELECT customer_id, email, full_name, CAST(balance AS TEXT) FROM customers")
+        .unwrap();
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(format!(
+                "{},{},{},{}\n",
+                r.get::<_, i64>(0)?,
+                field(r.get(1)?),
+                field(r.get(2)?),
+                field(r.get(3)?)
+            ))
+        })
+        .unwrap();
+    lines.extend(rows.map(Result::unwrap));
+    let content = lines.concat();
+    let csv = dir.path().join("live.csv");
+    std::fs::write(&csv, &content).unwrap();
+    let live = std::fs::read_to_string(dir.path().join("crm.toml"))
+        .unwrap()
+        .replace("crm-data", "live-data")
+        .replace(
+            "{ kind = \"sqlite\", path = \"crm.db\", table = \"customers\" }",
+            "{ kind = \"csv\", path = \"live.csv\" }",
+        )
+        // Files are read-only.
+        .replace("allow_repairs = true", "")
+        + "capture = { mode = \"rescan\", interval_secs = 1 }\n";
+    assert!(live.contains("live.csv"), "{live}");
+    std::fs::write(dir.path().join("live.toml"), live).unwrap();
+    let log = dir.path().join("live.log");
+    let fixed = AgentProcess::start(dir.path(), "crm.toml");
+    let moving = AgentProcess::start_with(
+        dir.path(),
+        "live.toml",
+        &[("RUST_LOG", "warn")],
+        Stdio::from(std::fs::File::create(&log).unwrap()),
+    );
+    let (code, summary, _) = compare(dir.path(), &fixed.address, &moving.address);
+    assert_eq!(code, 0, "the export must start equal: {summary}");
+
+    // The writer: in place, in pieces, and the last line in two halves.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = std::thread::spawn({
+        let (stop, csv, content) = (stop.clone(), csv.clone(), content.clone());
+        move || {
+            use std::io::Write;
+            let mut rounds = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut f = std::fs::File::create(&csv).unwrap();
+                let bytes = content.as_bytes();
+                let quarter = bytes.len() / 4;
+                for piece in bytes[..bytes.len() - 8].chunks(quarter) {
+                    f.write_all(piece).unwrap();
+                    f.flush().unwrap();
+                    std::thread::sleep(Duration::from_millis(150));
+                }
+                // The tail of the last line, whose first half is written.
+                f.write_all(&bytes[bytes.len() - 8..]).unwrap();
+                drop(f);
+                rounds += 1;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            rounds
+        }
+    });
+    let started = Instant::now();
+    let mut compares = 0;
+    while started.elapsed() < Duration::from_secs(10) {
+        let (code, summary, drift) = compare(dir.path(), &fixed.address, &moving.address);
+        assert_eq!(
+            code, 0,
+            "false drift while the export was rewritten: {summary} {drift:?}"
+        );
+        compares += 1;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds = writer.join().unwrap();
+    let (code, summary, _) = compare(dir.path(), &fixed.address, &moving.address);
+    assert_eq!(code, 0, "{summary}");
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log.contains("changed while it was read") || log.contains("no newline"),
+        "the rescans never met the writer ({rounds} rewrites, {compares} compares): {log}"
+    );
+    assert!(
+        compares >= 5 && rounds >= 5,
+        "{compares} compares, {rounds} rewrites"
+    );
+}

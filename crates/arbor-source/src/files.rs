@@ -11,6 +11,15 @@
 //!
 //! Files are read-only and streamed. A file source has no index on its key,
 //! so [`Source::fetch`] scans: fine for column digests of a few keys.
+//!
+//! **A file that changes while it is read is never taken for whole.** Each
+//! file's size, modification time and inode are noted before it is read
+//! and compared after the whole scan, and the directory's list of files
+//! too; a file whose last line has no newline is refused before it is read
+//! (a writer may be half way through that line). Either fails the scan
+//! with an error naming the file, so a build fails (and is retried) and a
+//! rescan removes nothing. Exports should be written under another name
+//! and renamed into place, which is atomic.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -38,6 +47,34 @@ impl Format {
         }
     }
 }
+
+/// What identifies a file's content between two looks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    inode: u64,
+}
+
+impl Stamp {
+    fn of(path: &Path) -> std::io::Result<Stamp> {
+        let meta = std::fs::metadata(path)?;
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+        #[cfg(not(unix))]
+        let inode = 0;
+        Ok(Stamp {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            inode,
+        })
+    }
+}
+
+/// What a scan says of a file that changed while it was read.
+const CHANGED_WHILE_READ: &str = "changed while it was read: a file being written is never \
+     indexed (the scan is retried later); write exports under another name and rename them \
+     into place";
 
 /// A dataset held in files.
 pub struct FileSource {
@@ -272,12 +309,32 @@ impl Source for FileSource {
         visit: &mut dyn FnMut(Record) -> Result<(), SourceError>,
     ) -> Result<u64, SourceError> {
         self.check()?;
+        let files = self.files()?;
+        let mut stamps = Vec::with_capacity(files.len());
+        for f in &files {
+            stamps.push(self.complete(f)?);
+        }
         let mut n = 0;
-        for f in self.files()? {
+        for f in &files {
             n += match self.format {
-                Format::Csv => self.scan_csv(&f, visit)?,
-                Format::Jsonl => self.scan_jsonl(&f, visit)?,
+                Format::Csv => self.scan_csv(f, visit)?,
+                Format::Jsonl => self.scan_jsonl(f, visit)?,
             };
+        }
+        // Every record handed out came from the files as they were before.
+        if self.files()? != files {
+            return Err(SourceError::Read {
+                dataset: self.path.display().to_string(),
+                reason: format!("files were added or removed: the directory {CHANGED_WHILE_READ}"),
+            });
+        }
+        for (f, before) in files.iter().zip(&stamps) {
+            if Stamp::of(f).ok().as_ref() != Some(before) {
+                return Err(SourceError::Read {
+                    dataset: self.dataset(f),
+                    reason: format!("the file {CHANGED_WHILE_READ}"),
+                });
+            }
         }
         Ok(n)
     }
@@ -297,6 +354,33 @@ impl Source for FileSource {
 }
 
 impl FileSource {
+    /// A file's stamp, once it is known to end with a newline: a last line
+    /// without one may be half written.
+    fn complete(&self, file: &Path) -> Result<Stamp, SourceError> {
+        use std::io::{Seek, SeekFrom};
+        let open_err = |e: std::io::Error| SourceError::Open {
+            what: self.dataset(file),
+            reason: e.to_string(),
+        };
+        let stamp = Stamp::of(file).map_err(open_err)?;
+        if stamp.len > 0 {
+            let mut f = File::open(file).map_err(open_err)?;
+            let mut last = [0u8; 1];
+            f.seek(SeekFrom::End(-1))
+                .and_then(|_| std::io::Read::read_exact(&mut f, &mut last))
+                .map_err(open_err)?;
+            if last[0] != b'\n' {
+                return Err(SourceError::Read {
+                    dataset: self.dataset(file),
+                    reason: "the last line has no newline at its end: the file may still be \
+                             being written (a complete export ends every line with a newline)"
+                        .into(),
+                });
+            }
+        }
+        Ok(stamp)
+    }
+
     fn scan_csv_header(&self, file: &Path) -> Result<(), SourceError> {
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(true)
@@ -449,5 +533,69 @@ mod tests {
         let mut s = FileSource::new(dir.path(), Format::Csv, mapping(), None);
         let e = s.scan(&mut |_| Ok(())).unwrap_err().to_string();
         assert!(e.contains("line 2") && e.contains("\"amount\""), "{e}");
+    }
+
+    #[test]
+    fn a_file_that_changes_while_it_is_read_is_never_taken_for_whole() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let file = dir.path().join("a.csv");
+        let header = "id,name,amount,meta\n";
+        let scan = |s: &mut FileSource, change: &dyn Fn(u64)| {
+            let mut n = 0;
+            s.scan(&mut |_| {
+                n += 1;
+                change(n);
+                Ok(())
+            })
+            .map(|_| n)
+            .map_err(|e| e.to_string())
+        };
+        let mut s = FileSource::new(dir.path(), Format::Csv, mapping(), None);
+
+        // A half-written last line is refused before anything is read.
+        std::fs::write(&file, format!("{header}1,a,1,\\N\n2,b,16")).unwrap();
+        let e = scan(&mut s, &|_| {}).unwrap_err();
+        assert!(e.contains("a.csv") && e.contains("no newline"), "{e}");
+
+        // Appended to while read.
+        std::fs::write(&file, format!("{header}1,a,1,\\N\n2,b,2,\\N\n")).unwrap();
+        assert_eq!(scan(&mut s, &|_| {}), Ok(2));
+        let append = |n: u64| {
+            if n == 1 {
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&file)
+                    .unwrap();
+                f.write_all(b"3,c,3,\\N\n").unwrap();
+            }
+        };
+        let e = scan(&mut s, &append).unwrap_err();
+        assert!(
+            e.contains("a.csv") && e.contains("changed while it was read"),
+            "{e}"
+        );
+
+        // Replaced by a rename while read (same size, another inode).
+        let replace = |n: u64| {
+            if n == 1 {
+                let tmp = dir.path().join("a.tmp");
+                std::fs::copy(&file, &tmp).unwrap();
+                std::fs::rename(&tmp, &file).unwrap();
+            }
+        };
+        let e = scan(&mut s, &replace).unwrap_err();
+        assert!(e.contains("changed while it was read"), "{e}");
+
+        // A file added to the directory while it is read.
+        let add = |n: u64| {
+            if n == 1 {
+                std::fs::write(dir.path().join("b.csv"), header).unwrap();
+            }
+        };
+        let e = scan(&mut s, &add).unwrap_err();
+        assert!(e.contains("added or removed"), "{e}");
+        // Once the writers are done, the scan reads everything.
+        assert_eq!(scan(&mut s, &|_| {}), Ok(3));
     }
 }
