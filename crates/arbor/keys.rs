@@ -71,7 +71,7 @@ pub fn open_under(
     let first = index_path(config, &d.name);
     let keyed = keyed_path(config, &d.name, key_id);
     let open = |path: &Path, cfg: IndexConfig| {
-        Index::open(path, cfg).map_err(|source| AgentError::Index {
+        open_upgrading(&d.name, path, cfg).map_err(|source| AgentError::Index {
             dataset: d.name.clone(),
             source,
         })
@@ -80,7 +80,7 @@ pub fn open_under(
         return open(&keyed, cfg).map(Some);
     }
     if first.exists() && !first_taken {
-        match Index::open(&first, cfg.clone()) {
+        match open_upgrading(&d.name, &first, cfg.clone()) {
             Ok(index) => return Ok(Some(index)),
             // The first index holds another key.
             Err(IndexError::KeyId { .. }) => {}
@@ -96,6 +96,27 @@ pub fn open_under(
         return Ok(None);
     }
     open(if first.exists() { &keyed } else { &first }, cfg).map(Some)
+}
+
+/// Opens an index; one built with an older canonical encoding is removed
+/// and created empty, so that it is built again from the system: it is
+/// derived data, and its digests would not match a current peer's.
+fn open_upgrading(dataset: &str, path: &Path, cfg: IndexConfig) -> Result<Index, IndexError> {
+    match Index::open(path, cfg.clone()) {
+        Err(IndexError::EncodingVersion { stored, expected }) if stored < expected => {
+            warn!(
+                dataset,
+                path = %path.display(),
+                stored,
+                expected,
+                "the index was built with an older canonical encoding: removing it to build it \
+                 again from the system"
+            );
+            Index::destroy(path)?;
+            Index::open(path, cfg)
+        }
+        other => other,
+    }
 }
 
 /// The key recorded as current for `dataset`, if any.
@@ -272,4 +293,50 @@ pub fn rotate(
             .map(|i| i.config().keys.key_id().to_string())
             .collect(),
     })
+}
+
+#[cfg(test)]
+mod upgrade_tests {
+    use super::*;
+
+    #[test]
+    fn an_index_of_an_older_encoding_is_removed_to_be_built_again() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("i");
+        let cfg = IndexConfig {
+            keys: DatasetKeys::derive(b"upgrade"),
+            schema_fingerprint: [3; 32],
+        };
+        let index = Index::open(&path, cfg.clone()).unwrap();
+        index
+            .apply(
+                &[arbor_index::Change::Upsert(arbor_record::Record::new(
+                    vec![arbor_record::Value::Integer(1)],
+                    vec![],
+                ))],
+                None,
+            )
+            .unwrap();
+        index
+            .record_encoding_version(arbor_record::ENCODING_VERSION - 1)
+            .unwrap();
+        drop(index);
+        assert!(matches!(
+            Index::open(&path, cfg.clone()),
+            Err(IndexError::EncodingVersion { .. })
+        ));
+        let upgraded = open_upgrading("d", &path, cfg.clone()).unwrap();
+        let described = upgraded.snapshot().unwrap().describe().unwrap();
+        assert_eq!(described.count(), 0, "rebuilt from nothing");
+        drop(upgraded);
+        // A newer index than this arbor knows is left alone, and refused.
+        Index::open(&path, cfg.clone())
+            .unwrap()
+            .record_encoding_version(arbor_record::ENCODING_VERSION + 1)
+            .unwrap();
+        assert!(matches!(
+            open_upgrading("d", &path, cfg),
+            Err(IndexError::EncodingVersion { .. })
+        ));
+    }
 }

@@ -551,6 +551,19 @@ impl Index {
         Ok(stats)
     }
 
+    /// Records another canonical encoding version, as an index built by an
+    /// older arbor holds (tests of the upgrade path).
+    #[doc(hidden)]
+    pub fn record_encoding_version(&self, version: u32) -> Result<(), IndexError> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            self.cf(cf::META),
+            meta::ENCODING_VERSION,
+            version.to_le_bytes(),
+        );
+        self.write(batch, true)
+    }
+
     /// Sets the bytes a build's spill bucket gathers before writing them
     /// (tests use tiny buffers so a few records cover many appends).
     #[doc(hidden)]

@@ -343,8 +343,8 @@ fn mismatched_parameters_are_named_errors() {
     for (key, value, want) in [
         (
             cf::meta::ENCODING_VERSION,
-            2u32.to_le_bytes(),
-            "canonical encoding v2",
+            1u32.to_le_bytes(),
+            "canonical encoding v1",
         ),
         (cf::meta::FORMAT, 9u32.to_le_bytes(), "has format 9"),
     ] {

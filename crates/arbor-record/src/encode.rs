@@ -1,4 +1,5 @@
-//! Canonical encoding v1: the exact bytes that are hashed and stored.
+//! Canonical encoding v2: the exact bytes that are hashed and stored (v2
+//! keeps every digit of a JSON number; see `CanonicalJson`).
 //!
 //! ```text
 //! tuple   := varint(count) value*
@@ -26,7 +27,7 @@ use crate::error::DecodeError;
 use crate::value::{CanonicalF64, CanonicalJson, Date, Decimal, Timestamp, Value};
 
 /// The version of the canonical encoding this crate implements.
-pub const ENCODING_VERSION: u32 = 1;
+pub const ENCODING_VERSION: u32 = 2;
 
 const TAG_NULL: u8 = 0x00;
 const TAG_BOOL: u8 = 0x01;

@@ -27,7 +27,7 @@
 //! * **Hashes** are specified in [`hash`]: three keys derived from the dataset
 //!   secret, one per role (position, row digest, column digest), and a key id.
 //!
-//! Test vectors in `tests/vectors/canonical-v1.json` pin all of this; any
+//! Test vectors in `tests/vectors/canonical-v2.json` pin all of this; any
 //! connector or port must reproduce them.
 
 pub mod batch;

@@ -517,15 +517,15 @@ pub fn format_uuid(u: &[u8; 16]) -> String {
 ///
 /// Canonical form: no insignificant white space; object members sorted by the
 /// UTF-8 bytes of their names (a repeated name keeps its last value, as most
-/// parsers do); strings escaped as `serde_json` writes them; a number that is
-/// an integer in `i64`/`u64` range, or a finite float with an integral value
-/// of magnitude below 2^53, is written as an integer (`1.0` → `1`); other
-/// numbers as the shortest round-tripping float text.
+/// parsers do); strings escaped as `serde_json` writes them; numbers exactly
+/// as written, in [`Decimal`]'s normal form (`1.0` → `1`, `1.5e3` → `1500`,
+/// `1e-7` → `0.0000001`), never through a 64-bit float, so
+/// `12345678901234567890123` and `0.1000000000000000001` keep every digit
+/// (canonical encoding v2; v1 rounded numbers beyond 64-bit integers to the
+/// nearest float). A number whose exponent is beyond
+/// [`MAX_DECIMAL_EXPONENT`] is kept as written, with a lower-case `e`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CanonicalJson(String);
-
-/// Magnitude below which a float with an integral value is exactly an integer.
-const F64_EXACT_INTEGER_LIMIT: f64 = 9_007_199_254_740_992.0; // 2^53
 
 impl CanonicalJson {
     /// Parses any JSON text and canonicalises it.
@@ -560,20 +560,11 @@ fn write_canonical_json(v: &serde_json::Value, out: &mut String) {
         J::Null => out.push_str("null"),
         J::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         J::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                out.push_str(&i.to_string());
-            } else if let Some(u) = n.as_u64() {
-                out.push_str(&u.to_string());
-            } else if let Some(f) = n.as_f64() {
-                if f.fract() == 0.0 && f.abs() < F64_EXACT_INTEGER_LIMIT {
-                    out.push_str(&(f as i64).to_string());
-                } else {
-                    out.push_str(&serde_json::Number::from_f64(f).map_or_else(
-                        // Non-finite floats cannot come out of a JSON parser.
-                        || "null".to_owned(),
-                        |n| n.to_string(),
-                    ));
-                }
+            // With serde_json's `arbitrary_precision`, a number is its text.
+            let text = n.to_string();
+            match Decimal::parse(&text) {
+                Ok(d) => out.push_str(d.as_str()),
+                Err(_) => out.push_str(&huge_exponent_number(&text)),
             }
         }
         J::String(s) => push_json_string(s, out),
@@ -604,6 +595,24 @@ fn write_canonical_json(v: &serde_json::Value, out: &mut String) {
             out.push('}');
         }
     }
+}
+
+/// A JSON number whose exponent is too large to expand: its mantissa in
+/// [`Decimal`]'s normal form, `e`, and the exponent without `+` or leading
+/// zeros (`1.50E+2000` → `1.5e2000`).
+fn huge_exponent_number(text: &str) -> String {
+    let (mantissa, exponent) = text.split_at(text.find(['e', 'E']).unwrap_or(text.len()));
+    let mantissa = Decimal::parse(mantissa).map_or_else(|_| mantissa.to_owned(), |d| d.0);
+    let exponent = exponent.get(1..).unwrap_or("");
+    let (sign, digits) = match exponent.strip_prefix('-') {
+        Some(d) => ("-", d),
+        None => ("", exponent.strip_prefix('+').unwrap_or(exponent)),
+    };
+    let digits = digits.trim_start_matches('0');
+    format!(
+        "{mantissa}e{sign}{}",
+        if digits.is_empty() { "0" } else { digits }
+    )
 }
 
 fn push_json_string(s: &str, out: &mut String) {
@@ -652,6 +661,38 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn json_numbers_keep_every_digit_in_one_normal_form() {
+        let c = |t: &str| CanonicalJson::parse(t).unwrap().as_str().to_owned();
+        for (a, b) in [
+            ("12345678901234567890123", "12345678901234567890124"),
+            ("{\"x\":0.1000000000000000001}", "{\"x\":0.1}"),
+            ("18446744073709551617", "18446744073709551616"),
+            ("0.30000000000000001", "0.3"),
+        ] {
+            assert_ne!(c(a), c(b), "{a} and {b} are different numbers");
+        }
+        for (a, b) in [
+            ("1.0", "1"),
+            ("1.5e3", "1500"),
+            ("1E-7", "0.0000001"),
+            ("-0.0", "0"),
+            ("[1.10, 2.5e0]", "[1.1,2.5]"),
+        ] {
+            assert_eq!(c(a), c(b), "{a} and {b} are the same number");
+        }
+        assert_eq!(
+            c("12345678901234567890.123456789"),
+            "12345678901234567890.123456789"
+        );
+        // Beyond the decimal exponent limit: kept as written, not expanded.
+        assert_eq!(c("1E2000"), "1e2000");
+        assert_eq!(c("1.50E+02000"), "1.5e2000");
+        assert_eq!(c("-2e-3000"), "-2e-3000");
+        assert!(CanonicalJson::from_canonical("1.0").is_none());
+        assert!(CanonicalJson::from_canonical("1").is_some());
+    }
+
     use super::*;
     use proptest::prelude::*;
 

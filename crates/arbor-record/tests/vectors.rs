@@ -1,4 +1,4 @@
-//! The canonical encoding's test vectors: `tests/vectors/canonical-v1.json`
+//! The canonical encoding's test vectors: `tests/vectors/canonical-v2.json`
 //! at the top of the repository. Each vector is a typed row (as the typed
 //! JSON form, possibly not normalised) and the bytes, position and digests it
 //! must produce. Any connector or port of the encoding must reproduce them.
@@ -39,7 +39,7 @@ struct Vector {
 }
 
 fn path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/vectors/canonical-v1.json")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/vectors/canonical-v2.json")
 }
 
 fn typed(j: serde_json::Value) -> TypedValue {
@@ -263,6 +263,18 @@ fn inputs() -> Vec<Vector> {
             )],
         ),
         compute(
+            "json numbers keep every digit",
+            s,
+            id(12),
+            vec!["c"],
+            vec![typed(
+                json!({"type": "json", "value": serde_json::from_str::<serde_json::Value>(
+                r#"{"big": 12345678901234567890123, "frac": 0.1000000000000000001,
+                    "exp": 1.5e3, "small": 1E-7, "zero": -0.0, "u64": 18446744073709551617}"#,
+            ).expect("JSON")}),
+            )],
+        ),
+        compute(
             "text key",
             s,
             vec![typed(json!({"type": "text", "value": "cust-0042"}))],
@@ -316,7 +328,7 @@ fn inputs() -> Vec<Vector> {
 fn vectors_reproduce() {
     let generated = VectorFile {
         encoding_version: arbor_record::ENCODING_VERSION,
-        about: "arbor canonical encoding v1 test vectors: typed input -> canonical bytes, position, digest (see crates/arbor-record)".into(),
+        about: "arbor canonical encoding v2 test vectors: typed input -> canonical bytes, position, digest (see crates/arbor-record)".into(),
         vectors: inputs(),
     };
     if std::env::var_os("ARBOR_BLESS").is_some() {
@@ -324,7 +336,7 @@ fn vectors_reproduce() {
         std::fs::write(path(), text).expect("write vectors");
         return;
     }
-    let text = std::fs::read_to_string(path()).expect("tests/vectors/canonical-v1.json exists");
+    let text = std::fs::read_to_string(path()).expect("tests/vectors/canonical-v2.json exists");
     let stored: VectorFile = serde_json::from_str(&text).expect("vector file parses");
     assert_eq!(stored.encoding_version, arbor_record::ENCODING_VERSION);
     // Recompute every stored vector from its own inputs.

@@ -458,6 +458,36 @@ mod tests {
     }
 
     #[test]
+    fn jsonl_numbers_keep_every_digit_in_every_kind_of_column() {
+        let r = scan_jsonl(
+            b"{\"id\": 1, \"name\": 0.30000000000000001, \"amount\": 123456789012345678901.5, \
+              \"meta\": {\"n\": 18446744073709551617, \"x\": 0.1000000000000000001}}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            r[0].values,
+            vec![
+                Value::Decimal(arbor_record::Decimal::parse("123456789012345678901.5").unwrap()),
+                Value::Json(
+                    CanonicalJson::parse(r#"{"n":18446744073709551617,"x":0.1000000000000000001}"#)
+                        .unwrap()
+                ),
+                Value::text("0.30000000000000001"),
+            ]
+        );
+        // A number the column cannot hold is quoted as written.
+        let r = scan_jsonl(b"{\"id\": 18446744073709551617}\n").unwrap();
+        assert_eq!(r[0].key, vec![Value::Integer(18_446_744_073_709_551_617)]);
+        let e = scan_jsonl(b"{\"id\": 340282366920938463463374607431768211457}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("340282366920938463463374607431768211457") && e.contains("line 1"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn csv_errors_name_the_line_and_the_column() {
         let dir = tempfile::TempDir::new().unwrap();
         let scan = |bytes: &[u8]| {

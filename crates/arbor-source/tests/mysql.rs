@@ -289,6 +289,45 @@ fn mysql_source_reads_types_checks_schemas_and_resumes() {
     admin.query_drop(format!("DROP TABLE {wide}")).unwrap();
 
     awkward_keys_are_walked_one_row_per_chunk(&mut admin);
+    json_numbers_keep_every_digit(&mut admin);
+}
+
+/// MariaDB's JSON is text: its numbers keep every digit.
+fn json_numbers_keep_every_digit(admin: &mut mysql::Conn) {
+    let t = format!("arbor_json_{}", std::process::id());
+    admin
+        .query_drop(format!(
+            r#"DROP TABLE IF EXISTS {t}; CREATE TABLE {t} (id int primary key, j json);
+               INSERT INTO {t} VALUES (1, '{{"n": 12345678901234567890123, "x": 0.1000000000000000001}}'),
+                                      (2, '{{"n": 12345678901234567890124, "x": 0.1}}')"#
+        ))
+        .unwrap();
+    let mapping = Mapping::new(
+        vec![col("id", ValueKind::Integer)],
+        vec![col("j", ValueKind::Json)],
+    )
+    .unwrap();
+    let mut s = MysqlSource::new(
+        url(),
+        Relation::Table(t.clone()),
+        mapping,
+        ScanOptions::default(),
+    );
+    let mut got = Vec::new();
+    s.scan(&mut |r| {
+        got.push(r.values[0].clone());
+        Ok(())
+    })
+    .unwrap();
+    let json = |t: &str| Value::Json(CanonicalJson::parse(t).unwrap());
+    assert_eq!(
+        got,
+        vec![
+            json(r#"{"n":12345678901234567890123,"x":0.1000000000000000001}"#),
+            json(r#"{"n":12345678901234567890124,"x":0.1}"#),
+        ]
+    );
+    admin.query_drop(format!("DROP TABLE {t}")).unwrap();
 }
 
 /// Keys whose stored form sorts differently from their canonical one:

@@ -856,3 +856,54 @@ fn char_columns_are_read_without_their_padding() {
     assert_eq!(fetched, vec![Some(want[1].clone()), Some(want[2].clone())]);
     assert_eq!(scan_all(&mut s).unwrap(), want);
 }
+
+/// json and jsonb numbers keep every digit: no two different numbers read
+/// as one, whether scanned (binary) or looked up by key (text).
+#[test]
+fn json_numbers_keep_every_digit() {
+    let _serial = serial();
+    let mut t = Table::create("id int8 primary key, j jsonb, jt json");
+    t.admin
+        .batch_execute(&format!(
+            r#"INSERT INTO {0} VALUES
+               (1, '{{"n": 12345678901234567890123, "x": 0.1000000000000000001}}',
+                   '{{"n": 12345678901234567890123.5}}'),
+               (2, '{{"n": 12345678901234567890124, "x": 0.1}}', '{{"n": 1.5e3}}')"#,
+            t.name
+        ))
+        .unwrap();
+    let mapping = Mapping::new(
+        vec![col("id", ValueKind::Integer)],
+        vec![col("j", ValueKind::Json), col("jt", ValueKind::Json)],
+    )
+    .unwrap();
+    let mut s = PostgresSource::new(
+        url(),
+        Relation::Table(t.name.clone()),
+        mapping,
+        ScanOptions::default(),
+    );
+    let json = |t: &str| Value::Json(CanonicalJson::parse(t).unwrap());
+    let want = vec![
+        Record::new(
+            vec![Value::Integer(1)],
+            vec![
+                json(r#"{"n":12345678901234567890123,"x":0.1000000000000000001}"#),
+                json(r#"{"n":12345678901234567890123.5}"#),
+            ],
+        ),
+        Record::new(
+            vec![Value::Integer(2)],
+            vec![
+                json(r#"{"n":12345678901234567890124,"x":0.1}"#),
+                json(r#"{"n":1500}"#),
+            ],
+        ),
+    ];
+    assert_eq!(scan_all(&mut s).unwrap(), want);
+    assert_ne!(want[0].values[0], want[1].values[0]);
+    let fetched = s
+        .fetch(&[vec![Value::Integer(1)], vec![Value::Integer(2)]])
+        .unwrap();
+    assert_eq!(fetched, vec![Some(want[0].clone()), Some(want[1].clone())]);
+}
