@@ -3962,3 +3962,75 @@ fn a_csv_export_rewritten_during_rescans_never_shows_false_drift() {
         "{compares} compares, {rounds} rewrites"
     );
 }
+
+/// Two rows under one key in a system are drift inside that system, not
+/// noise: a CSV export and a PostgreSQL table without a primary key (which
+/// the build then walks by key, not by blocks) both refuse to index,
+/// naming the key; a key the dataset calls sensitive is not shown.
+#[test]
+fn duplicate_keys_in_a_system_are_refused_by_name() {
+    let dir = TempDir::new().unwrap();
+    let config = |source: &str, sensitive: bool| {
+        format!(
+            "[agent]\ndata_dir = \"data\"\n\n[[dataset]]\nname = \"d\"\nsecret = \"s\"\n\
+             source = {source}\nkey_sensitive = {sensitive}\n\
+             key = [{{ source = \"id\", kind = \"integer\" }}]\n\
+             columns = [{{ source = \"name\", kind = \"text\" }}, {{ source = \"n\", kind = \"integer\" }}]\n"
+        )
+    };
+    let build = |toml: &str| {
+        std::fs::write(dir.path().join("d.toml"), toml).unwrap();
+        let _ = std::fs::remove_dir_all(dir.path().join("data"));
+        let out = arbor(
+            dir.path(),
+            &["index", "build", "--config", "d.toml", "--dataset", "d"],
+        );
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    std::fs::write(
+        dir.path().join("d.csv"),
+        "id,name,n\n1,ann,1\n2,bob,2\n3,cy,3\n2,bobby,9\n",
+    )
+    .unwrap();
+    let csv = "{ kind = \"csv\", path = \"d.csv\" }";
+    let (code, err) = build(&config(csv, false));
+    assert_ne!(code, Some(0), "{err}");
+    assert!(
+        err.contains("1 key(s) were read more than once, e.g. key (2)"),
+        "{err}"
+    );
+    let (code, err) = build(&config(csv, true));
+    assert_ne!(code, Some(0), "{err}");
+    assert!(
+        err.contains("read more than once") && !err.contains("key (2)"),
+        "{err}"
+    );
+
+    let url = std::env::var("ARBOR_TEST_POSTGRES_URL")
+        .expect("ARBOR_TEST_POSTGRES_URL is not set: run the tests through tools/test.sh, which starts PostgreSQL");
+    let mut pg = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let table = unique_table("no_key");
+    pg.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {table};
+         CREATE TABLE {table} (id int8, name text, n int8);
+         INSERT INTO {table} VALUES (1, 'a', 1), (1, 'b', 2), (2, 'c', 3);
+         ANALYZE {table}"
+    ))
+    .unwrap();
+    let source = format!(
+        "{{ kind = \"postgres\", url_env = \"ARBOR_TEST_POSTGRES_URL\", table = \"{table}\" }}"
+    );
+    let (code, err) = build(&config(&source, false));
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains("e.g. key (1)"), "{err}");
+    // With the duplicate gone, the same table indexes.
+    pg.batch_execute(&format!("DELETE FROM {table} WHERE name = 'a'"))
+        .unwrap();
+    let (code, err) = build(&config(&source, false));
+    assert_eq!(code, Some(0), "{err}");
+    pg.batch_execute(&format!("DROP TABLE {table}")).unwrap();
+}

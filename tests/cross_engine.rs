@@ -52,7 +52,7 @@ fn leaves_of(
         schema_fingerprint: mapping().schema().fingerprint(),
     };
     let index = Index::open(dir.path().join(name), config).unwrap();
-    build_from_source(&index, source)
+    build_from_source(&index, source, true)
         .unwrap_or_else(|e| panic!("{name}: {e}: {:?}", std::error::Error::source(&e)));
     let snap = index.snapshot().unwrap();
     let leaves = snap
@@ -252,7 +252,7 @@ fn transforms_make_dirty_data_meet_clean_data() {
             schema_fingerprint: clean.schema().fingerprint(),
         };
         let index = Index::open(dir.path().join(name), config).unwrap();
-        build_from_source(&index, s).unwrap();
+        build_from_source(&index, s, true).unwrap();
         index.snapshot().unwrap().root().unwrap()
     };
     let clean_root = root(

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use arbor_index::{BuildStats, Change, Index, IndexConfig, IndexError, RunStore};
+use arbor_index::{BuildStats, Change, Index, IndexConfig, IndexError, KeyRepeats, RunStore};
 use arbor_record::Record;
 use arbor_source::sqlite::SqliteSource;
 use arbor_source::{FileSource, MysqlSource, PostgresSource, Source, SourceError};
@@ -149,24 +149,35 @@ pub fn index_path(config: &AgentConfig, dataset: &str) -> PathBuf {
 }
 
 /// Full build of `index` from `source`: the source reads and hashes rows
-/// in batches while the index sorts and writes earlier ones.
-pub fn build_from_source(index: &Index, source: &mut dyn Source) -> Result<BuildStats, IndexError> {
-    build_from_source_with_progress(index, source, &|_| {})
+/// in batches while the index sorts and writes earlier ones. A key read
+/// twice is refused as a duplicate in the system (named if `show_keys`),
+/// unless the source's read may meet a row twice.
+pub fn build_from_source(
+    index: &Index,
+    source: &mut dyn Source,
+    show_keys: bool,
+) -> Result<BuildStats, IndexError> {
+    build_from_source_with_progress(index, source, show_keys, &|_| {})
 }
 
 /// [`build_from_source`], reporting the records read so far.
 pub fn build_from_source_with_progress(
     index: &Index,
     source: &mut dyn Source,
+    show_keys: bool,
     progress: &dyn Fn(u64),
 ) -> Result<BuildStats, IndexError> {
     let keys = index.config().keys.clone();
     index.build_batches(None, progress, |feed| {
-        source
-            .scan_hashed(&keys, &mut |batches| {
-                feed.push(batches).map_err(|_| SourceError::Stopped)
-            })
-            .map(drop)
+        source.scan_hashed(&keys, &mut |batches| {
+            feed.push(batches).map_err(|_| SourceError::Stopped)
+        })?;
+        if !source.build_may_repeat_keys() {
+            feed.key_repeats(KeyRepeats::Refuse {
+                show_key: show_keys,
+            });
+        }
+        Ok::<(), SourceError>(())
     })
 }
 
@@ -209,7 +220,12 @@ pub fn rescan_marked(
     let indexes = ds.indexes();
     let held: Vec<&Index> = indexes.iter().map(|i| i.as_ref()).collect();
     let stats = with_records(source.as_mut(), |records| {
-        arbor_index::rescan_each(&held, records, Some(watermark.as_bytes()))
+        // A rescan reads by key (or whole files): a key read twice is a
+        // duplicate in the system.
+        let repeats = KeyRepeats::Refuse {
+            show_key: ds.report_key.is_none(),
+        };
+        arbor_index::rescan_each(&held, records, Some(watermark.as_bytes()), repeats)
     })
     .map_err(read_status)?;
     stats
@@ -245,10 +261,11 @@ pub fn reindex(ds: &Dataset, name: &str, claimed: bool) -> Result<BuildStats, St
         let mut source = source.lock().unwrap_or_else(|p| p.into_inner());
         // Every index held (two during a key rotation) is rebuilt.
         let indexes = ds.indexes();
-        let mut result = build_from_source(&indexes[0], source.as_mut());
+        let show_keys = ds.report_key.is_none();
+        let mut result = build_from_source(&indexes[0], source.as_mut(), show_keys);
         for other in &indexes[1..] {
             if result.is_ok()
-                && let Err(e) = build_from_source(other, source.as_mut())
+                && let Err(e) = build_from_source(other, source.as_mut(), show_keys)
             {
                 result = Err(e);
             }

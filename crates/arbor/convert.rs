@@ -329,7 +329,8 @@ pub fn index_status(e: IndexError) -> Status {
         IndexError::Format { .. }
         | IndexError::EncodingVersion { .. }
         | IndexError::KeyId { .. }
-        | IndexError::Schema { .. } => Code::FailedPrecondition,
+        | IndexError::Schema { .. }
+        | IndexError::RepeatedKeys { .. } => Code::FailedPrecondition,
         IndexError::InvalidRequest(_) => Code::InvalidArgument,
         IndexError::Source(_) => Code::Unavailable,
         IndexError::Storage { .. } | IndexError::Io { .. } => Code::Internal,

@@ -199,7 +199,7 @@ pub fn rebuild_lagging(ds: &Dataset, name: &str) -> Result<(), Status> {
             Status::failed_precondition(format!("dataset {name:?} has no system attached"))
         })?;
         let mut source = source.lock().unwrap_or_else(|p| p.into_inner());
-        build_from_source(other, source.as_mut()).map_err(index_status)?;
+        build_from_source(other, source.as_mut(), ds.report_key.is_none()).map_err(index_status)?;
         other.apply(&[], current.as_deref()).map_err(index_status)?;
     }
     Ok(())
@@ -252,7 +252,7 @@ pub fn rotate(
         ds.start_pending();
         let built = {
             let mut source = source.lock().unwrap_or_else(|p| p.into_inner());
-            build_from_source(&fresh, source.as_mut())
+            build_from_source(&fresh, source.as_mut(), ds.report_key.is_none())
         };
         match built {
             Ok(stats) => {

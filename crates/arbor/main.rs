@@ -1062,7 +1062,12 @@ fn index_command(command: IndexCommand) -> Result<u8> {
                     bar.set_position(n);
                 }
             };
-            let built = agent::build_from_source_with_progress(&index, source.as_mut(), &progress);
+            let built = agent::build_from_source_with_progress(
+                &index,
+                source.as_mut(),
+                !d.key_sensitive,
+                &progress,
+            );
             if let Some(bar) = &bar {
                 bar.finish_and_clear();
             }

@@ -166,6 +166,8 @@ pub(crate) struct SpilledBuckets {
 pub(crate) struct Written {
     /// Distinct records.
     pub records: u64,
+    /// A key read more than once, if any was (canonical bytes).
+    pub repeated_key: Option<Vec<u8>>,
     /// Nodes, root included.
     pub nodes: u64,
     /// SST files to ingest into the records column family.
@@ -178,6 +180,8 @@ pub(crate) struct Written {
 #[derive(Default)]
 struct GroupOutput {
     records: u64,
+    /// The first key of this group read more than once.
+    repeated_key: Option<Vec<u8>>,
     /// Its records, in one SST file.
     record_file: Option<PathBuf>,
     /// Its nodes of the deepest stored level, in one SST file.
@@ -285,6 +289,7 @@ impl SpilledBuckets {
             .collect::<Result<Vec<_>, _>>()?;
         let mut written = Written {
             records: 0,
+            repeated_key: None,
             nodes: 0,
             record_files: Vec::new(),
             node_files: Vec::new(),
@@ -293,6 +298,9 @@ impl SpilledBuckets {
         for g in &groups {
             root += g.root;
             written.records += g.records;
+            if written.repeated_key.is_none() {
+                written.repeated_key.clone_from(&g.repeated_key);
+            }
             written.nodes += g.deep_nodes;
             written.record_files.extend(g.record_file.clone());
             written.node_files.extend(g.deep_file.clone());
@@ -448,6 +456,9 @@ impl SpilledBuckets {
                 && spilled_key(raw, next_at) == key
             {
                 // A later copy of this key follows: it wins.
+                if out.repeated_key.is_none() {
+                    out.repeated_key = Some(key.to_vec());
+                }
                 continue;
             }
             let digest = spilled_digest(raw, at);

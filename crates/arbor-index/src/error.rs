@@ -51,6 +51,20 @@ pub enum IndexError {
         /// The format this build reads.
         supported: u32,
     },
+    /// The system holds more than one row under a key: which one the index
+    /// would keep depends on read order, and a conflict inside one system
+    /// is drift, so the build or rescan is refused.
+    #[error(
+        "{count} key(s) were read more than once{}: a key must identify one row \
+         (fix the duplicates in the system, or map key columns that are unique)",
+        example.as_ref().map(|k| format!(", e.g. key ({k})")).unwrap_or_default()
+    )]
+    RepeatedKeys {
+        /// Keys read more than once (at least).
+        count: u64,
+        /// One of them, unless the dataset's keys are sensitive.
+        example: Option<String>,
+    },
     /// The index hashes records with another canonical encoding version.
     #[error("index uses canonical encoding v{stored}, expected v{expected}")]
     EncodingVersion {

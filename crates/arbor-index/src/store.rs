@@ -78,6 +78,21 @@ pub struct BuildFeed<'a> {
     tx: SyncSender<Vec<HashedBatch>>,
     records_read: u64,
     progress: &'a dyn Fn(u64),
+    repeats: KeyRepeats,
+}
+
+/// What a build or rescan does with a key read more than once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRepeats {
+    /// The last copy read wins: the read may meet a row twice (a
+    /// PostgreSQL block walk meets a row an update moved ahead of it).
+    LastWins,
+    /// The system holds duplicates: refuse ([`IndexError::RepeatedKeys`]),
+    /// naming one of them if `show_key`.
+    Refuse {
+        /// Whether the error may show a key (not for sensitive keys).
+        show_key: bool,
+    },
 }
 
 /// The build behind a [`BuildFeed`] stopped (the build returns why); stop
@@ -87,6 +102,12 @@ pub struct BuildFeed<'a> {
 pub struct BuildStopped;
 
 impl BuildFeed<'_> {
+    /// Says what the build does with a key read more than once; the last
+    /// copy wins unless this says otherwise (see [`KeyRepeats`]).
+    pub fn key_repeats(&mut self, repeats: KeyRepeats) {
+        self.repeats = repeats;
+    }
+
     /// Hands batches to the writer (one chunk of the source, say: one
     /// hand-over each, not one per batch), waiting while
     /// two hand-overs are already queued.
@@ -486,7 +507,7 @@ impl Index {
         // This thread (through `fill`) reads and hashes batches; the writer
         // thread spills them into buckets by position (see crate::build).
         let spill_dir = self.path.join(BUILD_SPILL_DIR);
-        let (filled, spilled, records_read) = std::thread::scope(|scope| {
+        let (filled, spilled, records_read, repeats) = std::thread::scope(|scope| {
             let (tx, rx) = sync_channel::<Vec<HashedBatch>>(BUILD_QUEUE_CHUNKS);
             let spill_dir = &spill_dir;
             let writer = scope.spawn(move || -> Result<SpilledBuckets, IndexError> {
@@ -501,9 +522,10 @@ impl Index {
                 tx,
                 records_read: 0,
                 progress,
+                repeats: KeyRepeats::LastWins,
             };
             let filled = fill(&mut feed);
-            let records_read = feed.records_read;
+            let (records_read, repeats) = (feed.records_read, feed.repeats);
             // Closing the channel ends the writer's loop.
             drop(feed);
             let spilled = writer.join().unwrap_or_else(|_| {
@@ -511,7 +533,7 @@ impl Index {
                     "build writer thread panicked".into(),
                 ))
             });
-            (filled, spilled, records_read)
+            (filled, spilled, records_read, repeats)
         });
         // The writer's error first: a feed that stopped because the writer
         // did reports only that it was stopped.
@@ -521,6 +543,19 @@ impl Index {
         let depth = stored_depth(records_read);
         debug!(records_read, "build: source read, writing the buckets");
         let written = spilled.write(records_read, depth, &records_file_options())?;
+        if let KeyRepeats::Refuse { show_key } = repeats
+            && written.records < records_read
+        {
+            // The build stays unfinished; its files go.
+            let _ = std::fs::remove_dir_all(&spill_dir);
+            return Err(IndexError::RepeatedKeys {
+                count: records_read - written.records,
+                example: written
+                    .repeated_key
+                    .filter(|_| show_key)
+                    .map(|k| describe_key(&k)),
+            });
+        }
         debug!(
             records = written.records,
             "build: buckets written, ingesting"
@@ -601,6 +636,20 @@ impl Index {
         self.clear_cf(cf::RECORDS)?;
         self.clear_cf(cf::NODES)?;
         Ok(())
+    }
+
+    /// Entries of a column family.
+    fn count_cf(&self, name: &'static str) -> Result<u64, IndexError> {
+        let mut it = self.db.raw_iterator_cf(self.cf(name));
+        it.seek_to_first();
+        let mut n = 0;
+        while it.valid() {
+            n += 1;
+            it.next();
+        }
+        it.status()
+            .map_err(IndexError::storage("count a column family"))?;
+        Ok(n)
     }
 
     /// Deletes every entry of a column family (range tombstone, then any key
@@ -854,7 +903,7 @@ impl Index {
         I: IntoIterator<Item = Result<Record, E>>,
         E: Into<SourceError>,
     {
-        let mut stats = rescan_each(&[self], records, watermark)?;
+        let mut stats = rescan_each(&[self], records, watermark, KeyRepeats::LastWins)?;
         Ok(stats.remove(0))
     }
 
@@ -916,6 +965,7 @@ pub fn rescan_each<I, E>(
     indexes: &[&Index],
     records: I,
     watermark: Option<&[u8]>,
+    repeats: KeyRepeats,
 ) -> Result<Vec<RescanStats>, IndexError>
 where
     I: IntoIterator<Item = Result<Record, E>>,
@@ -952,6 +1002,23 @@ where
                 stats.applied.unchanged += applied.unchanged;
             }
         }
+        // A key read twice is marked seen once: fewer keys seen than
+        // records read means the system holds duplicates (capture applying
+        // changes meanwhile only adds seen keys). Refused before anything
+        // is removed.
+        if let (KeyRepeats::Refuse { .. }, Some(index), Some(read)) = (
+            repeats,
+            indexes.first(),
+            stats.first().map(|s| s.records_read),
+        ) {
+            let seen = index.count_cf(cf::SCAN)?;
+            if seen < read {
+                return Err(IndexError::RepeatedKeys {
+                    count: read - seen,
+                    example: None,
+                });
+            }
+        }
         // Records not seen by this scan vanished from the source.
         for (index, stats) in indexes.iter().zip(&mut stats) {
             stats.vanished += index.remove_unseen(watermark)?;
@@ -974,6 +1041,18 @@ where
         );
     }
     Ok(stats)
+}
+
+/// A canonical key as its values, for messages.
+fn describe_key(canonical: &[u8]) -> String {
+    match arbor_record::decode_tuple(canonical) {
+        Ok(values) => values
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        Err(_) => format!("0x{}", hex::encode(canonical)),
+    }
 }
 
 fn read_u32(name: &'static [u8], v: &[u8]) -> Result<u32, IndexError> {

@@ -165,6 +165,7 @@ fn one_rescan_pass_brings_indexes_under_two_keys_to_the_same_records() {
             Ok::<_, IndexError>(record(k, v))
         }),
         Some(b"one pass"),
+        arbor_index::KeyRepeats::Refuse { show_key: true },
     )
     .unwrap();
     let expected = now().count() as u64;
@@ -507,4 +508,53 @@ fn an_interrupted_build_is_reported_not_read() {
         .build((0..10).map(|k| Ok::<_, IndexError>(record(k, k))), None)
         .unwrap();
     assert_eq!(index.snapshot().unwrap().root().unwrap().count, 10);
+}
+
+/// A key read twice is a duplicate in the system when the read cannot meet
+/// a row twice: the build and the rescan refuse it, naming one (unless the
+/// keys are sensitive), and the rescan removes nothing; otherwise the last
+/// copy wins.
+#[test]
+fn keys_read_twice_are_refused_unless_the_read_may_repeat_them() {
+    let dir = TempDir::new().unwrap();
+    let index = Index::open(dir.path().join("i"), config(b"test")).unwrap();
+    let keys = config(b"test").keys;
+    let rows = [record(1, 10), record(2, 20), record(1, 11), record(3, 30)];
+    let build = |repeats: arbor_index::KeyRepeats| {
+        index.build_batches(None, &|_| {}, |feed| {
+            feed.push(vec![arbor_record::HashedBatch::hash_records(&keys, &rows)])
+                .unwrap();
+            feed.key_repeats(repeats);
+            Ok::<(), IndexError>(())
+        })
+    };
+    let e = build(arbor_index::KeyRepeats::Refuse { show_key: true }).unwrap_err();
+    assert!(
+        matches!(&e, IndexError::RepeatedKeys { count: 1, example: Some(k) } if k == "1"),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("e.g. key (1)"), "{e}");
+    let e = build(arbor_index::KeyRepeats::Refuse { show_key: false }).unwrap_err();
+    assert!(
+        matches!(&e, IndexError::RepeatedKeys { example: None, .. }),
+        "{e:?}"
+    );
+    let stats = build(arbor_index::KeyRepeats::LastWins).unwrap();
+    assert_eq!((stats.records_read, stats.records), (4, 3));
+
+    // A rescan that meets key 2 twice and no longer sees key 3 refuses
+    // before removing anything.
+    let again = [record(1, 11), record(2, 20), record(2, 21)];
+    let e = arbor_index::rescan_each(
+        &[&index],
+        again.iter().cloned().map(Ok::<_, IndexError>),
+        None,
+        arbor_index::KeyRepeats::Refuse { show_key: true },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, IndexError::RepeatedKeys { count: 1, .. }),
+        "{e:?}"
+    );
+    assert_eq!(index.snapshot().unwrap().describe().unwrap().count(), 3);
 }

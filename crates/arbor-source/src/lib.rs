@@ -115,6 +115,14 @@ pub trait Source: Send {
         hash_while_scanning(self, keys, visit)
     }
 
+    /// Whether the last [`Source::scan_hashed`] may have met a row twice
+    /// (a PostgreSQL block walk meets a row an update moved ahead of it),
+    /// so that a key read twice is not a duplicate in the system. No by
+    /// default.
+    fn build_may_repeat_keys(&self) -> bool {
+        false
+    }
+
     /// The current record of each key (`None` if absent), in key order.
     fn fetch(&mut self, keys: &[Vec<Value>]) -> Result<Vec<Option<Record>>, SourceError>;
 
@@ -318,6 +326,10 @@ impl Source for Redacting {
     ) -> Result<u64, SourceError> {
         let r = self.inner.scan_hashed(keys, visit);
         r.map_err(|e| self.scrub(e))
+    }
+
+    fn build_may_repeat_keys(&self) -> bool {
+        self.inner.build_may_repeat_keys()
     }
 
     fn fetch(&mut self, keys: &[Vec<Value>]) -> Result<Vec<Option<Record>>, SourceError> {
