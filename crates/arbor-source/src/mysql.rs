@@ -43,6 +43,9 @@ pub struct MysqlSource {
     budget: RowBudget,
     /// The chunks read.
     stats: ChunkStats,
+    /// Per key column, whether it is binary (`BINARY(16)`), as
+    /// [`Source::check`] found it: lookups match its stored form.
+    binary_keys: Vec<bool>,
 }
 
 fn ident(name: &str) -> String {
@@ -199,6 +202,7 @@ impl MysqlSource {
             conn: None,
             budget: RowBudget::of_chunks(&options),
             stats: ChunkStats::default(),
+            binary_keys: Vec::new(),
         }
     }
 
@@ -263,6 +267,73 @@ impl MysqlSource {
             .record(values)
             .map_err(|c| self.value_error(c, crate::NULL_KEY.into()))
     }
+}
+
+/// A condition matching these keys however the table stores them: a uuid
+/// key matches its 16 bytes in a binary column (`BINARY(16)`), and its text
+/// with and without dashes in lower and upper case (`CHAR(36)`, `CHAR(32)`,
+/// under a binary collation too). A column holds only one of these forms,
+/// so the others match nothing. `binary` says, per key column, whether it
+/// is binary (raw bytes compared with a text column are an error).
+fn stored_keys_condition(
+    mapping: &Mapping,
+    binary: &[bool],
+    keys: &[&[Value]],
+) -> Result<String, String> {
+    use crate::sink::Dialect;
+    let forms = |column: usize, v: &Value| -> Result<Vec<String>, String> {
+        let Value::Uuid(u) = v else {
+            return Ok(vec![Dialect::Mysql.literal(v)?]);
+        };
+        let dashed = arbor_record::value::format_uuid(u);
+        let plain = dashed.replace('-', "");
+        let mut forms = vec![
+            format!("'{dashed}'"),
+            format!("'{}'", dashed.to_uppercase()),
+            format!("'{plain}'"),
+            format!("'{}'", plain.to_uppercase()),
+        ];
+        if binary.get(column) == Some(&true) {
+            forms.push(format!("X'{plain}'"));
+        }
+        Ok(forms)
+    };
+    let cols = mapping.key();
+    if keys.is_empty() {
+        return Ok("1 = 0".into());
+    }
+    if cols.len() == 1 {
+        // One `IN` list: an index range lookup.
+        let all = keys
+            .iter()
+            .map(|k| forms(0, &k[0]))
+            .collect::<Result<Vec<_>, String>>()?
+            .concat();
+        return Ok(format!(
+            "{} IN ({})",
+            ident(&cols[0].source),
+            all.join(", ")
+        ));
+    }
+    let conds = keys
+        .iter()
+        .map(|k| {
+            let parts = cols
+                .iter()
+                .zip(k.iter())
+                .enumerate()
+                .map(|(i, (c, v))| {
+                    Ok(format!(
+                        "{} IN ({})",
+                        ident(&c.source),
+                        forms(i, v)?.join(", ")
+                    ))
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            Ok(format!("({})", parts.join(" AND ")))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(conds.join(" OR "))
 }
 
 /// Bytes a value read off the wire holds.
@@ -443,6 +514,12 @@ impl Source for MysqlSource {
                 });
             }
         }
+        self.binary_keys = stmt
+            .columns()
+            .iter()
+            .take(self.mapping.key().len())
+            .map(|col| col.character_set() == BINARY_CHARSET)
+            .collect();
         Ok(())
     }
 
@@ -504,10 +581,12 @@ impl Source for MysqlSource {
     }
 
     fn fetch(&mut self, keys: &[Vec<Value>]) -> Result<Vec<Option<Record>>, SourceError> {
+        if self.binary_keys.is_empty() {
+            self.check()?;
+        }
         keyset::fetch_in_batches(keys, |batch| {
-            let cond =
-                crate::sink::keys_condition(crate::sink::Dialect::Mysql, &self.mapping, batch)
-                    .map_err(|p| self.value_error("(key)", p))?;
+            let cond = stored_keys_condition(&self.mapping, &self.binary_keys, batch)
+                .map_err(|p| self.value_error("(key)", p))?;
             let sql = format!(
                 "SELECT {} FROM {} WHERE {cond}",
                 self.columns_sql(),

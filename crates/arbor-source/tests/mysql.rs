@@ -430,6 +430,18 @@ fn awkward_keys_are_walked_one_row_per_chunk(admin: &mut mysql::Conn) {
         want.sort_by_key(|v| format!("{v:?}"));
         got.sort_by_key(|v| format!("{v:?}"));
         assert_eq!(got, want, "{what}");
+        // Looked up by key, each is found as stored.
+        let keys: Vec<Vec<Value>> = want.iter().map(|k| vec![k.clone()]).collect();
+        let found = s.fetch(&keys).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let found: Vec<Value> = found
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| panic!("{what}: a key was not found"))
+                    .key[0]
+                    .clone()
+            })
+            .collect();
+        assert_eq!(found, want, "{what}");
         admin.query_drop(format!("DROP TABLE {t}")).unwrap();
     }
 }
