@@ -899,7 +899,8 @@ impl AgentConfig {
                 ));
             }
             let mapping = Mapping::new(d.key, d.columns)
-                .map_err(|e| invalid(field("columns"), e.to_string()))?;
+                .map_err(|e| invalid(field("columns"), e.to_string()))?
+                .with_sensitive_keys(d.key_sensitive);
             let capture = match d.capture {
                 None | Some(CaptureSection::None) => Capture::None,
                 Some(CaptureSection::Rescan { interval_secs }) => Capture::Rescan {

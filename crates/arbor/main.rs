@@ -1252,7 +1252,6 @@ async fn audit_client(agent: &str) -> Result<AuditServiceClient<Authed>> {
     Ok(client.max_decoding_message_size(arbor::client::MAX_MESSAGE_BYTES))
 }
 
-/// Waits while the agent at `addr` answers NOT_SERVING (still indexing).
 /// First pause before polling a running compare (short compares end in
 /// milliseconds); it doubles up to [`RUN_POLL_MAX`].
 const RUN_POLL_FIRST: Duration = Duration::from_millis(20);
@@ -1304,6 +1303,7 @@ async fn wait_for_run(
 /// How long one health check may take before the agent counts as hung.
 const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Waits while the agent at `addr` answers NOT_SERVING (still indexing).
 async fn wait_serving(addr: &str, deadline: Instant) -> Result<()> {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;

@@ -203,6 +203,26 @@ impl ChunkContext {
         }
     }
 
+    /// `e` naming the row it happened in by its `key` (a value error,
+    /// unless the keys are sensitive), so that the row can be found.
+    pub fn in_row(&self, e: SourceError, key: Option<&[Value]>) -> SourceError {
+        match (e, key) {
+            (
+                SourceError::Value {
+                    dataset,
+                    column,
+                    problem,
+                },
+                Some(key),
+            ) if self.mapping.keys_shown() => SourceError::Value {
+                dataset: format!("{dataset}, row with key ({})", crate::describe_key(key)),
+                column,
+                problem,
+            },
+            (e, _) => e,
+        }
+    }
+
     /// A record from values in select-list order (see [`Mapping::record`]).
     pub fn record(&self, values: Vec<Value>) -> Result<Record, SourceError> {
         self.mapping

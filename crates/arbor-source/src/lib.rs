@@ -270,6 +270,17 @@ impl Iterator for Batches {
     }
 }
 
+/// A key's values for messages: `1, "ab"`.
+pub(crate) fn describe_key(key: &[Value]) -> String {
+    key.iter()
+        .map(|v| match v {
+            Value::Text(t) => format!("{t:?}"),
+            other => other.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// What a value error says of a NULL in a key column.
 pub(crate) const NULL_KEY: &str = "key column is NULL";
 

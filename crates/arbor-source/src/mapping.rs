@@ -57,6 +57,8 @@ pub struct Mapping {
     /// Value columns in canonical (name) order, matching the schema.
     columns: Vec<ColumnMapping>,
     schema: Schema,
+    /// Keys are sensitive: errors never show one.
+    sensitive_keys: bool,
 }
 
 /// Kinds a key column may have: exact, totally ordered, stable across engines.
@@ -105,7 +107,19 @@ impl Mapping {
             key,
             columns,
             schema,
+            sensitive_keys: false,
         })
+    }
+
+    /// This mapping with keys that errors never show (`key_sensitive`).
+    pub fn with_sensitive_keys(mut self, sensitive: bool) -> Mapping {
+        self.sensitive_keys = sensitive;
+        self
+    }
+
+    /// Whether errors may show a row's key.
+    pub fn keys_shown(&self) -> bool {
+        !self.sensitive_keys
     }
 
     /// Key columns, in key order.

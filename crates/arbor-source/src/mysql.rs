@@ -352,11 +352,15 @@ fn row_record(context: &ChunkContext, row: Vec<mysql::Value>) -> Result<Record, 
         .key()
         .iter()
         .chain(context.mapping.columns());
-    let values = row
-        .into_iter()
-        .zip(cols)
-        .map(|(v, c)| convert(v, c.kind).map_err(|p| context.value_error(&c.source, p)))
-        .collect::<Result<Vec<_>, _>>()?;
+    let key_len = context.mapping.key().len();
+    let mut values = Vec::with_capacity(row.len());
+    for (i, (v, c)) in row.into_iter().zip(cols).enumerate() {
+        let value = convert(v, c.kind).map_err(|p| {
+            let key = (i >= key_len).then(|| &values[..key_len]);
+            context.in_row(context.value_error(&c.source, p), key)
+        })?;
+        values.push(value);
+    }
     context.record(values)
 }
 

@@ -472,15 +472,21 @@ impl BinaryContext {
         if fields.len() < wanted {
             return Err(self.short_row());
         }
-        self.columns()
-            .zip(&self.fields)
-            .zip(fields)
-            .take(wanted)
-            .map(|((c, f), bytes)| match bytes {
-                None => Ok(Value::Null),
-                Some(b) => f.decode(b).map_err(|p| self.value_error(c, p)),
-            })
-            .collect()
+        let key_len = self.chunk.mapping.key().len();
+        let mut values = Vec::with_capacity(wanted);
+        for (i, ((c, f), bytes)) in self.columns().zip(&self.fields).zip(fields).enumerate() {
+            if i == wanted {
+                break;
+            }
+            values.push(match bytes {
+                None => Value::Null,
+                Some(b) => f.decode(b).map_err(|p| {
+                    let key = (i >= key_len).then(|| &values[..key_len]);
+                    self.chunk.in_row(self.value_error(c, p), key)
+                })?,
+            });
+        }
+        Ok(values)
     }
 
     /// Hashes the rows at `rows` into a batch, encoding each field
@@ -514,17 +520,22 @@ impl BinaryContext {
             }
             let key_bytes = row.len();
             put_varint(&mut row, (self.fields.len() - key_len) as u64);
+            // A value error names the row by its key (decoded only then).
+            let in_row = |e: SourceError| match self.values(raw, at, Some(key_len)) {
+                Ok(key) => self.chunk.in_row(e, Some(&key)),
+                Err(_) => e,
+            };
             for i in key_len..self.fields.len() {
                 let c = columns[i];
                 match fields[i] {
                     None => encode_value(&mut row, &Value::Null),
                     Some(b) if c.transforms.is_identity() => self.fields[i]
                         .encode(b, &mut row, &mut scratch)
-                        .map_err(|p| self.value_error(c, p))?,
+                        .map_err(|p| in_row(self.value_error(c, p)))?,
                     Some(b) => {
                         let v = self.fields[i]
                             .decode(b)
-                            .map_err(|p| self.value_error(c, p))?;
+                            .map_err(|p| in_row(self.value_error(c, p)))?;
                         encode_value(&mut row, &c.transforms.apply(v));
                     }
                 }

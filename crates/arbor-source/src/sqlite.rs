@@ -131,16 +131,34 @@ impl SqliteSource {
         Ok(())
     }
 
-    fn read_row(&self, row: &rusqlite::Row<'_>) -> Result<Record, SourceError> {
+    /// The record of `row`, the `position`-th row of a scan (from 1), which
+    /// names it in errors: by its key, or by position when the key is NULL.
+    fn read_row(&self, row: &rusqlite::Row<'_>, position: u64) -> Result<Record, SourceError> {
+        let key_len = self.mapping.key().len();
         let cols = self.mapping.key().iter().chain(self.mapping.columns());
-        let values = cols
-            .enumerate()
-            .map(|(i, c)| self.value(row, i, c))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut values = Vec::with_capacity(key_len + self.mapping.columns().len());
+        for (i, c) in cols.enumerate() {
+            let value = self.value(row, i, c).map_err(|e| match e {
+                SourceError::Value {
+                    dataset,
+                    column,
+                    problem,
+                } if i >= key_len && self.mapping.keys_shown() => SourceError::Value {
+                    dataset: format!(
+                        "{dataset}, row with key ({})",
+                        crate::describe_key(&values[..key_len])
+                    ),
+                    column,
+                    problem,
+                },
+                e => e,
+            })?;
+            values.push(value);
+        }
         self.mapping
             .record(values)
             .map_err(|column| SourceError::Value {
-                dataset: self.dataset(),
+                dataset: format!("{}, row {position} of the scan", self.dataset()),
                 column: column.to_owned(),
                 problem: crate::NULL_KEY.into(),
             })
@@ -255,8 +273,8 @@ impl Source for SqliteSource {
         let mut rows = stmt.query([]).map_err(read_err)?;
         let mut n = 0u64;
         while let Some(row) = rows.next().map_err(read_err)? {
-            visit(self.read_row(row)?)?;
             n += 1;
+            visit(self.read_row(row, n)?)?;
         }
         debug!(rows = n, "scan finished");
         Ok(n)
@@ -301,6 +319,7 @@ impl Source for SqliteSource {
             None => stmt.query([]).map_err(read_err)?,
         };
         let mut last = None;
+        let mut polled = 0;
         let n = cols.len();
         while let Some(row) = rows.next().map_err(read_err)? {
             let mark = match row.get_ref(n).map_err(read_err)? {
@@ -311,7 +330,8 @@ impl Source for SqliteSource {
                     Some(String::from_utf8_lossy(t).into_owned())
                 }
             };
-            visit(self.read_row(row)?)?;
+            polled += 1;
+            visit(self.read_row(row, polled)?)?;
             if mark.is_some() {
                 last = mark;
             }
@@ -352,7 +372,7 @@ impl Source for SqliteSource {
                 .query(rusqlite::params_from_iter(params))
                 .map_err(read_err)?;
             out.push(match rows.next().map_err(read_err)? {
-                Some(row) => Some(self.read_row(row)?),
+                Some(row) => Some(self.read_row(row, 1)?),
                 None => None,
             });
         }
@@ -561,7 +581,25 @@ mod tests {
             SqliteSource::open(&path, Relation::Table("customers".into()), wrong_kind).unwrap();
         let err = s.scan(&mut |_| Ok(())).unwrap_err().to_string();
         assert!(
-            err.contains("\"name\"") && err.contains("expected integer, found TEXT"),
+            err.contains("\"name\"")
+                && err.contains("expected integer, found TEXT")
+                && err.contains("row with key (1)"),
+            "{err}"
+        );
+        // A NULL key (sorted first) is named by its row's place in the scan.
+        let mut s = SqliteSource::open(
+            &path,
+            Relation::Query("SELECT NULLIF(id, 2) AS id, name FROM customers ORDER BY id".into()),
+            Mapping::new(
+                vec![ColumnMapping::new("id", "id", ValueKind::Integer)],
+                vec![ColumnMapping::new("name", "name", ValueKind::Text)],
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let err = s.scan(&mut |_| Ok(())).unwrap_err().to_string();
+        assert!(
+            err.contains("row 1 of the scan") && err.contains("NULL"),
             "{err}"
         );
     }

@@ -907,3 +907,45 @@ fn json_numbers_keep_every_digit() {
         .unwrap();
     assert_eq!(fetched, vec![Some(want[0].clone()), Some(want[1].clone())]);
 }
+
+/// A value that does not read as its kind is named by column and by the
+/// key of its row, in a rescan's scan and in a build's hashed scan; not
+/// when the dataset's keys are sensitive.
+#[test]
+fn value_errors_name_the_row_by_its_key() {
+    let _serial = serial();
+    let mut t = Table::create("id int8 primary key, n numeric");
+    t.admin
+        .batch_execute(&format!(
+            "INSERT INTO {0} VALUES (1, 1.5), (7, 'NaN'), (9, 2); ANALYZE {0}",
+            t.name
+        ))
+        .unwrap();
+    let mapping = Mapping::new(
+        vec![col("id", ValueKind::Integer)],
+        vec![col("n", ValueKind::Decimal)],
+    )
+    .unwrap();
+    let source = |m: Mapping| {
+        PostgresSource::new(
+            url(),
+            Relation::Table(t.name.clone()),
+            m,
+            ScanOptions::default(),
+        )
+    };
+    let e = scan_all(&mut source(mapping.clone()))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("row with key (7)") && e.contains("\"n\""), "{e}");
+    let keys = arbor_record::DatasetKeys::derive(b"errors");
+    let e = source(mapping.clone())
+        .scan_hashed(&keys, &mut |_| Ok(()))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("row with key (7)") && e.contains("\"n\""), "{e}");
+    let e = scan_all(&mut source(mapping.with_sensitive_keys(true)))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("\"n\"") && !e.contains("(7)"), "{e}");
+}
