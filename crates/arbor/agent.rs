@@ -227,8 +227,14 @@ pub fn rescan_marked(
         };
         arbor_index::rescan_each(&held, records, Some(watermark.as_bytes()), repeats)
     })
-    .map_err(read_status)?;
-    stats
+    .map_err(read_status);
+    // Until a rescan succeeds, the index may miss what this one would have
+    // found: compares refuse it rather than answer from it.
+    match &stats {
+        Ok(_) => ds.clear_stale(),
+        Err(status) => ds.mark_stale(format!("{} at {}", status.message(), report::now_rfc3339())),
+    }
+    stats?
         .into_iter()
         .next()
         .ok_or_else(|| Status::internal("a dataset without an index"))

@@ -87,6 +87,9 @@ pub struct Dataset {
     /// Why the last attempt to index this dataset failed, while it stays
     /// failed (the agent retries it).
     failure: Mutex<Option<String>>,
+    /// Why its last rescan failed, until one succeeds: the index may then
+    /// miss changes (deletes above all), so it is not compared.
+    stale: Mutex<Option<String>>,
 }
 
 /// The indexes of a dataset, one per hashing key it holds. Normally one;
@@ -141,6 +144,22 @@ impl Dataset {
         *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
+    /// Records that a rescan failed: until one succeeds, the index may be
+    /// stale and compares refuse it with `reason`.
+    pub fn mark_stale(&self, reason: String) {
+        *self.stale.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+    }
+
+    /// A rescan succeeded: the index is up to date with its system.
+    pub fn clear_stale(&self) {
+        *self.stale.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Why the index may be stale, if its last rescan failed.
+    pub fn stale(&self) -> Option<String> {
+        self.stale.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Why the dataset is unavailable, if its last indexing failed.
     pub fn failure(&self) -> Option<String> {
         self.failure
@@ -166,6 +185,7 @@ impl Dataset {
             source: source.map(|s| Arc::new(Mutex::new(s))),
             indexing: AtomicBool::new(false),
             failure: Mutex::new(None),
+            stale: Mutex::new(None),
             accepts_push: false,
             mapping,
             changes: tokio::sync::watch::Sender::new(0),
@@ -537,6 +557,14 @@ impl AgentState {
         if ds.indexing.load(Ordering::Acquire) {
             return Err(Status::unavailable(format!(
                 "dataset {dataset:?} is being indexed; retry when it is done"
+            )));
+        }
+        // A failed rescan may have missed deletes and late changes: an
+        // answer from this index could say "in sync" wrongly.
+        if let Some(reason) = ds.stale() {
+            return Err(Status::failed_precondition(format!(
+                "dataset {dataset:?} may be stale: its last rescan failed ({reason}); it is \
+                 compared again once a rescan succeeds"
             )));
         }
         Ok(ds)
