@@ -281,7 +281,7 @@ fn stored_keys_condition(
     keys: &[&[Value]],
 ) -> Result<String, String> {
     use crate::sink::Dialect;
-    let forms = |column: usize, v: &Value| -> Result<Vec<String>, String> {
+    crate::sink::keys_condition_with(Dialect::Mysql, mapping, keys, |column, v| {
         let Value::Uuid(u) = v else {
             return Ok(vec![Dialect::Mysql.literal(v)?]);
         };
@@ -297,43 +297,7 @@ fn stored_keys_condition(
             forms.push(format!("X'{plain}'"));
         }
         Ok(forms)
-    };
-    let cols = mapping.key();
-    if keys.is_empty() {
-        return Ok("1 = 0".into());
-    }
-    if cols.len() == 1 {
-        // One `IN` list: an index range lookup.
-        let all = keys
-            .iter()
-            .map(|k| forms(0, &k[0]))
-            .collect::<Result<Vec<_>, String>>()?
-            .concat();
-        return Ok(format!(
-            "{} IN ({})",
-            ident(&cols[0].source),
-            all.join(", ")
-        ));
-    }
-    let conds = keys
-        .iter()
-        .map(|k| {
-            let parts = cols
-                .iter()
-                .zip(k.iter())
-                .enumerate()
-                .map(|(i, (c, v))| {
-                    Ok(format!(
-                        "{} IN ({})",
-                        ident(&c.source),
-                        forms(i, v)?.join(", ")
-                    ))
-                })
-                .collect::<Result<Vec<_>, String>>()?;
-            Ok(format!("({})", parts.join(" AND ")))
-        })
-        .collect::<Result<Vec<_>, String>>()?;
-    Ok(conds.join(" OR "))
+    })
 }
 
 /// Bytes a value read off the wire holds.

@@ -325,15 +325,36 @@ pub fn keys_condition(
     mapping: &Mapping,
     keys: &[&[Value]],
 ) -> Result<String, String> {
+    keys_condition_with(dialect, mapping, keys, |_, v| Ok(vec![dialect.literal(v)?]))
+}
+
+/// [`keys_condition`] where a key value may be stored in several forms:
+/// `forms(column, value)` gives the literals that match it in key column
+/// `column` (`k IN (…every form of every key…)` for a one-column key).
+pub fn keys_condition_with(
+    dialect: Dialect,
+    mapping: &Mapping,
+    keys: &[&[Value]],
+    forms: impl Fn(usize, &Value) -> Result<Vec<String>, String>,
+) -> Result<String, String> {
     let cols = mapping.key();
     if keys.is_empty() {
         return Ok("1 = 0".into());
     }
+    let matches = |column: usize, v: &Value| -> Result<String, String> {
+        let forms = forms(column, v)?;
+        let name = dialect.ident(&cols[column].source);
+        Ok(match forms.as_slice() {
+            [one] => format!("{name} = {one}"),
+            _ => format!("{name} IN ({})", forms.join(", ")),
+        })
+    };
     if cols.len() == 1 {
         let list = keys
             .iter()
-            .map(|k| dialect.literal(&k[0]))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|k| forms(0, &k[0]))
+            .collect::<Result<Vec<_>, _>>()?
+            .concat();
         return Ok(format!(
             "{} IN ({})",
             dialect.ident(&cols[0].source),
@@ -343,16 +364,9 @@ pub fn keys_condition(
     let conds = keys
         .iter()
         .map(|k| {
-            let parts = cols
-                .iter()
+            let parts = (0..cols.len())
                 .zip(k.iter())
-                .map(|(c, v)| {
-                    Ok(format!(
-                        "{} = {}",
-                        dialect.ident(&c.source),
-                        dialect.literal(v)?
-                    ))
-                })
+                .map(|(i, v)| matches(i, v))
                 .collect::<Result<Vec<_>, String>>()?;
             Ok(format!("({})", parts.join(" AND ")))
         })
