@@ -46,6 +46,9 @@ struct Row {
     flag: Option<bool>,
     /// Days since the epoch.
     born: Option<i32>,
+    /// A finite float, written in its shortest round-trip form.
+    ratio: Option<f64>,
+    raw: Option<Vec<u8>>,
 }
 
 /// What is done to one engine's copy of the rows.
@@ -59,7 +62,7 @@ enum Drift {
     Add(i64),
 }
 
-const COLUMNS: [(&str, ValueKind); 7] = [
+const COLUMNS: [(&str, ValueKind); 9] = [
     ("txt", ValueKind::Text),
     ("amount", ValueKind::Decimal),
     ("doc", ValueKind::Json),
@@ -67,6 +70,8 @@ const COLUMNS: [(&str, ValueKind); 7] = [
     ("seen", ValueKind::Timestamp),
     ("flag", ValueKind::Bool),
     ("born", ValueKind::Date),
+    ("ratio", ValueKind::Float),
+    ("raw", ValueKind::Bytes),
 ];
 
 fn mapping() -> Mapping {
@@ -144,16 +149,37 @@ fn row() -> impl Strategy<Value = Row> {
         ),
         proptest::option::of(any::<bool>()),
         proptest::option::of(FIRST_DAY..=LAST_DAY),
+        proptest::option::of(float()),
+        proptest::option::of(proptest::collection::vec(any::<u8>(), 0..16)),
     )
-        .prop_map(|(txt, amount, doc, uid, seen, flag, born)| Row {
-            txt,
-            amount,
-            doc,
-            uid,
-            seen,
-            flag,
-            born,
-        })
+        .prop_map(
+            |(txt, amount, doc, uid, seen, flag, born, ratio, raw)| Row {
+                txt,
+                amount,
+                doc,
+                uid,
+                seen,
+                flag,
+                born,
+                ratio,
+                raw,
+            },
+        )
+}
+
+/// Finite floats, the awkward ones often.
+fn float() -> impl Strategy<Value = f64> {
+    prop_oneof![
+        Just(0.0),
+        Just(-0.0),
+        Just(0.1),
+        Just(0.1 + 0.2),
+        Just(f64::MAX),
+        Just(f64::MIN_POSITIVE),
+        Just(-1e-300),
+        Just(123_456_789.125),
+        any::<f64>().prop_filter("finite", |x| x.is_finite()),
+    ]
 }
 
 fn key() -> impl Strategy<Value = i64> {
@@ -234,6 +260,23 @@ fn nudge(r: &mut Row, column: usize) {
                 None => 0,
             })
         }
+        // The next float: every engine must tell it apart.
+        "ratio" => {
+            r.ratio = Some(match r.ratio {
+                Some(x) if x.abs() == 0.0 => f64::MIN_POSITIVE,
+                Some(x) if x == f64::MAX || x == f64::MIN => x / 2.0,
+                Some(x) => f64::from_bits(x.to_bits() + 1),
+                None => 0.5,
+            })
+        }
+        "raw" => {
+            let mut b = r.raw.take().unwrap_or_default();
+            match b.last_mut() {
+                Some(last) => *last ^= 1,
+                None => b.push(0),
+            }
+            r.raw = Some(b);
+        }
         other => unreachable!("column {other}"),
     }
 }
@@ -262,6 +305,8 @@ fn drifted(rows: &BTreeMap<i64, Row>, drift: &[Drift]) -> (BTreeMap<i64, Row>, B
                     seen: None,
                     flag: None,
                     born: None,
+                    ratio: None,
+                    raw: None,
                 });
             }
         }
@@ -315,16 +360,16 @@ fn write(engine: &str, dir: &TempDir, rows: &BTreeMap<i64, Row>) -> Box<dyn Sour
             let mut pg = postgres::Client::connect(&url, postgres::NoTls).unwrap();
             pg.batch_execute(&format!(
                 "CREATE TABLE {name} (id int8 PRIMARY KEY, txt text, amount numeric, doc jsonb,
-                   uid uuid, seen timestamptz, flag bool, born date)"
+                   uid uuid, seen timestamptz, flag bool, born date, ratio float8, raw bytea)"
             ))
             .unwrap();
             let insert = format!(
                 "INSERT INTO {name} VALUES ($1::text::int8, $2::text, $3::text::numeric,
                    $4::text::jsonb, $5::text::uuid, $6::text::timestamptz, $7::text::bool,
-                   $8::text::date)"
+                   $8::text::date, $9::text::float8, $10::text::bytea)"
             );
             for (id, r) in rows {
-                let values: [Option<String>; 8] = [
+                let values: [Option<String>; 10] = [
                     Some(id.to_string()),
                     r.txt.clone(),
                     r.amount.clone(),
@@ -334,6 +379,8 @@ fn write(engine: &str, dir: &TempDir, rows: &BTreeMap<i64, Row>) -> Box<dyn Sour
                         .map(|s| instant(s).replace('T', " ").replace('Z', "+00")),
                     r.flag.map(|f| f.to_string()),
                     r.born.map(day),
+                    r.ratio.map(|x| format!("{x:?}")),
+                    r.raw.as_ref().map(|b| format!("\\x{}", hex::encode(b))),
                 ];
                 let params: Vec<&(dyn postgres::types::ToSql + Sync)> = values
                     .iter()
@@ -356,24 +403,31 @@ fn write(engine: &str, dir: &TempDir, rows: &BTreeMap<i64, Row>) -> Box<dyn Sour
             let mut my = mysql::Conn::new(mysql::Opts::from_url(&url).unwrap()).unwrap();
             my.query_drop(format!(
                 "CREATE TABLE {name} (id BIGINT PRIMARY KEY, txt TEXT, amount DECIMAL(36,6), doc JSON,
-                   uid CHAR(36), seen DATETIME(6), flag TINYINT(1), born DATE)
+                   uid CHAR(36), seen DATETIME(6), flag TINYINT(1), born DATE, ratio DOUBLE, raw BLOB)
                  CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
             ))
             .unwrap();
             for (id, r) in rows {
-                let values: Vec<Option<String>> = vec![
-                    Some(id.to_string()),
-                    r.txt.clone(),
-                    r.amount.clone(),
-                    r.doc.clone(),
-                    r.uid.as_ref().map(uuid_text),
-                    r.seen
-                        .map(|s| instant(s).replace('T', " ").replace('Z', "")),
-                    r.flag.map(|f| if f { "1" } else { "0" }.to_owned()),
-                    r.born.map(day),
+                let text = |v: Option<String>| v.map_or(mysql::Value::NULL, mysql::Value::from);
+                let values: Vec<mysql::Value> = vec![
+                    mysql::Value::from(*id),
+                    text(r.txt.clone()),
+                    text(r.amount.clone()),
+                    text(r.doc.clone()),
+                    text(r.uid.as_ref().map(uuid_text)),
+                    text(
+                        r.seen
+                            .map(|s| instant(s).replace('T', " ").replace('Z', "")),
+                    ),
+                    text(r.flag.map(|f| if f { "1" } else { "0" }.to_owned())),
+                    text(r.born.map(day)),
+                    r.ratio.map_or(mysql::Value::NULL, mysql::Value::Double),
+                    r.raw
+                        .clone()
+                        .map_or(mysql::Value::NULL, mysql::Value::Bytes),
                 ];
                 my.exec_drop(
-                    format!("INSERT INTO {name} VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
+                    format!("INSERT INTO {name} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
                     values,
                 )
                 .unwrap();
@@ -393,12 +447,12 @@ fn write(engine: &str, dir: &TempDir, rows: &BTreeMap<i64, Row>) -> Box<dyn Sour
             let c = rusqlite::Connection::open(&path).unwrap();
             c.execute_batch(
                 "CREATE TABLE t (id INTEGER PRIMARY KEY, txt TEXT, amount TEXT, doc TEXT, uid TEXT,
-                   seen TEXT, flag INTEGER, born TEXT)",
+                   seen TEXT, flag INTEGER, born TEXT, ratio REAL, raw BLOB)",
             )
             .unwrap();
             for (id, r) in rows {
                 c.execute(
-                    "INSERT INTO t VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    "INSERT INTO t VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                     rusqlite::params![
                         id,
                         r.txt,
@@ -408,6 +462,8 @@ fn write(engine: &str, dir: &TempDir, rows: &BTreeMap<i64, Row>) -> Box<dyn Sour
                         r.seen.map(instant),
                         r.flag,
                         r.born.map(day),
+                        r.ratio,
+                        r.raw,
                     ],
                 )
                 .unwrap();
@@ -424,7 +480,7 @@ fn write(engine: &str, dir: &TempDir, rows: &BTreeMap<i64, Row>) -> Box<dyn Sour
                 }
                 Some(s) => s,
             };
-            let mut text = String::from("id,txt,amount,doc,uid,seen,flag,born\n");
+            let mut text = String::from("id,txt,amount,doc,uid,seen,flag,born,ratio,raw\n");
             for (id, r) in rows {
                 let fields = [
                     Some(id.to_string()),
@@ -435,6 +491,8 @@ fn write(engine: &str, dir: &TempDir, rows: &BTreeMap<i64, Row>) -> Box<dyn Sour
                     r.seen.map(instant),
                     r.flag.map(|f| if f { "t" } else { "false" }.to_owned()),
                     r.born.map(day),
+                    r.ratio.map(|x| format!("{x:?}")),
+                    r.raw.as_ref().map(hex::encode),
                 ];
                 let line: Vec<String> = fields.into_iter().map(field).collect();
                 text.push_str(&line.join(","));
@@ -466,6 +524,12 @@ fn write(engine: &str, dir: &TempDir, rows: &BTreeMap<i64, Row>) -> Box<dyn Sour
                 put(&mut o, "seen", r.seen.map(|s| J::String(instant(s))));
                 put(&mut o, "flag", r.flag.map(J::Bool));
                 put(&mut o, "born", r.born.map(|d| J::String(day(d))));
+                put(&mut o, "ratio", r.ratio.map(|x| number(&format!("{x:?}"))));
+                put(
+                    &mut o,
+                    "raw",
+                    r.raw.as_ref().map(|b| J::String(hex::encode(b))),
+                );
                 text.push_str(&serde_json::to_string(&J::Object(o)).unwrap());
                 text.push('\n');
             }
