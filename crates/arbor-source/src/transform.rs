@@ -4,13 +4,14 @@
 //!
 //! ```toml
 //! { source = "email", kind = "text", transform = { trim = true, case = "lower", empty_as_null = true } }
+//! { source = "name", kind = "text", transform = { unicode = "nfc" } }   # café = cafe\u{301}
 //! { source = "amount", kind = "decimal", transform = { scale = 2 } }    # half away from zero
 //! { source = "ratio", kind = "float", transform = { round = 6 } }       # 6 decimal digits
 //! { source = "seen", kind = "timestamp", transform = { precision = "ms", offset = "+02:00" } }
 //! ```
 //!
-//! Order: NULL/empty handling, then trim and case, then the numeric and time
-//! rules. `offset` says which fixed UTC offset a zone-less timestamp was
+//! Order: NULL/empty handling, then Unicode normalisation, trim and case,
+//! then the numeric and time rules. `offset` says which fixed UTC offset a zone-less timestamp was
 //! written in; `precision` truncates toward the past.
 
 use arbor_record::value::{Decimal, Timestamp};
@@ -26,6 +27,19 @@ pub enum Case {
     Lower,
     /// Unicode upper case.
     Upper,
+}
+
+/// A Unicode normalisation form (UAX #15).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum UnicodeForm {
+    /// Canonical composition: `e` + U+0301 becomes `é`; what most systems
+    /// store.
+    Nfc,
+    /// Compatibility composition: also folds look-alikes (`ﬁ` → `fi`, full
+    /// width digits → ASCII).
+    Nfkc,
 }
 
 /// Timestamp precision to keep.
@@ -52,6 +66,10 @@ pub struct Transforms {
     /// Text: fold letter case.
     #[serde(default)]
     pub case: Option<Case>,
+    /// Text: bring to this Unicode normalisation form, so that `café`
+    /// written precomposed and decomposed compare equal.
+    #[serde(default)]
+    pub unicode: Option<UnicodeForm>,
     /// Text: read `""` (after trimming) as NULL.
     #[serde(default)]
     pub empty_as_null: bool,
@@ -77,11 +95,14 @@ impl Transforms {
     /// Checks the transforms fit the column's kind; returns the offset in
     /// seconds, if any.
     pub fn check(&self, kind: ValueKind) -> Result<(), String> {
-        let text_only =
-            self.trim || self.case.is_some() || self.empty_as_null || self.null_as_empty;
+        let text_only = self.trim
+            || self.case.is_some()
+            || self.unicode.is_some()
+            || self.empty_as_null
+            || self.null_as_empty;
         if text_only && kind != ValueKind::Text {
             return Err(format!(
-                "trim, case, empty_as_null and null_as_empty apply to text, not {kind}"
+                "trim, case, unicode, empty_as_null and null_as_empty apply to text, not {kind}"
             ));
         }
         if self.empty_as_null && self.null_as_empty {
@@ -117,6 +138,12 @@ impl Transforms {
         match value {
             Value::Null if self.null_as_empty => Value::text(""),
             Value::Text(mut s) => {
+                use unicode_normalization::UnicodeNormalization;
+                match self.unicode {
+                    Some(UnicodeForm::Nfc) => s = s.nfc().collect(),
+                    Some(UnicodeForm::Nfkc) => s = s.nfkc().collect(),
+                    None => {}
+                }
                 if self.trim {
                     s = s.trim().to_owned();
                 }
@@ -256,6 +283,29 @@ mod tests {
             ..Transforms::default()
         };
         assert_eq!(n.apply(Value::Null), Value::text(""));
+    }
+
+    #[test]
+    fn unicode_forms_make_composed_and_decomposed_text_meet() {
+        let nfc = Transforms {
+            unicode: Some(UnicodeForm::Nfc),
+            ..Transforms::default()
+        };
+        assert_eq!(nfc.apply(Value::text("cafe\u{301}")), Value::text("café"));
+        assert_eq!(nfc.apply(Value::text("café")), Value::text("café"));
+        // NFC keeps compatibility characters; NFKC folds them.
+        assert_eq!(nfc.apply(Value::text("ﬁ１")), Value::text("ﬁ１"));
+        let nfkc = Transforms {
+            unicode: Some(UnicodeForm::Nfkc),
+            case: Some(Case::Lower),
+            ..Transforms::default()
+        };
+        assert_eq!(nfkc.apply(Value::text("ＦＩ ﬁ１")), Value::text("fi fi1"));
+        assert!(
+            nfc.check(ValueKind::Integer)
+                .unwrap_err()
+                .contains("unicode")
+        );
     }
 
     #[test]
