@@ -3,7 +3,6 @@
 //! `arbor compare --json` prints. Keys and column names only, never values.
 //! Fields are only ever added; a change of meaning bumps the version.
 
-use arbor_record::{Value, decode_tuple};
 use serde::{Deserialize, Serialize};
 
 use crate::proto::v1 as pb;
@@ -93,18 +92,7 @@ pub struct DriftEntry {
 
 /// The human form of a canonical key: `42`, `"abc"`, `(7, "eu")`.
 pub fn display_key(canonical: &[u8]) -> String {
-    match decode_tuple(canonical) {
-        Ok(values) if values.len() == 1 => values[0].to_string(),
-        Ok(values) => format!(
-            "({})",
-            values
-                .iter()
-                .map(Value::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        Err(_) => format!("0x{}", hex::encode(canonical)),
-    }
+    arbor_record::display_canonical_tuple(canonical)
 }
 
 /// Text of a watermark: itself if UTF-8, hex otherwise.
@@ -225,7 +213,7 @@ impl From<pb::DriftEntry> for DriftEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arbor_record::tuple_bytes;
+    use arbor_record::{Value, tuple_bytes};
 
     #[test]
     fn keys_display_readably() {

@@ -57,7 +57,7 @@ pub enum IndexError {
     #[error(
         "{count} key(s) were read more than once{}: a key must identify one row \
          (fix the duplicates in the system, or map key columns that are unique)",
-        example.as_ref().map(|k| format!(", e.g. key ({k})")).unwrap_or_default()
+        example.as_ref().map(|k| format!(", e.g. key {k}")).unwrap_or_default()
     )]
     RepeatedKeys {
         /// Keys read more than once (at least).

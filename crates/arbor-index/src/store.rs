@@ -553,7 +553,7 @@ impl Index {
                 example: written
                     .repeated_key
                     .filter(|_| show_key)
-                    .map(|k| describe_key(&k)),
+                    .map(|k| arbor_record::display_canonical_tuple(&k)),
             });
         }
         debug!(
@@ -1041,18 +1041,6 @@ where
         );
     }
     Ok(stats)
-}
-
-/// A canonical key as its values, for messages.
-fn describe_key(canonical: &[u8]) -> String {
-    match arbor_record::decode_tuple(canonical) {
-        Ok(values) => values
-            .iter()
-            .map(|v| v.to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
-        Err(_) => format!("0x{}", hex::encode(canonical)),
-    }
 }
 
 fn read_u32(name: &'static [u8], v: &[u8]) -> Result<u32, IndexError> {

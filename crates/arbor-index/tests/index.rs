@@ -533,7 +533,7 @@ fn keys_read_twice_are_refused_unless_the_read_may_repeat_them() {
         matches!(&e, IndexError::RepeatedKeys { count: 1, example: Some(k) } if k == "1"),
         "{e:?}"
     );
-    assert!(e.to_string().contains("e.g. key (1)"), "{e}");
+    assert!(e.to_string().contains("e.g. key 1:"), "{e}");
     let e = build(arbor_index::KeyRepeats::Refuse { show_key: false }).unwrap_err();
     assert!(
         matches!(&e, IndexError::RepeatedKeys { example: None, .. }),

@@ -133,6 +133,25 @@ pub fn tuple_bytes(values: &[Value]) -> Vec<u8> {
     out
 }
 
+/// A tuple's values for people: `7` or `(7, abc)` (two or more values in
+/// parentheses).
+pub fn display_tuple(values: &[Value]) -> String {
+    let shown: Vec<String> = values.iter().map(Value::to_string).collect();
+    match shown.as_slice() {
+        [one] => one.clone(),
+        _ => format!("({})", shown.join(", ")),
+    }
+}
+
+/// [`display_tuple`] of a canonical tuple; its bytes in hex if it does not
+/// decode.
+pub fn display_canonical_tuple(bytes: &[u8]) -> String {
+    match decode_tuple(bytes) {
+        Ok(values) => display_tuple(&values),
+        Err(_) => format!("0x{}", hex::encode(bytes)),
+    }
+}
+
 /// Decodes a whole buffer holding exactly one tuple.
 pub fn decode_tuple(bytes: &[u8]) -> Result<Vec<Value>, DecodeError> {
     let mut r = Reader { bytes, pos: 0 };

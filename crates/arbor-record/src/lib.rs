@@ -40,7 +40,10 @@ pub mod typed;
 pub mod value;
 
 pub use batch::{BatchEntry, EncodedRows, HASH_PART_RECORDS, HashedBatch};
-pub use encode::{ENCODING_VERSION, decode_tuple, encode_tuple, tuple_bytes};
+pub use encode::{
+    ENCODING_VERSION, decode_tuple, display_canonical_tuple, display_tuple, encode_tuple,
+    tuple_bytes,
+};
 pub use error::{DecodeError, SchemaError, ValueError};
 pub use hash::{DatasetKeys, Digest, HashedRecord, KeyId};
 pub use schema::{Column, Schema};

@@ -215,7 +215,10 @@ impl ChunkContext {
                 },
                 Some(key),
             ) if self.mapping.keys_shown() => SourceError::Value {
-                dataset: format!("{dataset}, row with key ({})", crate::describe_key(key)),
+                dataset: format!(
+                    "{dataset}, row with key {}",
+                    arbor_record::display_tuple(key)
+                ),
                 column,
                 problem,
             },
@@ -418,6 +421,24 @@ pub fn throttle_waits() -> u64 {
     THROTTLE_WAITS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Hands `items` to `each` in consecutive groups sized by `budget`: `each`
+/// returns how many rows its group held and their bytes, which size the
+/// next group.
+pub(crate) fn in_groups<T, E>(
+    items: &[T],
+    mut budget: RowBudget,
+    mut each: impl FnMut(&[T]) -> Result<(u64, u64), E>,
+) -> Result<(), E> {
+    let mut rest = items;
+    while !rest.is_empty() {
+        let (group, more) = rest.split_at((budget.rows() as usize).min(rest.len()));
+        rest = more;
+        let (rows, bytes) = each(group)?;
+        budget.observe(rows, bytes);
+    }
+    Ok(())
+}
+
 /// Keys looked up per statement by `fetch`, at most.
 pub(crate) const FETCH_KEYS_PER_STATEMENT: usize = 1_000;
 
@@ -434,19 +455,19 @@ pub(crate) fn fetch_in_batches(
     mut query: impl FnMut(&[&[Value]]) -> Result<Vec<Record>, SourceError>,
 ) -> Result<Vec<Option<Record>>, SourceError> {
     let mut found = std::collections::HashMap::new();
-    let mut budget = RowBudget::new(FETCH_STATEMENT_BYTES, FETCH_KEYS_PER_STATEMENT as u64);
-    let mut rest = keys;
-    while !rest.is_empty() {
-        let (chunk, more) = rest.split_at((budget.rows() as usize).min(rest.len()));
-        rest = more;
-        let refs: Vec<&[Value]> = chunk.iter().map(Vec::as_slice).collect();
+    let budget = RowBudget::new(FETCH_STATEMENT_BYTES, FETCH_KEYS_PER_STATEMENT as u64);
+    in_groups(keys, budget, |group| {
+        let refs: Vec<&[Value]> = group.iter().map(Vec::as_slice).collect();
         let rows = query(&refs)?;
-        let bytes = rows.iter().map(|r| r.mem_bytes() as u64).sum();
-        budget.observe(rows.len() as u64, bytes);
+        let sized = (
+            rows.len() as u64,
+            rows.iter().map(|r| r.mem_bytes() as u64).sum(),
+        );
         for r in rows {
             found.insert(arbor_record::tuple_bytes(&r.key), r);
         }
-    }
+        Ok(sized)
+    })?;
     Ok(keys
         .iter()
         .map(|k| found.remove(&arbor_record::tuple_bytes(k)))

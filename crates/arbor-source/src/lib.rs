@@ -158,20 +158,17 @@ pub fn fetch_each<E>(
     mut fetch: impl FnMut(&[Vec<Value>]) -> Result<Vec<Option<Record>>, E>,
     mut visit: impl FnMut(&[Vec<Value>], Vec<Option<Record>>) -> Result<(), E>,
 ) -> Result<(), E> {
-    let mut budget = keyset::RowBudget::new(bytes as u64, max_keys as u64);
-    let mut rest = keys;
-    while !rest.is_empty() {
-        let (group, more) = rest.split_at((budget.rows() as usize).min(rest.len()));
-        rest = more;
+    let budget = keyset::RowBudget::new(bytes as u64, max_keys as u64);
+    keyset::in_groups(keys, budget, |group| {
         let rows = fetch(group)?;
         let found = rows.iter().flatten();
         let size = found.clone().map(|r| r.mem_bytes() as u64).sum();
         // Keys without a row count as rows of no size: a group of absent
         // keys grows the next one.
-        budget.observe(found.count().max(1) as u64, size);
+        let sized = (found.count().max(1) as u64, size);
         visit(group, rows)?;
-    }
-    Ok(())
+        Ok(sized)
+    })
 }
 
 /// Records hashed per batch by [`Source::scan_hashed`]'s default.
@@ -268,17 +265,6 @@ impl Iterator for Batches {
             }
         }
     }
-}
-
-/// A key's values for messages: `1, "ab"`.
-pub(crate) fn describe_key(key: &[Value]) -> String {
-    key.iter()
-        .map(|v| match v {
-            Value::Text(t) => format!("{t:?}"),
-            other => other.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// What a value error says of a NULL in a key column.

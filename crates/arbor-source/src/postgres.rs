@@ -846,6 +846,10 @@ impl BlockCursor {
 /// few tries.
 const OVERFLOW_SHRINK: u64 = 8;
 
+/// How much a lane's pieces may grow from one to the next: an estimate
+/// that overshoots costs a dropped read, so it is approached, not jumped to.
+const PIECE_GROWTH: u64 = 2;
+
 /// Blocks a lane's first claim takes at most: a chunk too large is read
 /// to its end before it is dropped, so the first guess is a small one.
 const FIRST_CLAIM_BLOCKS: u64 = 8;
@@ -974,7 +978,7 @@ impl BlockWalk {
     fn observe(&mut self, blocks: u64, bytes: u64, chunk_bytes: u64) {
         let fit = (blocks as u128 * u128::from(chunk_bytes) / u128::from(bytes.max(1))) as u64;
         self.per_chunk = fit
-            .min(self.per_chunk.saturating_mul(2))
+            .min(self.per_chunk.saturating_mul(PIECE_GROWTH))
             .clamp(1, self.max_per_chunk);
     }
 }

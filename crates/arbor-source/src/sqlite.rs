@@ -145,8 +145,8 @@ impl SqliteSource {
                     problem,
                 } if i >= key_len && self.mapping.keys_shown() => SourceError::Value {
                     dataset: format!(
-                        "{dataset}, row with key ({})",
-                        crate::describe_key(&values[..key_len])
+                        "{dataset}, row with key {}",
+                        arbor_record::display_tuple(&values[..key_len])
                     ),
                     column,
                     problem,
@@ -583,7 +583,7 @@ mod tests {
         assert!(
             err.contains("\"name\"")
                 && err.contains("expected integer, found TEXT")
-                && err.contains("row with key (1)"),
+                && err.contains("row with key 1"),
             "{err}"
         );
         // A NULL key (sorted first) is named by its row's place in the scan.

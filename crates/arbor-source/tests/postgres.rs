@@ -937,13 +937,13 @@ fn value_errors_name_the_row_by_its_key() {
     let e = scan_all(&mut source(mapping.clone()))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("row with key (7)") && e.contains("\"n\""), "{e}");
+    assert!(e.contains("row with key 7,") && e.contains("\"n\""), "{e}");
     let keys = arbor_record::DatasetKeys::derive(b"errors");
     let e = source(mapping.clone())
         .scan_hashed(&keys, &mut |_| Ok(()))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("row with key (7)") && e.contains("\"n\""), "{e}");
+    assert!(e.contains("row with key 7,") && e.contains("\"n\""), "{e}");
     let e = scan_all(&mut source(mapping.with_sensitive_keys(true)))
         .unwrap_err()
         .to_string();
