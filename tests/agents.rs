@@ -1384,7 +1384,14 @@ fn one_way_sync_from_postgres_to_mariadb_survives_a_killed_target() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(900));
+    // Killed once the run is writing (the first batches landed), however
+    // long planning took on a busy machine.
+    let before = mariadb_customers(&mut my, &my_table);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while mariadb_customers(&mut my, &my_table) == before {
+        assert!(Instant::now() < deadline, "the sync run never wrote");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     drop(target); // SIGKILL
     let partial = mariadb_customers(&mut my, &my_table);
     assert_ne!(partial, truth, "the kill came mid-run");
