@@ -314,7 +314,9 @@ pub(crate) fn scan_in_chunks<R: KeysetReader, T>(
     visit: &mut dyn FnMut(T) -> Result<(), SourceError>,
 ) -> Result<u64, SourceError> {
     let dataset = reader.dataset();
-    let lanes = reader.lanes();
+    // Held until the scan ends: a lane that runs out of blocks early keeps
+    // its connection until the others are done, as the reader does.
+    let mut lanes = reader.lanes();
     std::thread::scope(|scope| {
         // Chunks fetched ahead of the one being parsed: the server keeps
         // streaming while parsing falls behind for a while. A fetcher that
@@ -324,9 +326,9 @@ pub(crate) fn scan_in_chunks<R: KeysetReader, T>(
             let tx = tx.clone();
             move || fetch_all(reader, &tx)
         })];
-        for mut lane in lanes {
+        for lane in lanes.iter_mut() {
             let tx = tx.clone();
-            fetchers.push(scope.spawn(move || fetch_all(&mut lane, &tx)));
+            fetchers.push(scope.spawn(move || fetch_all(lane, &tx)));
         }
         // The fetchers hold the only senders: the receiver ends with them.
         drop(tx);

@@ -594,7 +594,13 @@ fn scan_interrupted(
         Walk::ByKey => 1,
         Walk::ByBlocks => 2,
     };
-    assert_eq!(most_connections, connections, "{walk:?}: {statements:?}");
+    // Sampled only when the test cuts connections: a lane still
+    // reconnecting (backoff) may be missing from a sample, so a build shows
+    // at most two, a rescan exactly one.
+    assert!(
+        (1..=connections).contains(&most_connections),
+        "{walk:?}: {statements:?}"
+    );
     let distinct: BTreeSet<_> = seen.iter().cloned().collect();
     assert_eq!(seen.len(), rows, "no row read twice");
     assert_eq!(distinct.len(), rows, "no row skipped");
