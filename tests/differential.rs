@@ -338,8 +338,14 @@ fn day(days: i32) -> String {
 static TABLES: AtomicU64 = AtomicU64::new(0);
 
 fn table_name() -> String {
+    table_in("diff")
+}
+
+/// A fresh table name of one test's `family`, which [`drop_tables`] of
+/// that family drops (tests run side by side in one process).
+fn table_in(family: &str) -> String {
     format!(
-        "diff_{}_{}",
+        "{family}_{}_{}",
         std::process::id(),
         TABLES.fetch_add(1, Ordering::Relaxed)
     )
@@ -542,7 +548,12 @@ fn write(engine: &str, dir: &TempDir, rows: &BTreeMap<i64, Row>) -> Box<dyn Sour
 
 /// Drops the tables this process made in the two servers.
 fn drop_tables() {
-    let prefix = format!("diff_{}_", std::process::id());
+    drop_family("diff");
+}
+
+/// Drops the tables of `family` this process made in the two servers.
+fn drop_family(family: &str) {
+    let prefix = format!("{family}_{}_", std::process::id());
     let mut pg =
         postgres::Client::connect(&env("ARBOR_TEST_POSTGRES_URL"), postgres::NoTls).unwrap();
     for row in pg
@@ -659,4 +670,323 @@ fn every_engine_agrees_and_drift_is_exact() {
         ENGINES.len(),
         drifted_keys.get()
     );
+}
+
+/// Key spellings: the normalised text keys below are one key however each
+/// engine spells them (case, composed or decomposed accents, trailing
+/// spaces), under `unicode = "nfc", trim_end = true, case = "lower"`.
+mod normalised_keys {
+    use super::*;
+    use arbor_source::transform::{Case, Transforms, UnicodeForm};
+    use unicode_normalization::UnicodeNormalization;
+
+    /// Prefix of this test's tables.
+    const FAMILY: &str = "dkey";
+
+    /// A logical key (already in its normalised form) and its value.
+    type Rows = BTreeMap<String, String>;
+
+    /// How one engine spells one key: upper-case, decomposed, trailing
+    /// spaces.
+    type Spelling = (bool, bool, u8);
+
+    fn mapping() -> Mapping {
+        let mut k = ColumnMapping::new("k", "k", ValueKind::Text);
+        k.transforms = Transforms {
+            unicode: Some(UnicodeForm::Nfc),
+            trim_end: true,
+            case: Some(Case::Lower),
+            ..Transforms::default()
+        };
+        Mapping::new(vec![k], vec![ColumnMapping::new("v", "v", ValueKind::Text)]).expect("mapping")
+    }
+
+    fn normal(s: &str) -> String {
+        s.nfc().collect::<String>().trim_end_matches(' ').to_lowercase()
+    }
+
+    fn spell(key: &str, (upper, decomposed, spaces): Spelling) -> String {
+        let cased = if upper { key.to_uppercase() } else { key.to_owned() };
+        let formed: String = if decomposed {
+            cased.nfd().collect()
+        } else {
+            cased.nfc().collect()
+        };
+        format!("{formed}{}", " ".repeat(spaces.into()))
+    }
+
+    fn logical_key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("café".to_owned()),
+            Just("zoë".to_owned()),
+            Just("straße".to_owned()),
+            Just("ångström".to_owned()),
+            Just("a b".to_owned()),
+            Just(String::new()),
+            "[a-zé]{1,6}",
+        ]
+        // Keys are generated normalised; upper-casing `ß` gives `SS`,
+        // which folds back to `ss`, another key: such keys are kept only
+        // in their lower-case spelling (see `spelling`).
+        .prop_map(|k| normal(&k))
+    }
+
+    fn spelling() -> impl Strategy<Value = Spelling> {
+        (any::<bool>(), any::<bool>(), 0u8..3)
+    }
+
+    /// Spells `key` as told, unless its upper case is another key.
+    fn spelled(key: &str, s: Spelling) -> String {
+        let s = if normal(&key.to_uppercase()) == key { s } else { (false, s.1, s.2) };
+        spell(key, s)
+    }
+
+    #[derive(Debug, Clone)]
+    enum Drift {
+        Change(usize),
+        Delete(usize),
+        Add(String),
+        /// Another spelling of an existing key: no drift at all.
+        Respell(usize, Spelling),
+    }
+
+    /// Rows, per engine spellings, the drift of one engine's copy, and
+    /// whether that copy also gets a second spelling of one key.
+    fn case() -> impl Strategy<Value = (Rows, Vec<Vec<Spelling>>, Vec<Drift>, usize, bool)> {
+        proptest::collection::btree_map(logical_key(), "[a-z ]{0,5}", 1..12).prop_flat_map(|rows| {
+            let n = rows.len();
+            let drift = prop_oneof![
+                (0..n).prop_map(Drift::Change),
+                (0..n).prop_map(Drift::Delete),
+                logical_key().prop_map(Drift::Add),
+                (0..n, spelling()).prop_map(|(i, s)| Drift::Respell(i, s)),
+            ];
+            (
+                Just(rows),
+                proptest::collection::vec(proptest::collection::vec(spelling(), n), ENGINES.len()),
+                proptest::collection::vec(drift, 0..4),
+                0..ENGINES.len(),
+                proptest::bool::weighted(0.2),
+            )
+        })
+    }
+
+    /// Writes rows spelled as given (key, value) into `engine`.
+    fn write(engine: &str, dir: &TempDir, rows: &[(String, String)]) -> Box<dyn Source> {
+        let name = table_in(FAMILY);
+        let options = ScanOptions {
+            chunk_rows: 2,
+            ..ScanOptions::default()
+        };
+        match engine {
+            "postgres" => {
+                let url = env("ARBOR_TEST_POSTGRES_URL");
+                let mut pg = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+                pg.batch_execute(&format!("CREATE TABLE {name} (k text PRIMARY KEY, v text)"))
+                    .unwrap();
+                for (k, v) in rows {
+                    pg.execute(&format!("INSERT INTO {name} VALUES ($1, $2)"), &[k, v])
+                        .unwrap();
+                }
+                Box::new(PostgresSource::new(url, Relation::Table(name), mapping(), options))
+            }
+            "mariadb" => {
+                // A binary collation, so that `Bob` and `bob` may be two rows
+                // (a duplicate under the transforms); MariaDB's binary
+                // collations pad, so trailing spaces alone never are.
+                let url = env("ARBOR_TEST_MYSQL_URL");
+                let mut my = mysql::Conn::new(mysql::Opts::from_url(&url).unwrap()).unwrap();
+                my.query_drop(format!(
+                    "CREATE TABLE {name} (k VARCHAR(64) PRIMARY KEY, v TEXT)
+                     CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+                ))
+                .unwrap();
+                for (k, v) in rows {
+                    my.exec_drop(format!("INSERT INTO {name} VALUES (?, ?)"), (k, v))
+                        .unwrap();
+                }
+                Box::new(MysqlSource::new(url, Relation::Table(name), mapping(), options))
+            }
+            "sqlite" => {
+                let path = dir.path().join(format!("{name}.db"));
+                let c = rusqlite::Connection::open(&path).unwrap();
+                c.execute_batch("CREATE TABLE t (k TEXT PRIMARY KEY, v TEXT)")
+                    .unwrap();
+                for (k, v) in rows {
+                    c.execute("INSERT INTO t VALUES (?1, ?2)", rusqlite::params![k, v])
+                        .unwrap();
+                }
+                drop(c);
+                Box::new(SqliteSource::open(&path, Relation::Table("t".into()), mapping()).unwrap())
+            }
+            "csv" => {
+                let path = dir.path().join(format!("{name}.csv"));
+                let mut w = csv::Writer::from_path(&path).unwrap();
+                w.write_record(["k", "v"]).unwrap();
+                for (k, v) in rows {
+                    w.write_record([k, v]).unwrap();
+                }
+                w.flush().unwrap();
+                Box::new(FileSource::new(&path, Format::Csv, mapping(), None))
+            }
+            "jsonl" => {
+                let path = dir.path().join(format!("{name}.jsonl"));
+                let text: String = rows
+                    .iter()
+                    .map(|(k, v)| format!("{}\n", serde_json::json!({"k": k, "v": v})))
+                    .collect();
+                std::fs::write(&path, text).unwrap();
+                Box::new(FileSource::new(&path, Format::Jsonl, mapping(), None))
+            }
+            other => unreachable!("engine {other}"),
+        }
+    }
+
+    fn leaves(
+        dir: &TempDir,
+        source: &mut dyn Source,
+    ) -> Result<BTreeMap<Vec<u8>, String>, arbor_index::IndexError> {
+        let config = IndexConfig {
+            keys: DatasetKeys::derive(b"differential"),
+            schema_fingerprint: mapping().schema().fingerprint(),
+        };
+        let index = Index::open(dir.path().join(table_in(FAMILY)), config).unwrap();
+        build_from_source(&index, source, true)?;
+        let snap = index.snapshot().unwrap();
+        Ok(snap
+            .leaves(&[Prefix::ROOT])
+            .unwrap()
+            .into_iter()
+            .map(|l| (l.key, l.digest.to_string()))
+            .collect())
+    }
+
+    fn key_bytes(key: &str) -> Vec<u8> {
+        arbor_record::tuple_bytes(&[Value::text(key)])
+    }
+
+    #[test]
+    fn every_engine_agrees_on_normalised_keys_however_spelled() {
+        let cases = std::env::var("ARBOR_DIFFERENTIAL_CASES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(20);
+        let config = proptest::test_runner::Config {
+            cases,
+            max_shrink_iters: 64,
+            failure_persistence: None,
+            ..proptest::test_runner::Config::default()
+        };
+        let mut runner = proptest::test_runner::TestRunner::new(config);
+        let (datasets, refusals) = (std::cell::Cell::new(0u64), std::cell::Cell::new(0u64));
+        runner
+            .run(&case(), |(rows, spellings, drift, target, twice)| {
+                let dir = TempDir::new().unwrap();
+                drop_family(FAMILY);
+                let keys: Vec<&String> = rows.keys().collect();
+                let mut seen = Vec::new();
+                for (e, engine) in ENGINES.iter().enumerate() {
+                    let spelled_rows: Vec<(String, String)> = rows
+                        .iter()
+                        .zip(&spellings[e])
+                        .map(|((k, v), &s)| (spelled(k, s), v.clone()))
+                        .collect();
+                    let mut source = write(engine, &dir, &spelled_rows);
+                    let got = leaves(&dir, source.as_mut()).unwrap_or_else(|e| panic!("{engine}: {e}"));
+                    // Lookups by the normalised key find every spelling.
+                    let mut wanted: Vec<Vec<Value>> =
+                        keys.iter().map(|k| vec![Value::text(k.as_str())]).collect();
+                    wanted.push(vec![Value::text("no such key")]);
+                    let found = source.fetch(&wanted).unwrap();
+                    for ((k, v), f) in rows.iter().zip(&found) {
+                        let f = f.as_ref().unwrap_or_else(|| panic!("{engine}: no row for {k:?}"));
+                        prop_assert_eq!(&f.values, &vec![Value::text(v.as_str())], "{}", engine);
+                    }
+                    prop_assert!(found.last().unwrap().is_none());
+                    seen.push((*engine, got));
+                }
+                let (first, want) = &seen[0];
+                prop_assert_eq!(want.len(), rows.len());
+                for (engine, got) in &seen[1..] {
+                    prop_assert_eq!(got, want, "{} and {}", first, engine);
+                }
+                // Drift, in the target engine's spelling.
+                let mut after: BTreeMap<String, (String, Spelling)> = rows
+                    .iter()
+                    .zip(&spellings[target])
+                    .map(|((k, v), &s)| (k.clone(), (v.clone(), s)))
+                    .collect();
+                for d in &drift {
+                    match d {
+                        Drift::Change(i) => {
+                            if let Some((v, _)) = after.get_mut(keys[*i]) {
+                                v.push('!');
+                            }
+                        }
+                        Drift::Delete(i) => {
+                            after.remove(keys[*i]);
+                        }
+                        Drift::Add(k) => {
+                            after.entry(k.clone()).or_insert(("added".into(), (true, true, 1)));
+                        }
+                        Drift::Respell(i, s) => {
+                            if let Some((_, spelling)) = after.get_mut(keys[*i]) {
+                                *spelling = *s;
+                            }
+                        }
+                    }
+                }
+                let oracle: BTreeSet<Vec<u8>> = rows
+                    .keys()
+                    .chain(after.keys())
+                    .filter(|k| rows.get(*k) != after.get(*k).map(|(v, _)| v))
+                    .map(|k| key_bytes(k))
+                    .collect();
+                let mut written: Vec<(String, String)> = after
+                    .iter()
+                    .map(|(k, (v, s))| (spelled(k, *s), v.clone()))
+                    .collect();
+                // A second spelling of one key (other letter case): a
+                // duplicate in the system, refused, never resolved by order.
+                let again = written
+                    .iter()
+                    .find(|(k, _)| k.to_uppercase() != *k && normal(&k.to_uppercase()) == normal(k))
+                    .map(|(k, v)| {
+                        let other = if k.to_lowercase() == *k { k.to_uppercase() } else { k.to_lowercase() };
+                        (other, format!("{v}?"))
+                    });
+                if let (true, Some(again)) = (twice, again) {
+                    written.push(again);
+                    let mut source = write(ENGINES[target], &dir, &written);
+                    let e = leaves(&dir, source.as_mut()).expect_err("a key spelled twice");
+                    prop_assert!(
+                        matches!(e, arbor_index::IndexError::RepeatedKeys { .. }),
+                        "{}: {}",
+                        ENGINES[target],
+                        e
+                    );
+                    refusals.set(refusals.get() + 1);
+                } else {
+                    let mut source = write(ENGINES[target], &dir, &written);
+                    let got = leaves(&dir, source.as_mut()).unwrap();
+                    let all: BTreeSet<&Vec<u8>> = want.keys().chain(got.keys()).collect();
+                    let differing: BTreeSet<Vec<u8>> = all
+                        .into_iter()
+                        .filter(|k| want.get(*k) != got.get(*k))
+                        .cloned()
+                        .collect();
+                    prop_assert_eq!(differing, oracle, "drift in {}", ENGINES[target]);
+                }
+                datasets.set(datasets.get() + 1);
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        drop_family(FAMILY);
+        eprintln!(
+            "differential (normalised keys): {} datasets over {} engines, {} duplicate spellings refused",
+            datasets.get(),
+            ENGINES.len(),
+            refusals.get()
+        );
+    }
 }

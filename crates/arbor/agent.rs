@@ -844,7 +844,8 @@ fn ingested_changes(
                 schema
                     .check(&key, &nulls)
                     .map_err(|e| invalid(e.to_string()))?;
-                out.push(Change::Delete(key));
+                // Keys arrive as stored, like the values of an upsert.
+                out.push(Change::Delete(mapping.key_of(key)));
             }
             _ => return Err(invalid("op is not set (UPSERT or DELETE)".into())),
         }

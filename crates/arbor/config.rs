@@ -980,6 +980,14 @@ impl AgentConfig {
                     "file sources are read-only; repairs need a database".into(),
                 ));
             }
+            if d.allow_repairs && mapping.normalises_keys() {
+                return Err(invalid(
+                    field("allow_repairs"),
+                    "a key column has transforms, so a record's key is not the value stored \
+                     and a repair could not address the row; repairs need keys as stored"
+                        .into(),
+                ));
+            }
             datasets.push(DatasetConfig {
                 name: d.name,
                 secret,
@@ -1429,5 +1437,30 @@ mod tests {
                 .to_string()
                 .contains("agent.listen")
         );
+    }
+
+    #[test]
+    fn normalised_keys_load_and_refuse_repairs() {
+        let folded = GOOD.replace(
+            r#"key = [{ source = "id", kind = "integer" }]"#,
+            r#"key = [{ source = "id", kind = "text", transform = { unicode = "nfc", trim_end = true, case = "lower" } }]"#,
+        );
+        let c = load(&folded).unwrap();
+        assert!(c.datasets[0].mapping.normalises_keys());
+        assert_eq!(
+            c.datasets[0].mapping.schema().key()[0].form.as_deref(),
+            Some("nfc+trim_end+lower")
+        );
+        let e = load(&folded.replace("[[dataset]]", "[[dataset]]\nallow_repairs = true"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("dataset[customers].allow_repairs") && e.contains("keys as stored"),
+            "{e}"
+        );
+        let e = load(&folded.replace("trim_end = true", "empty_as_null = true"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("only unicode, trim, trim_end and case"), "{e}");
     }
 }

@@ -16,6 +16,11 @@ pub struct Column {
     pub name: String,
     /// The column's kind.
     pub kind: ValueKind,
+    /// How a key column's values are normalised before they identify a
+    /// record (`nfc+trim_end+lower`, say); `None` for values as stored.
+    /// Part of the fingerprint: peers that shape keys differently never
+    /// compare.
+    pub form: Option<String>,
 }
 
 impl Column {
@@ -24,7 +29,14 @@ impl Column {
         Column {
             name: name.into(),
             kind,
+            form: None,
         }
+    }
+
+    /// This column with its values normalised as `form` says.
+    pub fn with_form(mut self, form: Option<String>) -> Column {
+        self.form = form;
+        self
     }
 }
 
@@ -78,7 +90,12 @@ impl Schema {
             for c in part {
                 put_varint(&mut buf, c.name.len() as u64);
                 buf.extend_from_slice(c.name.as_bytes());
-                let kind = c.kind.name();
+                // `text/nfc+lower`: a column without a form hashes as it
+                // always did, so existing indexes keep their fingerprint.
+                let kind = match &c.form {
+                    None => c.kind.name().to_owned(),
+                    Some(form) => format!("{}/{form}", c.kind.name()),
+                };
                 put_varint(&mut buf, kind.len() as u64);
                 buf.extend_from_slice(kind.as_bytes());
             }
@@ -115,6 +132,29 @@ impl Schema {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_form_is_part_of_the_fingerprint() {
+        let schema = |form: Option<&str>| {
+            Schema::new(
+                vec![Column::new("id", ValueKind::Text).with_form(form.map(str::to_owned))],
+                vec![],
+            )
+            .unwrap()
+            .fingerprint()
+        };
+        assert_ne!(schema(None), schema(Some("nfc")));
+        assert_ne!(schema(Some("nfc")), schema(Some("nfc+lower")));
+        // Without a form, the fingerprint is what it was before forms.
+        let mut buf = b"arbor schema".to_vec();
+        put_varint(&mut buf, u64::from(ENCODING_VERSION));
+        buf.extend_from_slice(&[1, 2]);
+        buf.extend_from_slice(b"id");
+        buf.extend_from_slice(&[4]);
+        buf.extend_from_slice(b"text");
+        buf.push(0);
+        assert_eq!(schema(None), *blake3::hash(&buf).as_bytes());
+    }
 
     #[test]
     fn value_order_does_not_matter_key_order_does() {

@@ -340,16 +340,7 @@ impl Source for FileSource {
     }
 
     fn fetch(&mut self, keys: &[Vec<Value>]) -> Result<Vec<Option<Record>>, SourceError> {
-        let wanted: std::collections::HashMap<&Vec<Value>, usize> =
-            keys.iter().enumerate().map(|(i, k)| (k, i)).collect();
-        let mut out = vec![None; keys.len()];
-        self.scan(&mut |r| {
-            if let Some(&i) = wanted.get(&r.key) {
-                out[i] = Some(r);
-            }
-            Ok(())
-        })?;
-        Ok(out)
+        crate::fetch_by_scan(self, keys)
     }
 }
 

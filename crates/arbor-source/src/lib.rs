@@ -124,6 +124,9 @@ pub trait Source: Send {
     }
 
     /// The current record of each key (`None` if absent), in key order.
+    /// Keys are records' keys: where the mapping normalises keys
+    /// ([`Mapping::normalises_keys`]) a database connector cannot ask for
+    /// them and reads the dataset instead ([`fetch_by_scan`]).
     fn fetch(&mut self, keys: &[Vec<Value>]) -> Result<Vec<Option<Record>>, SourceError>;
 
     /// Polling: visits the records whose `column` (an `updated_at` or
@@ -144,6 +147,29 @@ pub trait Source: Send {
             problem: format!("polling on {column:?} needs a database source; use rescan capture"),
         })
     }
+}
+
+/// [`Source::fetch`] by reading the whole dataset and keeping the records
+/// asked for: what a file source always does, and what a database does
+/// when its mapping normalises keys. A normalised key (`bob` for a row
+/// stored as `Bob `) names no stored value a statement could select, and
+/// only the same transforms, applied in the same code, find every
+/// spelling of it on every engine. One read per call, so callers pass
+/// keys in large groups ([`fetch_each`]).
+pub fn fetch_by_scan<S: Source + ?Sized>(
+    source: &mut S,
+    keys: &[Vec<Value>],
+) -> Result<Vec<Option<Record>>, SourceError> {
+    let wanted: std::collections::HashMap<&Vec<Value>, usize> =
+        keys.iter().enumerate().map(|(i, k)| (k, i)).collect();
+    let mut out = vec![None; keys.len()];
+    source.scan(&mut |r| {
+        if let Some(&i) = wanted.get(&r.key) {
+            out[i] = Some(r);
+        }
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 /// Looks `keys` up with `fetch` (a [`Source::fetch`]) in groups of at

@@ -79,7 +79,7 @@ impl Mapping {
                 });
             }
         }
-        for c in key.iter().chain(&columns) {
+        for c in &columns {
             if let Err(problem) = c.transforms.check(c.kind) {
                 return Err(SchemaError::Transform {
                     column: c.canonical().to_owned(),
@@ -87,16 +87,18 @@ impl Mapping {
                 });
             }
         }
-        if let Some(k) = key.iter().find(|k| !k.transforms.is_identity()) {
-            return Err(SchemaError::Transform {
-                column: k.canonical().to_owned(),
-                problem: "key columns take no transforms: a key must be stable as stored".into(),
-            });
+        for k in &key {
+            if let Err(problem) = k.transforms.check_key(k.kind) {
+                return Err(SchemaError::Transform {
+                    column: k.canonical().to_owned(),
+                    problem,
+                });
+            }
         }
         columns.sort_by(|a, b| a.canonical().cmp(b.canonical()));
         let schema = Schema::new(
             key.iter()
-                .map(|c| Column::new(c.canonical(), c.kind))
+                .map(|c| Column::new(c.canonical(), c.kind).with_form(c.transforms.key_form()))
                 .collect(),
             columns
                 .iter()
@@ -120,6 +122,25 @@ impl Mapping {
     /// Whether errors may show a row's key.
     pub fn keys_shown(&self) -> bool {
         !self.sensitive_keys
+    }
+
+    /// Whether a key column is normalised (Unicode form, trims, case):
+    /// then a record's key is not the value stored, and the system cannot
+    /// be asked for a row by it (see [`crate::fetch_by_scan`]).
+    pub fn normalises_keys(&self) -> bool {
+        self.key.iter().any(|k| !k.transforms.is_identity())
+    }
+
+    /// The key of the record a row with this stored key becomes.
+    pub fn key_of(&self, mut stored: Vec<arbor_record::Value>) -> Vec<arbor_record::Value> {
+        for (v, c) in stored.iter_mut().zip(&self.key) {
+            if !c.transforms.is_identity() {
+                *v = c
+                    .transforms
+                    .apply(std::mem::replace(v, arbor_record::Value::Null));
+            }
+        }
+        stored
     }
 
     /// Key columns, in key order.
@@ -166,8 +187,10 @@ impl Mapping {
         Ok(self.apply(Record::new(row, values)))
     }
 
-    /// Applies the value columns' transforms to a record read from the system.
+    /// Applies the transforms (of key and value columns) to a record read
+    /// from the system.
     pub fn apply(&self, mut record: Record) -> Record {
+        record.key = self.key_of(record.key);
         for (v, c) in record.values.iter_mut().zip(&self.columns) {
             if !c.transforms.is_identity() {
                 *v = c
@@ -210,5 +233,39 @@ mod tests {
         let err =
             Mapping::new(vec![ColumnMapping::new("x", "x", ValueKind::Float)], vec![]).unwrap_err();
         assert!(err.to_string().contains("\"x\""), "{err}");
+    }
+
+    #[test]
+    fn normalised_keys_shape_records_and_the_fingerprint() {
+        use crate::transform::{Case, UnicodeForm};
+        use arbor_record::Value;
+        let folded = |transforms: Transforms| {
+            let mut k = ColumnMapping::new("email", "email", ValueKind::Text);
+            k.transforms = transforms;
+            Mapping::new(vec![k], vec![ColumnMapping::new("n", "n", ValueKind::Text)])
+        };
+        let plain = folded(Transforms::default()).unwrap();
+        let mapping = folded(Transforms {
+            unicode: Some(UnicodeForm::Nfc),
+            trim_end: true,
+            case: Some(Case::Lower),
+            ..Transforms::default()
+        })
+        .unwrap();
+        assert!(mapping.normalises_keys() && !plain.normalises_keys());
+        assert_ne!(mapping.schema().fingerprint(), plain.schema().fingerprint());
+        let r = mapping
+            .record(vec![Value::text("Ze\u{301}lie@X.org  "), Value::text(" A ")])
+            .unwrap();
+        assert_eq!(r.key, vec![Value::text("zélie@x.org")]);
+        assert_eq!(r.values, vec![Value::text(" A ")]);
+        assert_eq!(mapping.key_of(vec![Value::text("ZÉLIE@x.ORG ")]), r.key);
+        // A key is never made NULL.
+        let e = folded(Transforms {
+            empty_as_null: true,
+            ..Transforms::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("\"email\""), "{e}");
     }
 }

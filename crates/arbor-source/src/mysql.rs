@@ -549,6 +549,9 @@ impl Source for MysqlSource {
     }
 
     fn fetch(&mut self, keys: &[Vec<Value>]) -> Result<Vec<Option<Record>>, SourceError> {
+        if self.mapping.normalises_keys() {
+            return crate::fetch_by_scan(self, keys);
+        }
         if self.binary_keys.is_empty() {
             self.check()?;
         }

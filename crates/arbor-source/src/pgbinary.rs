@@ -514,9 +514,16 @@ impl BinaryContext {
             for i in 0..key_len {
                 let c = columns[i];
                 let b = fields[i].ok_or_else(|| self.value_error(c, crate::NULL_KEY.into()))?;
-                self.fields[i]
-                    .encode(b, &mut row, &mut scratch)
-                    .map_err(|p| self.value_error(c, p))?;
+                if c.transforms.is_identity() {
+                    self.fields[i]
+                        .encode(b, &mut row, &mut scratch)
+                        .map_err(|p| self.value_error(c, p))?;
+                } else {
+                    // A normalised key (`bob` for `Bob `): decoded, shaped
+                    // and encoded like any transformed value.
+                    let v = self.fields[i].decode(b).map_err(|p| self.value_error(c, p))?;
+                    encode_value(&mut row, &c.transforms.apply(v));
+                }
             }
             let key_bytes = row.len();
             put_varint(&mut row, (self.fields.len() - key_len) as u64);

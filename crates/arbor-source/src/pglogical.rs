@@ -89,9 +89,10 @@ pub struct LogicalOptions {
 pub enum Captured {
     /// A row inserted or updated: its record, as the mapping reads it.
     Upsert(Record),
-    /// A row deleted: its key.
+    /// A row deleted: its record's key (after the mapping's key transforms).
     Delete(Vec<Value>),
-    /// A row whose values must be read again from the table: an update that
+    /// A row whose values must be read again from the table (by its
+    /// record's key, as for [`Captured::Delete`]): an update that
     /// left a TOASTed column out, or any change when the dataset has a row
     /// filter (the filter is SQL, evaluated by the database).
     Refetch(Vec<Value>),
@@ -603,9 +604,9 @@ impl LogicalCapture {
                 if let Some(old) = old
                     && let Some(old_key) = self.key_of(relid, &old)?
                     && let Some(new_key) = self.key_of(relid, &tuple)?
-                    && old_key != new_key
+                    && self.mapping.key_of(old_key.clone()) != self.mapping.key_of(new_key)
                 {
-                    push(open, Captured::Delete(old_key))?;
+                    push(open, Captured::Delete(self.mapping.key_of(old_key)))?;
                 }
                 if let Some(change) = self.row_change(relid, &tuple)? {
                     push(open, change)?;
@@ -619,7 +620,7 @@ impl LogicalCapture {
                 }
                 let tuple = m.tuple()?;
                 if let Some(key) = self.key_of(relid, &tuple)? {
-                    push(open, Captured::Delete(key))?;
+                    push(open, Captured::Delete(self.mapping.key_of(key)))?;
                 }
             }
             b'T' => {
@@ -639,6 +640,8 @@ impl LogicalCapture {
     }
 
     /// The key of a tuple of the dataset's table (`None` for other tables).
+    /// The key of a tuple as stored (before the mapping's key transforms:
+    /// what a change carries outward goes through [`Mapping::key_of`]).
     fn key_of(&self, relid: u32, tuple: &[Field<'_>]) -> Result<Option<Vec<Value>>, String> {
         let Some(rel) = self.relation(relid)? else {
             return Ok(None);
@@ -667,7 +670,7 @@ impl LogicalCapture {
             return Ok(None);
         };
         if self.has_filter {
-            return Ok(Some(Captured::Refetch(key)));
+            return Ok(Some(Captured::Refetch(self.mapping.key_of(key))));
         }
         let mut row = key;
         for (c, &at) in self
@@ -682,7 +685,7 @@ impl LogicalCapture {
                 // An unchanged TOASTed value is not in the WAL: read the row.
                 Some(Field::Unchanged) => {
                     row.truncate(self.mapping.key().len());
-                    return Ok(Some(Captured::Refetch(row)));
+                    return Ok(Some(Captured::Refetch(self.mapping.key_of(row))));
                 }
                 None => return Err(format!("tuple has no column {at}")),
             }
@@ -1007,6 +1010,58 @@ mod tests {
             ]
         );
         assert!(txns[1].changes.is_empty());
+    }
+
+    #[test]
+    fn changes_carry_normalised_keys_and_a_respelling_deletes_nothing() {
+        let mut key = ColumnMapping::new("id", "id", ValueKind::Text);
+        key.transforms = crate::transform::Transforms {
+            trim_end: true,
+            case: Some(crate::transform::Case::Lower),
+            ..Default::default()
+        };
+        let mut c = capture();
+        c.mapping = Mapping::new(
+            vec![key],
+            vec![ColumnMapping::new("name", "name", ValueKind::Text)],
+        )
+        .unwrap();
+        let change = |kind: u8, old: Option<&str>, new: &[Option<&str>]| {
+            let mut m = vec![kind];
+            m.extend(42u32.to_be_bytes());
+            if let Some(old) = old {
+                m.push(b'K');
+                m.extend(tuple(&[Some(old), None]));
+            }
+            m.push(if kind == b'D' { b'K' } else { b'N' });
+            m.extend(tuple(new));
+            m
+        };
+        let txns = run(
+            &mut c,
+            &[
+                relation(42, &["id", "name"]),
+                begin(),
+                change(b'I', None, &[Some("Bob "), Some("x")]),
+                // `Bob ` → `BOB`: one key, respelled; nothing is deleted.
+                change(b'U', Some("Bob "), &[Some("BOB"), Some("y")]),
+                change(b'U', Some("BOB"), &[Some("Ann"), Some("\u{0}u")]),
+                change(b'D', None, &[Some("ANN  "), None]),
+                commit(0x10),
+            ],
+        )
+        .unwrap();
+        let key = |k: &str| vec![Value::text(k)];
+        assert_eq!(
+            txns[0].changes,
+            vec![
+                Captured::Upsert(Record::new(key("bob"), vec![Value::text("x")])),
+                Captured::Upsert(Record::new(key("bob"), vec![Value::text("y")])),
+                Captured::Delete(key("bob")),
+                Captured::Refetch(key("ann")),
+                Captured::Delete(key("ann")),
+            ]
+        );
     }
 
     #[test]

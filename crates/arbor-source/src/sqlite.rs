@@ -340,6 +340,9 @@ impl Source for SqliteSource {
     }
 
     fn fetch(&mut self, keys: &[Vec<Value>]) -> Result<Vec<Option<Record>>, SourceError> {
+        if self.mapping.normalises_keys() {
+            return crate::fetch_by_scan(self, keys);
+        }
         self.verify_columns()?;
         let cond: Vec<String> = self
             .mapping

@@ -10,6 +10,11 @@
 //! { source = "seen", kind = "timestamp", transform = { precision = "ms", offset = "+02:00" } }
 //! ```
 //!
+//! Key columns take the text transforms that define an identity (Unicode
+//! form, `trim`, `trim_end`, `case`): what a case- or accent-blind
+//! collation does inside a database, done the same way on every engine
+//! (see [`Transforms::check_key`] and `docs/config.md`).
+//!
 //! Order: NULL/empty handling, then Unicode normalisation, trim and case,
 //! then the numeric and time rules. `offset` says which fixed UTC offset a zone-less timestamp was
 //! written in; `precision` truncates toward the past.
@@ -63,6 +68,10 @@ pub struct Transforms {
     /// Text: strip leading and trailing white space.
     #[serde(default)]
     pub trim: bool,
+    /// Text: strip trailing spaces (U+0020) only, as MySQL's and
+    /// MariaDB's PAD SPACE collations ignore them when comparing.
+    #[serde(default)]
+    pub trim_end: bool,
     /// Text: fold letter case.
     #[serde(default)]
     pub case: Option<Case>,
@@ -96,13 +105,14 @@ impl Transforms {
     /// seconds, if any.
     pub fn check(&self, kind: ValueKind) -> Result<(), String> {
         let text_only = self.trim
+            || self.trim_end
             || self.case.is_some()
             || self.unicode.is_some()
             || self.empty_as_null
             || self.null_as_empty;
         if text_only && kind != ValueKind::Text {
             return Err(format!(
-                "trim, case, unicode, empty_as_null and null_as_empty apply to text, not {kind}"
+                "trim, trim_end, case, unicode, empty_as_null and null_as_empty apply to text, not {kind}"
             ));
         }
         if self.empty_as_null && self.null_as_empty {
@@ -128,6 +138,50 @@ impl Transforms {
         Ok(())
     }
 
+    /// Checks the transforms may shape a key column: only those that
+    /// define which spellings are one key (Unicode form, trims, case); a
+    /// key is never NULL, rounded or shifted.
+    pub fn check_key(&self, kind: ValueKind) -> Result<(), String> {
+        self.check(kind)?;
+        let identity_only = Transforms {
+            trim: self.trim,
+            trim_end: self.trim_end,
+            case: self.case,
+            unicode: self.unicode,
+            ..Transforms::default()
+        };
+        if *self != identity_only {
+            return Err(
+                "a key column takes only unicode, trim, trim_end and case: a key is never NULL, rounded or shifted"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// What a key column's transforms do, for the schema fingerprint (two
+    /// peers compare keys only if they shape them alike); `None` for none.
+    pub fn key_form(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        match self.unicode {
+            Some(UnicodeForm::Nfc) => parts.push("nfc"),
+            Some(UnicodeForm::Nfkc) => parts.push("nfkc"),
+            None => {}
+        }
+        if self.trim {
+            parts.push("trim");
+        }
+        if self.trim_end {
+            parts.push("trim_end");
+        }
+        match self.case {
+            Some(Case::Lower) => parts.push("lower"),
+            Some(Case::Upper) => parts.push("upper"),
+            None => {}
+        }
+        (!parts.is_empty()).then(|| parts.join("+"))
+    }
+
     /// Whether nothing is set.
     pub fn is_identity(&self) -> bool {
         *self == Transforms::default()
@@ -146,6 +200,9 @@ impl Transforms {
                 }
                 if self.trim {
                     s = s.trim().to_owned();
+                }
+                if self.trim_end {
+                    s.truncate(s.trim_end_matches(' ').len());
                 }
                 match self.case {
                     Some(Case::Lower) => s = s.to_lowercase(),
@@ -283,6 +340,42 @@ mod tests {
             ..Transforms::default()
         };
         assert_eq!(n.apply(Value::Null), Value::text(""));
+    }
+
+    #[test]
+    fn keys_take_only_the_transforms_that_define_an_identity() {
+        let key = Transforms {
+            unicode: Some(UnicodeForm::Nfc),
+            trim_end: true,
+            case: Some(Case::Lower),
+            ..Transforms::default()
+        };
+        assert_eq!(key.check_key(ValueKind::Text), Ok(()));
+        assert_eq!(key.key_form().as_deref(), Some("nfc+trim_end+lower"));
+        assert_eq!(Transforms::default().key_form(), None);
+        // Trailing spaces only, as PAD SPACE collations compare.
+        assert_eq!(
+            key.apply(Value::text(" Cafe\u{301}\t  ")),
+            Value::text(" café\t")
+        );
+        for refused in [
+            Transforms {
+                empty_as_null: true,
+                ..Transforms::default()
+            },
+            Transforms {
+                null_as_empty: true,
+                ..Transforms::default()
+            },
+        ] {
+            assert!(
+                refused
+                    .check_key(ValueKind::Text)
+                    .unwrap_err()
+                    .contains("only unicode, trim, trim_end and case")
+            );
+        }
+        assert!(key.check_key(ValueKind::Integer).is_err());
     }
 
     #[test]
