@@ -11,6 +11,10 @@
 //! * random drift (changed values, deleted and added rows) applied in one
 //!   engine shows as exactly the drifted keys against the others.
 //!
+//! Two more families: text keys under normalising key transforms, spelled
+//! differently in every engine (`normalised_keys`), and unsigned 64-bit
+//! keys in the storage types legacy schemas give them (`unsigned_keys`).
+//!
 //! `ARBOR_DIFFERENTIAL_CASES` sets the number of generated datasets
 //! (default 20, what CI runs in a few seconds; a long run sets thousands).
 
@@ -702,11 +706,18 @@ mod normalised_keys {
     }
 
     fn normal(s: &str) -> String {
-        s.nfc().collect::<String>().trim_end_matches(' ').to_lowercase()
+        s.nfc()
+            .collect::<String>()
+            .trim_end_matches(' ')
+            .to_lowercase()
     }
 
     fn spell(key: &str, (upper, decomposed, spaces): Spelling) -> String {
-        let cased = if upper { key.to_uppercase() } else { key.to_owned() };
+        let cased = if upper {
+            key.to_uppercase()
+        } else {
+            key.to_owned()
+        };
         let formed: String = if decomposed {
             cased.nfd().collect()
         } else {
@@ -737,7 +748,11 @@ mod normalised_keys {
 
     /// Spells `key` as told, unless its upper case is another key.
     fn spelled(key: &str, s: Spelling) -> String {
-        let s = if normal(&key.to_uppercase()) == key { s } else { (false, s.1, s.2) };
+        let s = if normal(&key.to_uppercase()) == key {
+            s
+        } else {
+            (false, s.1, s.2)
+        };
         spell(key, s)
     }
 
@@ -788,7 +803,12 @@ mod normalised_keys {
                     pg.execute(&format!("INSERT INTO {name} VALUES ($1, $2)"), &[k, v])
                         .unwrap();
                 }
-                Box::new(PostgresSource::new(url, Relation::Table(name), mapping(), options))
+                Box::new(PostgresSource::new(
+                    url,
+                    Relation::Table(name),
+                    mapping(),
+                    options,
+                ))
             }
             "mariadb" => {
                 // A binary collation, so that `Bob` and `bob` may be two rows
@@ -805,7 +825,12 @@ mod normalised_keys {
                     my.exec_drop(format!("INSERT INTO {name} VALUES (?, ?)"), (k, v))
                         .unwrap();
                 }
-                Box::new(MysqlSource::new(url, Relation::Table(name), mapping(), options))
+                Box::new(MysqlSource::new(
+                    url,
+                    Relation::Table(name),
+                    mapping(),
+                    options,
+                ))
             }
             "sqlite" => {
                 let path = dir.path().join(format!("{name}.db"));
@@ -892,14 +917,17 @@ mod normalised_keys {
                         .map(|((k, v), &s)| (spelled(k, s), v.clone()))
                         .collect();
                     let mut source = write(engine, &dir, &spelled_rows);
-                    let got = leaves(&dir, source.as_mut()).unwrap_or_else(|e| panic!("{engine}: {e}"));
+                    let got =
+                        leaves(&dir, source.as_mut()).unwrap_or_else(|e| panic!("{engine}: {e}"));
                     // Lookups by the normalised key find every spelling.
                     let mut wanted: Vec<Vec<Value>> =
                         keys.iter().map(|k| vec![Value::text(k.as_str())]).collect();
                     wanted.push(vec![Value::text("no such key")]);
                     let found = source.fetch(&wanted).unwrap();
                     for ((k, v), f) in rows.iter().zip(&found) {
-                        let f = f.as_ref().unwrap_or_else(|| panic!("{engine}: no row for {k:?}"));
+                        let f = f
+                            .as_ref()
+                            .unwrap_or_else(|| panic!("{engine}: no row for {k:?}"));
                         prop_assert_eq!(&f.values, &vec![Value::text(v.as_str())], "{}", engine);
                     }
                     prop_assert!(found.last().unwrap().is_none());
@@ -927,7 +955,9 @@ mod normalised_keys {
                             after.remove(keys[*i]);
                         }
                         Drift::Add(k) => {
-                            after.entry(k.clone()).or_insert(("added".into(), (true, true, 1)));
+                            after
+                                .entry(k.clone())
+                                .or_insert(("added".into(), (true, true, 1)));
                         }
                         Drift::Respell(i, s) => {
                             if let Some((_, spelling)) = after.get_mut(keys[*i]) {
@@ -952,7 +982,11 @@ mod normalised_keys {
                     .iter()
                     .find(|(k, _)| k.to_uppercase() != *k && normal(&k.to_uppercase()) == normal(k))
                     .map(|(k, v)| {
-                        let other = if k.to_lowercase() == *k { k.to_uppercase() } else { k.to_lowercase() };
+                        let other = if k.to_lowercase() == *k {
+                            k.to_uppercase()
+                        } else {
+                            k.to_lowercase()
+                        };
                         (other, format!("{v}?"))
                     });
                 if let (true, Some(again)) = (twice, again) {
@@ -987,6 +1021,222 @@ mod normalised_keys {
             datasets.get(),
             ENGINES.len(),
             refusals.get()
+        );
+    }
+}
+
+/// Unsigned 64-bit keys, as legacy schemas store them: MariaDB `BIGINT
+/// UNSIGNED`, PostgreSQL `numeric(20,0)`, SQLite TEXT (its INTEGER stops at
+/// 2^63 - 1), and plain numbers in CSV and JSONL; each database walked one
+/// row per chunk, so every key is once a chunk's bound.
+mod unsigned_keys {
+    use super::*;
+
+    const FAMILY: &str = "dunsigned";
+
+    fn mapping() -> Mapping {
+        Mapping::new(
+            vec![ColumnMapping::new("id", "id", ValueKind::Integer)],
+            vec![ColumnMapping::new("v", "v", ValueKind::Text)],
+        )
+        .expect("mapping")
+    }
+
+    fn key() -> impl Strategy<Value = u64> {
+        const HALF: u64 = 1 << 63;
+        prop_oneof![
+            Just(0),
+            Just(HALF - 1),
+            Just(HALF),
+            Just(HALF + 1),
+            Just(u64::MAX - 1),
+            Just(u64::MAX),
+            any::<u64>(),
+        ]
+    }
+
+    fn write(engine: &str, dir: &TempDir, rows: &BTreeMap<u64, String>) -> Box<dyn Source> {
+        let name = table_in(FAMILY);
+        let options = ScanOptions {
+            chunk_rows: 1,
+            ..ScanOptions::default()
+        };
+        match engine {
+            "postgres" => {
+                let url = env("ARBOR_TEST_POSTGRES_URL");
+                let mut pg = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+                pg.batch_execute(&format!(
+                    "CREATE TABLE {name} (id numeric(20,0) PRIMARY KEY, v text)"
+                ))
+                .unwrap();
+                for (id, v) in rows {
+                    pg.execute(
+                        &format!("INSERT INTO {name} VALUES ($1::text::numeric, $2)"),
+                        &[&id.to_string(), v],
+                    )
+                    .unwrap();
+                }
+                Box::new(PostgresSource::new(
+                    url,
+                    Relation::Table(name),
+                    mapping(),
+                    options,
+                ))
+            }
+            "mariadb" => {
+                let url = env("ARBOR_TEST_MYSQL_URL");
+                let mut my = mysql::Conn::new(mysql::Opts::from_url(&url).unwrap()).unwrap();
+                my.query_drop(format!(
+                    "CREATE TABLE {name} (id BIGINT UNSIGNED PRIMARY KEY, v TEXT)"
+                ))
+                .unwrap();
+                for (id, v) in rows {
+                    my.exec_drop(format!("INSERT INTO {name} VALUES (?, ?)"), (id, v))
+                        .unwrap();
+                }
+                Box::new(MysqlSource::new(
+                    url,
+                    Relation::Table(name),
+                    mapping(),
+                    options,
+                ))
+            }
+            "sqlite" => {
+                let path = dir.path().join(format!("{name}.db"));
+                let c = rusqlite::Connection::open(&path).unwrap();
+                c.execute_batch("CREATE TABLE t (id TEXT PRIMARY KEY, v TEXT)")
+                    .unwrap();
+                for (id, v) in rows {
+                    c.execute(
+                        "INSERT INTO t VALUES (?1, ?2)",
+                        rusqlite::params![id.to_string(), v],
+                    )
+                    .unwrap();
+                }
+                drop(c);
+                Box::new(SqliteSource::open(&path, Relation::Table("t".into()), mapping()).unwrap())
+            }
+            "csv" => {
+                let path = dir.path().join(format!("{name}.csv"));
+                let text: String = std::iter::once("id,v\n".to_owned())
+                    .chain(rows.iter().map(|(id, v)| format!("{id},{v}\n")))
+                    .collect();
+                std::fs::write(&path, text).unwrap();
+                Box::new(FileSource::new(&path, Format::Csv, mapping(), None))
+            }
+            "jsonl" => {
+                let path = dir.path().join(format!("{name}.jsonl"));
+                let text: String = rows
+                    .iter()
+                    .map(|(id, v)| format!("{}\n", serde_json::json!({"id": id, "v": v})))
+                    .collect();
+                std::fs::write(&path, text).unwrap();
+                Box::new(FileSource::new(&path, Format::Jsonl, mapping(), None))
+            }
+            other => unreachable!("engine {other}"),
+        }
+    }
+
+    fn leaves(dir: &TempDir, source: &mut dyn Source) -> BTreeMap<Vec<u8>, String> {
+        let config = IndexConfig {
+            keys: DatasetKeys::derive(b"differential"),
+            schema_fingerprint: mapping().schema().fingerprint(),
+        };
+        let index = Index::open(dir.path().join(table_in(FAMILY)), config).unwrap();
+        build_from_source(&index, source, true).unwrap_or_else(|e| panic!("{e}"));
+        let snap = index.snapshot().unwrap();
+        snap.leaves(&[Prefix::ROOT])
+            .unwrap()
+            .into_iter()
+            .map(|l| (l.key, l.digest.to_string()))
+            .collect()
+    }
+
+    fn key_bytes(id: u64) -> Vec<u8> {
+        arbor_record::tuple_bytes(&[Value::Integer(id.into())])
+    }
+
+    #[test]
+    fn every_engine_agrees_on_unsigned_keys_walked_one_row_per_chunk() {
+        let cases = std::env::var("ARBOR_DIFFERENTIAL_CASES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(20);
+        let config = proptest::test_runner::Config {
+            cases,
+            max_shrink_iters: 64,
+            failure_persistence: None,
+            ..proptest::test_runner::Config::default()
+        };
+        let case = (
+            proptest::collection::btree_map(key(), "[a-z]{0,4}", 1..10),
+            proptest::collection::vec((any::<bool>(), key()), 0..4),
+            0..ENGINES.len(),
+        );
+        let mut runner = proptest::test_runner::TestRunner::new(config);
+        let datasets = std::cell::Cell::new(0u64);
+        runner
+            .run(&case, |(rows, drift, target)| {
+                let dir = TempDir::new().unwrap();
+                drop_family(FAMILY);
+                let mut seen = Vec::new();
+                for engine in ENGINES {
+                    let mut source = write(engine, &dir, &rows);
+                    let got = leaves(&dir, source.as_mut());
+                    let mut wanted: Vec<Vec<Value>> = rows
+                        .keys()
+                        .map(|&id| vec![Value::Integer(id.into())])
+                        .collect();
+                    wanted.push(vec![Value::Integer(-1)]);
+                    let found = source.fetch(&wanted).unwrap();
+                    for ((id, v), f) in rows.iter().zip(&found) {
+                        let f = f
+                            .as_ref()
+                            .unwrap_or_else(|| panic!("{engine}: no row {id}"));
+                        prop_assert_eq!(&f.values, &vec![Value::text(v.as_str())], "{}", engine);
+                    }
+                    prop_assert!(found.last().unwrap().is_none());
+                    seen.push((engine, got));
+                }
+                let (first, want) = &seen[0];
+                let expected: BTreeSet<Vec<u8>> = rows.keys().map(|&id| key_bytes(id)).collect();
+                prop_assert_eq!(&want.keys().cloned().collect::<BTreeSet<_>>(), &expected);
+                for (engine, got) in &seen[1..] {
+                    prop_assert_eq!(got, want, "{} and {}", first, engine);
+                }
+                // Drift: a key deleted (if present) or added with a new value.
+                let mut after = rows.clone();
+                for (delete, id) in &drift {
+                    if *delete {
+                        after.remove(id);
+                    } else {
+                        after.insert(*id, "added".into());
+                    }
+                }
+                let oracle: BTreeSet<Vec<u8>> = rows
+                    .keys()
+                    .chain(after.keys())
+                    .filter(|id| rows.get(*id) != after.get(*id))
+                    .map(|&id| key_bytes(id))
+                    .collect();
+                let mut source = write(ENGINES[target], &dir, &after);
+                let got = leaves(&dir, source.as_mut());
+                let all: BTreeSet<&Vec<u8>> = want.keys().chain(got.keys()).collect();
+                let differing: BTreeSet<Vec<u8>> = all
+                    .into_iter()
+                    .filter(|k| want.get(*k) != got.get(*k))
+                    .cloned()
+                    .collect();
+                prop_assert_eq!(differing, oracle, "drift in {}", ENGINES[target]);
+                datasets.set(datasets.get() + 1);
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        drop_family(FAMILY);
+        eprintln!(
+            "differential (unsigned keys): {} datasets over {} engines",
+            datasets.get(),
+            ENGINES.len()
         );
     }
 }

@@ -52,6 +52,9 @@ pub(crate) enum Field {
     Bool,
     /// `numeric`.
     Numeric,
+    /// `numeric` read as an integer: `numeric(20,0)` is how a PostgreSQL
+    /// copy of an unsigned 64-bit column is typically declared.
+    NumericInteger,
     /// `float4`.
     Float4,
     /// `float8`.
@@ -86,6 +89,7 @@ impl Field {
             (ValueKind::Integer, Some(w)) => Field::Integer(w),
             (ValueKind::Decimal, Some(w)) => Field::IntegerDecimal(w),
             (ValueKind::Decimal, None) if *t == Type::NUMERIC => Field::Numeric,
+            (ValueKind::Integer, None) if *t == Type::NUMERIC => Field::NumericInteger,
             (ValueKind::Bool, _) if *t == Type::BOOL => Field::Bool,
             (ValueKind::Float, _) if *t == Type::FLOAT4 => Field::Float4,
             (ValueKind::Float, _) if *t == Type::FLOAT8 => Field::Float8,
@@ -124,6 +128,14 @@ impl Field {
                 Value::Decimal(
                     Decimal::from_normalised(&text).ok_or_else(|| malformed("numeric", b))?,
                 )
+            }
+            Field::NumericInteger => {
+                let mut text = String::new();
+                numeric_text(b, &mut text)?;
+                // Normalised: a whole number has no point.
+                Value::Integer(text.parse::<i128>().map_err(|_| {
+                    format!("numeric {text} is not a whole number an integer column can hold")
+                })?)
             }
             Field::Float4 => Value::float(float4(b)?),
             Field::Float8 => Value::float(f64::from_be_bytes(fixed(b, "float8")?)),
@@ -521,7 +533,9 @@ impl BinaryContext {
                 } else {
                     // A normalised key (`bob` for `Bob `): decoded, shaped
                     // and encoded like any transformed value.
-                    let v = self.fields[i].decode(b).map_err(|p| self.value_error(c, p))?;
+                    let v = self.fields[i]
+                        .decode(b)
+                        .map_err(|p| self.value_error(c, p))?;
                     encode_value(&mut row, &c.transforms.apply(v));
                 }
             }
@@ -556,6 +570,30 @@ impl BinaryContext {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numeric_reads_as_an_integer_only_when_whole() {
+        // 18446744073709551615 = 1844 6744 0737 0955 1615 (base 10000).
+        let max = numeric(5, 4, 0, &[1844, 6744, 737, 955, 1615]);
+        assert_eq!(
+            Field::NumericInteger.decode(&max),
+            Ok(Value::Integer(u64::MAX.into()))
+        );
+        let negative = numeric(1, 0, 0x4000, &[12]);
+        assert_eq!(
+            Field::NumericInteger.decode(&negative),
+            Ok(Value::Integer(-12))
+        );
+        // 1.5
+        let e = Field::NumericInteger
+            .decode(&numeric(2, 0, 0, &[1, 5000]))
+            .unwrap_err();
+        assert!(e.contains("numeric 1.5 is not a whole number"), "{e}");
+        assert_eq!(
+            Field::of(ValueKind::Integer, &Type::NUMERIC),
+            Some(Field::NumericInteger)
+        );
+    }
 
     fn numeric(ndigits: i16, weight: i16, sign: u16, digits: &[u16]) -> Vec<u8> {
         let mut b = Vec::new();

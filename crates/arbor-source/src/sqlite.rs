@@ -6,7 +6,7 @@
 //!
 //! | kind      | accepted storage                                              |
 //! |-----------|---------------------------------------------------------------|
-//! | integer   | INTEGER                                                       |
+//! | integer   | INTEGER, TEXT of a whole number (unsigned 64-bit values above 2^63) |
 //! | bool      | INTEGER 0 or 1                                                |
 //! | decimal   | TEXT (parsed exactly), INTEGER, REAL (its shortest decimal)   |
 //! | float     | REAL, INTEGER                                                 |
@@ -202,6 +202,15 @@ pub fn convert(v: ValueRef<'_>, kind: ValueKind) -> Result<Value, String> {
     Ok(match (kind, v) {
         (_, ValueRef::Null) => Value::Null,
         (ValueKind::Integer, ValueRef::Integer(i)) => Value::Integer(i.into()),
+        // SQLite's INTEGER stops at 2^63 - 1: a legacy table keeps unsigned
+        // 64-bit values as TEXT. Read exactly; never through a REAL.
+        (ValueKind::Integer, ValueRef::Text(t)) => {
+            let t = text(t)?;
+            Value::Integer(
+                t.parse::<i128>()
+                    .map_err(|_| format!("expected integer, found TEXT {t:?}"))?,
+            )
+        }
         (ValueKind::Bool, ValueRef::Integer(0)) => Value::Bool(false),
         (ValueKind::Bool, ValueRef::Integer(1)) => Value::Bool(true),
         (ValueKind::Decimal, ValueRef::Integer(i)) => {
@@ -387,9 +396,12 @@ impl Source for SqliteSource {
 fn key_param(v: &Value) -> Result<rusqlite::types::Value, String> {
     use rusqlite::types::Value as S;
     Ok(match v {
-        Value::Integer(i) => S::Integer(
-            i64::try_from(*i).map_err(|_| format!("key {i} does not fit SQLite's INTEGER"))?,
-        ),
+        // Beyond 64-bit signed, a key can only be stored as TEXT (see
+        // `convert`); compared as text, it finds exactly that row.
+        Value::Integer(i) => match i64::try_from(*i) {
+            Ok(i) => S::Integer(i),
+            Err(_) => S::Text(i.to_string()),
+        },
         Value::Text(t) => S::Text(t.clone()),
         Value::Uuid(u) => S::Text(arbor_record::value::format_uuid(u)),
         other => return Err(format!("{other} cannot be a key")),
