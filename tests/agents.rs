@@ -1422,6 +1422,118 @@ fn one_way_sync_from_postgres_to_mariadb_survives_a_killed_target() {
     my.query_drop(format!("DROP TABLE {my_table}")).unwrap();
 }
 
+/// Issue 16 item 1: a statement that fails in the middle of a MariaDB batch
+/// (NULL into a NOT NULL column) fails the whole batch: nothing of it is
+/// committed, the error names the row and the database's reason, and once
+/// the source is fixed a rerun applies every row (nothing was journalled
+/// as applied).
+#[test]
+fn a_failing_statement_in_a_mariadb_batch_commits_nothing() {
+    use mysql::prelude::Queryable;
+    let dir = TempDir::new().unwrap();
+    let pg_url = std::env::var("ARBOR_TEST_POSTGRES_URL")
+        .expect("ARBOR_TEST_POSTGRES_URL is not set: run the tests through tools/test.sh");
+    let my_url = std::env::var("ARBOR_TEST_MYSQL_URL")
+        .expect("ARBOR_TEST_MYSQL_URL is not set: run the tests through tools/test.sh");
+    let mut pg = postgres::Client::connect(&pg_url, postgres::NoTls).unwrap();
+    let mut my = mysql::Conn::new(mysql::Opts::from_url(&my_url).unwrap()).unwrap();
+    let (pg_table, my_table) = (unique_table("batch_src"), unique_table("batch_dst"));
+    pg.batch_execute(&format!(
+        "CREATE TABLE {pg_table} (id int8 PRIMARY KEY, t text);
+         INSERT INTO {pg_table} SELECT i, CASE WHEN i = 7 THEN NULL ELSE 'row ' || i END
+           FROM generate_series(1, 10) i;"
+    ))
+    .unwrap();
+    my.query_drop(format!(
+        "CREATE TABLE {my_table} (id BIGINT PRIMARY KEY, t VARCHAR(50) NOT NULL)"
+    ))
+    .unwrap();
+    let agent = |data: &str, source: String, extra: &str| {
+        format!(
+            "[agent]\ninsecure = true\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\n\n[[dataset]]\n\
+             name = \"customers\"\nsecret = \"a test secret of enough length\"\nsource = {source}\n\
+             key = [{{ source = \"id\", kind = \"integer\" }}]\ncolumns = [{{ source = \"t\", kind = \"text\" }}]\n{extra}\n"
+        )
+    };
+    std::fs::write(
+        dir.path().join("pg.toml"),
+        agent(
+            "pg-data",
+            format!("{{ kind = \"postgres\", url_env = \"ARBOR_TEST_POSTGRES_URL\", table = \"{pg_table}\" }}"),
+            "serve_values = true",
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("my.toml"),
+        agent(
+            "my-data",
+            format!(
+                "{{ kind = \"mysql\", url_env = \"ARBOR_TEST_MYSQL_URL\", table = \"{my_table}\" }}"
+            ),
+            "allow_repairs = true",
+        ),
+    )
+    .unwrap();
+    let source = AgentProcess::start(dir.path(), "pg.toml");
+    let target = AgentProcess::start(dir.path(), "my.toml");
+    let run = |source: &AgentProcess| {
+        arbor(
+            dir.path(),
+            &[
+                "sync",
+                "run",
+                "--source",
+                &source.address,
+                "--target",
+                &target.address,
+                "--dataset",
+                "customers",
+                "--execute",
+                "--json",
+            ],
+        )
+    };
+    let out = run(&source);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_ne!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains("row with key 7") && said.contains("cannot be null"),
+        "{said}"
+    );
+    let count: u64 = my
+        .query_first(format!("SELECT COUNT(*) FROM {my_table}"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(count, 0, "a failed batch left rows behind: {said}");
+    // Fixed at the source (whose agent, capturing nothing, learns of it at
+    // start), the same repair completes: every row is written.
+    pg.batch_execute(&format!("UPDATE {pg_table} SET t = 'row 7' WHERE id = 7"))
+        .unwrap();
+    drop(source);
+    let source = AgentProcess::start(dir.path(), "pg.toml");
+    let out = run(&source);
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<(i64, String)> = my
+        .query(format!("SELECT id, t FROM {my_table} ORDER BY id"))
+        .unwrap();
+    let want: Vec<(i64, String)> = (1..=10).map(|i| (i, format!("row {i}"))).collect();
+    assert_eq!(rows, want);
+    drop((source, target));
+    pg.batch_execute(&format!("DROP TABLE {pg_table}")).unwrap();
+    my.query_drop(format!("DROP TABLE {my_table}")).unwrap();
+}
+
 /// Rows with their version: (email, name, balance, version) by id.
 type Versioned = BTreeMap<i64, (String, Option<String>, Option<String>, i64)>;
 

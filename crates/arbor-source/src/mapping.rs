@@ -255,7 +255,10 @@ mod tests {
         assert!(mapping.normalises_keys() && !plain.normalises_keys());
         assert_ne!(mapping.schema().fingerprint(), plain.schema().fingerprint());
         let r = mapping
-            .record(vec![Value::text("Ze\u{301}lie@X.org  "), Value::text(" A ")])
+            .record(vec![
+                Value::text("Ze\u{301}lie@X.org  "),
+                Value::text(" A "),
+            ])
             .unwrap();
         assert_eq!(r.key, vec![Value::text("zélie@x.org")]);
         assert_eq!(r.values, vec![Value::text(" A ")]);

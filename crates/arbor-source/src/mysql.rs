@@ -168,6 +168,14 @@ fn open_session(
     if read_only {
         conn.query_drop("SET SESSION TRANSACTION READ ONLY")
             .map_err(|e| open_err(&e))?;
+    } else {
+        // Repairs write exactly or fail: without strict mode a NULL or an
+        // over-long value in an UPDATE becomes '' or a truncated value and
+        // a warning.
+        conn.query_drop(
+            "SET SESSION sql_mode = TRIM(BOTH ',' FROM CONCAT(@@sql_mode, ',STRICT_ALL_TABLES'))",
+        )
+        .map_err(|e| open_err(&e))?;
     }
     // MariaDB and MySQL name the statement timeout differently; set
     // whichever this server knows.
@@ -698,16 +706,35 @@ impl MysqlSink {
             .collect();
         let decided = crate::sink::decide(keys, writes, &current);
         let mut script = Vec::new();
+        let mut script_keys = Vec::new();
         for ((w, (_, run)), cur) in writes.iter().zip(&decided).zip(&current) {
             if *run {
                 script.push(statements.statement(w, cur.is_some()).map_err(value_err)?);
+                script_keys.push(w.key.as_slice());
             }
         }
-        // A few round trips per batch, not one per statement.
-        for group in script.chunks(STATEMENTS_PER_ROUND_TRIP) {
-            if let Err(e) = tx.query_drop(group.join(";\n")) {
+        // A few round trips per batch, not one per statement; every
+        // statement's result is read, so an error anywhere fails the batch.
+        for (group, keys) in script
+            .chunks(STATEMENTS_PER_ROUND_TRIP)
+            .zip(script_keys.chunks(STATEMENTS_PER_ROUND_TRIP))
+        {
+            if let Err((at, e)) = run_all(&mut tx, group) {
                 // Dropping the transaction rolls it back.
-                return Err(write_err(e));
+                let e = write_err(e);
+                let shown = self.context.mapping.keys_shown();
+                return Err(match (e, keys.get(at)) {
+                    (SourceError::Write { dataset, reason }, Some(key)) if shown => {
+                        SourceError::Write {
+                            dataset: format!(
+                                "{dataset}, row with key {}",
+                                arbor_record::display_tuple(key)
+                            ),
+                            reason,
+                        }
+                    }
+                    (e, _) => e,
+                });
             }
         }
         if let Err(e) = tx.commit() {
@@ -746,6 +773,32 @@ impl crate::sink::Sink for MysqlSink {
             .planned_statement(write)
             .map_err(|p| self.value_err(p))
     }
+}
+
+/// Runs `statements` in one multi-statement round trip and reads every
+/// result: `query_drop` reports only the first statement's error, and the
+/// server stops at the first failing one, so a later error would otherwise
+/// leave the statements before it to be committed. Returns the index of the
+/// statement that failed.
+fn run_all(
+    tx: &mut mysql::Transaction<'_>,
+    statements: &[String],
+) -> Result<(), (usize, mysql::Error)> {
+    let mut result = tx.query_iter(statements.join(";\n")).map_err(|e| (0, e))?;
+    let mut at = 0;
+    while let Some(set) = result.iter() {
+        for row in set {
+            row.map_err(|e| (at, e))?;
+        }
+        at += 1;
+    }
+    if at != statements.len() {
+        return Err((
+            at,
+            mysql::Error::DriverError(mysql::DriverError::UnexpectedPacket),
+        ));
+    }
+    Ok(())
 }
 
 /// A failed repair statement: a lost connection (retry) or a refusal.
