@@ -1422,15 +1422,16 @@ fn one_way_sync_from_postgres_to_mariadb_survives_a_killed_target() {
     my.query_drop(format!("DROP TABLE {my_table}")).unwrap();
 }
 
-/// Issue 16 item 1: a statement that fails in the middle of a MariaDB batch
-/// (NULL into a NOT NULL column) fails the whole batch: nothing of it is
-/// committed, the error names the row and the database's reason, and once
-/// the source is fixed a rerun applies every row (nothing was journalled
-/// as applied).
-#[test]
-fn a_failing_statement_in_a_mariadb_batch_commits_nothing() {
+/// A PostgreSQL table `(id int8, t text)` filled by `fill` (SQL over
+/// `{pg}`) as the source of truth and a MariaDB table made by `ddl` (over
+/// `{my}`) as a repairable target, each with an agent config (`pg.toml`,
+/// `my.toml`; dataset `customers`) in `dir`.
+fn pg_to_mariadb(
+    dir: &Path,
+    fill: &str,
+    ddl: &str,
+) -> (postgres::Client, mysql::Conn, String, String) {
     use mysql::prelude::Queryable;
-    let dir = TempDir::new().unwrap();
     let pg_url = std::env::var("ARBOR_TEST_POSTGRES_URL")
         .expect("ARBOR_TEST_POSTGRES_URL is not set: run the tests through tools/test.sh");
     let my_url = std::env::var("ARBOR_TEST_MYSQL_URL")
@@ -1439,15 +1440,11 @@ fn a_failing_statement_in_a_mariadb_batch_commits_nothing() {
     let mut my = mysql::Conn::new(mysql::Opts::from_url(&my_url).unwrap()).unwrap();
     let (pg_table, my_table) = (unique_table("batch_src"), unique_table("batch_dst"));
     pg.batch_execute(&format!(
-        "CREATE TABLE {pg_table} (id int8 PRIMARY KEY, t text);
-         INSERT INTO {pg_table} SELECT i, CASE WHEN i = 7 THEN NULL ELSE 'row ' || i END
-           FROM generate_series(1, 10) i;"
+        "CREATE TABLE {pg_table} (id int8 PRIMARY KEY, t text); {}",
+        fill.replace("{pg}", &pg_table)
     ))
     .unwrap();
-    my.query_drop(format!(
-        "CREATE TABLE {my_table} (id BIGINT PRIMARY KEY, t VARCHAR(50) NOT NULL)"
-    ))
-    .unwrap();
+    my.query_drop(ddl.replace("{my}", &my_table)).unwrap();
     let agent = |data: &str, source: String, extra: &str| {
         format!(
             "[agent]\ninsecure = true\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\n\n[[dataset]]\n\
@@ -1456,7 +1453,7 @@ fn a_failing_statement_in_a_mariadb_batch_commits_nothing() {
         )
     };
     std::fs::write(
-        dir.path().join("pg.toml"),
+        dir.join("pg.toml"),
         agent(
             "pg-data",
             format!("{{ kind = \"postgres\", url_env = \"ARBOR_TEST_POSTGRES_URL\", table = \"{pg_table}\" }}"),
@@ -1465,7 +1462,7 @@ fn a_failing_statement_in_a_mariadb_batch_commits_nothing() {
     )
     .unwrap();
     std::fs::write(
-        dir.path().join("my.toml"),
+        dir.join("my.toml"),
         agent(
             "my-data",
             format!(
@@ -1475,59 +1472,161 @@ fn a_failing_statement_in_a_mariadb_batch_commits_nothing() {
         ),
     )
     .unwrap();
-    let source = AgentProcess::start(dir.path(), "pg.toml");
-    let target = AgentProcess::start(dir.path(), "my.toml");
-    let run = |source: &AgentProcess| {
-        arbor(
-            dir.path(),
-            &[
-                "sync",
-                "run",
-                "--source",
-                &source.address,
-                "--target",
-                &target.address,
-                "--dataset",
-                "customers",
-                "--execute",
-                "--json",
-            ],
-        )
-    };
-    let out = run(&source);
-    let said = format!(
+    (pg, my, pg_table, my_table)
+}
+
+/// Rows 1–10 of the source, `row 7` NULL.
+const TEN_ROWS_SEVEN_NULL: &str =
+    "INSERT INTO {pg} SELECT i, CASE WHEN i = 7 THEN NULL ELSE 'row ' || i END
+     FROM generate_series(1, 10) i;";
+
+fn sync_run(dir: &Path, source: &AgentProcess, target: &AgentProcess, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "sync",
+        "run",
+        "--source",
+        &source.address,
+        "--target",
+        &target.address,
+        "--dataset",
+        "customers",
+    ];
+    args.extend_from_slice(extra);
+    arbor(dir, &args)
+}
+
+fn said(out: &Output) -> String {
+    format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Issue 16 item 1: a statement that fails in the middle of a MariaDB batch
+/// (NULL into a NOT NULL column) fails the whole batch: nothing of it is
+/// committed, the error names the row and the database's reason, and once
+/// the source is fixed a rerun applies every row (nothing was journalled
+/// as applied).
+#[test]
+fn a_failing_statement_in_a_mariadb_batch_commits_nothing() {
+    use mysql::prelude::Queryable;
+    let dir = TempDir::new().unwrap();
+    let (mut pg, mut my, pg_table, my_table) = pg_to_mariadb(
+        dir.path(),
+        TEN_ROWS_SEVEN_NULL,
+        "CREATE TABLE {my} (id BIGINT PRIMARY KEY, t VARCHAR(50) NOT NULL)",
     );
-    assert_ne!(out.status.code(), Some(0), "{said}");
+    let source = AgentProcess::start(dir.path(), "pg.toml");
+    let target = AgentProcess::start(dir.path(), "my.toml");
+    let out = sync_run(dir.path(), &source, &target, &["--execute", "--json"]);
+    let said_first = said(&out);
+    assert_ne!(out.status.code(), Some(0), "{said_first}");
     assert!(
-        said.contains("row with key 7") && said.contains("cannot be null"),
-        "{said}"
+        said_first.contains("row with key 7") && said_first.contains("cannot be null"),
+        "{said_first}"
     );
     let count: u64 = my
         .query_first(format!("SELECT COUNT(*) FROM {my_table}"))
         .unwrap()
         .unwrap();
-    assert_eq!(count, 0, "a failed batch left rows behind: {said}");
+    assert_eq!(count, 0, "a failed batch left rows behind: {said_first}");
     // Fixed at the source (whose agent, capturing nothing, learns of it at
     // start), the same repair completes: every row is written.
     pg.batch_execute(&format!("UPDATE {pg_table} SET t = 'row 7' WHERE id = 7"))
         .unwrap();
     drop(source);
     let source = AgentProcess::start(dir.path(), "pg.toml");
-    let out = run(&source);
-    let said = String::from_utf8_lossy(&out.stdout).to_string();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{said} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = sync_run(dir.path(), &source, &target, &["--execute", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
     let rows: Vec<(i64, String)> = my
         .query(format!("SELECT id, t FROM {my_table} ORDER BY id"))
         .unwrap();
     let want: Vec<(i64, String)> = (1..=10).map(|i| (i, format!("row {i}"))).collect();
+    assert_eq!(rows, want);
+    drop((source, target));
+    pg.batch_execute(&format!("DROP TABLE {pg_table}")).unwrap();
+    my.query_drop(format!("DROP TABLE {my_table}")).unwrap();
+}
+
+/// Issue 16 item 2: the journal knows writes by content, not by batch
+/// number. A saved plan executed in batches of 2 stops at the batch with
+/// the NULL row; once the target accepts NULL, the same plan run in
+/// batches of 4 writes every row the first run did not (batch numbers
+/// 0 and 1 of the first run mean other rows now).
+#[test]
+fn a_rerun_with_another_batch_size_completes_the_repair() {
+    use mysql::prelude::Queryable;
+    let dir = TempDir::new().unwrap();
+    let (mut pg, mut my, pg_table, my_table) = pg_to_mariadb(
+        dir.path(),
+        TEN_ROWS_SEVEN_NULL,
+        "CREATE TABLE {my} (id BIGINT PRIMARY KEY, t VARCHAR(50) NOT NULL)",
+    );
+    let source = AgentProcess::start(dir.path(), "pg.toml");
+    let target = AgentProcess::start(dir.path(), "my.toml");
+    let plan = dir.path().join("plan.json");
+    let out = arbor(
+        dir.path(),
+        &[
+            "sync",
+            "plan",
+            "--source",
+            &source.address,
+            "--target",
+            &target.address,
+            "--dataset",
+            "customers",
+            "--out",
+            plan.to_str().unwrap(),
+        ],
+    );
+    assert!(plan.exists(), "{}", said(&out));
+    let run_plan = |batch: &str| {
+        arbor(
+            dir.path(),
+            &[
+                "sync",
+                "run",
+                "--plan",
+                plan.to_str().unwrap(),
+                "--execute",
+                "--batch",
+                batch,
+                "--json",
+            ],
+        )
+    };
+    let first = run_plan("2");
+    assert_ne!(first.status.code(), Some(0), "{}", said(&first));
+    let written: u64 = my
+        .query_first(format!("SELECT COUNT(*) FROM {my_table}"))
+        .unwrap()
+        .unwrap();
+    assert!(
+        written < 10,
+        "the NULL row's batch failed, and the run stopped"
+    );
+    my.query_drop(format!("ALTER TABLE {my_table} MODIFY t VARCHAR(50) NULL"))
+        .unwrap();
+    let second = run_plan("4");
+    assert_eq!(second.status.code(), Some(0), "{}", said(&second));
+    let summary: Json = serde_json::from_str(
+        String::from_utf8_lossy(&second.stdout)
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    // Writes the first run committed report their journalled outcome.
+    assert_eq!(summary["applied"], 10, "{summary}");
+    assert_eq!(summary["drift_after"], 0, "{summary}");
+    let rows: Vec<(i64, Option<String>)> = my
+        .query(format!("SELECT id, t FROM {my_table} ORDER BY id"))
+        .unwrap();
+    let want: Vec<(i64, Option<String>)> = (1..=10)
+        .map(|i| (i, (i != 7).then(|| format!("row {i}"))))
+        .collect();
     assert_eq!(rows, want);
     drop((source, target));
     pg.batch_execute(&format!("DROP TABLE {pg_table}")).unwrap();

@@ -165,15 +165,16 @@ enum SyncCommand {
 
 #[derive(Args)]
 struct SyncArgs {
-    /// The source-of-truth agent, `http://host:port`.
-    #[arg(long)]
-    source: String,
+    /// The source-of-truth agent, `http://host:port` (with --plan: the
+    /// plan's).
+    #[arg(long, required_unless_present = "plan")]
+    source: Option<String>,
     /// The target agent (its dataset needs `allow_repairs = true`).
-    #[arg(long)]
-    target: String,
+    #[arg(long, required_unless_present = "plan")]
+    target: Option<String>,
     /// The dataset (same name on both unless --target-dataset).
-    #[arg(long)]
-    dataset: String,
+    #[arg(long, required_unless_present = "plan")]
+    dataset: Option<String>,
     /// The dataset's name on the target.
     #[arg(long)]
     target_dataset: Option<String>,
@@ -772,41 +773,9 @@ async fn sync(command: SyncCommand) -> Result<u8> {
             });
         }
     };
-    // Both agents must have indexed their datasets (just started, or
-    // catching up after a restart).
-    let deadline = Instant::now() + Duration::from_secs(args.wait);
-    wait_serving(&args.source, deadline).await?;
-    wait_serving(&args.target, deadline).await?;
-    let mut owners = Vec::new();
-    for o in &args.owners {
-        let (col, side) = o
-            .split_once('=')
-            .with_context(|| format!("--owner {o:?}: expected COLUMN=source|target"))?;
-        owners.push((col.to_owned(), side.to_owned()));
-    }
-    let policy = arbor::sync::parse_policy(
-        &args.policy,
-        Some(&args.extra),
-        args.rule.as_deref(),
-        &owners,
-        Some(&args.fallback),
-    )
-    .map_err(|(field, e)| anyhow::anyhow!("--{field}: {e}"))?;
-    let mut opts = SyncOptions {
-        source: args.source.clone(),
-        target: args.target.clone(),
-        target_dataset: args
-            .target_dataset
-            .clone()
-            .unwrap_or_else(|| args.dataset.clone()),
-        dataset: args.dataset.clone(),
-        policy,
-        batch: args.batch.clamp(1, arbor::repair::MAX_WRITES_PER_BATCH),
-        max_rows_per_sec: args.max_rows_per_sec,
-        retry_for: std::time::Duration::from_secs(args.retry_secs),
-        only_keys: None,
-    };
-    let (actions, report) = match &args.plan {
+    // A saved plan names its agents, datasets and values.
+    let saved = match &args.plan {
+        None => None,
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("read the plan {}", path.display()))?;
@@ -822,10 +791,6 @@ async fn sync(command: SyncCommand) -> Result<u8> {
                     file.key_id
                 );
             }
-            opts.source = file.source.clone();
-            opts.target = file.target.clone();
-            opts.dataset = file.dataset.clone();
-            opts.target_dataset = file.target_dataset.clone();
             let report = arbor::sync::SyncReport {
                 run_id: file.run_id.clone(),
                 key_id: file.key_id.clone(),
@@ -833,8 +798,60 @@ async fn sync(command: SyncCommand) -> Result<u8> {
                 planned_deletes: actions.iter().filter(|a| a.action == "delete").count() as u64,
                 ..Default::default()
             };
-            (actions, report)
+            Some((file, actions, report))
         }
+    };
+    // Both agents must have indexed their datasets (just started, or
+    // catching up after a restart).
+    let deadline = Instant::now() + Duration::from_secs(args.wait);
+    let (source, target, dataset, target_dataset) = match &saved {
+        Some((file, _, _)) => (
+            file.source.clone(),
+            file.target.clone(),
+            file.dataset.clone(),
+            file.target_dataset.clone(),
+        ),
+        None => {
+            // Required by the parser unless --plan.
+            let dataset = args.dataset.clone().unwrap_or_default();
+            (
+                args.source.clone().unwrap_or_default(),
+                args.target.clone().unwrap_or_default(),
+                dataset.clone(),
+                args.target_dataset.clone().unwrap_or(dataset),
+            )
+        }
+    };
+    wait_serving(&source, deadline).await?;
+    wait_serving(&target, deadline).await?;
+    let mut owners = Vec::new();
+    for o in &args.owners {
+        let (col, side) = o
+            .split_once('=')
+            .with_context(|| format!("--owner {o:?}: expected COLUMN=source|target"))?;
+        owners.push((col.to_owned(), side.to_owned()));
+    }
+    let policy = arbor::sync::parse_policy(
+        &args.policy,
+        Some(&args.extra),
+        args.rule.as_deref(),
+        &owners,
+        Some(&args.fallback),
+    )
+    .map_err(|(field, e)| anyhow::anyhow!("--{field}: {e}"))?;
+    let opts = SyncOptions {
+        source,
+        target,
+        target_dataset,
+        dataset,
+        policy,
+        batch: args.batch.clamp(1, arbor::repair::MAX_WRITES_PER_BATCH),
+        max_rows_per_sec: args.max_rows_per_sec,
+        retry_for: std::time::Duration::from_secs(args.retry_secs),
+        only_keys: None,
+    };
+    let (actions, report) = match saved {
+        Some((_, actions, report)) => (actions, report),
         None => arbor::sync::plan(&opts, !execute)
             .await
             .context("sync plan failed")?,

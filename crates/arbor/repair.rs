@@ -7,11 +7,14 @@
 //!   transaction, each write conditional on the digest the plan saw. The
 //!   batch's rows are then read back and applied to the index (what the
 //!   system stored, not what was sent; conflicting rows too, since a
-//!   conflict means the index was behind), and the batch's outcome is
-//!   journalled under (run id, batch). A batch sent again — a client retry
-//!   after a crash of either side — returns the journalled outcome, or, if
-//!   the crash came between the system's commit and the journal, finds its
-//!   writes already applied. Nothing is applied twice.
+//!   conflict means the index was behind), and each write's outcome is
+//!   journalled under (run id, dataset, the write's content: key, the
+//!   digest the plan saw, the change). A write sent again — a client retry
+//!   after a crash of either side, or a rerun of the plan with another
+//!   batch size — returns its journalled outcome while the batch's other
+//!   writes are applied; if the crash came between the system's commit and
+//!   the journal, the write finds itself already applied. Nothing is
+//!   applied twice, and nothing is skipped because a batch number matched.
 //!
 //! Sinks open their read-write connection on the first batch: an agent
 //! that never repairs never holds one.
@@ -25,7 +28,6 @@ use arbor_record::{Digest, Record, decode_tuple, tuple_bytes};
 use arbor_source::sink::{Change, Outcome, Sink, Write};
 use arbor_source::sqlite::SqliteSink;
 use arbor_source::{SourceError, postgres::PostgresSink};
-use serde::{Deserialize, Serialize};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
@@ -73,11 +75,22 @@ pub fn open_sink(d: &DatasetConfig) -> Result<Box<dyn Sink>, SourceError> {
     }
 }
 
-/// A journalled batch outcome.
-#[derive(Debug, Serialize, Deserialize)]
-struct Journalled {
-    /// Per write, in order: "applied", "already_applied" or "conflict".
-    outcomes: Vec<String>,
+/// What identifies a write in the journal: its content, so that the same
+/// planned write is found whichever batch carries it.
+fn write_id(w: &Write) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("arbor 2026 repair journal write id");
+    let key = tuple_bytes(&w.key);
+    h.update(&(key.len() as u64).to_le_bytes());
+    h.update(&key);
+    match &w.expected {
+        None => h.update(&[0]),
+        Some(d) => h.update(&[1]).update(d.as_bytes()),
+    };
+    match &w.change {
+        Change::Delete => h.update(b"D"),
+        Change::Upsert(r) => h.update(b"U").update(&tuple_bytes(&r.values)),
+    };
+    *h.finalize().as_bytes()
 }
 
 fn outcome_name(o: &Outcome) -> &'static str {
@@ -330,21 +343,31 @@ impl RepairService for RepairServer {
         // One run may write to several datasets of this agent (two-way).
         let journal_key = format!("{}/{}", req.run_id, req.dataset);
         let response = tokio::task::spawn_blocking(move || -> Result<_, Status> {
-            if !req.dry_run
-                && let Some(raw) = runs
-                    .get_journal(&journal_key, req.batch)
-                    .map_err(index_status)?
-            {
-                let j: Journalled = serde_json::from_slice(&raw)
-                    .map_err(|e| Status::data_loss(format!("journal entry unreadable: {e}")))?;
+            // Writes of this run that already committed (in any batch).
+            let ids: Vec<[u8; 32]> = writes.iter().map(write_id).collect();
+            let mut journalled: Vec<Option<String>> = vec![None; writes.len()];
+            if !req.dry_run {
+                for (slot, id) in journalled.iter_mut().zip(&ids) {
+                    if let Some(raw) = runs
+                        .journalled_write(&journal_key, id)
+                        .map_err(index_status)?
+                    {
+                        *slot =
+                            Some(String::from_utf8(raw).map_err(|_| {
+                                Status::data_loss("repair journal entry is not UTF-8")
+                            })?);
+                    }
+                }
+            }
+            if !req.dry_run && journalled.iter().all(Option::is_some) {
                 return Ok(pb::ApplyChangesResponse {
                     results: req
                         .writes
                         .iter()
-                        .zip(&j.outcomes)
+                        .zip(&journalled)
                         .map(|(w, o)| pb::WriteResult {
                             canonical_key: w.canonical_key.clone(),
-                            outcome: outcome_wire(o) as i32,
+                            outcome: outcome_wire(o.as_deref().unwrap_or_default()) as i32,
                             sql: String::new(),
                         })
                         .collect(),
@@ -376,13 +399,18 @@ impl RepairService for RepairServer {
                     replayed: false,
                 });
             }
-            let outcomes = sink.apply(&writes, &keys).map_err(source_status)?;
+            // Only the writes not yet journalled go to the system.
+            let pending: Vec<usize> = (0..writes.len())
+                .filter(|&i| journalled[i].is_none())
+                .collect();
+            let to_write: Vec<Write> = pending.iter().map(|&i| writes[i].clone()).collect();
+            let outcomes = sink.apply(&to_write, &keys).map_err(source_status)?;
             drop(sinks);
             // The index follows what the system now stores: written rows,
             // and conflicting rows too (a conflict means the index was
             // behind the system, so the next plan starts from the truth).
             let touched: Vec<Vec<arbor_record::Value>> =
-                writes.iter().map(|w| w.key.clone()).collect();
+                to_write.iter().map(|w| w.key.clone()).collect();
             if let Some(source) = &ds.source
                 && !touched.is_empty()
             {
@@ -400,21 +428,23 @@ impl RepairService for RepairServer {
                     .collect();
                 ds.apply(&changes, None).map_err(index_status)?;
             }
-            let journal = Journalled {
-                outcomes: outcomes
-                    .iter()
-                    .map(|o| outcome_name(o).to_owned())
-                    .collect(),
-            };
-            let raw = serde_json::to_vec(&journal).map_err(|e| Status::internal(e.to_string()))?;
-            runs.put_journal(&journal_key, req.batch, &raw)
+            let entries: Vec<([u8; 32], Vec<u8>)> = pending
+                .iter()
+                .zip(&outcomes)
+                .map(|(&i, o)| (ids[i], outcome_name(o).as_bytes().to_vec()))
+                .collect();
+            runs.journal_writes(&journal_key, &entries)
                 .map_err(index_status)?;
+            for (&i, o) in pending.iter().zip(&outcomes) {
+                journalled[i] = Some(outcome_name(o).to_owned());
+            }
             let applied = outcomes.iter().filter(|o| **o == Outcome::Applied).count();
             info!(
                 dataset = %d.name,
                 run = %req.run_id,
                 batch = req.batch,
                 writes = outcomes.len(),
+                journalled_before = writes.len() - outcomes.len(),
                 applied,
                 "repair batch committed"
             );
@@ -422,10 +452,10 @@ impl RepairService for RepairServer {
                 results: req
                     .writes
                     .iter()
-                    .zip(&outcomes)
+                    .zip(&journalled)
                     .map(|(w, o)| pb::WriteResult {
                         canonical_key: w.canonical_key.clone(),
-                        outcome: outcome_wire(outcome_name(o)) as i32,
+                        outcome: outcome_wire(o.as_deref().unwrap_or_default()) as i32,
                         sql: String::new(),
                     })
                     .collect(),

@@ -4,7 +4,7 @@
 //! |---------|--------------------------|--------------------------------|
 //! | `runs`  | run id (UTF-8)           | the run's summary (opaque bytes, JSON in practice) |
 //! | `drift` | run id ‖ 0x00 ‖ seq (u64 BE) | one drift entry (opaque bytes) |
-//! | `journal` | run id ‖ 0x00 ‖ batch (u64 BE) | a repair batch's outcome (opaque bytes) |
+//! | `journal` | journal run (run id/dataset) ‖ 0x01 ‖ write id (32 bytes) | one committed repair write's outcome (opaque bytes) |
 //! | `conflicts` | conflict id (UTF-8) | a queued sync conflict (opaque bytes) |
 //! | `sync_runs` | job name ‖ 0x00 ‖ seq (u64 BE) | one sync job run's report (opaque bytes) |
 //!
@@ -21,8 +21,20 @@ use crate::error::IndexError;
 pub const RUNS: &str = "runs";
 /// Drift entries by run id and sequence number.
 pub const DRIFT: &str = "drift";
-/// Applied repair batches by run id and batch number.
+/// Committed repair writes by run and content (see [`RunStore::journal_writes`]).
 pub const JOURNAL: &str = "journal";
+
+/// Separates a journal run from a write id (0x00 was the batch-numbered
+/// form, whose entries are never read).
+const JOURNAL_WRITE: u8 = 1;
+
+fn journal_key(run: &str, write: &[u8; 32]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(run.len() + 33);
+    k.extend_from_slice(run.as_bytes());
+    k.push(JOURNAL_WRITE);
+    k.extend_from_slice(write);
+    k
+}
 /// Sync conflicts waiting for a person, by id.
 pub const CONFLICTS: &str = "conflicts";
 /// Sync job runs by job name and sequence number.
@@ -94,20 +106,35 @@ impl RunStore {
             .map_err(IndexError::storage("write drift entries"))
     }
 
-    /// Records, synced, that a repair batch was applied and what came of
-    /// it; written after the system committed the batch.
-    pub fn put_journal(&self, run_id: &str, batch: u64, outcome: &[u8]) -> Result<(), IndexError> {
+    /// Journals repair writes that committed together, in one synced
+    /// batch: each write's id (a digest of its content: key, the digest
+    /// the plan saw, the change) and its outcome, under `run`. Keyed by
+    /// content rather than by batch number, a retry of the run with any
+    /// batch size finds exactly the writes that committed.
+    pub fn journal_writes(
+        &self,
+        run: &str,
+        writes: &[([u8; 32], Vec<u8>)],
+    ) -> Result<(), IndexError> {
+        let mut batch = WriteBatch::default();
+        for (id, outcome) in writes {
+            batch.put_cf(self.cf(JOURNAL), journal_key(run, id), outcome);
+        }
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         self.db
-            .put_cf_opt(self.cf(JOURNAL), drift_key(run_id, batch), outcome, &wo)
-            .map_err(IndexError::storage("journal a repair batch"))
+            .write_opt(batch, &wo)
+            .map_err(IndexError::storage("journal repair writes"))
     }
 
-    /// A journalled repair batch's outcome, if it was applied.
-    pub fn get_journal(&self, run_id: &str, batch: u64) -> Result<Option<Vec<u8>>, IndexError> {
+    /// The journalled outcome of one repair write of `run`, if it committed.
+    pub fn journalled_write(
+        &self,
+        run: &str,
+        write: &[u8; 32],
+    ) -> Result<Option<Vec<u8>>, IndexError> {
         self.db
-            .get_cf(self.cf(JOURNAL), drift_key(run_id, batch))
+            .get_cf(self.cf(JOURNAL), journal_key(run, write))
             .map_err(IndexError::storage("read the repair journal"))
     }
 
@@ -218,6 +245,10 @@ impl RunStore {
             to.push(1);
             batch.delete_range_cf(self.cf(DRIFT), from, to);
         }
+        // Journal entries of sync runs started before then: run ids begin
+        // with their start in milliseconds, 13 digits until the year 2286,
+        // so they sort by time as text.
+        batch.delete_range_cf(self.cf(JOURNAL), Vec::new(), before_ms.to_string().into_bytes());
         self.db
             .write(batch)
             .map_err(IndexError::storage("forget old runs"))?;
@@ -263,6 +294,40 @@ impl RunStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repair_writes_are_journalled_by_run_and_content_and_forgotten_with_old_runs() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = RunStore::open(dir.path()).unwrap();
+        let (old, new) = (
+            "1000000000000-aaaaaa/customers",
+            "3000000000000-cccccc/customers",
+        );
+        store
+            .journal_writes(
+                old,
+                &[
+                    ([1; 32], b"applied".to_vec()),
+                    ([2; 32], b"conflict".to_vec()),
+                ],
+            )
+            .unwrap();
+        store
+            .journal_writes(new, &[([1; 32], b"already_applied".to_vec())])
+            .unwrap();
+        assert_eq!(
+            store.journalled_write(old, &[2; 32]).unwrap(),
+            Some(b"conflict".to_vec())
+        );
+        assert_eq!(
+            store.journalled_write(new, &[1; 32]).unwrap(),
+            Some(b"already_applied".to_vec())
+        );
+        assert_eq!(store.journalled_write(new, &[2; 32]).unwrap(), None);
+        store.prune_runs(2_500_000_000_000).unwrap();
+        assert_eq!(store.journalled_write(old, &[1; 32]).unwrap(), None);
+        assert!(store.journalled_write(new, &[1; 32]).unwrap().is_some());
+    }
 
     #[test]
     fn old_runs_and_their_drift_are_forgotten() {
