@@ -1633,6 +1633,111 @@ fn a_rerun_with_another_batch_size_completes_the_repair() {
     my.query_drop(format!("DROP TABLE {my_table}")).unwrap();
 }
 
+/// Issue 16 item 3: transforms shape comparison only. A repair writes the
+/// source's own values (untrimmed, mixed case, unrounded, to the
+/// microsecond) and restates only what an `offset` says: a local time
+/// written at +02:00 arrives in a UTC column as UTC.
+#[test]
+fn repairs_write_the_source_values_not_their_transformed_form() {
+    use mysql::prelude::Queryable;
+    let dir = TempDir::new().unwrap();
+    let pg_url = std::env::var("ARBOR_TEST_POSTGRES_URL")
+        .expect("ARBOR_TEST_POSTGRES_URL is not set: run the tests through tools/test.sh");
+    let my_url = std::env::var("ARBOR_TEST_MYSQL_URL")
+        .expect("ARBOR_TEST_MYSQL_URL is not set: run the tests through tools/test.sh");
+    let mut pg = postgres::Client::connect(&pg_url, postgres::NoTls).unwrap();
+    let mut my = mysql::Conn::new(mysql::Opts::from_url(&my_url).unwrap()).unwrap();
+    let (pg_table, my_table) = (unique_table("shape_src"), unique_table("shape_dst"));
+    pg.batch_execute(&format!(
+        "CREATE TABLE {pg_table} (id int8 PRIMARY KEY, email text, amount numeric(12,4),
+           seen timestamp(6), local_at timestamp(6));
+         INSERT INTO {pg_table} VALUES
+           (1, '  Foo.Bar@Example.COM ', 1.2346, '2026-03-01 10:20:30.123456', '2026-01-01 12:00:00'),
+           (2, 'Ann@Example.com', 7.0051, '2026-03-01 10:20:30.999999', '2026-06-30 23:30:00.5');"
+    ))
+    .unwrap();
+    // Row 1 differs in compared form too (another address); row 2 is missing.
+    my.query_drop(format!(
+        "CREATE TABLE {my_table} (id BIGINT PRIMARY KEY, email VARCHAR(80), amount DECIMAL(12,4),
+           seen DATETIME(6), at_utc DATETIME(6));
+         INSERT INTO {my_table} VALUES (1, 'someone@else', 1.2300, '2026-03-01 10:20:30.123000', NULL);"
+    ))
+    .unwrap();
+    let columns = |at: &str, at_transform: &str| {
+        format!(
+            "key = [{{ source = \"id\", kind = \"integer\" }}]\ncolumns = [\n\
+               {{ source = \"email\", kind = \"text\", transform = {{ trim = true, case = \"lower\" }} }},\n\
+               {{ source = \"amount\", kind = \"decimal\", transform = {{ scale = 2 }} }},\n\
+               {{ source = \"seen\", kind = \"timestamp\", transform = {{ precision = \"ms\" }} }},\n\
+               {{ source = \"{at}\", name = \"at\", kind = \"timestamp\"{at_transform} }},\n]\n"
+        )
+    };
+    let agent = |data: &str, source: String, columns: String, extra: &str| {
+        format!(
+            "[agent]\ninsecure = true\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\n\n[[dataset]]\n\
+             name = \"customers\"\nsecret = \"a test secret of enough length\"\nsource = {source}\n{columns}{extra}\n"
+        )
+    };
+    std::fs::write(
+        dir.path().join("pg.toml"),
+        agent(
+            "pg-data",
+            format!("{{ kind = \"postgres\", url_env = \"ARBOR_TEST_POSTGRES_URL\", table = \"{pg_table}\" }}"),
+            columns("local_at", ", transform = { offset = \"+02:00\" }"),
+            "serve_values = true",
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("my.toml"),
+        agent(
+            "my-data",
+            format!(
+                "{{ kind = \"mysql\", url_env = \"ARBOR_TEST_MYSQL_URL\", table = \"{my_table}\" }}"
+            ),
+            columns("at_utc", ""),
+            "allow_repairs = true",
+        ),
+    )
+    .unwrap();
+    let source = AgentProcess::start(dir.path(), "pg.toml");
+    let target = AgentProcess::start(dir.path(), "my.toml");
+    let out = sync_run(dir.path(), &source, &target, &["--execute", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    let summary: Json =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(summary["applied"], 2, "{summary}");
+    assert_eq!(summary["drift_after"], 0, "{summary}");
+    let rows: Vec<(i64, String, String, String, String)> = my
+        .query(format!(
+            "SELECT id, email, CAST(amount AS CHAR), CAST(seen AS CHAR), CAST(at_utc AS CHAR)
+             FROM {my_table} ORDER BY id"
+        ))
+        .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            (
+                1,
+                "  Foo.Bar@Example.COM ".to_owned(),
+                "1.2346".to_owned(),
+                "2026-03-01 10:20:30.123456".to_owned(),
+                "2026-01-01 10:00:00.000000".to_owned()
+            ),
+            (
+                2,
+                "Ann@Example.com".to_owned(),
+                "7.0051".to_owned(),
+                "2026-03-01 10:20:30.999999".to_owned(),
+                "2026-06-30 21:30:00.500000".to_owned()
+            ),
+        ]
+    );
+    drop((source, target));
+    pg.batch_execute(&format!("DROP TABLE {pg_table}")).unwrap();
+    my.query_drop(format!("DROP TABLE {my_table}")).unwrap();
+}
+
 /// Rows with their version: (email, name, balance, version) by id.
 type Versioned = BTreeMap<i64, (String, Option<String>, Option<String>, i64)>;
 
@@ -2748,6 +2853,7 @@ async fn call_rpc(address: &str, rpc: &str, token: Option<&str>) -> tonic::Code 
                 .fetch_records(pb::FetchRecordsRequest {
                     dataset: ds(),
                     canonical_keys: vec![],
+                    stored: false,
                 })
                 .await,
         ),

@@ -116,7 +116,14 @@ pub struct RepairServer {
     runs: Arc<RunStore>,
     configs: HashMap<String, DatasetConfig>,
     sinks: Arc<Mutex<HashMap<String, Box<dyn Sink>>>>,
+    /// Per dataset with lossy transforms: its system read through
+    /// [`arbor_source::Mapping::stored_values`], for fetches of the values
+    /// a repair writes. Opened on first use.
+    stored_sources: StoredSources,
 }
+
+/// Sources reading values as stored, by dataset.
+type StoredSources = Arc<Mutex<HashMap<String, Arc<Mutex<Box<dyn arbor_source::Source>>>>>>;
 
 impl RepairServer {
     /// The service over the agent's datasets and run store.
@@ -133,6 +140,7 @@ impl RepairServer {
                 .map(|d| (d.name.clone(), d.clone()))
                 .collect(),
             sinks: Arc::new(Mutex::new(HashMap::new())),
+            stored_sources: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -237,8 +245,38 @@ impl RepairService for RepairServer {
             .iter()
             .map(|c| c.canonical().to_owned())
             .collect();
+        // Values a repair writes are read as stored where the mapping's
+        // transforms lose information (trim, case, rounding, ...).
+        let stored = (req.stored && d.mapping.has_lossy_values()).then(|| {
+            let mut exact = d.clone();
+            exact.mapping = d.mapping.stored_values();
+            (exact, Arc::clone(&self.stored_sources))
+        });
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         tokio::task::spawn_blocking(move || {
+            let source = match stored {
+                None => source,
+                Some((exact, opened)) => {
+                    let mut opened = opened.lock().unwrap_or_else(|p| p.into_inner());
+                    match opened.get(&exact.name) {
+                        Some(s) => Arc::clone(s),
+                        None => match crate::agent::open_source(&exact) {
+                            Ok(s) => {
+                                let s = Arc::new(Mutex::new(s));
+                                opened.insert(exact.name.clone(), Arc::clone(&s));
+                                s
+                            }
+                            Err(e) => {
+                                let _ = tx.blocking_send(Err(Status::unavailable(format!(
+                                    "open the system of {:?} to read stored values: {e}",
+                                    exact.name
+                                ))));
+                                return;
+                            }
+                        },
+                    }
+                }
+            };
             // `Err(None)`: the caller went away; nothing left to tell it.
             let fetched = arbor_source::fetch_each(
                 &keys,

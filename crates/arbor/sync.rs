@@ -418,6 +418,9 @@ async fn fetch(opts: &SyncOptions, side: Side, keys: Vec<Vec<u8>>) -> Result<Fet
             .fetch_records(pb::FetchRecordsRequest {
                 dataset: dataset.to_owned(),
                 canonical_keys: chunk.to_vec(),
+                // Written as the source holds them; transforms shape
+                // comparison only.
+                stored: true,
             })
             .await
             .map_err(|s| agent_err(agent, &s))?

@@ -248,7 +248,11 @@ impl RunStore {
         // Journal entries of sync runs started before then: run ids begin
         // with their start in milliseconds, 13 digits until the year 2286,
         // so they sort by time as text.
-        batch.delete_range_cf(self.cf(JOURNAL), Vec::new(), before_ms.to_string().into_bytes());
+        batch.delete_range_cf(
+            self.cf(JOURNAL),
+            Vec::new(),
+            before_ms.to_string().into_bytes(),
+        );
         self.db
             .write(batch)
             .map_err(IndexError::storage("forget old runs"))?;

@@ -143,6 +143,47 @@ impl Mapping {
         stored
     }
 
+    /// Whether a value column's transforms lose information (see
+    /// [`Transforms::is_lossy`]).
+    pub fn has_lossy_values(&self) -> bool {
+        self.columns.iter().any(|c| c.transforms.is_lossy())
+    }
+
+    /// This mapping reading values as stored: value columns keep only
+    /// their exact transforms (`offset`), so records carry the source's
+    /// own values, the ones a repair writes. Keys and schema are unchanged.
+    pub fn stored_values(&self) -> Mapping {
+        let mut m = self.clone();
+        for c in &mut m.columns {
+            c.transforms = c.transforms.exact_only();
+        }
+        m
+    }
+
+    /// A record read through [`Mapping::stored_values`] (any system's, in
+    /// exact form) brought to this mapping's compared form: what its digest
+    /// is checked as.
+    pub fn compared(&self, mut record: Record) -> Record {
+        for (v, c) in record.values.iter_mut().zip(&self.columns) {
+            if c.transforms.is_lossy() {
+                *v = c
+                    .transforms
+                    .apply_lossy(std::mem::replace(v, arbor_record::Value::Null));
+            }
+        }
+        record
+    }
+
+    /// Values in exact form as this system stores them (its `offset`
+    /// undone): what a repair writes.
+    pub fn to_stored(&self, values: &[arbor_record::Value]) -> Vec<arbor_record::Value> {
+        values
+            .iter()
+            .zip(&self.columns)
+            .map(|(v, c)| c.transforms.unapply_exact(v.clone()))
+            .collect()
+    }
+
     /// Key columns, in key order.
     pub fn key(&self) -> &[ColumnMapping] {
         &self.key
@@ -270,5 +311,54 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.to_string().contains("\"email\""), "{e}");
+    }
+
+    #[test]
+    fn stored_values_keep_only_what_an_offset_restates() {
+        use crate::transform::Case;
+        use arbor_record::Value;
+        use arbor_record::value::Timestamp;
+        let mut email = ColumnMapping::new("email", "email", ValueKind::Text);
+        email.transforms = Transforms {
+            trim: true,
+            case: Some(Case::Lower),
+            ..Transforms::default()
+        };
+        let mut at = ColumnMapping::new("at", "at", ValueKind::Timestamp);
+        at.transforms = Transforms {
+            offset: Some("+02:00".into()),
+            precision: Some(crate::transform::Precision::S),
+            ..Transforms::default()
+        };
+        let mapping = Mapping::new(
+            vec![ColumnMapping::new("id", "id", ValueKind::Integer)],
+            vec![email, at],
+        )
+        .unwrap();
+        assert!(mapping.has_lossy_values());
+        let hour = 3_600_000_000;
+        let row = || {
+            vec![
+                Value::Integer(1),
+                Value::Timestamp(Timestamp(12 * hour + 1)),
+                Value::text(" Ann@X "),
+            ]
+        };
+        let stored = mapping.stored_values().record(row()).unwrap();
+        // As stored, restated in UTC: nothing lost.
+        assert_eq!(
+            stored.values,
+            vec![
+                Value::Timestamp(Timestamp(10 * hour + 1)),
+                Value::text(" Ann@X ")
+            ]
+        );
+        // Brought to the compared form, it is what a plain read gives.
+        assert_eq!(
+            mapping.compared(stored.clone()),
+            mapping.record(row()).unwrap()
+        );
+        // Written back at the column's offset.
+        assert_eq!(mapping.to_stored(&stored.values), row()[1..].to_vec());
     }
 }

@@ -704,7 +704,7 @@ impl MysqlSink {
             .iter()
             .map(|w| found.remove(&arbor_record::tuple_bytes(&w.key)))
             .collect();
-        let decided = crate::sink::decide(keys, writes, &current);
+        let decided = crate::sink::decide(keys, &self.context.mapping, writes, &current);
         let mut script = Vec::new();
         let mut script_keys = Vec::new();
         for ((w, (_, run)), cur) in writes.iter().zip(&decided).zip(&current) {

@@ -1438,7 +1438,7 @@ impl crate::sink::Sink for PostgresSink {
                     .iter()
                     .map(|w| found.remove(&arbor_record::tuple_bytes(&w.key)))
                     .collect();
-                let decided = crate::sink::decide(keys, writes, &current);
+                let decided = crate::sink::decide(keys, &self.context.mapping, writes, &current);
                 let mut script = String::new();
                 for ((w, (_, run)), cur) in writes.iter().zip(&decided).zip(&current) {
                     if *run {

@@ -273,11 +273,12 @@ impl Statements {
                         self.where_key(&write.key)?
                     ));
                 }
+                let stored = self.mapping.to_stored(&r.values);
                 let sets = self
                     .mapping
                     .columns()
                     .iter()
-                    .zip(&r.values)
+                    .zip(&stored)
                     .enumerate()
                     .map(|(i, (c, v))| {
                         Ok(format!(
@@ -295,10 +296,11 @@ impl Statements {
                 ))
             }
             (Change::Upsert(r), false) => {
+                let stored = self.mapping.to_stored(&r.values);
                 let values = r
                     .key
                     .iter()
-                    .chain(&r.values)
+                    .chain(&stored)
                     .enumerate()
                     .map(|(i, v)| self.lit(i, v))
                     .collect::<Result<Vec<_>, String>>()?;
@@ -393,6 +395,7 @@ pub fn target_table(
 /// as they are now (by write, in order).
 pub fn decide(
     keys: &DatasetKeys,
+    mapping: &Mapping,
     writes: &[Write],
     current: &[Option<Record>],
 ) -> Vec<(Outcome, bool)> {
@@ -402,8 +405,11 @@ pub fn decide(
         .zip(current)
         .map(|(w, cur)| {
             let now = cur.as_ref().map(|r| r.hash(keys, &mut scratch).digest);
+            // Writes carry values as stored; rows are read compared.
             let after = match &w.change {
-                Change::Upsert(r) => Some(r.hash(keys, &mut scratch).digest),
+                Change::Upsert(r) => {
+                    Some(mapping.compared(r.clone()).hash(keys, &mut scratch).digest)
+                }
                 Change::Delete => None,
             };
             if now == after {
@@ -493,6 +499,7 @@ mod tests {
         };
         let got = decide(
             &keys,
+            &mapping(),
             &[w.clone(), w.clone(), w.clone(), w],
             &[Some(old), Some(new), Some(rec(1, "someone else")), None],
         );
@@ -510,7 +517,7 @@ mod tests {
             change: Change::Delete,
         };
         assert_eq!(
-            decide(&keys, &[del], &[None])[0],
+            decide(&keys, &mapping(), &[del], &[None])[0],
             (Outcome::AlreadyApplied, false)
         );
     }

@@ -476,7 +476,8 @@ impl crate::sink::Sink for SqliteSink {
         let wanted: Vec<Vec<Value>> = writes.iter().map(|w| w.key.clone()).collect();
         // Committed state, read while this transaction holds the write lock.
         let current = crate::Source::fetch(&mut self.reader, &wanted)?;
-        let decided = crate::sink::decide(keys, writes, &current);
+        let decided =
+            crate::sink::decide(keys, crate::Source::mapping(&self.reader), writes, &current);
         for ((w, (_, run)), cur) in writes.iter().zip(&decided).zip(&current) {
             if *run {
                 let sql = self.statements.statement(w, cur.is_some()).map_err(|p| {

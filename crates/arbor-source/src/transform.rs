@@ -187,8 +187,67 @@ impl Transforms {
         *self == Transforms::default()
     }
 
-    /// Applies the transforms to one value of a column of this kind.
+    /// Applies the transforms to one value of a column of this kind:
+    /// [`Transforms::apply_exact`], then [`Transforms::apply_lossy`].
     pub fn apply(&self, value: Value) -> Value {
+        self.apply_lossy(self.apply_exact(value))
+    }
+
+    /// The transforms that lose nothing, only restate a value: `offset`
+    /// (a zone-less timestamp written at +02:00 is this instant in UTC).
+    /// A repair writes source values in this form, never the lossy one.
+    pub fn apply_exact(&self, value: Value) -> Value {
+        match value {
+            Value::Timestamp(t) if self.offset_us() != 0 => {
+                Value::Timestamp(Timestamp(t.0 - self.offset_us()))
+            }
+            other => other,
+        }
+    }
+
+    /// [`Transforms::apply_exact`] undone: the value as this column stores
+    /// it (a UTC instant written back at the column's offset).
+    pub fn unapply_exact(&self, value: Value) -> Value {
+        match value {
+            Value::Timestamp(t) if self.offset_us() != 0 => {
+                Value::Timestamp(Timestamp(t.0 + self.offset_us()))
+            }
+            other => other,
+        }
+    }
+
+    /// Whether a transform loses information (trims, case, Unicode form,
+    /// NULL and empty, rounding, precision): then two stored values may
+    /// compare equal, and only the stored one may be written.
+    pub fn is_lossy(&self) -> bool {
+        *self
+            != Transforms {
+                offset: self.offset.clone(),
+                ..Transforms::default()
+            }
+    }
+
+    /// This column's exact transforms alone (see [`Transforms::apply_exact`]).
+    pub fn exact_only(&self) -> Transforms {
+        Transforms {
+            offset: self.offset.clone(),
+            ..Transforms::default()
+        }
+    }
+
+    /// The offset in microseconds east of UTC (checked at start-up: a bad
+    /// one never reaches here).
+    fn offset_us(&self) -> i64 {
+        self.offset
+            .as_deref()
+            .and_then(|o| offset_seconds(o).ok())
+            .unwrap_or(0)
+            * 1_000_000
+    }
+
+    /// The transforms that may lose information, applied to a value
+    /// already in exact form.
+    pub fn apply_lossy(&self, value: Value) -> Value {
         match value {
             Value::Null if self.null_as_empty => Value::text(""),
             Value::Text(mut s) => {
@@ -228,13 +287,7 @@ impl Transforms {
                 _ => Value::Float(x),
             },
             Value::Timestamp(t) => {
-                // Checked at start-up: a bad offset never reaches here.
-                let shift = self
-                    .offset
-                    .as_deref()
-                    .and_then(|o| offset_seconds(o).ok())
-                    .unwrap_or(0);
-                let mut us = t.0 - shift * 1_000_000;
+                let mut us = t.0;
                 let unit = match self.precision {
                     Some(Precision::S) => 1_000_000,
                     Some(Precision::Ms) => 1_000,
