@@ -1738,6 +1738,111 @@ fn repairs_write_the_source_values_not_their_transformed_form() {
     my.query_drop(format!("DROP TABLE {my_table}")).unwrap();
 }
 
+/// Issue 16 item 4: JSON numbers keep every digit through a repair, from
+/// PostgreSQL jsonb into MariaDB JSON and back again.
+#[test]
+fn json_numbers_survive_a_repair_both_ways() {
+    use mysql::prelude::Queryable;
+    let dir = TempDir::new().unwrap();
+    let pg_url = std::env::var("ARBOR_TEST_POSTGRES_URL")
+        .expect("ARBOR_TEST_POSTGRES_URL is not set: run the tests through tools/test.sh");
+    let my_url = std::env::var("ARBOR_TEST_MYSQL_URL")
+        .expect("ARBOR_TEST_MYSQL_URL is not set: run the tests through tools/test.sh");
+    let mut pg = postgres::Client::connect(&pg_url, postgres::NoTls).unwrap();
+    let mut my = mysql::Conn::new(mysql::Opts::from_url(&my_url).unwrap()).unwrap();
+    let (pg_src, my_mid, pg_back) = (
+        unique_table("json_src"),
+        unique_table("json_mid"),
+        unique_table("json_back"),
+    );
+    pg.batch_execute(&format!(
+        "CREATE TABLE {pg_src} (id int8 PRIMARY KEY, doc jsonb);
+         CREATE TABLE {pg_back} (id int8 PRIMARY KEY, doc jsonb);
+         INSERT INTO {pg_src} VALUES
+           (1, '{{\"num\": 12345678901234567890.123456789}}'),
+           (2, '{{\"my\": 12345678901234567890123, \"x\": [0.1000000000000000001, -0]}}');"
+    ))
+    .unwrap();
+    my.query_drop(format!(
+        "CREATE TABLE {my_mid} (id BIGINT PRIMARY KEY, doc JSON)"
+    ))
+    .unwrap();
+    let agent = |data: &str, kind: &str, table: &str, extra: &str| {
+        let url = if kind == "postgres" {
+            "ARBOR_TEST_POSTGRES_URL"
+        } else {
+            "ARBOR_TEST_MYSQL_URL"
+        };
+        format!(
+            "[agent]\ninsecure = true\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\n\n[[dataset]]\n\
+             name = \"customers\"\nsecret = \"a test secret of enough length\"\n\
+             source = {{ kind = \"{kind}\", url_env = \"{url}\", table = \"{table}\" }}\n\
+             key = [{{ source = \"id\", kind = \"integer\" }}]\ncolumns = [{{ source = \"doc\", kind = \"json\" }}]\n{extra}\n"
+        )
+    };
+    let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
+    write(
+        "src.toml",
+        agent("src", "postgres", &pg_src, "serve_values = true"),
+    );
+    write(
+        "mid.toml",
+        agent(
+            "mid",
+            "mysql",
+            &my_mid,
+            "serve_values = true\nallow_repairs = true",
+        ),
+    );
+    write(
+        "back.toml",
+        agent("back", "postgres", &pg_back, "allow_repairs = true"),
+    );
+    let src = AgentProcess::start(dir.path(), "src.toml");
+    let mid = AgentProcess::start(dir.path(), "mid.toml");
+    let back = AgentProcess::start(dir.path(), "back.toml");
+    for (from, to) in [(&src, &mid), (&mid, &back)] {
+        let out = sync_run(dir.path(), from, to, &["--execute", "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+        let summary: Json =
+            serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap())
+                .unwrap();
+        assert_eq!(summary["applied"], 2, "{summary}");
+        assert_eq!(summary["drift_after"], 0, "{summary}");
+    }
+    let in_mariadb: Vec<(i64, String)> = my
+        .query(format!(
+            "SELECT id, CAST(doc AS CHAR) FROM {my_mid} ORDER BY id"
+        ))
+        .unwrap();
+    let digits = |docs: &[(i64, String)]| {
+        for (id, doc) in docs {
+            let want: &[&str] = match id {
+                1 => &["12345678901234567890.123456789"],
+                _ => &["12345678901234567890123", "0.1000000000000000001"],
+            };
+            for w in want {
+                assert!(doc.contains(w), "row {id}: {doc} lost {w}");
+            }
+        }
+    };
+    digits(&in_mariadb);
+    let back_rows: Vec<(i64, String)> = pg
+        .query(
+            &format!("SELECT id, doc::text FROM {pg_back} ORDER BY id"),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    digits(&back_rows);
+    drop((src, mid, back));
+    pg.batch_execute(&format!("DROP TABLE {pg_src}; DROP TABLE {pg_back}"))
+        .unwrap();
+    my.query_drop(format!("DROP TABLE {my_mid}")).unwrap();
+}
+
 /// Rows with their version: (email, name, balance, version) by id.
 type Versioned = BTreeMap<i64, (String, Option<String>, Option<String>, i64)>;
 
