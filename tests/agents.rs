@@ -1843,6 +1843,44 @@ fn json_numbers_survive_a_repair_both_ways() {
     my.query_drop(format!("DROP TABLE {my_mid}")).unwrap();
 }
 
+/// Issue 16 item 6: rows of 1–2 MB are repaired with the default batch
+/// size: requests are split under the gRPC limit and MariaDB round trips
+/// under the server's `max_allowed_packet`.
+#[test]
+fn wide_rows_are_repaired_without_tuning_the_batch() {
+    use mysql::prelude::Queryable;
+    let dir = TempDir::new().unwrap();
+    let (mut pg, mut my, pg_table, my_table) = pg_to_mariadb(
+        dir.path(),
+        "INSERT INTO {pg} SELECT i, repeat(md5(i::text), 32768 + i * 1000) FROM generate_series(1, 24) i;",
+        "CREATE TABLE {my} (id BIGINT PRIMARY KEY, t LONGTEXT)",
+    );
+    let source = AgentProcess::start(dir.path(), "pg.toml");
+    let target = AgentProcess::start(dir.path(), "my.toml");
+    let out = sync_run(dir.path(), &source, &target, &["--execute", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    let summary: Json =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(summary["applied"], 24, "{summary}");
+    assert_eq!(summary["drift_after"], 0, "{summary}");
+    let written: Vec<(i64, String)> = my
+        .query(format!("SELECT id, MD5(t) FROM {my_table} ORDER BY id"))
+        .unwrap();
+    let want: Vec<(i64, String)> = pg
+        .query(
+            &format!("SELECT id, md5(t) FROM {pg_table} ORDER BY id"),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(written, want);
+    drop((source, target));
+    pg.batch_execute(&format!("DROP TABLE {pg_table}")).unwrap();
+    my.query_drop(format!("DROP TABLE {my_table}")).unwrap();
+}
+
 /// Rows with their version: (email, name, balance, version) by id.
 type Versioned = BTreeMap<i64, (String, Option<String>, Option<String>, i64)>;
 

@@ -312,11 +312,29 @@ impl RepairService for RepairServer {
                         })
                         .collect::<Result<Vec<_>, Status>>()
                         .map_err(Some)?;
-                    let batch = pb::RecordBatch {
+                    // A group read by rows of unknown width may hold more
+                    // than a message: it leaves in messages of about
+                    // FETCH_BATCH_BYTES.
+                    let mut batch = Vec::new();
+                    let mut bytes = 0;
+                    for r in records {
+                        let size = prost::Message::encoded_len(&r);
+                        if !batch.is_empty() && bytes + size > FETCH_BATCH_BYTES {
+                            let full = pb::RecordBatch {
+                                columns: columns.clone(),
+                                records: std::mem::take(&mut batch),
+                            };
+                            tx.blocking_send(Ok(full)).map_err(|_| None)?;
+                            bytes = 0;
+                        }
+                        bytes += size;
+                        batch.push(r);
+                    }
+                    let last = pb::RecordBatch {
                         columns: columns.clone(),
-                        records,
+                        records: batch,
                     };
-                    tx.blocking_send(Ok(batch)).map_err(|_| None)
+                    tx.blocking_send(Ok(last)).map_err(|_| None)
                 },
             );
             if let Err(Some(status)) = fetched {

@@ -669,7 +669,19 @@ pub async fn plan(
                 continue;
             }
             let mut client = repair_client(agent)?;
-            for chunk in writing.chunks(opts.batch.max(1)) {
+            let chunks: Vec<Vec<usize>> = {
+                let refs: Vec<&Action> = writing.iter().map(|&i| &actions[i]).collect();
+                let mut at = 0;
+                batches(&refs, opts.batch.max(1))?
+                    .into_iter()
+                    .map(|b| {
+                        let chunk = writing[at..at + b.len()].to_vec();
+                        at += b.len();
+                        chunk
+                    })
+                    .collect()
+            };
+            for chunk in &chunks {
                 let resp = client
                     .apply_changes(pb::ApplyChangesRequest {
                         dataset: dataset.to_owned(),
@@ -690,6 +702,42 @@ pub async fn plan(
     }
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok((actions, report))
+}
+
+/// Bytes of writes per ApplyChanges request, about: half what a message
+/// may hold, so a batch of wide rows never reaches the limit.
+const APPLY_BATCH_BYTES: usize = MAX_MESSAGE_BYTES / 2;
+
+/// Room a request needs beside its writes (dataset, run id, key id,
+/// framing).
+const APPLY_REQUEST_OVERHEAD: usize = 64 << 10;
+
+/// Splits writes into batches of at most `max` writes and about
+/// [`APPLY_BATCH_BYTES`] each, so rows of any width are repaired without a
+/// hand-tuned `--batch`. A write no request can carry is an error naming
+/// its key.
+fn batches<'a>(writing: &'a [&'a Action], max: usize) -> Result<Vec<&'a [&'a Action]>, SyncError> {
+    use prost::Message;
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, a) in writing.iter().enumerate() {
+        let size = a.wire().encoded_len() + 8;
+        if size + APPLY_REQUEST_OVERHEAD > MAX_MESSAGE_BYTES {
+            return Err(SyncError::Invalid(format!(
+                "the write of key {} is {size} bytes, more than one request may carry ({} bytes)",
+                a.key, MAX_MESSAGE_BYTES
+            )));
+        }
+        if i > start && (i - start >= max || bytes + size > APPLY_BATCH_BYTES) {
+            out.push(&writing[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < writing.len() {
+        out.push(&writing[start..]);
+    }
+    Ok(out)
 }
 
 /// A hex key id as request bytes (empty stays empty: the agent's current key).
@@ -716,7 +764,10 @@ pub async fn execute(
             continue;
         }
         let mut client = repair_client(agent)?;
-        for (n, chunk) in writing.chunks(opts.batch.max(1)).enumerate() {
+        for (n, chunk) in batches(&writing, opts.batch.max(1))?
+            .into_iter()
+            .enumerate()
+        {
             let request = pb::ApplyChangesRequest {
                 dataset: dataset.to_owned(),
                 run_id: report.run_id.clone(),
@@ -769,4 +820,53 @@ pub async fn execute(
     report.verify_ms = verifying.elapsed().as_millis() as u64;
     report.elapsed_ms += started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upsert(key: i64, bytes: usize) -> Action {
+        Action {
+            action: "upsert",
+            side: Side::Target,
+            drift: "changed",
+            key: key.to_string(),
+            canonical_key: String::new(),
+            reason: None,
+            sql: None,
+            key_bytes: arbor_record::tuple_bytes(&[Value::Integer(key.into())]),
+            expected: None,
+            values: Some(vec![Value::text("x".repeat(bytes))]),
+        }
+    }
+
+    #[test]
+    fn batches_are_bounded_in_writes_and_bytes() {
+        let mb = 1 << 20;
+        let actions: Vec<Action> = (0..10)
+            .map(|i| upsert(i, if i < 6 { 3 * mb } else { 10 }))
+            .collect();
+        let refs: Vec<&Action> = actions.iter().collect();
+        let sizes: Vec<usize> = batches(&refs, 500)
+            .unwrap()
+            .iter()
+            .map(|b| b.len())
+            .collect();
+        // 3 MiB rows two at a time under 8 MiB; the small ones join the last.
+        assert_eq!(sizes, vec![2, 2, 6]);
+        let sizes: Vec<usize> = batches(&refs[6..], 3)
+            .unwrap()
+            .iter()
+            .map(|b| b.len())
+            .collect();
+        assert_eq!(sizes, vec![3, 1]);
+        let huge = [upsert(7, 17 * mb)];
+        let refs: Vec<&Action> = huge.iter().collect();
+        let e = batches(&refs, 500).unwrap_err().to_string();
+        assert!(
+            e.contains("key 7") && e.contains("more than one request may carry"),
+            "{e}"
+        );
+    }
 }

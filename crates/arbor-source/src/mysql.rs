@@ -598,7 +598,13 @@ pub struct MysqlSink {
     table: String,
     statement_timeout: std::time::Duration,
     conn: Option<Conn>,
+    /// The server's `max_allowed_packet`: no round trip may be longer.
+    packet: usize,
 }
+
+/// Bytes of a round trip kept free of statements under `max_allowed_packet`
+/// (the packet header, the separators).
+const PACKET_SLACK: usize = 1024;
 
 impl MysqlSink {
     /// A sink for `relation`, which must be a table. Connects on first use.
@@ -620,13 +626,19 @@ impl MysqlSink {
             table,
             statement_timeout,
             conn: None,
+            packet: 0,
         })
     }
 
     /// Connects, and learns which uuid columns are `binary(16)` (once).
     fn ready(&mut self) -> Result<(), SourceError> {
         if self.conn.is_none() {
-            self.conn = Some(open_session(&self.url, self.statement_timeout, false)?);
+            let mut conn = open_session(&self.url, self.statement_timeout, false)?;
+            let packet: Option<u64> = conn
+                .query_first("SELECT @@max_allowed_packet")
+                .map_err(|e| mysql_write_error(&self.url, &self.context.dataset, e))?;
+            self.packet = packet.unwrap_or(0) as usize;
+            self.conn = Some(conn);
         }
         if self.statements.is_none() {
             let mapping = &self.context.mapping;
@@ -713,16 +725,40 @@ impl MysqlSink {
                 script_keys.push(w.key.as_slice());
             }
         }
-        // A few round trips per batch, not one per statement; every
-        // statement's result is read, so an error anywhere fails the batch.
-        for (group, keys) in script
-            .chunks(STATEMENTS_PER_ROUND_TRIP)
-            .zip(script_keys.chunks(STATEMENTS_PER_ROUND_TRIP))
+        // A few round trips per batch, not one per statement, each within
+        // the server's packet limit; every statement's result is read, so an
+        // error anywhere fails the batch.
+        let limit = match self.packet {
+            0 => usize::MAX,
+            packet => packet.saturating_sub(PACKET_SLACK),
+        };
+        let shown = self.context.mapping.keys_shown();
+        if let Some(i) = script.iter().position(|st| st.len() > limit) {
+            let row = if shown {
+                format!(
+                    ", row with key {}",
+                    arbor_record::display_tuple(script_keys[i])
+                )
+            } else {
+                String::new()
+            };
+            return Err(SourceError::Write {
+                dataset: format!("{}{row}", self.context.dataset),
+                reason: format!(
+                    "the row's statement is {} bytes; the server's max_allowed_packet is {} bytes",
+                    script[i].len(),
+                    self.packet
+                ),
+            });
+        }
+        let groups = round_trips(&script, STATEMENTS_PER_ROUND_TRIP, limit);
+        for (group, keys) in groups
+            .iter()
+            .map(|r| (&script[r.clone()], &script_keys[r.clone()]))
         {
             if let Err((at, e)) = run_all(&mut tx, group) {
                 // Dropping the transaction rolls it back.
                 let e = write_err(e);
-                let shown = self.context.mapping.keys_shown();
                 return Err(match (e, keys.get(at)) {
                     (SourceError::Write { dataset, reason }, Some(key)) if shown => {
                         SourceError::Write {
@@ -775,6 +811,25 @@ impl crate::sink::Sink for MysqlSink {
     }
 }
 
+/// Splits statements into round trips of at most `max` statements and
+/// `bytes` bytes (joined by `;\n`); each statement fits alone.
+fn round_trips(statements: &[String], max: usize, bytes: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    for (i, st) in statements.iter().enumerate() {
+        let len = st.len() + 2;
+        if i > start && (i - start >= max || size + len > bytes) {
+            out.push(start..i);
+            (start, size) = (i, 0);
+        }
+        size += len;
+    }
+    if start < statements.len() {
+        out.push(start..statements.len());
+    }
+    out
+}
+
 /// Runs `statements` in one multi-statement round trip and reads every
 /// result: `query_drop` reports only the first statement's error, and the
 /// server stops at the first failing one, so a later error would otherwise
@@ -813,5 +868,20 @@ fn mysql_write_error(url: &str, dataset: &str, e: mysql::Error) -> SourceError {
             dataset: dataset.to_owned(),
             reason: e.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_stay_within_the_packet_and_the_count() {
+        let st = |n: usize| "x".repeat(n);
+        let script = vec![st(10), st(10), st(30), st(5), st(5), st(5)];
+        // 12 bytes a statement with its separator, 32 for the long one.
+        assert_eq!(round_trips(&script, 10, 24), vec![0..2, 2..3, 3..6]);
+        assert_eq!(round_trips(&script, 2, 1000), vec![0..2, 2..4, 4..6]);
+        assert!(round_trips(&[], 2, 1000).is_empty());
     }
 }
