@@ -1881,6 +1881,165 @@ fn wide_rows_are_repaired_without_tuning_the_batch() {
     my.query_drop(format!("DROP TABLE {my_table}")).unwrap();
 }
 
+/// Two SQLite systems `a.db` and `b.db` holding `t(id, v, updated_at)` rows
+/// 1–3 alike, with agents `a.toml` (the source side) and `b.toml` that
+/// catch changes by rescanning when they start.
+fn two_way_pair(dir: &Path) {
+    for side in ["a", "b"] {
+        let db = Connection::open(dir.join(format!("{side}.db"))).unwrap();
+        db.execute_batch(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT, updated_at TEXT);
+             INSERT INTO t VALUES (1, 'x', '2026-01-01T00:00:00Z'), (2, 'x', '2026-01-01T00:00:00Z'),
+                                  (3, 'x', '2026-01-01T00:00:00Z');",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join(format!("{side}.toml")),
+            format!(
+                "[agent]\ninsecure = true\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{side}-data\"\n\n\
+                 [[dataset]]\nname = \"customers\"\nsecret = \"a test secret of enough length\"\n\
+                 source = {{ kind = \"sqlite\", path = \"{side}.db\", table = \"t\" }}\n\
+                 key = [{{ source = \"id\", kind = \"integer\" }}]\n\
+                 columns = [{{ source = \"v\", kind = \"text\" }}, {{ source = \"updated_at\", kind = \"timestamp\" }}]\n\
+                 capture = {{ mode = \"rescan\", interval_secs = 3600 }}\n\
+                 serve_values = true\nallow_repairs = true\n"
+            ),
+        )
+        .unwrap();
+    }
+}
+
+/// The rows of one side of [`two_way_pair`]: id → (v, updated_at), the
+/// time in RFC 3339 whole seconds (arbor writes it with microseconds).
+fn two_way_rows(dir: &Path, side: &str) -> BTreeMap<i64, (String, String)> {
+    let db = Connection::open(dir.join(format!("{side}.db"))).unwrap();
+    let mut stmt = db.prepare("SELECT id, v, updated_at FROM t").unwrap();
+    stmt.query_map([], |r| {
+        let at: String = r.get(2)?;
+        Ok((r.get(0)?, (r.get(1)?, at.replace(".000000Z", "Z"))))
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+}
+
+fn edit(dir: &Path, side: &str, sql: &str) {
+    Connection::open(dir.join(format!("{side}.db")))
+        .unwrap()
+        .execute_batch(sql)
+        .unwrap();
+}
+
+/// Issue 16 item 7: in two-way sync a delete is settled by the rule like any
+/// other change. Key 1 is deleted on `a`; key 2 deleted on `a` and then
+/// updated on `b`; key 3 updated on `b` (with an old `updated_at`) and then
+/// deleted on `a`. Each agent learns of its side's changes at a restart, in
+/// that order, so the times its index records follow the edits.
+#[test]
+fn two_way_deletes_are_settled_by_the_rule_and_never_outrank_a_later_write() {
+    let updated = |v: &str| (v.to_owned(), "2026-01-01T00:00:00Z".to_owned());
+    let later = ("later".to_owned(), "2026-02-01T00:00:00Z".to_owned());
+    let old = ("old".to_owned(), "2026-02-01T00:00:00Z".to_owned());
+    // rule → (exit code, rows both sides end with, unresolved keys)
+    let cases: [(&str, i32, Vec<(i64, (String, String))>, u64); 4] = [
+        // lww: the later write (key 2) stays; the deletes newer than the
+        // rows' updated_at win.
+        ("lww:updated_at", 0, vec![(2, later.clone())], 0),
+        // The updating side has priority: every row stays and returns.
+        (
+            "priority:target",
+            0,
+            vec![(1, updated("x")), (2, later.clone()), (3, old.clone())],
+            0,
+        ),
+        // The deleting side has priority, but not over a later write.
+        ("priority:source", 0, vec![(2, later.clone())], 0),
+        // manual never guesses: nothing is written, three keys wait.
+        ("manual", 1, vec![], 3),
+    ];
+    for (rule, code, want, unresolved) in cases {
+        let dir = TempDir::new().unwrap();
+        two_way_pair(dir.path());
+        // Both indexed; then the edits, each side restarted to see its own.
+        let a = AgentProcess::start(dir.path(), "a.toml");
+        let b = AgentProcess::start(dir.path(), "b.toml");
+        drop(b);
+        edit(
+            dir.path(),
+            "b",
+            "UPDATE t SET v = 'old', updated_at = '2026-02-01T00:00:00Z' WHERE id = 3",
+        );
+        let b = AgentProcess::start(dir.path(), "b.toml");
+        drop(a);
+        std::thread::sleep(Duration::from_millis(5));
+        edit(dir.path(), "a", "DELETE FROM t WHERE id IN (1, 2, 3)");
+        let a = AgentProcess::start(dir.path(), "a.toml");
+        drop(b);
+        std::thread::sleep(Duration::from_millis(5));
+        edit(
+            dir.path(),
+            "b",
+            "UPDATE t SET v = 'later', updated_at = '2026-02-01T00:00:00Z' WHERE id = 2",
+        );
+        let b = AgentProcess::start(dir.path(), "b.toml");
+        let policy = ["--policy", "two-way", "--rule", rule];
+        let run = [
+            &["run"][..],
+            &sync_endpoints(&a, &b, &policy),
+            &["--execute"],
+        ]
+        .concat();
+        let (got, report, actions) = sync_json(dir.path(), &run);
+        assert_eq!(got, code, "{rule}: {report} {actions:?}");
+        assert_eq!(report["unresolved"], unresolved, "{rule}: {report}");
+        let (on_a, on_b) = (two_way_rows(dir.path(), "a"), two_way_rows(dir.path(), "b"));
+        if rule == "manual" {
+            assert!(on_a.is_empty(), "{rule}: nothing written to a: {on_a:?}");
+            assert_eq!(on_b.len(), 3, "{rule}: nothing written to b: {on_b:?}");
+            continue;
+        }
+        let want: BTreeMap<i64, (String, String)> = want.into_iter().collect();
+        assert_eq!(on_a, want, "{rule}: a");
+        assert_eq!(on_b, want, "{rule}: b");
+        assert_eq!(report["drift_after"], 0, "{rule}: {report}");
+        if rule == "lww:updated_at" {
+            // A key deleted, propagated, then re-created on the same side
+            // is copied, never deleted again by the tombstone the
+            // propagated delete left on the other side.
+            drop(a);
+            std::thread::sleep(Duration::from_millis(5));
+            edit(
+                dir.path(),
+                "a",
+                "INSERT INTO t VALUES (1, 'again', '2025-01-01T00:00:00Z')",
+            );
+            let a = AgentProcess::start(dir.path(), "a.toml");
+            for rule in ["priority:target", "lww:updated_at"] {
+                let policy = ["--policy", "two-way", "--rule", rule];
+                let run = [
+                    &["run"][..],
+                    &sync_endpoints(&a, &b, &policy),
+                    &["--execute"],
+                ]
+                .concat();
+                let (got, report, _) = sync_json(dir.path(), &run);
+                assert_eq!(got, 0, "re-created, {rule}: {report}");
+                let again = ("again".to_owned(), "2025-01-01T00:00:00Z".to_owned());
+                assert_eq!(
+                    two_way_rows(dir.path(), "b").get(&1),
+                    Some(&again),
+                    "{rule}"
+                );
+                assert_eq!(
+                    two_way_rows(dir.path(), "a").get(&1),
+                    Some(&again),
+                    "{rule}"
+                );
+            }
+        }
+    }
+}
+
 /// Rows with their version: (email, name, balance, version) by id.
 type Versioned = BTreeMap<i64, (String, Option<String>, Option<String>, i64)>;
 

@@ -292,14 +292,25 @@ impl RepairService for RepairServer {
                         .zip(rows)
                         .map(|(k, r)| {
                             let canonical_key = tuple_bytes(k);
-                            // An absent row may be a delete capture saw.
-                            let deleted_at_us = match &r {
-                                Some(_) => 0,
-                                None => ds
-                                    .index()
-                                    .tombstone_of(&canonical_key)
-                                    .map_err(index_status)?
-                                    .unwrap_or(0),
+                            // An absent row may be a delete capture saw; a
+                            // present one may have a known last write. Two-way
+                            // sync weighs the one against the other.
+                            let index = ds.index();
+                            let (deleted_at_us, changed_at_us) = match &r {
+                                Some(_) => (
+                                    0,
+                                    index
+                                        .changed_at(&canonical_key)
+                                        .map_err(index_status)?
+                                        .unwrap_or(0),
+                                ),
+                                None => (
+                                    index
+                                        .tombstone_of(&canonical_key)
+                                        .map_err(index_status)?
+                                        .unwrap_or(0),
+                                    0,
+                                ),
                             };
                             Ok(pb::FetchedRecord {
                                 canonical_key,
@@ -308,6 +319,7 @@ impl RepairService for RepairServer {
                                     .map(|r| r.values.iter().map(convert::wire_value).collect())
                                     .unwrap_or_default(),
                                 deleted_at_us,
+                                changed_at_us,
                             })
                         })
                         .collect::<Result<Vec<_>, Status>>()

@@ -51,7 +51,8 @@ use crate::proto::v1::repair_service_client::RepairServiceClient;
 use crate::report::display_key;
 
 pub use arbor_sync::policy::{
-    Extra, Policy, Rule, Side, parse_policy, parse_rule, parse_side, settle,
+    DeleteOutcome, Extra, Policy, Rule, Side, parse_policy, parse_rule, parse_side, settle,
+    settle_delete,
 };
 
 /// Writes per batch when a job, a request or the CLI names none.
@@ -397,8 +398,11 @@ async fn drift_of(opts: &SyncOptions) -> Result<(Vec<arbor_sync::Drift>, String)
 /// the canonical names of the value columns.
 struct Fetched {
     rows: HashMap<Vec<u8>, Option<Vec<Value>>>,
-    /// Absent rows whose delete that side's change capture saw.
-    deleted: std::collections::HashSet<Vec<u8>>,
+    /// Absent rows whose delete that side's change capture saw, and when
+    /// (µs since the Unix epoch).
+    deleted: HashMap<Vec<u8>, i64>,
+    /// Present rows an incremental change last wrote, and when.
+    changed: HashMap<Vec<u8>, i64>,
     columns: Vec<String>,
 }
 
@@ -406,7 +410,8 @@ async fn fetch(opts: &SyncOptions, side: Side, keys: Vec<Vec<u8>>) -> Result<Fet
     let (agent, dataset) = opts.agent(side);
     let mut out = Fetched {
         rows: HashMap::new(),
-        deleted: std::collections::HashSet::new(),
+        deleted: HashMap::new(),
+        changed: HashMap::new(),
         columns: Vec::new(),
     };
     if keys.is_empty() {
@@ -430,6 +435,9 @@ async fn fetch(opts: &SyncOptions, side: Side, keys: Vec<Vec<u8>>) -> Result<Fet
                 out.columns = batch.columns;
             }
             for r in batch.records {
+                if r.changed_at_us > 0 {
+                    out.changed.insert(r.canonical_key.clone(), r.changed_at_us);
+                }
                 let v = if r.found {
                     Some(
                         r.values
@@ -443,7 +451,7 @@ async fn fetch(opts: &SyncOptions, side: Side, keys: Vec<Vec<u8>>) -> Result<Fet
                     )
                 } else {
                     if r.deleted_at_us > 0 {
-                        out.deleted.insert(r.canonical_key.clone());
+                        out.deleted.insert(r.canonical_key.clone(), r.deleted_at_us);
                     }
                     None
                 };
@@ -559,24 +567,45 @@ pub async fn plan(
             values: None,
         };
         let take = |f: &mut Fetched| f.rows.remove(&d.key).flatten();
-        // Two-way: a row one side's capture saw deleted is deleted on the
-        // other side rather than copied back (the delete is the newer fact).
-        if two_way {
-            let (deleted_on, keep_on) = match d.kind {
-                DriftKind::MissingRight => (&target, Side::Source),
-                DriftKind::MissingLeft => (&source, Side::Target),
-                DriftKind::Changed => (&target, Side::Target),
+        // Two-way: a key one side's capture saw deleted while the other side
+        // holds it is settled by the rule (see `settle_delete`): the delete
+        // is carried over, the row is copied back, or a person decides.
+        if let (Policy::TwoWay(rule), DriftKind::MissingRight | DriftKind::MissingLeft) =
+            (&opts.policy, d.kind)
+        {
+            let (tombs, rows, row_side) = match d.kind {
+                DriftKind::MissingRight => (&target, &source, Side::Source),
+                _ => (&source, &target, Side::Target),
             };
-            if d.kind != DriftKind::Changed && deleted_on.deleted.contains(&d.key) {
-                actions.push(base(
-                    "delete",
-                    keep_on,
-                    match keep_on {
-                        Side::Source => "deleted_on_target",
-                        Side::Target => "deleted_on_source",
-                    },
-                ));
-                continue;
+            let deleted_on = match row_side {
+                Side::Source => "deleted_on_target",
+                Side::Target => "deleted_on_source",
+            };
+            if let Some(&deleted_at) = tombs.deleted.get(&d.key) {
+                let Some(Some(row)) = rows.rows.get(&d.key) else {
+                    report.vanished += 1;
+                    continue;
+                };
+                let changed_at = rows.changed.get(&d.key).copied();
+                match settle_delete(rule, &columns, row_side, row, changed_at, deleted_at) {
+                    Ok(DeleteOutcome::Delete) => {
+                        actions.push(base("delete", row_side, deleted_on));
+                        continue;
+                    }
+                    // Copied to the deleting side below, like any one-sided row.
+                    Ok(DeleteOutcome::KeepRow) => {}
+                    Err(reason) => {
+                        report.unresolved += 1;
+                        if report.unresolved_keys.len() < 100 {
+                            report.unresolved_keys.push(display_key(&d.key));
+                        }
+                        actions.push(Action {
+                            reason: Some(reason),
+                            ..base("unresolved", row_side, deleted_on)
+                        });
+                        continue;
+                    }
+                }
             }
         }
         match (d.kind, &opts.policy) {

@@ -8,6 +8,7 @@
 //! | `meta`    | ASCII name (see [`meta`])             | per name                           |
 //! | `scan`    | a record key seen by a running rescan | empty                              |
 //! | `tombstones` | record key of a deleted record     | deletion time (i64 µs since the Unix epoch, BE) |
+//! | `changed` | record key of a record an incremental change inserted or updated | that change's time (i64 µs, BE) |
 //!
 //! Record keys start with the position, so the records of a tree node are one
 //! contiguous range; node keys sort by level, then prefix, so the children of
@@ -31,8 +32,12 @@ pub const SCAN: &str = "scan";
 /// two-way sync propagates these deletes instead of copying the row back.
 /// An upsert of the key removes its tombstone.
 pub const TOMBSTONES: &str = "tombstones";
+/// Records an incremental change (capture, rescan, repair) last inserted or
+/// updated, and when (record key → µs BE): two-way sync weighs a delete on
+/// one side against the latest write on the other. A delete removes it.
+pub const CHANGED: &str = "changed";
 /// Every column family, in creation order.
-pub const ALL: [&str; 5] = [RECORDS, NODES, META, SCAN, TOMBSTONES];
+pub const ALL: [&str; 6] = [RECORDS, NODES, META, SCAN, TOMBSTONES, CHANGED];
 
 /// Name of the merge operator that adds node deltas (part of the on-disk
 /// format: RocksDB refuses to open a CF whose operator name changed).

@@ -694,46 +694,58 @@ impl Index {
     /// When an incremental change deleted the record with this canonical
     /// key (µs since the Unix epoch), if it did and nothing re-inserted it.
     pub fn tombstone_of(&self, canonical_key: &[u8]) -> Result<Option<i64>, IndexError> {
+        self.time_of(cf::TOMBSTONES, canonical_key)
+    }
+
+    /// When an incremental change last inserted or updated the record with
+    /// this canonical key (µs since the Unix epoch); `None` if none did
+    /// since it was built (or since [`Index::prune_tombstones`] forgot it).
+    pub fn changed_at(&self, canonical_key: &[u8]) -> Result<Option<i64>, IndexError> {
+        self.time_of(cf::CHANGED, canonical_key)
+    }
+
+    fn time_of(&self, name: &'static str, canonical_key: &[u8]) -> Result<Option<i64>, IndexError> {
         let position = self.config.keys.position_of_encoded_key(canonical_key);
         let key = cf::record_key(position, canonical_key);
         match self
             .db
-            .get_cf(self.cf(cf::TOMBSTONES), &key)
-            .map_err(IndexError::storage("read a tombstone"))?
+            .get_cf(self.cf(name), &key)
+            .map_err(IndexError::storage("read a change time"))?
         {
             None => Ok(None),
             Some(v) => {
                 let b: [u8; 8] = v.as_slice().try_into().map_err(|_| {
-                    IndexError::corrupt(
-                        cf::TOMBSTONES,
-                        &key,
-                        format!("{} bytes, expected 8", v.len()),
-                    )
+                    IndexError::corrupt(name, &key, format!("{} bytes, expected 8", v.len()))
                 })?;
                 Ok(Some(i64::from_be_bytes(b)))
             }
         }
     }
 
-    /// Forgets tombstones older than `before_us` (µs since the Unix epoch);
-    /// returns how many went.
+    /// Forgets tombstones and change times older than `before_us` (µs since
+    /// the Unix epoch); returns how many tombstones went. A write older than
+    /// every tombstone kept needs no time: it is older than any delete.
     pub fn prune_tombstones(&self, before_us: i64) -> Result<u64, IndexError> {
-        let handle = self.cf(cf::TOMBSTONES);
-        let mut it = self.db.raw_iterator_cf(handle);
-        it.seek_to_first();
-        let mut batch = WriteBatch::default();
         let mut pruned = 0u64;
-        while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            let at = <[u8; 8]>::try_from(v).map_or(i64::MIN, i64::from_be_bytes);
-            if at < before_us {
-                batch.delete_cf(handle, k);
-                pruned += 1;
+        for name in [cf::TOMBSTONES, cf::CHANGED] {
+            let handle = self.cf(name);
+            let mut it = self.db.raw_iterator_cf(handle);
+            it.seek_to_first();
+            let mut batch = WriteBatch::default();
+            while let (Some(k), Some(v)) = (it.key(), it.value()) {
+                let at = <[u8; 8]>::try_from(v).map_or(i64::MIN, i64::from_be_bytes);
+                if at < before_us {
+                    batch.delete_cf(handle, k);
+                    if name == cf::TOMBSTONES {
+                        pruned += 1;
+                    }
+                }
+                it.next();
             }
-            it.next();
+            it.status()
+                .map_err(IndexError::storage("read the change times"))?;
+            self.write(batch, false)?;
         }
-        it.status()
-            .map_err(IndexError::storage("read the tombstones"))?;
-        self.write(batch, false)?;
         Ok(pruned)
     }
 
@@ -855,6 +867,7 @@ impl Index {
         let mut batch = WriteBatch::default();
         let mark_seen = self.rescanning.load(Ordering::Acquire);
         let tombstones_cf = self.cf(cf::TOMBSTONES);
+        let changed_cf = self.cf(cf::CHANGED);
         let now_us = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as i64);
@@ -864,11 +877,16 @@ impl Index {
                 (None, Some(a)) => {
                     batch.put_cf(records_cf, key, a.0);
                     batch.delete_cf(tombstones_cf, key);
+                    batch.put_cf(changed_cf, key, now_us.to_be_bytes());
                 }
-                (_, Some(a)) => batch.put_cf(records_cf, key, a.0),
+                (_, Some(a)) => {
+                    batch.put_cf(records_cf, key, a.0);
+                    batch.put_cf(changed_cf, key, now_us.to_be_bytes());
+                }
                 (_, None) => {
                     batch.delete_cf(records_cf, key);
                     batch.put_cf(tombstones_cf, key, now_us.to_be_bytes());
+                    batch.delete_cf(changed_cf, key);
                 }
             }
             if mark_seen && after.is_some() {

@@ -281,8 +281,15 @@ fn deletes_leave_tombstones_until_the_key_comes_back() {
     assert!(at >= before, "{at} < {before}");
     assert_eq!(index.tombstone_of(&key(9)).unwrap(), None);
     assert_eq!(index.tombstone_of(&key(2)).unwrap(), None);
+    // Built records have no known write; an incremental one has.
+    assert_eq!(index.changed_at(&key(2)).unwrap(), None);
     index.apply(&[Change::Upsert(record(1, 5))], None).unwrap();
     assert_eq!(index.tombstone_of(&key(1)).unwrap(), None);
+    let written = index.changed_at(&key(1)).unwrap().expect("a change time");
+    assert!(written >= at, "{written} < {at}");
+    // An upsert that changes nothing is no write.
+    index.apply(&[Change::Upsert(record(2, 2))], None).unwrap();
+    assert_eq!(index.changed_at(&key(2)).unwrap(), None);
     // Retention: only tombstones older than the cut go.
     index
         .apply(&[Change::Delete(vec![Value::Integer(2)])], None)
@@ -291,6 +298,7 @@ fn deletes_leave_tombstones_until_the_key_comes_back() {
     assert!(index.tombstone_of(&key(2)).unwrap().is_some());
     assert_eq!(index.prune_tombstones(i64::MAX).unwrap(), 1);
     assert_eq!(index.tombstone_of(&key(2)).unwrap(), None);
+    assert_eq!(index.changed_at(&key(1)).unwrap(), None);
 }
 
 #[test]

@@ -238,6 +238,96 @@ pub fn settle(
     Ok((to_source, to_target))
 }
 
+/// What becomes of a key one side holds while the other side's change
+/// capture saw it deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    /// The row stays and is copied to the side that deleted it.
+    KeepRow,
+    /// The delete stands and is carried to the side that holds the row.
+    Delete,
+}
+
+/// Settles a delete on one side against the row the other side (`row_side`)
+/// holds, like any other change:
+///
+/// * A tombstone never outranks a later write: a row inserted or updated
+///   (`row_changed_at_us`, from that side's index) after the delete stays,
+///   whatever the rule (a key deleted, propagated, then re-created).
+/// * Otherwise `lww` compares the row's column with the delete's time (a
+///   NULL or unorderable value is not guessed), `priority` decides by side,
+///   `ownership` by its fallback, and `manual` never guesses: every delete
+///   that meets a row is left for a person.
+///
+/// `Err` says why a person must decide.
+pub fn settle_delete(
+    rule: &Rule,
+    columns: &[String],
+    row_side: Side,
+    row: &[Value],
+    row_changed_at_us: Option<i64>,
+    deleted_at_us: i64,
+) -> Result<DeleteOutcome, String> {
+    let deleted_on = match row_side {
+        Side::Source => "target",
+        Side::Target => "source",
+    };
+    if let Rule::Manual = rule {
+        return Err(format!(
+            "manual: deleted on the {deleted_on} side, present on the other"
+        ));
+    }
+    if row_changed_at_us.is_some_and(|at| at > deleted_at_us) {
+        return Ok(DeleteOutcome::KeepRow);
+    }
+    let row_wins = |wins: bool| {
+        if wins {
+            DeleteOutcome::KeepRow
+        } else {
+            DeleteOutcome::Delete
+        }
+    };
+    match rule {
+        Rule::Priority(side) => Ok(row_wins(*side == row_side)),
+        Rule::Ownership { fallback, .. } => settle_delete(
+            fallback,
+            columns,
+            row_side,
+            row,
+            row_changed_at_us,
+            deleted_at_us,
+        ),
+        Rule::Lww { column } => {
+            let i = columns
+                .iter()
+                .position(|c| c == column)
+                .ok_or_else(|| format!("lww column {column:?} is not a compared column"))?;
+            let written_us = match &row[i] {
+                Value::Timestamp(t) => t.0,
+                Value::Date(d) => i64::from(d.0) * 86_400_000_000,
+                Value::Null => {
+                    return Err(format!(
+                        "lww: {column} is NULL on the row the {deleted_on} side deleted, so the delete cannot be ordered against it"
+                    ));
+                }
+                other => {
+                    return Err(format!(
+                        "lww: {column} ({other}) is not a time, so the delete on the {deleted_on} side cannot be ordered against it"
+                    ));
+                }
+            };
+            match written_us.cmp(&deleted_at_us) {
+                Ordering::Greater => Ok(DeleteOutcome::KeepRow),
+                Ordering::Less => Ok(DeleteOutcome::Delete),
+                Ordering::Equal => Err(format!(
+                    "lww: {column} equals the time of the delete on the {deleted_on} side"
+                )),
+            }
+        }
+        Rule::Manual => unreachable!("returned above"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,6 +387,83 @@ mod tests {
         // Already merged on the target: only the source is written.
         let (s, t) = (row(1, "crm@x", 5), row(900, "crm@x", 5));
         assert_eq!(settle(&rule, &cols(), &s, &t).unwrap(), (Some(t), None));
+    }
+
+    #[test]
+    fn a_delete_is_settled_by_the_rule_and_never_outranks_a_later_write() {
+        use arbor_record::value::Timestamp;
+        let cols = vec!["name".to_string(), "updated_at".to_string()];
+        let row = |at: Option<i64>| {
+            vec![
+                Value::text("a"),
+                at.map_or(Value::Null, |t| Value::Timestamp(Timestamp(t))),
+            ]
+        };
+        let lww = Rule::Lww {
+            column: "updated_at".into(),
+        };
+        let deleted = 1_000;
+        let keep = Ok(DeleteOutcome::KeepRow);
+        let delete = Ok(DeleteOutcome::Delete);
+        // lww: the row's time against the delete's.
+        assert_eq!(
+            settle_delete(&lww, &cols, Side::Source, &row(Some(2_000)), None, deleted),
+            keep
+        );
+        assert_eq!(
+            settle_delete(&lww, &cols, Side::Source, &row(Some(500)), None, deleted),
+            delete
+        );
+        let null = settle_delete(&lww, &cols, Side::Source, &row(None), None, deleted).unwrap_err();
+        assert!(
+            null.contains("NULL") && null.contains("target side"),
+            "{null}"
+        );
+        // A later write (seen by the row side's capture) always stays.
+        for rule in [&lww, &Rule::Priority(Side::Target)] {
+            assert_eq!(
+                settle_delete(
+                    rule,
+                    &cols,
+                    Side::Source,
+                    &row(Some(500)),
+                    Some(5_000),
+                    deleted
+                ),
+                keep
+            );
+        }
+        // priority decides by side.
+        let p = Rule::Priority(Side::Target);
+        assert_eq!(
+            settle_delete(&p, &cols, Side::Source, &row(None), Some(10), deleted),
+            delete
+        );
+        assert_eq!(
+            settle_delete(&p, &cols, Side::Target, &row(None), None, deleted),
+            keep
+        );
+        // ownership by its fallback; manual never guesses.
+        let own = Rule::Ownership {
+            owners: HashMap::from([("name".to_string(), Side::Source)]),
+            fallback: Box::new(Rule::Priority(Side::Source)),
+        };
+        assert_eq!(
+            settle_delete(&own, &cols, Side::Source, &row(None), None, deleted),
+            keep
+        );
+        assert!(
+            settle_delete(
+                &Rule::Manual,
+                &cols,
+                Side::Target,
+                &row(None),
+                Some(5_000),
+                deleted
+            )
+            .unwrap_err()
+            .contains("deleted on the source side")
+        );
     }
 
     #[test]
