@@ -1941,7 +1941,8 @@ fn two_way_deletes_are_settled_by_the_rule_and_never_outrank_a_later_write() {
     let later = ("later".to_owned(), "2026-02-01T00:00:00Z".to_owned());
     let old = ("old".to_owned(), "2026-02-01T00:00:00Z".to_owned());
     // rule → (exit code, rows both sides end with, unresolved keys)
-    let cases: [(&str, i32, Vec<(i64, (String, String))>, u64); 4] = [
+    type Case = (&'static str, i32, Vec<(i64, (String, String))>, u64);
+    let cases: [Case; 4] = [
         // lww: the later write (key 2) stays; the deletes newer than the
         // rows' updated_at win.
         ("lww:updated_at", 0, vec![(2, later.clone())], 0),
