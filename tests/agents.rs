@@ -1915,8 +1915,11 @@ fn two_way_rows(dir: &Path, side: &str) -> BTreeMap<i64, (String, String)> {
     let db = Connection::open(dir.join(format!("{side}.db"))).unwrap();
     let mut stmt = db.prepare("SELECT id, v, updated_at FROM t").unwrap();
     stmt.query_map([], |r| {
-        let at: String = r.get(2)?;
-        Ok((r.get(0)?, (r.get(1)?, at.replace(".000000Z", "Z"))))
+        let at: Option<String> = r.get(2)?;
+        Ok((
+            r.get(0)?,
+            (r.get(1)?, at.unwrap_or_default().replace(".000000Z", "Z")),
+        ))
     })
     .unwrap()
     .map(Result::unwrap)
@@ -1997,6 +2000,41 @@ fn two_way_deletes_are_settled_by_the_rule_and_never_outrank_a_later_write() {
         if rule == "manual" {
             assert!(on_a.is_empty(), "{rule}: nothing written to a: {on_a:?}");
             assert_eq!(on_b.len(), 3, "{rule}: nothing written to b: {on_b:?}");
+            // Queued in the source agent, as a job's conflicts are, and
+            // settled there.
+            assert_eq!(report["queued"], 3, "{report}");
+            let out = arbor(dir.path(), &["sync", "conflicts", "--agent", &a.address]);
+            let queued: Vec<Json> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            assert_eq!(queued.len(), 3, "{queued:?}");
+            assert!(
+                queued.iter().all(|c| c["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("deleted on the source side")),
+                "{queued:?}"
+            );
+            let two = queued.iter().find(|c| c["key"] == "2").unwrap();
+            let out = arbor(
+                dir.path(),
+                &[
+                    "sync",
+                    "resolve",
+                    "--agent",
+                    &a.address,
+                    "--id",
+                    two["id"].as_str().unwrap(),
+                    "--take",
+                    "target",
+                ],
+            );
+            assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+            assert_eq!(two_way_rows(dir.path(), "a").get(&2), Some(&later));
+            // A rerun re-queues what is still unresolved, and only that.
+            let (_, report, _) = sync_json(dir.path(), &run);
+            assert_eq!(report["queued"], 2, "{report}");
             continue;
         }
         let want: BTreeMap<i64, (String, String)> = want.into_iter().collect();
@@ -2039,6 +2077,65 @@ fn two_way_deletes_are_settled_by_the_rule_and_never_outrank_a_later_write() {
             }
         }
     }
+}
+
+/// Issue 16 item 8: lww does not decide silently. An edit whose writer
+/// leaves `updated_at` NULL, and one stamped an hour in the future, are
+/// reported and queued rather than reverted or trusted.
+#[test]
+fn lww_reports_null_and_future_times_instead_of_deciding() {
+    let dir = TempDir::new().unwrap();
+    two_way_pair(dir.path());
+    edit(
+        dir.path(),
+        "b",
+        "UPDATE t SET v = 'unstamped', updated_at = NULL WHERE id = 1",
+    );
+    let future = chrono::Utc::now() + chrono::Duration::hours(1);
+    edit(
+        dir.path(),
+        "a",
+        &format!(
+            "UPDATE t SET v = 'ahead', updated_at = '{}' WHERE id = 2",
+            future.format("%Y-%m-%dT%H:%M:%SZ")
+        ),
+    );
+    let (a, b) = (
+        AgentProcess::start(dir.path(), "a.toml"),
+        AgentProcess::start(dir.path(), "b.toml"),
+    );
+    let policy = ["--policy", "two-way", "--rule", "lww:updated_at"];
+    let run = [
+        &["run"][..],
+        &sync_endpoints(&a, &b, &policy),
+        &["--execute"],
+    ]
+    .concat();
+    let (code, report, actions) = sync_json(dir.path(), &run);
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(report["unresolved"], 2, "{report}");
+    assert_eq!(report["queued"], 2, "{report}");
+    assert_eq!(report["applied"], 0, "{report}");
+    let reason = |key: &str| {
+        actions
+            .iter()
+            .find(|x| x["key"] == key)
+            .and_then(|x| x["reason"].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(
+        reason("1").contains("NULL on the target row"),
+        "{actions:?}"
+    );
+    assert!(reason("2").contains("in the future"), "{actions:?}");
+    assert_eq!(two_way_rows(dir.path(), "a")[&1].0, "x");
+    assert_eq!(two_way_rows(dir.path(), "b")[&2].0, "x");
+    // A wider allowed skew trusts the future time.
+    let wide = [&run[..], &["--max-skew-secs", "7200"]].concat();
+    let (_, report, _) = sync_json(dir.path(), &wide);
+    assert_eq!(report["unresolved"], 1, "{report}");
+    assert_eq!(two_way_rows(dir.path(), "b")[&2].0, "ahead");
 }
 
 /// Rows with their version: (email, name, balance, version) by id.
@@ -3141,6 +3238,17 @@ async fn call_rpc(address: &str, rpc: &str, token: Option<&str>) -> tonic::Code 
                 })
                 .await,
         ),
+        "AdminService/QueueConflicts" => code(
+            admin
+                .clone()
+                .queue_conflicts(pb::QueueConflictsRequest {
+                    dataset: ds(),
+                    peer: "http://127.0.0.1:9".into(),
+                    peer_dataset: ds(),
+                    rows: vec![],
+                })
+                .await,
+        ),
         "IngestService/IngestChanges" => code(
             ingest
                 .clone()
@@ -3196,6 +3304,7 @@ fn each_role_calls_exactly_its_rpcs() {
         ("AdminService/ListSyncRuns", "auditor"),
         ("AdminService/ListConflicts", "auditor"),
         ("AdminService/ResolveConflict", "repairer"),
+        ("AdminService/QueueConflicts", "repairer"),
         ("AdminService/RotateKey", "admin"),
         ("IngestService/IngestChanges", "operator"),
         ("RepairService/FetchRecords", "repairer"),

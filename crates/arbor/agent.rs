@@ -776,6 +776,7 @@ impl AuditService for AuditServer {
             max_rows_per_sec: req.max_rows_per_sec,
             retry_for: crate::sync::DEFAULT_RETRY_FOR,
             only_keys: None,
+            max_skew: crate::sync::DEFAULT_MAX_SKEW,
         };
         let sync_status = |e: crate::sync::SyncError| Status::aborted(e.to_string());
         let (actions, report) = crate::sync::plan(&opts, false).await.map_err(sync_status)?;
@@ -1153,6 +1154,53 @@ impl AdminService for AdminServer {
         }))
     }
 
+    async fn queue_conflicts(
+        &self,
+        request: Request<pb::QueueConflictsRequest>,
+    ) -> Result<Response<pb::QueueConflictsResponse>, Status> {
+        let req = request.into_inner();
+        self.state.dataset(&req.dataset)?;
+        if req.peer.is_empty() || req.peer_dataset.is_empty() {
+            return Err(Status::invalid_argument(
+                "QueueConflictsRequest.peer and peer_dataset: required to settle a conflict later",
+            ));
+        }
+        if req.rows.len() > MAX_QUEUED_CONFLICTS {
+            return Err(Status::invalid_argument(format!(
+                "QueueConflictsRequest.rows: {} rows, at most {MAX_QUEUED_CONFLICTS} per request",
+                req.rows.len()
+            )));
+        }
+        let rows = req
+            .rows
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                hex::decode(&r.canonical_key)
+                    .map_err(|e| e.to_string())
+                    .and_then(|k| arbor_record::decode_tuple(&k).map_err(|e| e.to_string()))
+                    .map_err(|e| {
+                        Status::invalid_argument(format!(
+                            "QueueConflictsRequest.rows[{i}].canonical_key: {e}"
+                        ))
+                    })?;
+                Ok(crate::jobs::Unresolved {
+                    key: r.key,
+                    canonical_key: r.canonical_key,
+                    reason: r.reason,
+                })
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        let jobs = self
+            .jobs
+            .as_ref()
+            .ok_or_else(|| Status::unimplemented("this server keeps no conflicts"))?;
+        let ids = jobs
+            .queue_one_shot(&req.dataset, &req.peer, &req.peer_dataset, &rows)
+            .map_err(Status::internal)?;
+        Ok(Response::new(pb::QueueConflictsResponse { ids }))
+    }
+
     async fn run_sync_job(
         &self,
         request: Request<pb::RunSyncJobRequest>,
@@ -1171,6 +1219,9 @@ impl AdminService for AdminServer {
         }
     }
 }
+
+/// Unresolved rows one QueueConflicts request may carry.
+pub const MAX_QUEUED_CONFLICTS: usize = 100_000;
 
 /// Changes per index batch when applying polled rows.
 const POLL_APPLY_BATCH: usize = 4_096;

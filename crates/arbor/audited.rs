@@ -369,6 +369,19 @@ impl<S: AdminService> AdminService for Audited<S> {
         result
     }
 
+    async fn queue_conflicts(
+        &self,
+        request: Request<pb::QueueConflictsRequest>,
+    ) -> Result<Response<pb::QueueConflictsResponse>, Status> {
+        let d = request.get_ref().dataset.clone();
+        let w = self.admit(&request, "AdminService/QueueConflicts", &d)?;
+        let result = self.inner.queue_conflicts(request).await;
+        self.log(w, "AdminService/QueueConflicts", d, &result, |r| {
+            (String::new(), counts([("conflicts", r.ids.len() as u64)]))
+        });
+        result
+    }
+
     async fn resolve_conflict(
         &self,
         request: Request<pb::ResolveConflictRequest>,

@@ -9,7 +9,7 @@
 //! | `peer` | AgentService (hash exchange between agents) |
 //! | `auditor` | GetRun, ListRuns, StreamDrift, GetIndexStatus, ListSyncJobs, ListSyncRuns, ListConflicts |
 //! | `operator` | Compare, Reindex, Verify, RunSyncJob, IngestChanges |
-//! | `repairer` | FetchRecords, ApplyChanges, Reconcile, ResolveConflict |
+//! | `repairer` | FetchRecords, ApplyChanges, Reconcile, ResolveConflict, QueueConflicts |
 //! | `admin` | every RPC |
 
 use tonic::{Request, Status};
@@ -58,7 +58,9 @@ pub fn required_role(call: &str) -> Option<Role> {
         "GetRun" | "ListRuns" | "StreamDrift" | "GetIndexStatus" | "ListSyncJobs"
         | "ListSyncRuns" | "ListConflicts" => Role::Auditor,
         "Compare" | "Reindex" | "Verify" | "RunSyncJob" | "IngestChanges" => Role::Operator,
-        "FetchRecords" | "ApplyChanges" | "Reconcile" | "ResolveConflict" => Role::Repairer,
+        "FetchRecords" | "ApplyChanges" | "Reconcile" | "ResolveConflict" | "QueueConflicts" => {
+            Role::Repairer
+        }
         _ => return None,
     })
 }

@@ -573,6 +573,11 @@ pub struct SyncSection {
     /// Throttle in rows per second; default none.
     #[serde(default)]
     pub max_rows_per_sec: Option<u64>,
+    /// two_way lww: how many seconds in the future an `lww` time may lie
+    /// before the row is reported as a conflict rather than settled by it.
+    /// Default 300.
+    #[serde(default)]
+    pub max_skew_secs: Option<u64>,
 }
 
 /// A sync job, validated.
@@ -600,6 +605,8 @@ pub struct SyncJobConfig {
     pub batch: usize,
     /// Rows per second, 0 for none.
     pub max_rows_per_sec: u64,
+    /// The allowed skew of `lww` times.
+    pub max_skew: std::time::Duration,
 }
 
 /// The whole file.
@@ -690,6 +697,10 @@ fn sync_job(s: SyncSection, datasets: &[DatasetConfig]) -> Result<SyncJobConfig,
             .unwrap_or(crate::sync::DEFAULT_BATCH)
             .clamp(1, crate::repair::MAX_WRITES_PER_BATCH),
         max_rows_per_sec: s.max_rows_per_sec.unwrap_or(0),
+        max_skew: s.max_skew_secs.map_or(
+            crate::sync::DEFAULT_MAX_SKEW,
+            std::time::Duration::from_secs,
+        ),
     })
 }
 

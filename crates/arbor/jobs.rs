@@ -174,6 +174,19 @@ impl Jobs {
             .collect()
     }
 
+    /// Queues the unresolved rows of a one-shot run whose source side is
+    /// this agent's `dataset` (see [`ONE_SHOT_JOB`]); returns their ids.
+    pub fn queue_one_shot(
+        &self,
+        dataset: &str,
+        peer: &str,
+        peer_dataset: &str,
+        rows: &[Unresolved],
+    ) -> Result<Vec<String>, String> {
+        let runs = self.runs.as_ref().ok_or("no conflict store")?;
+        queue_conflicts(runs, ONE_SHOT_JOB, dataset, peer, peer_dataset, rows)
+    }
+
     /// Settles a queued conflict by taking `take`'s row (`source`: this
     /// agent's, `target`: the peer's); the conflict leaves the queue when the
     /// key no longer drifts. Returns the sync report.
@@ -195,6 +208,8 @@ impl Jobs {
             max_rows_per_sec: 0,
             retry_for: crate::sync::DEFAULT_RETRY_FOR,
             only_keys: Some(std::collections::HashSet::from([key])),
+            // Settled by priority: no lww time is judged.
+            max_skew: crate::sync::DEFAULT_MAX_SKEW,
         };
         let (actions, report) = crate::sync::plan(&opts, false)
             .await
@@ -339,11 +354,19 @@ async fn run(
             max_rows_per_sec: c.max_rows_per_sec,
             retry_for: crate::sync::DEFAULT_RETRY_FOR,
             only_keys: None,
+            max_skew: c.max_skew,
         };
         let result = async {
             let (actions, report) = crate::sync::plan(&opts, false).await?;
             if let Some(store) = store
-                && let Err(e) = queue_conflicts(store, c, peer, peer_dataset, &actions)
+                && let Err(e) = queue_conflicts(
+                    store,
+                    &c.name,
+                    &c.dataset,
+                    peer,
+                    peer_dataset,
+                    &Unresolved::of(&actions),
+                )
             {
                 warn!(job = %c.name, error = %e, "could not queue conflicts");
             }
@@ -406,19 +429,52 @@ async fn run(
     Ok(run)
 }
 
-/// Queues this run's unresolved rows of one pair, and drops queued ones of
-/// the pair that are no longer unresolved (settled, or converged).
+/// A row no rule settled: its key (human form), canonical key (hex) and
+/// why.
+pub struct Unresolved {
+    /// The key, human form.
+    pub key: String,
+    /// Canonical key bytes, hex.
+    pub canonical_key: String,
+    /// Why no rule settled it.
+    pub reason: String,
+}
+
+impl Unresolved {
+    /// The unresolved rows of a plan.
+    pub fn of(actions: &[Action]) -> Vec<Unresolved> {
+        actions
+            .iter()
+            .filter(|a| a.action == "unresolved")
+            .map(|a| Unresolved {
+                key: a.key.clone(),
+                canonical_key: a.canonical_key.clone(),
+                reason: a.reason.clone().unwrap_or_default(),
+            })
+            .collect()
+    }
+}
+
+/// What queues the conflicts of one-shot runs (`arbor sync run`), in place
+/// of a job's name.
+pub const ONE_SHOT_JOB: &str = "(one-shot run)";
+
+/// Queues a run's unresolved rows of one pair (under `job`, the local
+/// `dataset` and the peer's), and drops queued ones of the pair that are
+/// no longer unresolved (settled, or converged); returns the ids queued.
 fn queue_conflicts(
     store: &RunStore,
-    job: &SyncJobConfig,
+    job: &str,
+    dataset: &str,
     peer: &str,
     peer_dataset: &str,
-    actions: &[Action],
-) -> Result<(), String> {
+    rows: &[Unresolved],
+) -> Result<Vec<String>, String> {
     let now = crate::report::now_rfc3339();
     let mut current = std::collections::HashSet::new();
-    for a in actions.iter().filter(|a| a.action == "unresolved") {
-        let id = conflict_id(&job.name, peer, &a.canonical_key);
+    let mut ids = Vec::with_capacity(rows.len());
+    for a in rows {
+        let id = conflict_id(job, peer, &a.canonical_key);
         let first_seen = match store.get_conflict(&id).map_err(|e| e.to_string())? {
             Some(raw) => serde_json::from_slice::<Conflict>(&raw)
                 .map(|c| c.first_seen)
@@ -427,28 +483,31 @@ fn queue_conflicts(
         };
         let c = Conflict {
             id: id.clone(),
-            job: job.name.clone(),
-            dataset: job.dataset.clone(),
+            job: job.to_owned(),
+            dataset: dataset.to_owned(),
             peer: peer.to_owned(),
             peer_dataset: peer_dataset.to_owned(),
             key: a.key.clone(),
             canonical_key: a.canonical_key.clone(),
-            reason: a.reason.clone().unwrap_or_default(),
+            reason: a.reason.clone(),
             first_seen,
             last_seen: now.clone(),
         };
         let raw = serde_json::to_vec(&c).map_err(|e| e.to_string())?;
         store.put_conflict(&id, &raw).map_err(|e| e.to_string())?;
-        current.insert(id);
+        current.insert(id.clone());
+        ids.push(id);
     }
     for raw in store.conflicts().map_err(|e| e.to_string())? {
         if let Ok(c) = serde_json::from_slice::<Conflict>(&raw)
-            && c.job == job.name
+            && c.job == job
+            && c.dataset == dataset
             && c.peer == peer
+            && c.peer_dataset == peer_dataset
             && !current.contains(&c.id)
         {
             store.delete_conflict(&c.id).map_err(|e| e.to_string())?;
         }
     }
-    Ok(())
+    Ok(ids)
 }

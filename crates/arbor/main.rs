@@ -206,6 +206,10 @@ struct SyncArgs {
     /// Seconds a batch is retried while the target is unreachable.
     #[arg(long, default_value_t = 120)]
     retry_secs: u64,
+    /// two-way lww: seconds in the future an lww time may lie before the
+    /// row is reported unresolved rather than settled by it.
+    #[arg(long, default_value_t = 300)]
+    max_skew_secs: u64,
     /// JSON lines: the summary, then one line per action.
     #[arg(long)]
     json: bool,
@@ -849,6 +853,7 @@ async fn sync(command: SyncCommand) -> Result<u8> {
         max_rows_per_sec: args.max_rows_per_sec,
         retry_for: std::time::Duration::from_secs(args.retry_secs),
         only_keys: None,
+        max_skew: Duration::from_secs(args.max_skew_secs),
     };
     let (actions, report) = match saved {
         Some((_, actions, report)) => (actions, report),
@@ -862,9 +867,14 @@ async fn sync(command: SyncCommand) -> Result<u8> {
             .with_context(|| format!("write the plan {}", out.display()))?;
     }
     let report = if execute {
-        arbor::sync::execute(&opts, &actions, report)
+        let mut report = arbor::sync::execute(&opts, &actions, report)
             .await
-            .context("sync run failed")?
+            .context("sync run failed")?;
+        // Rows no rule settled wait for a person, as a job's do.
+        report.queued = arbor::sync::queue_unresolved(&opts, &actions)
+            .await
+            .context("queue the unresolved rows")?;
+        report
     } else {
         report
     };
@@ -929,6 +939,13 @@ async fn sync(command: SyncCommand) -> Result<u8> {
             )?;
             for k in &report.conflict_keys {
                 writeln!(out, "  conflict: {k} changed on the target since the plan")?;
+            }
+            if report.queued > 0 {
+                writeln!(
+                    out,
+                    "{} unresolved rows wait for a person: arbor sync conflicts --agent {}",
+                    report.queued, opts.source
+                )?;
             }
         } else if !plan_only {
             writeln!(out, "dry run: nothing written; pass --execute to apply")?;

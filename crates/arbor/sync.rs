@@ -51,8 +51,8 @@ use crate::proto::v1::repair_service_client::RepairServiceClient;
 use crate::report::display_key;
 
 pub use arbor_sync::policy::{
-    DeleteOutcome, Extra, Policy, Rule, Side, parse_policy, parse_rule, parse_side, settle,
-    settle_delete,
+    Clock, DEFAULT_MAX_SKEW, DeleteOutcome, Extra, Policy, Rule, Side, parse_policy, parse_rule,
+    parse_side, settle, settle_delete,
 };
 
 /// Writes per batch when a job, a request or the CLI names none.
@@ -83,6 +83,9 @@ pub struct SyncOptions {
     pub retry_for: Duration,
     /// Only these canonical keys (settling one conflict); `None`: all.
     pub only_keys: Option<std::collections::HashSet<Vec<u8>>>,
+    /// How far in the future an `lww` time may lie before it is reported
+    /// rather than trusted.
+    pub max_skew: Duration,
 }
 
 impl SyncOptions {
@@ -307,6 +310,10 @@ pub struct SyncReport {
     pub unresolved: u64,
     /// Keys of the unresolved rows (human form), at most 100.
     pub unresolved_keys: Vec<String>,
+    /// Unresolved rows queued for a person in the source agent (`arbor
+    /// sync conflicts`), by one-shot runs that executed.
+    #[serde(default)]
+    pub queued: u64,
     /// Keys a side no longer had when its values were fetched.
     pub vanished: u64,
     /// Writes applied.
@@ -549,6 +556,8 @@ pub async fn plan(
         source.columns.clone()
     };
 
+    // One clock for the whole plan: every lww time is judged against it.
+    let clock = Clock::now(opts.max_skew);
     let mut actions = Vec::new();
     for d in &drift {
         let base = |action: &'static str, side: Side, drift: &'static str| Action {
@@ -587,7 +596,9 @@ pub async fn plan(
                     continue;
                 };
                 let changed_at = rows.changed.get(&d.key).copied();
-                match settle_delete(rule, &columns, row_side, row, changed_at, deleted_at) {
+                match settle_delete(
+                    rule, &columns, row_side, row, changed_at, deleted_at, &clock,
+                ) {
                     Ok(DeleteOutcome::Delete) => {
                         actions.push(base("delete", row_side, deleted_on));
                         continue;
@@ -645,7 +656,7 @@ pub async fn plan(
                     report.vanished += 1;
                     continue;
                 };
-                match settle(rule, &columns, &s, &t) {
+                match settle(rule, &columns, &s, &t, &clock) {
                     Ok((to_source, to_target)) => {
                         if let Some(v) = to_source {
                             actions.push(Action {
@@ -665,6 +676,15 @@ pub async fn plan(
                         if report.unresolved_keys.len() < 100 {
                             report.unresolved_keys.push(display_key(&d.key));
                         }
+                        // Say which side's capture saw a change, rather
+                        // than call every difference an edit on both.
+                        let reason = match rule {
+                            Rule::Manual => manual_reason(
+                                source.changed.contains_key(&d.key),
+                                target.changed.contains_key(&d.key),
+                            ),
+                            _ => reason,
+                        };
                         actions.push(Action {
                             reason: Some(reason),
                             ..base("unresolved", Side::Target, "changed")
@@ -733,6 +753,23 @@ pub async fn plan(
     Ok((actions, report))
 }
 
+/// Why `manual` left a differing row: which side's change capture saw it
+/// written since that side's index was built.
+fn manual_reason(source_changed: bool, target_changed: bool) -> String {
+    match (source_changed, target_changed) {
+        (true, true) => "manual: changed on both sides".into(),
+        (true, false) => {
+            "manual: changed on the source side; the target's row is as first indexed".into()
+        }
+        (false, true) => {
+            "manual: changed on the target side; the source's row is as first indexed".into()
+        }
+        (false, false) => {
+            "manual: the rows differ, and neither side's capture saw either written".into()
+        }
+    }
+}
+
 /// Bytes of writes per ApplyChanges request, about: half what a message
 /// may hold, so a batch of wide rows never reaches the limit.
 const APPLY_BATCH_BYTES: usize = MAX_MESSAGE_BYTES / 2;
@@ -767,6 +804,44 @@ fn batches<'a>(writing: &'a [&'a Action], max: usize) -> Result<Vec<&'a [&'a Act
         out.push(&writing[start..]);
     }
     Ok(out)
+}
+
+/// Queues an executed two-way run's unresolved rows in the source agent,
+/// where `arbor sync conflicts` lists them and `arbor sync resolve` settles
+/// them; rows of the pair queued by earlier one-shot runs and now settled
+/// leave the queue. Returns how many are queued.
+pub async fn queue_unresolved(opts: &SyncOptions, actions: &[Action]) -> Result<u64, SyncError> {
+    if !matches!(opts.policy, Policy::TwoWay(_)) {
+        return Ok(0);
+    }
+    let endpoint = crate::client::endpoint(&opts.source).map_err(|message| SyncError::Agent {
+        agent: opts.source.clone(),
+        message,
+    })?;
+    let mut client = crate::proto::v1::admin_service_client::AdminServiceClient::new(
+        crate::client::authed(endpoint.connect_lazy()),
+    )
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let rows: Vec<pb::UnresolvedRow> = actions
+        .iter()
+        .filter(|a| a.action == "unresolved")
+        .map(|a| pb::UnresolvedRow {
+            key: a.key.clone(),
+            canonical_key: a.canonical_key.clone(),
+            reason: a.reason.clone().unwrap_or_default(),
+        })
+        .collect();
+    let queued = client
+        .queue_conflicts(pb::QueueConflictsRequest {
+            dataset: opts.dataset.clone(),
+            peer: opts.target.clone(),
+            peer_dataset: opts.target_dataset.clone(),
+            rows,
+        })
+        .await
+        .map_err(|s| agent_err(&opts.source, &s))?
+        .into_inner();
+    Ok(queued.ids.len() as u64)
 }
 
 /// A hex key id as request bytes (empty stays empty: the agent's current key).

@@ -164,16 +164,77 @@ pub fn version_cmp(a: &Value, b: &Value) -> Option<Ordering> {
             );
             x.partial_cmp(&y)
         }
-        // A row with a version beats one without.
-        (Value::Null, Value::Null) => None,
-        (Value::Null, _) => Some(Ordering::Less),
-        (_, Value::Null) => Some(Ordering::Greater),
+        // A NULL version orders nothing: a writer that does not stamp the
+        // column would otherwise always lose (see `winner`).
         _ => None,
     }
 }
 
+/// When `lww` times are judged: now, and how far ahead of it a time may lie
+/// before it is reported as implausible rather than trusted (a clock an
+/// hour fast would otherwise win every conflict for an hour).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Clock {
+    /// Now, µs since the Unix epoch.
+    pub now_us: i64,
+    /// The allowed skew, µs.
+    pub max_skew_us: i64,
+}
+
+/// The default allowed skew of `lww` times: five minutes.
+pub const DEFAULT_MAX_SKEW: std::time::Duration = std::time::Duration::from_secs(300);
+
+impl Clock {
+    /// The system clock, allowing `max_skew`.
+    pub fn now(max_skew: std::time::Duration) -> Clock {
+        Clock {
+            now_us: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as i64),
+            max_skew_us: max_skew.as_micros().min(i64::MAX as u128) as i64,
+        }
+    }
+
+    /// Checks an `lww` value of `side`'s row: NULL, or a time too far in
+    /// the future, is reported, never decided.
+    fn check(&self, column: &str, side: &str, v: &Value) -> Result<(), String> {
+        let at_us = match v {
+            Value::Null => {
+                return Err(format!(
+                    "lww: {column} is NULL on the {side} row: an edit by a writer that does not stamp it cannot be ordered"
+                ));
+            }
+            Value::Timestamp(t) => t.0,
+            Value::Date(d) => i64::from(d.0) * 86_400_000_000,
+            _ => return Ok(()),
+        };
+        let ahead = at_us.saturating_sub(self.now_us);
+        if ahead > self.max_skew_us {
+            return Err(format!(
+                "lww: {column} on the {side} row is {}s in the future, beyond the allowed skew of {}s",
+                ahead / 1_000_000,
+                self.max_skew_us / 1_000_000
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn side_name(side: Side) -> &'static str {
+    match side {
+        Side::Source => "source",
+        Side::Target => "target",
+    }
+}
+
 /// The winning side of a changed row under a whole-row rule.
-pub fn winner(rule: &Rule, columns: &[String], s: &[Value], t: &[Value]) -> Result<Side, String> {
+pub fn winner(
+    rule: &Rule,
+    columns: &[String],
+    s: &[Value],
+    t: &[Value],
+    clock: &Clock,
+) -> Result<Side, String> {
     match rule {
         Rule::Priority(side) => Ok(*side),
         Rule::Lww { column } => {
@@ -181,6 +242,8 @@ pub fn winner(rule: &Rule, columns: &[String], s: &[Value], t: &[Value]) -> Resu
                 .iter()
                 .position(|c| c == column)
                 .ok_or_else(|| format!("lww column {column:?} is not a compared column"))?;
+            clock.check(column, "source", &s[i])?;
+            clock.check(column, "target", &t[i])?;
             match version_cmp(&s[i], &t[i]) {
                 Some(Ordering::Greater) => Ok(Side::Source),
                 Some(Ordering::Less) => Ok(Side::Target),
@@ -202,13 +265,14 @@ pub fn settle(
     columns: &[String],
     s: &[Value],
     t: &[Value],
+    clock: &Clock,
 ) -> Result<Settled, String> {
     let merged: Vec<Value> = match rule {
         Rule::Ownership { owners, fallback } => {
             // The fallback only matters if some column is unowned.
             let unowned = columns.iter().any(|c| !owners.contains_key(c));
             let fallback_side = if unowned {
-                Some(winner(fallback, columns, s, t)?)
+                Some(winner(fallback, columns, s, t, clock)?)
             } else {
                 None
             };
@@ -228,7 +292,7 @@ pub fn settle(
                 })
                 .collect()
         }
-        whole => match winner(whole, columns, s, t)? {
+        whole => match winner(whole, columns, s, t, clock)? {
             Side::Source => s.to_vec(),
             Side::Target => t.to_vec(),
         },
@@ -267,6 +331,7 @@ pub fn settle_delete(
     row: &[Value],
     row_changed_at_us: Option<i64>,
     deleted_at_us: i64,
+    clock: &Clock,
 ) -> Result<DeleteOutcome, String> {
     let deleted_on = match row_side {
         Side::Source => "target",
@@ -296,6 +361,7 @@ pub fn settle_delete(
             row,
             row_changed_at_us,
             deleted_at_us,
+            clock,
         ),
         Rule::Lww { column } => {
             let i = columns
@@ -316,6 +382,8 @@ pub fn settle_delete(
                     ));
                 }
             };
+            // A time beyond the allowed skew is not trusted either.
+            clock.check(column, side_name(row_side), &row[i])?;
             match written_us.cmp(&deleted_at_us) {
                 Ordering::Greater => Ok(DeleteOutcome::KeepRow),
                 Ordering::Less => Ok(DeleteOutcome::Delete),
@@ -331,6 +399,14 @@ pub fn settle_delete(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Far after every time the tests use.
+    fn clock() -> Clock {
+        Clock {
+            now_us: 1 << 60,
+            max_skew_us: 300_000_000,
+        }
+    }
 
     fn cols() -> Vec<String> {
         ["credit", "email", "version"].map(String::from).to_vec()
@@ -351,19 +427,19 @@ mod tests {
         };
         let (s, t) = (row(1, "a", 5), row(2, "b", 7));
         assert_eq!(
-            settle(&rule, &cols(), &s, &t).unwrap(),
+            settle(&rule, &cols(), &s, &t, &clock()).unwrap(),
             (Some(t.clone()), None)
         );
         assert_eq!(
-            settle(&rule, &cols(), &t, &s).unwrap(),
+            settle(&rule, &cols(), &t, &s, &clock()).unwrap(),
             (None, Some(t.clone()))
         );
-        assert!(settle(&rule, &cols(), &row(1, "a", 5), &row(2, "b", 5)).is_err());
+        assert!(settle(&rule, &cols(), &row(1, "a", 5), &row(2, "b", 5), &clock()).is_err());
         let missing = Rule::Lww {
             column: "nope".into(),
         };
         assert!(
-            settle(&missing, &cols(), &s, &t)
+            settle(&missing, &cols(), &s, &t, &clock())
                 .unwrap_err()
                 .contains("nope")
         );
@@ -381,12 +457,15 @@ mod tests {
         let (s, t) = (row(1, "crm@x", 5), row(900, "erp@x", 7));
         let merged = row(900, "crm@x", 5);
         assert_eq!(
-            settle(&rule, &cols(), &s, &t).unwrap(),
+            settle(&rule, &cols(), &s, &t, &clock()).unwrap(),
             (Some(merged.clone()), Some(merged))
         );
         // Already merged on the target: only the source is written.
         let (s, t) = (row(1, "crm@x", 5), row(900, "crm@x", 5));
-        assert_eq!(settle(&rule, &cols(), &s, &t).unwrap(), (Some(t), None));
+        assert_eq!(
+            settle(&rule, &cols(), &s, &t, &clock()).unwrap(),
+            (Some(t), None)
+        );
     }
 
     #[test]
@@ -407,14 +486,39 @@ mod tests {
         let delete = Ok(DeleteOutcome::Delete);
         // lww: the row's time against the delete's.
         assert_eq!(
-            settle_delete(&lww, &cols, Side::Source, &row(Some(2_000)), None, deleted),
+            settle_delete(
+                &lww,
+                &cols,
+                Side::Source,
+                &row(Some(2_000)),
+                None,
+                deleted,
+                &clock()
+            ),
             keep
         );
         assert_eq!(
-            settle_delete(&lww, &cols, Side::Source, &row(Some(500)), None, deleted),
+            settle_delete(
+                &lww,
+                &cols,
+                Side::Source,
+                &row(Some(500)),
+                None,
+                deleted,
+                &clock()
+            ),
             delete
         );
-        let null = settle_delete(&lww, &cols, Side::Source, &row(None), None, deleted).unwrap_err();
+        let null = settle_delete(
+            &lww,
+            &cols,
+            Side::Source,
+            &row(None),
+            None,
+            deleted,
+            &clock(),
+        )
+        .unwrap_err();
         assert!(
             null.contains("NULL") && null.contains("target side"),
             "{null}"
@@ -428,7 +532,8 @@ mod tests {
                     Side::Source,
                     &row(Some(500)),
                     Some(5_000),
-                    deleted
+                    deleted,
+                    &clock()
                 ),
                 keep
             );
@@ -436,11 +541,19 @@ mod tests {
         // priority decides by side.
         let p = Rule::Priority(Side::Target);
         assert_eq!(
-            settle_delete(&p, &cols, Side::Source, &row(None), Some(10), deleted),
+            settle_delete(
+                &p,
+                &cols,
+                Side::Source,
+                &row(None),
+                Some(10),
+                deleted,
+                &clock()
+            ),
             delete
         );
         assert_eq!(
-            settle_delete(&p, &cols, Side::Target, &row(None), None, deleted),
+            settle_delete(&p, &cols, Side::Target, &row(None), None, deleted, &clock()),
             keep
         );
         // ownership by its fallback; manual never guesses.
@@ -449,7 +562,15 @@ mod tests {
             fallback: Box::new(Rule::Priority(Side::Source)),
         };
         assert_eq!(
-            settle_delete(&own, &cols, Side::Source, &row(None), None, deleted),
+            settle_delete(
+                &own,
+                &cols,
+                Side::Source,
+                &row(None),
+                None,
+                deleted,
+                &clock()
+            ),
             keep
         );
         assert!(
@@ -459,7 +580,8 @@ mod tests {
                 Side::Target,
                 &row(None),
                 Some(5_000),
-                deleted
+                deleted,
+                &clock()
             )
             .unwrap_err()
             .contains("deleted on the source side")
@@ -467,11 +589,52 @@ mod tests {
     }
 
     #[test]
+    fn lww_reports_null_and_implausibly_future_times_instead_of_deciding() {
+        use arbor_record::value::Timestamp;
+        let cols = vec!["v".to_string(), "updated_at".to_string()];
+        let lww = Rule::Lww {
+            column: "updated_at".into(),
+        };
+        let clock = Clock {
+            now_us: 1_000_000_000,
+            max_skew_us: 300_000_000,
+        };
+        let row = |at: Option<i64>| {
+            vec![
+                Value::text("a"),
+                at.map_or(Value::Null, |t| Value::Timestamp(Timestamp(t))),
+            ]
+        };
+        let e = settle(&lww, &cols, &row(Some(5)), &row(None), &clock).unwrap_err();
+        assert!(e.contains("NULL on the target row"), "{e}");
+        // An hour ahead: reported; within the skew: decided.
+        let ahead = clock.now_us + 3_600_000_000;
+        let e = settle(&lww, &cols, &row(Some(ahead)), &row(Some(5)), &clock).unwrap_err();
+        assert!(e.contains("3600s in the future"), "{e}");
+        let near = clock.now_us + 60_000_000;
+        assert_eq!(
+            settle(&lww, &cols, &row(Some(near)), &row(Some(5)), &clock).unwrap(),
+            (None, Some(row(Some(near))))
+        );
+        let e = settle_delete(
+            &lww,
+            &cols,
+            Side::Target,
+            &row(Some(ahead)),
+            None,
+            5,
+            &clock,
+        )
+        .unwrap_err();
+        assert!(e.contains("in the future"), "{e}");
+    }
+
+    #[test]
     fn manual_is_never_guessed_and_priority_always_decides() {
         let (s, t) = (row(1, "a", 1), row(2, "b", 2));
-        assert!(settle(&Rule::Manual, &cols(), &s, &t).is_err());
+        assert!(settle(&Rule::Manual, &cols(), &s, &t, &clock()).is_err());
         assert_eq!(
-            settle(&Rule::Priority(Side::Target), &cols(), &s, &t).unwrap(),
+            settle(&Rule::Priority(Side::Target), &cols(), &s, &t, &clock()).unwrap(),
             (Some(t), None)
         );
     }
