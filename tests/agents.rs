@@ -2138,6 +2138,385 @@ fn lww_reports_null_and_future_times_instead_of_deciding() {
     assert_eq!(two_way_rows(dir.path(), "b")[&2].0, "ahead");
 }
 
+/// A model-based test of two-way sync (issue 16): random interleavings of
+/// inserts, updates, deletes and key changes on both sides of a
+/// [`two_way_pair`], with sync runs in between, under each whole-row rule,
+/// checked after every run against a reference model of the rules: the
+/// rows on both sides, and the number of rows left unresolved.
+///
+/// The model: a row differing on both sides goes to the greater `lww` time
+/// (NULL or equal: unresolved) or the priority side (`manual`:
+/// unresolved); a row one side holds while the other's capture saw it
+/// deleted stays if written after the delete, else `lww` orders its time
+/// against the delete's, `priority` decides by side, and `manual` leaves
+/// it; any other one-sided row is copied. Each edit is seen by its side's
+/// agent (restarted, so it rescans) before the next step, so times order
+/// as the steps do. `ARBOR_SYNC_MODEL_CASES` sets the number of cases
+/// (default 4 per rule).
+mod sync_model {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A row's `updated_at`: unstamped, an old fixed time, or stamped at a
+    /// step (its order) and instant (µs).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Stamp {
+        Null,
+        Old,
+        At(u64, i64),
+    }
+
+    const OLD_US: i64 = 1_577_836_800_000_000; // 2020-01-01
+
+    impl Stamp {
+        fn micros(self) -> Option<i64> {
+            match self {
+                Stamp::Null => None,
+                Stamp::Old => Some(OLD_US),
+                Stamp::At(_, us) => Some(us),
+            }
+        }
+        /// Order against step times (`Old` before every step).
+        fn order(self) -> Option<i64> {
+            match self {
+                Stamp::Null => None,
+                Stamp::Old => Some(-1),
+                Stamp::At(step, _) => Some(step as i64 * 3),
+            }
+        }
+    }
+
+    #[derive(Debug, Clone, Default)]
+    struct SideModel {
+        rows: BTreeMap<i64, (String, Stamp)>,
+        /// Key → step time its index saw it deleted.
+        tombs: BTreeMap<i64, i64>,
+        /// Key → step time its index saw it written.
+        changed: BTreeMap<i64, i64>,
+    }
+
+    impl SideModel {
+        fn write(&mut self, k: i64, row: (String, Stamp), at: i64) {
+            self.rows.insert(k, row);
+            self.tombs.remove(&k);
+            self.changed.insert(k, at);
+        }
+        fn delete(&mut self, k: i64, at: i64) {
+            if self.rows.remove(&k).is_some() {
+                self.tombs.insert(k, at);
+                self.changed.remove(&k);
+            }
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Upsert { a: bool, key: i64, stamp: u8 },
+        Delete { a: bool, key: i64 },
+        Rekey { a: bool, key: i64, to: i64 },
+        Sync,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let key = 1i64..6;
+        prop_oneof![
+            4 => (any::<bool>(), key.clone(), 0u8..4).prop_map(|(a, key, stamp)| Op::Upsert { a, key, stamp }),
+            2 => (any::<bool>(), key.clone()).prop_map(|(a, key)| Op::Delete { a, key }),
+            1 => (any::<bool>(), key.clone(), key).prop_map(|(a, key, to)| Op::Rekey { a, key, to }),
+            2 => Just(Op::Sync),
+        ]
+    }
+
+    const RULES: [&str; 4] = [
+        "lww:updated_at",
+        "priority:source",
+        "priority:target",
+        "manual",
+    ];
+
+    /// The model's sync run at step time `at` (`3 * step + 2`); returns the
+    /// rows left unresolved.
+    fn model_sync(rule: &str, a: &mut SideModel, b: &mut SideModel, at: i64) -> u64 {
+        let keys: BTreeSet<i64> = a.rows.keys().chain(b.rows.keys()).copied().collect();
+        let mut unresolved = 0;
+        for k in keys {
+            match (a.rows.get(&k).cloned(), b.rows.get(&k).cloned()) {
+                (Some(x), Some(y)) if x == y => {}
+                (Some(x), Some(y)) => {
+                    let source_wins = match rule {
+                        "priority:source" => Some(true),
+                        "priority:target" => Some(false),
+                        "manual" => None,
+                        _ => match (x.1.order(), y.1.order()) {
+                            (Some(p), Some(q)) if p != q => Some(p > q),
+                            _ => None,
+                        },
+                    };
+                    match source_wins {
+                        Some(true) => b.write(k, x, at),
+                        Some(false) => a.write(k, y, at),
+                        None => unresolved += 1,
+                    }
+                }
+                (Some(x), None) => {
+                    match one_sided(rule, true, &x, a.changed.get(&k), b.tombs.get(&k)) {
+                        Some(true) => b.write(k, x, at),
+                        Some(false) => a.delete(k, at),
+                        None => unresolved += 1,
+                    }
+                }
+                (None, Some(y)) => {
+                    match one_sided(rule, false, &y, b.changed.get(&k), a.tombs.get(&k)) {
+                        Some(true) => a.write(k, y, at),
+                        Some(false) => b.delete(k, at),
+                        None => unresolved += 1,
+                    }
+                }
+                (None, None) => unreachable!(),
+            }
+        }
+        unresolved
+    }
+
+    /// A row on one side (`on_source`) against the other side's tombstone:
+    /// `Some(true)` copy it, `Some(false)` delete it, `None` unresolved.
+    fn one_sided(
+        rule: &str,
+        on_source: bool,
+        row: &(String, Stamp),
+        changed: Option<&i64>,
+        tomb: Option<&i64>,
+    ) -> Option<bool> {
+        let Some(&deleted) = tomb else {
+            return Some(true);
+        };
+        if rule == "manual" {
+            return None;
+        }
+        if changed.is_some_and(|&c| c > deleted) {
+            return Some(true);
+        }
+        match rule {
+            "priority:source" => Some(on_source),
+            "priority:target" => Some(!on_source),
+            _ => match row.1.order() {
+                Some(t) if t != deleted => Some(t > deleted),
+                _ => None,
+            },
+        }
+    }
+
+    /// Starts an agent and waits until it has indexed (killing one mid-build
+    /// would make its next start rebuild, forgetting the deletes between).
+    fn start_indexed(dir: &Path, config: &str) -> AgentProcess {
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_check_response::ServingStatus;
+        use tonic_health::pb::health_client::HealthClient;
+        let agent = AgentProcess::start(dir, config);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !rt.block_on(async {
+            let Ok(channel) = tonic::transport::Endpoint::from_shared(agent.address.clone())
+                .unwrap()
+                .connect()
+                .await
+            else {
+                return false;
+            };
+            HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32)
+        }) {
+            assert!(
+                Instant::now() < deadline,
+                "{config} never finished indexing"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        agent
+    }
+
+    fn rows_of(dir: &Path, side: &str) -> BTreeMap<i64, (String, Option<i64>)> {
+        let db = Connection::open(dir.join(format!("{side}.db"))).unwrap();
+        let mut stmt = db.prepare("SELECT id, v, updated_at FROM t").unwrap();
+        stmt.query_map([], |r| {
+            let at: Option<String> = r.get(2)?;
+            let us = at.map(|t| {
+                chrono::DateTime::parse_from_rfc3339(&t)
+                    .unwrap_or_else(|e| panic!("{t}: {e}"))
+                    .timestamp_micros()
+            });
+            Ok((r.get(0)?, (r.get(1)?, us)))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    }
+
+    fn expected(m: &SideModel) -> BTreeMap<i64, (String, Option<i64>)> {
+        m.rows
+            .iter()
+            .map(|(k, (v, s))| (*k, (v.clone(), s.micros())))
+            .collect()
+    }
+
+    /// Runs `ops` under `rule` against real agents and the model.
+    fn run_case(rule: &str, ops: &[Op]) -> Result<(), TestCaseError> {
+        let dir = TempDir::new().unwrap();
+        two_way_pair(dir.path());
+        let initial: BTreeMap<i64, (String, Stamp)> =
+            (1..=3).map(|k| (k, ("x".to_owned(), Stamp::Old))).collect();
+        // `two_way_pair` stamps its rows 2026-01-01: restate as Old.
+        for side in ["a", "b"] {
+            edit(
+                dir.path(),
+                side,
+                &format!(
+                    "UPDATE t SET updated_at = '{}'",
+                    chrono::DateTime::from_timestamp_micros(OLD_US)
+                        .unwrap()
+                        .format("%Y-%m-%dT%H:%M:%SZ")
+                ),
+            );
+        }
+        let (mut a, mut b) = (
+            SideModel {
+                rows: initial.clone(),
+                ..SideModel::default()
+            },
+            SideModel {
+                rows: initial,
+                ..SideModel::default()
+            },
+        );
+        let mut agents = [
+            Some(start_indexed(dir.path(), "a.toml")),
+            Some(start_indexed(dir.path(), "b.toml")),
+        ];
+        let mut ops = ops.to_vec();
+        ops.push(Op::Sync);
+        for (step, op) in ops.iter().enumerate() {
+            let step = step as u64 + 1;
+            let (stamp_at, seen_at, synced_at) =
+                (3 * step as i64, 3 * step as i64 + 1, 3 * step as i64 + 2);
+            let _ = stamp_at;
+            let side_of = |a: bool| if a { 0 } else { 1 };
+            let edit_side = |agents: &mut [Option<AgentProcess>; 2], i: usize, sql: &str| {
+                agents[i] = None;
+                std::thread::sleep(Duration::from_millis(2));
+                edit(dir.path(), ["a", "b"][i], sql);
+                agents[i] = Some(start_indexed(dir.path(), ["a.toml", "b.toml"][i]));
+            };
+            match *op {
+                Op::Upsert {
+                    a: on_a,
+                    key,
+                    stamp,
+                } => {
+                    let now = chrono::Utc::now();
+                    let stamp = match stamp {
+                        0 => Stamp::Null,
+                        1 => Stamp::Old,
+                        _ => Stamp::At(step, now.timestamp_micros()),
+                    };
+                    let text = match stamp.micros() {
+                        None => "NULL".to_owned(),
+                        Some(us) => format!(
+                            "'{}'",
+                            chrono::DateTime::from_timestamp_micros(us)
+                                .unwrap()
+                                .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+                        ),
+                    };
+                    let v = format!("v{step}");
+                    edit_side(
+                        &mut agents,
+                        side_of(on_a),
+                        &format!("INSERT OR REPLACE INTO t VALUES ({key}, '{v}', {text})"),
+                    );
+                    let m = if on_a { &mut a } else { &mut b };
+                    m.write(key, (v, stamp), seen_at);
+                }
+                Op::Delete { a: on_a, key } => {
+                    edit_side(
+                        &mut agents,
+                        side_of(on_a),
+                        &format!("DELETE FROM t WHERE id = {key}"),
+                    );
+                    let m = if on_a { &mut a } else { &mut b };
+                    m.delete(key, seen_at);
+                }
+                Op::Rekey { a: on_a, key, to } => {
+                    let m = if on_a { &mut a } else { &mut b };
+                    if key == to || !m.rows.contains_key(&key) || m.rows.contains_key(&to) {
+                        continue;
+                    }
+                    edit_side(
+                        &mut agents,
+                        side_of(on_a),
+                        &format!("UPDATE t SET id = {to} WHERE id = {key}"),
+                    );
+                    let m = if on_a { &mut a } else { &mut b };
+                    let row = m.rows.get(&key).cloned().unwrap();
+                    m.delete(key, seen_at);
+                    m.write(to, row, seen_at);
+                }
+                Op::Sync => {
+                    std::thread::sleep(Duration::from_millis(2));
+                    let (Some(pa), Some(pb)) = (&agents[0], &agents[1]) else {
+                        unreachable!("both running")
+                    };
+                    let policy = ["--policy", "two-way", "--rule", rule];
+                    let run = [
+                        &["run"][..],
+                        &sync_endpoints(pa, pb, &policy),
+                        &["--execute"],
+                    ]
+                    .concat();
+                    let (_, report, actions) = sync_json(dir.path(), &run);
+                    let unresolved = model_sync(rule, &mut a, &mut b, synced_at);
+                    let context =
+                        format!("{rule}, after step {step} of {ops:?}: {report} {actions:?}");
+                    prop_assert_eq!(
+                        report["unresolved"].as_u64(),
+                        Some(unresolved),
+                        "{}",
+                        context
+                    );
+                    prop_assert_eq!(rows_of(dir.path(), "a"), expected(&a), "a: {}", context);
+                    prop_assert_eq!(rows_of(dir.path(), "b"), expected(&b), "b: {}", context);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn two_way_sync_follows_the_model_of_its_rules() {
+        let cases = std::env::var("ARBOR_SYNC_MODEL_CASES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(4);
+        for rule in RULES {
+            let config = proptest::test_runner::Config {
+                cases,
+                max_shrink_iters: 16,
+                failure_persistence: None,
+                ..proptest::test_runner::Config::default()
+            };
+            let mut runner = proptest::test_runner::TestRunner::new(config);
+            runner
+                .run(&proptest::collection::vec(op(), 3..10), |ops| {
+                    run_case(rule, &ops)
+                })
+                .unwrap_or_else(|e| panic!("{rule}: {e}"));
+        }
+    }
+}
+
 /// Rows with their version: (email, name, balance, version) by id.
 type Versioned = BTreeMap<i64, (String, Option<String>, Option<String>, i64)>;
 
@@ -4830,6 +5209,23 @@ fn a_failed_rescan_makes_compares_refuse_rather_than_answer_from_a_stale_index()
         std::thread::sleep(Duration::from_millis(300));
     };
     assert!(refusal.contains("balance"), "{refusal}");
+    // IndexStatus says so too.
+    let status = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(moving.address.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        arbor::proto::v1::admin_service_client::AdminServiceClient::new(channel)
+            .get_index_status(arbor::proto::v1::IndexStatusRequest {
+                dataset: "customers".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    assert_eq!(status.state, "stale", "{status:?}");
+    assert!(status.error.contains("balance"), "{status:?}");
     // From then on, while rescans keep failing, never "in sync".
     for _ in 0..5 {
         let (code, summary, _) = compare(dir.path(), &fixed.address, &moving.address);

@@ -958,6 +958,7 @@ fn status_of(name: &str, ds: &Dataset) -> Result<pb::IndexStatus, Status> {
             ..Default::default()
         });
     }
+    let stale = ds.stale();
     let d = ds
         .index()
         .snapshot()
@@ -970,8 +971,8 @@ fn status_of(name: &str, ds: &Dataset) -> Result<pb::IndexStatus, Status> {
         stored_depth: u32::from(d.stored_depth),
         key_id: d.key_id.to_string(),
         watermark: report::watermark_text(d.watermark.as_deref()),
-        state: "ready".into(),
-        error: String::new(),
+        state: if stale.is_some() { "stale" } else { "ready" }.into(),
+        error: stale.unwrap_or_default(),
     })
 }
 
@@ -1283,6 +1284,7 @@ async fn poll_every(
         let (d, n, c, s) = (Arc::clone(&ds), name.clone(), column.clone(), since.clone());
         match tokio::task::spawn_blocking(move || poll(&d, &n, &c, s.as_deref())).await {
             Ok(Ok((applied, next))) => {
+                ds.clear_stale();
                 if applied > 0 {
                     info!(dataset = %name, applied, watermark = ?next, "poll applied changes");
                     ds.changed();
@@ -1292,10 +1294,23 @@ async fn poll_every(
                     since = from;
                 }
             }
+            // Until a poll succeeds, changes may be missing: compares refuse
+            // the index rather than answer from it.
             Ok(Err(status)) => {
-                warn!(dataset = %name, error = %status.message(), "poll failed; retrying")
+                warn!(dataset = %name, error = %status.message(), "poll failed; retrying");
+                ds.mark_stale(format!(
+                    "poll capture failed: {} at {}",
+                    status.message(),
+                    report::now_rfc3339()
+                ));
             }
-            Err(e) => warn!(dataset = %name, error = %e, "poll task failed"),
+            Err(e) => {
+                warn!(dataset = %name, error = %e, "poll task failed");
+                ds.mark_stale(format!(
+                    "poll capture failed: {e} at {}",
+                    report::now_rfc3339()
+                ));
+            }
         }
         tokio::time::sleep(interval).await;
     }

@@ -298,6 +298,9 @@ pub async fn follow(
         let pause = match joined {
             Ok((f, result)) => {
                 follower = Some(f);
+                if result.is_ok() {
+                    ds.clear_stale();
+                }
                 match result {
                     Ok(stats) if stats.changes > 0 => {
                         let worst = stats.lags.iter().max().copied().unwrap_or_default();
@@ -320,6 +323,12 @@ pub async fn follow(
                     }
                     Err(status) => {
                         warn!(dataset = %name, error = %status.message(), "replication step failed; retrying");
+                        // Changes may be missing until a step succeeds.
+                        ds.mark_stale(format!(
+                            "logical capture failed: {} at {}",
+                            status.message(),
+                            crate::report::now_rfc3339()
+                        ));
                         backoff = (backoff * 2).min(Duration::from_secs(30));
                         backoff
                     }
@@ -327,6 +336,10 @@ pub async fn follow(
             }
             Err(e) => {
                 warn!(dataset = %name, error = %e, "replication task failed; capture stops");
+                ds.mark_stale(format!(
+                    "logical capture stopped: {e} at {}",
+                    crate::report::now_rfc3339()
+                ));
                 return;
             }
         };

@@ -6,6 +6,7 @@
 //! | `arbor_records_indexed` | gauge | dataset |
 //! | `arbor_index_lag_seconds` | gauge | dataset (commit → index, logical capture) |
 //! | `arbor_dataset_failed` | gauge | dataset (1 while its indexing failed and is retried) |
+//! | `arbor_dataset_stale` | gauge | dataset (1 while its last rescan or capture failed) |
 //! | `arbor_drift_records` | gauge | dataset (the last compare's drifting keys) |
 //! | `arbor_runs_total` | counter | outcome (`completed`, `failed`) |
 //! | `arbor_repair_writes_total` | counter | outcome (`applied`, `already_applied`, `conflict`) |
@@ -96,6 +97,7 @@ impl Metrics {
         let mut indexed = Vec::new();
         let mut lag = Vec::new();
         let mut failed = Vec::new();
+        let mut stale = Vec::new();
         for name in state.dataset_names() {
             let Ok(ds) = state.dataset(&name) else {
                 continue;
@@ -111,6 +113,11 @@ impl Metrics {
                 "arbor_dataset_failed{{dataset=\"{}\"}} {}",
                 label(&name),
                 u8::from(ds.failure().is_some())
+            ));
+            stale.push(format!(
+                "arbor_dataset_stale{{dataset=\"{}\"}} {}",
+                label(&name),
+                u8::from(ds.stale().is_some())
             ));
             let ms = ds.lag_ms.load(std::sync::atomic::Ordering::Relaxed);
             lag.push(format!(
@@ -147,6 +154,13 @@ impl Metrics {
             "gauge",
             "1 while the dataset's last indexing failed (the agent retries it).",
             failed,
+        );
+        section(
+            &mut text,
+            "arbor_dataset_stale",
+            "gauge",
+            "1 while the dataset's last rescan or capture failed (compares refuse it).",
+            stale,
         );
         section(
             &mut text,
