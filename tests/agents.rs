@@ -1422,6 +1422,28 @@ fn one_way_sync_from_postgres_to_mariadb_survives_a_killed_target() {
     my.query_drop(format!("DROP TABLE {my_table}")).unwrap();
 }
 
+/// Connections to the test PostgreSQL and MariaDB servers.
+fn test_servers() -> (postgres::Client, mysql::Conn) {
+    let pg_url = std::env::var("ARBOR_TEST_POSTGRES_URL")
+        .expect("ARBOR_TEST_POSTGRES_URL is not set: run the tests through tools/test.sh");
+    let my_url = std::env::var("ARBOR_TEST_MYSQL_URL")
+        .expect("ARBOR_TEST_MYSQL_URL is not set: run the tests through tools/test.sh");
+    (
+        postgres::Client::connect(&pg_url, postgres::NoTls).unwrap(),
+        mysql::Conn::new(mysql::Opts::from_url(&my_url).unwrap()).unwrap(),
+    )
+}
+
+/// An insecure agent on a free loopback port with dataset `customers`:
+/// its data in `data`, its `source`, key and `columns` (TOML lines) and
+/// `extra` dataset lines.
+fn dataset_agent(data: &str, source: &str, columns: &str, extra: &str) -> String {
+    format!(
+        "[agent]\ninsecure = true\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\n\n[[dataset]]\n\
+         name = \"customers\"\nsecret = \"a test secret of enough length\"\nsource = {source}\n{columns}{extra}\n"
+    )
+}
+
 /// A PostgreSQL table `(id int8, t text)` filled by `fill` (SQL over
 /// `{pg}`) as the source of truth and a MariaDB table made by `ddl` (over
 /// `{my}`) as a repairable target, each with an agent config (`pg.toml`,
@@ -1432,12 +1454,7 @@ fn pg_to_mariadb(
     ddl: &str,
 ) -> (postgres::Client, mysql::Conn, String, String) {
     use mysql::prelude::Queryable;
-    let pg_url = std::env::var("ARBOR_TEST_POSTGRES_URL")
-        .expect("ARBOR_TEST_POSTGRES_URL is not set: run the tests through tools/test.sh");
-    let my_url = std::env::var("ARBOR_TEST_MYSQL_URL")
-        .expect("ARBOR_TEST_MYSQL_URL is not set: run the tests through tools/test.sh");
-    let mut pg = postgres::Client::connect(&pg_url, postgres::NoTls).unwrap();
-    let mut my = mysql::Conn::new(mysql::Opts::from_url(&my_url).unwrap()).unwrap();
+    let (mut pg, mut my) = test_servers();
     let (pg_table, my_table) = (unique_table("batch_src"), unique_table("batch_dst"));
     pg.batch_execute(&format!(
         "CREATE TABLE {pg_table} (id int8 PRIMARY KEY, t text); {}",
@@ -1446,10 +1463,11 @@ fn pg_to_mariadb(
     .unwrap();
     my.query_drop(ddl.replace("{my}", &my_table)).unwrap();
     let agent = |data: &str, source: String, extra: &str| {
-        format!(
-            "[agent]\ninsecure = true\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\n\n[[dataset]]\n\
-             name = \"customers\"\nsecret = \"a test secret of enough length\"\nsource = {source}\n\
-             key = [{{ source = \"id\", kind = \"integer\" }}]\ncolumns = [{{ source = \"t\", kind = \"text\" }}]\n{extra}\n"
+        dataset_agent(
+            data,
+            &source,
+            "key = [{ source = \"id\", kind = \"integer\" }]\ncolumns = [{ source = \"t\", kind = \"text\" }]\n",
+            extra,
         )
     };
     std::fs::write(
@@ -1641,12 +1659,7 @@ fn a_rerun_with_another_batch_size_completes_the_repair() {
 fn repairs_write_the_source_values_not_their_transformed_form() {
     use mysql::prelude::Queryable;
     let dir = TempDir::new().unwrap();
-    let pg_url = std::env::var("ARBOR_TEST_POSTGRES_URL")
-        .expect("ARBOR_TEST_POSTGRES_URL is not set: run the tests through tools/test.sh");
-    let my_url = std::env::var("ARBOR_TEST_MYSQL_URL")
-        .expect("ARBOR_TEST_MYSQL_URL is not set: run the tests through tools/test.sh");
-    let mut pg = postgres::Client::connect(&pg_url, postgres::NoTls).unwrap();
-    let mut my = mysql::Conn::new(mysql::Opts::from_url(&my_url).unwrap()).unwrap();
+    let (mut pg, mut my) = test_servers();
     let (pg_table, my_table) = (unique_table("shape_src"), unique_table("shape_dst"));
     pg.batch_execute(&format!(
         "CREATE TABLE {pg_table} (id int8 PRIMARY KEY, email text, amount numeric(12,4),
@@ -1673,10 +1686,7 @@ fn repairs_write_the_source_values_not_their_transformed_form() {
         )
     };
     let agent = |data: &str, source: String, columns: String, extra: &str| {
-        format!(
-            "[agent]\ninsecure = true\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\n\n[[dataset]]\n\
-             name = \"customers\"\nsecret = \"a test secret of enough length\"\nsource = {source}\n{columns}{extra}\n"
-        )
+        dataset_agent(data, &source, &columns, extra)
     };
     std::fs::write(
         dir.path().join("pg.toml"),
@@ -1744,12 +1754,7 @@ fn repairs_write_the_source_values_not_their_transformed_form() {
 fn json_numbers_survive_a_repair_both_ways() {
     use mysql::prelude::Queryable;
     let dir = TempDir::new().unwrap();
-    let pg_url = std::env::var("ARBOR_TEST_POSTGRES_URL")
-        .expect("ARBOR_TEST_POSTGRES_URL is not set: run the tests through tools/test.sh");
-    let my_url = std::env::var("ARBOR_TEST_MYSQL_URL")
-        .expect("ARBOR_TEST_MYSQL_URL is not set: run the tests through tools/test.sh");
-    let mut pg = postgres::Client::connect(&pg_url, postgres::NoTls).unwrap();
-    let mut my = mysql::Conn::new(mysql::Opts::from_url(&my_url).unwrap()).unwrap();
+    let (mut pg, mut my) = test_servers();
     let (pg_src, my_mid, pg_back) = (
         unique_table("json_src"),
         unique_table("json_mid"),
@@ -1773,11 +1778,11 @@ fn json_numbers_survive_a_repair_both_ways() {
         } else {
             "ARBOR_TEST_MYSQL_URL"
         };
-        format!(
-            "[agent]\ninsecure = true\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\n\n[[dataset]]\n\
-             name = \"customers\"\nsecret = \"a test secret of enough length\"\n\
-             source = {{ kind = \"{kind}\", url_env = \"{url}\", table = \"{table}\" }}\n\
-             key = [{{ source = \"id\", kind = \"integer\" }}]\ncolumns = [{{ source = \"doc\", kind = \"json\" }}]\n{extra}\n"
+        dataset_agent(
+            data,
+            &format!("{{ kind = \"{kind}\", url_env = \"{url}\", table = \"{table}\" }}"),
+            "key = [{ source = \"id\", kind = \"integer\" }]\ncolumns = [{ source = \"doc\", kind = \"json\" }]\n",
+            extra,
         )
     };
     let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
@@ -1895,14 +1900,13 @@ fn two_way_pair(dir: &Path) {
         .unwrap();
         std::fs::write(
             dir.join(format!("{side}.toml")),
-            format!(
-                "[agent]\ninsecure = true\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{side}-data\"\n\n\
-                 [[dataset]]\nname = \"customers\"\nsecret = \"a test secret of enough length\"\n\
-                 source = {{ kind = \"sqlite\", path = \"{side}.db\", table = \"t\" }}\n\
-                 key = [{{ source = \"id\", kind = \"integer\" }}]\n\
-                 columns = [{{ source = \"v\", kind = \"text\" }}, {{ source = \"updated_at\", kind = \"timestamp\" }}]\n\
-                 capture = {{ mode = \"rescan\", interval_secs = 3600 }}\n\
-                 serve_values = true\nallow_repairs = true\n"
+            dataset_agent(
+                &format!("{side}-data"),
+                &format!("{{ kind = \"sqlite\", path = \"{side}.db\", table = \"t\" }}"),
+                "key = [{ source = \"id\", kind = \"integer\" }]\n\
+                 columns = [{ source = \"v\", kind = \"text\" }, { source = \"updated_at\", kind = \"timestamp\" }]\n\
+                 capture = { mode = \"rescan\", interval_secs = 3600 }\n",
+                "serve_values = true\nallow_repairs = true",
             ),
         )
         .unwrap();

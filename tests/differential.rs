@@ -584,39 +584,68 @@ fn drop_family(family: &str) {
     }
 }
 
-/// Indexes a source: its leaves, canonical key to digest.
-fn leaves(dir: &TempDir, source: &mut dyn Source) -> BTreeMap<Vec<u8>, String> {
+/// A source's leaves (canonical key → digest), indexed through `mapping`
+/// in an index named after a table of `family`; the build's error, if any.
+fn try_leaves(
+    dir: &TempDir,
+    source: &mut dyn Source,
+    mapping: &Mapping,
+    family: &str,
+) -> Result<BTreeMap<Vec<u8>, String>, arbor_index::IndexError> {
     let config = IndexConfig {
         keys: DatasetKeys::derive(b"differential"),
-        schema_fingerprint: mapping().schema().fingerprint(),
+        schema_fingerprint: mapping.schema().fingerprint(),
     };
-    let index = Index::open(dir.path().join(table_name()), config).unwrap();
-    build_from_source(&index, source, true).unwrap_or_else(|e| panic!("{e}"));
+    let index = Index::open(dir.path().join(table_in(family)), config).unwrap();
+    build_from_source(&index, source, true)?;
     let snap = index.snapshot().unwrap();
-    snap.leaves(&[Prefix::ROOT])
+    Ok(snap
+        .leaves(&[Prefix::ROOT])
         .unwrap()
         .into_iter()
         .map(|l| (l.key, l.digest.to_string()))
+        .collect())
+}
+
+/// Indexes a source of this test: its leaves, canonical key to digest.
+fn leaves(dir: &TempDir, source: &mut dyn Source) -> BTreeMap<Vec<u8>, String> {
+    try_leaves(dir, source, &mapping(), "diff").unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The keys whose leaves differ between two indexes (the drift found).
+fn differing(
+    want: &BTreeMap<Vec<u8>, String>,
+    got: &BTreeMap<Vec<u8>, String>,
+) -> BTreeSet<Vec<u8>> {
+    want.keys()
+        .chain(got.keys())
+        .filter(|k| want.get(*k) != got.get(*k))
+        .cloned()
         .collect()
 }
 
-fn key_bytes(id: i64) -> Vec<u8> {
+/// The canonical key of an integer key.
+fn key_bytes(id: impl Into<i128>) -> Vec<u8> {
     arbor_record::tuple_bytes(&[Value::Integer(id.into())])
 }
 
-#[test]
-fn every_engine_agrees_and_drift_is_exact() {
+/// A runner of `ARBOR_DIFFERENTIAL_CASES` cases (default 20).
+fn runner() -> proptest::test_runner::TestRunner {
     let cases = std::env::var("ARBOR_DIFFERENTIAL_CASES")
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(20);
-    let config = proptest::test_runner::Config {
+    proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
         cases,
         max_shrink_iters: 64,
         failure_persistence: None,
         ..proptest::test_runner::Config::default()
-    };
-    let mut runner = proptest::test_runner::TestRunner::new(config);
+    })
+}
+
+#[test]
+fn every_engine_agrees_and_drift_is_exact() {
+    let mut runner = runner();
     // Counted in cells: the runner takes a `Fn`.
     let (datasets, rows_written, drifted_keys) = (
         std::cell::Cell::new(0u64),
@@ -650,14 +679,13 @@ fn every_engine_agrees_and_drift_is_exact() {
             let (after, oracle) = drifted(&rows, &drift);
             let mut source = write(ENGINES[target], &dir, &after);
             let got = leaves(&dir, source.as_mut());
-            let keys: BTreeSet<&Vec<u8>> = want.keys().chain(got.keys()).collect();
-            let differing: BTreeSet<Vec<u8>> = keys
-                .into_iter()
-                .filter(|k| want.get(*k) != got.get(*k))
-                .cloned()
-                .collect();
             let oracle_keys: BTreeSet<Vec<u8>> = oracle.iter().map(|&id| key_bytes(id)).collect();
-            prop_assert_eq!(differing, oracle_keys, "drift in {}", ENGINES[target]);
+            prop_assert_eq!(
+                differing(want, &got),
+                oracle_keys,
+                "drift in {}",
+                ENGINES[target]
+            );
             datasets.set(datasets.get() + 1);
             rows_written.set(
                 rows_written.get() + rows.len() as u64 * ENGINES.len() as u64 + after.len() as u64,
@@ -871,19 +899,7 @@ mod normalised_keys {
         dir: &TempDir,
         source: &mut dyn Source,
     ) -> Result<BTreeMap<Vec<u8>, String>, arbor_index::IndexError> {
-        let config = IndexConfig {
-            keys: DatasetKeys::derive(b"differential"),
-            schema_fingerprint: mapping().schema().fingerprint(),
-        };
-        let index = Index::open(dir.path().join(table_in(FAMILY)), config).unwrap();
-        build_from_source(&index, source, true)?;
-        let snap = index.snapshot().unwrap();
-        Ok(snap
-            .leaves(&[Prefix::ROOT])
-            .unwrap()
-            .into_iter()
-            .map(|l| (l.key, l.digest.to_string()))
-            .collect())
+        try_leaves(dir, source, &mapping(), FAMILY)
     }
 
     fn key_bytes(key: &str) -> Vec<u8> {
@@ -892,17 +908,7 @@ mod normalised_keys {
 
     #[test]
     fn every_engine_agrees_on_normalised_keys_however_spelled() {
-        let cases = std::env::var("ARBOR_DIFFERENTIAL_CASES")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(20);
-        let config = proptest::test_runner::Config {
-            cases,
-            max_shrink_iters: 64,
-            failure_persistence: None,
-            ..proptest::test_runner::Config::default()
-        };
-        let mut runner = proptest::test_runner::TestRunner::new(config);
+        let mut runner = runner();
         let (datasets, refusals) = (std::cell::Cell::new(0u64), std::cell::Cell::new(0u64));
         runner
             .run(&case(), |(rows, spellings, drift, target, twice)| {
@@ -1003,13 +1009,12 @@ mod normalised_keys {
                 } else {
                     let mut source = write(ENGINES[target], &dir, &written);
                     let got = leaves(&dir, source.as_mut()).unwrap();
-                    let all: BTreeSet<&Vec<u8>> = want.keys().chain(got.keys()).collect();
-                    let differing: BTreeSet<Vec<u8>> = all
-                        .into_iter()
-                        .filter(|k| want.get(*k) != got.get(*k))
-                        .cloned()
-                        .collect();
-                    prop_assert_eq!(differing, oracle, "drift in {}", ENGINES[target]);
+                    prop_assert_eq!(
+                        differing(want, &got),
+                        oracle,
+                        "drift in {}",
+                        ENGINES[target]
+                    );
                 }
                 datasets.set(datasets.get() + 1);
                 Ok(())
@@ -1138,42 +1143,17 @@ mod unsigned_keys {
     }
 
     fn leaves(dir: &TempDir, source: &mut dyn Source) -> BTreeMap<Vec<u8>, String> {
-        let config = IndexConfig {
-            keys: DatasetKeys::derive(b"differential"),
-            schema_fingerprint: mapping().schema().fingerprint(),
-        };
-        let index = Index::open(dir.path().join(table_in(FAMILY)), config).unwrap();
-        build_from_source(&index, source, true).unwrap_or_else(|e| panic!("{e}"));
-        let snap = index.snapshot().unwrap();
-        snap.leaves(&[Prefix::ROOT])
-            .unwrap()
-            .into_iter()
-            .map(|l| (l.key, l.digest.to_string()))
-            .collect()
-    }
-
-    fn key_bytes(id: u64) -> Vec<u8> {
-        arbor_record::tuple_bytes(&[Value::Integer(id.into())])
+        try_leaves(dir, source, &mapping(), FAMILY).unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[test]
     fn every_engine_agrees_on_unsigned_keys_walked_one_row_per_chunk() {
-        let cases = std::env::var("ARBOR_DIFFERENTIAL_CASES")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(20);
-        let config = proptest::test_runner::Config {
-            cases,
-            max_shrink_iters: 64,
-            failure_persistence: None,
-            ..proptest::test_runner::Config::default()
-        };
         let case = (
             proptest::collection::btree_map(key(), "[a-z]{0,4}", 1..10),
             proptest::collection::vec((any::<bool>(), key()), 0..4),
             0..ENGINES.len(),
         );
-        let mut runner = proptest::test_runner::TestRunner::new(config);
+        let mut runner = runner();
         let datasets = std::cell::Cell::new(0u64);
         runner
             .run(&case, |(rows, drift, target)| {
@@ -1221,13 +1201,12 @@ mod unsigned_keys {
                     .collect();
                 let mut source = write(ENGINES[target], &dir, &after);
                 let got = leaves(&dir, source.as_mut());
-                let all: BTreeSet<&Vec<u8>> = want.keys().chain(got.keys()).collect();
-                let differing: BTreeSet<Vec<u8>> = all
-                    .into_iter()
-                    .filter(|k| want.get(*k) != got.get(*k))
-                    .cloned()
-                    .collect();
-                prop_assert_eq!(differing, oracle, "drift in {}", ENGINES[target]);
+                prop_assert_eq!(
+                    differing(want, &got),
+                    oracle,
+                    "drift in {}",
+                    ENGINES[target]
+                );
                 datasets.set(datasets.get() + 1);
                 Ok(())
             })
