@@ -1521,6 +1521,26 @@ fn said(out: &Output) -> String {
     )
 }
 
+/// Runs `sync run --execute --json` from `source` to `target`, which must
+/// end clean (exit 0, no drift left) having applied `applied` writes;
+/// returns the summary.
+fn repaired(dir: &Path, source: &AgentProcess, target: &AgentProcess, applied: u64) -> Json {
+    let out = sync_run(dir, source, target, &["--execute", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    let summary: Json =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(summary["applied"], applied, "{summary}");
+    assert_eq!(summary["drift_after"], 0, "{summary}");
+    summary
+}
+
+/// Drops a test's PostgreSQL and MariaDB tables.
+fn drop_pair(pg: &mut postgres::Client, my: &mut mysql::Conn, pg_table: &str, my_table: &str) {
+    use mysql::prelude::Queryable;
+    pg.batch_execute(&format!("DROP TABLE {pg_table}")).unwrap();
+    my.query_drop(format!("DROP TABLE {my_table}")).unwrap();
+}
+
 /// Issue 16 item 1: a statement that fails in the middle of a MariaDB batch
 /// (NULL into a NOT NULL column) fails the whole batch: nothing of it is
 /// committed, the error names the row and the database's reason, and once
@@ -1563,8 +1583,7 @@ fn a_failing_statement_in_a_mariadb_batch_commits_nothing() {
     let want: Vec<(i64, String)> = (1..=10).map(|i| (i, format!("row {i}"))).collect();
     assert_eq!(rows, want);
     drop((source, target));
-    pg.batch_execute(&format!("DROP TABLE {pg_table}")).unwrap();
-    my.query_drop(format!("DROP TABLE {my_table}")).unwrap();
+    drop_pair(&mut pg, &mut my, &pg_table, &my_table);
 }
 
 /// Issue 16 item 2: the journal knows writes by content, not by batch
@@ -1647,8 +1666,7 @@ fn a_rerun_with_another_batch_size_completes_the_repair() {
         .collect();
     assert_eq!(rows, want);
     drop((source, target));
-    pg.batch_execute(&format!("DROP TABLE {pg_table}")).unwrap();
-    my.query_drop(format!("DROP TABLE {my_table}")).unwrap();
+    drop_pair(&mut pg, &mut my, &pg_table, &my_table);
 }
 
 /// Issue 16 item 3: transforms shape comparison only. A repair writes the
@@ -1712,12 +1730,7 @@ fn repairs_write_the_source_values_not_their_transformed_form() {
     .unwrap();
     let source = AgentProcess::start(dir.path(), "pg.toml");
     let target = AgentProcess::start(dir.path(), "my.toml");
-    let out = sync_run(dir.path(), &source, &target, &["--execute", "--json"]);
-    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
-    let summary: Json =
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
-    assert_eq!(summary["applied"], 2, "{summary}");
-    assert_eq!(summary["drift_after"], 0, "{summary}");
+    repaired(dir.path(), &source, &target, 2);
     let rows: Vec<(i64, String, String, String, String)> = my
         .query(format!(
             "SELECT id, email, CAST(amount AS CHAR), CAST(seen AS CHAR), CAST(at_utc AS CHAR)
@@ -1744,8 +1757,7 @@ fn repairs_write_the_source_values_not_their_transformed_form() {
         ]
     );
     drop((source, target));
-    pg.batch_execute(&format!("DROP TABLE {pg_table}")).unwrap();
-    my.query_drop(format!("DROP TABLE {my_table}")).unwrap();
+    drop_pair(&mut pg, &mut my, &pg_table, &my_table);
 }
 
 /// Issue 16 item 4: JSON numbers keep every digit through a repair, from
@@ -1807,13 +1819,7 @@ fn json_numbers_survive_a_repair_both_ways() {
     let mid = AgentProcess::start(dir.path(), "mid.toml");
     let back = AgentProcess::start(dir.path(), "back.toml");
     for (from, to) in [(&src, &mid), (&mid, &back)] {
-        let out = sync_run(dir.path(), from, to, &["--execute", "--json"]);
-        assert_eq!(out.status.code(), Some(0), "{}", said(&out));
-        let summary: Json =
-            serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap())
-                .unwrap();
-        assert_eq!(summary["applied"], 2, "{summary}");
-        assert_eq!(summary["drift_after"], 0, "{summary}");
+        repaired(dir.path(), from, to, 2);
     }
     let in_mariadb: Vec<(i64, String)> = my
         .query(format!(
@@ -1862,12 +1868,7 @@ fn wide_rows_are_repaired_without_tuning_the_batch() {
     );
     let source = AgentProcess::start(dir.path(), "pg.toml");
     let target = AgentProcess::start(dir.path(), "my.toml");
-    let out = sync_run(dir.path(), &source, &target, &["--execute", "--json"]);
-    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
-    let summary: Json =
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
-    assert_eq!(summary["applied"], 24, "{summary}");
-    assert_eq!(summary["drift_after"], 0, "{summary}");
+    repaired(dir.path(), &source, &target, 24);
     let written: Vec<(i64, String)> = my
         .query(format!("SELECT id, MD5(t) FROM {my_table} ORDER BY id"))
         .unwrap();
@@ -1882,8 +1883,7 @@ fn wide_rows_are_repaired_without_tuning_the_batch() {
         .collect();
     assert_eq!(written, want);
     drop((source, target));
-    pg.batch_execute(&format!("DROP TABLE {pg_table}")).unwrap();
-    my.query_drop(format!("DROP TABLE {my_table}")).unwrap();
+    drop_pair(&mut pg, &mut my, &pg_table, &my_table);
 }
 
 /// Two SQLite systems `a.db` and `b.db` holding `t(id, v, updated_at)` rows

@@ -704,6 +704,119 @@ fn every_engine_agrees_and_drift_is_exact() {
     );
 }
 
+/// A `(key, v)` table in every engine, the key in each engine's storage
+/// type for the test (SQLite and the files hold its text).
+struct KeyValueTable {
+    family: &'static str,
+    postgres: &'static str,
+    mariadb: &'static str,
+    mariadb_collation: &'static str,
+    /// Whether JSONL writes the key as a number rather than a string.
+    json_number: bool,
+    chunk_rows: u64,
+}
+
+impl KeyValueTable {
+    /// Writes `rows` (key text, value) into `engine`; its connector reads
+    /// them through `mapping` (key column `k`, value column `v`).
+    fn write(
+        &self,
+        engine: &str,
+        dir: &TempDir,
+        mapping: Mapping,
+        rows: &[(String, String)],
+    ) -> Box<dyn Source> {
+        let name = table_in(self.family);
+        let options = ScanOptions {
+            chunk_rows: self.chunk_rows,
+            ..ScanOptions::default()
+        };
+        match engine {
+            "postgres" => {
+                let url = env("ARBOR_TEST_POSTGRES_URL");
+                let mut pg = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+                let key = self.postgres;
+                pg.batch_execute(&format!(
+                    "CREATE TABLE {name} (k {key} PRIMARY KEY, v text)"
+                ))
+                .unwrap();
+                for (k, v) in rows {
+                    pg.execute(
+                        &format!("INSERT INTO {name} VALUES ($1::text::{key}, $2)"),
+                        &[k, v],
+                    )
+                    .unwrap();
+                }
+                Box::new(PostgresSource::new(
+                    url,
+                    Relation::Table(name),
+                    mapping,
+                    options,
+                ))
+            }
+            "mariadb" => {
+                let url = env("ARBOR_TEST_MYSQL_URL");
+                let mut my = mysql::Conn::new(mysql::Opts::from_url(&url).unwrap()).unwrap();
+                my.query_drop(format!(
+                    "CREATE TABLE {name} (k {} PRIMARY KEY, v TEXT){}",
+                    self.mariadb, self.mariadb_collation
+                ))
+                .unwrap();
+                for (k, v) in rows {
+                    my.exec_drop(format!("INSERT INTO {name} VALUES (?, ?)"), (k, v))
+                        .unwrap();
+                }
+                Box::new(MysqlSource::new(
+                    url,
+                    Relation::Table(name),
+                    mapping,
+                    options,
+                ))
+            }
+            "sqlite" => {
+                let path = dir.path().join(format!("{name}.db"));
+                let c = rusqlite::Connection::open(&path).unwrap();
+                c.execute_batch("CREATE TABLE t (k TEXT PRIMARY KEY, v TEXT)")
+                    .unwrap();
+                for (k, v) in rows {
+                    c.execute("INSERT INTO t VALUES (?1, ?2)", rusqlite::params![k, v])
+                        .unwrap();
+                }
+                drop(c);
+                Box::new(SqliteSource::open(&path, Relation::Table("t".into()), mapping).unwrap())
+            }
+            "csv" => {
+                let path = dir.path().join(format!("{name}.csv"));
+                let mut w = csv::Writer::from_path(&path).unwrap();
+                w.write_record(["k", "v"]).unwrap();
+                for (k, v) in rows {
+                    w.write_record([k, v]).unwrap();
+                }
+                w.flush().unwrap();
+                Box::new(FileSource::new(&path, Format::Csv, mapping, None))
+            }
+            "jsonl" => {
+                use serde_json::Value as J;
+                let path = dir.path().join(format!("{name}.jsonl"));
+                let text: String = rows
+                    .iter()
+                    .map(|(k, v)| {
+                        let k = if self.json_number {
+                            serde_json::from_str::<J>(k).expect("a JSON number")
+                        } else {
+                            J::String(k.clone())
+                        };
+                        format!("{}\n", serde_json::json!({"k": k, "v": v}))
+                    })
+                    .collect();
+                std::fs::write(&path, text).unwrap();
+                Box::new(FileSource::new(&path, Format::Jsonl, mapping, None))
+            }
+            other => unreachable!("engine {other}"),
+        }
+    }
+}
+
 /// Key spellings: the normalised text keys below are one key however each
 /// engine spells them (case, composed or decomposed accents, trailing
 /// spaces), under `unicode = "nfc", trim_end = true, case = "lower"`.
@@ -816,83 +929,18 @@ mod normalised_keys {
 
     /// Writes rows spelled as given (key, value) into `engine`.
     fn write(engine: &str, dir: &TempDir, rows: &[(String, String)]) -> Box<dyn Source> {
-        let name = table_in(FAMILY);
-        let options = ScanOptions {
+        // A binary collation in MariaDB, so that `Bob` and `bob` may be two
+        // rows (a duplicate under the transforms); its binary collations
+        // pad, so trailing spaces alone never are.
+        let shape = KeyValueTable {
+            family: FAMILY,
+            postgres: "text",
+            mariadb: "VARCHAR(64)",
+            mariadb_collation: " CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+            json_number: false,
             chunk_rows: 2,
-            ..ScanOptions::default()
         };
-        match engine {
-            "postgres" => {
-                let url = env("ARBOR_TEST_POSTGRES_URL");
-                let mut pg = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-                pg.batch_execute(&format!("CREATE TABLE {name} (k text PRIMARY KEY, v text)"))
-                    .unwrap();
-                for (k, v) in rows {
-                    pg.execute(&format!("INSERT INTO {name} VALUES ($1, $2)"), &[k, v])
-                        .unwrap();
-                }
-                Box::new(PostgresSource::new(
-                    url,
-                    Relation::Table(name),
-                    mapping(),
-                    options,
-                ))
-            }
-            "mariadb" => {
-                // A binary collation, so that `Bob` and `bob` may be two rows
-                // (a duplicate under the transforms); MariaDB's binary
-                // collations pad, so trailing spaces alone never are.
-                let url = env("ARBOR_TEST_MYSQL_URL");
-                let mut my = mysql::Conn::new(mysql::Opts::from_url(&url).unwrap()).unwrap();
-                my.query_drop(format!(
-                    "CREATE TABLE {name} (k VARCHAR(64) PRIMARY KEY, v TEXT)
-                     CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
-                ))
-                .unwrap();
-                for (k, v) in rows {
-                    my.exec_drop(format!("INSERT INTO {name} VALUES (?, ?)"), (k, v))
-                        .unwrap();
-                }
-                Box::new(MysqlSource::new(
-                    url,
-                    Relation::Table(name),
-                    mapping(),
-                    options,
-                ))
-            }
-            "sqlite" => {
-                let path = dir.path().join(format!("{name}.db"));
-                let c = rusqlite::Connection::open(&path).unwrap();
-                c.execute_batch("CREATE TABLE t (k TEXT PRIMARY KEY, v TEXT)")
-                    .unwrap();
-                for (k, v) in rows {
-                    c.execute("INSERT INTO t VALUES (?1, ?2)", rusqlite::params![k, v])
-                        .unwrap();
-                }
-                drop(c);
-                Box::new(SqliteSource::open(&path, Relation::Table("t".into()), mapping()).unwrap())
-            }
-            "csv" => {
-                let path = dir.path().join(format!("{name}.csv"));
-                let mut w = csv::Writer::from_path(&path).unwrap();
-                w.write_record(["k", "v"]).unwrap();
-                for (k, v) in rows {
-                    w.write_record([k, v]).unwrap();
-                }
-                w.flush().unwrap();
-                Box::new(FileSource::new(&path, Format::Csv, mapping(), None))
-            }
-            "jsonl" => {
-                let path = dir.path().join(format!("{name}.jsonl"));
-                let text: String = rows
-                    .iter()
-                    .map(|(k, v)| format!("{}\n", serde_json::json!({"k": k, "v": v})))
-                    .collect();
-                std::fs::write(&path, text).unwrap();
-                Box::new(FileSource::new(&path, Format::Jsonl, mapping(), None))
-            }
-            other => unreachable!("engine {other}"),
-        }
+        shape.write(engine, dir, mapping(), rows)
     }
 
     fn leaves(
@@ -1041,7 +1089,7 @@ mod unsigned_keys {
 
     fn mapping() -> Mapping {
         Mapping::new(
-            vec![ColumnMapping::new("id", "id", ValueKind::Integer)],
+            vec![ColumnMapping::new("k", "id", ValueKind::Integer)],
             vec![ColumnMapping::new("v", "v", ValueKind::Text)],
         )
         .expect("mapping")
@@ -1060,86 +1108,21 @@ mod unsigned_keys {
         ]
     }
 
+    /// Writes `rows` into `engine`, keys in its unsigned storage type.
     fn write(engine: &str, dir: &TempDir, rows: &BTreeMap<u64, String>) -> Box<dyn Source> {
-        let name = table_in(FAMILY);
-        let options = ScanOptions {
+        let shape = KeyValueTable {
+            family: FAMILY,
+            postgres: "numeric(20,0)",
+            mariadb: "BIGINT UNSIGNED",
+            mariadb_collation: "",
+            json_number: true,
             chunk_rows: 1,
-            ..ScanOptions::default()
         };
-        match engine {
-            "postgres" => {
-                let url = env("ARBOR_TEST_POSTGRES_URL");
-                let mut pg = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-                pg.batch_execute(&format!(
-                    "CREATE TABLE {name} (id numeric(20,0) PRIMARY KEY, v text)"
-                ))
-                .unwrap();
-                for (id, v) in rows {
-                    pg.execute(
-                        &format!("INSERT INTO {name} VALUES ($1::text::numeric, $2)"),
-                        &[&id.to_string(), v],
-                    )
-                    .unwrap();
-                }
-                Box::new(PostgresSource::new(
-                    url,
-                    Relation::Table(name),
-                    mapping(),
-                    options,
-                ))
-            }
-            "mariadb" => {
-                let url = env("ARBOR_TEST_MYSQL_URL");
-                let mut my = mysql::Conn::new(mysql::Opts::from_url(&url).unwrap()).unwrap();
-                my.query_drop(format!(
-                    "CREATE TABLE {name} (id BIGINT UNSIGNED PRIMARY KEY, v TEXT)"
-                ))
-                .unwrap();
-                for (id, v) in rows {
-                    my.exec_drop(format!("INSERT INTO {name} VALUES (?, ?)"), (id, v))
-                        .unwrap();
-                }
-                Box::new(MysqlSource::new(
-                    url,
-                    Relation::Table(name),
-                    mapping(),
-                    options,
-                ))
-            }
-            "sqlite" => {
-                let path = dir.path().join(format!("{name}.db"));
-                let c = rusqlite::Connection::open(&path).unwrap();
-                c.execute_batch("CREATE TABLE t (id TEXT PRIMARY KEY, v TEXT)")
-                    .unwrap();
-                for (id, v) in rows {
-                    c.execute(
-                        "INSERT INTO t VALUES (?1, ?2)",
-                        rusqlite::params![id.to_string(), v],
-                    )
-                    .unwrap();
-                }
-                drop(c);
-                Box::new(SqliteSource::open(&path, Relation::Table("t".into()), mapping()).unwrap())
-            }
-            "csv" => {
-                let path = dir.path().join(format!("{name}.csv"));
-                let text: String = std::iter::once("id,v\n".to_owned())
-                    .chain(rows.iter().map(|(id, v)| format!("{id},{v}\n")))
-                    .collect();
-                std::fs::write(&path, text).unwrap();
-                Box::new(FileSource::new(&path, Format::Csv, mapping(), None))
-            }
-            "jsonl" => {
-                let path = dir.path().join(format!("{name}.jsonl"));
-                let text: String = rows
-                    .iter()
-                    .map(|(id, v)| format!("{}\n", serde_json::json!({"id": id, "v": v})))
-                    .collect();
-                std::fs::write(&path, text).unwrap();
-                Box::new(FileSource::new(&path, Format::Jsonl, mapping(), None))
-            }
-            other => unreachable!("engine {other}"),
-        }
+        let rows: Vec<(String, String)> = rows
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        shape.write(engine, dir, mapping(), &rows)
     }
 
     fn leaves(dir: &TempDir, source: &mut dyn Source) -> BTreeMap<Vec<u8>, String> {
