@@ -2083,6 +2083,48 @@ fn two_way_deletes_are_settled_by_the_rule_and_never_outrank_a_later_write() {
     }
 }
 
+/// Issue 16 item 7: a full rebuild (`Reindex`) does not resurrect a row
+/// deleted while capture was not looking: the rebuild leaves a tombstone
+/// for every record it no longer finds, and two-way sync carries the delete.
+#[test]
+fn a_rebuild_keeps_deletes_made_meanwhile() {
+    let dir = TempDir::new().unwrap();
+    two_way_pair(dir.path());
+    let (a, b) = (
+        AgentProcess::start(dir.path(), "a.toml"),
+        AgentProcess::start(dir.path(), "b.toml"),
+    );
+    let policy = ["--policy", "two-way", "--rule", "lww:updated_at"];
+    let run = [
+        &["run"][..],
+        &sync_endpoints(&a, &b, &policy),
+        &["--execute"],
+    ]
+    .concat();
+    let (code, report, _) = sync_json(dir.path(), &run);
+    assert_eq!(code, 0, "{report}");
+    // Deleted on a, unseen (rescans hourly); then a full rebuild.
+    edit(dir.path(), "a", "DELETE FROM t WHERE id = 2");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(a.address.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        arbor::proto::v1::admin_service_client::AdminServiceClient::new(channel)
+            .reindex(arbor::proto::v1::ReindexRequest {
+                dataset: "customers".into(),
+            })
+            .await
+            .unwrap();
+    });
+    let (code, report, actions) = sync_json(dir.path(), &run);
+    assert_eq!(code, 0, "{report} {actions:?}");
+    assert_eq!(report["planned_deletes"], 1, "{report} {actions:?}");
+    assert!(!two_way_rows(dir.path(), "a").contains_key(&2));
+    assert!(!two_way_rows(dir.path(), "b").contains_key(&2));
+}
+
 /// Issue 16 item 8: lww does not decide silently. An edit whose writer
 /// leaves `updated_at` NULL, and one stamped an hour in the future, are
 /// reported and queued rather than reverted or trusted.

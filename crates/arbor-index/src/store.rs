@@ -72,6 +72,10 @@ const WRITE_BUFFER_BYTES: usize = 64 << 20;
 /// The build's spilled records, inside the index directory.
 const BUILD_SPILL_DIR: &str = "build-spill";
 
+/// Keys per write batch when a build remembers the records it replaces
+/// (and tombstones those it no longer finds).
+const REMEMBER_BATCH_KEYS: usize = 65_536;
+
 /// What a full build reads into: batches of hashed records, pushed by the
 /// caller of [`Index::build_batches`] while the index writes earlier ones.
 pub struct BuildFeed<'a> {
@@ -568,7 +572,15 @@ impl Index {
             source,
         })?;
         let (records, nodes) = (written.records, written.nodes);
+        let vanished = self.tombstone_vanished()?;
         self.finish_build(depth, watermark)?;
+        self.clear_cf(cf::SCAN)?;
+        if vanished > 0 {
+            info!(
+                vanished,
+                "build: records gone since the last build left tombstones"
+            );
+        }
         let stats = BuildStats {
             records_read,
             records,
@@ -630,6 +642,28 @@ impl Index {
     }
 
     fn begin_build(&self) -> Result<(), IndexError> {
+        // Remember the keys a ready index held: those the build no longer
+        // finds were deleted meanwhile, and leave tombstones, so two-way
+        // sync settles their deletes instead of copying the rows back. A
+        // build resumed after a crash keeps what the first attempt
+        // remembered (the records are half replaced by then).
+        if self.get_meta(meta::STATE)?.as_deref() == Some(meta::STATE_READY) {
+            self.clear_cf(cf::SCAN)?;
+            let (records, scan) = (self.cf(cf::RECORDS), self.cf(cf::SCAN));
+            let mut it = self.db.raw_iterator_cf(records);
+            it.seek_to_first();
+            let mut batch = WriteBatch::default();
+            while let Some(k) = it.key() {
+                batch.put_cf(scan, k, []);
+                if batch.len() >= REMEMBER_BATCH_KEYS {
+                    self.write(std::mem::take(&mut batch), false)?;
+                }
+                it.next();
+            }
+            it.status()
+                .map_err(IndexError::storage("remember the records before a build"))?;
+            self.write(batch, false)?;
+        }
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(cf::META), meta::STATE, meta::STATE_BUILDING);
         self.write(batch, true)?;
@@ -670,6 +704,39 @@ impl Index {
         it.status()
             .map_err(IndexError::storage("clear a column family"))?;
         self.write(batch, false)
+    }
+
+    /// Tombstones the keys [`Index::begin_build`] remembered that the build
+    /// did not find; returns how many.
+    fn tombstone_vanished(&self) -> Result<u64, IndexError> {
+        let (records, scan) = (self.cf(cf::RECORDS), self.cf(cf::SCAN));
+        let (tombstones, changed) = (self.cf(cf::TOMBSTONES), self.cf(cf::CHANGED));
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64);
+        let mut it = self.db.raw_iterator_cf(scan);
+        it.seek_to_first();
+        let (mut batch, mut vanished) = (WriteBatch::default(), 0u64);
+        while let Some(k) = it.key() {
+            let present = self
+                .db
+                .get_pinned_cf(records, k)
+                .map_err(IndexError::storage("read a record"))?
+                .is_some();
+            if !present {
+                batch.put_cf(tombstones, k, now_us.to_be_bytes());
+                batch.delete_cf(changed, k);
+                vanished += 1;
+                if batch.len() >= REMEMBER_BATCH_KEYS {
+                    self.write(std::mem::take(&mut batch), false)?;
+                }
+            }
+            it.next();
+        }
+        it.status()
+            .map_err(IndexError::storage("read the remembered records"))?;
+        self.write(batch, false)?;
+        Ok(vanished)
     }
 
     fn finish_build(&self, depth: u8, watermark: Option<&[u8]>) -> Result<(), IndexError> {

@@ -302,6 +302,27 @@ fn deletes_leave_tombstones_until_the_key_comes_back() {
 }
 
 #[test]
+fn a_rebuild_leaves_tombstones_for_the_records_it_no_longer_finds() {
+    let dir = TempDir::new().unwrap();
+    let index = build(&dir, "t", (1..=5).map(|k| (k, k)));
+    let key = |k: i64| arbor_record::tuple_bytes(&[Value::Integer(k.into())]);
+    // Rebuilt from a system where 4 and 5 were deleted meanwhile.
+    index
+        .build((1..=3).map(|k| Ok::<_, IndexError>(record(k, k))), None)
+        .unwrap();
+    for k in 1..=3 {
+        assert_eq!(index.tombstone_of(&key(k)).unwrap(), None, "{k}");
+    }
+    for k in 4..=5 {
+        assert!(index.tombstone_of(&key(k)).unwrap().is_some(), "{k}");
+    }
+    assert!(index.verify().unwrap().is_ok());
+    // A first build of an empty index leaves none.
+    let fresh = build(&dir, "u", (1..=3).map(|k| (k, k)));
+    assert_eq!(fresh.tombstone_of(&key(4)).unwrap(), None);
+}
+
+#[test]
 fn reopen_keeps_everything() {
     let dir = TempDir::new().unwrap();
     let root = {
