@@ -445,7 +445,7 @@ impl Unresolved {
     pub fn of(actions: &[Action]) -> Vec<Unresolved> {
         actions
             .iter()
-            .filter(|a| a.action == "unresolved")
+            .filter(|a| a.action == crate::sync::ActionKind::Unresolved)
             .map(|a| Unresolved {
                 key: a.key.clone(),
                 canonical_key: a.canonical_key.clone(),

@@ -798,8 +798,14 @@ async fn sync(command: SyncCommand) -> Result<u8> {
             let report = arbor::sync::SyncReport {
                 run_id: file.run_id.clone(),
                 key_id: file.key_id.clone(),
-                planned_upserts: actions.iter().filter(|a| a.action == "upsert").count() as u64,
-                planned_deletes: actions.iter().filter(|a| a.action == "delete").count() as u64,
+                planned_upserts: actions
+                    .iter()
+                    .filter(|a| a.action == arbor::sync::ActionKind::Upsert)
+                    .count() as u64,
+                planned_deletes: actions
+                    .iter()
+                    .filter(|a| a.action == arbor::sync::ActionKind::Delete)
+                    .count() as u64,
                 ..Default::default()
             };
             Some((file, actions, report))

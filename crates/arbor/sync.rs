@@ -97,16 +97,96 @@ impl SyncOptions {
     }
 }
 
+/// What a planned action does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    /// Make the row hold the values (insert or update).
+    Upsert,
+    /// Remove the row.
+    Delete,
+    /// Leave a target-only row (one_way `--extra keep`).
+    Keep,
+    /// List the drift, write nothing.
+    Report,
+    /// No rule settled it: a person decides (`sync conflicts`).
+    Unresolved,
+}
+
+impl ActionKind {
+    /// Its name in reports and plan files.
+    pub fn name(self) -> &'static str {
+        match self {
+            ActionKind::Upsert => "upsert",
+            ActionKind::Delete => "delete",
+            ActionKind::Keep => "keep",
+            ActionKind::Report => "report",
+            ActionKind::Unresolved => "unresolved",
+        }
+    }
+
+    /// Whether it writes to a system.
+    pub fn writes(self) -> bool {
+        matches!(self, ActionKind::Upsert | ActionKind::Delete)
+    }
+}
+
+impl std::fmt::Display for ActionKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+/// Why an action is planned: the drift behind it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Why {
+    /// Only the source has the key.
+    MissingOnTarget,
+    /// Only the target has the key (two_way).
+    MissingOnSource,
+    /// Only the target has the key (one_way).
+    OnlyOnTarget,
+    /// Both have it, with different values.
+    Changed,
+    /// The target's capture saw it deleted; the source has it.
+    DeletedOnTarget,
+    /// The source's capture saw it deleted; the target has it.
+    DeletedOnSource,
+    /// From a saved plan (the drift is not compared again).
+    Planned,
+}
+
+impl Why {
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Why::MissingOnTarget => "missing_on_target",
+            Why::MissingOnSource => "missing_on_source",
+            Why::OnlyOnTarget => "only_on_target",
+            Why::Changed => "changed",
+            Why::DeletedOnTarget => "deleted_on_target",
+            Why::DeletedOnSource => "deleted_on_source",
+            Why::Planned => "planned",
+        }
+    }
+}
+
+impl std::fmt::Display for Why {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.name())
+    }
+}
+
 /// One planned action.
 #[derive(Debug, Clone, Serialize)]
 pub struct Action {
-    /// `upsert`, `delete`, `keep`, `report` or `unresolved`.
-    pub action: &'static str,
+    /// What it does.
+    pub action: ActionKind,
     /// Where it writes.
     pub side: Side,
-    /// Why: `missing_on_target`, `missing_on_source`, `changed`,
-    /// `only_on_target`, or `planned` (from a saved plan).
-    pub drift: &'static str,
+    /// Why.
+    pub drift: Why,
     /// The key, human form.
     pub key: String,
     /// Canonical key bytes, hex.
@@ -127,13 +207,13 @@ pub struct Action {
 
 impl Action {
     fn writes(&self) -> bool {
-        matches!(self.action, "upsert" | "delete")
+        self.action.writes()
     }
 
     fn wire(&self) -> pb::PlannedWrite {
         pb::PlannedWrite {
             canonical_key: self.key_bytes.clone(),
-            delete: self.action == "delete",
+            delete: self.action == ActionKind::Delete,
             values: self
                 .values
                 .as_deref()
@@ -211,9 +291,9 @@ impl PlanFile {
                 .iter()
                 .filter(|a| a.writes())
                 .map(|a| PlanEntry {
-                    action: a.action.to_owned(),
+                    action: a.action.name().to_owned(),
                     side: a.side,
-                    drift: a.drift.to_owned(),
+                    drift: a.drift.name().to_owned(),
                     key: a.key.clone(),
                     canonical_key: a.canonical_key.clone(),
                     expected_digest: a.expected.map(|d| hex::encode(d.0)),
@@ -239,9 +319,9 @@ impl PlanFile {
             .enumerate()
             .map(|(i, e)| {
                 let at = |what: String| format!("writes[{i}] ({}): {what}", e.key);
-                let action: &'static str = match e.action.as_str() {
-                    "upsert" => "upsert",
-                    "delete" => "delete",
+                let action = match e.action.as_str() {
+                    "upsert" => ActionKind::Upsert,
+                    "delete" => ActionKind::Delete,
                     other => return Err(at(format!("unknown action {other:?}"))),
                 };
                 let key_bytes = hex::decode(&e.canonical_key).map_err(|x| at(x.to_string()))?;
@@ -256,7 +336,7 @@ impl PlanFile {
                     }
                 };
                 let values = match &e.values {
-                    None if action == "upsert" => {
+                    None if action == ActionKind::Upsert => {
                         return Err(at("an upsert without values".into()));
                     }
                     None => None,
@@ -269,7 +349,7 @@ impl PlanFile {
                 Ok(Action {
                     action,
                     side: e.side,
-                    drift: "planned",
+                    drift: Why::Planned,
                     key: e.key.clone(),
                     canonical_key: e.canonical_key.clone(),
                     reason: None,
@@ -490,12 +570,12 @@ pub async fn plan(
         let actions: Vec<Action> = drift
             .iter()
             .map(|d| Action {
-                action: "report",
+                action: ActionKind::Report,
                 side: Side::Target,
                 drift: match d.kind {
-                    DriftKind::MissingRight => "missing_on_target",
-                    DriftKind::MissingLeft => "only_on_target",
-                    DriftKind::Changed => "changed",
+                    DriftKind::MissingRight => Why::MissingOnTarget,
+                    DriftKind::MissingLeft => Why::OnlyOnTarget,
+                    DriftKind::Changed => Why::Changed,
                 },
                 key: display_key(&d.key),
                 canonical_key: hex::encode(&d.key),
@@ -560,7 +640,7 @@ pub async fn plan(
     let clock = Clock::now(opts.max_skew);
     let mut actions = Vec::new();
     for d in &drift {
-        let base = |action: &'static str, side: Side, drift: &'static str| Action {
+        let base = |action: ActionKind, side: Side, drift: Why| Action {
             action,
             side,
             drift,
@@ -587,8 +667,8 @@ pub async fn plan(
                 _ => (&source, &target, Side::Target),
             };
             let deleted_on = match row_side {
-                Side::Source => "deleted_on_target",
-                Side::Target => "deleted_on_source",
+                Side::Source => Why::DeletedOnTarget,
+                Side::Target => Why::DeletedOnSource,
             };
             if let Some(&deleted_at) = tombs.deleted.get(&d.key) {
                 let Some(Some(row)) = rows.rows.get(&d.key) else {
@@ -600,7 +680,7 @@ pub async fn plan(
                     rule, &columns, row_side, row, changed_at, deleted_at, &clock,
                 ) {
                     Ok(DeleteOutcome::Delete) => {
-                        actions.push(base("delete", row_side, deleted_on));
+                        actions.push(base(ActionKind::Delete, row_side, deleted_on));
                         continue;
                     }
                     // Copied to the deleting side below, like any one-sided row.
@@ -612,7 +692,7 @@ pub async fn plan(
                         }
                         actions.push(Action {
                             reason: Some(reason),
-                            ..base("unresolved", row_side, deleted_on)
+                            ..base(ActionKind::Unresolved, row_side, deleted_on)
                         });
                         continue;
                     }
@@ -624,30 +704,30 @@ pub async fn plan(
             (DriftKind::MissingRight, _) => match take(&mut source) {
                 Some(v) => actions.push(Action {
                     values: Some(v),
-                    ..base("upsert", Side::Target, "missing_on_target")
+                    ..base(ActionKind::Upsert, Side::Target, Why::MissingOnTarget)
                 }),
                 None => report.vanished += 1,
             },
             (DriftKind::MissingLeft, Policy::OneWay(extra)) => actions.push(base(
                 match extra {
-                    Extra::Delete => "delete",
-                    Extra::Keep => "keep",
-                    Extra::Report => "report",
+                    Extra::Delete => ActionKind::Delete,
+                    Extra::Keep => ActionKind::Keep,
+                    Extra::Report => ActionKind::Report,
                 },
                 Side::Target,
-                "only_on_target",
+                Why::OnlyOnTarget,
             )),
             (DriftKind::MissingLeft, Policy::TwoWay(_)) => match take(&mut target) {
                 Some(v) => actions.push(Action {
                     values: Some(v),
-                    ..base("upsert", Side::Source, "missing_on_source")
+                    ..base(ActionKind::Upsert, Side::Source, Why::MissingOnSource)
                 }),
                 None => report.vanished += 1,
             },
             (DriftKind::Changed, Policy::OneWay(_)) => match take(&mut source) {
                 Some(v) => actions.push(Action {
                     values: Some(v),
-                    ..base("upsert", Side::Target, "changed")
+                    ..base(ActionKind::Upsert, Side::Target, Why::Changed)
                 }),
                 None => report.vanished += 1,
             },
@@ -661,13 +741,13 @@ pub async fn plan(
                         if let Some(v) = to_source {
                             actions.push(Action {
                                 values: Some(v),
-                                ..base("upsert", Side::Source, "changed")
+                                ..base(ActionKind::Upsert, Side::Source, Why::Changed)
                             });
                         }
                         if let Some(v) = to_target {
                             actions.push(Action {
                                 values: Some(v),
-                                ..base("upsert", Side::Target, "changed")
+                                ..base(ActionKind::Upsert, Side::Target, Why::Changed)
                             });
                         }
                     }
@@ -687,7 +767,7 @@ pub async fn plan(
                         };
                         actions.push(Action {
                             reason: Some(reason),
-                            ..base("unresolved", Side::Target, "changed")
+                            ..base(ActionKind::Unresolved, Side::Target, Why::Changed)
                         });
                     }
                 }
@@ -696,9 +776,9 @@ pub async fn plan(
     }
     for a in &actions {
         match a.action {
-            "upsert" => report.planned_upserts += 1,
-            "delete" => report.planned_deletes += 1,
-            "keep" | "report" => report.kept += 1,
+            ActionKind::Upsert => report.planned_upserts += 1,
+            ActionKind::Delete => report.planned_deletes += 1,
+            ActionKind::Keep | ActionKind::Report => report.kept += 1,
             _ => {}
         }
         if a.writes() {
@@ -824,7 +904,7 @@ pub async fn queue_unresolved(opts: &SyncOptions, actions: &[Action]) -> Result<
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let rows: Vec<pb::UnresolvedRow> = actions
         .iter()
-        .filter(|a| a.action == "unresolved")
+        .filter(|a| a.action == ActionKind::Unresolved)
         .map(|a| pb::UnresolvedRow {
             key: a.key.clone(),
             canonical_key: a.canonical_key.clone(),
@@ -932,9 +1012,9 @@ mod tests {
 
     fn upsert(key: i64, bytes: usize) -> Action {
         Action {
-            action: "upsert",
+            action: ActionKind::Upsert,
             side: Side::Target,
-            drift: "changed",
+            drift: Why::Changed,
             key: key.to_string(),
             canonical_key: String::new(),
             reason: None,
