@@ -513,16 +513,16 @@ impl AuditServer {
         summary.finished_at = report::now_rfc3339();
         match outcome {
             Ok(None) => {
-                summary.status = "completed".into();
+                summary.status = report::RunStatus::Completed;
                 info!(run = %summary.run_id, drift = summary.drift(), elapsed_ms = summary.cost.elapsed_ms, "run completed");
             }
             Ok(Some(missing)) => {
-                summary.status = "incomplete".into();
+                summary.status = report::RunStatus::Incomplete;
                 summary.error = missing;
                 warn!(run = %summary.run_id, error = %summary.error, "run incomplete");
             }
             Err(e) => {
-                summary.status = "failed".into();
+                summary.status = report::RunStatus::Failed;
                 summary.error = e;
                 warn!(run = %summary.run_id, error = %summary.error, "run failed");
             }
@@ -530,7 +530,11 @@ impl AuditServer {
         // Counted before it is stored: whoever sees the run finished (a
         // caller polling GetRun) sees it counted.
         if let Some(m) = &self.metrics {
-            m.observe_run(&req.dataset, summary.status == "completed", summary.drift());
+            m.observe_run(
+                &req.dataset,
+                summary.status == report::RunStatus::Completed,
+                summary.drift(),
+            );
         }
         self.save(&summary)?;
         Ok(summary)
@@ -620,7 +624,7 @@ impl AuditService for AuditServer {
         let summary = RunSummary {
             schema_version: SCHEMA_VERSION,
             run_id: new_run_id(),
-            status: "running".into(),
+            status: report::RunStatus::Running,
             started_at: report::now_rfc3339(),
             left: side("local", &req.dataset, None),
             right: side(&req.peer, &peer_dataset, None),
@@ -689,7 +693,7 @@ impl AuditService for AuditServer {
         let summary = self.load(&req.run_id)?;
         // An incomplete run lists every drifting key (a later step, naming
         // columns, is what it lacks).
-        if summary.status != "completed" && summary.status != "incomplete" {
+        if !summary.status.found_all_keys() {
             return Err(Status::failed_precondition(format!(
                 "run {} is {}{}: it has no complete drift report",
                 summary.run_id,
@@ -1643,10 +1647,10 @@ pub fn fail_orphaned_runs(runs: &RunStore) -> Result<usize, IndexError> {
             // Unreadable summaries are reported when read (GetRun).
             continue;
         };
-        if summary.status != "running" {
+        if summary.status != report::RunStatus::Running {
             continue;
         }
-        summary.status = "failed".into();
+        summary.status = report::RunStatus::Failed;
         summary.error = format!(
             "the agent stopped before the run finished (marked failed at the next start, {})",
             report::now_rfc3339()
@@ -1986,7 +1990,7 @@ mod tests {
         RunSummary {
             schema_version: SCHEMA_VERSION,
             run_id: run_id.into(),
-            status: status.into(),
+            status: report::RunStatus::parse(status).expect("a run status"),
             ..RunSummary::default()
         }
     }
@@ -2028,11 +2032,11 @@ mod tests {
             serde_json::from_slice(&runs.get_run(id).unwrap().unwrap()).unwrap()
         };
         let orphan = read("r2");
-        assert_eq!(orphan.status, "failed");
+        assert_eq!(orphan.status, report::RunStatus::Failed);
         assert!(orphan.error.contains("agent stopped"), "{}", orphan.error);
         assert!(!orphan.finished_at.is_empty());
-        assert_eq!(read("r1").status, "completed");
-        assert_eq!(read("r3").status, "failed");
+        assert_eq!(read("r1").status, report::RunStatus::Completed);
+        assert_eq!(read("r3").status, report::RunStatus::Failed);
         // A second start finds nothing left to fail.
         assert_eq!(fail_orphaned_runs(&runs).unwrap(), 0);
     }

@@ -27,7 +27,7 @@ pub fn render(run: &RunSummary, history: &[RunSummary], entries: &[DriftEntry]) 
     let mut points: Vec<(&str, u64)> = history
         .iter()
         .chain(std::iter::once(run))
-        .filter(|r| r.status == "completed")
+        .filter(|r| r.status == arbor::report::RunStatus::Completed)
         .map(|r| (r.started_at.as_str(), r.drift()))
         .collect();
     points.sort();
@@ -77,7 +77,7 @@ td, th {{ border-bottom: 1px solid #ddd; padding: .3em .8em; text-align: left; }
 </body></html>
 "#,
         run_id = esc(&run.run_id),
-        status = esc(&run.status),
+        status = esc(run.status.name()),
         left_dataset = esc(&run.left.dataset),
         left_agent = esc(&run.left.agent),
         left_count = run.left.count,

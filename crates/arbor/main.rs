@@ -13,7 +13,7 @@ use arbor::agent;
 use arbor::config::{AgentConfig, Overrides};
 use arbor::proto::v1 as pb;
 use arbor::proto::v1::audit_service_client::AuditServiceClient;
-use arbor::report::{DriftEntry, RunSummary};
+use arbor::report::{DriftEntry, RunStatus, RunSummary};
 use arbor_index::Index;
 use clap::{Args, Parser, Subcommand};
 
@@ -1310,7 +1310,7 @@ async fn wait_for_run(
 ) -> Result<RunSummary> {
     let mut pause = RUN_POLL_FIRST;
     let mut failures = 0;
-    while summary.status == "running" {
+    while summary.status == RunStatus::Running {
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(RUN_POLL_MAX);
         let mut request = tonic::Request::new(pb::GetRunRequest {
@@ -1426,11 +1426,11 @@ async fn compare(args: CompareArgs) -> Result<u8> {
     };
     let summary = wait_for_run(&mut client, &args.agent, started).await?;
     // A run that failed on the peer side: report the run, exit 2.
-    if summary.status == "incomplete" {
+    if summary.status == RunStatus::Incomplete {
         print_run(&mut client, &summary, &args.output, args.stats).await?;
         bail!("run {} incomplete: {}", summary.run_id, summary.error);
     }
-    if summary.status != "completed" {
+    if summary.status != RunStatus::Completed {
         print_summary(&summary, args.stats, args.output.json)?;
         bail!(
             "run {} {}: {}",
@@ -1645,11 +1645,11 @@ async fn runs(command: RunsCommand) -> Result<u8> {
                 .with_context(|| format!("run {run_id}"))?
                 .into_inner()
                 .into();
-            if summary.status == "incomplete" {
+            if summary.status == RunStatus::Incomplete {
                 print_run(&mut client, &summary, &output, true).await?;
                 return Ok(2);
             }
-            if summary.status != "completed" {
+            if summary.status != RunStatus::Completed {
                 print_summary(&summary, true, output.json)?;
                 return Ok(2);
             }
@@ -1695,7 +1695,7 @@ fn print_summary(s: &RunSummary, stats: bool, json: bool) -> Result<()> {
     if !s.error.is_empty() {
         outln!("  error: {}", s.error);
     }
-    if s.status == "completed" || s.status == "incomplete" {
+    if s.status.found_all_keys() {
         if s.drift() == 0 {
             outln!("  in sync");
         } else {

@@ -40,6 +40,57 @@ pub struct RunCost {
     pub elapsed_ms: u64,
 }
 
+/// Where a compare run is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Still comparing.
+    #[default]
+    Running,
+    /// Done: every drifting key, with its columns.
+    Completed,
+    /// Every drifting key, but a later step (naming columns) failed: see
+    /// the run's `error`.
+    Incomplete,
+    /// Failed: see the run's `error`.
+    Failed,
+}
+
+impl RunStatus {
+    /// Its name on the wire and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Completed => "completed",
+            RunStatus::Incomplete => "incomplete",
+            RunStatus::Failed => "failed",
+        }
+    }
+
+    /// From its name; `None` for an unknown one.
+    pub fn parse(name: &str) -> Option<RunStatus> {
+        [
+            RunStatus::Running,
+            RunStatus::Completed,
+            RunStatus::Incomplete,
+            RunStatus::Failed,
+        ]
+        .into_iter()
+        .find(|s| s.name() == name)
+    }
+
+    /// Whether every drifting key was found (completed or incomplete).
+    pub fn found_all_keys(self) -> bool {
+        matches!(self, RunStatus::Completed | RunStatus::Incomplete)
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.name())
+    }
+}
+
 /// A run's summary.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunSummary {
@@ -47,9 +98,8 @@ pub struct RunSummary {
     pub schema_version: u32,
     /// Sorts by start time.
     pub run_id: String,
-    /// `running`, `completed`, `incomplete` (every drifting key, but a later
-    /// step such as naming columns failed: see `error`) or `failed`.
-    pub status: String,
+    /// Where the run is.
+    pub status: RunStatus,
     /// Why it failed.
     pub error: String,
     /// RFC 3339 UTC.
@@ -144,7 +194,7 @@ impl From<&RunSummary> for pb::RunSummary {
         pb::RunSummary {
             schema_version: s.schema_version,
             run_id: s.run_id.clone(),
-            status: s.status.clone(),
+            status: s.status.name().to_owned(),
             error: s.error.clone(),
             started_at: s.started_at.clone(),
             finished_at: s.finished_at.clone(),
@@ -166,11 +216,22 @@ impl From<&RunSummary> for pb::RunSummary {
 impl From<pb::RunSummary> for RunSummary {
     fn from(s: pb::RunSummary) -> RunSummary {
         let cost = s.cost.unwrap_or_default();
+        // A status this version does not know is no success.
+        let (status, error) = match RunStatus::parse(&s.status) {
+            Some(status) => (status, s.error),
+            None => (
+                RunStatus::Failed,
+                format!(
+                    "the agent reported an unknown run status {:?}: {}",
+                    s.status, s.error
+                ),
+            ),
+        };
         RunSummary {
             schema_version: s.schema_version,
             run_id: s.run_id,
-            status: s.status,
-            error: s.error,
+            status,
+            error,
             started_at: s.started_at,
             finished_at: s.finished_at,
             left: s.left.unwrap_or_default().into(),
