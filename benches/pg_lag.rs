@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use arbor::arbor_index::{Index, IndexConfig};
 use arbor::arbor_record::{DatasetKeys, ValueKind};
 use arbor::arbor_source::keyset::ScanOptions;
-use arbor::arbor_source::sqlite::Relation;
+use arbor::arbor_source::relation::Relation;
 use arbor::arbor_source::{ColumnMapping, Mapping, PostgresSource, Source};
 use arbor::config::LogicalCapture;
 use arbor::logical;

@@ -13,7 +13,7 @@ use arbor::agent::build_from_source;
 use arbor_index::{Index, IndexConfig};
 use arbor_record::{DatasetKeys, ValueKind};
 use arbor_source::postgres::ScanOptions;
-use arbor_source::sqlite::Relation;
+use arbor_source::relation::Relation;
 use arbor_source::{
     ColumnMapping, FileSource, Format, Mapping, MysqlSource, PostgresSource, Source, SqliteSource,
 };

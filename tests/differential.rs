@@ -26,7 +26,7 @@ use arbor_index::{Index, IndexConfig};
 use arbor_record::value::{Date, Timestamp, format_uuid};
 use arbor_record::{DatasetKeys, Value, ValueKind};
 use arbor_source::postgres::ScanOptions;
-use arbor_source::sqlite::Relation;
+use arbor_source::relation::Relation;
 use arbor_source::{
     ColumnMapping, FileSource, Format, Mapping, MysqlSource, PostgresSource, Source, SqliteSource,
 };

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use arbor_source::Format;
 use arbor_source::postgres::{ScanOptions, redact_url};
-use arbor_source::sqlite::Relation;
+use arbor_source::relation::Relation;
 use arbor_source::{ColumnMapping, Mapping};
 use serde::Deserialize;
 

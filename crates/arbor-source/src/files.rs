@@ -384,7 +384,7 @@ impl FileSource {
             dataset: self.dataset(file),
             reason: e.to_string(),
         })?;
-        for c in self.mapping.key().iter().chain(self.mapping.columns()) {
+        for c in self.mapping.all_columns() {
             if !headers.iter().any(|h| h == c.source) {
                 return Err(SourceError::Schema {
                     dataset: self.dataset(file),

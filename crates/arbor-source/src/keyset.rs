@@ -169,12 +169,7 @@ impl From<SourceError> for ChunkError {
 
 /// The key columns, then the value columns, quoted by `ident`: `a, b, c`.
 pub(crate) fn select_list(mapping: &Mapping, ident: fn(&str) -> String) -> String {
-    let cols: Vec<String> = mapping
-        .key()
-        .iter()
-        .chain(mapping.columns())
-        .map(|c| ident(&c.source))
-        .collect();
+    let cols: Vec<String> = mapping.all_columns().map(|c| ident(&c.source)).collect();
     cols.join(", ")
 }
 

@@ -20,6 +20,7 @@ pub mod mysql;
 mod pgbinary;
 pub mod pglogical;
 pub mod postgres;
+pub mod relation;
 pub mod sink;
 pub mod sqlite;
 pub mod text;
@@ -33,6 +34,7 @@ pub use files::{FileSource, Format};
 pub use mapping::{ColumnMapping, Mapping};
 pub use mysql::MysqlSource;
 pub use postgres::PostgresSource;
+pub use relation::Relation;
 pub use sqlite::SqliteSource;
 
 /// Errors of reading a source.

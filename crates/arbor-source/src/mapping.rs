@@ -184,6 +184,11 @@ impl Mapping {
             .collect()
     }
 
+    /// Key columns, then value columns: the order of a row's select list.
+    pub fn all_columns(&self) -> impl Iterator<Item = &ColumnMapping> + Clone {
+        self.key.iter().chain(&self.columns)
+    }
+
     /// Key columns, in key order.
     pub fn key(&self) -> &[ColumnMapping] {
         &self.key
@@ -196,17 +201,12 @@ impl Mapping {
 
     /// Whether the column with this source name is redacted.
     pub fn is_redacted(&self, source: &str) -> bool {
-        self.key
-            .iter()
-            .chain(&self.columns)
-            .any(|c| c.redact && c.source == source)
+        self.all_columns().any(|c| c.redact && c.source == source)
     }
 
     /// Canonical names of the redacted columns.
     pub fn redacted_names(&self) -> Vec<String> {
-        self.key
-            .iter()
-            .chain(&self.columns)
+        self.all_columns()
             .filter(|c| c.redact)
             .map(|c| c.canonical().to_owned())
             .collect()

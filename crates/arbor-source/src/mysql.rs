@@ -26,7 +26,7 @@ use crate::keyset::{
 };
 use crate::mapping::Mapping;
 use crate::postgres::redact_url;
-use crate::sqlite::Relation;
+use crate::relation::Relation;
 use crate::{Source, SourceError, text};
 
 /// The binary character set id: BLOB and BINARY columns carry it.
@@ -655,9 +655,7 @@ impl MysqlSink {
                 problem: e.to_string(),
             })?;
             let binary: Vec<bool> = mapping
-                .key()
-                .iter()
-                .chain(mapping.columns())
+                .all_columns()
                 .zip(stmt.columns().iter())
                 .map(|(c, col)| c.kind == ValueKind::Uuid && col.character_set() == BINARY_CHARSET)
                 .collect();

@@ -456,7 +456,7 @@ pub(crate) struct BinaryContext {
 impl BinaryContext {
     fn columns(&self) -> impl Iterator<Item = &ColumnMapping> {
         let mapping = &self.chunk.mapping;
-        mapping.key().iter().chain(mapping.columns())
+        mapping.all_columns()
     }
 
     fn value_error(&self, column: &ColumnMapping, problem: String) -> SourceError {

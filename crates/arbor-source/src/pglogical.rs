@@ -563,7 +563,7 @@ impl LogicalCapture {
                 }
                 if Some(relid) == self.relid {
                     let mut positions = Vec::new();
-                    for c in self.mapping.key().iter().chain(self.mapping.columns()) {
+                    for c in self.mapping.all_columns() {
                         let at = names.iter().position(|n| *n == c.source).ok_or_else(|| {
                             format!(
                                 "table {} no longer has mapped column {:?}",

@@ -44,7 +44,7 @@ use tracing::instrument;
 use crate::keyset::{self, ChunkContext, ChunkError, ChunkStats, Fetched, KeysetReader, RowBudget};
 use crate::mapping::Mapping;
 use crate::pgbinary::{self, BinaryContext, Field};
-use crate::sqlite::Relation;
+use crate::relation::Relation;
 use crate::{Source, SourceError, text};
 
 pub use crate::keyset::ScanOptions;
@@ -716,7 +716,7 @@ impl PostgresSource {
 
     /// The mapped values of a simple-query (text) row.
     fn text_row(&self, row: &postgres::SimpleQueryRow) -> Result<Vec<Value>, SourceError> {
-        let cols = self.mapping.key().iter().chain(self.mapping.columns());
+        let cols = self.mapping.all_columns();
         cols.enumerate()
             .map(|(i, c)| match row.get(i) {
                 None => Ok(Value::Null),

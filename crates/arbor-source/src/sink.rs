@@ -232,9 +232,7 @@ impl Statements {
     /// The select list: key columns, then value columns.
     pub fn columns(&self) -> String {
         self.mapping
-            .key()
-            .iter()
-            .chain(self.mapping.columns())
+            .all_columns()
             .map(|c| self.dialect.ident(&c.source))
             .collect::<Vec<_>>()
             .join(", ")
@@ -379,12 +377,12 @@ pub fn keys_condition_with(
 /// The table a repair writes to: a dataset read through a query (or a
 /// filter) cannot be written back. `dataset` names it in the error.
 pub fn target_table(
-    relation: crate::sqlite::Relation,
+    relation: crate::relation::Relation,
     dataset: &str,
 ) -> Result<String, SourceError> {
     match relation {
-        crate::sqlite::Relation::Table(t) => Ok(t),
-        crate::sqlite::Relation::Query(_) => Err(SourceError::Schema {
+        crate::relation::Relation::Table(t) => Ok(t),
+        crate::relation::Relation::Query(_) => Err(SourceError::Schema {
             dataset: format!("{dataset}:(query)"),
             problem: "a query cannot be a repair target; name the table (without a filter)".into(),
         }),

@@ -28,16 +28,8 @@ use rusqlite::{Connection, OpenFlags};
 use tracing::{debug, instrument};
 
 use crate::mapping::{ColumnMapping, Mapping};
+use crate::relation::Relation;
 use crate::{Source, SourceError};
-
-/// What a SQLite dataset reads.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Relation {
-    /// A table (or view) by name.
-    Table(String),
-    /// A query; its result columns are mapped like a table's.
-    Query(String),
-}
 
 /// A dataset in a SQLite database file.
 pub struct SqliteSource {
@@ -79,12 +71,7 @@ impl SqliteSource {
             Relation::Table(t) => ident(t),
             Relation::Query(q) => format!("({q})"),
         };
-        let cols: Vec<String> = mapping
-            .key()
-            .iter()
-            .chain(mapping.columns())
-            .map(|c| ident(&c.source))
-            .collect();
+        let cols: Vec<String> = mapping.all_columns().map(|c| ident(&c.source)).collect();
         let select = format!("SELECT {} FROM {from}", cols.join(", "));
         Ok(SqliteSource {
             path,
@@ -118,7 +105,7 @@ impl SqliteSource {
             .map_err(|e| schema_err(e.to_string()))?;
         let names: Vec<String> = stmt.column_names().map(str::to_owned).collect();
         let present: Vec<String> = names.iter().map(|c| c.to_lowercase()).collect();
-        for c in self.mapping.key().iter().chain(self.mapping.columns()) {
+        for c in self.mapping.all_columns() {
             if !present.contains(&c.source.to_lowercase()) {
                 return Err(schema_err(format!(
                     "column {:?} (mapped to {:?}) does not exist; the columns are {}",
@@ -135,7 +122,7 @@ impl SqliteSource {
     /// names it in errors: by its key, or by position when the key is NULL.
     fn read_row(&self, row: &rusqlite::Row<'_>, position: u64) -> Result<Record, SourceError> {
         let key_len = self.mapping.key().len();
-        let cols = self.mapping.key().iter().chain(self.mapping.columns());
+        let cols = self.mapping.all_columns();
         let mut values = Vec::with_capacity(key_len + self.mapping.columns().len());
         for (i, c) in cols.enumerate() {
             let value = self.value(row, i, c).map_err(|e| match e {

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use arbor_record::value::{Date, Decimal, Timestamp, parse_uuid};
 use arbor_record::{CanonicalJson, Record, Value, ValueKind};
 use arbor_source::postgres::ScanOptions;
-use arbor_source::sqlite::Relation;
+use arbor_source::relation::Relation;
 use arbor_source::{ColumnMapping, Mapping, MysqlSource, Source};
 use mysql::prelude::Queryable;
 

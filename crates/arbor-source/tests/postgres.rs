@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arbor_record::value::{Date, Decimal, Timestamp, parse_uuid};
 use arbor_record::{CanonicalJson, HashedBatch, Record, Value, ValueKind};
 use arbor_source::postgres::{PostgresSource, ScanOptions};
-use arbor_source::sqlite::Relation;
+use arbor_source::relation::Relation;
 use arbor_source::{ColumnMapping, Mapping, Source, SourceError};
 use postgres::{Client, NoTls};
 
