@@ -52,10 +52,6 @@ fn ident(name: &str) -> String {
     format!("`{}`", name.replace('`', "``"))
 }
 
-fn table_ident(name: &str) -> String {
-    name.split('.').map(ident).collect::<Vec<_>>().join(".")
-}
-
 /// Whether a column can be read as `kind` without loss.
 fn compatible(kind: ValueKind, c: &mysql::Column) -> bool {
     let t = c.column_type();
@@ -220,17 +216,11 @@ impl MysqlSource {
     }
 
     fn dataset(&self) -> String {
-        match &self.relation {
-            Relation::Table(t) => format!("{}:{t}", redact_url(&self.url)),
-            Relation::Query(_) => format!("{}:(query)", redact_url(&self.url)),
-        }
+        self.relation.dataset_name(&redact_url(&self.url))
     }
 
     fn from(&self) -> String {
-        match &self.relation {
-            Relation::Table(t) => table_ident(t),
-            Relation::Query(q) => format!("({q}) AS arbor_q"),
-        }
+        self.relation.from_item(ident)
     }
 
     fn columns_sql(&self) -> String {

@@ -240,7 +240,7 @@ pub(crate) fn ident(name: &str) -> String {
 
 /// A table name, schema-qualified or not: `public.customers` → `"public"."customers"`.
 pub(crate) fn table_ident(name: &str) -> String {
-    name.split('.').map(ident).collect::<Vec<_>>().join(".")
+    crate::relation::table_ident(name, ident)
 }
 
 /// A key value as a SQL literal (key kinds only).
@@ -514,17 +514,11 @@ impl PostgresSource {
     }
 
     fn dataset(&self) -> String {
-        match &self.relation {
-            Relation::Table(t) => format!("{}:{t}", redact_url(&self.url)),
-            Relation::Query(_) => format!("{}:(query)", redact_url(&self.url)),
-        }
+        self.relation.dataset_name(&redact_url(&self.url))
     }
 
     fn from(&self) -> String {
-        match &self.relation {
-            Relation::Table(t) => table_ident(t),
-            Relation::Query(q) => format!("({q}) AS arbor_q"),
-        }
+        self.relation.from_item(ident)
     }
 
     fn connect(&self) -> Result<Session, SourceError> {
