@@ -30,7 +30,7 @@ use arbor_index::{BuildStats, Change, Index, IndexConfig, IndexError, KeyRepeats
 use arbor_record::Record;
 use arbor_source::sqlite::SqliteSource;
 use arbor_source::{FileSource, MysqlSource, PostgresSource, Source, SourceError};
-use arbor_sync::{CompareOptions, DriftKind, LocalPeer, compare_collect};
+use arbor_sync::{CompareOptions, DriftKind, LocalPeer, Peer, compare_collect};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -42,7 +42,6 @@ use crate::config::{AgentConfig, Capture, DatasetConfig, SourceConfig};
 use crate::convert::{self, index_status, source_status};
 use crate::proto::v1 as pb;
 use crate::proto::v1::admin_service_server::{AdminService, AdminServiceServer};
-use crate::proto::v1::agent_service_client::AgentServiceClient;
 use crate::proto::v1::agent_service_server::AgentServiceServer;
 use crate::proto::v1::audit_service_server::{AuditService, AuditServiceServer};
 use crate::proto::v1::ingest_service_server::{IngestService, IngestServiceServer};
@@ -446,8 +445,7 @@ impl AuditServer {
             match self
                 .differing_columns(
                     ds,
-                    &req.peer,
-                    peer_dataset,
+                    &remote,
                     &changed,
                     stats.left_description.as_ref().map(|d| d.key_id),
                 )
@@ -541,21 +539,15 @@ impl AuditServer {
     }
 
     /// For changed keys, the canonical names of the columns whose digests
-    /// differ between the two systems (read now, from both).
+    /// differ between the two systems (read now, from both; the peer's
+    /// through `remote`, with its retries).
     async fn differing_columns(
         &self,
         ds: &Arc<Dataset>,
-        peer: &str,
-        peer_dataset: &str,
+        remote: &GrpcPeer,
         keys: &[Vec<u8>],
         key_id: Option<arbor_record::KeyId>,
     ) -> Result<HashMap<Vec<u8>, Vec<String>>, String> {
-        let channel = crate::client::endpoint(peer)?
-            .connect()
-            .await
-            .map_err(|e| format!("{peer}: {e}"))?;
-        let mut client = AgentServiceClient::new(crate::client::authed(channel))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let mut out = HashMap::new();
         for chunk in keys.chunks(MAX_COLUMN_DIGEST_KEYS) {
             let local_ds = Arc::clone(ds);
@@ -566,30 +558,26 @@ impl AuditServer {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|s| s.message().to_owned())?;
-            let remote = client
-                .column_digests(pb::ColumnDigestsRequest {
-                    dataset: peer_dataset.to_owned(),
-                    keys: chunk.to_vec(),
-                    key_id: key_id.map(|k| k.0.to_vec()).unwrap_or_default(),
-                })
+            let theirs = remote
+                .column_digests(chunk, key_id)
                 .await
-                .map_err(|s| format!("{peer}: {}", s.message()))?
-                .into_inner();
-            if remote.columns != local.0 || remote.entries.len() != chunk.len() {
+                .map_err(|e| e.to_string())?;
+            if theirs.columns != local.0 {
                 return Err(format!(
-                    "{peer} answered column digests for other columns or keys"
+                    "{} answered column digests for other columns",
+                    remote.address()
                 ));
             }
-            for ((key, mine), theirs) in chunk.iter().zip(local.1).zip(remote.entries) {
-                let (Some(mine), true) = (mine, theirs.present) else {
+            for ((key, mine), theirs) in chunk.iter().zip(local.1).zip(theirs.rows) {
+                let (Some(mine), Some(theirs)) = (mine, theirs) else {
                     continue; // changed again since the compare: nothing to name
                 };
                 let names = local
                     .0
                     .iter()
                     .zip(&mine)
-                    .zip(&theirs.digests)
-                    .filter(|((_, a), b)| a.0.as_slice() != b.as_slice())
+                    .zip(&theirs)
+                    .filter(|((_, a), b)| a != b)
                     .map(|((name, _), _)| name.clone())
                     .collect();
                 out.insert(key.clone(), names);

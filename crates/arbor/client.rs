@@ -237,6 +237,11 @@ impl GrpcPeer {
     fn session(&self) -> u64 {
         self.session.load(Ordering::Acquire)
     }
+
+    /// The agent's address.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
 }
 
 impl Peer for GrpcPeer {
@@ -259,6 +264,26 @@ impl Peer for GrpcPeer {
         }
         self.end(previous).await;
         Ok(Some(description))
+    }
+
+    async fn column_digests(
+        &self,
+        keys: &[Vec<u8>],
+        key_id: Option<KeyId>,
+    ) -> Result<arbor_sync::ColumnDigests, PeerError> {
+        let req = pb::ColumnDigestsRequest {
+            dataset: self.dataset.clone(),
+            keys: keys.to_vec(),
+            key_id: key_id.map(|k| k.0.to_vec()).unwrap_or_default(),
+        };
+        let resp = self
+            .call("ColumnDigests", |mut c| {
+                let req = req.clone();
+                async move { c.column_digests(req).await.map(tonic::Response::into_inner) }
+            })
+            .await?;
+        convert::column_digests_from_response(keys, resp)
+            .map_err(|e| PeerError::Malformed(format!("{}: {e}", self.address)))
     }
 
     async fn children(&self, parents: &[Prefix]) -> Result<Vec<(Prefix, Node)>, PeerError> {

@@ -255,6 +255,62 @@ pub fn leaf(e: pb::LeafEntry) -> Result<Leaf, Malformed> {
     })
 }
 
+/// ColumnDigests from the wire, for the `keys` asked: one entry per key, in
+/// order, each present one with a 32-byte digest per column.
+pub fn column_digests_from_response(
+    keys: &[Vec<u8>],
+    r: pb::ColumnDigestsResponse,
+) -> Result<arbor_sync::ColumnDigests, Malformed> {
+    if r.entries.len() != keys.len() {
+        return Err(malformed(
+            "ColumnDigestsResponse.entries",
+            format!("{} entries for {} keys", r.entries.len(), keys.len()),
+        ));
+    }
+    let rows = r
+        .entries
+        .into_iter()
+        .zip(keys)
+        .map(|(e, key)| {
+            if e.key != *key {
+                return Err(malformed(
+                    "KeyColumnDigests.key",
+                    "not the key asked for at this place",
+                ));
+            }
+            if !e.present {
+                return Ok(None);
+            }
+            if e.digests.len() != r.columns.len() {
+                return Err(malformed(
+                    "KeyColumnDigests.digests",
+                    format!(
+                        "{} digests for {} columns",
+                        e.digests.len(),
+                        r.columns.len()
+                    ),
+                ));
+            }
+            e.digests
+                .iter()
+                .map(|d| {
+                    Digest::from_slice(d).ok_or_else(|| {
+                        malformed(
+                            "KeyColumnDigests.digests",
+                            format!("{} bytes, expected 32", d.len()),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(arbor_sync::ColumnDigests {
+        columns: r.columns,
+        rows,
+    })
+}
+
 /// A typed value from the wire (normalised as the record crate builds them).
 pub fn typed_value(
     field: &'static str,
@@ -341,6 +397,59 @@ pub fn index_status(e: IndexError) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn column_digests_from_the_wire_are_checked_against_the_keys_asked() {
+        let keys = vec![vec![1u8], vec![2u8]];
+        let entry = |key: u8, present: bool, digests: Vec<Vec<u8>>| pb::KeyColumnDigests {
+            key: vec![key],
+            present,
+            digests,
+        };
+        let response = |entries| pb::ColumnDigestsResponse {
+            columns: vec!["a".into(), "b".into()],
+            entries,
+        };
+        let good = column_digests_from_response(
+            &keys,
+            response(vec![
+                entry(1, true, vec![vec![7; 32], vec![8; 32]]),
+                entry(2, false, vec![]),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            good.rows,
+            vec![Some(vec![Digest([7; 32]), Digest([8; 32])]), None]
+        );
+        for (bad, field) in [
+            (
+                response(vec![entry(1, false, vec![])]),
+                "ColumnDigestsResponse.entries",
+            ),
+            (
+                response(vec![entry(2, false, vec![]), entry(1, false, vec![])]),
+                "KeyColumnDigests.key",
+            ),
+            (
+                response(vec![
+                    entry(1, true, vec![vec![7; 32]]),
+                    entry(2, false, vec![]),
+                ]),
+                "KeyColumnDigests.digests",
+            ),
+            (
+                response(vec![
+                    entry(1, true, vec![vec![7; 31], vec![8; 32]]),
+                    entry(2, false, vec![]),
+                ]),
+                "KeyColumnDigests.digests",
+            ),
+        ] {
+            let e = column_digests_from_response(&keys, bad).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+        }
+    }
 
     #[test]
     fn malformed_fields_are_named() {

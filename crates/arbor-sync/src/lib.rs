@@ -20,4 +20,4 @@ pub use descent::{
     CompareError, CompareOptions, CompareStats, DEFAULT_LEAF_THRESHOLD, DEFAULT_MAX_LEAF_BATCH,
     DEFAULT_MAX_PARENTS_PER_REQUEST, Drift, DriftKind, Side, Traffic, compare, compare_collect,
 };
-pub use peer::{LocalPeer, Peer, PeerError};
+pub use peer::{ColumnDigests, LocalPeer, Peer, PeerError};

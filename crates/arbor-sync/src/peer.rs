@@ -9,7 +9,7 @@ use std::future::Future;
 use std::sync::OnceLock;
 
 use arbor_index::{Description, Index, IndexError, IndexSnapshot, Leaf};
-use arbor_record::KeyId;
+use arbor_record::{Digest, KeyId};
 use arbor_tree::{Node, Prefix};
 use thiserror::Error;
 
@@ -28,6 +28,17 @@ pub enum PeerError {
     /// The side answered with something that is not a valid response.
     #[error("malformed response from peer: {0}")]
     Malformed(String),
+}
+
+/// Per-column digests of some rows, read from a side's system (not its
+/// index): what names the columns of a changed key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnDigests {
+    /// Canonical column names, in the order of every row's digests.
+    pub columns: Vec<String>,
+    /// Per key asked, in order: its digests, or `None` if the system has no
+    /// such row now.
+    pub rows: Vec<Option<Vec<Digest>>>,
 }
 
 /// One side of a compare.
@@ -65,6 +76,23 @@ pub trait Peer: Sync {
     ) -> impl Future<Output = Result<Option<Description>, PeerError>> + Send {
         let _ = key_id;
         async { Ok(None) }
+    }
+
+    /// The column digests of the rows with these canonical keys, read from
+    /// the side's system now and hashed under `key_id`'s key (the
+    /// compare's; `None`: the current one). A side that cannot read its
+    /// system refuses, which is the default.
+    fn column_digests(
+        &self,
+        keys: &[Vec<u8>],
+        key_id: Option<KeyId>,
+    ) -> impl Future<Output = Result<ColumnDigests, PeerError>> + Send {
+        let _ = (keys, key_id);
+        async {
+            Err(PeerError::Refused(
+                "this peer cannot read its system's columns".into(),
+            ))
+        }
     }
 
     /// Releases what the peer holds for this compare (a remote snapshot).
