@@ -691,7 +691,7 @@ pub async fn plan(
                             report.unresolved_keys.push(display_key(&d.key));
                         }
                         actions.push(Action {
-                            reason: Some(reason),
+                            reason: Some(reason.to_string()),
                             ..base(ActionKind::Unresolved, row_side, deleted_on)
                         });
                         continue;
@@ -763,7 +763,7 @@ pub async fn plan(
                                 source.changed.contains_key(&d.key),
                                 target.changed.contains_key(&d.key),
                             ),
-                            _ => reason,
+                            _ => reason.to_string(),
                         };
                         actions.push(Action {
                             reason: Some(reason),

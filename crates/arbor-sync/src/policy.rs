@@ -21,6 +21,104 @@ pub enum Side {
     Target,
 }
 
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            Side::Source => "source",
+            Side::Target => "target",
+        })
+    }
+}
+
+/// Why a rule left a row for a person (the reason its conflict shows).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unsettled {
+    /// The lww column is not one of the compared columns.
+    #[error("lww column {column:?} is not a compared column")]
+    NoSuchColumn {
+        /// The column named.
+        column: String,
+    },
+    /// A row's lww time is NULL.
+    #[error(
+        "lww: {column} is NULL on the {side} row: an edit by a writer that does not stamp it cannot be ordered"
+    )]
+    NullTime {
+        /// The lww column.
+        column: String,
+        /// Whose row.
+        side: Side,
+    },
+    /// A row's lww time lies beyond the allowed skew in the future.
+    #[error(
+        "lww: {column} on the {side} row is {ahead_secs}s in the future, beyond the allowed skew of {skew_secs}s"
+    )]
+    FutureTime {
+        /// The lww column.
+        column: String,
+        /// Whose row.
+        side: Side,
+        /// How far ahead of now.
+        ahead_secs: i64,
+        /// The allowed skew.
+        skew_secs: i64,
+    },
+    /// Both rows have the same lww value.
+    #[error("lww: equal {column} on both sides")]
+    Tie {
+        /// The lww column.
+        column: String,
+    },
+    /// The two lww values have no order (different kinds).
+    #[error("lww: {column} values cannot be ordered")]
+    Unordered {
+        /// The lww column.
+        column: String,
+    },
+    /// `manual` met a changed row.
+    #[error("manual: changed on both sides")]
+    Manual,
+    /// `ownership` named as its own fallback.
+    #[error("ownership cannot be a fallback")]
+    NestedOwnership,
+    /// `manual` met a delete on one side and a row on the other.
+    #[error("manual: deleted on the {deleted_on} side, present on the other")]
+    ManualDelete {
+        /// Where it was deleted.
+        deleted_on: Side,
+    },
+    /// The row a delete meets has a NULL lww time.
+    #[error(
+        "lww: {column} is NULL on the row the {deleted_on} side deleted, so the delete cannot be ordered against it"
+    )]
+    NullAgainstDelete {
+        /// The lww column.
+        column: String,
+        /// Where it was deleted.
+        deleted_on: Side,
+    },
+    /// The row a delete meets has an lww value that is no time.
+    #[error(
+        "lww: {column} ({value}) is not a time, so the delete on the {deleted_on} side cannot be ordered against it"
+    )]
+    NotATime {
+        /// The lww column.
+        column: String,
+        /// Its value, shown.
+        value: String,
+        /// Where it was deleted.
+        deleted_on: Side,
+    },
+    /// The row's lww time equals the delete's.
+    #[error("lww: {column} equals the time of the delete on the {deleted_on} side")]
+    TieWithDelete {
+        /// The lww column.
+        column: String,
+        /// Where it was deleted.
+        deleted_on: Side,
+    },
+}
+
 /// What one_way does with records only the target has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -197,12 +295,13 @@ impl Clock {
 
     /// Checks an `lww` value of `side`'s row: NULL, or a time too far in
     /// the future, is reported, never decided.
-    fn check(&self, column: &str, side: &str, v: &Value) -> Result<(), String> {
+    fn check(&self, column: &str, side: Side, v: &Value) -> Result<(), Unsettled> {
         let at_us = match v {
             Value::Null => {
-                return Err(format!(
-                    "lww: {column} is NULL on the {side} row: an edit by a writer that does not stamp it cannot be ordered"
-                ));
+                return Err(Unsettled::NullTime {
+                    column: column.to_owned(),
+                    side,
+                });
             }
             Value::Timestamp(t) => t.0,
             Value::Date(d) => i64::from(d.0) * 86_400_000_000,
@@ -210,21 +309,25 @@ impl Clock {
         };
         let ahead = at_us.saturating_sub(self.now_us);
         if ahead > self.max_skew_us {
-            return Err(format!(
-                "lww: {column} on the {side} row is {}s in the future, beyond the allowed skew of {}s",
-                ahead / 1_000_000,
-                self.max_skew_us / 1_000_000
-            ));
+            return Err(Unsettled::FutureTime {
+                column: column.to_owned(),
+                side,
+                ahead_secs: ahead / 1_000_000,
+                skew_secs: self.max_skew_us / 1_000_000,
+            });
         }
         Ok(())
     }
 }
 
-fn side_name(side: Side) -> &'static str {
-    match side {
-        Side::Source => "source",
-        Side::Target => "target",
-    }
+/// The index of the lww column among the compared ones.
+fn lww_column(columns: &[String], column: &str) -> Result<usize, Unsettled> {
+    columns
+        .iter()
+        .position(|c| c == column)
+        .ok_or_else(|| Unsettled::NoSuchColumn {
+            column: column.to_owned(),
+        })
 }
 
 /// The winning side of a changed row under a whole-row rule.
@@ -234,25 +337,23 @@ pub fn winner(
     s: &[Value],
     t: &[Value],
     clock: &Clock,
-) -> Result<Side, String> {
+) -> Result<Side, Unsettled> {
     match rule {
         Rule::Priority(side) => Ok(*side),
         Rule::Lww { column } => {
-            let i = columns
-                .iter()
-                .position(|c| c == column)
-                .ok_or_else(|| format!("lww column {column:?} is not a compared column"))?;
-            clock.check(column, "source", &s[i])?;
-            clock.check(column, "target", &t[i])?;
+            let i = lww_column(columns, column)?;
+            clock.check(column, Side::Source, &s[i])?;
+            clock.check(column, Side::Target, &t[i])?;
+            let column = column.clone();
             match version_cmp(&s[i], &t[i]) {
                 Some(Ordering::Greater) => Ok(Side::Source),
                 Some(Ordering::Less) => Ok(Side::Target),
-                Some(Ordering::Equal) => Err(format!("lww: equal {column} on both sides")),
-                None => Err(format!("lww: {column} values cannot be ordered")),
+                Some(Ordering::Equal) => Err(Unsettled::Tie { column }),
+                None => Err(Unsettled::Unordered { column }),
             }
         }
-        Rule::Manual => Err("manual: changed on both sides".into()),
-        Rule::Ownership { .. } => Err("ownership cannot be a fallback".into()),
+        Rule::Manual => Err(Unsettled::Manual),
+        Rule::Ownership { .. } => Err(Unsettled::NestedOwnership),
     }
 }
 
@@ -266,7 +367,7 @@ pub fn settle(
     s: &[Value],
     t: &[Value],
     clock: &Clock,
-) -> Result<Settled, String> {
+) -> Result<Settled, Unsettled> {
     let merged: Vec<Value> = match rule {
         Rule::Ownership { owners, fallback } => {
             // The fallback only matters if some column is unowned.
@@ -332,15 +433,13 @@ pub fn settle_delete(
     row_changed_at_us: Option<i64>,
     deleted_at_us: i64,
     clock: &Clock,
-) -> Result<DeleteOutcome, String> {
+) -> Result<DeleteOutcome, Unsettled> {
     let deleted_on = match row_side {
-        Side::Source => "target",
-        Side::Target => "source",
+        Side::Source => Side::Target,
+        Side::Target => Side::Source,
     };
     if let Rule::Manual = rule {
-        return Err(format!(
-            "manual: deleted on the {deleted_on} side, present on the other"
-        ));
+        return Err(Unsettled::ManualDelete { deleted_on });
     }
     if row_changed_at_us.is_some_and(|at| at > deleted_at_us) {
         return Ok(DeleteOutcome::KeepRow);
@@ -364,32 +463,26 @@ pub fn settle_delete(
             clock,
         ),
         Rule::Lww { column } => {
-            let i = columns
-                .iter()
-                .position(|c| c == column)
-                .ok_or_else(|| format!("lww column {column:?} is not a compared column"))?;
+            let i = lww_column(columns, column)?;
+            let column = column.clone();
             let written_us = match &row[i] {
                 Value::Timestamp(t) => t.0,
                 Value::Date(d) => i64::from(d.0) * 86_400_000_000,
-                Value::Null => {
-                    return Err(format!(
-                        "lww: {column} is NULL on the row the {deleted_on} side deleted, so the delete cannot be ordered against it"
-                    ));
-                }
+                Value::Null => return Err(Unsettled::NullAgainstDelete { column, deleted_on }),
                 other => {
-                    return Err(format!(
-                        "lww: {column} ({other}) is not a time, so the delete on the {deleted_on} side cannot be ordered against it"
-                    ));
+                    return Err(Unsettled::NotATime {
+                        column,
+                        value: other.to_string(),
+                        deleted_on,
+                    });
                 }
             };
             // A time beyond the allowed skew is not trusted either.
-            clock.check(column, side_name(row_side), &row[i])?;
+            clock.check(&column, row_side, &row[i])?;
             match written_us.cmp(&deleted_at_us) {
                 Ordering::Greater => Ok(DeleteOutcome::KeepRow),
                 Ordering::Less => Ok(DeleteOutcome::Delete),
-                Ordering::Equal => Err(format!(
-                    "lww: {column} equals the time of the delete on the {deleted_on} side"
-                )),
+                Ordering::Equal => Err(Unsettled::TieWithDelete { column, deleted_on }),
             }
         }
         Rule::Manual => unreachable!("returned above"),
@@ -438,10 +531,11 @@ mod tests {
         let missing = Rule::Lww {
             column: "nope".into(),
         };
-        assert!(
-            settle(&missing, &cols(), &s, &t, &clock())
-                .unwrap_err()
-                .contains("nope")
+        assert_eq!(
+            settle(&missing, &cols(), &s, &t, &clock()).unwrap_err(),
+            Unsettled::NoSuchColumn {
+                column: "nope".into()
+            }
         );
     }
 
@@ -519,10 +613,14 @@ mod tests {
             &clock(),
         )
         .unwrap_err();
-        assert!(
-            null.contains("NULL") && null.contains("target side"),
-            "{null}"
+        assert_eq!(
+            null,
+            Unsettled::NullAgainstDelete {
+                column: "updated_at".into(),
+                deleted_on: Side::Target
+            }
         );
+        assert!(null.to_string().contains("target side"), "{null}");
         // A later write (seen by the row side's capture) always stays.
         for rule in [&lww, &Rule::Priority(Side::Target)] {
             assert_eq!(
@@ -584,6 +682,7 @@ mod tests {
                 &clock()
             )
             .unwrap_err()
+            .to_string()
             .contains("deleted on the source side")
         );
     }
@@ -606,11 +705,18 @@ mod tests {
             ]
         };
         let e = settle(&lww, &cols, &row(Some(5)), &row(None), &clock).unwrap_err();
-        assert!(e.contains("NULL on the target row"), "{e}");
+        assert_eq!(
+            e,
+            Unsettled::NullTime {
+                column: "updated_at".into(),
+                side: Side::Target
+            }
+        );
+        assert!(e.to_string().contains("NULL on the target row"), "{e}");
         // An hour ahead: reported; within the skew: decided.
         let ahead = clock.now_us + 3_600_000_000;
         let e = settle(&lww, &cols, &row(Some(ahead)), &row(Some(5)), &clock).unwrap_err();
-        assert!(e.contains("3600s in the future"), "{e}");
+        assert!(e.to_string().contains("3600s in the future"), "{e}");
         let near = clock.now_us + 60_000_000;
         assert_eq!(
             settle(&lww, &cols, &row(Some(near)), &row(Some(5)), &clock).unwrap(),
@@ -626,7 +732,16 @@ mod tests {
             &clock,
         )
         .unwrap_err();
-        assert!(e.contains("in the future"), "{e}");
+        assert!(
+            matches!(
+                e,
+                Unsettled::FutureTime {
+                    side: Side::Target,
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     #[test]
