@@ -1474,4 +1474,41 @@ mod tests {
             .to_string();
         assert!(e.contains("only unicode, trim, trim_end and case"), "{e}");
     }
+
+    use proptest::strategy::Strategy as _;
+
+    proptest::proptest! {
+        /// Whatever a config file holds, loading it returns a config or an
+        /// error naming the field; never a panic. Inputs mix the lines of
+        /// a good file, lines with their values replaced, and noise.
+        #[test]
+        fn any_config_text_is_loaded_or_refused(
+            lines in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::sample::select(GOOD.lines().map(str::to_owned).collect::<Vec<_>>()),
+                    (
+                        proptest::sample::select(vec![
+                            "listen", "data_dir", "chunk_rows", "chunk_bytes", "secret", "name",
+                            "key", "columns", "capture", "transform", "max_skew_secs",
+                            "allow_repairs", "build_connections",
+                        ]),
+                        proptest::sample::select(vec![
+                            "0", "-1", "18446744073709551616", "\"\"", "\"x\"", "[]", "{}",
+                            "true", "1e999", "{ kind = \"text\" }", "[{ source = \"id\" }]",
+                            "{ mode = \"logical\" }", "{ unicode = \"nfd\" }",
+                        ]),
+                    )
+                        .prop_map(|(k, v)| format!("{k} = {v}")),
+                    proptest::sample::select(vec![
+                        "[agent]".to_owned(), "[[dataset]]".to_owned(), "[[sync]]".to_owned(),
+                        "[agent.tls]".to_owned(), "=".to_owned(), "\u{0}".to_owned(),
+                    ]),
+                    ".{0,20}",
+                ],
+                0..16,
+            ),
+        ) {
+            let _ = load(&lines.join("\n"));
+        }
+    }
 }

@@ -547,4 +547,103 @@ mod tests {
         };
         assert_eq!(description(&describe_response(&d, 77)).unwrap(), (d, 77));
     }
+
+    /// Every decoder of bytes from the network returns a value or a
+    /// `Malformed` naming the field, whatever the bytes: messages decoded
+    /// from arbitrary bytes, and structured ones with arbitrary fields.
+    mod decoders_never_panic {
+        use super::*;
+        use proptest::prelude::*;
+        use prost::Message;
+
+        fn value(kind: u8, text: String, bytes: Vec<u8>, x: f64) -> pb::TypedValue {
+            use pb::typed_value::Value as V;
+            let v = match kind {
+                0 => V::Null(true),
+                1 => V::Bool(x > 0.0),
+                2 => V::Integer(text),
+                3 => V::Decimal(text),
+                4 => V::Float(x),
+                5 => V::Text(text),
+                6 => V::Bytes(bytes),
+                7 => V::Date(text),
+                8 => V::Timestamp(text),
+                9 => V::Uuid(bytes),
+                _ => V::Json(text),
+            };
+            pb::TypedValue { value: Some(v) }
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_bytes_as_every_response(
+                bytes in proptest::collection::vec(any::<u8>(), 0..300),
+                level in 0u8..20,
+                keys in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..4), 0..4),
+            ) {
+                if let Ok(r) = pb::DescribeResponse::decode(&bytes[..]) {
+                    let _ = description(&r);
+                }
+                if let Ok(r) = pb::GetNodesResponse::decode(&bytes[..]) {
+                    let _ = children_from_response(level, &r);
+                }
+                if let Ok(e) = pb::LeafEntry::decode(&bytes[..]) {
+                    let _ = leaf(e);
+                }
+                if let Ok(v) = pb::TypedValue::decode(&bytes[..]) {
+                    let _ = typed_value("v", &v);
+                }
+                if let Ok(r) = pb::ColumnDigestsResponse::decode(&bytes[..]) {
+                    let _ = column_digests_from_response(&keys, r);
+                }
+                if let Ok(e) = pb::NodeEntry::decode(&bytes[..]) {
+                    let _ = node_from_entry(level, &e);
+                }
+            }
+
+            #[test]
+            fn structured_nodes_and_descriptions(
+                gaps in proptest::collection::vec(any::<u64>(), 0..8),
+                counts in proptest::collection::vec(any::<u64>(), 0..8),
+                fingerprints in proptest::collection::vec(any::<u8>(), 0..80),
+                level in 0u8..20,
+                key_id in proptest::collection::vec(any::<u8>(), 0..10),
+                fingerprint in proptest::collection::vec(any::<u8>(), 0..40),
+                depth in 0u32..10,
+                sum in proptest::collection::vec(any::<u8>(), 0..40),
+            ) {
+                let n = gaps.len().min(counts.len());
+                let r = pb::GetNodesResponse {
+                    prefix_gaps: gaps[..n].to_vec(),
+                    counts: counts[..n].to_vec(),
+                    fingerprints: fingerprints.clone(),
+                };
+                let _ = children_from_response(level, &r);
+                let d = pb::DescribeResponse {
+                    encoding_version: depth,
+                    key_id,
+                    schema_fingerprint: fingerprint,
+                    stored_depth: depth,
+                    root: Some(pb::NodeEntry {
+                        prefix: counts.first().copied().unwrap_or_default(),
+                        count: n as u64,
+                        sum,
+                    }),
+                    watermark: fingerprints,
+                    session: 0,
+                };
+                let _ = description(&d);
+            }
+
+            #[test]
+            fn structured_values(
+                kind in 0u8..11,
+                text in ".{0,40}",
+                bytes in proptest::collection::vec(any::<u8>(), 0..20),
+                x in any::<f64>(),
+            ) {
+                let _ = typed_value("v", &value(kind, text, bytes, x));
+            }
+        }
+    }
 }

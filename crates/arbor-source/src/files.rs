@@ -419,15 +419,43 @@ mod tests {
     }
 
     fn scan_jsonl(bytes: &[u8]) -> Result<Vec<Record>, SourceError> {
+        scan_as(Format::Jsonl, "a.jsonl", bytes)
+    }
+
+    fn scan_as(format: Format, name: &str, bytes: &[u8]) -> Result<Vec<Record>, SourceError> {
         let dir = tempfile::TempDir::new().unwrap();
-        std::fs::write(dir.path().join("a.jsonl"), bytes).unwrap();
-        let mut s = FileSource::new(dir.path(), Format::Jsonl, mapping(), None);
+        std::fs::write(dir.path().join(name), bytes).unwrap();
+        let mut s = FileSource::new(dir.path(), format, mapping(), None);
         let mut out = Vec::new();
         s.scan(&mut |r| {
             out.push(r);
             Ok(())
         })?;
         Ok(out)
+    }
+
+    proptest::proptest! {
+        /// Whatever a file holds, a scan returns records or an error;
+        /// never a panic. Inputs are built from the pieces files are made of
+        /// (quotes, separators, line ends, braces, digits, bytes that are
+        /// not UTF-8), so that many get past the first line.
+        #[test]
+        fn any_file_is_read_or_refused_never_a_panic(
+            pieces in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just(b"id,name,amount,meta\n".to_vec()),
+                    proptest::strategy::Just(b"{\"id\": 1, \"name\": \"a\", \"amount\": 1.5, \"meta\": {}}\n".to_vec()),
+                    proptest::collection::vec(proptest::sample::select(
+                        b",\"\n\r{}[]:0123456789.-eE \\\xef\xbb\xbf\xff\x00abN".to_vec()), 0..12),
+                    proptest::collection::vec(proptest::arbitrary::any::<u8>(), 0..8),
+                ],
+                0..12,
+            ),
+        ) {
+            let bytes: Vec<u8> = pieces.concat();
+            let _ = scan_as(Format::Csv, "a.csv", &bytes);
+            let _ = scan_as(Format::Jsonl, "a.jsonl", &bytes);
+        }
     }
 
     #[test]
