@@ -1846,11 +1846,11 @@ pub async fn run(
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let repair_service = crate::proto::v1::repair_service_server::RepairServiceServer::new(
         crate::audited::Audited::new(
-            crate::repair::RepairServer::new(
+            crate::repair::RepairServer::new(crate::repair::Repairs::new(
                 Arc::clone(&state),
                 Arc::clone(&runs),
                 &config.datasets,
-            ),
+            )),
             Arc::clone(&audit_log),
             Arc::clone(&metrics),
         )

@@ -93,28 +93,79 @@ fn write_id(w: &Write) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
-fn outcome_name(o: &Outcome) -> &'static str {
-    match o {
-        Outcome::Applied => "applied",
-        Outcome::AlreadyApplied => "already_applied",
-        Outcome::Conflict { .. } => "conflict",
+/// What became of one planned write, as journalled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RepairOutcome {
+    /// Written.
+    Applied,
+    /// The row already was as the write would leave it.
+    AlreadyApplied,
+    /// The row changed since the plan: left alone.
+    Conflict,
+}
+
+impl RepairOutcome {
+    /// Its name in the journal.
+    fn name(self) -> &'static str {
+        match self {
+            RepairOutcome::Applied => "applied",
+            RepairOutcome::AlreadyApplied => "already_applied",
+            RepairOutcome::Conflict => "conflict",
+        }
+    }
+
+    fn parse(name: &[u8]) -> Option<RepairOutcome> {
+        [
+            RepairOutcome::Applied,
+            RepairOutcome::AlreadyApplied,
+            RepairOutcome::Conflict,
+        ]
+        .into_iter()
+        .find(|o| o.name().as_bytes() == name)
+    }
+
+    fn of(o: &Outcome) -> RepairOutcome {
+        match o {
+            Outcome::Applied => RepairOutcome::Applied,
+            Outcome::AlreadyApplied => RepairOutcome::AlreadyApplied,
+            Outcome::Conflict { .. } => RepairOutcome::Conflict,
+        }
+    }
+
+    fn wire(self) -> pb::WriteOutcome {
+        match self {
+            RepairOutcome::Applied => pb::WriteOutcome::Applied,
+            RepairOutcome::AlreadyApplied => pb::WriteOutcome::AlreadyApplied,
+            RepairOutcome::Conflict => pb::WriteOutcome::Conflict,
+        }
     }
 }
 
-fn outcome_wire(name: &str) -> pb::WriteOutcome {
-    match name {
-        "applied" => pb::WriteOutcome::Applied,
-        "already_applied" => pb::WriteOutcome::AlreadyApplied,
-        "conflict" => pb::WriteOutcome::Conflict,
-        _ => pb::WriteOutcome::Unspecified,
-    }
+/// What a repair reads of one key: its values (`None`: absent), and what
+/// change capture knows of it (0: nothing).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FetchedRow {
+    /// The canonical key.
+    pub canonical_key: Vec<u8>,
+    /// Its values, canonical column order.
+    pub values: Option<Vec<arbor_record::Value>>,
+    /// When absent: when capture saw it deleted (µs since the epoch).
+    pub deleted_at_us: i64,
+    /// When present: when an incremental change last wrote it.
+    pub changed_at_us: i64,
 }
 
-/// The RepairService of an agent.
-pub struct RepairServer {
+/// Sources reading values as stored, by dataset.
+type StoredSources = Arc<Mutex<HashMap<String, Arc<Mutex<Box<dyn arbor_source::Source>>>>>>;
+
+/// An agent's repair machinery, without gRPC: reading the values a repair
+/// writes, and applying planned writes with the journal. RepairService
+/// serves it; an agent's own side of a sync can call it directly.
+#[derive(Clone)]
+pub struct Repairs {
     state: Arc<AgentState>,
     runs: Arc<RunStore>,
-    configs: HashMap<String, DatasetConfig>,
+    configs: Arc<HashMap<String, DatasetConfig>>,
     sinks: Arc<Mutex<HashMap<String, Box<dyn Sink>>>>,
     /// Per dataset with lossy transforms: its system read through
     /// [`arbor_source::Mapping::stored_values`], for fetches of the values
@@ -122,32 +173,318 @@ pub struct RepairServer {
     stored_sources: StoredSources,
 }
 
-/// Sources reading values as stored, by dataset.
-type StoredSources = Arc<Mutex<HashMap<String, Arc<Mutex<Box<dyn arbor_source::Source>>>>>>;
-
-impl RepairServer {
-    /// The service over the agent's datasets and run store.
-    pub fn new(
-        state: Arc<AgentState>,
-        runs: Arc<RunStore>,
-        configs: &[DatasetConfig],
-    ) -> RepairServer {
-        RepairServer {
+impl Repairs {
+    /// Over the agent's datasets and run store.
+    pub fn new(state: Arc<AgentState>, runs: Arc<RunStore>, configs: &[DatasetConfig]) -> Repairs {
+        Repairs {
             state,
             runs,
-            configs: configs
-                .iter()
-                .map(|d| (d.name.clone(), d.clone()))
-                .collect(),
+            configs: Arc::new(
+                configs
+                    .iter()
+                    .map(|d| (d.name.clone(), d.clone()))
+                    .collect(),
+            ),
             sinks: Arc::new(Mutex::new(HashMap::new())),
             stored_sources: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
-    fn config(&self, dataset: &str) -> Result<&DatasetConfig, Status> {
+    /// The agent's state (its datasets).
+    pub fn state(&self) -> &Arc<AgentState> {
+        &self.state
+    }
+
+    /// A dataset's configuration.
+    pub fn config(&self, dataset: &str) -> Result<&DatasetConfig, Status> {
         self.configs
             .get(dataset)
             .ok_or_else(|| Status::not_found(format!("unknown dataset {dataset:?}")))
+    }
+
+    /// The system to read `dataset`'s values from: as compared, or (with
+    /// `stored`) as stored where its transforms lose information. Blocking
+    /// on first use of a stored-values source (it connects).
+    fn source_for(
+        &self,
+        d: &DatasetConfig,
+        stored: bool,
+    ) -> Result<Arc<Mutex<Box<dyn arbor_source::Source>>>, Status> {
+        if !d.serve_values {
+            return Err(Status::permission_denied(format!(
+                "dataset {:?} does not serve values (serve_values = false)",
+                d.name
+            )));
+        }
+        let ds = self.state.dataset(&d.name)?;
+        let source = ds.source.clone().ok_or_else(|| {
+            Status::failed_precondition(format!("dataset {:?} has no system attached", d.name))
+        })?;
+        if !(stored && d.mapping.has_lossy_values()) {
+            return Ok(source);
+        }
+        let mut opened = self
+            .stored_sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = opened.get(&d.name) {
+            return Ok(Arc::clone(s));
+        }
+        let mut exact = d.clone();
+        exact.mapping = d.mapping.stored_values();
+        let s = crate::agent::open_source(&exact).map_err(|e| {
+            Status::unavailable(format!(
+                "open the system of {:?} to read stored values: {e}",
+                d.name
+            ))
+        })?;
+        let s = Arc::new(Mutex::new(s));
+        opened.insert(d.name.clone(), Arc::clone(&s));
+        Ok(s)
+    }
+
+    /// Reads `keys` of `dataset` (as stored with `stored`), handing each
+    /// group of rows, about `FETCH_BATCH_BYTES`, to `visit` before the
+    /// next is read; an absent row carries its deletion time, a present
+    /// one its last write time. `Err(None)`: `visit` stopped. Blocking.
+    pub fn fetch(
+        &self,
+        dataset: &str,
+        keys: &[Vec<arbor_record::Value>],
+        stored: bool,
+        mut visit: impl FnMut(Vec<FetchedRow>) -> Result<(), Option<Status>>,
+    ) -> Result<(), Option<Status>> {
+        let d = self.config(dataset).map_err(Some)?;
+        let source = self.source_for(d, stored).map_err(Some)?;
+        let ds = Arc::clone(self.state.dataset(dataset).map_err(Some)?);
+        arbor_source::fetch_each(
+            keys,
+            FETCH_BATCH_BYTES,
+            FETCH_BATCH,
+            |group| {
+                let mut s = source.lock().unwrap_or_else(|p| p.into_inner());
+                s.fetch(group).map_err(|e| Some(source_status(e)))
+            },
+            |group, rows| {
+                let index = ds.index();
+                let fetched = group
+                    .iter()
+                    .zip(rows)
+                    .map(|(k, r)| {
+                        let canonical_key = tuple_bytes(k);
+                        // An absent row may be a delete capture saw; a
+                        // present one may have a known last write. Two-way
+                        // sync weighs the one against the other.
+                        let (deleted_at_us, changed_at_us) = match &r {
+                            Some(_) => (
+                                0,
+                                index
+                                    .changed_at(&canonical_key)
+                                    .map_err(index_status)?
+                                    .unwrap_or(0),
+                            ),
+                            None => (
+                                index
+                                    .tombstone_of(&canonical_key)
+                                    .map_err(index_status)?
+                                    .unwrap_or(0),
+                                0,
+                            ),
+                        };
+                        Ok(FetchedRow {
+                            canonical_key,
+                            values: r.map(|r| r.values),
+                            deleted_at_us,
+                            changed_at_us,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, Status>>()
+                    .map_err(Some)?;
+                visit(fetched)
+            },
+        )
+    }
+
+    /// Checks `dataset` takes repairs now and returns it, its configuration
+    /// and the hashing keys of the plan's compare (`key_id`; `None`: the
+    /// current one).
+    fn writable(
+        &self,
+        dataset: &str,
+        key_id: Option<arbor_record::KeyId>,
+    ) -> Result<
+        (
+            Arc<crate::service::Dataset>,
+            DatasetConfig,
+            arbor_record::DatasetKeys,
+        ),
+        Status,
+    > {
+        let d = self.config(dataset)?.clone();
+        if !d.allow_repairs {
+            return Err(Status::permission_denied(format!(
+                "dataset {dataset:?} does not accept repairs (allow_repairs = false)"
+            )));
+        }
+        let ds = Arc::clone(self.state.dataset(dataset)?);
+        if ds.indexing.load(std::sync::atomic::Ordering::Acquire) {
+            // A restarted agent rebuilds first; the client retries.
+            return Err(Status::unavailable(format!(
+                "dataset {dataset:?} is being indexed; retry shortly"
+            )));
+        }
+        // Current rows are hashed with the key of the compare that planned
+        // the writes, which this agent must hold.
+        let keys = match key_id {
+            None => ds.index().config().keys.clone(),
+            Some(k) => ds
+                .index_for(k)
+                .ok_or_else(|| {
+                    Status::failed_precondition(format!(
+                        "dataset {dataset:?} holds no index under key {k}: the plan's digests cannot be checked"
+                    ))
+                })?
+                .config()
+                .keys
+                .clone(),
+        };
+        Ok((ds, d, keys))
+    }
+
+    /// Runs `f` on the sink of `d`, opening it on first use.
+    fn with_sink<T>(
+        &self,
+        d: &DatasetConfig,
+        f: impl FnOnce(&mut dyn Sink) -> Result<T, Status>,
+    ) -> Result<T, Status> {
+        let mut sinks = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
+        if !sinks.contains_key(&d.name) {
+            sinks.insert(d.name.clone(), open_sink(d).map_err(source_status)?);
+        }
+        let Some(sink) = sinks.get_mut(&d.name) else {
+            unreachable!("inserted above")
+        };
+        f(sink.as_mut())
+    }
+
+    /// The SQL each write would run (a dry run). Blocking.
+    pub fn render(
+        &self,
+        dataset: &str,
+        writes: &[Write],
+        key_id: Option<arbor_record::KeyId>,
+    ) -> Result<Vec<String>, Status> {
+        let (_, d, _) = self.writable(dataset, key_id)?;
+        self.with_sink(&d, |sink| {
+            writes
+                .iter()
+                .map(|w| sink.render(w).map_err(source_status))
+                .collect()
+        })
+    }
+
+    /// Applies planned writes of run `run_id` to `dataset` (see the module
+    /// documentation): per write its outcome, and whether every one came
+    /// from the journal. Blocking.
+    pub fn apply(
+        &self,
+        dataset: &str,
+        run_id: &str,
+        writes: &[Write],
+        key_id: Option<arbor_record::KeyId>,
+    ) -> Result<(Vec<RepairOutcome>, bool), Status> {
+        if run_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "ApplyChangesRequest.run_id: required to journal the batch",
+            ));
+        }
+        let (ds, d, keys) = self.writable(dataset, key_id)?;
+        // One run may write to several datasets of this agent (two-way).
+        let journal_key = format!("{run_id}/{dataset}");
+        // Writes of this run that already committed (in any batch).
+        let ids: Vec<[u8; 32]> = writes.iter().map(write_id).collect();
+        let mut journalled: Vec<Option<RepairOutcome>> = Vec::with_capacity(writes.len());
+        for id in &ids {
+            journalled.push(
+                match self
+                    .runs
+                    .journalled_write(&journal_key, id)
+                    .map_err(index_status)?
+                {
+                    None => None,
+                    Some(raw) => Some(RepairOutcome::parse(&raw).ok_or_else(|| {
+                        Status::data_loss("a repair journal entry names no outcome")
+                    })?),
+                },
+            );
+        }
+        if journalled.iter().all(Option::is_some) {
+            return Ok((journalled.into_iter().flatten().collect(), true));
+        }
+        // Only the writes not yet journalled go to the system.
+        let pending: Vec<usize> = (0..writes.len())
+            .filter(|&i| journalled[i].is_none())
+            .collect();
+        let to_write: Vec<Write> = pending.iter().map(|&i| writes[i].clone()).collect();
+        let outcomes = self.with_sink(&d, |sink| {
+            sink.apply(&to_write, &keys).map_err(source_status)
+        })?;
+        // The index follows what the system now stores: written rows, and
+        // conflicting rows too (a conflict means the index was behind the
+        // system, so the next plan starts from the truth).
+        let touched: Vec<Vec<arbor_record::Value>> =
+            to_write.iter().map(|w| w.key.clone()).collect();
+        if let Some(source) = &ds.source
+            && !touched.is_empty()
+        {
+            let rows = {
+                let mut s = source.lock().unwrap_or_else(|p| p.into_inner());
+                s.fetch(&touched).map_err(source_status)?
+            };
+            let changes: Vec<IndexChange> = touched
+                .into_iter()
+                .zip(rows)
+                .map(|(k, r)| match r {
+                    Some(r) => IndexChange::Upsert(r),
+                    None => IndexChange::Delete(k),
+                })
+                .collect();
+            ds.apply(&changes, None).map_err(index_status)?;
+        }
+        let entries: Vec<([u8; 32], Vec<u8>)> = pending
+            .iter()
+            .zip(&outcomes)
+            .map(|(&i, o)| (ids[i], RepairOutcome::of(o).name().as_bytes().to_vec()))
+            .collect();
+        self.runs
+            .journal_writes(&journal_key, &entries)
+            .map_err(index_status)?;
+        for (&i, o) in pending.iter().zip(&outcomes) {
+            journalled[i] = Some(RepairOutcome::of(o));
+        }
+        let applied = outcomes.iter().filter(|o| **o == Outcome::Applied).count();
+        info!(
+            dataset,
+            run = run_id,
+            writes = outcomes.len(),
+            journalled_before = writes.len() - outcomes.len(),
+            applied,
+            "repair batch committed"
+        );
+        Ok((journalled.into_iter().flatten().collect(), false))
+    }
+}
+
+/// The RepairService of an agent: request checks and wire conversions
+/// around [`Repairs`].
+pub struct RepairServer {
+    repairs: Repairs,
+}
+
+impl RepairServer {
+    /// The service over the agent's repairs.
+    pub fn new(repairs: Repairs) -> RepairServer {
+        RepairServer { repairs }
     }
 }
 
@@ -210,7 +547,7 @@ impl RepairService for RepairServer {
         request: Request<pb::FetchRecordsRequest>,
     ) -> Result<Response<FetchStream>, Status> {
         let req = request.into_inner();
-        let d = self.config(&req.dataset)?;
+        let d = self.repairs.config(&req.dataset)?;
         if !d.serve_values {
             return Err(Status::permission_denied(format!(
                 "dataset {:?} does not serve values (serve_values = false)",
@@ -235,120 +572,51 @@ impl RepairService for RepairServer {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let ds = Arc::clone(self.state.dataset(&req.dataset)?);
-        let source = ds.source.clone().ok_or_else(|| {
-            Status::failed_precondition(format!("dataset {:?} has no system attached", req.dataset))
-        })?;
         let columns: Vec<String> = d
             .mapping
             .columns()
             .iter()
             .map(|c| c.canonical().to_owned())
             .collect();
-        // Values a repair writes are read as stored where the mapping's
-        // transforms lose information (trim, case, rounding, ...).
-        let stored = (req.stored && d.mapping.has_lossy_values()).then(|| {
-            let mut exact = d.clone();
-            exact.mapping = d.mapping.stored_values();
-            (exact, Arc::clone(&self.stored_sources))
-        });
+        let repairs = self.repairs.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         tokio::task::spawn_blocking(move || {
-            let source = match stored {
-                None => source,
-                Some((exact, opened)) => {
-                    let mut opened = opened.lock().unwrap_or_else(|p| p.into_inner());
-                    match opened.get(&exact.name) {
-                        Some(s) => Arc::clone(s),
-                        None => match crate::agent::open_source(&exact) {
-                            Ok(s) => {
-                                let s = Arc::new(Mutex::new(s));
-                                opened.insert(exact.name.clone(), Arc::clone(&s));
-                                s
-                            }
-                            Err(e) => {
-                                let _ = tx.blocking_send(Err(Status::unavailable(format!(
-                                    "open the system of {:?} to read stored values: {e}",
-                                    exact.name
-                                ))));
-                                return;
-                            }
-                        },
-                    }
-                }
-            };
             // `Err(None)`: the caller went away; nothing left to tell it.
-            let fetched = arbor_source::fetch_each(
-                &keys,
-                FETCH_BATCH_BYTES,
-                FETCH_BATCH,
-                |group| {
-                    let mut s = source.lock().unwrap_or_else(|p| p.into_inner());
-                    s.fetch(group).map_err(|e| Some(source_status(e)))
-                },
-                |group, rows| {
-                    let records = group
-                        .iter()
-                        .zip(rows)
-                        .map(|(k, r)| {
-                            let canonical_key = tuple_bytes(k);
-                            // An absent row may be a delete capture saw; a
-                            // present one may have a known last write. Two-way
-                            // sync weighs the one against the other.
-                            let index = ds.index();
-                            let (deleted_at_us, changed_at_us) = match &r {
-                                Some(_) => (
-                                    0,
-                                    index
-                                        .changed_at(&canonical_key)
-                                        .map_err(index_status)?
-                                        .unwrap_or(0),
-                                ),
-                                None => (
-                                    index
-                                        .tombstone_of(&canonical_key)
-                                        .map_err(index_status)?
-                                        .unwrap_or(0),
-                                    0,
-                                ),
-                            };
-                            Ok(pb::FetchedRecord {
-                                canonical_key,
-                                found: r.is_some(),
-                                values: r
-                                    .map(|r| r.values.iter().map(convert::wire_value).collect())
-                                    .unwrap_or_default(),
-                                deleted_at_us,
-                                changed_at_us,
-                            })
-                        })
-                        .collect::<Result<Vec<_>, Status>>()
-                        .map_err(Some)?;
-                    // A group read by rows of unknown width may hold more
-                    // than a message: it leaves in messages of about
-                    // FETCH_BATCH_BYTES.
-                    let mut batch = Vec::new();
-                    let mut bytes = 0;
-                    for r in records {
-                        let size = prost::Message::encoded_len(&r);
-                        if !batch.is_empty() && bytes + size > FETCH_BATCH_BYTES {
-                            let full = pb::RecordBatch {
-                                columns: columns.clone(),
-                                records: std::mem::take(&mut batch),
-                            };
-                            tx.blocking_send(Ok(full)).map_err(|_| None)?;
-                            bytes = 0;
-                        }
-                        bytes += size;
-                        batch.push(r);
-                    }
-                    let last = pb::RecordBatch {
-                        columns: columns.clone(),
-                        records: batch,
+            let fetched = repairs.fetch(&req.dataset, &keys, req.stored, |rows| {
+                // A group read by rows of unknown width may hold more than
+                // a message: it leaves in messages of about
+                // FETCH_BATCH_BYTES.
+                let mut batch = Vec::new();
+                let mut bytes = 0;
+                for r in rows {
+                    let r = pb::FetchedRecord {
+                        canonical_key: r.canonical_key,
+                        found: r.values.is_some(),
+                        values: r
+                            .values
+                            .map(|v| v.iter().map(convert::wire_value).collect())
+                            .unwrap_or_default(),
+                        deleted_at_us: r.deleted_at_us,
+                        changed_at_us: r.changed_at_us,
                     };
-                    tx.blocking_send(Ok(last)).map_err(|_| None)
-                },
-            );
+                    let size = prost::Message::encoded_len(&r);
+                    if !batch.is_empty() && bytes + size > FETCH_BATCH_BYTES {
+                        let full = pb::RecordBatch {
+                            columns: columns.clone(),
+                            records: std::mem::take(&mut batch),
+                        };
+                        tx.blocking_send(Ok(full)).map_err(|_| None)?;
+                        bytes = 0;
+                    }
+                    bytes += size;
+                    batch.push(r);
+                }
+                let last = pb::RecordBatch {
+                    columns: columns.clone(),
+                    records: batch,
+                };
+                tx.blocking_send(Ok(last)).map_err(|_| None)
+            });
             if let Err(Some(status)) = fetched {
                 let _ = tx.blocking_send(Err(status));
             }
@@ -364,7 +632,7 @@ impl RepairService for RepairServer {
         request: Request<pb::ApplyChangesRequest>,
     ) -> Result<Response<pb::ApplyChangesResponse>, Status> {
         let req = request.into_inner();
-        let d = self.config(&req.dataset)?.clone();
+        let d = self.repairs.config(&req.dataset)?;
         if !d.allow_repairs {
             return Err(Status::permission_denied(format!(
                 "dataset {:?} does not accept repairs (allow_repairs = false)",
@@ -382,152 +650,36 @@ impl RepairService for RepairServer {
                 "ApplyChangesRequest.run_id: required to journal the batch",
             ));
         }
-        let writes = planned_writes(&d, &req)?;
-        let ds = Arc::clone(self.state.dataset(&req.dataset)?);
-        if ds.indexing.load(std::sync::atomic::Ordering::Acquire) {
-            // A restarted agent rebuilds first; the client retries.
-            return Err(Status::unavailable(format!(
-                "dataset {:?} is being indexed; retry shortly",
-                req.dataset
-            )));
-        }
-        // Current rows are hashed with the key of the compare that planned
-        // the writes, which this agent must hold.
-        let keys = match crate::convert::optional_key_id("ApplyChangesRequest.key_id", &req.key_id)? {
-            None => ds.index().config().keys.clone(),
-            Some(k) => ds
-                .index_for(k)
-                .ok_or_else(|| {
-                    Status::failed_precondition(format!(
-                        "dataset {:?} holds no index under key {k}: the plan's digests cannot be checked",
-                        req.dataset
-                    ))
-                })?
-                .config()
-                .keys
-                .clone(),
-        };
-        let (runs, sinks) = (Arc::clone(&self.runs), Arc::clone(&self.sinks));
-        // One run may write to several datasets of this agent (two-way).
-        let journal_key = format!("{}/{}", req.run_id, req.dataset);
+        let writes = planned_writes(d, &req)?;
+        let key_id = crate::convert::optional_key_id("ApplyChangesRequest.key_id", &req.key_id)?;
+        let repairs = self.repairs.clone();
         let response = tokio::task::spawn_blocking(move || -> Result<_, Status> {
-            // Writes of this run that already committed (in any batch).
-            let ids: Vec<[u8; 32]> = writes.iter().map(write_id).collect();
-            let mut journalled: Vec<Option<String>> = vec![None; writes.len()];
-            if !req.dry_run {
-                for (slot, id) in journalled.iter_mut().zip(&ids) {
-                    if let Some(raw) = runs
-                        .journalled_write(&journal_key, id)
-                        .map_err(index_status)?
-                    {
-                        *slot =
-                            Some(String::from_utf8(raw).map_err(|_| {
-                                Status::data_loss("repair journal entry is not UTF-8")
-                            })?);
-                    }
-                }
-            }
-            if !req.dry_run && journalled.iter().all(Option::is_some) {
+            let keys = req.writes.iter().map(|w| w.canonical_key.clone());
+            if req.dry_run {
+                let sql = repairs.render(&req.dataset, &writes, key_id)?;
                 return Ok(pb::ApplyChangesResponse {
-                    results: req
-                        .writes
-                        .iter()
-                        .zip(&journalled)
-                        .map(|(w, o)| pb::WriteResult {
-                            canonical_key: w.canonical_key.clone(),
-                            outcome: outcome_wire(o.as_deref().unwrap_or_default()) as i32,
-                            sql: String::new(),
+                    results: keys
+                        .zip(sql)
+                        .map(|(canonical_key, sql)| pb::WriteResult {
+                            canonical_key,
+                            outcome: pb::WriteOutcome::Planned as i32,
+                            sql,
                         })
                         .collect(),
-                    replayed: true,
-                });
-            }
-            let mut sinks = sinks.lock().unwrap_or_else(|p| p.into_inner());
-            if !sinks.contains_key(&d.name) {
-                sinks.insert(d.name.clone(), open_sink(&d).map_err(source_status)?);
-            }
-            let Some(sink) = sinks.get_mut(&d.name) else {
-                unreachable!("inserted above")
-            };
-            if req.dry_run {
-                let results = req
-                    .writes
-                    .iter()
-                    .zip(&writes)
-                    .map(|(pw, w)| {
-                        Ok(pb::WriteResult {
-                            canonical_key: pw.canonical_key.clone(),
-                            outcome: pb::WriteOutcome::Planned as i32,
-                            sql: sink.render(w).map_err(source_status)?,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, Status>>()?;
-                return Ok(pb::ApplyChangesResponse {
-                    results,
                     replayed: false,
                 });
             }
-            // Only the writes not yet journalled go to the system.
-            let pending: Vec<usize> = (0..writes.len())
-                .filter(|&i| journalled[i].is_none())
-                .collect();
-            let to_write: Vec<Write> = pending.iter().map(|&i| writes[i].clone()).collect();
-            let outcomes = sink.apply(&to_write, &keys).map_err(source_status)?;
-            drop(sinks);
-            // The index follows what the system now stores: written rows,
-            // and conflicting rows too (a conflict means the index was
-            // behind the system, so the next plan starts from the truth).
-            let touched: Vec<Vec<arbor_record::Value>> =
-                to_write.iter().map(|w| w.key.clone()).collect();
-            if let Some(source) = &ds.source
-                && !touched.is_empty()
-            {
-                let rows = {
-                    let mut s = source.lock().unwrap_or_else(|p| p.into_inner());
-                    s.fetch(&touched).map_err(source_status)?
-                };
-                let changes: Vec<IndexChange> = touched
-                    .into_iter()
-                    .zip(rows)
-                    .map(|(k, r)| match r {
-                        Some(r) => IndexChange::Upsert(r),
-                        None => IndexChange::Delete(k),
-                    })
-                    .collect();
-                ds.apply(&changes, None).map_err(index_status)?;
-            }
-            let entries: Vec<([u8; 32], Vec<u8>)> = pending
-                .iter()
-                .zip(&outcomes)
-                .map(|(&i, o)| (ids[i], outcome_name(o).as_bytes().to_vec()))
-                .collect();
-            runs.journal_writes(&journal_key, &entries)
-                .map_err(index_status)?;
-            for (&i, o) in pending.iter().zip(&outcomes) {
-                journalled[i] = Some(outcome_name(o).to_owned());
-            }
-            let applied = outcomes.iter().filter(|o| **o == Outcome::Applied).count();
-            info!(
-                dataset = %d.name,
-                run = %req.run_id,
-                batch = req.batch,
-                writes = outcomes.len(),
-                journalled_before = writes.len() - outcomes.len(),
-                applied,
-                "repair batch committed"
-            );
+            let (outcomes, replayed) = repairs.apply(&req.dataset, &req.run_id, &writes, key_id)?;
             Ok(pb::ApplyChangesResponse {
-                results: req
-                    .writes
-                    .iter()
-                    .zip(&journalled)
-                    .map(|(w, o)| pb::WriteResult {
-                        canonical_key: w.canonical_key.clone(),
-                        outcome: outcome_wire(o.as_deref().unwrap_or_default()) as i32,
+                results: keys
+                    .zip(outcomes)
+                    .map(|(canonical_key, o)| pb::WriteResult {
+                        canonical_key,
+                        outcome: o.wire() as i32,
                         sql: String::new(),
                     })
                     .collect(),
-                replayed: false,
+                replayed,
             })
         })
         .await
