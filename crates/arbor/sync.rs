@@ -210,6 +210,30 @@ impl Action {
         self.action.writes()
     }
 
+    /// The write a sink runs for this action.
+    fn write(&self) -> Result<arbor_source::sink::Write, SyncError> {
+        let key = arbor_record::decode_tuple(&self.key_bytes)
+            .map_err(|e| SyncError::Invalid(format!("key {}: {e}", self.key)))?;
+        let change = match (self.action, &self.values) {
+            (ActionKind::Delete, _) => arbor_source::sink::Change::Delete,
+            (_, Some(values)) => arbor_source::sink::Change::Upsert(arbor_record::Record::new(
+                key.clone(),
+                values.clone(),
+            )),
+            (_, None) => {
+                return Err(SyncError::Invalid(format!(
+                    "key {}: an upsert without values",
+                    self.key
+                )));
+            }
+        };
+        Ok(arbor_source::sink::Write {
+            key,
+            expected: self.expected,
+            change,
+        })
+    }
+
     fn wire(&self) -> pb::PlannedWrite {
         pb::PlannedWrite {
             canonical_key: self.key_bytes.clone(),
@@ -458,32 +482,10 @@ fn agent_err(agent: &str, s: &tonic::Status) -> SyncError {
     }
 }
 
-/// The drift between the two sides, and the hashing key the compare
-/// settled on (its digests are keyed with it).
-async fn drift_of(opts: &SyncOptions) -> Result<(Vec<arbor_sync::Drift>, String), SyncError> {
-    // A side that restarted mid-run is back only once it caught up with
-    // its system: wait for it as long as writes are retried.
-    let retry = RetryPolicy::spanning(opts.retry_for);
-    let left = GrpcPeer::new(&opts.source, &opts.dataset, retry)
-        .map_err(|e| SyncError::Compare(crate::agent::error_chain(&e)))?;
-    let right = GrpcPeer::new(&opts.target, &opts.target_dataset, retry)
-        .map_err(|e| SyncError::Compare(crate::agent::error_chain(&e)))?;
-    let (mut drift, stats) = compare_collect(&left, &right, &CompareOptions::default())
-        .await
-        .map_err(|e| SyncError::Compare(crate::agent::error_chain(&e)))?;
-    if let Some(only) = &opts.only_keys {
-        drift.retain(|d| only.contains(&d.key));
-    }
-    let key_id = stats
-        .right_description
-        .map(|d| d.key_id.to_string())
-        .unwrap_or_default();
-    Ok((drift, key_id))
-}
-
 /// Values fetched from one side: by canonical key (`None`: absent), and
 /// the canonical names of the value columns.
-struct Fetched {
+#[derive(Debug, Default)]
+pub struct Fetched {
     rows: HashMap<Vec<u8>, Option<Vec<Value>>>,
     /// Absent rows whose delete that side's change capture saw, and when
     /// (µs since the Unix epoch).
@@ -493,70 +495,398 @@ struct Fetched {
     columns: Vec<String>,
 }
 
-async fn fetch(opts: &SyncOptions, side: Side, keys: Vec<Vec<u8>>) -> Result<Fetched, SyncError> {
-    let (agent, dataset) = opts.agent(side);
-    let mut out = Fetched {
-        rows: HashMap::new(),
-        deleted: HashMap::new(),
-        changed: HashMap::new(),
-        columns: Vec::new(),
-    };
-    if keys.is_empty() {
-        return Ok(out);
-    }
-    let mut client = repair_client(agent)?;
-    for chunk in keys.chunks(crate::repair::MAX_FETCH_KEYS) {
-        let mut stream = client
-            .fetch_records(pb::FetchRecordsRequest {
-                dataset: dataset.to_owned(),
-                canonical_keys: chunk.to_vec(),
-                // Written as the source holds them; transforms shape
-                // comparison only.
-                stored: true,
-            })
-            .await
-            .map_err(|s| agent_err(agent, &s))?
-            .into_inner();
-        while let Some(batch) = stream.message().await.map_err(|s| agent_err(agent, &s))? {
-            if out.columns.is_empty() {
-                out.columns = batch.columns;
-            }
-            for r in batch.records {
-                if r.changed_at_us > 0 {
-                    out.changed.insert(r.canonical_key.clone(), r.changed_at_us);
-                }
-                let v = if r.found {
-                    Some(
-                        r.values
-                            .iter()
-                            .map(|v| convert::typed_value("values", v))
-                            .collect::<Result<Vec<_>, _>>()
-                            .map_err(|m| SyncError::Agent {
-                                agent: agent.to_owned(),
-                                message: m.to_string(),
-                            })?,
-                    )
-                } else {
-                    if r.deleted_at_us > 0 {
-                        out.deleted.insert(r.canonical_key.clone(), r.deleted_at_us);
-                    }
-                    None
-                };
-                out.rows.insert(r.canonical_key, v);
-            }
+impl Fetched {
+    fn add(
+        &mut self,
+        key: Vec<u8>,
+        values: Option<Vec<Value>>,
+        deleted_at_us: i64,
+        changed_at_us: i64,
+    ) {
+        if changed_at_us > 0 {
+            self.changed.insert(key.clone(), changed_at_us);
         }
+        if values.is_none() && deleted_at_us > 0 {
+            self.deleted.insert(key.clone(), deleted_at_us);
+        }
+        self.rows.insert(key, values);
     }
-    Ok(out)
 }
 
-/// Compares and plans; fetches the values the plan writes. With `dry_run`
-/// each written side renders its SQL.
+/// One batch of planned writes for one side.
+pub struct Batch<'a> {
+    /// The run the journal files it under.
+    pub run_id: &'a str,
+    /// Its number in the run (for logs).
+    pub number: u64,
+    /// The writes.
+    pub writes: &'a [&'a Action],
+    /// Render each write's SQL instead of running it.
+    pub dry_run: bool,
+    /// The hashing key id (hex) of the plan's compare; empty: current.
+    pub key_id: &'a str,
+}
+
+/// What became of one write of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchOutcome {
+    /// Written.
+    Applied,
+    /// The row already was as planned.
+    AlreadyApplied,
+    /// The row changed since the plan: left alone.
+    Conflict,
+    /// A dry run: the SQL it would run.
+    Planned(String),
+}
+
+/// What one batch did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Per write, in order.
+    pub outcomes: Vec<BatchOutcome>,
+    /// Whether every write's outcome came from the journal.
+    pub replayed: bool,
+}
+
+/// The two sides of a sync run: how the run compares them, reads their
+/// values and writes their repairs. [`GrpcSides`] reaches agents over
+/// gRPC; [`LocalSides`] calls datasets of this process directly.
+pub trait SyncSides: Sync {
+    /// How errors name a side (its agent).
+    fn name(&self, side: Side) -> &str;
+
+    /// Compares the two sides now: the drift, and the hashing key id the
+    /// compare settled on (hex; its digests are keyed with it).
+    fn drift(
+        &self,
+    ) -> impl Future<Output = Result<(Vec<arbor_sync::Drift>, String), SyncError>> + Send;
+
+    /// The values of these keys on `side`, as stored.
+    fn fetch(
+        &self,
+        side: Side,
+        keys: Vec<Vec<u8>>,
+    ) -> impl Future<Output = Result<Fetched, SyncError>> + Send;
+
+    /// Applies (or renders) one batch on `side`.
+    fn apply(
+        &self,
+        side: Side,
+        batch: Batch<'_>,
+    ) -> impl Future<Output = Result<Applied, SyncError>> + Send;
+}
+
+/// Both sides over gRPC, at the agents `opts` names.
+pub struct GrpcSides<'a> {
+    opts: &'a SyncOptions,
+}
+
+impl<'a> GrpcSides<'a> {
+    /// The agents of `opts`.
+    pub fn new(opts: &'a SyncOptions) -> GrpcSides<'a> {
+        GrpcSides { opts }
+    }
+}
+
+impl SyncSides for GrpcSides<'_> {
+    fn name(&self, side: Side) -> &str {
+        self.opts.agent(side).0
+    }
+
+    async fn drift(&self) -> Result<(Vec<arbor_sync::Drift>, String), SyncError> {
+        let opts = self.opts;
+        // A side that restarted mid-run is back only once it caught up with
+        // its system: wait for it as long as writes are retried.
+        let retry = RetryPolicy::spanning(opts.retry_for);
+        let left = GrpcPeer::new(&opts.source, &opts.dataset, retry)
+            .map_err(|e| SyncError::Compare(crate::agent::error_chain(&e)))?;
+        let right = GrpcPeer::new(&opts.target, &opts.target_dataset, retry)
+            .map_err(|e| SyncError::Compare(crate::agent::error_chain(&e)))?;
+        compared(&left, &right).await
+    }
+
+    async fn fetch(&self, side: Side, keys: Vec<Vec<u8>>) -> Result<Fetched, SyncError> {
+        let (agent, dataset) = self.opts.agent(side);
+        let mut out = Fetched::default();
+        if keys.is_empty() {
+            return Ok(out);
+        }
+        let mut client = repair_client(agent)?;
+        for chunk in keys.chunks(crate::repair::MAX_FETCH_KEYS) {
+            let mut stream = client
+                .fetch_records(pb::FetchRecordsRequest {
+                    dataset: dataset.to_owned(),
+                    canonical_keys: chunk.to_vec(),
+                    // Written as the source holds them; transforms shape
+                    // comparison only.
+                    stored: true,
+                })
+                .await
+                .map_err(|s| agent_err(agent, &s))?
+                .into_inner();
+            while let Some(batch) = stream.message().await.map_err(|s| agent_err(agent, &s))? {
+                if out.columns.is_empty() {
+                    out.columns = batch.columns;
+                }
+                for r in batch.records {
+                    let values = if r.found {
+                        Some(
+                            r.values
+                                .iter()
+                                .map(|v| convert::typed_value("values", v))
+                                .collect::<Result<Vec<_>, _>>()
+                                .map_err(|m| SyncError::Agent {
+                                    agent: agent.to_owned(),
+                                    message: m.to_string(),
+                                })?,
+                        )
+                    } else {
+                        None
+                    };
+                    out.add(r.canonical_key, values, r.deleted_at_us, r.changed_at_us);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn apply(&self, side: Side, batch: Batch<'_>) -> Result<Applied, SyncError> {
+        let (agent, dataset) = self.opts.agent(side);
+        let mut client = repair_client(agent)?;
+        let request = pb::ApplyChangesRequest {
+            dataset: dataset.to_owned(),
+            run_id: batch.run_id.to_owned(),
+            batch: batch.number,
+            writes: batch.writes.iter().map(|a| a.wire()).collect(),
+            dry_run: batch.dry_run,
+            key_id: key_id_bytes(batch.key_id),
+        };
+        let deadline = Instant::now() + self.opts.retry_for;
+        let mut backoff = Duration::from_millis(100);
+        let resp = loop {
+            match client.apply_changes(request.clone()).await {
+                Ok(r) => break r.into_inner(),
+                Err(s) if is_transient(&s) && Instant::now() < deadline => {
+                    warn!(agent, batch = batch.number, code = ?s.code(), error = %s.message(), "batch failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(s) => return Err(agent_err(agent, &s)),
+            }
+        };
+        Ok(Applied {
+            outcomes: resp
+                .results
+                .into_iter()
+                .map(|r| match pb::WriteOutcome::try_from(r.outcome) {
+                    Ok(pb::WriteOutcome::Applied) => BatchOutcome::Applied,
+                    Ok(pb::WriteOutcome::AlreadyApplied) => BatchOutcome::AlreadyApplied,
+                    Ok(pb::WriteOutcome::Planned) => BatchOutcome::Planned(r.sql),
+                    // Unknown outcomes count as conflicts: never as applied.
+                    _ => BatchOutcome::Conflict,
+                })
+                .collect(),
+            replayed: resp.replayed,
+        })
+    }
+}
+
+/// Both sides in this process: each a dataset of an agent's [`Repairs`]
+/// (one agent, or two), compared through [`LocalPeer`]s and repaired
+/// without gRPC.
+///
+/// [`Repairs`]: crate::repair::Repairs
+/// [`LocalPeer`]: arbor_sync::LocalPeer
+pub struct LocalSides {
+    sides: [(crate::repair::Repairs, String); 2],
+}
+
+impl LocalSides {
+    /// The source side's dataset and the target side's.
+    pub fn new(
+        source: (crate::repair::Repairs, String),
+        target: (crate::repair::Repairs, String),
+    ) -> LocalSides {
+        LocalSides {
+            sides: [source, target],
+        }
+    }
+
+    fn side(&self, side: Side) -> &(crate::repair::Repairs, String) {
+        match side {
+            Side::Source => &self.sides[0],
+            Side::Target => &self.sides[1],
+        }
+    }
+
+    fn index(&self, side: Side) -> Result<std::sync::Arc<arbor_index::Index>, SyncError> {
+        let (repairs, dataset) = self.side(side);
+        let ds = repairs
+            .state()
+            .comparable(dataset)
+            .map_err(|s| local_err(dataset, &s))?;
+        Ok(ds.index())
+    }
+}
+
+fn local_err(dataset: &str, s: &tonic::Status) -> SyncError {
+    SyncError::Agent {
+        agent: format!("(this process) {dataset}"),
+        message: format!("{} ({:?})", s.message(), s.code()),
+    }
+}
+
+impl SyncSides for LocalSides {
+    fn name(&self, side: Side) -> &str {
+        &self.side(side).1
+    }
+
+    async fn drift(&self) -> Result<(Vec<arbor_sync::Drift>, String), SyncError> {
+        let (left, right) = (self.index(Side::Source)?, self.index(Side::Target)?);
+        let peer_err =
+            |e: arbor_index::IndexError| SyncError::Compare(crate::agent::error_chain(&e));
+        let left = arbor_sync::LocalPeer::new(&left, self.side(Side::Source).1.clone())
+            .map_err(peer_err)?;
+        let right = arbor_sync::LocalPeer::new(&right, self.side(Side::Target).1.clone())
+            .map_err(peer_err)?;
+        compared(&left, &right).await
+    }
+
+    async fn fetch(&self, side: Side, keys: Vec<Vec<u8>>) -> Result<Fetched, SyncError> {
+        if keys.is_empty() {
+            return Ok(Fetched::default());
+        }
+        let (repairs, dataset) = self.side(side).clone();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Fetched {
+                columns: repairs
+                    .config(&dataset)
+                    .map_err(|s| local_err(&dataset, &s))?
+                    .mapping
+                    .columns()
+                    .iter()
+                    .map(|c| c.canonical().to_owned())
+                    .collect(),
+                ..Fetched::default()
+            };
+            let keys = keys
+                .iter()
+                .map(|k| arbor_record::decode_tuple(k))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| SyncError::Invalid(e.to_string()))?;
+            repairs
+                .fetch(&dataset, &keys, true, |rows| {
+                    for r in rows {
+                        out.add(r.canonical_key, r.values, r.deleted_at_us, r.changed_at_us);
+                    }
+                    Ok(())
+                })
+                .map_err(|s| match s {
+                    Some(s) => local_err(&dataset, &s),
+                    None => SyncError::Invalid("the fetch stopped".into()),
+                })?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| SyncError::Invalid(format!("fetch task failed: {e}")))?
+    }
+
+    async fn apply(&self, side: Side, batch: Batch<'_>) -> Result<Applied, SyncError> {
+        let (repairs, dataset) = self.side(side).clone();
+        let writes = batch
+            .writes
+            .iter()
+            .map(|a| a.write())
+            .collect::<Result<Vec<_>, _>>()?;
+        let key_id = match batch.key_id {
+            "" => None,
+            hex_id => Some(arbor_record::KeyId(
+                hex::decode(hex_id)
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| {
+                        SyncError::Invalid(format!("key id {hex_id:?} is not 16 hex digits"))
+                    })?,
+            )),
+        };
+        let (run_id, dry_run) = (batch.run_id.to_owned(), batch.dry_run);
+        tokio::task::spawn_blocking(move || {
+            if dry_run {
+                let sql = repairs
+                    .render(&dataset, &writes, key_id)
+                    .map_err(|s| local_err(&dataset, &s))?;
+                return Ok(Applied {
+                    outcomes: sql.into_iter().map(BatchOutcome::Planned).collect(),
+                    replayed: false,
+                });
+            }
+            let (outcomes, replayed) = repairs
+                .apply(&dataset, &run_id, &writes, key_id)
+                .map_err(|s| local_err(&dataset, &s))?;
+            Ok(Applied {
+                outcomes: outcomes
+                    .into_iter()
+                    .map(|o| match o {
+                        crate::repair::RepairOutcome::Applied => BatchOutcome::Applied,
+                        crate::repair::RepairOutcome::AlreadyApplied => {
+                            BatchOutcome::AlreadyApplied
+                        }
+                        crate::repair::RepairOutcome::Conflict => BatchOutcome::Conflict,
+                    })
+                    .collect(),
+                replayed,
+            })
+        })
+        .await
+        .map_err(|e| SyncError::Invalid(format!("repair task failed: {e}")))?
+    }
+}
+
+/// The drift between two peers, and the key id the compare settled on.
+async fn compared<L: arbor_sync::Peer, R: arbor_sync::Peer>(
+    left: &L,
+    right: &R,
+) -> Result<(Vec<arbor_sync::Drift>, String), SyncError> {
+    let (drift, stats) = compare_collect(left, right, &CompareOptions::default())
+        .await
+        .map_err(|e| SyncError::Compare(crate::agent::error_chain(&e)))?;
+    let key_id = stats
+        .right_description
+        .map(|d| d.key_id.to_string())
+        .unwrap_or_default();
+    Ok((drift, key_id))
+}
+
+/// The drift of a run: all of it, or only the keys the run settles.
+async fn drift_of(
+    opts: &SyncOptions,
+    sides: &impl SyncSides,
+) -> Result<(Vec<arbor_sync::Drift>, String), SyncError> {
+    let (mut drift, key_id) = sides.drift().await?;
+    if let Some(only) = &opts.only_keys {
+        drift.retain(|d| only.contains(&d.key));
+    }
+    Ok((drift, key_id))
+}
+
+/// Compares and plans over gRPC (see [`plan_with`]).
 pub async fn plan(
     opts: &SyncOptions,
     dry_run: bool,
 ) -> Result<(Vec<Action>, SyncReport), SyncError> {
+    plan_with(opts, &GrpcSides::new(opts), dry_run).await
+}
+
+/// Compares and plans; fetches the values the plan writes. With `dry_run`
+/// each written side renders its SQL.
+pub async fn plan_with(
+    opts: &SyncOptions,
+    sides: &impl SyncSides,
+    dry_run: bool,
+) -> Result<(Vec<Action>, SyncReport), SyncError> {
     let started = Instant::now();
-    let (drift, key_id) = drift_of(opts).await?;
+    let (drift, key_id) = drift_of(opts, sides).await?;
     let mut report = SyncReport {
         run_id: crate::agent::new_run_id(),
         key_id,
@@ -617,8 +947,8 @@ pub async fn plan(
         }
     }
     let fetching = Instant::now();
-    let mut source = fetch(opts, Side::Source, from_source).await?;
-    let mut target = fetch(opts, Side::Target, from_target).await?;
+    let mut source = sides.fetch(Side::Source, from_source).await?;
+    let mut target = sides.fetch(Side::Target, from_target).await?;
     report.fetch_ms = fetching.elapsed().as_millis() as u64;
     if two_way
         && !source.columns.is_empty()
@@ -790,14 +1120,12 @@ pub async fn plan(
     }
     if dry_run {
         for side in [Side::Source, Side::Target] {
-            let (agent, dataset) = opts.agent(side);
             let writing: Vec<usize> = (0..actions.len())
                 .filter(|&i| actions[i].writes() && actions[i].side == side)
                 .collect();
             if writing.is_empty() {
                 continue;
             }
-            let mut client = repair_client(agent)?;
             let chunks: Vec<Vec<usize>> = {
                 let refs: Vec<&Action> = writing.iter().map(|&i| &actions[i]).collect();
                 let mut at = 0;
@@ -811,20 +1139,29 @@ pub async fn plan(
                     .collect()
             };
             for chunk in &chunks {
-                let resp = client
-                    .apply_changes(pb::ApplyChangesRequest {
-                        dataset: dataset.to_owned(),
-                        run_id: String::new(),
-                        batch: 0,
-                        writes: chunk.iter().map(|&i| actions[i].wire()).collect(),
-                        dry_run: true,
-                        key_id: key_id_bytes(&report.key_id),
+                let refs: Vec<&Action> = chunk.iter().map(|&i| &actions[i]).collect();
+                let applied = sides
+                    .apply(
+                        side,
+                        Batch {
+                            run_id: "",
+                            number: 0,
+                            writes: &refs,
+                            dry_run: true,
+                            key_id: &report.key_id,
+                        },
+                    )
+                    .await?;
+                let sql: Vec<Option<String>> = applied
+                    .outcomes
+                    .into_iter()
+                    .map(|o| match o {
+                        BatchOutcome::Planned(sql) => Some(sql),
+                        _ => None,
                     })
-                    .await
-                    .map_err(|s| agent_err(agent, &s))?
-                    .into_inner();
-                for (&i, r) in chunk.iter().zip(resp.results) {
-                    actions[i].sql = Some(r.sql);
+                    .collect();
+                for (&i, sql) in chunk.iter().zip(sql) {
+                    actions[i].sql = sql;
                 }
             }
         }
@@ -933,13 +1270,23 @@ fn key_id_bytes(hex_id: &str) -> Vec<u8> {
 pub async fn execute(
     opts: &SyncOptions,
     actions: &[Action],
+    report: SyncReport,
+) -> Result<SyncReport, SyncError> {
+    execute_with(opts, &GrpcSides::new(opts), actions, report).await
+}
+
+/// Executes a plan over `sides` (each side's writes in batches), then
+/// compares again.
+pub async fn execute_with(
+    opts: &SyncOptions,
+    sides: &impl SyncSides,
+    actions: &[Action],
     mut report: SyncReport,
 ) -> Result<SyncReport, SyncError> {
     let started = Instant::now();
     report.executed = true;
     let mut written = 0u64;
     for side in [Side::Target, Side::Source] {
-        let (agent, dataset) = opts.agent(side);
         let writing: Vec<&Action> = actions
             .iter()
             .filter(|a| a.writes() && a.side == side)
@@ -947,46 +1294,36 @@ pub async fn execute(
         if writing.is_empty() {
             continue;
         }
-        let mut client = repair_client(agent)?;
         for (n, chunk) in batches(&writing, opts.batch.max(1))?
             .into_iter()
             .enumerate()
         {
-            let request = pb::ApplyChangesRequest {
-                dataset: dataset.to_owned(),
-                run_id: report.run_id.clone(),
-                batch: n as u64,
-                writes: chunk.iter().map(|a| a.wire()).collect(),
-                dry_run: false,
-                key_id: key_id_bytes(&report.key_id),
-            };
-            let deadline = Instant::now() + opts.retry_for;
-            let mut backoff = Duration::from_millis(100);
-            let resp = loop {
-                match client.apply_changes(request.clone()).await {
-                    Ok(r) => break r.into_inner(),
-                    Err(s) if is_transient(&s) && Instant::now() < deadline => {
-                        warn!(agent, batch = n, code = ?s.code(), error = %s.message(), "batch failed; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(2));
-                    }
-                    Err(s) => return Err(agent_err(agent, &s)),
-                }
-            };
-            if resp.replayed {
+            let applied = sides
+                .apply(
+                    side,
+                    Batch {
+                        run_id: &report.run_id,
+                        number: n as u64,
+                        writes: chunk,
+                        dry_run: false,
+                        key_id: &report.key_id,
+                    },
+                )
+                .await?;
+            if applied.replayed {
                 report.replayed_batches += 1;
             }
-            for (a, r) in chunk.iter().zip(&resp.results) {
-                match pb::WriteOutcome::try_from(r.outcome) {
-                    Ok(pb::WriteOutcome::Applied) => report.applied += 1,
-                    Ok(pb::WriteOutcome::AlreadyApplied) => report.already_applied += 1,
-                    Ok(pb::WriteOutcome::Conflict) => {
+            for (a, o) in chunk.iter().zip(&applied.outcomes) {
+                match o {
+                    BatchOutcome::Applied => report.applied += 1,
+                    BatchOutcome::AlreadyApplied => report.already_applied += 1,
+                    BatchOutcome::Conflict => {
                         report.conflicts += 1;
                         if report.conflict_keys.len() < 100 {
                             report.conflict_keys.push(a.key.clone());
                         }
                     }
-                    _ => {}
+                    BatchOutcome::Planned(_) => {}
                 }
             }
             written += chunk.len() as u64;
@@ -1000,7 +1337,7 @@ pub async fn execute(
     }
     report.write_ms = started.elapsed().as_millis() as u64;
     let verifying = Instant::now();
-    report.drift_after = Some(drift_of(opts).await?.0.len() as u64);
+    report.drift_after = Some(drift_of(opts, sides).await?.0.len() as u64);
     report.verify_ms = verifying.elapsed().as_millis() as u64;
     report.elapsed_ms += started.elapsed().as_millis() as u64;
     Ok(report)

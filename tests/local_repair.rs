@@ -1,0 +1,154 @@
+//! A one-way repair between two datasets of this process with no gRPC at
+//! all (issue 17): [`LocalSides`] compares them through `LocalPeer`s and
+//! writes through the agent's [`Repairs`] (sink, journal, index follow-up),
+//! the same code `RepairService` serves. The oracle is the two SQLite
+//! tables, row by row.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use arbor::agent::{catch_up, open_datasets};
+use arbor::config::{AgentConfig, Overrides};
+use arbor::repair::Repairs;
+use arbor::service::{AgentState, ServiceLimits};
+use arbor::sync::{ActionKind, Extra, LocalSides, Policy, SyncOptions, execute_with, plan_with};
+use arbor_index::RunStore;
+use rusqlite::Connection;
+use tempfile::TempDir;
+
+type Rows = BTreeMap<i64, (String, Option<String>)>;
+
+/// The rows of a table, balances as decimals (a repair writes the canonical
+/// decimal: `24.5` for `24.50`, the same number).
+fn rows(db: &Path) -> Rows {
+    let c = Connection::open(db).unwrap();
+    let mut stmt = c
+        .prepare("SELECT id, name, balance FROM customers")
+        .unwrap();
+    stmt.query_map([], |r| {
+        let balance: Option<String> = r.get(2)?;
+        Ok((
+            r.get(0)?,
+            (
+                r.get(1)?,
+                balance.map(|b| {
+                    arbor_record::Decimal::parse(&b)
+                        .unwrap()
+                        .as_str()
+                        .to_owned()
+                }),
+            ),
+        ))
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+}
+
+fn create(db: &Path, rows: impl IntoIterator<Item = (i64, String, Option<String>)>) {
+    let c = Connection::open(db).unwrap();
+    c.execute_batch(
+        "CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT NOT NULL, balance TEXT)",
+    )
+    .unwrap();
+    for (id, name, balance) in rows {
+        c.execute(
+            "INSERT INTO customers VALUES (?1, ?2, ?3)",
+            rusqlite::params![id, name, balance],
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn a_one_way_repair_between_datasets_of_one_process_needs_no_grpc() {
+    let dir = TempDir::new().unwrap();
+    let truth = |id: i64| (id, format!("customer {id}"), Some(format!("{}.50", id * 3)));
+    create(&dir.path().join("crm.db"), (1..=50).map(truth));
+    // The copy: 5 rows changed, 10 missing, 4 extra.
+    create(
+        &dir.path().join("erp.db"),
+        (1..=40)
+            .map(|id| match id % 8 {
+                0 => (id, format!("customer {id} (old)"), None),
+                _ => truth(id),
+            })
+            .chain((100..104).map(truth)),
+    );
+    let config = dir.path().join("agent.toml");
+    let dataset = |name: &str, extra: &str| {
+        format!(
+            "[[dataset]]\nname = \"{name}\"\nsecret = \"a test secret of enough length\"\n\
+             source = {{ kind = \"sqlite\", path = \"{name}.db\", table = \"customers\" }}\n\
+             key = [{{ source = \"id\", kind = \"integer\" }}]\n\
+             columns = [{{ source = \"name\", kind = \"text\" }}, {{ source = \"balance\", kind = \"decimal\" }}]\n\
+             {extra}\n"
+        )
+    };
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\ndata_dir = \"data\"\n\n{}{}",
+            dataset("crm", "serve_values = true"),
+            dataset("erp", "allow_repairs = true")
+        ),
+    )
+    .unwrap();
+    let config = AgentConfig::load(&config, &Overrides::default()).unwrap();
+    let datasets = open_datasets(&config).unwrap();
+    for (name, ds) in &datasets {
+        catch_up(ds, name).unwrap();
+    }
+    let state = Arc::new(AgentState::with_datasets(
+        datasets,
+        ServiceLimits::default(),
+    ));
+    let runs = Arc::new(RunStore::open(dir.path().join("runs")).unwrap());
+    let repairs = Repairs::new(state, runs, &config.datasets);
+    let sides = LocalSides::new((repairs.clone(), "crm".into()), (repairs, "erp".into()));
+    let opts = SyncOptions {
+        source: "(this process)".into(),
+        target: "(this process)".into(),
+        dataset: "crm".into(),
+        target_dataset: "erp".into(),
+        policy: Policy::OneWay(Extra::Delete),
+        batch: 7,
+        max_rows_per_sec: 0,
+        retry_for: arbor::sync::DEFAULT_RETRY_FOR,
+        only_keys: None,
+        max_skew: arbor::sync::DEFAULT_MAX_SKEW,
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (actions, report) = rt.block_on(plan_with(&opts, &sides, false)).unwrap();
+    assert_eq!(report.drift, 19, "{report:?}");
+    let count = |kind| actions.iter().filter(|a| a.action == kind).count();
+    assert_eq!(count(ActionKind::Upsert), 15);
+    assert_eq!(count(ActionKind::Delete), 4);
+    let report = rt
+        .block_on(execute_with(&opts, &sides, &actions, report))
+        .unwrap();
+    assert_eq!(report.applied, 19, "{report:?}");
+    assert_eq!(report.drift_after, Some(0), "{report:?}");
+    assert_eq!(
+        rows(&dir.path().join("erp.db")),
+        rows(&dir.path().join("crm.db"))
+    );
+    // Nothing left to do; the same plan run again is answered by the journal.
+    let (again, _) = rt.block_on(plan_with(&opts, &sides, false)).unwrap();
+    assert!(again.is_empty(), "{again:?}");
+    let replay = rt
+        .block_on(execute_with(
+            &opts,
+            &sides,
+            &actions,
+            arbor::sync::SyncReport {
+                run_id: report.run_id.clone(),
+                key_id: report.key_id.clone(),
+                ..Default::default()
+            },
+        ))
+        .unwrap();
+    assert_eq!(replay.replayed_batches, 3, "{replay:?}");
+    assert_eq!(replay.applied, 19, "journalled outcomes: {replay:?}");
+}
