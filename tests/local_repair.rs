@@ -1,5 +1,5 @@
 //! A one-way repair between two datasets of this process with no gRPC at
-//! all (issue 17): [`LocalSides`] compares them through `LocalPeer`s and
+//! all (issue 17): local [`Sides`] compare them through `LocalPeer`s and
 //! writes through the agent's [`Repairs`] (sink, journal, index follow-up),
 //! the same code `RepairService` serves. The oracle is the two SQLite
 //! tables, row by row.
@@ -12,7 +12,7 @@ use arbor::agent::{catch_up, open_datasets};
 use arbor::config::{AgentConfig, Overrides};
 use arbor::repair::Repairs;
 use arbor::service::{AgentState, ServiceLimits};
-use arbor::sync::{ActionKind, Extra, LocalSides, Policy, SyncOptions, execute_with, plan_with};
+use arbor::sync::{ActionKind, Extra, Policy, SideAt, Sides, SyncOptions, execute_with, plan_with};
 use arbor_index::RunStore;
 use rusqlite::Connection;
 use tempfile::TempDir;
@@ -106,7 +106,17 @@ fn a_one_way_repair_between_datasets_of_one_process_needs_no_grpc() {
     ));
     let runs = Arc::new(RunStore::open(dir.path().join("runs")).unwrap());
     let repairs = Repairs::new(state, runs, &config.datasets);
-    let sides = LocalSides::new((repairs.clone(), "crm".into()), (repairs, "erp".into()));
+    let sides = Sides::new(
+        SideAt::Local {
+            repairs: repairs.clone(),
+            dataset: "crm".into(),
+        },
+        SideAt::Local {
+            repairs,
+            dataset: "erp".into(),
+        },
+        arbor::sync::DEFAULT_RETRY_FOR,
+    );
     let opts = SyncOptions {
         source: "(this process)".into(),
         target: "(this process)".into(),

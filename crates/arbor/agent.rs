@@ -354,6 +354,8 @@ pub struct AuditServer {
     runs: Arc<RunStore>,
     retry: RetryPolicy,
     self_address: Option<String>,
+    /// This agent's repairs: Reconcile reaches its own side in process.
+    repairs: Option<crate::repair::Repairs>,
     /// Where finished runs are counted, if anywhere.
     metrics: Option<Arc<crate::metrics::Metrics>>,
 }
@@ -366,8 +368,16 @@ impl AuditServer {
             runs,
             retry,
             self_address: None,
+            repairs: None,
             metrics: None,
         }
+    }
+
+    /// This agent's repairs, so Reconcile reaches its own side in process
+    /// rather than through its own socket.
+    pub fn with_repairs(mut self, repairs: crate::repair::Repairs) -> AuditServer {
+        self.repairs = Some(repairs);
+        self
     }
 
     /// This agent's own address, so Reconcile can reach it like a client.
@@ -739,10 +749,15 @@ impl AuditService for AuditServer {
     ) -> Result<Response<pb::ReconcileResponse>, Status> {
         let req = request.into_inner();
         let _slot = Arc::clone(self.state.dataset(&req.dataset)?).start_run(&req.dataset)?;
-        let me = self
-            .self_address
-            .clone()
-            .ok_or_else(|| Status::unavailable("this agent does not know its own address"))?;
+        let me = match (&self.self_address, &self.repairs) {
+            (Some(address), _) => address.clone(),
+            (None, Some(_)) => "(this agent)".to_owned(),
+            (None, None) => {
+                return Err(Status::unavailable(
+                    "this agent does not know its own address",
+                ));
+            }
+        };
         let owners: Vec<(String, String)> = req.owners.into_iter().collect();
         let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
         let policy = crate::sync::parse_policy(
@@ -771,9 +786,26 @@ impl AuditService for AuditServer {
             max_skew: crate::sync::DEFAULT_MAX_SKEW,
         };
         let sync_status = |e: crate::sync::SyncError| Status::aborted(e.to_string());
-        let (actions, report) = crate::sync::plan(&opts, false).await.map_err(sync_status)?;
+        // This agent's side in process, the peer's over gRPC.
+        let sides = match &self.repairs {
+            Some(repairs) => crate::sync::Sides::new(
+                crate::sync::SideAt::Local {
+                    repairs: repairs.clone(),
+                    dataset: opts.dataset.clone(),
+                },
+                crate::sync::SideAt::Remote {
+                    agent: opts.target.clone(),
+                    dataset: opts.target_dataset.clone(),
+                },
+                opts.retry_for,
+            ),
+            None => crate::sync::Sides::remote(&opts),
+        };
+        let (actions, report) = crate::sync::plan_with(&opts, &sides, false)
+            .await
+            .map_err(sync_status)?;
         let report = if req.execute && report.drift > 0 {
-            crate::sync::execute(&opts, &actions, report)
+            crate::sync::execute_with(&opts, &sides, &actions, report)
                 .await
                 .map_err(sync_status)?
         } else {
@@ -1805,6 +1837,10 @@ pub async fn run(
             }
         },
     );
+    // The agent's repair machinery: RepairService serves it to peers; its
+    // own jobs and Reconcile call it in process.
+    let repairs =
+        crate::repair::Repairs::new(Arc::clone(&state), Arc::clone(&runs), &config.datasets);
     let audit_service = AuditServiceServer::new(
         crate::audited::Audited::new(
             AuditServer::new(
@@ -1813,6 +1849,7 @@ pub async fn run(
                 RetryPolicy::default(),
             )
             .with_self_address(self_address.clone())
+            .with_repairs(repairs.clone())
             .with_metrics(Arc::clone(&metrics)),
             Arc::clone(&audit_log),
             Arc::clone(&metrics),
@@ -1821,7 +1858,9 @@ pub async fn run(
         .insecure(config.insecure),
     );
     let jobs = Arc::new(
-        crate::jobs::Jobs::new(&config.syncs, self_address.clone()).with_store(Arc::clone(&runs)),
+        crate::jobs::Jobs::new(&config.syncs, self_address.clone())
+            .with_store(Arc::clone(&runs))
+            .with_repairs(repairs.clone()),
     );
     let admin_service = AdminServiceServer::new(
         crate::audited::Audited::new(
@@ -1846,11 +1885,7 @@ pub async fn run(
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let repair_service = crate::proto::v1::repair_service_server::RepairServiceServer::new(
         crate::audited::Audited::new(
-            crate::repair::RepairServer::new(crate::repair::Repairs::new(
-                Arc::clone(&state),
-                Arc::clone(&runs),
-                &config.datasets,
-            )),
+            crate::repair::RepairServer::new(repairs),
             Arc::clone(&audit_log),
             Arc::clone(&metrics),
         )

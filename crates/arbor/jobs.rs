@@ -3,9 +3,10 @@
 //! request (AdminService.RunSyncJob).
 //!
 //! A job synchronises the agent's dataset (the source side) with each peer
-//! (a target side), one pair after the other, through the same client code
-//! as `arbor sync run` ([`crate::sync`]): compare, plan, conditional writes,
-//! verify. A job still running when its next trigger fires is not started
+//! (a target side), one pair after the other, through the same plan and
+//! execution as `arbor sync run` ([`crate::sync`]): compare, plan,
+//! conditional writes, verify. The agent's own side is reached in process
+//! ([`SideAt::Local`]), never through its own socket; the peer over gRPC. A job still running when its next trigger fires is not started
 //! twice: the trigger is recorded as skipped.
 //!
 //! Real time without echo loops: a job runs when capture brings changes
@@ -25,7 +26,7 @@ use tracing::{info, warn};
 
 use crate::config::SyncJobConfig;
 use crate::service::AgentState;
-use crate::sync::{Action, Policy, Rule, Side, SyncOptions, SyncReport};
+use crate::sync::{Action, Policy, Rule, Side, SideAt, Sides, SyncOptions, SyncReport};
 
 /// Pause after a captured change before a real-time run starts, so a burst
 /// of changes makes one run.
@@ -101,11 +102,40 @@ pub struct JobStatus {
     pub last_run: Option<JobRun>,
 }
 
+/// How a job reaches its agent's own side: in process when the agent's
+/// repairs are known, else through its own address.
+#[derive(Clone)]
+struct Home {
+    address: String,
+    repairs: Option<crate::repair::Repairs>,
+}
+
+impl Home {
+    /// The sides of a run of `opts` (its source is this agent's dataset).
+    fn sides(&self, opts: &SyncOptions) -> Sides {
+        let source = match &self.repairs {
+            Some(repairs) => SideAt::Local {
+                repairs: repairs.clone(),
+                dataset: opts.dataset.clone(),
+            },
+            None => SideAt::Remote {
+                agent: self.address.clone(),
+                dataset: opts.dataset.clone(),
+            },
+        };
+        let target = SideAt::Remote {
+            agent: opts.target.clone(),
+            dataset: opts.target_dataset.clone(),
+        };
+        Sides::new(source, target, opts.retry_for)
+    }
+}
+
 /// Every job of an agent.
 pub struct Jobs {
     jobs: Vec<Arc<Job>>,
-    /// This agent's own address, as peers' clients reach it.
-    self_address: String,
+    /// This agent's own side.
+    home: Home,
     /// Where conflicts wait for a person.
     runs: Option<Arc<RunStore>>,
 }
@@ -199,7 +229,7 @@ impl Jobs {
         let c: Conflict = serde_json::from_slice(&raw).map_err(|e| e.to_string())?;
         let key = hex::decode(&c.canonical_key).map_err(|e| e.to_string())?;
         let opts = SyncOptions {
-            source: self.self_address.clone(),
+            source: self.home.address.clone(),
             target: c.peer.clone(),
             dataset: c.dataset.clone(),
             target_dataset: c.peer_dataset.clone(),
@@ -211,10 +241,11 @@ impl Jobs {
             // Settled by priority: no lww time is judged.
             max_skew: crate::sync::DEFAULT_MAX_SKEW,
         };
-        let (actions, report) = crate::sync::plan(&opts, false)
+        let sides = self.home.sides(&opts);
+        let (actions, report) = crate::sync::plan_with(&opts, &sides, false)
             .await
             .map_err(|e| e.to_string())?;
-        let report = crate::sync::execute(&opts, &actions, report)
+        let report = crate::sync::execute_with(&opts, &sides, &actions, report)
             .await
             .map_err(|e| e.to_string())?;
         if report.drift_after == Some(0) {
@@ -240,9 +271,18 @@ impl Jobs {
                     })
                 })
                 .collect(),
-            self_address,
+            home: Home {
+                address: self_address,
+                repairs: None,
+            },
             runs: None,
         }
+    }
+
+    /// Reaches the agent's own datasets in process, through its repairs.
+    pub fn with_repairs(mut self, repairs: crate::repair::Repairs) -> Jobs {
+        self.home.repairs = Some(repairs);
+        self
     }
 
     /// The status of every job.
@@ -276,18 +316,14 @@ impl Jobs {
     /// when the job is unknown.
     pub async fn run_now(&self, name: &str) -> Option<Result<JobRun, String>> {
         let job = self.job(name)?;
-        Some(run(job, &self.self_address, self.runs.as_deref(), "request").await)
+        Some(run(job, &self.home, self.runs.as_deref(), "request").await)
     }
 
     /// Starts the scheduled and real-time triggers of every job.
     pub fn spawn(self: &Arc<Jobs>, state: &Arc<AgentState>) {
         for job in &self.jobs {
             if let Some(cron) = job.config.cron.clone() {
-                let (job, me, store) = (
-                    Arc::clone(job),
-                    self.self_address.clone(),
-                    self.runs.clone(),
-                );
+                let (job, me, store) = (Arc::clone(job), self.home.clone(), self.runs.clone());
                 tokio::spawn(async move {
                     loop {
                         let now = chrono::Utc::now().with_timezone(&job.config.timezone);
@@ -310,11 +346,7 @@ impl Jobs {
                     continue;
                 };
                 let mut changes = ds.changes.subscribe();
-                let (job, me, store) = (
-                    Arc::clone(job),
-                    self.self_address.clone(),
-                    self.runs.clone(),
-                );
+                let (job, me, store) = (Arc::clone(job), self.home.clone(), self.runs.clone());
                 tokio::spawn(async move {
                     while changes.changed().await.is_ok() {
                         tokio::time::sleep(REALTIME_DEBOUNCE).await;
@@ -331,7 +363,7 @@ impl Jobs {
 /// One run of a job: every pair in turn.
 async fn run(
     job: &Job,
-    self_address: &str,
+    home: &Home,
     store: Option<&RunStore>,
     trigger: &str,
 ) -> Result<JobRun, String> {
@@ -345,7 +377,7 @@ async fn run(
     let mut pairs = Vec::with_capacity(c.peers.len());
     for (peer, peer_dataset) in &c.peers {
         let opts = SyncOptions {
-            source: self_address.to_owned(),
+            source: home.address.clone(),
             target: peer.clone(),
             dataset: c.dataset.clone(),
             target_dataset: peer_dataset.clone(),
@@ -356,8 +388,9 @@ async fn run(
             only_keys: None,
             max_skew: c.max_skew,
         };
+        let sides = home.sides(&opts);
         let result = async {
-            let (actions, report) = crate::sync::plan(&opts, false).await?;
+            let (actions, report) = crate::sync::plan_with(&opts, &sides, false).await?;
             if let Some(store) = store
                 && let Err(e) = queue_conflicts(
                     store,
@@ -371,7 +404,7 @@ async fn run(
                 warn!(job = %c.name, error = %e, "could not queue conflicts");
             }
             if c.execute && report.drift > 0 {
-                crate::sync::execute(&opts, &actions, report).await
+                crate::sync::execute_with(&opts, &sides, &actions, report).await
             } else {
                 Ok(report)
             }

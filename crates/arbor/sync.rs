@@ -88,15 +88,6 @@ pub struct SyncOptions {
     pub max_skew: Duration,
 }
 
-impl SyncOptions {
-    fn agent(&self, side: Side) -> (&str, &str) {
-        match side {
-            Side::Source => (&self.source, &self.dataset),
-            Side::Target => (&self.target, &self.target_dataset),
-        }
-    }
-}
-
 /// What a planned action does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -550,8 +541,8 @@ pub struct Applied {
 }
 
 /// The two sides of a sync run: how the run compares them, reads their
-/// values and writes their repairs. [`GrpcSides`] reaches agents over
-/// gRPC; [`LocalSides`] calls datasets of this process directly.
+/// values and writes their repairs. [`Sides`] holds each side in this
+/// process (no gRPC) or behind an agent.
 pub trait SyncSides: Sync {
     /// How errors name a side (its agent).
     fn name(&self, side: Side) -> &str;
@@ -577,156 +568,75 @@ pub trait SyncSides: Sync {
     ) -> impl Future<Output = Result<Applied, SyncError>> + Send;
 }
 
-/// Both sides over gRPC, at the agents `opts` names.
-pub struct GrpcSides<'a> {
-    opts: &'a SyncOptions,
+/// Where one side of a sync run is.
+#[derive(Clone)]
+pub enum SideAt {
+    /// A dataset of this process, through an agent's [`Repairs`] (no
+    /// gRPC: an agent's own side of a job or a Reconcile).
+    ///
+    /// [`Repairs`]: crate::repair::Repairs
+    Local {
+        /// The agent's repair machinery.
+        repairs: crate::repair::Repairs,
+        /// The dataset.
+        dataset: String,
+    },
+    /// A dataset of an agent reached over gRPC.
+    Remote {
+        /// The agent, `http://host:port`.
+        agent: String,
+        /// The dataset.
+        dataset: String,
+    },
 }
 
-impl<'a> GrpcSides<'a> {
-    /// The agents of `opts`.
-    pub fn new(opts: &'a SyncOptions) -> GrpcSides<'a> {
-        GrpcSides { opts }
-    }
-}
-
-impl SyncSides for GrpcSides<'_> {
-    fn name(&self, side: Side) -> &str {
-        self.opts.agent(side).0
-    }
-
-    async fn drift(&self) -> Result<(Vec<arbor_sync::Drift>, String), SyncError> {
-        let opts = self.opts;
-        // A side that restarted mid-run is back only once it caught up with
-        // its system: wait for it as long as writes are retried.
-        let retry = RetryPolicy::spanning(opts.retry_for);
-        let left = GrpcPeer::new(&opts.source, &opts.dataset, retry)
-            .map_err(|e| SyncError::Compare(crate::agent::error_chain(&e)))?;
-        let right = GrpcPeer::new(&opts.target, &opts.target_dataset, retry)
-            .map_err(|e| SyncError::Compare(crate::agent::error_chain(&e)))?;
-        compared(&left, &right).await
-    }
-
-    async fn fetch(&self, side: Side, keys: Vec<Vec<u8>>) -> Result<Fetched, SyncError> {
-        let (agent, dataset) = self.opts.agent(side);
-        let mut out = Fetched::default();
-        if keys.is_empty() {
-            return Ok(out);
+impl SideAt {
+    fn name(&self) -> &str {
+        match self {
+            SideAt::Local { dataset, .. } => dataset,
+            SideAt::Remote { agent, .. } => agent,
         }
-        let mut client = repair_client(agent)?;
-        for chunk in keys.chunks(crate::repair::MAX_FETCH_KEYS) {
-            let mut stream = client
-                .fetch_records(pb::FetchRecordsRequest {
-                    dataset: dataset.to_owned(),
-                    canonical_keys: chunk.to_vec(),
-                    // Written as the source holds them; transforms shape
-                    // comparison only.
-                    stored: true,
-                })
-                .await
-                .map_err(|s| agent_err(agent, &s))?
-                .into_inner();
-            while let Some(batch) = stream.message().await.map_err(|s| agent_err(agent, &s))? {
-                if out.columns.is_empty() {
-                    out.columns = batch.columns;
-                }
-                for r in batch.records {
-                    let values = if r.found {
-                        Some(
-                            r.values
-                                .iter()
-                                .map(|v| convert::typed_value("values", v))
-                                .collect::<Result<Vec<_>, _>>()
-                                .map_err(|m| SyncError::Agent {
-                                    agent: agent.to_owned(),
-                                    message: m.to_string(),
-                                })?,
-                        )
-                    } else {
-                        None
-                    };
-                    out.add(r.canonical_key, values, r.deleted_at_us, r.changed_at_us);
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    async fn apply(&self, side: Side, batch: Batch<'_>) -> Result<Applied, SyncError> {
-        let (agent, dataset) = self.opts.agent(side);
-        let mut client = repair_client(agent)?;
-        let request = pb::ApplyChangesRequest {
-            dataset: dataset.to_owned(),
-            run_id: batch.run_id.to_owned(),
-            batch: batch.number,
-            writes: batch.writes.iter().map(|a| a.wire()).collect(),
-            dry_run: batch.dry_run,
-            key_id: key_id_bytes(batch.key_id),
-        };
-        let deadline = Instant::now() + self.opts.retry_for;
-        let mut backoff = Duration::from_millis(100);
-        let resp = loop {
-            match client.apply_changes(request.clone()).await {
-                Ok(r) => break r.into_inner(),
-                Err(s) if is_transient(&s) && Instant::now() < deadline => {
-                    warn!(agent, batch = batch.number, code = ?s.code(), error = %s.message(), "batch failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
-                Err(s) => return Err(agent_err(agent, &s)),
-            }
-        };
-        Ok(Applied {
-            outcomes: resp
-                .results
-                .into_iter()
-                .map(|r| match pb::WriteOutcome::try_from(r.outcome) {
-                    Ok(pb::WriteOutcome::Applied) => BatchOutcome::Applied,
-                    Ok(pb::WriteOutcome::AlreadyApplied) => BatchOutcome::AlreadyApplied,
-                    Ok(pb::WriteOutcome::Planned) => BatchOutcome::Planned(r.sql),
-                    // Unknown outcomes count as conflicts: never as applied.
-                    _ => BatchOutcome::Conflict,
-                })
-                .collect(),
-            replayed: resp.replayed,
-        })
     }
 }
 
-/// Both sides in this process: each a dataset of an agent's [`Repairs`]
-/// (one agent, or two), compared through [`LocalPeer`]s and repaired
-/// without gRPC.
-///
-/// [`Repairs`]: crate::repair::Repairs
-/// [`LocalPeer`]: arbor_sync::LocalPeer
-pub struct LocalSides {
-    sides: [(crate::repair::Repairs, String); 2],
+/// The two sides of a sync run, each in this process or behind an agent.
+pub struct Sides {
+    source: SideAt,
+    target: SideAt,
+    /// How long a remote side is waited for (calls and batches retried).
+    retry_for: Duration,
 }
 
-impl LocalSides {
-    /// The source side's dataset and the target side's.
-    pub fn new(
-        source: (crate::repair::Repairs, String),
-        target: (crate::repair::Repairs, String),
-    ) -> LocalSides {
-        LocalSides {
-            sides: [source, target],
+impl Sides {
+    /// These sides.
+    pub fn new(source: SideAt, target: SideAt, retry_for: Duration) -> Sides {
+        Sides {
+            source,
+            target,
+            retry_for,
         }
     }
 
-    fn side(&self, side: Side) -> &(crate::repair::Repairs, String) {
+    /// Both sides behind the agents `opts` names.
+    pub fn remote(opts: &SyncOptions) -> Sides {
+        Sides::new(
+            SideAt::Remote {
+                agent: opts.source.clone(),
+                dataset: opts.dataset.clone(),
+            },
+            SideAt::Remote {
+                agent: opts.target.clone(),
+                dataset: opts.target_dataset.clone(),
+            },
+            opts.retry_for,
+        )
+    }
+
+    fn at(&self, side: Side) -> &SideAt {
         match side {
-            Side::Source => &self.sides[0],
-            Side::Target => &self.sides[1],
+            Side::Source => &self.source,
+            Side::Target => &self.target,
         }
-    }
-
-    fn index(&self, side: Side) -> Result<std::sync::Arc<arbor_index::Index>, SyncError> {
-        let (repairs, dataset) = self.side(side);
-        let ds = repairs
-            .state()
-            .comparable(dataset)
-            .map_err(|s| local_err(dataset, &s))?;
-        Ok(ds.index())
     }
 }
 
@@ -737,110 +647,279 @@ fn local_err(dataset: &str, s: &tonic::Status) -> SyncError {
     }
 }
 
-impl SyncSides for LocalSides {
+/// The index of a local side's dataset, if it may be compared now.
+fn local_index(
+    repairs: &crate::repair::Repairs,
+    dataset: &str,
+) -> Result<std::sync::Arc<arbor_index::Index>, SyncError> {
+    let ds = repairs
+        .state()
+        .comparable(dataset)
+        .map_err(|s| local_err(dataset, &s))?;
+    Ok(ds.index())
+}
+
+fn peer_err(e: impl std::error::Error) -> SyncError {
+    SyncError::Compare(crate::agent::error_chain(&e))
+}
+
+impl SyncSides for Sides {
     fn name(&self, side: Side) -> &str {
-        &self.side(side).1
+        self.at(side).name()
     }
 
     async fn drift(&self) -> Result<(Vec<arbor_sync::Drift>, String), SyncError> {
-        let (left, right) = (self.index(Side::Source)?, self.index(Side::Target)?);
-        let peer_err =
-            |e: arbor_index::IndexError| SyncError::Compare(crate::agent::error_chain(&e));
-        let left = arbor_sync::LocalPeer::new(&left, self.side(Side::Source).1.clone())
-            .map_err(peer_err)?;
-        let right = arbor_sync::LocalPeer::new(&right, self.side(Side::Target).1.clone())
-            .map_err(peer_err)?;
-        compared(&left, &right).await
+        // A side that restarted mid-run is back only once it caught up with
+        // its system: wait for it as long as writes are retried.
+        let retry = RetryPolicy::spanning(self.retry_for);
+        let remote =
+            |agent: &str, dataset: &str| GrpcPeer::new(agent, dataset, retry).map_err(peer_err);
+        use arbor_sync::LocalPeer;
+        match (&self.source, &self.target) {
+            (
+                SideAt::Local { repairs, dataset },
+                SideAt::Local {
+                    repairs: other,
+                    dataset: other_dataset,
+                },
+            ) => {
+                let (l, r) = (
+                    local_index(repairs, dataset)?,
+                    local_index(other, other_dataset)?,
+                );
+                let l = LocalPeer::new(&l, dataset.clone()).map_err(peer_err)?;
+                let r = LocalPeer::new(&r, other_dataset.clone()).map_err(peer_err)?;
+                compared(&l, &r).await
+            }
+            (
+                SideAt::Local { repairs, dataset },
+                SideAt::Remote {
+                    agent,
+                    dataset: theirs,
+                },
+            ) => {
+                let l = local_index(repairs, dataset)?;
+                let l = LocalPeer::new(&l, dataset.clone()).map_err(peer_err)?;
+                compared(&l, &remote(agent, theirs)?).await
+            }
+            (
+                SideAt::Remote {
+                    agent,
+                    dataset: theirs,
+                },
+                SideAt::Local { repairs, dataset },
+            ) => {
+                let r = local_index(repairs, dataset)?;
+                let r = LocalPeer::new(&r, dataset.clone()).map_err(peer_err)?;
+                compared(&remote(agent, theirs)?, &r).await
+            }
+            (
+                SideAt::Remote { agent, dataset },
+                SideAt::Remote {
+                    agent: other,
+                    dataset: other_dataset,
+                },
+            ) => compared(&remote(agent, dataset)?, &remote(other, other_dataset)?).await,
+        }
     }
 
     async fn fetch(&self, side: Side, keys: Vec<Vec<u8>>) -> Result<Fetched, SyncError> {
         if keys.is_empty() {
             return Ok(Fetched::default());
         }
-        let (repairs, dataset) = self.side(side).clone();
-        tokio::task::spawn_blocking(move || {
-            let mut out = Fetched {
-                columns: repairs
-                    .config(&dataset)
-                    .map_err(|s| local_err(&dataset, &s))?
-                    .mapping
-                    .columns()
-                    .iter()
-                    .map(|c| c.canonical().to_owned())
-                    .collect(),
-                ..Fetched::default()
-            };
-            let keys = keys
-                .iter()
-                .map(|k| arbor_record::decode_tuple(k))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| SyncError::Invalid(e.to_string()))?;
-            repairs
-                .fetch(&dataset, &keys, true, |rows| {
-                    for r in rows {
-                        out.add(r.canonical_key, r.values, r.deleted_at_us, r.changed_at_us);
-                    }
-                    Ok(())
-                })
-                .map_err(|s| match s {
-                    Some(s) => local_err(&dataset, &s),
-                    None => SyncError::Invalid("the fetch stopped".into()),
-                })?;
-            Ok(out)
-        })
-        .await
-        .map_err(|e| SyncError::Invalid(format!("fetch task failed: {e}")))?
+        match self.at(side).clone() {
+            SideAt::Remote { agent, dataset } => fetch_remote(&agent, &dataset, keys).await,
+            SideAt::Local { repairs, dataset } => fetch_local(repairs, dataset, keys).await,
+        }
     }
 
     async fn apply(&self, side: Side, batch: Batch<'_>) -> Result<Applied, SyncError> {
-        let (repairs, dataset) = self.side(side).clone();
-        let writes = batch
-            .writes
-            .iter()
-            .map(|a| a.write())
-            .collect::<Result<Vec<_>, _>>()?;
-        let key_id = match batch.key_id {
-            "" => None,
-            hex_id => Some(arbor_record::KeyId(
-                hex::decode(hex_id)
-                    .ok()
-                    .and_then(|b| b.try_into().ok())
-                    .ok_or_else(|| {
-                        SyncError::Invalid(format!("key id {hex_id:?} is not 16 hex digits"))
-                    })?,
-            )),
-        };
-        let (run_id, dry_run) = (batch.run_id.to_owned(), batch.dry_run);
-        tokio::task::spawn_blocking(move || {
-            if dry_run {
-                let sql = repairs
-                    .render(&dataset, &writes, key_id)
-                    .map_err(|s| local_err(&dataset, &s))?;
-                return Ok(Applied {
-                    outcomes: sql.into_iter().map(BatchOutcome::Planned).collect(),
-                    replayed: false,
-                });
+        match self.at(side).clone() {
+            SideAt::Remote { agent, dataset } => {
+                apply_remote(&agent, &dataset, self.retry_for, batch).await
             }
-            let (outcomes, replayed) = repairs
-                .apply(&dataset, &run_id, &writes, key_id)
-                .map_err(|s| local_err(&dataset, &s))?;
-            Ok(Applied {
-                outcomes: outcomes
-                    .into_iter()
-                    .map(|o| match o {
-                        crate::repair::RepairOutcome::Applied => BatchOutcome::Applied,
-                        crate::repair::RepairOutcome::AlreadyApplied => {
-                            BatchOutcome::AlreadyApplied
-                        }
-                        crate::repair::RepairOutcome::Conflict => BatchOutcome::Conflict,
-                    })
-                    .collect(),
-                replayed,
-            })
-        })
-        .await
-        .map_err(|e| SyncError::Invalid(format!("repair task failed: {e}")))?
+            SideAt::Local { repairs, dataset } => apply_local(repairs, dataset, batch).await,
+        }
     }
+}
+
+async fn fetch_remote(
+    agent: &str,
+    dataset: &str,
+    keys: Vec<Vec<u8>>,
+) -> Result<Fetched, SyncError> {
+    let mut out = Fetched::default();
+    let mut client = repair_client(agent)?;
+    for chunk in keys.chunks(crate::repair::MAX_FETCH_KEYS) {
+        let mut stream = client
+            .fetch_records(pb::FetchRecordsRequest {
+                dataset: dataset.to_owned(),
+                canonical_keys: chunk.to_vec(),
+                // Written as the source holds them; transforms shape
+                // comparison only.
+                stored: true,
+            })
+            .await
+            .map_err(|s| agent_err(agent, &s))?
+            .into_inner();
+        while let Some(batch) = stream.message().await.map_err(|s| agent_err(agent, &s))? {
+            if out.columns.is_empty() {
+                out.columns = batch.columns;
+            }
+            for r in batch.records {
+                let values = if r.found {
+                    Some(
+                        r.values
+                            .iter()
+                            .map(|v| convert::typed_value("values", v))
+                            .collect::<Result<Vec<_>, _>>()
+                            .map_err(|m| SyncError::Agent {
+                                agent: agent.to_owned(),
+                                message: m.to_string(),
+                            })?,
+                    )
+                } else {
+                    None
+                };
+                out.add(r.canonical_key, values, r.deleted_at_us, r.changed_at_us);
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn fetch_local(
+    repairs: crate::repair::Repairs,
+    dataset: String,
+    keys: Vec<Vec<u8>>,
+) -> Result<Fetched, SyncError> {
+    tokio::task::spawn_blocking(move || {
+        let mut out = Fetched {
+            columns: repairs
+                .config(&dataset)
+                .map_err(|s| local_err(&dataset, &s))?
+                .mapping
+                .columns()
+                .iter()
+                .map(|c| c.canonical().to_owned())
+                .collect(),
+            ..Fetched::default()
+        };
+        let keys = keys
+            .iter()
+            .map(|k| arbor_record::decode_tuple(k))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| SyncError::Invalid(e.to_string()))?;
+        repairs
+            .fetch(&dataset, &keys, true, |rows| {
+                for r in rows {
+                    out.add(r.canonical_key, r.values, r.deleted_at_us, r.changed_at_us);
+                }
+                Ok(())
+            })
+            .map_err(|s| match s {
+                Some(s) => local_err(&dataset, &s),
+                None => SyncError::Invalid("the fetch stopped".into()),
+            })?;
+        Ok(out)
+    })
+    .await
+    .map_err(|e| SyncError::Invalid(format!("fetch task failed: {e}")))?
+}
+
+async fn apply_remote(
+    agent: &str,
+    dataset: &str,
+    retry_for: Duration,
+    batch: Batch<'_>,
+) -> Result<Applied, SyncError> {
+    let mut client = repair_client(agent)?;
+    let request = pb::ApplyChangesRequest {
+        dataset: dataset.to_owned(),
+        run_id: batch.run_id.to_owned(),
+        batch: batch.number,
+        writes: batch.writes.iter().map(|a| a.wire()).collect(),
+        dry_run: batch.dry_run,
+        key_id: key_id_bytes(batch.key_id),
+    };
+    let deadline = Instant::now() + retry_for;
+    let mut backoff = Duration::from_millis(100);
+    let resp = loop {
+        match client.apply_changes(request.clone()).await {
+            Ok(r) => break r.into_inner(),
+            Err(s) if is_transient(&s) && Instant::now() < deadline => {
+                warn!(agent, batch = batch.number, code = ?s.code(), error = %s.message(), "batch failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(s) => return Err(agent_err(agent, &s)),
+        }
+    };
+    Ok(Applied {
+        outcomes: resp
+            .results
+            .into_iter()
+            .map(|r| match pb::WriteOutcome::try_from(r.outcome) {
+                Ok(pb::WriteOutcome::Applied) => BatchOutcome::Applied,
+                Ok(pb::WriteOutcome::AlreadyApplied) => BatchOutcome::AlreadyApplied,
+                Ok(pb::WriteOutcome::Planned) => BatchOutcome::Planned(r.sql),
+                // Unknown outcomes count as conflicts: never as applied.
+                _ => BatchOutcome::Conflict,
+            })
+            .collect(),
+        replayed: resp.replayed,
+    })
+}
+
+async fn apply_local(
+    repairs: crate::repair::Repairs,
+    dataset: String,
+    batch: Batch<'_>,
+) -> Result<Applied, SyncError> {
+    let writes = batch
+        .writes
+        .iter()
+        .map(|a| a.write())
+        .collect::<Result<Vec<_>, _>>()?;
+    let key_id = match batch.key_id {
+        "" => None,
+        hex_id => Some(arbor_record::KeyId(
+            hex::decode(hex_id)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| {
+                    SyncError::Invalid(format!("key id {hex_id:?} is not 16 hex digits"))
+                })?,
+        )),
+    };
+    let (run_id, dry_run) = (batch.run_id.to_owned(), batch.dry_run);
+    tokio::task::spawn_blocking(move || {
+        if dry_run {
+            let sql = repairs
+                .render(&dataset, &writes, key_id)
+                .map_err(|s| local_err(&dataset, &s))?;
+            return Ok(Applied {
+                outcomes: sql.into_iter().map(BatchOutcome::Planned).collect(),
+                replayed: false,
+            });
+        }
+        let (outcomes, replayed) = repairs
+            .apply(&dataset, &run_id, &writes, key_id)
+            .map_err(|s| local_err(&dataset, &s))?;
+        Ok(Applied {
+            outcomes: outcomes
+                .into_iter()
+                .map(|o| match o {
+                    crate::repair::RepairOutcome::Applied => BatchOutcome::Applied,
+                    crate::repair::RepairOutcome::AlreadyApplied => BatchOutcome::AlreadyApplied,
+                    crate::repair::RepairOutcome::Conflict => BatchOutcome::Conflict,
+                })
+                .collect(),
+            replayed,
+        })
+    })
+    .await
+    .map_err(|e| SyncError::Invalid(format!("repair task failed: {e}")))?
 }
 
 /// The drift between two peers, and the key id the compare settled on.
@@ -875,7 +954,7 @@ pub async fn plan(
     opts: &SyncOptions,
     dry_run: bool,
 ) -> Result<(Vec<Action>, SyncReport), SyncError> {
-    plan_with(opts, &GrpcSides::new(opts), dry_run).await
+    plan_with(opts, &Sides::remote(opts), dry_run).await
 }
 
 /// Compares and plans; fetches the values the plan writes. With `dry_run`
@@ -1272,7 +1351,7 @@ pub async fn execute(
     actions: &[Action],
     report: SyncReport,
 ) -> Result<SyncReport, SyncError> {
-    execute_with(opts, &GrpcSides::new(opts), actions, report).await
+    execute_with(opts, &Sides::remote(opts), actions, report).await
 }
 
 /// Executes a plan over `sides` (each side's writes in batches), then
