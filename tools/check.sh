@@ -8,6 +8,7 @@ trap arbor_databases_down EXIT
 arbor_databases_up
 
 cargo fmt --all --check
+python3 tools/module-cycles.py
 cargo clippy --workspace --all-targets --locked -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 cargo build --workspace --locked --bins

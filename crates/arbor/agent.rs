@@ -26,10 +26,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use arbor_index::{BuildStats, Change, Index, IndexConfig, IndexError, KeyRepeats, RunStore};
+use arbor_index::{Change, IndexError, RunStore};
 use arbor_record::Record;
-use arbor_source::sqlite::SqliteSource;
-use arbor_source::{FileSource, MysqlSource, PostgresSource, Source, SourceError};
 use arbor_sync::{CompareOptions, DriftKind, LocalPeer, Peer, compare_collect};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -39,302 +37,27 @@ use tracing::{info, instrument, warn};
 
 use crate::client::{GrpcPeer, MAX_MESSAGE_BYTES, RetryPolicy};
 use crate::config::{AgentConfig, Capture, DatasetConfig, SourceConfig};
-use crate::convert::{self, index_status, source_status};
+use crate::convert::{self, index_status};
+pub use crate::error::AgentError;
+pub use crate::maintain::{
+    build_from_source, build_from_source_with_progress, catch_up, index_path, open_source, poll,
+    reindex, rescan, rescan_marked, with_records,
+};
 use crate::proto::v1 as pb;
 use crate::proto::v1::admin_service_server::{AdminService, AdminServiceServer};
 use crate::proto::v1::agent_service_server::AgentServiceServer;
 use crate::proto::v1::audit_service_server::{AuditService, AuditServiceServer};
 use crate::proto::v1::ingest_service_server::{IngestService, IngestServiceServer};
 use crate::report::{self, DriftEntry, RunSide, RunSummary, SCHEMA_VERSION};
+use crate::report::{error_chain, new_run_id};
 use crate::service::{
     self, AgentServer, AgentState, Dataset, MAX_COLUMN_DIGEST_KEYS, ServiceLimits,
 };
 
-/// Records handed from the reading thread to the index build at a time.
-const SOURCE_CHUNK_RECORDS: usize = 4_096;
 /// Drift entries written to the run store per batch.
 const DRIFT_WRITE_BATCH: usize = 1_000;
 /// Runs listed when the request gives no limit.
 const DEFAULT_LIST_RUNS: usize = 50;
-
-/// Why the agent could not start or serve.
-#[derive(Debug, thiserror::Error)]
-pub enum AgentError {
-    /// A dataset's system could not be opened or does not match its mapping.
-    #[error("dataset {dataset}")]
-    Source {
-        /// The dataset.
-        dataset: String,
-        /// The problem.
-        #[source]
-        source: SourceError,
-    },
-    /// A dataset's index could not be opened or built.
-    #[error("dataset {dataset}: index{}", rebuild_hint(dataset, source))]
-    Index {
-        /// The dataset.
-        dataset: String,
-        /// The problem.
-        #[source]
-        source: IndexError,
-    },
-    /// The run store could not be opened.
-    #[error("run store")]
-    Runs(#[source] IndexError),
-    /// The TLS material does not make a server configuration.
-    #[error("TLS: {0}")]
-    Tls(String),
-    /// The data directory could not be created.
-    #[error("cannot create data directory {path}")]
-    DataDir {
-        /// The directory.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The server failed.
-    #[error("gRPC server on {addr}")]
-    Serve {
-        /// The listen address.
-        addr: SocketAddr,
-        /// Why.
-        #[source]
-        source: tonic::transport::Error,
-    },
-}
-
-/// Opens a dataset's system read-only and checks it against its mapping.
-pub fn open_source(d: &DatasetConfig) -> Result<Box<dyn Source>, AgentError> {
-    let wrap = |source| AgentError::Source {
-        dataset: d.name.clone(),
-        source,
-    };
-    let mut s: Box<dyn Source> = match &d.source {
-        SourceConfig::Sqlite { path, relation } => {
-            Box::new(SqliteSource::open(path, relation.clone(), d.mapping.clone()).map_err(wrap)?)
-        }
-        SourceConfig::Postgres(db) => Box::new(PostgresSource::new(
-            db.url.clone(),
-            db.relation.clone(),
-            d.mapping.clone(),
-            db.options,
-        )),
-        SourceConfig::Mysql(db) => Box::new(MysqlSource::new(
-            db.url.clone(),
-            db.relation.clone(),
-            d.mapping.clone(),
-            db.options,
-        )),
-        SourceConfig::Files { path, format, null } => Box::new(FileSource::new(
-            path.clone(),
-            *format,
-            d.mapping.clone(),
-            null.clone(),
-        )),
-    };
-    s.check().map_err(wrap)?;
-    Ok(arbor_source::redacting(s))
-}
-
-/// The index configuration of a dataset: keys from its secret, its schema.
-pub fn index_config(d: &DatasetConfig) -> IndexConfig {
-    crate::keys::index_config_under(d, &d.secret)
-}
-
-/// Where a dataset's index lives.
-pub fn index_path(config: &AgentConfig, dataset: &str) -> PathBuf {
-    config.data_dir.join("indexes").join(dataset)
-}
-
-/// Full build of `index` from `source`: the source reads and hashes rows
-/// in batches while the index sorts and writes earlier ones. A key read
-/// twice is refused as a duplicate in the system (named if `show_keys`),
-/// unless the source's read may meet a row twice.
-pub fn build_from_source(
-    index: &Index,
-    source: &mut dyn Source,
-    show_keys: bool,
-) -> Result<BuildStats, IndexError> {
-    build_from_source_with_progress(index, source, show_keys, &|_| {})
-}
-
-/// [`build_from_source`], reporting the records read so far.
-pub fn build_from_source_with_progress(
-    index: &Index,
-    source: &mut dyn Source,
-    show_keys: bool,
-    progress: &dyn Fn(u64),
-) -> Result<BuildStats, IndexError> {
-    let keys = index.config().keys.clone();
-    index.build_batches(None, progress, |feed| {
-        source.scan_hashed(&keys, &mut |batches| {
-            feed.push(batches).map_err(|_| SourceError::Stopped)
-        })?;
-        if !source.build_may_repeat_keys() {
-            feed.key_repeats(KeyRepeats::Refuse {
-                show_key: show_keys,
-            });
-        }
-        Ok::<(), SourceError>(())
-    })
-}
-
-/// Streams a source's records to `consume` as an iterator: a reader thread
-/// scans in chunks while `consume` (a build or a rescan) runs here.
-pub fn with_records<R>(
-    source: &mut dyn Source,
-    consume: impl FnOnce(&mut dyn Iterator<Item = Result<Record, SourceError>>) -> R,
-) -> R {
-    arbor_source::scan_in_batches(source, SOURCE_CHUNK_RECORDS, |batches| {
-        // Batches are handed on as they are, without copying them again.
-        let mut records = batches.flat_map(|batch| -> Box<dyn Iterator<Item = _>> {
-            match batch {
-                Ok(records) => Box::new(records.into_iter().map(Ok)),
-                Err(e) => Box::new(std::iter::once(Err(e))),
-            }
-        });
-        consume(&mut records)
-    })
-}
-
-/// Rescans one dataset from its system (see [`Index::rescan`]); the
-/// watermark records when.
-pub fn rescan(ds: &Dataset, name: &str) -> Result<arbor_index::RescanStats, Status> {
-    rescan_marked(ds, name, &format!("rescan {}", report::now_rfc3339()))
-}
-
-/// Rescans one dataset, committing `watermark` with the last changes.
-pub fn rescan_marked(
-    ds: &Dataset,
-    name: &str,
-    watermark: &str,
-) -> Result<arbor_index::RescanStats, Status> {
-    let source = ds.source.as_ref().ok_or_else(|| {
-        Status::failed_precondition(format!("dataset {name:?} has no system attached"))
-    })?;
-    let mut source = source.lock().unwrap_or_else(|p| p.into_inner());
-    // Every index held (more than one during a key rotation) is brought to
-    // the same state of the system: one pass feeds them all.
-    let indexes = ds.indexes();
-    let held: Vec<&Index> = indexes.iter().map(|i| i.as_ref()).collect();
-    let stats = with_records(source.as_mut(), |records| {
-        // A rescan reads by key (or whole files): a key read twice is a
-        // duplicate in the system.
-        let repeats = KeyRepeats::Refuse {
-            show_key: ds.report_key.is_none(),
-        };
-        arbor_index::rescan_each(&held, records, Some(watermark.as_bytes()), repeats)
-    })
-    .map_err(read_status);
-    // Until a rescan succeeds, the index may miss what this one would have
-    // found: compares refuse it rather than answer from it.
-    match &stats {
-        Ok(_) => ds.clear_stale(),
-        Err(status) => ds.mark_stale(format!("{} at {}", status.message(), report::now_rfc3339())),
-    }
-    stats?
-        .into_iter()
-        .next()
-        .ok_or_else(|| Status::internal("a dataset without an index"))
-}
-
-/// The status of a failed build or rescan: the system's error if it failed.
-fn read_status(e: IndexError) -> Status {
-    match e {
-        IndexError::Source(inner) => match inner.downcast::<SourceError>() {
-            Ok(s) => source_status(*s),
-            Err(other) => Status::unavailable(other.to_string()),
-        },
-        other => index_status(other),
-    }
-}
-
-/// Indexes one dataset from its system, refusing compares meanwhile.
-/// `claimed`: the caller already set the dataset's `indexing` flag.
-pub fn reindex(ds: &Dataset, name: &str, claimed: bool) -> Result<BuildStats, Status> {
-    let source = ds.source.as_ref().ok_or_else(|| {
-        Status::failed_precondition(format!("dataset {name:?} has no system attached"))
-    })?;
-    if !claimed && ds.indexing.swap(true, Ordering::AcqRel) {
-        return Err(Status::aborted(format!(
-            "dataset {name:?} is already being indexed"
-        )));
-    }
-    let started = Instant::now();
-    let result = {
-        let mut source = source.lock().unwrap_or_else(|p| p.into_inner());
-        // Every index held (two during a key rotation) is rebuilt.
-        let indexes = ds.indexes();
-        let show_keys = ds.report_key.is_none();
-        let mut result = build_from_source(&indexes[0], source.as_mut(), show_keys);
-        for other in &indexes[1..] {
-            if result.is_ok()
-                && let Err(e) = build_from_source(other, source.as_mut(), show_keys)
-            {
-                result = Err(e);
-            }
-        }
-        result
-    };
-    ds.indexing.store(false, Ordering::Release);
-    let stats = result.map_err(read_status)?;
-    info!(
-        dataset = name,
-        records = stats.records,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "dataset indexed"
-    );
-    Ok(stats)
-}
-
-/// How to get past an index that no longer matches the configuration.
-pub fn rebuild_hint(dataset: &str, e: &IndexError) -> String {
-    if e.needs_rebuild() {
-        format!(
-            " (it is derived from the system: if the configuration change was meant, \
-             `arbor index reset --config FILE --dataset {dataset}` removes it, and the \
-             next start builds it again)"
-        )
-    } else if e.is_locked() {
-        " (another process has it open: is its agent running?)".to_owned()
-    } else {
-        String::new()
-    }
-}
-
-/// A new run id: milliseconds since the epoch (13 digits, so ids sort by
-/// time) and 6 hex digits against collisions within a millisecond.
-pub fn new_run_id() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let salt = blake3::hash(
-        &[
-            now.as_nanos().to_le_bytes(),
-            u128::from(std::process::id()).to_le_bytes(),
-        ]
-        .concat(),
-    );
-    format!(
-        "{:013}-{}",
-        now.as_millis(),
-        hex::encode(&salt.as_bytes()[..3])
-    )
-}
-
-/// An error and its sources, "outer: inner: …" (what a report or a CLI
-/// message shows).
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
-}
 
 fn side(agent: &str, dataset: &str, d: Option<&arbor_index::Description>) -> RunSide {
     RunSide {
@@ -1248,48 +971,6 @@ impl AdminService for AdminServer {
 /// Unresolved rows one QueueConflicts request may carry.
 pub const MAX_QUEUED_CONFLICTS: usize = 100_000;
 
-/// Changes per index batch when applying polled rows.
-const POLL_APPLY_BATCH: usize = 4_096;
-
-/// Polls a dataset once: applies the rows changed at or after `since` and
-/// returns the new watermark value (see [`Source::changed_since`]).
-pub fn poll(
-    ds: &Dataset,
-    name: &str,
-    column: &str,
-    since: Option<&str>,
-) -> Result<(u64, Option<String>), Status> {
-    let source = ds.source.as_ref().ok_or_else(|| {
-        Status::failed_precondition(format!("dataset {name:?} has no system attached"))
-    })?;
-    let mut changed = Vec::new();
-    let next = {
-        let mut source = source.lock().unwrap_or_else(|p| p.into_inner());
-        source
-            .changed_since(column, since, &mut |r| {
-                changed.push(Change::Upsert(r));
-                Ok(())
-            })
-            .map_err(source_status)?
-    };
-    let watermark = next.as_ref().map(|v| format!("poll {column} >= {v}"));
-    let mut applied = 0;
-    let last_chunk = changed.len().div_ceil(POLL_APPLY_BATCH).saturating_sub(1);
-    for (i, chunk) in changed.chunks(POLL_APPLY_BATCH).enumerate() {
-        // The watermark commits with the last batch, never ahead of it.
-        let w = if i == last_chunk {
-            watermark.as_deref()
-        } else {
-            None
-        };
-        let s = ds
-            .apply(chunk, w.map(str::as_bytes))
-            .map_err(index_status)?;
-        applied += s.inserted + s.updated;
-    }
-    Ok((applied, next))
-}
-
 /// Polls a dataset forever, `interval` after each poll ends. Each poll
 /// reads from the last value seen at least `overlap` ago, not from the last
 /// value seen: a transaction that commits after a later one was polled
@@ -1573,43 +1254,6 @@ fn prepare_and_index(
         }
         None => catch_up(ds, name).map(|()| None).map_err(status),
     }
-}
-
-/// Brings a dataset's indexes to the state of its system at start. Indexes
-/// that already hold records are rescanned into, not rebuilt: a key that
-/// vanished while the agent was down leaves a tombstone (stamped now, the
-/// first moment it was seen gone), so a two-way job propagates that delete
-/// instead of copying the row back. Empty or unfinished indexes are built.
-pub fn catch_up(ds: &Dataset, name: &str) -> Result<(), Status> {
-    let indexes = ds.indexes();
-    let mut warm = true;
-    for index in &indexes {
-        // An unfinished build cannot be described: it is built again.
-        warm = warm
-            && index.is_ready().map_err(index_status)?
-            && index
-                .snapshot()
-                .and_then(|s| s.describe())
-                .map_err(index_status)?
-                .count()
-                > 0;
-    }
-    if !warm {
-        return reindex(ds, name, true).map(drop);
-    }
-    let started = Instant::now();
-    let result = rescan_marked(ds, name, &format!("start rescan {}", report::now_rfc3339()));
-    ds.indexing.store(false, Ordering::Release);
-    let stats = result?;
-    info!(
-        dataset = name,
-        inserted = stats.applied.inserted,
-        updated = stats.applied.updated,
-        vanished = stats.vanished,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "dataset caught up with its system"
-    );
-    Ok(())
 }
 
 /// Starts following a dataset's changes: periodic rescans, polls, or a

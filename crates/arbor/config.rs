@@ -590,7 +590,7 @@ pub struct SyncJobConfig {
     /// (address, dataset) of each peer.
     pub peers: Vec<(String, String)>,
     /// The policy.
-    pub policy: crate::sync::Policy,
+    pub policy: arbor_sync::policy::Policy,
     /// The cron expression, as written.
     pub schedule: Option<String>,
     /// Its parsed form.
@@ -640,7 +640,7 @@ fn sync_job(s: SyncSection, datasets: &[DatasetConfig]) -> Result<SyncJobConfig,
         .iter()
         .map(|(c, side)| (c.clone(), side.clone()))
         .collect();
-    let policy = crate::sync::parse_policy(
+    let policy = arbor_sync::policy::parse_policy(
         s.policy.as_deref().unwrap_or("one_way"),
         s.extra.as_deref(),
         s.rule.as_deref(),
@@ -694,11 +694,11 @@ fn sync_job(s: SyncSection, datasets: &[DatasetConfig]) -> Result<SyncJobConfig,
         execute: s.execute,
         batch: s
             .batch
-            .unwrap_or(crate::sync::DEFAULT_BATCH)
-            .clamp(1, crate::repair::MAX_WRITES_PER_BATCH),
+            .unwrap_or(arbor_sync::repair::DEFAULT_BATCH)
+            .clamp(1, arbor_sync::repair::MAX_BATCH_WRITES),
         max_rows_per_sec: s.max_rows_per_sec.unwrap_or(0),
         max_skew: s.max_skew_secs.map_or(
-            crate::sync::DEFAULT_MAX_SKEW,
+            arbor_sync::policy::DEFAULT_MAX_SKEW,
             std::time::Duration::from_secs,
         ),
     })

@@ -27,10 +27,16 @@ use arbor_record::{DatasetKeys, KeyId};
 use tonic::Status;
 use tracing::{info, warn};
 
-use crate::agent::{AgentError, build_from_source, index_path};
 use crate::config::{AgentConfig, DatasetConfig};
 use crate::convert::index_status;
+use crate::error::AgentError;
+use crate::maintain::{build_from_source, index_path};
 use crate::service::Dataset;
+
+/// The index configuration of a dataset: keys from its secret, its schema.
+pub fn index_config(d: &DatasetConfig) -> IndexConfig {
+    index_config_under(d, &d.secret)
+}
 
 /// The index configuration of `d` under the key derived from `secret`.
 pub fn index_config_under(d: &DatasetConfig, secret: &[u8]) -> IndexConfig {

@@ -20,7 +20,6 @@ use arbor_source::pglogical::{self, Captured, LogicalOptions, Lsn};
 use tonic::Status;
 use tracing::{info, instrument, warn};
 
-use crate::agent;
 use crate::config::LogicalCapture;
 use crate::convert::{index_status, source_status};
 use crate::service::Dataset;
@@ -198,7 +197,7 @@ impl Follower {
         if truncated {
             // Everything went at some point in these transactions: read the
             // table as it is now, which is at or after all of them.
-            let s = agent::rescan_marked(ds, name, &mark)?;
+            let s = crate::maintain::rescan_marked(ds, name, &mark)?;
             stats.changes = s.applied.inserted + s.applied.updated + s.vanished;
             (stats.inserted, stats.updated, stats.deleted) =
                 (s.applied.inserted, s.applied.updated, s.vanished);
@@ -262,7 +261,7 @@ impl Follower {
         let slot = self.capture.prepare().map_err(source_status)?;
         if slot.created {
             warn!(dataset = name, slot = %self.slot, "the replication slot was replaced; rebuilding the index");
-            agent::reindex(ds, name, false)?;
+            crate::maintain::reindex(ds, name, false)?;
             self.applied = slot.confirmed_flush;
             self.built(ds)?;
         }

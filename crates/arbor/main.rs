@@ -1040,7 +1040,7 @@ fn index_reset(args: &IndexArgs) -> Result<u8> {
     let mut removed = 0;
     for path in paths.iter().filter(|p| p.exists()) {
         Index::destroy(path).map_err(|e| {
-            let hint = agent::rebuild_hint(&d.name, &e);
+            let hint = arbor::error::rebuild_hint(&d.name, &e);
             anyhow::Error::new(e).context(format!("remove {}{hint}", path.display()))
         })?;
         outln!("removed {}", path.display());
@@ -1073,8 +1073,8 @@ fn index_command(command: IndexCommand) -> Result<u8> {
     let d = dataset_of(&cfg, args)?;
     let path = agent::index_path(&cfg, &d.name);
     std::fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
-    let index = Index::open(&path, agent::index_config(d)).map_err(|e| {
-        let hint = agent::rebuild_hint(&d.name, &e);
+    let index = Index::open(&path, arbor::keys::index_config(d)).map_err(|e| {
+        let hint = arbor::error::rebuild_hint(&d.name, &e);
         anyhow::Error::new(e).context(format!(
             "open the index of {} at {}{hint}",
             d.name,

@@ -39,7 +39,7 @@ use crate::proto::v1::repair_service_server::RepairService;
 use crate::service::AgentState;
 
 /// Writes per ApplyChanges batch, at most.
-pub const MAX_WRITES_PER_BATCH: usize = 10_000;
+pub const MAX_WRITES_PER_BATCH: usize = arbor_sync::repair::MAX_BATCH_WRITES;
 /// Keys per FetchRecords request, at most.
 pub const MAX_FETCH_KEYS: usize = 100_000;
 /// Records per streamed FetchRecords batch, at most.
@@ -232,7 +232,7 @@ impl Repairs {
         }
         let mut exact = d.clone();
         exact.mapping = d.mapping.stored_values();
-        let s = crate::agent::open_source(&exact).map_err(|e| {
+        let s = crate::maintain::open_source(&exact).map_err(|e| {
             Status::unavailable(format!(
                 "open the system of {:?} to read stored values: {e}",
                 d.name

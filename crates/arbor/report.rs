@@ -271,6 +271,39 @@ impl From<pb::DriftEntry> for DriftEntry {
     }
 }
 
+/// A new run id: milliseconds since the epoch (13 digits, so ids sort by
+/// time) and 6 hex digits against collisions within a millisecond.
+pub fn new_run_id() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let salt = blake3::hash(
+        &[
+            now.as_nanos().to_le_bytes(),
+            u128::from(std::process::id()).to_le_bytes(),
+        ]
+        .concat(),
+    );
+    format!(
+        "{:013}-{}",
+        now.as_millis(),
+        hex::encode(&salt.as_bytes()[..3])
+    )
+}
+
+/// An error and its sources, "outer: inner: …" (what a report or a CLI
+/// message shows).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

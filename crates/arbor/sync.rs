@@ -56,7 +56,7 @@ pub use arbor_sync::policy::{
 };
 
 /// Writes per batch when a job, a request or the CLI names none.
-pub const DEFAULT_BATCH: usize = 500;
+pub const DEFAULT_BATCH: usize = arbor_sync::repair::DEFAULT_BATCH;
 
 /// How long a batch is retried while its agent is unreachable, by default
 /// (long enough for an agent restart and its reindex).
@@ -660,7 +660,7 @@ fn local_index(
 }
 
 fn peer_err(e: impl std::error::Error) -> SyncError {
-    SyncError::Compare(crate::agent::error_chain(&e))
+    SyncError::Compare(crate::report::error_chain(&e))
 }
 
 impl SyncSides for Sides {
@@ -929,7 +929,7 @@ async fn compared<L: arbor_sync::Peer, R: arbor_sync::Peer>(
 ) -> Result<(Vec<arbor_sync::Drift>, String), SyncError> {
     let (drift, stats) = compare_collect(left, right, &CompareOptions::default())
         .await
-        .map_err(|e| SyncError::Compare(crate::agent::error_chain(&e)))?;
+        .map_err(|e| SyncError::Compare(crate::report::error_chain(&e)))?;
     let key_id = stats
         .right_description
         .map(|d| d.key_id.to_string())
@@ -967,7 +967,7 @@ pub async fn plan_with(
     let started = Instant::now();
     let (drift, key_id) = drift_of(opts, sides).await?;
     let mut report = SyncReport {
-        run_id: crate::agent::new_run_id(),
+        run_id: crate::report::new_run_id(),
         key_id,
         drift: drift.len() as u64,
         compare_ms: started.elapsed().as_millis() as u64,

@@ -14,6 +14,7 @@
 pub mod descent;
 pub mod peer;
 pub mod policy;
+pub mod repair;
 pub mod wire;
 
 pub use descent::{
