@@ -3221,12 +3221,8 @@ fn reconcile_over_grpc_repairs_with_a_policy_and_names_bad_fields() {
             .await
             .unwrap()
             .into_inner();
-        let listed: Json = serde_json::from_str(&listed.report_json).unwrap();
-        assert_eq!(
-            (listed["kept"].clone(), listed["applied"].clone()),
-            (60.into(), 0.into()),
-            "{listed}"
-        );
+        let listed = listed.report.unwrap();
+        assert_eq!((listed.kept, listed.applied), (60, 0), "{listed:?}");
         let ok = client
             .reconcile(request("one_way", "delete"))
             .await
@@ -3240,10 +3236,10 @@ fn reconcile_over_grpc_repairs_with_a_policy_and_names_bad_fields() {
         "{}",
         bad.message()
     );
-    let report: Json = serde_json::from_str(&report.report_json).unwrap();
-    assert_eq!(report["drift"], 60, "{report}");
-    assert_eq!(report["applied"], 60);
-    assert_eq!(report["drift_after"], 0);
+    let report = report.report.unwrap();
+    assert_eq!(report.drift, 60, "{report:?}");
+    assert_eq!(report.applied, 60);
+    assert_eq!(report.drift_after, Some(0));
     let (code, summary, _) = compare(dir.path(), &crm.address, &erp.address);
     assert_eq!(code, 0, "{summary}");
 
@@ -4134,7 +4130,7 @@ fn a_busy_dataset_refuses_more_runs_than_its_limit() {
                     ..Default::default()
                 })
                 .await
-                .map(|r| r.into_inner().report_json)
+                .map(|r| r.into_inner().report)
         })
     });
     std::thread::sleep(Duration::from_millis(800));
@@ -4150,8 +4146,8 @@ fn a_busy_dataset_refuses_more_runs_than_its_limit() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: Json = serde_json::from_str(&repair.join().unwrap().unwrap()).unwrap();
-    assert_eq!(report["drift_after"], 0, "{report}");
+    let report = repair.join().unwrap().unwrap().unwrap();
+    assert_eq!(report.drift_after, Some(0), "{report:?}");
     // The slot is free again.
     let (code, _, _) = compare(dir.path(), &crm.address, &erp.address);
     assert_eq!(code, 0);

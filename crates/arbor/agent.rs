@@ -535,8 +535,7 @@ impl AuditService for AuditServer {
             report
         };
         Ok(Response::new(pb::ReconcileResponse {
-            report_json: serde_json::to_string(&report)
-                .map_err(|e| Status::internal(e.to_string()))?,
+            report: Some((&report).into()),
         }))
     }
 }

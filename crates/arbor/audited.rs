@@ -234,15 +234,13 @@ impl<S: AuditService> AuditService for Audited<S> {
         let w = self.admit(&request, "AuditService/Reconcile", &d)?;
         let result = self.inner.reconcile(request).await;
         self.log(w, "AuditService/Reconcile", d, &result, |r| {
-            let report: serde_json::Value =
-                serde_json::from_str(&r.report_json).unwrap_or_default();
-            let n = |k: &str| report[k].as_u64().unwrap_or(0);
+            let report = r.report.clone().unwrap_or_default();
             (
-                report["run_id"].as_str().unwrap_or_default().to_owned(),
+                report.run_id,
                 counts([
-                    ("drift", n("drift")),
-                    ("applied", n("applied")),
-                    ("conflicts", n("conflicts")),
+                    ("drift", report.drift),
+                    ("applied", report.applied),
+                    ("conflicts", report.conflicts),
                 ]),
             )
         });

@@ -435,6 +435,37 @@ pub struct SyncReport {
     pub verify_ms: u64,
 }
 
+impl From<&SyncReport> for pb::SyncReport {
+    fn from(r: &SyncReport) -> pb::SyncReport {
+        pb::SyncReport {
+            run_id: r.run_id.clone(),
+            key_id: r.key_id.clone(),
+            executed: r.executed,
+            drift: r.drift,
+            planned_upserts: r.planned_upserts,
+            planned_deletes: r.planned_deletes,
+            planned_to_source: r.planned_to_source,
+            planned_to_target: r.planned_to_target,
+            kept: r.kept,
+            unresolved: r.unresolved,
+            unresolved_keys: r.unresolved_keys.clone(),
+            queued: r.queued,
+            vanished: r.vanished,
+            applied: r.applied,
+            already_applied: r.already_applied,
+            conflicts: r.conflicts,
+            replayed_batches: r.replayed_batches,
+            conflict_keys: r.conflict_keys.clone(),
+            drift_after: r.drift_after,
+            elapsed_ms: r.elapsed_ms,
+            compare_ms: r.compare_ms,
+            fetch_ms: r.fetch_ms,
+            write_ms: r.write_ms,
+            verify_ms: r.verify_ms,
+        }
+    }
+}
+
 /// Why a sync run failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
