@@ -1006,35 +1006,64 @@ pub async fn plan_with(
     };
     let two_way = matches!(opts.policy, Policy::TwoWay(_));
     if opts.policy == Policy::Report {
-        // Listed, never written: no values are fetched either.
-        let actions: Vec<Action> = drift
-            .iter()
-            .map(|d| Action {
-                action: ActionKind::Report,
-                side: Side::Target,
-                drift: match d.kind {
-                    DriftKind::MissingRight => Why::MissingOnTarget,
-                    DriftKind::MissingLeft => Why::OnlyOnTarget,
-                    DriftKind::Changed => Why::Changed,
-                },
-                key: display_key(&d.key),
-                canonical_key: hex::encode(&d.key),
-                reason: None,
-                sql: None,
-                key_bytes: d.key.clone(),
-                expected: None,
-                values: None,
-            })
-            .collect();
+        let actions = listed(&drift);
         report.kept = actions.len() as u64;
         report.elapsed_ms = started.elapsed().as_millis() as u64;
         return Ok((actions, report));
     }
+    let (from_source, from_target) = keys_to_fetch(&drift, two_way);
+    let fetching = Instant::now();
+    let mut source = sides.fetch(Side::Source, from_source).await?;
+    let mut target = sides.fetch(Side::Target, from_target).await?;
+    report.fetch_ms = fetching.elapsed().as_millis() as u64;
+    if two_way
+        && !source.columns.is_empty()
+        && !target.columns.is_empty()
+        && source.columns != target.columns
+    {
+        return Err(SyncError::Invalid(format!(
+            "the two datasets name their columns differently ({:?} vs {:?})",
+            source.columns, target.columns
+        )));
+    }
+    let mut actions = decide(opts, &drift, &mut source, &mut target, &mut report);
+    count_planned(&actions, &mut report);
+    if dry_run {
+        render_sql(opts, sides, &mut actions, &report.key_id).await?;
+    }
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    Ok((actions, report))
+}
 
-    // Which values each side must hand over.
+/// A report plan: every drifting key listed, nothing fetched or written.
+fn listed(drift: &[arbor_sync::Drift]) -> Vec<Action> {
+    // Listed, never written: no values are fetched either.
+    drift
+        .iter()
+        .map(|d| Action {
+            action: ActionKind::Report,
+            side: Side::Target,
+            drift: match d.kind {
+                DriftKind::MissingRight => Why::MissingOnTarget,
+                DriftKind::MissingLeft => Why::OnlyOnTarget,
+                DriftKind::Changed => Why::Changed,
+            },
+            key: display_key(&d.key),
+            canonical_key: hex::encode(&d.key),
+            reason: None,
+            sql: None,
+            key_bytes: d.key.clone(),
+            expected: None,
+            values: None,
+        })
+        .collect()
+}
+
+/// The keys whose values each side must hand over: (source, target).
+fn keys_to_fetch(drift: &[arbor_sync::Drift], two_way: bool) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
     let mut from_source = Vec::new();
     let mut from_target = Vec::new();
-    for d in &drift {
+    for d in drift {
         match d.kind {
             DriftKind::MissingRight => {
                 from_source.push(d.key.clone());
@@ -1056,30 +1085,29 @@ pub async fn plan_with(
             }
         }
     }
-    let fetching = Instant::now();
-    let mut source = sides.fetch(Side::Source, from_source).await?;
-    let mut target = sides.fetch(Side::Target, from_target).await?;
-    report.fetch_ms = fetching.elapsed().as_millis() as u64;
-    if two_way
-        && !source.columns.is_empty()
-        && !target.columns.is_empty()
-        && source.columns != target.columns
-    {
-        return Err(SyncError::Invalid(format!(
-            "the two datasets name their columns differently ({:?} vs {:?})",
-            source.columns, target.columns
-        )));
-    }
+    (from_source, from_target)
+}
+
+/// The action for each drifting key under the policy, from the values
+/// both sides handed over; counts what could not be planned in `report`.
+/// (Long on purpose: one match over drift kind and policy, so every rule
+/// is read in one place.)
+fn decide(
+    opts: &SyncOptions,
+    drift: &[arbor_sync::Drift],
+    source: &mut Fetched,
+    target: &mut Fetched,
+    report: &mut SyncReport,
+) -> Vec<Action> {
     let columns = if source.columns.is_empty() {
         target.columns.clone()
     } else {
         source.columns.clone()
     };
-
     // One clock for the whole plan: every lww time is judged against it.
     let clock = Clock::now(opts.max_skew);
     let mut actions = Vec::new();
-    for d in &drift {
+    for d in drift {
         let base = |action: ActionKind, side: Side, drift: Why| Action {
             action,
             side,
@@ -1103,8 +1131,8 @@ pub async fn plan_with(
             (&opts.policy, d.kind)
         {
             let (tombs, rows, row_side) = match d.kind {
-                DriftKind::MissingRight => (&target, &source, Side::Source),
-                _ => (&source, &target, Side::Target),
+                DriftKind::MissingRight => (&*target, &*source, Side::Source),
+                _ => (&*source, &*target, Side::Target),
             };
             let deleted_on = match row_side {
                 Side::Source => Why::DeletedOnTarget,
@@ -1141,7 +1169,7 @@ pub async fn plan_with(
         }
         match (d.kind, &opts.policy) {
             (_, Policy::Report) => unreachable!("report plans return above"),
-            (DriftKind::MissingRight, _) => match take(&mut source) {
+            (DriftKind::MissingRight, _) => match take(source) {
                 Some(v) => actions.push(Action {
                     values: Some(v),
                     ..base(ActionKind::Upsert, Side::Target, Why::MissingOnTarget)
@@ -1157,14 +1185,14 @@ pub async fn plan_with(
                 Side::Target,
                 Why::OnlyOnTarget,
             )),
-            (DriftKind::MissingLeft, Policy::TwoWay(_)) => match take(&mut target) {
+            (DriftKind::MissingLeft, Policy::TwoWay(_)) => match take(target) {
                 Some(v) => actions.push(Action {
                     values: Some(v),
                     ..base(ActionKind::Upsert, Side::Source, Why::MissingOnSource)
                 }),
                 None => report.vanished += 1,
             },
-            (DriftKind::Changed, Policy::OneWay(_)) => match take(&mut source) {
+            (DriftKind::Changed, Policy::OneWay(_)) => match take(source) {
                 Some(v) => actions.push(Action {
                     values: Some(v),
                     ..base(ActionKind::Upsert, Side::Target, Why::Changed)
@@ -1172,7 +1200,7 @@ pub async fn plan_with(
                 None => report.vanished += 1,
             },
             (DriftKind::Changed, Policy::TwoWay(rule)) => {
-                let (Some(s), Some(t)) = (take(&mut source), take(&mut target)) else {
+                let (Some(s), Some(t)) = (take(source), take(target)) else {
                     report.vanished += 1;
                     continue;
                 };
@@ -1214,7 +1242,12 @@ pub async fn plan_with(
             }
         }
     }
-    for a in &actions {
+    actions
+}
+
+/// Counts the planned actions into `report`.
+fn count_planned(actions: &[Action], report: &mut SyncReport) {
+    for a in actions {
         match a.action {
             ActionKind::Upsert => report.planned_upserts += 1,
             ActionKind::Delete => report.planned_deletes += 1,
@@ -1228,56 +1261,62 @@ pub async fn plan_with(
             }
         }
     }
-    if dry_run {
-        for side in [Side::Source, Side::Target] {
-            let writing: Vec<usize> = (0..actions.len())
-                .filter(|&i| actions[i].writes() && actions[i].side == side)
+}
+
+/// A dry run: each written side renders the SQL of its writes.
+async fn render_sql(
+    opts: &SyncOptions,
+    sides: &impl SyncSides,
+    actions: &mut [Action],
+    key_id: &str,
+) -> Result<(), SyncError> {
+    for side in [Side::Source, Side::Target] {
+        let writing: Vec<usize> = (0..actions.len())
+            .filter(|&i| actions[i].writes() && actions[i].side == side)
+            .collect();
+        if writing.is_empty() {
+            continue;
+        }
+        let chunks: Vec<Vec<usize>> = {
+            let refs: Vec<&Action> = writing.iter().map(|&i| &actions[i]).collect();
+            let mut at = 0;
+            batches(&refs, opts.batch.max(1))?
+                .into_iter()
+                .map(|b| {
+                    let chunk = writing[at..at + b.len()].to_vec();
+                    at += b.len();
+                    chunk
+                })
+                .collect()
+        };
+        for chunk in &chunks {
+            let refs: Vec<&Action> = chunk.iter().map(|&i| &actions[i]).collect();
+            let applied = sides
+                .apply(
+                    side,
+                    Batch {
+                        run_id: "",
+                        number: 0,
+                        writes: &refs,
+                        dry_run: true,
+                        key_id,
+                    },
+                )
+                .await?;
+            let sql: Vec<Option<String>> = applied
+                .outcomes
+                .into_iter()
+                .map(|o| match o {
+                    BatchOutcome::Planned(sql) => Some(sql),
+                    _ => None,
+                })
                 .collect();
-            if writing.is_empty() {
-                continue;
-            }
-            let chunks: Vec<Vec<usize>> = {
-                let refs: Vec<&Action> = writing.iter().map(|&i| &actions[i]).collect();
-                let mut at = 0;
-                batches(&refs, opts.batch.max(1))?
-                    .into_iter()
-                    .map(|b| {
-                        let chunk = writing[at..at + b.len()].to_vec();
-                        at += b.len();
-                        chunk
-                    })
-                    .collect()
-            };
-            for chunk in &chunks {
-                let refs: Vec<&Action> = chunk.iter().map(|&i| &actions[i]).collect();
-                let applied = sides
-                    .apply(
-                        side,
-                        Batch {
-                            run_id: "",
-                            number: 0,
-                            writes: &refs,
-                            dry_run: true,
-                            key_id: &report.key_id,
-                        },
-                    )
-                    .await?;
-                let sql: Vec<Option<String>> = applied
-                    .outcomes
-                    .into_iter()
-                    .map(|o| match o {
-                        BatchOutcome::Planned(sql) => Some(sql),
-                        _ => None,
-                    })
-                    .collect();
-                for (&i, sql) in chunk.iter().zip(sql) {
-                    actions[i].sql = sql;
-                }
+            for (&i, sql) in chunk.iter().zip(sql) {
+                actions[i].sql = sql;
             }
         }
     }
-    report.elapsed_ms = started.elapsed().as_millis() as u64;
-    Ok((actions, report))
+    Ok(())
 }
 
 /// Why `manual` left a differing row: which side's change capture saw it
