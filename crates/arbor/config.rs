@@ -623,6 +623,197 @@ pub struct ConfigFile {
     pub syncs: Vec<SyncSection>,
 }
 
+/// One `[[dataset]]`, validated (`earlier`: the datasets before it); errors
+/// name the field.
+fn dataset_config(
+    d: DatasetSection,
+    base: &Path,
+    path: &Path,
+    earlier: &[DatasetConfig],
+) -> Result<DatasetConfig, ConfigError> {
+    let invalid = |field: String, problem: String| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        field,
+        problem,
+    };
+    let field = |f: &str| format!("dataset[{}].{f}", d.name);
+    if d.name.is_empty()
+        || !d
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(invalid(
+            "dataset.name".into(),
+            format!("{:?}: use letters, digits, '_' and '-'", d.name),
+        ));
+    }
+    if earlier.iter().any(|x: &DatasetConfig| x.name == d.name) {
+        return Err(invalid(field("name"), "appears twice".into()));
+    }
+    let (secret, secret_origin) = read_secret(
+        base,
+        &invalid,
+        &field,
+        "",
+        (&d.secret_env, &d.secret_file, &d.secret),
+    )?
+    .ok_or_else(|| {
+        invalid(
+            field("secret"),
+            "set exactly one of secret_env, secret_file and secret".into(),
+        )
+    })?;
+    let next_secret = read_secret(
+        base,
+        &invalid,
+        &field,
+        "next_",
+        (&d.next_secret_env, &d.next_secret_file, &d.next_secret),
+    )?;
+    if next_secret.as_ref().is_some_and(|(n, _)| *n == secret) {
+        return Err(invalid(
+            field("next_secret"),
+            "is the same as the secret: a rotation needs a new key".into(),
+        ));
+    }
+    // Logical capture needs the table itself, before a filter
+    // turns it into a query.
+    let pg_table = match &d.source {
+        SourceSection::Postgres(db) => db.table.clone().map(|t| (t, db.filter.is_some())),
+        _ => None,
+    };
+    let source = match d.source {
+        SourceSection::Sqlite {
+            path: db,
+            table,
+            query,
+            filter,
+        } => SourceConfig::Sqlite {
+            path: base.join(db),
+            relation: relation(table, query, filter).map_err(|p| invalid(field("source"), p))?,
+        },
+        SourceSection::Postgres(db) => {
+            SourceConfig::Postgres(database(db, &field).map_err(|(f, p)| invalid(f, p))?)
+        }
+        SourceSection::Mysql(db) => {
+            SourceConfig::Mysql(database(db, &field).map_err(|(f, p)| invalid(f, p))?)
+        }
+        SourceSection::Csv { path, null } => SourceConfig::Files {
+            path: base.join(path),
+            format: Format::Csv,
+            null,
+        },
+        SourceSection::Jsonl { path } => SourceConfig::Files {
+            path: base.join(path),
+            format: Format::Jsonl,
+            null: None,
+        },
+    };
+    if d.key.is_empty() {
+        return Err(invalid(
+            field("key"),
+            "at least one key column is required".into(),
+        ));
+    }
+    let mapping = Mapping::new(d.key, d.columns)
+        .map_err(|e| invalid(field("columns"), e.to_string()))?
+        .with_sensitive_keys(d.key_sensitive);
+    let capture = match d.capture {
+        None | Some(CaptureSection::None) => Capture::None,
+        Some(CaptureSection::Rescan { interval_secs }) => Capture::Rescan {
+            interval: Duration::from_secs(interval_secs.max(1)),
+        },
+        Some(CaptureSection::Push {
+            rescan_interval_secs,
+        }) => Capture::Push {
+            rescan_interval: rescan_interval_secs.map(|s| Duration::from_secs(s.max(1))),
+        },
+        Some(CaptureSection::Poll {
+            column,
+            interval_secs,
+            rescan_interval_secs,
+            overlap_secs,
+        }) => {
+            if matches!(source, SourceConfig::Files { .. }) {
+                return Err(invalid(
+                    field("capture"),
+                    "poll needs a database source; files use rescan".into(),
+                ));
+            }
+            Capture::Poll {
+                column,
+                interval: Duration::from_secs(interval_secs.unwrap_or(10).max(1)),
+                rescan_interval: Duration::from_secs(rescan_interval_secs.unwrap_or(3600).max(1)),
+                overlap: Duration::from_secs(overlap_secs.unwrap_or(DEFAULT_POLL_OVERLAP_SECS)),
+            }
+        }
+        Some(CaptureSection::Logical {
+            slot,
+            publication,
+            create,
+            interval_ms,
+            max_changes,
+        }) => {
+            let Some((table, filtered)) = pg_table else {
+                return Err(invalid(
+                    field("capture"),
+                    "logical capture needs a PostgreSQL source with a table \
+                     (not a query); use poll or rescan"
+                        .into(),
+                ));
+            };
+            let slot = slot.unwrap_or_else(|| default_slot_name(&d.name));
+            if slot.is_empty()
+                || slot.len() > 63
+                || !slot
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
+                return Err(invalid(
+                    field("capture.slot"),
+                    format!("{slot:?} is not a valid slot name (1 to 63 of a-z, 0-9 and _)"),
+                ));
+            }
+            Capture::Logical(LogicalCapture {
+                table,
+                filtered,
+                slot,
+                publication: publication.unwrap_or_else(|| default_slot_name(&d.name)),
+                create,
+                interval: Duration::from_millis(interval_ms.unwrap_or(100).max(1)),
+                max_changes: max_changes.unwrap_or(10_000).max(1),
+            })
+        }
+    };
+    if d.allow_repairs && matches!(source, SourceConfig::Files { .. }) {
+        return Err(invalid(
+            field("allow_repairs"),
+            "file sources are read-only; repairs need a database".into(),
+        ));
+    }
+    if d.allow_repairs && mapping.normalises_keys() {
+        return Err(invalid(
+            field("allow_repairs"),
+            "a key column has transforms, so a record's key is not the value stored \
+             and a repair could not address the row; repairs need keys as stored"
+                .into(),
+        ));
+    }
+    Ok(DatasetConfig {
+        name: d.name,
+        secret,
+        secret_origin,
+        next_secret,
+        source,
+        mapping,
+        capture,
+        serve_values: d.serve_values,
+        allow_repairs: d.allow_repairs,
+        key_sensitive: d.key_sensitive,
+    })
+}
+
 /// Validates one `[[sync]]`; errors name the field.
 fn sync_job(s: SyncSection, datasets: &[DatasetConfig]) -> Result<SyncJobConfig, (String, String)> {
     let field = |f: &str| format!("sync[{}].{f}", s.name);
@@ -828,189 +1019,8 @@ impl AgentConfig {
             .unwrap_or(file.agent.data_dir);
         let mut datasets = Vec::new();
         for d in file.datasets {
-            let field = |f: &str| format!("dataset[{}].{f}", d.name);
-            if d.name.is_empty()
-                || !d
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            {
-                return Err(invalid(
-                    "dataset.name".into(),
-                    format!("{:?}: use letters, digits, '_' and '-'", d.name),
-                ));
-            }
-            if datasets.iter().any(|x: &DatasetConfig| x.name == d.name) {
-                return Err(invalid(field("name"), "appears twice".into()));
-            }
-            let (secret, secret_origin) = read_secret(
-                base,
-                &invalid,
-                &field,
-                "",
-                (&d.secret_env, &d.secret_file, &d.secret),
-            )?
-            .ok_or_else(|| {
-                invalid(
-                    field("secret"),
-                    "set exactly one of secret_env, secret_file and secret".into(),
-                )
-            })?;
-            let next_secret = read_secret(
-                base,
-                &invalid,
-                &field,
-                "next_",
-                (&d.next_secret_env, &d.next_secret_file, &d.next_secret),
-            )?;
-            if next_secret.as_ref().is_some_and(|(n, _)| *n == secret) {
-                return Err(invalid(
-                    field("next_secret"),
-                    "is the same as the secret: a rotation needs a new key".into(),
-                ));
-            }
-            // Logical capture needs the table itself, before a filter
-            // turns it into a query.
-            let pg_table = match &d.source {
-                SourceSection::Postgres(db) => db.table.clone().map(|t| (t, db.filter.is_some())),
-                _ => None,
-            };
-            let source = match d.source {
-                SourceSection::Sqlite {
-                    path: db,
-                    table,
-                    query,
-                    filter,
-                } => SourceConfig::Sqlite {
-                    path: base.join(db),
-                    relation: relation(table, query, filter)
-                        .map_err(|p| invalid(field("source"), p))?,
-                },
-                SourceSection::Postgres(db) => {
-                    SourceConfig::Postgres(database(db, &field).map_err(|(f, p)| invalid(f, p))?)
-                }
-                SourceSection::Mysql(db) => {
-                    SourceConfig::Mysql(database(db, &field).map_err(|(f, p)| invalid(f, p))?)
-                }
-                SourceSection::Csv { path, null } => SourceConfig::Files {
-                    path: base.join(path),
-                    format: Format::Csv,
-                    null,
-                },
-                SourceSection::Jsonl { path } => SourceConfig::Files {
-                    path: base.join(path),
-                    format: Format::Jsonl,
-                    null: None,
-                },
-            };
-            if d.key.is_empty() {
-                return Err(invalid(
-                    field("key"),
-                    "at least one key column is required".into(),
-                ));
-            }
-            let mapping = Mapping::new(d.key, d.columns)
-                .map_err(|e| invalid(field("columns"), e.to_string()))?
-                .with_sensitive_keys(d.key_sensitive);
-            let capture = match d.capture {
-                None | Some(CaptureSection::None) => Capture::None,
-                Some(CaptureSection::Rescan { interval_secs }) => Capture::Rescan {
-                    interval: Duration::from_secs(interval_secs.max(1)),
-                },
-                Some(CaptureSection::Push {
-                    rescan_interval_secs,
-                }) => Capture::Push {
-                    rescan_interval: rescan_interval_secs.map(|s| Duration::from_secs(s.max(1))),
-                },
-                Some(CaptureSection::Poll {
-                    column,
-                    interval_secs,
-                    rescan_interval_secs,
-                    overlap_secs,
-                }) => {
-                    if matches!(source, SourceConfig::Files { .. }) {
-                        return Err(invalid(
-                            field("capture"),
-                            "poll needs a database source; files use rescan".into(),
-                        ));
-                    }
-                    Capture::Poll {
-                        column,
-                        interval: Duration::from_secs(interval_secs.unwrap_or(10).max(1)),
-                        rescan_interval: Duration::from_secs(
-                            rescan_interval_secs.unwrap_or(3600).max(1),
-                        ),
-                        overlap: Duration::from_secs(
-                            overlap_secs.unwrap_or(DEFAULT_POLL_OVERLAP_SECS),
-                        ),
-                    }
-                }
-                Some(CaptureSection::Logical {
-                    slot,
-                    publication,
-                    create,
-                    interval_ms,
-                    max_changes,
-                }) => {
-                    let Some((table, filtered)) = pg_table else {
-                        return Err(invalid(
-                            field("capture"),
-                            "logical capture needs a PostgreSQL source with a table \
-                             (not a query); use poll or rescan"
-                                .into(),
-                        ));
-                    };
-                    let slot = slot.unwrap_or_else(|| default_slot_name(&d.name));
-                    if slot.is_empty()
-                        || slot.len() > 63
-                        || !slot
-                            .chars()
-                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-                    {
-                        return Err(invalid(
-                            field("capture.slot"),
-                            format!(
-                                "{slot:?} is not a valid slot name (1 to 63 of a-z, 0-9 and _)"
-                            ),
-                        ));
-                    }
-                    Capture::Logical(LogicalCapture {
-                        table,
-                        filtered,
-                        slot,
-                        publication: publication.unwrap_or_else(|| default_slot_name(&d.name)),
-                        create,
-                        interval: Duration::from_millis(interval_ms.unwrap_or(100).max(1)),
-                        max_changes: max_changes.unwrap_or(10_000).max(1),
-                    })
-                }
-            };
-            if d.allow_repairs && matches!(source, SourceConfig::Files { .. }) {
-                return Err(invalid(
-                    field("allow_repairs"),
-                    "file sources are read-only; repairs need a database".into(),
-                ));
-            }
-            if d.allow_repairs && mapping.normalises_keys() {
-                return Err(invalid(
-                    field("allow_repairs"),
-                    "a key column has transforms, so a record's key is not the value stored \
-                     and a repair could not address the row; repairs need keys as stored"
-                        .into(),
-                ));
-            }
-            datasets.push(DatasetConfig {
-                name: d.name,
-                secret,
-                secret_origin,
-                next_secret,
-                source,
-                mapping,
-                capture,
-                serve_values: d.serve_values,
-                allow_repairs: d.allow_repairs,
-                key_sensitive: d.key_sensitive,
-            });
+            let d = dataset_config(d, base, path, &datasets)?;
+            datasets.push(d);
         }
         let tls = match &file.agent.tls {
             None => None,
