@@ -61,21 +61,28 @@ fn create(db: &Path, rows: impl IntoIterator<Item = (i64, String, Option<String>
     }
 }
 
-#[test]
-fn a_one_way_repair_between_datasets_of_one_process_needs_no_grpc() {
-    let dir = TempDir::new().unwrap();
-    let truth = |id: i64| (id, format!("customer {id}"), Some(format!("{}.50", id * 3)));
-    create(&dir.path().join("crm.db"), (1..=50).map(truth));
-    // The copy: 5 rows changed, 10 missing, 4 extra.
-    create(
-        &dir.path().join("erp.db"),
-        (1..=40)
-            .map(|id| match id % 8 {
-                0 => (id, format!("customer {id} (old)"), None),
-                _ => truth(id),
-            })
-            .chain((100..104).map(truth)),
-    );
+/// A one-way sync from `crm` to `erp`, deleting target-only rows, in
+/// batches of 7.
+fn options() -> SyncOptions {
+    SyncOptions {
+        source: "(this process)".into(),
+        target: "(this process)".into(),
+        dataset: "crm".into(),
+        target_dataset: "erp".into(),
+        policy: Policy::OneWay(Extra::Delete),
+        batch: 7,
+        max_rows_per_sec: 0,
+        retry_for: arbor::sync::DEFAULT_RETRY_FOR,
+        only_keys: None,
+        max_skew: arbor::sync::DEFAULT_MAX_SKEW,
+        max_share: arbor::sync::DEFAULT_MAX_SHARE,
+    }
+}
+
+/// One process holding datasets `crm` (the source, serving values) and
+/// `erp` (the target, taking repairs) over `crm.db` and `erp.db` in `dir`,
+/// both indexed: the two local sides of a sync.
+fn local_pair(dir: &TempDir) -> Sides {
     let config = dir.path().join("agent.toml");
     let dataset = |name: &str, extra: &str| {
         format!(
@@ -106,7 +113,7 @@ fn a_one_way_repair_between_datasets_of_one_process_needs_no_grpc() {
     ));
     let runs = Arc::new(RunStore::open(dir.path().join("runs")).unwrap());
     let repairs = Repairs::new(state, runs, &config.datasets);
-    let sides = Sides::new(
+    Sides::new(
         SideAt::Local {
             repairs: repairs.clone(),
             dataset: "crm".into(),
@@ -116,19 +123,26 @@ fn a_one_way_repair_between_datasets_of_one_process_needs_no_grpc() {
             dataset: "erp".into(),
         },
         arbor::sync::DEFAULT_RETRY_FOR,
+    )
+}
+
+#[test]
+fn a_one_way_repair_between_datasets_of_one_process_needs_no_grpc() {
+    let dir = TempDir::new().unwrap();
+    let truth = |id: i64| (id, format!("customer {id}"), Some(format!("{}.50", id * 3)));
+    create(&dir.path().join("crm.db"), (1..=50).map(truth));
+    // The copy: 5 rows changed, 10 missing, 4 extra.
+    create(
+        &dir.path().join("erp.db"),
+        (1..=40)
+            .map(|id| match id % 8 {
+                0 => (id, format!("customer {id} (old)"), None),
+                _ => truth(id),
+            })
+            .chain((100..104).map(truth)),
     );
-    let opts = SyncOptions {
-        source: "(this process)".into(),
-        target: "(this process)".into(),
-        dataset: "crm".into(),
-        target_dataset: "erp".into(),
-        policy: Policy::OneWay(Extra::Delete),
-        batch: 7,
-        max_rows_per_sec: 0,
-        retry_for: arbor::sync::DEFAULT_RETRY_FOR,
-        only_keys: None,
-        max_skew: arbor::sync::DEFAULT_MAX_SKEW,
-    };
+    let sides = local_pair(&dir);
+    let opts = options();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (actions, report) = rt.block_on(plan_with(&opts, &sides, false)).unwrap();
     assert_eq!(report.drift, 19, "{report:?}");
@@ -161,4 +175,52 @@ fn a_one_way_repair_between_datasets_of_one_process_needs_no_grpc() {
         .unwrap();
     assert_eq!(replay.replayed_batches, 3, "{replay:?}");
     assert_eq!(replay.applied, 19, "journalled outcomes: {replay:?}");
+}
+
+/// A plan that would update or delete more than the allowed share of a
+/// side's records is refused before anything is written (a wrong mapping or
+/// source of truth looks like mass drift); inserts do not count, and a
+/// larger `max_share` lets it through.
+#[test]
+fn a_plan_that_changes_most_of_a_target_is_refused() {
+    let dir = TempDir::new().unwrap();
+    let row = |id: i64, name: &str| (id, format!("{name} {id}"), Some("1".to_owned()));
+    create(
+        &dir.path().join("crm.db"),
+        (1..=400).map(|id| row(id, "new name")),
+    );
+    // All 300 of the target's rows would change: 200 updates and 100
+    // deletes; the 200 inserts do not count.
+    create(
+        &dir.path().join("erp.db"),
+        (1..=200).chain(1001..=1100).map(|id| row(id, "old name")),
+    );
+    let sides = local_pair(&dir);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let e = rt
+        .block_on(plan_with(&options(), &sides, false))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("update or delete 300 of the 300 records of the target") && e.contains("50.0 %"),
+        "{e}"
+    );
+    assert_eq!(
+        rows(&dir.path().join("erp.db")).len(),
+        300,
+        "nothing written"
+    );
+    let opts = SyncOptions {
+        max_share: 1.0,
+        ..options()
+    };
+    let (actions, report) = rt.block_on(plan_with(&opts, &sides, false)).unwrap();
+    let report = rt
+        .block_on(execute_with(&opts, &sides, &actions, report))
+        .unwrap();
+    assert_eq!(report.drift_after, Some(0), "{report:?}");
+    assert_eq!(
+        rows(&dir.path().join("erp.db")),
+        rows(&dir.path().join("crm.db"))
+    );
 }

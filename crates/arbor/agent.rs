@@ -507,6 +507,7 @@ impl AuditService for AuditServer {
             retry_for: crate::sync::DEFAULT_RETRY_FOR,
             only_keys: None,
             max_skew: crate::sync::DEFAULT_MAX_SKEW,
+            max_share: crate::sync::DEFAULT_MAX_SHARE,
         };
         let sync_status = |e: crate::sync::SyncError| Status::aborted(e.to_string());
         // This agent's side in process, the peer's over gRPC.

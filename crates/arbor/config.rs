@@ -578,6 +578,11 @@ pub struct SyncSection {
     /// Default 300.
     #[serde(default)]
     pub max_skew_secs: Option<u64>,
+    /// Refuse a run that would update or delete more than this share of a
+    /// side's records (0 to 1; 1 allows anything; inserts do not count,
+    /// sides under 100 records are never refused). Default 0.5.
+    #[serde(default)]
+    pub max_share: Option<f64>,
 }
 
 /// A sync job, validated.
@@ -607,6 +612,8 @@ pub struct SyncJobConfig {
     pub max_rows_per_sec: u64,
     /// The allowed skew of `lww` times.
     pub max_skew: std::time::Duration,
+    /// The largest share of a side's records one run may update or delete.
+    pub max_share: f64,
 }
 
 /// The whole file.
@@ -892,6 +899,16 @@ fn sync_job(s: SyncSection, datasets: &[DatasetConfig]) -> Result<SyncJobConfig,
             arbor_sync::policy::DEFAULT_MAX_SKEW,
             std::time::Duration::from_secs,
         ),
+        max_share: match s.max_share {
+            None => arbor_sync::repair::DEFAULT_MAX_SHARE,
+            Some(share) if (0.0..=1.0).contains(&share) => share,
+            Some(share) => {
+                return Err((
+                    "max_share".into(),
+                    format!("{share} is not a share between 0 and 1"),
+                ));
+            }
+        },
     })
 }
 

@@ -240,6 +240,8 @@ impl Jobs {
             only_keys: Some(std::collections::HashSet::from([key])),
             // Settled by priority: no lww time is judged.
             max_skew: crate::sync::DEFAULT_MAX_SKEW,
+            // One key, chosen by a person.
+            max_share: 1.0,
         };
         let sides = self.home.sides(&opts);
         let (actions, report) = crate::sync::plan_with(&opts, &sides, false)
@@ -387,6 +389,7 @@ async fn run(
             retry_for: crate::sync::DEFAULT_RETRY_FOR,
             only_keys: None,
             max_skew: c.max_skew,
+            max_share: c.max_share,
         };
         let sides = home.sides(&opts);
         let result = async {

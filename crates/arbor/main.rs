@@ -210,6 +210,11 @@ struct SyncArgs {
     /// row is reported unresolved rather than settled by it.
     #[arg(long, default_value_t = 300)]
     max_skew_secs: u64,
+    /// Refuse a plan that would update or delete more than this share of a
+    /// side's records (0 to 1; 1 allows anything). Inserts do not count;
+    /// sides under 100 records are never refused.
+    #[arg(long, default_value_t = arbor::sync::DEFAULT_MAX_SHARE)]
+    max_share: f64,
     /// JSON lines: the summary, then one line per action.
     #[arg(long)]
     json: bool,
@@ -834,6 +839,9 @@ async fn sync(command: SyncCommand) -> Result<u8> {
     };
     wait_serving(&source, deadline).await?;
     wait_serving(&target, deadline).await?;
+    if !(0.0..=1.0).contains(&args.max_share) {
+        bail!("--max-share {}: a share between 0 and 1", args.max_share);
+    }
     let mut owners = Vec::new();
     for o in &args.owners {
         let (col, side) = o
@@ -860,6 +868,7 @@ async fn sync(command: SyncCommand) -> Result<u8> {
         retry_for: std::time::Duration::from_secs(args.retry_secs),
         only_keys: None,
         max_skew: Duration::from_secs(args.max_skew_secs),
+        max_share: args.max_share,
     };
     let (actions, report) = match saved {
         Some((_, actions, report)) => (actions, report),

@@ -86,7 +86,13 @@ pub struct SyncOptions {
     /// How far in the future an `lww` time may lie before it is reported
     /// rather than trusted.
     pub max_skew: Duration,
+    /// The largest share of a side's records one run may update or delete
+    /// (see [`check_share`]); 1 allows anything.
+    pub max_share: f64,
 }
+
+/// The default of [`SyncOptions::max_share`]: half of a side's records.
+pub const DEFAULT_MAX_SHARE: f64 = arbor_sync::repair::DEFAULT_MAX_SHARE;
 
 /// What a planned action does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -578,11 +584,10 @@ pub trait SyncSides: Sync {
     /// How errors name a side (its agent).
     fn name(&self, side: Side) -> &str;
 
-    /// Compares the two sides now: the drift, and the hashing key id the
-    /// compare settled on (hex; its digests are keyed with it).
-    fn drift(
-        &self,
-    ) -> impl Future<Output = Result<(Vec<arbor_sync::Drift>, String), SyncError>> + Send;
+    /// Compares the two sides now: the drift, the hashing key id the
+    /// compare settled on (hex; its digests are keyed with it), and each
+    /// side's record count.
+    fn drift(&self) -> impl Future<Output = Result<Compared, SyncError>> + Send;
 
     /// The values of these keys on `side`, as stored.
     fn fetch(
@@ -699,7 +704,7 @@ impl SyncSides for Sides {
         self.at(side).name()
     }
 
-    async fn drift(&self) -> Result<(Vec<arbor_sync::Drift>, String), SyncError> {
+    async fn drift(&self) -> Result<Compared, SyncError> {
         // A side that restarted mid-run is back only once it caught up with
         // its system: wait for it as long as writes are retried.
         let retry = RetryPolicy::spanning(self.retry_for);
@@ -953,31 +958,77 @@ async fn apply_local(
     .map_err(|e| SyncError::Invalid(format!("repair task failed: {e}")))?
 }
 
-/// The drift between two peers, and the key id the compare settled on.
+/// What a compare of the two sides found.
+#[derive(Debug, Clone, Default)]
+pub struct Compared {
+    /// The drift.
+    pub drift: Vec<arbor_sync::Drift>,
+    /// The hashing key id (hex) the compare settled on.
+    pub key_id: String,
+    /// Records on each side: source, target.
+    pub rows: [u64; 2],
+}
+
+/// The drift between two peers, the key id the compare settled on, and
+/// each side's record count.
 async fn compared<L: arbor_sync::Peer, R: arbor_sync::Peer>(
     left: &L,
     right: &R,
-) -> Result<(Vec<arbor_sync::Drift>, String), SyncError> {
+) -> Result<Compared, SyncError> {
     let (drift, stats) = compare_collect(left, right, &CompareOptions::default())
         .await
         .map_err(|e| SyncError::Compare(crate::report::error_chain(&e)))?;
-    let key_id = stats
-        .right_description
-        .map(|d| d.key_id.to_string())
-        .unwrap_or_default();
-    Ok((drift, key_id))
+    let count = |d: &Option<arbor_index::Description>| d.as_ref().map_or(0, |d| d.count());
+    Ok(Compared {
+        key_id: stats
+            .right_description
+            .as_ref()
+            .map(|d| d.key_id.to_string())
+            .unwrap_or_default(),
+        rows: [
+            count(&stats.left_description),
+            count(&stats.right_description),
+        ],
+        drift,
+    })
 }
 
 /// The drift of a run: all of it, or only the keys the run settles.
-async fn drift_of(
-    opts: &SyncOptions,
-    sides: &impl SyncSides,
-) -> Result<(Vec<arbor_sync::Drift>, String), SyncError> {
-    let (mut drift, key_id) = sides.drift().await?;
+async fn drift_of(opts: &SyncOptions, sides: &impl SyncSides) -> Result<Compared, SyncError> {
+    let mut compared = sides.drift().await?;
     if let Some(only) = &opts.only_keys {
-        drift.retain(|d| only.contains(&d.key));
+        compared.drift.retain(|d| only.contains(&d.key));
     }
-    Ok((drift, key_id))
+    Ok(compared)
+}
+
+use arbor_sync::repair::SHARE_MIN_ROWS;
+
+/// Refuses a plan that would update or delete more than `max_share` of a
+/// side's records: a mass change is more often a wrong mapping or a wrong
+/// source of truth than real drift. Inserts do not count (filling an empty
+/// table is no risk to existing rows); `max_share` 1 allows anything.
+fn check_share(actions: &[Action], rows: [u64; 2], max_share: f64) -> Result<(), SyncError> {
+    for (side, rows) in [(Side::Source, rows[0]), (Side::Target, rows[1])] {
+        let changed = actions
+            .iter()
+            .filter(|a| {
+                a.side == side
+                    && (a.action == ActionKind::Delete
+                        || (a.action == ActionKind::Upsert && a.expected.is_some()))
+            })
+            .count() as u64;
+        if rows >= SHARE_MIN_ROWS && changed as f64 > max_share * rows as f64 {
+            return Err(SyncError::Invalid(format!(
+                "the plan would update or delete {changed} of the {rows} records of the {side} \
+                 ({:.1} %), more than the allowed share of {:.1} %: check the mapping and the \
+                 source of truth, or allow more (--max-share, a job's max_share)",
+                100.0 * changed as f64 / rows as f64,
+                100.0 * max_share
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Compares and plans over gRPC (see [`plan_with`]).
@@ -996,7 +1047,11 @@ pub async fn plan_with(
     dry_run: bool,
 ) -> Result<(Vec<Action>, SyncReport), SyncError> {
     let started = Instant::now();
-    let (drift, key_id) = drift_of(opts, sides).await?;
+    let Compared {
+        drift,
+        key_id,
+        rows,
+    } = drift_of(opts, sides).await?;
     let mut report = SyncReport {
         run_id: crate::report::new_run_id(),
         key_id,
@@ -1027,6 +1082,7 @@ pub async fn plan_with(
         )));
     }
     let mut actions = decide(opts, &drift, &mut source, &mut target, &mut report);
+    check_share(&actions, rows, opts.max_share)?;
     count_planned(&actions, &mut report);
     if dry_run {
         render_sql(opts, sides, &mut actions, &report.key_id).await?;
@@ -1486,7 +1542,7 @@ pub async fn execute_with(
     }
     report.write_ms = started.elapsed().as_millis() as u64;
     let verifying = Instant::now();
-    report.drift_after = Some(drift_of(opts, sides).await?.0.len() as u64);
+    report.drift_after = Some(drift_of(opts, sides).await?.drift.len() as u64);
     report.verify_ms = verifying.elapsed().as_millis() as u64;
     report.elapsed_ms += started.elapsed().as_millis() as u64;
     Ok(report)
