@@ -3173,8 +3173,9 @@ fn manual_conflicts_are_queued_listed_and_resolved() {
         );
         assert!(
             out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
         );
     }
     assert!(list(dir.path(), &hub.address).is_empty());
