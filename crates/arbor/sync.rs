@@ -87,7 +87,7 @@ pub struct SyncOptions {
     /// rather than trusted.
     pub max_skew: Duration,
     /// The largest share of a side's records one run may update or delete
-    /// (see [`check_share`]); 1 allows anything.
+    /// (updates and deletes; inserts do not count); 1 allows anything.
     pub max_share: f64,
 }
 
