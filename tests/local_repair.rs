@@ -83,6 +83,11 @@ fn options() -> SyncOptions {
 /// `erp` (the target, taking repairs) over `crm.db` and `erp.db` in `dir`,
 /// both indexed: the two local sides of a sync.
 fn local_pair(dir: &TempDir) -> Sides {
+    local_pair_with_repairs(dir).0
+}
+
+/// [`local_pair`], and the process's repairs (its datasets' state).
+fn local_pair_with_repairs(dir: &TempDir) -> (Sides, Repairs) {
     let config = dir.path().join("agent.toml");
     let dataset = |name: &str, extra: &str| {
         format!(
@@ -113,17 +118,18 @@ fn local_pair(dir: &TempDir) -> Sides {
     ));
     let runs = Arc::new(RunStore::open(dir.path().join("runs")).unwrap());
     let repairs = Repairs::new(state, runs, &config.datasets);
-    Sides::new(
+    let sides = Sides::new(
         SideAt::Local {
             repairs: repairs.clone(),
             dataset: "crm".into(),
         },
         SideAt::Local {
-            repairs,
+            repairs: repairs.clone(),
             dataset: "erp".into(),
         },
         arbor::sync::DEFAULT_RETRY_FOR,
-    )
+    );
+    (sides, repairs)
 }
 
 #[test]
@@ -223,4 +229,34 @@ fn a_plan_that_changes_most_of_a_target_is_refused() {
         rows(&dir.path().join("erp.db")),
         rows(&dir.path().join("crm.db"))
     );
+}
+
+/// A local side still being indexed (an agent that just started catches up
+/// with its system first) is waited for, as a remote one is through its
+/// retries: a run started meanwhile completes once the index is ready.
+#[test]
+fn a_local_side_still_indexing_is_waited_for() {
+    let dir = TempDir::new().unwrap();
+    let row = |id: i64| (id, format!("customer {id}"), Some("1".to_owned()));
+    create(&dir.path().join("crm.db"), (1..=20).map(row));
+    create(&dir.path().join("erp.db"), (1..=10).map(row));
+    let (sides, repairs) = local_pair_with_repairs(&dir);
+    let crm = std::sync::Arc::clone(repairs.state().dataset("crm").unwrap());
+    crm.indexing
+        .store(true, std::sync::atomic::Ordering::Release);
+    let ready = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        crm.indexing
+            .store(false, std::sync::atomic::Ordering::Release);
+    });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let started = std::time::Instant::now();
+    let (actions, report) = rt.block_on(plan_with(&options(), &sides, false)).unwrap();
+    assert!(started.elapsed() >= std::time::Duration::from_millis(400));
+    ready.join().unwrap();
+    let report = rt
+        .block_on(execute_with(&options(), &sides, &actions, report))
+        .unwrap();
+    assert_eq!(report.applied, 10, "{report:?}");
+    assert_eq!(report.drift_after, Some(0), "{report:?}");
 }

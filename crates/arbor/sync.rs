@@ -684,16 +684,28 @@ fn local_err(dataset: &str, s: &tonic::Status) -> SyncError {
 }
 
 /// The index of a local side's dataset, if it may be compared now.
-fn local_index(
+/// Waits while a local dataset is being indexed (an agent that just
+/// started catches up with its system first), as a remote side is waited
+/// for through its retries, for at most `retry_for`.
+async fn local_index(
     repairs: &crate::repair::Repairs,
     dataset: &str,
+    retry_for: Duration,
 ) -> Result<std::sync::Arc<arbor_index::Index>, SyncError> {
-    let ds = repairs
-        .state()
-        .comparable(dataset)
-        .map_err(|s| local_err(dataset, &s))?;
-    Ok(ds.index())
+    let deadline = Instant::now() + retry_for;
+    loop {
+        match repairs.state().comparable(dataset) {
+            Ok(ds) => return Ok(ds.index()),
+            Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(LOCAL_WAIT).await;
+            }
+            Err(s) => return Err(local_err(dataset, &s)),
+        }
+    }
 }
+
+/// Pause between looks at a local side that is still being indexed.
+const LOCAL_WAIT: Duration = Duration::from_millis(100);
 
 fn peer_err(e: impl std::error::Error) -> SyncError {
     SyncError::Compare(crate::report::error_chain(&e))
@@ -720,8 +732,8 @@ impl SyncSides for Sides {
                 },
             ) => {
                 let (l, r) = (
-                    local_index(repairs, dataset)?,
-                    local_index(other, other_dataset)?,
+                    local_index(repairs, dataset, self.retry_for).await?,
+                    local_index(other, other_dataset, self.retry_for).await?,
                 );
                 let l = LocalPeer::new(&l, dataset.clone()).map_err(peer_err)?;
                 let r = LocalPeer::new(&r, other_dataset.clone()).map_err(peer_err)?;
@@ -734,7 +746,7 @@ impl SyncSides for Sides {
                     dataset: theirs,
                 },
             ) => {
-                let l = local_index(repairs, dataset)?;
+                let l = local_index(repairs, dataset, self.retry_for).await?;
                 let l = LocalPeer::new(&l, dataset.clone()).map_err(peer_err)?;
                 compared(&l, &remote(agent, theirs)?).await
             }
@@ -745,7 +757,7 @@ impl SyncSides for Sides {
                 },
                 SideAt::Local { repairs, dataset },
             ) => {
-                let r = local_index(repairs, dataset)?;
+                let r = local_index(repairs, dataset, self.retry_for).await?;
                 let r = LocalPeer::new(&r, dataset.clone()).map_err(peer_err)?;
                 compared(&remote(agent, theirs)?, &r).await
             }
@@ -774,7 +786,9 @@ impl SyncSides for Sides {
             SideAt::Remote { agent, dataset } => {
                 apply_remote(&agent, &dataset, self.retry_for, batch).await
             }
-            SideAt::Local { repairs, dataset } => apply_local(repairs, dataset, batch).await,
+            SideAt::Local { repairs, dataset } => {
+                apply_local(repairs, dataset, self.retry_for, batch).await
+            }
         }
     }
 }
@@ -910,6 +924,7 @@ async fn apply_remote(
 async fn apply_local(
     repairs: crate::repair::Repairs,
     dataset: String,
+    retry_for: Duration,
     batch: Batch<'_>,
 ) -> Result<Applied, SyncError> {
     let writes = batch
@@ -929,33 +944,50 @@ async fn apply_local(
         )),
     };
     let (run_id, dry_run) = (batch.run_id.to_owned(), batch.dry_run);
-    tokio::task::spawn_blocking(move || {
-        if dry_run {
-            let sql = repairs
-                .render(&dataset, &writes, key_id)
-                .map_err(|s| local_err(&dataset, &s))?;
-            return Ok(Applied {
-                outcomes: sql.into_iter().map(BatchOutcome::Planned).collect(),
-                replayed: false,
-            });
-        }
-        let (outcomes, replayed) = repairs
-            .apply(&dataset, &run_id, &writes, key_id)
-            .map_err(|s| local_err(&dataset, &s))?;
-        Ok(Applied {
-            outcomes: outcomes
-                .into_iter()
-                .map(|o| match o {
-                    crate::repair::RepairOutcome::Applied => BatchOutcome::Applied,
-                    crate::repair::RepairOutcome::AlreadyApplied => BatchOutcome::AlreadyApplied,
-                    crate::repair::RepairOutcome::Conflict => BatchOutcome::Conflict,
-                })
-                .collect(),
-            replayed,
+    // A dataset being indexed refuses writes for now: waited for, as a
+    // remote side's refusals are retried.
+    let deadline = Instant::now() + retry_for;
+    loop {
+        let (repairs, name, writes, run_id) = (
+            repairs.clone(),
+            dataset.clone(),
+            writes.clone(),
+            run_id.clone(),
+        );
+        let result = tokio::task::spawn_blocking(move || -> Result<Applied, tonic::Status> {
+            let dataset = name;
+            if dry_run {
+                let sql = repairs.render(&dataset, &writes, key_id)?;
+                return Ok(Applied {
+                    outcomes: sql.into_iter().map(BatchOutcome::Planned).collect(),
+                    replayed: false,
+                });
+            }
+            let (outcomes, replayed) = repairs.apply(&dataset, &run_id, &writes, key_id)?;
+            Ok(Applied {
+                outcomes: outcomes
+                    .into_iter()
+                    .map(|o| match o {
+                        crate::repair::RepairOutcome::Applied => BatchOutcome::Applied,
+                        crate::repair::RepairOutcome::AlreadyApplied => {
+                            BatchOutcome::AlreadyApplied
+                        }
+                        crate::repair::RepairOutcome::Conflict => BatchOutcome::Conflict,
+                    })
+                    .collect(),
+                replayed,
+            })
         })
-    })
-    .await
-    .map_err(|e| SyncError::Invalid(format!("repair task failed: {e}")))?
+        .await
+        .map_err(|e| SyncError::Invalid(format!("repair task failed: {e}")))?;
+        match result {
+            Ok(applied) => return Ok(applied),
+            Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(LOCAL_WAIT).await;
+            }
+            Err(s) => return Err(local_err(&dataset, &s)),
+        }
+    }
 }
 
 /// What a compare of the two sides found.
