@@ -59,6 +59,8 @@ pub struct Mapping {
     schema: Schema,
     /// Keys are sensitive: errors never show one.
     sensitive_keys: bool,
+    /// A key column has transforms (known once: every record asks).
+    normalises_keys: bool,
 }
 
 /// Kinds a key column may have: exact, totally ordered, stable across engines.
@@ -105,11 +107,13 @@ impl Mapping {
                 .map(|c| Column::new(c.canonical(), c.kind))
                 .collect(),
         )?;
+        let normalises_keys = key.iter().any(|k| !k.transforms.is_identity());
         Ok(Mapping {
             key,
             columns,
             schema,
             sensitive_keys: false,
+            normalises_keys,
         })
     }
 
@@ -128,17 +132,18 @@ impl Mapping {
     /// then a record's key is not the value stored, and the system cannot
     /// be asked for a row by it (see [`crate::fetch_by_scan`]).
     pub fn normalises_keys(&self) -> bool {
-        self.key.iter().any(|k| !k.transforms.is_identity())
+        self.normalises_keys
     }
 
     /// The key of the record a row with this stored key becomes.
     pub fn key_of(&self, mut stored: Vec<arbor_record::Value>) -> Vec<arbor_record::Value> {
-        for (v, c) in stored.iter_mut().zip(&self.key) {
-            if !c.transforms.is_identity() {
-                *v = c
-                    .transforms
-                    .apply(std::mem::replace(v, arbor_record::Value::Null));
-            }
+        if self.normalises_keys {
+            reshape(
+                &mut stored,
+                &self.key,
+                |t| !t.is_identity(),
+                Transforms::apply,
+            );
         }
         stored
     }
@@ -164,13 +169,12 @@ impl Mapping {
     /// exact form) brought to this mapping's compared form: what its digest
     /// is checked as.
     pub fn compared(&self, mut record: Record) -> Record {
-        for (v, c) in record.values.iter_mut().zip(&self.columns) {
-            if c.transforms.is_lossy() {
-                *v = c
-                    .transforms
-                    .apply_lossy(std::mem::replace(v, arbor_record::Value::Null));
-            }
-        }
+        reshape(
+            &mut record.values,
+            &self.columns,
+            Transforms::is_lossy,
+            Transforms::apply_lossy,
+        );
         record
     }
 
@@ -232,14 +236,31 @@ impl Mapping {
     /// from the system.
     pub fn apply(&self, mut record: Record) -> Record {
         record.key = self.key_of(record.key);
-        for (v, c) in record.values.iter_mut().zip(&self.columns) {
-            if !c.transforms.is_identity() {
-                *v = c
-                    .transforms
-                    .apply(std::mem::replace(v, arbor_record::Value::Null));
-            }
-        }
+        reshape(
+            &mut record.values,
+            &self.columns,
+            |t| !t.is_identity(),
+            Transforms::apply,
+        );
         record
+    }
+}
+
+/// Replaces each value whose column's transforms pass `applies` by
+/// `transform` of it (values and columns in the same order).
+fn reshape(
+    values: &mut [arbor_record::Value],
+    columns: &[ColumnMapping],
+    applies: impl Fn(&Transforms) -> bool,
+    transform: impl Fn(&Transforms, arbor_record::Value) -> arbor_record::Value,
+) {
+    for (v, c) in values.iter_mut().zip(columns) {
+        if applies(&c.transforms) {
+            *v = transform(
+                &c.transforms,
+                std::mem::replace(v, arbor_record::Value::Null),
+            );
+        }
     }
 }
 

@@ -220,11 +220,29 @@ impl Transforms {
     /// NULL and empty, rounding, precision): then two stored values may
     /// compare equal, and only the stored one may be written.
     pub fn is_lossy(&self) -> bool {
-        *self
-            != Transforms {
-                offset: self.offset.clone(),
-                ..Transforms::default()
-            }
+        // Every field but `offset`, spelled out: this runs per value a
+        // repair checks, and must not allocate.
+        let Transforms {
+            trim,
+            trim_end,
+            case,
+            unicode,
+            empty_as_null,
+            null_as_empty,
+            scale,
+            round,
+            precision,
+            offset: _,
+        } = self;
+        *trim
+            || *trim_end
+            || case.is_some()
+            || unicode.is_some()
+            || *empty_as_null
+            || *null_as_empty
+            || scale.is_some()
+            || round.is_some()
+            || precision.is_some()
     }
 
     /// This column's exact transforms alone (see [`Transforms::apply_exact`]).

@@ -296,16 +296,14 @@ impl Clock {
     /// Checks an `lww` value of `side`'s row: NULL, or a time too far in
     /// the future, is reported, never decided.
     fn check(&self, column: &str, side: Side, v: &Value) -> Result<(), Unsettled> {
-        let at_us = match v {
-            Value::Null => {
-                return Err(Unsettled::NullTime {
-                    column: column.to_owned(),
-                    side,
-                });
-            }
-            Value::Timestamp(t) => t.0,
-            Value::Date(d) => i64::from(d.0) * 86_400_000_000,
-            _ => return Ok(()),
+        if *v == Value::Null {
+            return Err(Unsettled::NullTime {
+                column: column.to_owned(),
+                side,
+            });
+        }
+        let Some(at_us) = instant_us(v) else {
+            return Ok(());
         };
         let ahead = at_us.saturating_sub(self.now_us);
         if ahead > self.max_skew_us {
@@ -317,6 +315,18 @@ impl Clock {
             });
         }
         Ok(())
+    }
+}
+
+/// Microseconds in a day: a date orders as its midnight (UTC).
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+/// An `lww` value as an instant (µs since the Unix epoch), if it is a time.
+fn instant_us(v: &Value) -> Option<i64> {
+    match v {
+        Value::Timestamp(t) => Some(t.0),
+        Value::Date(d) => Some(i64::from(d.0) * MICROS_PER_DAY),
+        _ => None,
     }
 }
 
@@ -465,11 +475,12 @@ pub fn settle_delete(
         Rule::Lww { column } => {
             let i = lww_column(columns, column)?;
             let column = column.clone();
-            let written_us = match &row[i] {
-                Value::Timestamp(t) => t.0,
-                Value::Date(d) => i64::from(d.0) * 86_400_000_000,
-                Value::Null => return Err(Unsettled::NullAgainstDelete { column, deleted_on }),
-                other => {
+            let written_us = match (&row[i], instant_us(&row[i])) {
+                (_, Some(us)) => us,
+                (Value::Null, None) => {
+                    return Err(Unsettled::NullAgainstDelete { column, deleted_on });
+                }
+                (other, None) => {
                     return Err(Unsettled::NotATime {
                         column,
                         value: other.to_string(),
