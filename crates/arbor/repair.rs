@@ -202,6 +202,28 @@ impl Repairs {
             .ok_or_else(|| Status::not_found(format!("unknown dataset {dataset:?}")))
     }
 
+    /// A dataset that serves values (`serve_values = true`).
+    pub fn serving(&self, dataset: &str) -> Result<&DatasetConfig, Status> {
+        let d = self.config(dataset)?;
+        if !d.serve_values {
+            return Err(Status::permission_denied(format!(
+                "dataset {dataset:?} does not serve values (serve_values = false)"
+            )));
+        }
+        Ok(d)
+    }
+
+    /// A dataset that takes repairs (`allow_repairs = true`).
+    pub fn accepting(&self, dataset: &str) -> Result<&DatasetConfig, Status> {
+        let d = self.config(dataset)?;
+        if !d.allow_repairs {
+            return Err(Status::permission_denied(format!(
+                "dataset {dataset:?} does not accept repairs (allow_repairs = false)"
+            )));
+        }
+        Ok(d)
+    }
+
     /// The system to read `dataset`'s values from: as compared, or (with
     /// `stored`) as stored where its transforms lose information. Blocking
     /// on first use of a stored-values source (it connects).
@@ -210,12 +232,6 @@ impl Repairs {
         d: &DatasetConfig,
         stored: bool,
     ) -> Result<Arc<Mutex<Box<dyn arbor_source::Source>>>, Status> {
-        if !d.serve_values {
-            return Err(Status::permission_denied(format!(
-                "dataset {:?} does not serve values (serve_values = false)",
-                d.name
-            )));
-        }
         let ds = self.state.dataset(&d.name)?;
         let source = ds.source.clone().ok_or_else(|| {
             Status::failed_precondition(format!("dataset {:?} has no system attached", d.name))
@@ -254,7 +270,7 @@ impl Repairs {
         stored: bool,
         mut visit: impl FnMut(Vec<FetchedRow>) -> Result<(), Option<Status>>,
     ) -> Result<(), Option<Status>> {
-        let d = self.config(dataset).map_err(Some)?;
+        let d = self.serving(dataset).map_err(Some)?;
         let source = self.source_for(d, stored).map_err(Some)?;
         let ds = Arc::clone(self.state.dataset(dataset).map_err(Some)?);
         arbor_source::fetch_each(
@@ -320,12 +336,7 @@ impl Repairs {
         ),
         Status,
     > {
-        let d = self.config(dataset)?.clone();
-        if !d.allow_repairs {
-            return Err(Status::permission_denied(format!(
-                "dataset {dataset:?} does not accept repairs (allow_repairs = false)"
-            )));
-        }
+        let d = self.accepting(dataset)?.clone();
         let ds = Arc::clone(self.state.dataset(dataset)?);
         if ds.indexing.load(std::sync::atomic::Ordering::Acquire) {
             // A restarted agent rebuilds first; the client retries.
@@ -395,7 +406,7 @@ impl Repairs {
     ) -> Result<(Vec<RepairOutcome>, bool), Status> {
         if run_id.is_empty() {
             return Err(Status::invalid_argument(
-                "ApplyChangesRequest.run_id: required to journal the batch",
+                "a repair batch needs its run's id: the journal files its writes under it",
             ));
         }
         let (ds, d, keys) = self.writable(dataset, key_id)?;
@@ -547,13 +558,7 @@ impl RepairService for RepairServer {
         request: Request<pb::FetchRecordsRequest>,
     ) -> Result<Response<FetchStream>, Status> {
         let req = request.into_inner();
-        let d = self.repairs.config(&req.dataset)?;
-        if !d.serve_values {
-            return Err(Status::permission_denied(format!(
-                "dataset {:?} does not serve values (serve_values = false)",
-                req.dataset
-            )));
-        }
+        let d = self.repairs.serving(&req.dataset)?;
         if req.canonical_keys.len() > MAX_FETCH_KEYS {
             return Err(Status::invalid_argument(format!(
                 "FetchRecordsRequest.canonical_keys: {} keys, at most {MAX_FETCH_KEYS}",
@@ -632,13 +637,7 @@ impl RepairService for RepairServer {
         request: Request<pb::ApplyChangesRequest>,
     ) -> Result<Response<pb::ApplyChangesResponse>, Status> {
         let req = request.into_inner();
-        let d = self.repairs.config(&req.dataset)?;
-        if !d.allow_repairs {
-            return Err(Status::permission_denied(format!(
-                "dataset {:?} does not accept repairs (allow_repairs = false)",
-                req.dataset
-            )));
-        }
+        let d = self.repairs.accepting(&req.dataset)?;
         if req.writes.len() > MAX_WRITES_PER_BATCH {
             return Err(Status::invalid_argument(format!(
                 "ApplyChangesRequest.writes: {} writes, at most {MAX_WRITES_PER_BATCH}",

@@ -40,6 +40,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use arbor_record::{Digest, Value};
+use arbor_sync::repair::SHARE_MIN_ROWS;
 use arbor_sync::{CompareOptions, DriftKind, compare_collect};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
@@ -551,8 +552,8 @@ pub struct Batch<'a> {
     pub writes: &'a [&'a Action],
     /// Render each write's SQL instead of running it.
     pub dry_run: bool,
-    /// The hashing key id (hex) of the plan's compare; empty: current.
-    pub key_id: &'a str,
+    /// The hashing key of the plan's compare; `None`: the side's current one.
+    pub key_id: Option<arbor_record::KeyId>,
 }
 
 /// What became of one write of a batch.
@@ -890,7 +891,7 @@ async fn apply_remote(
         batch: batch.number,
         writes: batch.writes.iter().map(|a| a.wire()).collect(),
         dry_run: batch.dry_run,
-        key_id: key_id_bytes(batch.key_id),
+        key_id: batch.key_id.map(|k| k.0.to_vec()).unwrap_or_default(),
     };
     let deadline = Instant::now() + retry_for;
     let mut backoff = Duration::from_millis(100);
@@ -927,22 +928,15 @@ async fn apply_local(
     retry_for: Duration,
     batch: Batch<'_>,
 ) -> Result<Applied, SyncError> {
-    let writes = batch
-        .writes
-        .iter()
-        .map(|a| a.write())
-        .collect::<Result<Vec<_>, _>>()?;
-    let key_id = match batch.key_id {
-        "" => None,
-        hex_id => Some(arbor_record::KeyId(
-            hex::decode(hex_id)
-                .ok()
-                .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| {
-                    SyncError::Invalid(format!("key id {hex_id:?} is not 16 hex digits"))
-                })?,
-        )),
-    };
+    // Shared, not copied, by each attempt of the blocking task.
+    let writes: std::sync::Arc<Vec<arbor_source::sink::Write>> = std::sync::Arc::new(
+        batch
+            .writes
+            .iter()
+            .map(|a| a.write())
+            .collect::<Result<Vec<_>, _>>()?,
+    );
+    let key_id = batch.key_id;
     let (run_id, dry_run) = (batch.run_id.to_owned(), batch.dry_run);
     // A dataset being indexed refuses writes for now: waited for, as a
     // remote side's refusals are retried.
@@ -951,7 +945,7 @@ async fn apply_local(
         let (repairs, name, writes, run_id) = (
             repairs.clone(),
             dataset.clone(),
-            writes.clone(),
+            std::sync::Arc::clone(&writes),
             run_id.clone(),
         );
         let result = tokio::task::spawn_blocking(move || -> Result<Applied, tonic::Status> {
@@ -1034,8 +1028,6 @@ async fn drift_of(opts: &SyncOptions, sides: &impl SyncSides) -> Result<Compared
     Ok(compared)
 }
 
-use arbor_sync::repair::SHARE_MIN_ROWS;
-
 /// Refuses a plan that would update or delete more than `max_share` of a
 /// side's records: a mass change is more often a wrong mapping or a wrong
 /// source of truth than real drift. Inserts do not count (filling an empty
@@ -1117,7 +1109,7 @@ pub async fn plan_with(
     check_share(&actions, rows, opts.max_share)?;
     count_planned(&actions, &mut report);
     if dry_run {
-        render_sql(opts, sides, &mut actions, &report.key_id).await?;
+        render_sql(opts, sides, &mut actions, report_key_id(&report)?).await?;
     }
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok((actions, report))
@@ -1356,7 +1348,7 @@ async fn render_sql(
     opts: &SyncOptions,
     sides: &impl SyncSides,
     actions: &mut [Action],
-    key_id: &str,
+    key_id: Option<arbor_record::KeyId>,
 ) -> Result<(), SyncError> {
     for side in [Side::Source, Side::Target] {
         let writing: Vec<usize> = (0..actions.len())
@@ -1428,6 +1420,10 @@ fn manual_reason(source_changed: bool, target_changed: bool) -> String {
 /// may hold, so a batch of wide rows never reaches the limit.
 const APPLY_BATCH_BYTES: usize = MAX_MESSAGE_BYTES / 2;
 
+/// Bytes a write adds to a request beside its own encoding (its field tag
+/// and length), at most.
+const WRITE_FRAMING_BYTES: usize = 8;
+
 /// Room a request needs beside its writes (dataset, run id, key id,
 /// framing).
 const APPLY_REQUEST_OVERHEAD: usize = 64 << 10;
@@ -1441,7 +1437,7 @@ fn batches<'a>(writing: &'a [&'a Action], max: usize) -> Result<Vec<&'a [&'a Act
     let mut out = Vec::new();
     let (mut start, mut bytes) = (0, 0);
     for (i, a) in writing.iter().enumerate() {
-        let size = a.wire().encoded_len() + 8;
+        let size = a.wire().encoded_len() + WRITE_FRAMING_BYTES;
         if size + APPLY_REQUEST_OVERHEAD > MAX_MESSAGE_BYTES {
             return Err(SyncError::Invalid(format!(
                 "the write of key {} is {size} bytes, more than one request may carry ({} bytes)",
@@ -1499,8 +1495,17 @@ pub async fn queue_unresolved(opts: &SyncOptions, actions: &[Action]) -> Result<
 }
 
 /// A hex key id as request bytes (empty stays empty: the agent's current key).
-fn key_id_bytes(hex_id: &str) -> Vec<u8> {
-    hex::decode(hex_id).unwrap_or_default()
+fn report_key_id(report: &SyncReport) -> Result<Option<arbor_record::KeyId>, SyncError> {
+    if report.key_id.is_empty() {
+        return Ok(None);
+    }
+    hex::decode(&report.key_id)
+        .ok()
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(|b| Some(arbor_record::KeyId(b)))
+        .ok_or_else(|| {
+            SyncError::Invalid(format!("key id {:?} is not 16 hex digits", report.key_id))
+        })
 }
 
 /// Executes a plan (each side's writes in batches), then compares again.
@@ -1522,6 +1527,7 @@ pub async fn execute_with(
 ) -> Result<SyncReport, SyncError> {
     let started = Instant::now();
     report.executed = true;
+    let key_id = report_key_id(&report)?;
     let mut written = 0u64;
     for side in [Side::Target, Side::Source] {
         let writing: Vec<&Action> = actions
@@ -1543,7 +1549,7 @@ pub async fn execute_with(
                         number: n as u64,
                         writes: chunk,
                         dry_run: false,
-                        key_id: &report.key_id,
+                        key_id,
                     },
                 )
                 .await?;
