@@ -163,7 +163,7 @@ fn one_fixture_gives_one_root_in_every_engine() {
                 if leaves.get(key) != Some(digest) {
                     eprintln!(
                         "row {} differs between {first_name} and {name}",
-                        arbor::report::display_key(key)
+                        arbor_agent::report::display_key(key)
                     );
                 }
             }

@@ -118,7 +118,7 @@ fn configmap_agent_toml() -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn parse_config(text: &str, what: &str) -> arbor::config::ConfigFile {
+fn parse_config(text: &str, what: &str) -> arbor_agent::config::ConfigFile {
     toml::from_str(text).unwrap_or_else(|e| panic!("{what} is not an arbor config: {e}"))
 }
 
@@ -140,7 +140,7 @@ fn the_shipped_configs_are_arbor_configs() {
     let bad = std::fs::read_to_string(repo().join("deploy/debian/agent.toml"))
         .unwrap()
         .replacen("data_dir", "datadir", 1);
-    let err = toml::from_str::<arbor::config::ConfigFile>(&bad).unwrap_err();
+    let err = toml::from_str::<arbor_agent::config::ConfigFile>(&bad).unwrap_err();
     assert!(err.to_string().contains("datadir"), "{err}");
 }
 

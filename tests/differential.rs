@@ -671,7 +671,7 @@ fn every_engine_agrees_and_drift_is_exact() {
                         "{} and {} disagree on key {}",
                         first,
                         engine,
-                        arbor::report::display_key(key)
+                        arbor_agent::report::display_key(key)
                     );
                 }
                 prop_assert_eq!(got.len(), want.len(), "{} and {}", first, engine);

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
-use arbor::config::{AgentConfig, Overrides};
+use arbor_agent::config::{AgentConfig, Overrides};
 use arbor_index::Change;
 use arbor_record::{Record, Value};
 use rusqlite::Connection;

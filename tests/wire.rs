@@ -89,7 +89,7 @@ fn node_sizes_match_prost() {
     let req = pb::GetNodesRequest {
         dataset: "orders".into(),
         level: 3,
-        parents: arbor::convert::gaps(parents.iter().map(|p| p.value())),
+        parents: arbor::wire::gaps(parents.iter().map(|p| p.value())),
         session: SESSION,
     };
     assert_eq!(
@@ -103,7 +103,7 @@ fn node_sizes_match_prost() {
         (Prefix::new(4, 0xfff0).unwrap(), node(3, u64::MAX)),
     ];
     // Below the root, sums cross as 8-byte fingerprints.
-    let resp = arbor::convert::children_response(&children);
+    let resp = arbor::wire::children_response(&children);
     assert_eq!(
         wire::nodes_response(&children),
         resp.encoded_len() as u64 + GRPC_PREFIX

@@ -36,9 +36,6 @@ use tonic::{Request, Response, Status};
 use tracing::{info, instrument, warn};
 
 use crate::client::{GrpcPeer, MAX_MESSAGE_BYTES, RetryPolicy};
-use crate::config::{AgentConfig, Capture, DatasetConfig, SourceConfig};
-use crate::convert::{self, index_status};
-pub use crate::error::AgentError;
 pub use crate::maintain::{
     build_from_source, build_from_source_with_progress, catch_up, index_path, open_source, poll,
     reindex, rescan, rescan_marked, with_records,
@@ -48,11 +45,15 @@ use crate::proto::v1::admin_service_server::{AdminService, AdminServiceServer};
 use crate::proto::v1::agent_service_server::AgentServiceServer;
 use crate::proto::v1::audit_service_server::{AuditService, AuditServiceServer};
 use crate::proto::v1::ingest_service_server::{IngestService, IngestServiceServer};
-use crate::report::{self, DriftEntry, RunSide, RunSummary, SCHEMA_VERSION};
-use crate::report::{error_chain, new_run_id};
 use crate::service::{
     self, AgentServer, AgentState, Dataset, MAX_COLUMN_DIGEST_KEYS, ServiceLimits,
 };
+use crate::status::index_status;
+use crate::wire;
+use arbor_agent::config::{AgentConfig, Capture, DatasetConfig, SourceConfig};
+pub use arbor_agent::error::AgentError;
+use arbor_agent::report::{self, DriftEntry, RunSide, RunSummary, SCHEMA_VERSION};
+use arbor_agent::report::{error_chain, new_run_id};
 
 /// Drift entries written to the run store per batch.
 const DRIFT_WRITE_BATCH: usize = 1_000;
@@ -570,7 +571,7 @@ fn ingested_changes(
             |what: String| Status::invalid_argument(format!("IngestRequest.changes[{i}]: {what}"));
         let values = |list: &[pb::TypedValue], field| {
             list.iter()
-                .map(|v| convert::typed_value(field, v))
+                .map(|v| wire::typed_value(field, v))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|m| invalid(m.to_string()))
         };
@@ -1429,7 +1430,7 @@ pub async fn run(
     let auth = config.auth.clone().map(Arc::new);
     // Every privileged or audit call leaves a line in the audit log.
     let audit_log = Arc::new(
-        crate::audit::AuditLog::open(&config.audit_log).map_err(|e| AgentError::DataDir {
+        arbor_agent::audit::AuditLog::open(&config.audit_log).map_err(|e| AgentError::DataDir {
             path: config.audit_log.clone(),
             source: std::io::Error::other(e.to_string()),
         })?,
@@ -1454,10 +1455,10 @@ pub async fn run(
             let Some(auth) = &peer_auth else {
                 return Ok(request);
             };
-            match auth.check(&request, "AgentService/*", "") {
+            match crate::auth::check(auth, &request, "AgentService/*", "") {
                 Ok(principal) => {
                     // The service checks the dataset each message names.
-                    if let Some(scope) = auth.scope_of(&request) {
+                    if let Some(scope) = crate::auth::scope_of(auth, &request) {
                         request.extensions_mut().insert(scope);
                     }
                     // Sessions are counted per principal.
@@ -1467,7 +1468,7 @@ pub async fn run(
                     Ok(request)
                 }
                 Err(status) => {
-                    peer_log.record(crate::audit::Record {
+                    peer_log.record(arbor_agent::audit::Record {
                         who: request
                             .remote_addr()
                             .map_or_else(|| "unknown".to_string(), |a| a.to_string()),
@@ -1644,7 +1645,10 @@ pub async fn run(
     if let Some(port) = health_port {
         port.abort();
     }
-    served.map_err(|source| AgentError::Serve { addr, source })?;
+    served.map_err(|source| AgentError::Serve {
+        addr,
+        source: Box::new(source),
+    })?;
     info!("agent stopped");
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! The services an audit log watches: [`Audited`] wraps a service and
-//! appends one [`crate::audit`] entry per call — who, what, dataset, run,
+//! appends one [`arbor_agent::audit`] entry per call — who, what, dataset, run,
 //! decision, outcome and counts; never values. AgentService (peers
 //! exchanging hashes) is not audited: it is neither privileged nor an audit
 //! read, and it is the hot path of every compare.
@@ -10,14 +10,14 @@ use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 
-use crate::audit::{AuditLog, Record};
-use crate::auth::Auth;
 use crate::metrics::Metrics;
 use crate::proto::v1 as pb;
 use crate::proto::v1::admin_service_server::AdminService;
 use crate::proto::v1::audit_service_server::AuditService;
 use crate::proto::v1::ingest_service_server::IngestService;
 use crate::proto::v1::repair_service_server::RepairService;
+use arbor_agent::access::Auth;
+use arbor_agent::audit::{AuditLog, Record};
 
 /// A service whose calls are written to the audit log and timed in the
 /// metrics.
@@ -71,7 +71,7 @@ impl<S> Audited<S> {
     ) -> Result<Caller, Status> {
         let mut caller = who(request);
         let decided = match &self.auth {
-            Some(auth) => auth.check(request, call, dataset),
+            Some(auth) => crate::auth::check(auth, request, call, dataset),
             None if !self.insecure && crate::auth::writes_or_reveals(call) => {
                 Err(Status::permission_denied(format!(
                     "{call} writes or reveals values, and this agent has no [agent.auth]: \

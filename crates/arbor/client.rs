@@ -19,9 +19,9 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use tracing::warn;
 
-use crate::convert;
 use crate::proto::v1 as pb;
 use crate::proto::v1::agent_service_client::AgentServiceClient;
+use crate::wire;
 
 /// Largest gRPC message either side accepts.
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
@@ -282,7 +282,7 @@ impl Peer for GrpcPeer {
                 async move { c.column_digests(req).await.map(tonic::Response::into_inner) }
             })
             .await?;
-        convert::column_digests_from_response(keys, resp)
+        wire::column_digests_from_response(keys, resp)
             .map_err(|e| PeerError::Malformed(format!("{}: {e}", self.address)))
     }
 
@@ -293,7 +293,7 @@ impl Peer for GrpcPeer {
         let req = pb::GetNodesRequest {
             dataset: self.dataset.clone(),
             level: u32::from(level),
-            parents: convert::gaps(parents.iter().map(|p| p.value())),
+            parents: wire::gaps(parents.iter().map(|p| p.value())),
             session: self.session(),
         };
         let resp = self
@@ -302,7 +302,7 @@ impl Peer for GrpcPeer {
                 async move { c.get_nodes(req).await.map(tonic::Response::into_inner) }
             })
             .await?;
-        convert::children_from_response(level + 1, &resp)
+        wire::children_from_response(level + 1, &resp)
             .map_err(|e| PeerError::Malformed(format!("{}: {e}", self.address)))
     }
 
@@ -328,7 +328,7 @@ impl Peer for GrpcPeer {
                 while let Some(batch) = stream.message().await? {
                     for e in batch.leaves {
                         out.push(
-                            convert::leaf(e)
+                            wire::leaf(e)
                                 .map_err(|m| Status::data_loss(format!("{address}: {m}")))?,
                         );
                     }
@@ -358,7 +358,7 @@ impl GrpcPeer {
                 async move { c.describe(req).await.map(tonic::Response::into_inner) }
             })
             .await?;
-        let (description, session) = convert::description(&resp)
+        let (description, session) = wire::description(&resp)
             .map_err(|e| PeerError::Malformed(format!("{}: {e}", self.address)))?;
         self.session.store(session, Ordering::Release);
         Ok(description)

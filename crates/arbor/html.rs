@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use arbor::report::{DriftEntry, RunSummary};
+use arbor_agent::report::{DriftEntry, RunSummary};
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -27,7 +27,7 @@ pub fn render(run: &RunSummary, history: &[RunSummary], entries: &[DriftEntry]) 
     let mut points: Vec<(&str, u64)> = history
         .iter()
         .chain(std::iter::once(run))
-        .filter(|r| r.status == arbor::report::RunStatus::Completed)
+        .filter(|r| r.status == arbor_agent::report::RunStatus::Completed)
         .map(|r| (r.started_at.as_str(), r.drift()))
         .collect();
     points.sort();

@@ -24,9 +24,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-use crate::config::SyncJobConfig;
 use crate::service::AgentState;
 use crate::sync::{Action, Policy, Rule, Side, SideAt, Sides, SyncOptions, SyncReport};
+use arbor_agent::config::SyncJobConfig;
 
 /// Pause after a captured change before a real-time run starts, so a burst
 /// of changes makes one run.
@@ -375,7 +375,7 @@ async fn run(
         info!(job = %c.name, trigger, "sync job still running; trigger skipped");
         return Err(format!("job {:?} is still running", c.name));
     }
-    let started_at = crate::report::now_rfc3339();
+    let started_at = arbor_agent::report::now_rfc3339();
     let mut pairs = Vec::with_capacity(c.peers.len());
     for (peer, peer_dataset) in &c.peers {
         let opts = SyncOptions {
@@ -439,7 +439,7 @@ async fn run(
     let run = JobRun {
         trigger: trigger.to_owned(),
         started_at,
-        finished_at: crate::report::now_rfc3339(),
+        finished_at: arbor_agent::report::now_rfc3339(),
         outcome: outcome.to_owned(),
         pairs,
     };
@@ -506,7 +506,7 @@ fn queue_conflicts(
     peer_dataset: &str,
     rows: &[Unresolved],
 ) -> Result<Vec<String>, String> {
-    let now = crate::report::now_rfc3339();
+    let now = arbor_agent::report::now_rfc3339();
     let mut current = std::collections::HashSet::new();
     let mut ids = Vec::with_capacity(rows.len());
     for a in rows {

@@ -27,11 +27,11 @@ use arbor_record::{DatasetKeys, KeyId};
 use tonic::Status;
 use tracing::{info, warn};
 
-use crate::config::{AgentConfig, DatasetConfig};
-use crate::convert::index_status;
-use crate::error::AgentError;
 use crate::maintain::{build_from_source, index_path};
 use crate::service::Dataset;
+use crate::status::index_status;
+use arbor_agent::config::{AgentConfig, DatasetConfig};
+use arbor_agent::error::AgentError;
 
 /// The index configuration of a dataset: keys from its secret, its schema.
 pub fn index_config(d: &DatasetConfig) -> IndexConfig {

@@ -13,22 +13,19 @@
 //! [`proto`] and are converted to domain types at the edge.
 
 pub mod agent;
-pub mod audit;
 pub mod audited;
 pub mod auth;
 pub mod client;
-pub mod config;
-pub mod convert;
-pub mod error;
 pub mod jobs;
 pub mod keys;
 pub mod logical;
 pub mod maintain;
 pub mod metrics;
 pub mod repair;
-pub mod report;
 pub mod service;
+pub mod status;
 pub mod sync;
+pub mod wire;
 
 /// What this binary is: package version, git commit, build profile.
 pub mod build {
@@ -49,6 +46,7 @@ pub mod build {
     );
 }
 
+pub use arbor_agent;
 pub use arbor_index;
 pub use arbor_record;
 pub use arbor_source;

@@ -20,9 +20,9 @@ use arbor_source::pglogical::{self, Captured, LogicalOptions, Lsn};
 use tonic::Status;
 use tracing::{info, instrument, warn};
 
-use crate::config::LogicalCapture;
-use crate::convert::{index_status, source_status};
 use crate::service::Dataset;
+use crate::status::{index_status, source_status};
+use arbor_agent::config::LogicalCapture;
 
 /// The watermark text of a slot position: `pgoutput slot=<slot> lsn=<lsn>`.
 pub fn watermark(slot: &str, lsn: Lsn) -> String {
@@ -326,7 +326,7 @@ pub async fn follow(
                         ds.mark_stale(format!(
                             "logical capture failed: {} at {}",
                             status.message(),
-                            crate::report::now_rfc3339()
+                            arbor_agent::report::now_rfc3339()
                         ));
                         backoff = (backoff * 2).min(Duration::from_secs(30));
                         backoff
@@ -337,7 +337,7 @@ pub async fn follow(
                 warn!(dataset = %name, error = %e, "replication task failed; capture stops");
                 ds.mark_stale(format!(
                     "logical capture stopped: {e} at {}",
-                    crate::report::now_rfc3339()
+                    arbor_agent::report::now_rfc3339()
                 ));
                 return;
             }

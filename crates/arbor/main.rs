@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use arbor::agent;
-use arbor::config::{AgentConfig, Overrides};
 use arbor::proto::v1 as pb;
 use arbor::proto::v1::audit_service_client::AuditServiceClient;
-use arbor::report::{DriftEntry, RunStatus, RunSummary};
+use arbor_agent::config::{AgentConfig, Overrides};
+use arbor_agent::report::{DriftEntry, RunStatus, RunSummary};
 use arbor_index::Index;
 use clap::{Args, Parser, Subcommand};
 
@@ -574,7 +574,7 @@ async fn run(cli: Cli) -> Result<u8> {
         Command::Config {
             command: ConfigCommand::Reference,
         } => {
-            out!("{}", arbor::config::reference::markdown());
+            out!("{}", arbor_agent::config::reference::markdown());
             Ok(0)
         }
         Command::Index { command } => blocking(move || index_command(command)).await,
@@ -612,7 +612,7 @@ async fn run(cli: Cli) -> Result<u8> {
                 (None, Some(c)) => AgentConfig::load(&c, &Overrides::default())?.audit_log,
                 (None, None) => anyhow::bail!("name the log with --file or the agent's --config"),
             };
-            match arbor::audit::verify(&path) {
+            match arbor_agent::audit::verify(&path) {
                 Ok(lines) => {
                     outln!(
                         "audit log {}: ok, {lines} lines, chain and head intact",
@@ -978,7 +978,7 @@ async fn sync(command: SyncCommand) -> Result<u8> {
 fn dataset_of<'a>(
     cfg: &'a AgentConfig,
     args: &IndexArgs,
-) -> Result<&'a arbor::config::DatasetConfig> {
+) -> Result<&'a arbor_agent::config::DatasetConfig> {
     cfg.datasets
         .iter()
         .find(|d| d.name == args.dataset)
@@ -992,7 +992,7 @@ fn dataset_of<'a>(
 }
 
 fn capture_drop(args: &IndexArgs, publication: bool) -> Result<u8> {
-    use arbor::config::{Capture, SourceConfig};
+    use arbor_agent::config::{Capture, SourceConfig};
     let cfg = AgentConfig::load(&args.config.config, &Overrides::default())?;
     let d = dataset_of(&cfg, args)?;
     let (Capture::Logical(lc), SourceConfig::Postgres(db)) = (&d.capture, &d.source) else {
@@ -1049,7 +1049,7 @@ fn index_reset(args: &IndexArgs) -> Result<u8> {
     let mut removed = 0;
     for path in paths.iter().filter(|p| p.exists()) {
         Index::destroy(path).map_err(|e| {
-            let hint = arbor::error::rebuild_hint(&d.name, &e);
+            let hint = arbor_agent::error::rebuild_hint(&d.name, &e);
             anyhow::Error::new(e).context(format!("remove {}{hint}", path.display()))
         })?;
         outln!("removed {}", path.display());
@@ -1083,7 +1083,7 @@ fn index_command(command: IndexCommand) -> Result<u8> {
     let path = agent::index_path(&cfg, &d.name);
     std::fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
     let index = Index::open(&path, arbor::keys::index_config(d)).map_err(|e| {
-        let hint = arbor::error::rebuild_hint(&d.name, &e);
+        let hint = arbor_agent::error::rebuild_hint(&d.name, &e);
         anyhow::Error::new(e).context(format!(
             "open the index of {} at {}{hint}",
             d.name,
@@ -1682,7 +1682,7 @@ fn print_summary(s: &RunSummary, stats: bool, json: bool) -> Result<()> {
     );
     // A side the run never described (it failed first) has no count: say
     // so rather than show 0 records.
-    let records = |side: &arbor::report::RunSide| {
+    let records = |side: &arbor_agent::report::RunSide| {
         if side.root.is_empty() {
             "not described (the run stopped before)".to_owned()
         } else {

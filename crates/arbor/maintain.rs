@@ -13,11 +13,11 @@ use arbor_source::{FileSource, MysqlSource, PostgresSource, Source, SourceError}
 use tonic::Status;
 use tracing::info;
 
-use crate::config::{AgentConfig, DatasetConfig, SourceConfig};
-use crate::convert::{index_status, source_status};
-use crate::error::AgentError;
-use crate::report;
 use crate::service::Dataset;
+use crate::status::{index_status, source_status};
+use arbor_agent::config::{AgentConfig, DatasetConfig, SourceConfig};
+use arbor_agent::error::AgentError;
+use arbor_agent::report;
 
 /// Records handed from the reading thread to the index build at a time.
 const SOURCE_CHUNK_RECORDS: usize = 4_096;

@@ -32,11 +32,12 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 
-use crate::config::{DatasetConfig, SourceConfig};
-use crate::convert::{self, index_status, source_status};
 use crate::proto::v1 as pb;
 use crate::proto::v1::repair_service_server::RepairService;
 use crate::service::AgentState;
+use crate::status::{index_status, source_status};
+use crate::wire;
+use arbor_agent::config::{DatasetConfig, SourceConfig};
 
 /// Writes per ApplyChanges batch, at most.
 pub const MAX_WRITES_PER_BATCH: usize = arbor_sync::repair::MAX_BATCH_WRITES;
@@ -529,7 +530,7 @@ fn planned_writes(d: &DatasetConfig, req: &pb::ApplyChangesRequest) -> Result<Ve
                 let values = w
                     .values
                     .iter()
-                    .map(|v| convert::typed_value("values", v))
+                    .map(|v| wire::typed_value("values", v))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|m| invalid(m.to_string()))?;
                 schema
@@ -599,7 +600,7 @@ impl RepairService for RepairServer {
                         found: r.values.is_some(),
                         values: r
                             .values
-                            .map(|v| v.iter().map(convert::wire_value).collect())
+                            .map(|v| v.iter().map(wire::wire_value).collect())
                             .unwrap_or_default(),
                         deleted_at_us: r.deleted_at_us,
                         changed_at_us: r.changed_at_us,
@@ -650,7 +651,7 @@ impl RepairService for RepairServer {
             ));
         }
         let writes = planned_writes(d, &req)?;
-        let key_id = crate::convert::optional_key_id("ApplyChangesRequest.key_id", &req.key_id)?;
+        let key_id = crate::wire::optional_key_id("ApplyChangesRequest.key_id", &req.key_id)?;
         let repairs = self.repairs.clone();
         let response = tokio::task::spawn_blocking(move || -> Result<_, Status> {
             let keys = req.writes.iter().map(|w| w.canonical_key.clone());

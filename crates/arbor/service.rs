@@ -33,16 +33,16 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{debug, instrument};
 
-use crate::convert::{self, index_status};
 use crate::proto::v1 as pb;
 use crate::proto::v1::agent_service_server::AgentService;
+use crate::status::index_status;
+use crate::wire;
 
 /// Leaves per streamed `LeafBatch` (matches `arbor_sync::wire::LEAVES_PER_MESSAGE`).
 pub const LEAVES_PER_BATCH: usize = arbor_sync::wire::LEAVES_PER_MESSAGE;
 /// Leaf batches buffered ahead of a slow reader.
 const LEAF_STREAM_BUFFER: usize = 4;
-/// Runs (compares, reconciles) at once on one dataset, by default.
-pub const DEFAULT_MAX_RUNS_PER_DATASET: usize = 4;
+pub use arbor_agent::config::DEFAULT_MAX_RUNS_PER_DATASET;
 
 /// Keys in one ColumnDigests request.
 pub const MAX_COLUMN_DIGEST_KEYS: usize = 4_096;
@@ -363,7 +363,7 @@ impl Dataset {
                 (format!("hash:{h}"), h)
             }
             None => (
-                crate::report::display_key(canonical),
+                arbor_agent::report::display_key(canonical),
                 hex::encode(canonical),
             ),
         }
@@ -419,7 +419,7 @@ pub fn column_digests(
         &typed,
         COLUMN_DIGEST_FETCH_BYTES,
         MAX_COLUMN_DIGEST_KEYS,
-        |group| source.fetch(group).map_err(convert::source_status),
+        |group| source.fetch(group).map_err(crate::status::source_status),
         |group, rows| {
             for (row, key) in rows.into_iter().zip(&keys[at..at + group.len()]) {
                 digests.push(row.map(|r| {
@@ -683,7 +683,7 @@ impl AgentService for AgentServer {
         let owner = SessionOwner::of(&request);
         let req = request.into_inner();
         let dataset = req.dataset;
-        let wanted = convert::optional_key_id("DescribeRequest.key_id", &req.key_id)?;
+        let wanted = wire::optional_key_id("DescribeRequest.key_id", &req.key_id)?;
         let ds = self.state.comparable(&dataset)?;
         let index = wanted
             .and_then(|k| ds.index_for(k))
@@ -696,7 +696,7 @@ impl AgentService for AgentServer {
         .await?;
         let session = self.state.open_session(&dataset, &owner, snapshot)?;
         debug!(session, records = description.count(), "session opened");
-        Ok(Response::new(convert::describe_response(
+        Ok(Response::new(wire::describe_response(
             &description,
             session,
         )))
@@ -722,15 +722,15 @@ impl AgentService for AgentServer {
                 req.level
             )));
         }
-        let parents = convert::ungap("GetNodesRequest.parents", &req.parents)?
+        let parents = wire::ungap("GetNodesRequest.parents", &req.parents)?
             .into_iter()
-            .map(|p| convert::prefix("GetNodesRequest.parents", req.level, p))
+            .map(|p| wire::prefix("GetNodesRequest.parents", req.level, p))
             .collect::<Result<Vec<_>, _>>()?;
         ascending("GetNodesRequest.parents", &parents)?;
         let snapshot = self.state.session(&req.dataset, req.session)?;
         let children =
             blocking(move || snapshot.get().children(&parents).map_err(index_status)).await?;
-        Ok(Response::new(convert::children_response(&children)))
+        Ok(Response::new(wire::children_response(&children)))
     }
 
     type StreamLeavesStream = Pin<Box<dyn Stream<Item = Result<pb::LeafBatch, Status>> + Send>>;
@@ -752,7 +752,7 @@ impl AgentService for AgentServer {
         let ranges = req
             .ranges
             .iter()
-            .map(|r| convert::prefix("StreamLeavesRequest.ranges", r.level, r.prefix))
+            .map(|r| wire::prefix("StreamLeavesRequest.ranges", r.level, r.prefix))
             .collect::<Result<Vec<_>, _>>()?;
         ascending("StreamLeavesRequest.ranges", &ranges)?;
         let snapshot = self.state.session(&req.dataset, req.session)?;
@@ -766,7 +766,7 @@ impl AgentService for AgentServer {
             let scanned = snapshot
                 .get()
                 .scan_ranges(&ranges, |_, position, key, digest| {
-                    batch.push(convert::leaf_entry(&arbor_index::Leaf {
+                    batch.push(wire::leaf_entry(&arbor_index::Leaf {
                         position,
                         key: key.to_vec(),
                         digest,
@@ -803,7 +803,7 @@ impl AgentService for AgentServer {
                 req.keys.len()
             )));
         }
-        let key_id = convert::optional_key_id("ColumnDigestsRequest.key_id", &req.key_id)?;
+        let key_id = wire::optional_key_id("ColumnDigestsRequest.key_id", &req.key_id)?;
         let ds = Arc::clone(self.state.dataset(&req.dataset)?);
         let keys = req.keys;
         let (columns, entries) = blocking(move || {

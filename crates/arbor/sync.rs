@@ -46,10 +46,10 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use crate::client::{GrpcPeer, MAX_MESSAGE_BYTES, RetryPolicy, is_transient};
-use crate::convert;
 use crate::proto::v1 as pb;
 use crate::proto::v1::repair_service_client::RepairServiceClient;
-use crate::report::display_key;
+use crate::wire;
+use arbor_agent::report::display_key;
 
 pub use arbor_sync::policy::{
     Clock, DEFAULT_MAX_SKEW, DeleteOutcome, Extra, Policy, Rule, Side, parse_policy, parse_rule,
@@ -241,7 +241,7 @@ impl Action {
                 .as_deref()
                 .unwrap_or_default()
                 .iter()
-                .map(convert::wire_value)
+                .map(wire::wire_value)
                 .collect(),
             expected_digest: self.expected.map(|d| d.0.to_vec()).unwrap_or_default(),
         }
@@ -709,7 +709,7 @@ async fn local_index(
 const LOCAL_WAIT: Duration = Duration::from_millis(100);
 
 fn peer_err(e: impl std::error::Error) -> SyncError {
-    SyncError::Compare(crate::report::error_chain(&e))
+    SyncError::Compare(arbor_agent::report::error_chain(&e))
 }
 
 impl SyncSides for Sides {
@@ -822,7 +822,7 @@ async fn fetch_remote(
                     Some(
                         r.values
                             .iter()
-                            .map(|v| convert::typed_value("values", v))
+                            .map(|v| wire::typed_value("values", v))
                             .collect::<Result<Vec<_>, _>>()
                             .map_err(|m| SyncError::Agent {
                                 agent: agent.to_owned(),
@@ -1003,7 +1003,7 @@ async fn compared<L: arbor_sync::Peer, R: arbor_sync::Peer>(
 ) -> Result<Compared, SyncError> {
     let (drift, stats) = compare_collect(left, right, &CompareOptions::default())
         .await
-        .map_err(|e| SyncError::Compare(crate::report::error_chain(&e)))?;
+        .map_err(|e| SyncError::Compare(arbor_agent::report::error_chain(&e)))?;
     let count = |d: &Option<arbor_index::Description>| d.as_ref().map_or(0, |d| d.count());
     Ok(Compared {
         key_id: stats
@@ -1077,7 +1077,7 @@ pub async fn plan_with(
         rows,
     } = drift_of(opts, sides).await?;
     let mut report = SyncReport {
-        run_id: crate::report::new_run_id(),
+        run_id: arbor_agent::report::new_run_id(),
         key_id,
         drift: drift.len() as u64,
         compare_ms: started.elapsed().as_millis() as u64,

@@ -6,10 +6,12 @@
 //! the field, never a panic. Errors of the engine map to `tonic::Status`
 //! codes in exactly one place, [`index_status`].
 
-use arbor_index::{Description, IndexError, Leaf};
+pub mod report;
+
+use arbor_index::{Description, Leaf};
 use arbor_record::{Digest, KeyId};
 use arbor_tree::{FINGERPRINT_BYTES, MAX_LEVEL, MAX_STORED_DEPTH, Node, Prefix, Sum256};
-use tonic::{Code, Status};
+use tonic::Status;
 
 use crate::proto::v1 as pb;
 
@@ -364,34 +366,6 @@ pub fn wire_value(v: &arbor_record::Value) -> pb::TypedValue {
         Value::Json(j) => V::Json(j.as_str().to_owned()),
     };
     pb::TypedValue { value: Some(value) }
-}
-
-/// The one mapping of source (system) errors to gRPC status codes.
-pub fn source_status(e: arbor_source::SourceError) -> Status {
-    use arbor_source::SourceError as E;
-    let code = match &e {
-        E::Open { .. } | E::Read { .. } => Code::Unavailable,
-        E::Schema { .. } | E::Value { .. } | E::Write { .. } => Code::FailedPrecondition,
-        E::Stopped => Code::Cancelled,
-    };
-    Status::new(code, e.to_string())
-}
-
-/// The one mapping of index errors to gRPC status codes.
-pub fn index_status(e: IndexError) -> Status {
-    let code = match &e {
-        IndexError::Corrupt { .. } => Code::DataLoss,
-        IndexError::IncompleteBuild { .. } => Code::FailedPrecondition,
-        IndexError::Format { .. }
-        | IndexError::EncodingVersion { .. }
-        | IndexError::KeyId { .. }
-        | IndexError::Schema { .. }
-        | IndexError::RepeatedKeys { .. } => Code::FailedPrecondition,
-        IndexError::InvalidRequest(_) => Code::InvalidArgument,
-        IndexError::Source(_) => Code::Unavailable,
-        IndexError::Storage { .. } | IndexError::Io { .. } => Code::Internal,
-    };
-    Status::new(code, e.to_string())
 }
 
 #[cfg(test)]

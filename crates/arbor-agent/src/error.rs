@@ -50,7 +50,7 @@ pub enum AgentError {
         addr: SocketAddr,
         /// Why.
         #[source]
-        source: tonic::transport::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 

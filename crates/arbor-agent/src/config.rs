@@ -34,6 +34,9 @@ use serde::Deserialize;
 
 pub mod reference;
 
+/// Runs (compares, reconciles) at once on one dataset, by default.
+pub const DEFAULT_MAX_RUNS_PER_DATASET: usize = 4;
+
 /// A configuration that cannot be used, with where the problem is.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -977,7 +980,7 @@ pub struct AgentConfig {
     /// TLS, if configured.
     pub tls: Option<TlsConfig>,
     /// Principals and roles, if authentication is on.
-    pub auth: Option<crate::auth::Auth>,
+    pub auth: Option<crate::access::Auth>,
     /// `insecure = true`: no principals, yet every call is served.
     pub insecure: bool,
 }
@@ -1109,10 +1112,10 @@ impl AgentConfig {
                     let roles = p
                         .roles
                         .iter()
-                        .map(|r| crate::auth::Role::parse(r))
+                        .map(|r| crate::access::Role::parse(r))
                         .collect::<Result<Vec<_>, _>>()
                         .map_err(|e| invalid(field("roles"), e))?;
-                    principals.push(crate::auth::Principal {
+                    principals.push(crate::access::Principal {
                         name: p.name.clone(),
                         cert_cn: p.cert_cn.clone(),
                         token_blake3: p.token_blake3.as_ref().map(|h| h.to_lowercase()),
@@ -1121,7 +1124,7 @@ impl AgentConfig {
                         max_calls_per_sec: p.max_calls_per_sec,
                     });
                 }
-                Some(crate::auth::Auth::new(principals))
+                Some(crate::access::Auth::new(principals))
             }
         };
         let address = |field: &str, value: &Option<String>| match value {
@@ -1194,7 +1197,7 @@ impl AgentConfig {
             max_runs_per_dataset: file
                 .agent
                 .max_runs_per_dataset
-                .unwrap_or(crate::service::DEFAULT_MAX_RUNS_PER_DATASET)
+                .unwrap_or(DEFAULT_MAX_RUNS_PER_DATASET)
                 .max(1),
             tls,
             auth,

@@ -1,0 +1,17 @@
+//! The agent without its gRPC edge: what runs beside one system.
+//!
+//! * [`config`]: the configuration file, validated;
+//! * [`access`]: principals, roles and rate limits;
+//! * [`error`]: why the agent could not start or an operation failed;
+//! * [`report`]: compare-run reports and their store format;
+//! * [`audit`]: the hash-chained audit log.
+//!
+//! Nothing here links tonic: the `arbor` package maps these types to and
+//! from the wire (`arbor::wire`) and errors to gRPC codes
+//! (`arbor::status`).
+
+pub mod access;
+pub mod audit;
+pub mod config;
+pub mod error;
+pub mod report;
