@@ -22,9 +22,9 @@ use arbor::arbor_record::{DatasetKeys, ValueKind};
 use arbor::arbor_source::keyset::ScanOptions;
 use arbor::arbor_source::relation::Relation;
 use arbor::arbor_source::{ColumnMapping, Mapping, PostgresSource, Source};
-use arbor::logical;
-use arbor::service::Dataset;
 use arbor_agent::config::LogicalCapture;
+use arbor_agent::dataset::Dataset;
+use arbor_agent::logical;
 
 const TABLE: &str = "bench_lag";
 const ROWS: i64 = 100_000;

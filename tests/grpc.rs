@@ -13,7 +13,8 @@ use arbor::client::{GrpcPeer, RetryPolicy};
 use arbor::proto::v1 as pb;
 use arbor::proto::v1::agent_service_client::AgentServiceClient;
 use arbor::proto::v1::agent_service_server::AgentServiceServer;
-use arbor::service::{AgentServer, AgentState, ServiceLimits};
+use arbor::service::AgentServer;
+use arbor_agent::dataset::{AgentState, ServiceLimits};
 use arbor_index::{Description, Index, IndexConfig, IndexError, Leaf};
 use arbor_record::{DatasetKeys, Record, Value, tuple_bytes};
 use arbor_sync::{
@@ -446,7 +447,7 @@ fn an_agent_dying_mid_compare_fails_the_compare() {
 fn ingested_changes_reach_the_tree_of_a_fresh_build_and_bad_ones_are_refused() {
     use arbor::proto::v1::ingest_service_client::IngestServiceClient;
     use arbor::proto::v1::ingest_service_server::IngestServiceServer;
-    use arbor::service::Dataset;
+    use arbor_agent::dataset::Dataset;
     use arbor_record::ValueKind;
     use arbor_source::{ColumnMapping, Mapping};
     use pb::change_event::Op;

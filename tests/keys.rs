@@ -39,7 +39,7 @@ fn an_index_lagging_the_current_key_is_rebuilt_from_the_system() {
     arbor::agent::reindex(ds, "customers", true).unwrap();
     // Only the current key's index exists until a rotation builds the other.
     assert_eq!(ds.indexes().len(), 1);
-    let r = arbor::keys::rotate(&config, d, ds).unwrap();
+    let r = arbor_agent::keys::rotate(&config, d, ds).unwrap();
     assert!(r.built);
     assert_eq!(r.records, 3);
     assert_eq!(ds.indexes().len(), 2);
@@ -58,13 +58,13 @@ fn an_index_lagging_the_current_key_is_rebuilt_from_the_system() {
     )
     .unwrap();
     assert_ne!(describe(&old).root, before.root);
-    arbor::keys::rebuild_lagging(ds, "customers").unwrap();
+    arbor_agent::keys::rebuild_lagging(ds, "customers").unwrap();
     let after = describe(&old);
     assert_eq!(after.root, before.root, "rebuilt from the system's 3 rows");
     assert_eq!(after.watermark, describe(&ds.index()).watermark);
     assert!(old.verify().unwrap().is_ok());
 
     // Indexes that agree are left alone.
-    arbor::keys::rebuild_lagging(ds, "customers").unwrap();
+    arbor_agent::keys::rebuild_lagging(ds, "customers").unwrap();
     assert_eq!(describe(&old).root, before.root);
 }

@@ -10,9 +10,9 @@ use std::sync::Arc;
 
 use arbor::agent::{catch_up, open_datasets};
 use arbor::repair::Repairs;
-use arbor::service::{AgentState, ServiceLimits};
 use arbor::sync::{ActionKind, Extra, Policy, SideAt, Sides, SyncOptions, execute_with, plan_with};
 use arbor_agent::config::{AgentConfig, Overrides};
+use arbor_agent::dataset::{AgentState, ServiceLimits};
 use arbor_index::RunStore;
 use rusqlite::Connection;
 use tempfile::TempDir;

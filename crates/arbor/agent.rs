@@ -36,22 +36,22 @@ use tonic::{Request, Response, Status};
 use tracing::{info, instrument, warn};
 
 use crate::client::{GrpcPeer, MAX_MESSAGE_BYTES, RetryPolicy};
-pub use crate::maintain::{
-    build_from_source, build_from_source_with_progress, catch_up, index_path, open_source, poll,
-    reindex, rescan, rescan_marked, with_records,
-};
 use crate::proto::v1 as pb;
 use crate::proto::v1::admin_service_server::{AdminService, AdminServiceServer};
 use crate::proto::v1::agent_service_server::AgentServiceServer;
 use crate::proto::v1::audit_service_server::{AuditService, AuditServiceServer};
 use crate::proto::v1::ingest_service_server::{IngestService, IngestServiceServer};
-use crate::service::{
-    self, AgentServer, AgentState, Dataset, MAX_COLUMN_DIGEST_KEYS, ServiceLimits,
-};
+use crate::service::AgentServer;
 use crate::status::index_status;
 use crate::wire;
 use arbor_agent::config::{AgentConfig, Capture, DatasetConfig, SourceConfig};
+use arbor_agent::dataset::{self, AgentState, Dataset, MAX_COLUMN_DIGEST_KEYS, ServiceLimits};
 pub use arbor_agent::error::AgentError;
+use arbor_agent::error::OpError;
+pub use arbor_agent::maintain::{
+    build_from_source, build_from_source_with_progress, catch_up, index_path, open_source, poll,
+    reindex, rescan, rescan_marked, with_records,
+};
 use arbor_agent::report::{self, DriftEntry, RunSide, RunSummary, SCHEMA_VERSION};
 use arbor_agent::report::{error_chain, new_run_id};
 
@@ -287,11 +287,11 @@ impl AuditServer {
             let local_ds = Arc::clone(ds);
             let local_keys = chunk.to_vec();
             let local = tokio::task::spawn_blocking(move || {
-                service::column_digests(&local_ds, &local_keys, key_id)
+                dataset::column_digests(&local_ds, &local_keys, key_id)
             })
             .await
             .map_err(|e| e.to_string())?
-            .map_err(|s| s.message().to_owned())?;
+            .map_err(|e| e.to_string())?;
             let theirs = remote
                 .column_digests(chunk, key_id)
                 .await
@@ -331,8 +331,12 @@ impl AuditService for AuditServer {
         request: Request<pb::CompareRequest>,
     ) -> Result<Response<pb::RunSummary>, Status> {
         let req = request.into_inner();
-        let ds = Arc::clone(self.state.comparable(&req.dataset)?);
-        let slot = ds.start_run(&req.dataset)?;
+        let ds = Arc::clone(
+            self.state
+                .comparable(&req.dataset)
+                .map_err(crate::status::op)?,
+        );
+        let slot = ds.start_run(&req.dataset).map_err(crate::status::op)?;
         if req.peer.is_empty() {
             return Err(Status::invalid_argument(
                 "CompareRequest.peer: the peer agent's address is required",
@@ -472,7 +476,13 @@ impl AuditService for AuditServer {
         request: Request<pb::ReconcileRequest>,
     ) -> Result<Response<pb::ReconcileResponse>, Status> {
         let req = request.into_inner();
-        let _slot = Arc::clone(self.state.dataset(&req.dataset)?).start_run(&req.dataset)?;
+        let _slot = Arc::clone(
+            self.state
+                .dataset(&req.dataset)
+                .map_err(crate::status::op)?,
+        )
+        .start_run(&req.dataset)
+        .map_err(crate::status::op)?;
         let me = match (&self.self_address, &self.repairs) {
             (Some(address), _) => address.clone(),
             (None, Some(_)) => "(this agent)".to_owned(),
@@ -622,7 +632,11 @@ impl IngestService for IngestServer {
                 req.watermark.len()
             )));
         }
-        let ds = Arc::clone(self.state.dataset(&req.dataset)?);
+        let ds = Arc::clone(
+            self.state
+                .dataset(&req.dataset)
+                .map_err(crate::status::op)?,
+        );
         if !ds.accepts_push {
             return Err(Status::failed_precondition(format!(
                 "dataset {:?} does not take pushed changes: its capture reads them from \
@@ -731,9 +745,9 @@ impl AdminService for AdminServer {
         request: Request<pb::ReindexRequest>,
     ) -> Result<Response<pb::IndexStatus>, Status> {
         let name = request.into_inner().dataset;
-        let ds = Arc::clone(self.state.dataset(&name)?);
+        let ds = Arc::clone(self.state.dataset(&name).map_err(crate::status::op)?);
         let status = tokio::task::spawn_blocking(move || {
-            reindex(&ds, &name, false)?;
+            reindex(&ds, &name, false).map_err(crate::status::op)?;
             status_of(&name, &ds)
         })
         .await
@@ -746,7 +760,7 @@ impl AdminService for AdminServer {
         request: Request<pb::IndexStatusRequest>,
     ) -> Result<Response<pb::IndexStatus>, Status> {
         let name = request.into_inner().dataset;
-        let ds = self.state.dataset(&name)?;
+        let ds = self.state.dataset(&name).map_err(crate::status::op)?;
         Ok(Response::new(status_of(&name, ds)?))
     }
 
@@ -755,7 +769,7 @@ impl AdminService for AdminServer {
         request: Request<pb::VerifyRequest>,
     ) -> Result<Response<pb::VerifyResponse>, Status> {
         let name = request.into_inner().dataset;
-        let ds = Arc::clone(self.state.comparable(&name)?);
+        let ds = Arc::clone(self.state.comparable(&name).map_err(crate::status::op)?);
         let report = tokio::task::spawn_blocking(move || ds.index().verify())
             .await
             .map_err(|e| Status::internal(e.to_string()))?
@@ -867,17 +881,19 @@ impl AdminService for AdminServer {
             .config
             .clone()
             .ok_or_else(|| Status::unimplemented("this server cannot rotate keys"))?;
-        let ds = Arc::clone(self.state.dataset(&name)?);
+        let ds = Arc::clone(self.state.dataset(&name).map_err(crate::status::op)?);
         let d = config
             .datasets
             .iter()
             .find(|d| d.name == name)
             .cloned()
             .ok_or_else(|| Status::not_found(format!("no dataset {name:?} configured")))?;
-        let response = tokio::task::spawn_blocking(move || crate::keys::rotate(&config, &d, &ds))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
-        Ok(Response::new(response))
+        let response =
+            tokio::task::spawn_blocking(move || arbor_agent::keys::rotate(&config, &d, &ds))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(crate::status::op)?;
+        Ok(Response::new(response.into()))
     }
 
     async fn resolve_conflict(
@@ -908,7 +924,9 @@ impl AdminService for AdminServer {
         request: Request<pb::QueueConflictsRequest>,
     ) -> Result<Response<pb::QueueConflictsResponse>, Status> {
         let req = request.into_inner();
-        self.state.dataset(&req.dataset)?;
+        self.state
+            .dataset(&req.dataset)
+            .map_err(crate::status::op)?;
         if req.peer.is_empty() || req.peer_dataset.is_empty() {
             return Err(Status::invalid_argument(
                 "QueueConflictsRequest.peer and peer_dataset: required to settle a conflict later",
@@ -1003,10 +1021,10 @@ async fn poll_every(
             // Until a poll succeeds, changes may be missing: compares refuse
             // the index rather than answer from it.
             Ok(Err(status)) => {
-                warn!(dataset = %name, error = %status.message(), "poll failed; retrying");
+                warn!(dataset = %name, error = %status, "poll failed; retrying");
                 ds.mark_stale(format!(
                     "poll capture failed: {} at {}",
-                    status.message(),
+                    status,
                     report::now_rfc3339()
                 ));
             }
@@ -1067,7 +1085,7 @@ async fn rescan_every(ds: Arc<Dataset>, name: String, interval: std::time::Durat
                 }
             }
             Ok(Err(status)) => {
-                warn!(dataset = %name, error = %status.message(), "rescan failed; retrying at the next interval")
+                warn!(dataset = %name, error = %status, "rescan failed; retrying at the next interval")
             }
             Err(e) => warn!(dataset = %name, error = %e, "rescan task failed"),
         }
@@ -1133,7 +1151,7 @@ pub fn open_datasets(config: &AgentConfig) -> Result<HashMap<String, Arc<Dataset
     for d in &config.datasets {
         let source = open_source(d)?;
         // Two indexes while a key rotation is under way (see keys.rs).
-        let (index, other) = crate::keys::open_dataset_indexes(config, d)?;
+        let (index, other) = arbor_agent::keys::open_dataset_indexes(config, d)?;
         out.insert(
             d.name.clone(),
             Arc::new({
@@ -1230,21 +1248,21 @@ async fn bring_up(
 fn prepare_and_index(
     ds: &Dataset,
     dc: &DatasetConfig,
-) -> Result<Option<crate::logical::Follower>, String> {
+) -> Result<Option<arbor_agent::logical::Follower>, String> {
     let name = &dc.name;
     // Marked unavailable until this attempt succeeds.
     ds.indexing.store(true, Ordering::Release);
-    let status = |s: Status| s.message().to_owned();
+    let status = |e: OpError| e.to_string();
     let follower = match (&dc.capture, &dc.source) {
         (Capture::Logical(lc), SourceConfig::Postgres(db)) => Some(
-            crate::logical::prepare(ds, name, &db.url, lc, db.options.statement_timeout)
+            arbor_agent::logical::prepare(ds, name, &db.url, lc, db.options.statement_timeout)
                 .map_err(status)?,
         ),
         _ => None,
     };
     match follower {
         Some((f, false)) => {
-            crate::keys::rebuild_lagging(ds, name).map_err(status)?;
+            arbor_agent::keys::rebuild_lagging(ds, name).map_err(status)?;
             ds.indexing.store(false, Ordering::Release);
             Ok(Some(f))
         }
@@ -1263,7 +1281,7 @@ fn start_capture(
     ds: Arc<Dataset>,
     name: String,
     capture: Capture,
-    follower: Option<crate::logical::Follower>,
+    follower: Option<arbor_agent::logical::Follower>,
 ) {
     match capture {
         Capture::None => {}
@@ -1286,7 +1304,7 @@ fn start_capture(
         }
         Capture::Logical(lc) => {
             if let Some(f) = follower {
-                tokio::spawn(crate::logical::follow(ds, name, f, lc.interval));
+                tokio::spawn(arbor_agent::logical::follow(ds, name, f, lc.interval));
             }
         }
     }
@@ -1464,7 +1482,7 @@ pub async fn run(
                     // Sessions are counted per principal.
                     request
                         .extensions_mut()
-                        .insert(crate::service::SessionOwner(principal));
+                        .insert(arbor_agent::dataset::SessionOwner(principal));
                     Ok(request)
                 }
                 Err(status) => {

@@ -24,9 +24,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-use crate::service::AgentState;
 use crate::sync::{Action, Policy, Rule, Side, SideAt, Sides, SyncOptions, SyncReport};
 use arbor_agent::config::SyncJobConfig;
+use arbor_agent::dataset::AgentState;
 
 /// Pause after a captured change before a real-time run starts, so a burst
 /// of changes makes one run.

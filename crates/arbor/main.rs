@@ -1082,7 +1082,7 @@ fn index_command(command: IndexCommand) -> Result<u8> {
     let d = dataset_of(&cfg, args)?;
     let path = agent::index_path(&cfg, &d.name);
     std::fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
-    let index = Index::open(&path, arbor::keys::index_config(d)).map_err(|e| {
+    let index = Index::open(&path, arbor_agent::keys::index_config(d)).map_err(|e| {
         let hint = arbor_agent::error::rebuild_hint(&d.name, &e);
         anyhow::Error::new(e).context(format!(
             "open the index of {} at {}{hint}",

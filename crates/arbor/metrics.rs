@@ -24,7 +24,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{info, warn};
 
-use crate::service::AgentState;
+use arbor_agent::dataset::AgentState;
 
 /// Histogram bucket bounds, seconds.
 const BUCKETS: [f64; 11] = [

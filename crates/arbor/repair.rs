@@ -34,10 +34,10 @@ use tracing::{info, instrument};
 
 use crate::proto::v1 as pb;
 use crate::proto::v1::repair_service_server::RepairService;
-use crate::service::AgentState;
 use crate::status::{index_status, source_status};
 use crate::wire;
 use arbor_agent::config::{DatasetConfig, SourceConfig};
+use arbor_agent::dataset::AgentState;
 
 /// Writes per ApplyChanges batch, at most.
 pub const MAX_WRITES_PER_BATCH: usize = arbor_sync::repair::MAX_BATCH_WRITES;
@@ -233,7 +233,7 @@ impl Repairs {
         d: &DatasetConfig,
         stored: bool,
     ) -> Result<Arc<Mutex<Box<dyn arbor_source::Source>>>, Status> {
-        let ds = self.state.dataset(&d.name)?;
+        let ds = self.state.dataset(&d.name).map_err(crate::status::op)?;
         let source = ds.source.clone().ok_or_else(|| {
             Status::failed_precondition(format!("dataset {:?} has no system attached", d.name))
         })?;
@@ -249,7 +249,7 @@ impl Repairs {
         }
         let mut exact = d.clone();
         exact.mapping = d.mapping.stored_values();
-        let s = crate::maintain::open_source(&exact).map_err(|e| {
+        let s = arbor_agent::maintain::open_source(&exact).map_err(|e| {
             Status::unavailable(format!(
                 "open the system of {:?} to read stored values: {e}",
                 d.name
@@ -273,7 +273,11 @@ impl Repairs {
     ) -> Result<(), Option<Status>> {
         let d = self.serving(dataset).map_err(Some)?;
         let source = self.source_for(d, stored).map_err(Some)?;
-        let ds = Arc::clone(self.state.dataset(dataset).map_err(Some)?);
+        let ds = Arc::clone(
+            self.state
+                .dataset(dataset)
+                .map_err(|e| Some(crate::status::op(e)))?,
+        );
         arbor_source::fetch_each(
             keys,
             FETCH_BATCH_BYTES,
@@ -331,14 +335,14 @@ impl Repairs {
         key_id: Option<arbor_record::KeyId>,
     ) -> Result<
         (
-            Arc<crate::service::Dataset>,
+            Arc<arbor_agent::dataset::Dataset>,
             DatasetConfig,
             arbor_record::DatasetKeys,
         ),
         Status,
     > {
         let d = self.accepting(dataset)?.clone();
-        let ds = Arc::clone(self.state.dataset(dataset)?);
+        let ds = Arc::clone(self.state.dataset(dataset).map_err(crate::status::op)?);
         if ds.indexing.load(std::sync::atomic::Ordering::Acquire) {
             // A restarted agent rebuilds first; the client retries.
             return Err(Status::unavailable(format!(

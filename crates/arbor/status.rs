@@ -3,6 +3,7 @@
 //! the services turn them into a [`Status`] here and nowhere else.
 
 use arbor_agent::access::Denied;
+use arbor_agent::error::OpError;
 use arbor_index::IndexError;
 use tonic::{Code, Status};
 
@@ -40,6 +41,24 @@ pub fn index_status(e: IndexError) -> Status {
         IndexError::InvalidRequest(_) => Code::InvalidArgument,
         IndexError::Source(_) => Code::Unavailable,
         IndexError::Storage { .. } | IndexError::Io { .. } => Code::Internal,
+    };
+    Status::new(code, e.to_string())
+}
+
+/// A failed or refused operation.
+pub fn op(e: OpError) -> Status {
+    let code = match e {
+        OpError::Index(e) => return index_status(e),
+        OpError::Source(e) => return source_status(e),
+        OpError::UnknownDataset(_) | OpError::NotFound(_) => Code::NotFound,
+        OpError::NoSystem(_) | OpError::NotReady(_) => Code::FailedPrecondition,
+        OpError::Invalid(_) => Code::InvalidArgument,
+        OpError::Unavailable(_) => Code::Unavailable,
+        OpError::Busy(_) => Code::ResourceExhausted,
+        OpError::Conflict(_) => Code::Aborted,
+        OpError::Forbidden(_) => Code::PermissionDenied,
+        OpError::DataLoss(_) => Code::DataLoss,
+        OpError::Internal(_) => Code::Internal,
     };
     Status::new(code, e.to_string())
 }

@@ -697,10 +697,10 @@ async fn local_index(
     loop {
         match repairs.state().comparable(dataset) {
             Ok(ds) => return Ok(ds.index()),
-            Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+            Err(arbor_agent::error::OpError::Unavailable(_)) if Instant::now() < deadline => {
                 tokio::time::sleep(LOCAL_WAIT).await;
             }
-            Err(s) => return Err(local_err(dataset, &s)),
+            Err(e) => return Err(local_err(dataset, &crate::status::op(e))),
         }
     }
 }

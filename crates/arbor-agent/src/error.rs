@@ -54,6 +54,68 @@ pub enum AgentError {
     },
 }
 
+/// Why an operation on a dataset, a run, a key or a repair was refused or
+/// failed. `arbor::status` maps each variant to one gRPC code.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// No dataset of that name.
+    #[error("unknown dataset {0:?}")]
+    UnknownDataset(String),
+    /// The dataset is served from its index alone: no system to read.
+    #[error("dataset {0:?} has no system attached")]
+    NoSystem(String),
+    /// Something asked for is not there: a session, a run, a conflict.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is malformed or out of bounds.
+    #[error("{0}")]
+    Invalid(String),
+    /// The dataset or the configuration is not in a state for this: it
+    /// failed to index, may be stale, has no key to rotate to.
+    #[error("{0}")]
+    NotReady(String),
+    /// Not now, later: the dataset is being indexed, the system is
+    /// unreachable.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A limit is reached: runs on a dataset, open sessions, a queue.
+    #[error("{0}")]
+    Busy(String),
+    /// Another operation holds what this one needs (a build or a rotation
+    /// already running).
+    #[error("{0}")]
+    Conflict(String),
+    /// The configuration forbids it (repairs not allowed on the dataset).
+    #[error("{0}")]
+    Forbidden(String),
+    /// Stored state is damaged.
+    #[error("{0}")]
+    DataLoss(String),
+    /// An unexpected failure (a task that panicked, an impossible state).
+    #[error("{0}")]
+    Internal(String),
+    /// The index failed.
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    /// The system failed.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+}
+
+impl OpError {
+    /// The error of a failed build or rescan: the system's own error when
+    /// the system failed.
+    pub fn of_read(e: IndexError) -> OpError {
+        match e {
+            IndexError::Source(inner) => match inner.downcast::<SourceError>() {
+                Ok(s) => OpError::Source(*s),
+                Err(other) => OpError::Unavailable(other.to_string()),
+            },
+            other => OpError::Index(other),
+        }
+    }
+}
+
 /// How to get past an index that no longer matches the configuration.
 pub fn rebuild_hint(dataset: &str, e: &IndexError) -> String {
     if e.needs_rebuild() {

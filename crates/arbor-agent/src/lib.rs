@@ -4,7 +4,12 @@
 //! * [`access`]: principals, roles and rate limits;
 //! * [`error`]: why the agent could not start or an operation failed;
 //! * [`report`]: compare-run reports and their store format;
-//! * [`audit`]: the hash-chained audit log.
+//! * [`audit`]: the hash-chained audit log;
+//! * [`dataset`]: a served dataset (its indexes and system), the agent's
+//!   datasets, compare sessions and run slots;
+//! * [`maintain`]: opening, building, rescanning and catching up indexes;
+//! * [`logical`]: PostgreSQL logical capture;
+//! * [`keys`]: hashing-key rotation.
 //!
 //! Nothing here links tonic: the `arbor` package maps these types to and
 //! from the wire (`arbor::wire`) and errors to gRPC codes
@@ -13,5 +18,9 @@
 pub mod access;
 pub mod audit;
 pub mod config;
+pub mod dataset;
 pub mod error;
+pub mod keys;
+pub mod logical;
+pub mod maintain;
 pub mod report;

@@ -24,14 +24,12 @@ use std::time::Instant;
 
 use arbor_index::{Index, IndexConfig, IndexError};
 use arbor_record::{DatasetKeys, KeyId};
-use tonic::Status;
 use tracing::{info, warn};
 
+use crate::config::{AgentConfig, DatasetConfig};
+use crate::dataset::Dataset;
+use crate::error::{AgentError, OpError};
 use crate::maintain::{build_from_source, index_path};
-use crate::service::Dataset;
-use crate::status::index_status;
-use arbor_agent::config::{AgentConfig, DatasetConfig};
-use arbor_agent::error::AgentError;
 
 /// The index configuration of a dataset: keys from its secret, its schema.
 pub fn index_config(d: &DatasetConfig) -> IndexConfig {
@@ -184,15 +182,15 @@ fn open_required(
 /// Rebuilds every index held beside the current one whose watermark
 /// differs from the current index's (a crash between the two applies of a
 /// batch), so all of them describe the same changes. Blocking.
-pub fn rebuild_lagging(ds: &Dataset, name: &str) -> Result<(), Status> {
+pub fn rebuild_lagging(ds: &Dataset, name: &str) -> Result<(), OpError> {
     let indexes = ds.indexes();
     if indexes.len() < 2 {
         return Ok(());
     }
-    let watermark = |i: &Index| -> Result<Option<Vec<u8>>, Status> {
+    let watermark = |i: &Index| -> Result<Option<Vec<u8>>, OpError> {
         Ok(i.snapshot()
             .and_then(|s| s.describe())
-            .map_err(index_status)?
+            .map_err(OpError::Index)?
             .watermark)
     };
     let current = watermark(&indexes[0])?;
@@ -201,12 +199,16 @@ pub fn rebuild_lagging(ds: &Dataset, name: &str) -> Result<(), Status> {
             continue;
         }
         warn!(dataset = name, key_id = %other.config().keys.key_id(), "index under the other key lags the current one; rebuilding it");
-        let source = ds.source.as_ref().ok_or_else(|| {
-            Status::failed_precondition(format!("dataset {name:?} has no system attached"))
-        })?;
+        let source = ds
+            .source
+            .as_ref()
+            .ok_or_else(|| OpError::NoSystem(name.to_owned()))?;
         let mut source = source.lock().unwrap_or_else(|p| p.into_inner());
-        build_from_source(other, source.as_mut(), ds.report_key.is_none()).map_err(index_status)?;
-        other.apply(&[], current.as_deref()).map_err(index_status)?;
+        build_from_source(other, source.as_mut(), ds.report_key.is_none())
+            .map_err(OpError::Index)?;
+        other
+            .apply(&[], current.as_deref())
+            .map_err(OpError::Index)?;
     }
     Ok(())
 }
@@ -216,10 +218,10 @@ pub fn rotate(
     config: &AgentConfig,
     d: &DatasetConfig,
     ds: &Arc<Dataset>,
-) -> Result<crate::proto::v1::RotateKeyResponse, Status> {
+) -> Result<Rotated, OpError> {
     let started = Instant::now();
     let Some((next, _)) = &d.next_secret else {
-        return Err(Status::failed_precondition(format!(
+        return Err(OpError::NotReady(format!(
             "dataset[{}] has no next_secret_env, next_secret_file or next_secret: \
              configure the key to rotate to, then restart the agent",
             d.name
@@ -229,31 +231,32 @@ pub fn rotate(
     let target = [d.secret.as_slice(), next.as_slice()]
         .into_iter()
         .find(|s| DatasetKeys::derive(s).key_id() != previous)
-        .ok_or_else(|| Status::internal("both configured keys are current"))?;
+        .ok_or_else(|| OpError::Internal("both configured keys are current".into()))?;
     let target_id = DatasetKeys::derive(target).key_id();
     if ds.rotating.swap(true, Ordering::AcqRel) {
-        return Err(Status::aborted(format!(
+        return Err(OpError::Conflict(format!(
             "dataset {:?} is already rotating its key",
             d.name
         )));
     }
-    let outcome = (|| -> Result<(bool, u64), Status> {
+    let outcome = (|| -> Result<(bool, u64), OpError> {
         if let Some(held) = ds.index_for(target_id) {
             let count = held
                 .snapshot()
                 .and_then(|s| s.describe())
-                .map_err(index_status)?
+                .map_err(OpError::Index)?
                 .count();
             return Ok((false, count));
         }
         let fresh = Arc::new(
             open_under(config, d, target, true, true)
-                .map_err(|e| Status::internal(e.to_string()))?
-                .ok_or_else(|| Status::internal("the new index could not be created"))?,
+                .map_err(|e| OpError::Internal(e.to_string()))?
+                .ok_or_else(|| OpError::Internal("the new index could not be created".into()))?,
         );
-        let source = ds.source.as_ref().ok_or_else(|| {
-            Status::failed_precondition(format!("dataset {:?} has no system attached", d.name))
-        })?;
+        let source = ds
+            .source
+            .as_ref()
+            .ok_or_else(|| OpError::NoSystem(d.name.clone()))?;
         // Changes applied from now on are queued for the new index.
         ds.start_pending();
         let built = {
@@ -262,23 +265,23 @@ pub fn rotate(
         };
         match built {
             Ok(stats) => {
-                ds.finish_pending(Some(fresh)).map_err(index_status)?;
+                ds.finish_pending(Some(fresh)).map_err(OpError::Index)?;
                 Ok((true, stats.records))
             }
             Err(e) => {
                 let _ = ds.finish_pending(None);
-                Err(index_status(e))
+                Err(OpError::Index(e))
             }
         }
     })();
     let switched = outcome.and_then(|(built, records)| {
-        ds.switch_to(target_id).map_err(index_status)?;
+        ds.switch_to(target_id).map_err(OpError::Index)?;
         Ok((built, records))
     });
     ds.rotating.store(false, Ordering::Release);
     let (built, records) = switched?;
     record_active(config, &d.name, target_id).map_err(|e| {
-        Status::internal(format!(
+        OpError::Internal(format!(
             "switched to key {target_id}, but could not record it under {} ({e}); \
              a restart would go back to key {previous}",
             config.data_dir.join("keys").display()
@@ -286,7 +289,7 @@ pub fn rotate(
     })?;
     let elapsed_ms = started.elapsed().as_millis() as u64;
     info!(dataset = %d.name, previous = %previous, key_id = %target_id, built, records, elapsed_ms, "key rotated");
-    Ok(crate::proto::v1::RotateKeyResponse {
+    Ok(Rotated {
         dataset: d.name.clone(),
         previous_key_id: previous.to_string(),
         key_id: target_id.to_string(),
@@ -299,6 +302,25 @@ pub fn rotate(
             .map(|i| i.config().keys.key_id().to_string())
             .collect(),
     })
+}
+
+/// What a key rotation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotated {
+    /// The dataset.
+    pub dataset: String,
+    /// The key id it hashed under before.
+    pub previous_key_id: String,
+    /// The key id it hashes under now.
+    pub key_id: String,
+    /// Whether an index was built (false: one under the key was kept).
+    pub built: bool,
+    /// Records in the index under the new key.
+    pub records: u64,
+    /// How long the rotation took.
+    pub elapsed_ms: u64,
+    /// Every key id the dataset holds an index under, current first.
+    pub held_key_ids: Vec<String>,
 }
 
 #[cfg(test)]

@@ -17,12 +17,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arbor_index::Change;
 use arbor_record::Value;
 use arbor_source::pglogical::{self, Captured, LogicalOptions, Lsn};
-use tonic::Status;
 use tracing::{info, instrument, warn};
 
-use crate::service::Dataset;
-use crate::status::{index_status, source_status};
-use arbor_agent::config::LogicalCapture;
+use crate::config::LogicalCapture;
+use crate::dataset::Dataset;
+use crate::error::OpError;
 
 /// The watermark text of a slot position: `pgoutput slot=<slot> lsn=<lsn>`.
 pub fn watermark(slot: &str, lsn: Lsn) -> String {
@@ -77,11 +76,11 @@ pub fn prepare(
     url: &str,
     config: &LogicalCapture,
     statement_timeout: Duration,
-) -> Result<(Follower, bool), Status> {
+) -> Result<(Follower, bool), OpError> {
     let mapping = ds
         .mapping
         .clone()
-        .ok_or_else(|| Status::failed_precondition(format!("dataset {name:?} has no mapping")))?;
+        .ok_or_else(|| OpError::NotReady(format!("dataset {name:?} has no mapping")))?;
     let mut capture = pglogical::LogicalCapture::new(
         url,
         config.table.clone(),
@@ -94,13 +93,13 @@ pub fn prepare(
             statement_timeout,
         },
     );
-    let slot = capture.prepare().map_err(source_status)?;
+    let slot = capture.prepare().map_err(OpError::Source)?;
     let index = ds.index();
-    let stored = if index.is_ready().map_err(index_status)? {
+    let stored = if index.is_ready().map_err(OpError::Index)? {
         index
             .snapshot()
             .and_then(|s| s.describe())
-            .map_err(index_status)?
+            .map_err(OpError::Index)?
             .watermark
             .and_then(|w| parse_watermark(&w, &config.slot))
     } else {
@@ -139,10 +138,10 @@ pub fn prepare(
 impl Follower {
     /// Records that a full build finished: the slot's backlog from the
     /// prepared position on brings it up to date.
-    pub fn built(&self, ds: &Dataset) -> Result<(), Status> {
+    pub fn built(&self, ds: &Dataset) -> Result<(), OpError> {
         ds.apply(&[], Some(watermark(&self.slot, self.applied).as_bytes()))
-            .map_err(index_status)?;
-        ds.sync_wal().map_err(index_status)
+            .map_err(OpError::Index)?;
+        ds.sync_wal().map_err(OpError::Index)
     }
 
     /// The position whose changes are in the index.
@@ -152,7 +151,7 @@ impl Follower {
 
     /// Reads, applies and confirms the slot's next transactions.
     #[instrument(skip_all, fields(dataset = name, slot = %self.slot))]
-    pub fn step(&mut self, ds: &Dataset, name: &str) -> Result<StepStats, Status> {
+    pub fn step(&mut self, ds: &Dataset, name: &str) -> Result<StepStats, OpError> {
         let txns = match self.capture.peek(self.max_changes) {
             Ok(t) => {
                 self.failures = 0;
@@ -166,7 +165,7 @@ impl Follower {
                     // and rebuild from a new one if it had to be replaced.
                     self.reprepare(ds, name)?;
                 }
-                return Err(source_status(e));
+                return Err(OpError::Source(e));
             }
         };
         let mut stats = StepStats {
@@ -205,12 +204,13 @@ impl Follower {
             if !refetch.is_empty() {
                 // Rows read now are at or after every change in the batch, so
                 // they go last and win.
-                let source = ds.source.as_ref().ok_or_else(|| {
-                    Status::failed_precondition(format!("dataset {name:?} has no system attached"))
-                })?;
+                let source = ds
+                    .source
+                    .as_ref()
+                    .ok_or_else(|| OpError::NoSystem(name.to_owned()))?;
                 let found = {
                     let mut source = source.lock().unwrap_or_else(|p| p.into_inner());
-                    source.fetch(&refetch).map_err(source_status)?
+                    source.fetch(&refetch).map_err(OpError::Source)?
                 };
                 for (key, row) in refetch.into_iter().zip(found) {
                     changes.push(match row {
@@ -221,12 +221,12 @@ impl Follower {
             }
             let s = ds
                 .apply(&changes, Some(mark.as_bytes()))
-                .map_err(index_status)?;
+                .map_err(OpError::Index)?;
             stats.changes = changes.len() as u64;
             (stats.inserted, stats.updated, stats.deleted) = (s.inserted, s.updated, s.deleted);
         }
         // Durable before the slot forgets the changes.
-        ds.sync_wal().map_err(index_status)?;
+        ds.sync_wal().map_err(OpError::Index)?;
         let now_us = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as i64);
@@ -257,8 +257,8 @@ impl Follower {
 
     /// Prepares the slot again after failures; when it had to be created
     /// anew, the index is rebuilt, since the old slot's changes are lost.
-    fn reprepare(&mut self, ds: &Dataset, name: &str) -> Result<(), Status> {
-        let slot = self.capture.prepare().map_err(source_status)?;
+    fn reprepare(&mut self, ds: &Dataset, name: &str) -> Result<(), OpError> {
+        let slot = self.capture.prepare().map_err(OpError::Source)?;
         if slot.created {
             warn!(dataset = name, slot = %self.slot, "the replication slot was replaced; rebuilding the index");
             crate::maintain::reindex(ds, name, false)?;
@@ -269,8 +269,8 @@ impl Follower {
     }
 
     /// Drops the slot (and the publication when `publication`).
-    pub fn drop_slot(&mut self, publication: bool) -> Result<bool, Status> {
-        self.capture.drop_slot(publication).map_err(source_status)
+    pub fn drop_slot(&mut self, publication: bool) -> Result<bool, OpError> {
+        self.capture.drop_slot(publication).map_err(OpError::Source)
     }
 }
 
@@ -321,12 +321,12 @@ pub async fn follow(
                         interval
                     }
                     Err(status) => {
-                        warn!(dataset = %name, error = %status.message(), "replication step failed; retrying");
+                        warn!(dataset = %name, error = %status, "replication step failed; retrying");
                         // Changes may be missing until a step succeeds.
                         ds.mark_stale(format!(
                             "logical capture failed: {} at {}",
-                            status.message(),
-                            arbor_agent::report::now_rfc3339()
+                            status,
+                            crate::report::now_rfc3339()
                         ));
                         backoff = (backoff * 2).min(Duration::from_secs(30));
                         backoff
@@ -337,7 +337,7 @@ pub async fn follow(
                 warn!(dataset = %name, error = %e, "replication task failed; capture stops");
                 ds.mark_stale(format!(
                     "logical capture stopped: {e} at {}",
-                    arbor_agent::report::now_rfc3339()
+                    crate::report::now_rfc3339()
                 ));
                 return;
             }

@@ -10,14 +10,12 @@ use arbor_index::{BuildStats, Change, Index, IndexError, KeyRepeats};
 use arbor_record::Record;
 use arbor_source::sqlite::SqliteSource;
 use arbor_source::{FileSource, MysqlSource, PostgresSource, Source, SourceError};
-use tonic::Status;
 use tracing::info;
 
-use crate::service::Dataset;
-use crate::status::{index_status, source_status};
-use arbor_agent::config::{AgentConfig, DatasetConfig, SourceConfig};
-use arbor_agent::error::AgentError;
-use arbor_agent::report;
+use crate::config::{AgentConfig, DatasetConfig, SourceConfig};
+use crate::dataset::Dataset;
+use crate::error::{AgentError, OpError};
+use crate::report;
 
 /// Records handed from the reading thread to the index build at a time.
 const SOURCE_CHUNK_RECORDS: usize = 4_096;
@@ -113,7 +111,7 @@ pub fn with_records<R>(
 
 /// Rescans one dataset from its system (see [`Index::rescan`]); the
 /// watermark records when.
-pub fn rescan(ds: &Dataset, name: &str) -> Result<arbor_index::RescanStats, Status> {
+pub fn rescan(ds: &Dataset, name: &str) -> Result<arbor_index::RescanStats, OpError> {
     rescan_marked(ds, name, &format!("rescan {}", report::now_rfc3339()))
 }
 
@@ -122,10 +120,11 @@ pub fn rescan_marked(
     ds: &Dataset,
     name: &str,
     watermark: &str,
-) -> Result<arbor_index::RescanStats, Status> {
-    let source = ds.source.as_ref().ok_or_else(|| {
-        Status::failed_precondition(format!("dataset {name:?} has no system attached"))
-    })?;
+) -> Result<arbor_index::RescanStats, OpError> {
+    let source = ds
+        .source
+        .as_ref()
+        .ok_or_else(|| OpError::NoSystem(name.to_owned()))?;
     let mut source = source.lock().unwrap_or_else(|p| p.into_inner());
     // Every index held (more than one during a key rotation) is brought to
     // the same state of the system: one pass feeds them all.
@@ -139,38 +138,28 @@ pub fn rescan_marked(
         };
         arbor_index::rescan_each(&held, records, Some(watermark.as_bytes()), repeats)
     })
-    .map_err(read_status);
+    .map_err(OpError::of_read);
     // Until a rescan succeeds, the index may miss what this one would have
     // found: compares refuse it rather than answer from it.
     match &stats {
         Ok(_) => ds.clear_stale(),
-        Err(status) => ds.mark_stale(format!("{} at {}", status.message(), report::now_rfc3339())),
+        Err(status) => ds.mark_stale(format!("{} at {}", status, report::now_rfc3339())),
     }
     stats?
         .into_iter()
         .next()
-        .ok_or_else(|| Status::internal("a dataset without an index"))
-}
-
-/// The status of a failed build or rescan: the system's error if it failed.
-pub(crate) fn read_status(e: IndexError) -> Status {
-    match e {
-        IndexError::Source(inner) => match inner.downcast::<SourceError>() {
-            Ok(s) => source_status(*s),
-            Err(other) => Status::unavailable(other.to_string()),
-        },
-        other => index_status(other),
-    }
+        .ok_or_else(|| OpError::Internal("a dataset without an index".into()))
 }
 
 /// Indexes one dataset from its system, refusing compares meanwhile.
 /// `claimed`: the caller already set the dataset's `indexing` flag.
-pub fn reindex(ds: &Dataset, name: &str, claimed: bool) -> Result<BuildStats, Status> {
-    let source = ds.source.as_ref().ok_or_else(|| {
-        Status::failed_precondition(format!("dataset {name:?} has no system attached"))
-    })?;
+pub fn reindex(ds: &Dataset, name: &str, claimed: bool) -> Result<BuildStats, OpError> {
+    let source = ds
+        .source
+        .as_ref()
+        .ok_or_else(|| OpError::NoSystem(name.to_owned()))?;
     if !claimed && ds.indexing.swap(true, Ordering::AcqRel) {
-        return Err(Status::aborted(format!(
+        return Err(OpError::Conflict(format!(
             "dataset {name:?} is already being indexed"
         )));
     }
@@ -191,7 +180,7 @@ pub fn reindex(ds: &Dataset, name: &str, claimed: bool) -> Result<BuildStats, St
         result
     };
     ds.indexing.store(false, Ordering::Release);
-    let stats = result.map_err(read_status)?;
+    let stats = result.map_err(OpError::of_read)?;
     info!(
         dataset = name,
         records = stats.records,
@@ -211,10 +200,11 @@ pub fn poll(
     name: &str,
     column: &str,
     since: Option<&str>,
-) -> Result<(u64, Option<String>), Status> {
-    let source = ds.source.as_ref().ok_or_else(|| {
-        Status::failed_precondition(format!("dataset {name:?} has no system attached"))
-    })?;
+) -> Result<(u64, Option<String>), OpError> {
+    let source = ds
+        .source
+        .as_ref()
+        .ok_or_else(|| OpError::NoSystem(name.to_owned()))?;
     let mut changed = Vec::new();
     let next = {
         let mut source = source.lock().unwrap_or_else(|p| p.into_inner());
@@ -223,7 +213,7 @@ pub fn poll(
                 changed.push(Change::Upsert(r));
                 Ok(())
             })
-            .map_err(source_status)?
+            .map_err(OpError::Source)?
     };
     let watermark = next.as_ref().map(|v| format!("poll {column} >= {v}"));
     let mut applied = 0;
@@ -237,7 +227,7 @@ pub fn poll(
         };
         let s = ds
             .apply(chunk, w.map(str::as_bytes))
-            .map_err(index_status)?;
+            .map_err(OpError::Index)?;
         applied += s.inserted + s.updated;
     }
     Ok((applied, next))
@@ -248,17 +238,17 @@ pub fn poll(
 /// vanished while the agent was down leaves a tombstone (stamped now, the
 /// first moment it was seen gone), so a two-way job propagates that delete
 /// instead of copying the row back. Empty or unfinished indexes are built.
-pub fn catch_up(ds: &Dataset, name: &str) -> Result<(), Status> {
+pub fn catch_up(ds: &Dataset, name: &str) -> Result<(), OpError> {
     let indexes = ds.indexes();
     let mut warm = true;
     for index in &indexes {
         // An unfinished build cannot be described: it is built again.
         warm = warm
-            && index.is_ready().map_err(index_status)?
+            && index.is_ready().map_err(OpError::Index)?
             && index
                 .snapshot()
                 .and_then(|s| s.describe())
-                .map_err(index_status)?
+                .map_err(OpError::Index)?
                 .count()
                 > 0;
     }
