@@ -79,7 +79,7 @@ pub struct AuditServer {
     retry: RetryPolicy,
     self_address: Option<String>,
     /// This agent's repairs: Reconcile reaches its own side in process.
-    repairs: Option<crate::repair::Repairs>,
+    repairs: Option<arbor_agent::repair::Repairs>,
     /// Where finished runs are counted, if anywhere.
     metrics: Option<Arc<crate::metrics::Metrics>>,
 }
@@ -99,7 +99,7 @@ impl AuditServer {
 
     /// This agent's repairs, so Reconcile reaches its own side in process
     /// rather than through its own socket.
-    pub fn with_repairs(mut self, repairs: crate::repair::Repairs) -> AuditServer {
+    pub fn with_repairs(mut self, repairs: arbor_agent::repair::Repairs) -> AuditServer {
         self.repairs = Some(repairs);
         self
     }
@@ -513,7 +513,7 @@ impl AuditService for AuditServer {
             } else {
                 req.batch as usize
             }
-            .min(crate::repair::MAX_WRITES_PER_BATCH),
+            .min(arbor_agent::repair::MAX_WRITES_PER_BATCH),
             max_rows_per_sec: req.max_rows_per_sec,
             retry_for: crate::sync::DEFAULT_RETRY_FOR,
             only_keys: None,
@@ -1503,7 +1503,7 @@ pub async fn run(
     // The agent's repair machinery: RepairService serves it to peers; its
     // own jobs and Reconcile call it in process.
     let repairs =
-        crate::repair::Repairs::new(Arc::clone(&state), Arc::clone(&runs), &config.datasets);
+        arbor_agent::repair::Repairs::new(Arc::clone(&state), Arc::clone(&runs), &config.datasets);
     let audit_service = AuditServiceServer::new(
         crate::audited::Audited::new(
             AuditServer::new(

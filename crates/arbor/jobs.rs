@@ -107,7 +107,7 @@ pub struct JobStatus {
 #[derive(Clone)]
 struct Home {
     address: String,
-    repairs: Option<crate::repair::Repairs>,
+    repairs: Option<arbor_agent::repair::Repairs>,
 }
 
 impl Home {
@@ -282,7 +282,7 @@ impl Jobs {
     }
 
     /// Reaches the agent's own datasets in process, through its repairs.
-    pub fn with_repairs(mut self, repairs: crate::repair::Repairs) -> Jobs {
+    pub fn with_repairs(mut self, repairs: arbor_agent::repair::Repairs) -> Jobs {
         self.home.repairs = Some(repairs);
         self
     }

@@ -863,7 +863,9 @@ async fn sync(command: SyncCommand) -> Result<u8> {
         target_dataset,
         dataset,
         policy,
-        batch: args.batch.clamp(1, arbor::repair::MAX_WRITES_PER_BATCH),
+        batch: args
+            .batch
+            .clamp(1, arbor_agent::repair::MAX_WRITES_PER_BATCH),
         max_rows_per_sec: args.max_rows_per_sec,
         retry_for: std::time::Duration::from_secs(args.retry_secs),
         only_keys: None,

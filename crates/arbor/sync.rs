@@ -611,10 +611,10 @@ pub enum SideAt {
     /// A dataset of this process, through an agent's [`Repairs`] (no
     /// gRPC: an agent's own side of a job or a Reconcile).
     ///
-    /// [`Repairs`]: crate::repair::Repairs
+    /// [`Repairs`]: arbor_agent::repair::Repairs
     Local {
         /// The agent's repair machinery.
-        repairs: crate::repair::Repairs,
+        repairs: arbor_agent::repair::Repairs,
         /// The dataset.
         dataset: String,
     },
@@ -677,10 +677,10 @@ impl Sides {
     }
 }
 
-fn local_err(dataset: &str, s: &tonic::Status) -> SyncError {
+fn local_err(dataset: &str, e: &arbor_agent::error::OpError) -> SyncError {
     SyncError::Agent {
         agent: format!("(this process) {dataset}"),
-        message: format!("{} ({:?})", s.message(), s.code()),
+        message: arbor_agent::report::error_chain(e),
     }
 }
 
@@ -689,7 +689,7 @@ fn local_err(dataset: &str, s: &tonic::Status) -> SyncError {
 /// started catches up with its system first), as a remote side is waited
 /// for through its retries, for at most `retry_for`.
 async fn local_index(
-    repairs: &crate::repair::Repairs,
+    repairs: &arbor_agent::repair::Repairs,
     dataset: &str,
     retry_for: Duration,
 ) -> Result<std::sync::Arc<arbor_index::Index>, SyncError> {
@@ -697,10 +697,10 @@ async fn local_index(
     loop {
         match repairs.state().comparable(dataset) {
             Ok(ds) => return Ok(ds.index()),
-            Err(arbor_agent::error::OpError::Unavailable(_)) if Instant::now() < deadline => {
+            Err(e) if e.is_transient() && Instant::now() < deadline => {
                 tokio::time::sleep(LOCAL_WAIT).await;
             }
-            Err(e) => return Err(local_err(dataset, &crate::status::op(e))),
+            Err(e) => return Err(local_err(dataset, &e)),
         }
     }
 }
@@ -801,7 +801,7 @@ async fn fetch_remote(
 ) -> Result<Fetched, SyncError> {
     let mut out = Fetched::default();
     let mut client = repair_client(agent)?;
-    for chunk in keys.chunks(crate::repair::MAX_FETCH_KEYS) {
+    for chunk in keys.chunks(arbor_agent::repair::MAX_FETCH_KEYS) {
         let mut stream = client
             .fetch_records(pb::FetchRecordsRequest {
                 dataset: dataset.to_owned(),
@@ -840,7 +840,7 @@ async fn fetch_remote(
 }
 
 async fn fetch_local(
-    repairs: crate::repair::Repairs,
+    repairs: arbor_agent::repair::Repairs,
     dataset: String,
     keys: Vec<Vec<u8>>,
 ) -> Result<Fetched, SyncError> {
@@ -923,7 +923,7 @@ async fn apply_remote(
 }
 
 async fn apply_local(
-    repairs: crate::repair::Repairs,
+    repairs: arbor_agent::repair::Repairs,
     dataset: String,
     retry_for: Duration,
     batch: Batch<'_>,
@@ -948,38 +948,39 @@ async fn apply_local(
             std::sync::Arc::clone(&writes),
             run_id.clone(),
         );
-        let result = tokio::task::spawn_blocking(move || -> Result<Applied, tonic::Status> {
-            let dataset = name;
-            if dry_run {
-                let sql = repairs.render(&dataset, &writes, key_id)?;
-                return Ok(Applied {
-                    outcomes: sql.into_iter().map(BatchOutcome::Planned).collect(),
-                    replayed: false,
-                });
-            }
-            let (outcomes, replayed) = repairs.apply(&dataset, &run_id, &writes, key_id)?;
-            Ok(Applied {
-                outcomes: outcomes
-                    .into_iter()
-                    .map(|o| match o {
-                        crate::repair::RepairOutcome::Applied => BatchOutcome::Applied,
-                        crate::repair::RepairOutcome::AlreadyApplied => {
-                            BatchOutcome::AlreadyApplied
-                        }
-                        crate::repair::RepairOutcome::Conflict => BatchOutcome::Conflict,
-                    })
-                    .collect(),
-                replayed,
+        let result =
+            tokio::task::spawn_blocking(move || -> Result<Applied, arbor_agent::error::OpError> {
+                let dataset = name;
+                if dry_run {
+                    let sql = repairs.render(&dataset, &writes, key_id)?;
+                    return Ok(Applied {
+                        outcomes: sql.into_iter().map(BatchOutcome::Planned).collect(),
+                        replayed: false,
+                    });
+                }
+                let (outcomes, replayed) = repairs.apply(&dataset, &run_id, &writes, key_id)?;
+                Ok(Applied {
+                    outcomes: outcomes
+                        .into_iter()
+                        .map(|o| match o {
+                            arbor_agent::repair::RepairOutcome::Applied => BatchOutcome::Applied,
+                            arbor_agent::repair::RepairOutcome::AlreadyApplied => {
+                                BatchOutcome::AlreadyApplied
+                            }
+                            arbor_agent::repair::RepairOutcome::Conflict => BatchOutcome::Conflict,
+                        })
+                        .collect(),
+                    replayed,
+                })
             })
-        })
-        .await
-        .map_err(|e| SyncError::Invalid(format!("repair task failed: {e}")))?;
+            .await
+            .map_err(|e| SyncError::Invalid(format!("repair task failed: {e}")))?;
         match result {
             Ok(applied) => return Ok(applied),
-            Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+            Err(e) if e.is_transient() && Instant::now() < deadline => {
                 tokio::time::sleep(LOCAL_WAIT).await;
             }
-            Err(s) => return Err(local_err(&dataset, &s)),
+            Err(e) => return Err(local_err(&dataset, &e)),
         }
     }
 }

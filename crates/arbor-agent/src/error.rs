@@ -103,6 +103,17 @@ pub enum OpError {
 }
 
 impl OpError {
+    /// Whether trying again later may succeed: the dataset is being
+    /// indexed, or its system or index could not be reached.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            OpError::Unavailable(_) => true,
+            OpError::Source(e) => matches!(e, SourceError::Open { .. } | SourceError::Read { .. }),
+            OpError::Index(e) => matches!(e, IndexError::Source(_)),
+            _ => false,
+        }
+    }
+
     /// The error of a failed build or rescan: the system's own error when
     /// the system failed.
     pub fn of_read(e: IndexError) -> OpError {

@@ -9,7 +9,9 @@
 //!   datasets, compare sessions and run slots;
 //! * [`maintain`]: opening, building, rescanning and catching up indexes;
 //! * [`logical`]: PostgreSQL logical capture;
-//! * [`keys`]: hashing-key rotation.
+//! * [`keys`]: hashing-key rotation;
+//! * [`repair`]: fetching values and applying planned writes with the
+//!   journal.
 //!
 //! Nothing here links tonic: the `arbor` package maps these types to and
 //! from the wire (`arbor::wire`) and errors to gRPC codes
@@ -23,4 +25,5 @@ pub mod error;
 pub mod keys;
 pub mod logical;
 pub mod maintain;
+pub mod repair;
 pub mod report;
