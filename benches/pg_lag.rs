@@ -107,7 +107,7 @@ fn run(url: &str, interval: Duration, rate: u64, secs: u64) {
     let (mut follower, needs_build) =
         logical::prepare(&ds, "lag", url, &capture, Duration::from_secs(60)).expect("prepare");
     assert!(needs_build);
-    arbor::agent::reindex(&ds, "lag", true).expect("build");
+    arbor_agent::maintain::reindex(&ds, "lag", true).expect("build");
     follower.built(&ds).expect("mark built");
 
     // The follower: the agent's loop, on a thread.
@@ -168,7 +168,7 @@ fn run(url: &str, interval: Duration, rate: u64, secs: u64) {
     // Exactness: the followed index equals a fresh build of the table.
     let fresh_dir = tempfile::TempDir::new().expect("temp dir");
     let fresh = dataset(url, fresh_dir.path());
-    arbor::agent::reindex(&fresh, "fresh", true).expect("fresh build");
+    arbor_agent::maintain::reindex(&fresh, "fresh", true).expect("fresh build");
     let root = |d: &Dataset| {
         d.index()
             .snapshot()

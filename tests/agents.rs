@@ -3742,12 +3742,12 @@ fn each_role_calls_exactly_its_rpcs() {
         .map(|r| {
             format!(
                 "[[agent.auth.principal]]\nname = \"{r}-user\"\ntoken_blake3 = \"{}\"\nroles = [\"{r}\"]\n",
-                arbor::auth::token_hash(&format!("token-{r}"))
+                arbor::grpc::auth::token_hash(&format!("token-{r}"))
             )
         })
         .collect::<String>()
         + "[[agent.auth.principal]]\nname = \"elsewhere\"\ntoken_blake3 = \""
-        + &arbor::auth::token_hash("token-scoped")
+        + &arbor::grpc::auth::token_hash("token-scoped")
         + "\"\nroles = [\"admin\"]\ndatasets = [\"orders\"]\n";
     let config = std::fs::read_to_string(dir.path().join("crm.toml"))
         .unwrap()
@@ -3825,7 +3825,7 @@ fn the_sync_cli_presents_its_bearer_token_to_both_agents() {
     // values a plan reads); nothing else.
     let principal = format!(
         "[[agent.auth.principal]]\nname = \"sync-job\"\ntoken_blake3 = \"{}\"\nroles = [\"peer\", \"repairer\"]\n",
-        arbor::auth::token_hash("tok-sync")
+        arbor::grpc::auth::token_hash("tok-sync")
     );
     for (file, data) in [("crm.toml", "crm-data"), ("erp.toml", "erp-data")] {
         let path = dir.path().join(file);

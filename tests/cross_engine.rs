@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use arbor::agent::build_from_source;
+use arbor_agent::maintain::build_from_source;
 use arbor_index::{Index, IndexConfig};
 use arbor_record::{DatasetKeys, ValueKind};
 use arbor_source::postgres::ScanOptions;

@@ -21,7 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use arbor::agent::build_from_source;
+use arbor_agent::maintain::build_from_source;
 use arbor_index::{Index, IndexConfig};
 use arbor_record::value::{Date, Timestamp, format_uuid};
 use arbor_record::{DatasetKeys, Value, ValueKind};

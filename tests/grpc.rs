@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use arbor::client::{GrpcPeer, RetryPolicy};
+use arbor::grpc::agent::AgentServer;
+use arbor::grpc::client::{GrpcPeer, RetryPolicy};
 use arbor::proto::v1 as pb;
 use arbor::proto::v1::agent_service_client::AgentServiceClient;
 use arbor::proto::v1::agent_service_server::AgentServiceServer;
-use arbor::service::AgentServer;
 use arbor_agent::dataset::{AgentState, ServiceLimits};
 use arbor_index::{Description, Index, IndexConfig, IndexError, Leaf};
 use arbor_record::{DatasetKeys, Record, Value, tuple_bytes};
@@ -480,7 +480,7 @@ fn ingested_changes_reach_the_tree_of_a_fresh_build_and_bad_ones_are_refused() {
     listener.set_nonblocking(true).unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
     let rt = client_runtime();
-    let service = IngestServiceServer::new(arbor::agent::IngestServer::new(state));
+    let service = IngestServiceServer::new(arbor::grpc::ingest::IngestServer::new(state));
     rt.spawn(async move {
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
         tonic::transport::Server::builder()
@@ -610,7 +610,7 @@ fn ingested_changes_reach_the_tree_of_a_fresh_build_and_bad_ones_are_refused() {
             .ingest_changes(pb::IngestRequest {
                 dataset: "d".into(),
                 changes: vec![upsert(1, 3)],
-                watermark: vec![b'w'; arbor::agent::MAX_WATERMARK_BYTES + 1],
+                watermark: vec![b'w'; arbor::grpc::ingest::MAX_WATERMARK_BYTES + 1],
             })
             .await
             .unwrap_err();

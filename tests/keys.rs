@@ -34,9 +34,9 @@ fn an_index_lagging_the_current_key_is_rebuilt_from_the_system() {
     .unwrap();
     let config = AgentConfig::load(&dir.path().join("agent.toml"), &Overrides::default()).unwrap();
     let d = &config.datasets[0];
-    let datasets = arbor::agent::open_datasets(&config).unwrap();
+    let datasets = arbor_agent::startup::open_datasets(&config).unwrap();
     let ds = &datasets["customers"];
-    arbor::agent::reindex(ds, "customers", true).unwrap();
+    arbor_agent::maintain::reindex(ds, "customers", true).unwrap();
     // Only the current key's index exists until a rotation builds the other.
     assert_eq!(ds.indexes().len(), 1);
     let r = arbor_agent::keys::rotate(&config, d, ds).unwrap();

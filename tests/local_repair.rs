@@ -8,11 +8,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use arbor::agent::{catch_up, open_datasets};
 use arbor::sync::{ActionKind, Extra, Policy, SideAt, Sides, SyncOptions, execute_with, plan_with};
 use arbor_agent::config::{AgentConfig, Overrides};
 use arbor_agent::dataset::{AgentState, ServiceLimits};
+use arbor_agent::maintain::catch_up;
 use arbor_agent::repair::Repairs;
+use arbor_agent::startup::open_datasets;
 use arbor_index::RunStore;
 use rusqlite::Connection;
 use tempfile::TempDir;

@@ -12,15 +12,10 @@
 //! Only this package links tonic and prost; generated types stay in
 //! [`proto`] and are converted to domain types at the edge.
 
-pub mod agent;
-pub mod audited;
-pub mod auth;
-pub mod client;
+pub mod grpc;
 pub mod jobs;
 pub mod metrics;
-pub mod repair;
-pub mod service;
-pub mod status;
+pub mod node;
 pub mod sync;
 pub mod wire;
 

@@ -9,10 +9,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use arbor::agent;
 use arbor::proto::v1 as pb;
 use arbor::proto::v1::audit_service_client::AuditServiceClient;
 use arbor_agent::config::{AgentConfig, Overrides};
+use arbor_agent::maintain;
 use arbor_agent::report::{DriftEntry, RunStatus, RunSummary};
 use arbor_index::Index;
 use clap::{Args, Parser, Subcommand};
@@ -486,7 +486,7 @@ fn cli_tls() -> Result<()> {
         _ => bail!("set both ARBOR_TLS_CERT and ARBOR_TLS_KEY, or neither"),
     };
     if ca.is_some() || identity.is_some() {
-        arbor::client::set_client_tls(
+        arbor::grpc::client::set_client_tls(
             ca.as_deref(),
             identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
         );
@@ -523,7 +523,7 @@ fn main() -> ExitCode {
     // Every outgoing call (to agents, and an agent's to its peers) carries
     // ARBOR_TOKEN when it is set.
     if let Some(token) = std::env::var("ARBOR_TOKEN").ok().filter(|t| !t.is_empty())
-        && let Err(e) = arbor::client::set_bearer_token(&token)
+        && let Err(e) = arbor::grpc::client::set_bearer_token(&token)
     {
         eprintln!("arbor: error: ARBOR_TOKEN: {e}");
         return ExitCode::from(2);
@@ -558,7 +558,7 @@ async fn run(cli: Cli) -> Result<u8> {
         } => {
             let overrides = Overrides { listen, data_dir };
             let cfg = AgentConfig::load(&config.config, &overrides)?;
-            agent::run(cfg, shutdown_signal(), |addr| {
+            arbor::node::run(cfg, shutdown_signal(), |addr| {
                 // One line on stdout for scripts that start agents on port 0.
                 outln!("listening on {addr}");
                 let _ = crate::output::stdout().flush();
@@ -591,7 +591,7 @@ async fn run(cli: Cli) -> Result<u8> {
                 .context("read the token from stdin")?;
             let token = token.trim_end_matches(['\r', '\n']);
             anyhow::ensure!(!token.is_empty(), "the token on stdin is empty");
-            outln!("{}", arbor::auth::token_hash(token));
+            outln!("{}", arbor::grpc::auth::token_hash(token));
             Ok(0)
         }
         Command::Certs {
@@ -709,7 +709,7 @@ fn config_check(args: &ConfigArgs) -> Result<u8> {
     outln!("  listen   {}", cfg.listen);
     outln!("  data dir {}", cfg.data_dir.display());
     for d in &cfg.datasets {
-        agent::open_source(d)?;
+        maintain::open_source(d)?;
         let keys = arbor_record::DatasetKeys::derive(&d.secret);
         outln!(
             "  dataset {}: {:?}, {} key and {} compared columns, secret from {} (key id {}): system readable",
@@ -1032,7 +1032,7 @@ fn capture_drop(args: &IndexArgs, publication: bool) -> Result<u8> {
 fn index_reset(args: &IndexArgs) -> Result<u8> {
     let cfg = AgentConfig::load(&args.config.config, &Overrides::default())?;
     let d = dataset_of(&cfg, args)?;
-    let first = agent::index_path(&cfg, &d.name);
+    let first = maintain::index_path(&cfg, &d.name);
     let mut paths = vec![first.clone()];
     if let Some(dir) = first.parent()
         && let Ok(entries) = std::fs::read_dir(dir)
@@ -1082,7 +1082,7 @@ fn index_command(command: IndexCommand) -> Result<u8> {
     };
     let cfg = AgentConfig::load(&args.config.config, &Overrides::default())?;
     let d = dataset_of(&cfg, args)?;
-    let path = agent::index_path(&cfg, &d.name);
+    let path = maintain::index_path(&cfg, &d.name);
     std::fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
     let index = Index::open(&path, arbor_agent::keys::index_config(d)).map_err(|e| {
         let hint = arbor_agent::error::rebuild_hint(&d.name, &e);
@@ -1094,7 +1094,7 @@ fn index_command(command: IndexCommand) -> Result<u8> {
     })?;
     match what {
         "build" => {
-            let mut source = agent::open_source(d)?;
+            let mut source = maintain::open_source(d)?;
             let started = Instant::now();
             // A progress bar on a terminal; otherwise the index logs a line
             // every million records.
@@ -1113,7 +1113,7 @@ fn index_command(command: IndexCommand) -> Result<u8> {
                     bar.set_position(n);
                 }
             };
-            let built = agent::build_from_source_with_progress(
+            let built = maintain::build_from_source_with_progress(
                 &index,
                 source.as_mut(),
                 !d.key_sensitive,
@@ -1218,17 +1218,17 @@ async fn admin_client(
     agent: &str,
 ) -> Result<arbor::proto::v1::admin_service_client::AdminServiceClient<Authed>> {
     Ok(
-        arbor::proto::v1::admin_service_client::AdminServiceClient::new(arbor::client::authed(
-            connect(agent).await?,
-        )),
+        arbor::proto::v1::admin_service_client::AdminServiceClient::new(
+            arbor::grpc::client::authed(connect(agent).await?),
+        ),
     )
 }
 
-use arbor::client::Authed;
+use arbor::grpc::client::Authed;
 
 /// A channel to an agent (TLS for `https://`, from `ARBOR_TLS_*`).
 async fn connect(agent: &str) -> Result<tonic::transport::Channel> {
-    arbor::client::endpoint(agent)
+    arbor::grpc::client::endpoint(agent)
         .map_err(anyhow::Error::msg)?
         .connect()
         .await
@@ -1299,8 +1299,8 @@ async fn sync_jobs(agent: &str, json: bool) -> Result<u8> {
 }
 
 async fn audit_client(agent: &str) -> Result<AuditServiceClient<Authed>> {
-    let client = AuditServiceClient::new(arbor::client::authed(connect(agent).await?));
-    Ok(client.max_decoding_message_size(arbor::client::MAX_MESSAGE_BYTES))
+    let client = AuditServiceClient::new(arbor::grpc::client::authed(connect(agent).await?));
+    Ok(client.max_decoding_message_size(arbor::grpc::client::MAX_MESSAGE_BYTES))
 }
 
 /// First pause before polling a running compare (short compares end in
@@ -1359,7 +1359,7 @@ async fn wait_serving(addr: &str, deadline: Instant) -> Result<()> {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
     loop {
-        let endpoint = arbor::client::endpoint(addr).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let endpoint = arbor::grpc::client::endpoint(addr).map_err(|e| anyhow::anyhow!("{e}"))?;
         // A process that accepts connections but never answers (stopped,
         // wedged) must not hang the CLI: each check has its own deadline.
         let check = async {

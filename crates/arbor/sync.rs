@@ -45,7 +45,7 @@ use arbor_sync::{CompareOptions, DriftKind, compare_collect};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use crate::client::{GrpcPeer, MAX_MESSAGE_BYTES, RetryPolicy, is_transient};
+use crate::grpc::client::{GrpcPeer, MAX_MESSAGE_BYTES, RetryPolicy, is_transient};
 use crate::proto::v1 as pb;
 use crate::proto::v1::repair_service_client::RepairServiceClient;
 use crate::wire;
@@ -492,13 +492,15 @@ pub enum SyncError {
     Invalid(String),
 }
 
-fn repair_client(address: &str) -> Result<RepairServiceClient<crate::client::Authed>, SyncError> {
-    let endpoint = crate::client::endpoint(address).map_err(|message| SyncError::Agent {
+fn repair_client(
+    address: &str,
+) -> Result<RepairServiceClient<crate::grpc::client::Authed>, SyncError> {
+    let endpoint = crate::grpc::client::endpoint(address).map_err(|message| SyncError::Agent {
         agent: address.to_owned(),
         message,
     })?;
     Ok(
-        RepairServiceClient::new(crate::client::authed(endpoint.connect_lazy()))
+        RepairServiceClient::new(crate::grpc::client::authed(endpoint.connect_lazy()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
     )
@@ -1465,12 +1467,13 @@ pub async fn queue_unresolved(opts: &SyncOptions, actions: &[Action]) -> Result<
     if !matches!(opts.policy, Policy::TwoWay(_)) {
         return Ok(0);
     }
-    let endpoint = crate::client::endpoint(&opts.source).map_err(|message| SyncError::Agent {
-        agent: opts.source.clone(),
-        message,
-    })?;
+    let endpoint =
+        crate::grpc::client::endpoint(&opts.source).map_err(|message| SyncError::Agent {
+            agent: opts.source.clone(),
+            message,
+        })?;
     let mut client = crate::proto::v1::admin_service_client::AdminServiceClient::new(
-        crate::client::authed(endpoint.connect_lazy()),
+        crate::grpc::client::authed(endpoint.connect_lazy()),
     )
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let rows: Vec<pb::UnresolvedRow> = actions

@@ -8,8 +8,10 @@
 //! * [`dataset`]: a served dataset (its indexes and system), the agent's
 //!   datasets, compare sessions and run slots;
 //! * [`maintain`]: opening, building, rescanning and catching up indexes;
+//! * [`capture`]: following a dataset's changes (rescans, polls, logical);
 //! * [`logical`]: PostgreSQL logical capture;
 //! * [`keys`]: hashing-key rotation;
+//! * [`startup`]: opening every dataset when the agent starts;
 //! * [`repair`]: fetching values and applying planned writes with the
 //!   journal.
 //!
@@ -19,6 +21,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod capture;
 pub mod config;
 pub mod dataset;
 pub mod error;
@@ -27,3 +30,4 @@ pub mod logical;
 pub mod maintain;
 pub mod repair;
 pub mod report;
+pub mod startup;

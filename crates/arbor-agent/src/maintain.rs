@@ -3,14 +3,18 @@
 //! services, capture and key rotation call these; none of them calls back.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use arbor_index::RunStore;
 use arbor_index::{BuildStats, Change, Index, IndexError, KeyRepeats};
 use arbor_record::Record;
 use arbor_source::sqlite::SqliteSource;
 use arbor_source::{FileSource, MysqlSource, PostgresSource, Source, SourceError};
-use tracing::info;
+use tracing::{info, warn};
+
+use crate::dataset::AgentState;
 
 use crate::config::{AgentConfig, DatasetConfig, SourceConfig};
 use crate::dataset::Dataset;
@@ -268,4 +272,50 @@ pub fn catch_up(ds: &Dataset, name: &str) -> Result<(), OpError> {
         "dataset caught up with its system"
     );
     Ok(())
+}
+/// Forgets compare reports older than `retention`, now and once a day.
+pub async fn prune_runs_daily(runs: Arc<RunStore>, retention: std::time::Duration) {
+    loop {
+        let cut = std::time::SystemTime::now()
+            .checked_sub(retention)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_millis() as u64);
+        let store = Arc::clone(&runs);
+        match tokio::task::spawn_blocking(move || store.prune_runs(cut)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(pruned)) => info!(pruned, "old run reports forgotten"),
+            Ok(Err(e)) => warn!(error = %e, "pruning run reports failed"),
+            Err(e) => warn!(error = %e, "pruning task failed"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(86_400)).await;
+    }
+}
+
+/// Forgets tombstones older than `retention`, now and once a day.
+pub async fn prune_tombstones_daily(state: Arc<AgentState>, retention: std::time::Duration) {
+    loop {
+        for name in state.dataset_names() {
+            let Ok(ds) = state.dataset(&name).map(Arc::clone) else {
+                continue;
+            };
+            let cut = std::time::SystemTime::now()
+                .checked_sub(retention)
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_micros() as i64);
+            match tokio::task::spawn_blocking(move || {
+                ds.indexes()
+                    .iter()
+                    .map(|i| i.prune_tombstones(cut))
+                    .sum::<Result<_, _>>()
+            })
+            .await
+            {
+                Ok(Ok(0)) => {}
+                Ok(Ok(pruned)) => info!(dataset = %name, pruned, "old tombstones forgotten"),
+                Ok(Err(e)) => warn!(dataset = %name, error = %e, "pruning tombstones failed"),
+                Err(e) => warn!(dataset = %name, error = %e, "pruning task failed"),
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(86_400)).await;
+    }
 }

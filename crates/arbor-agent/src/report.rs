@@ -3,6 +3,7 @@
 //! `arbor compare --json` prints. Keys and column names only, never values.
 //! Fields are only ever added; a change of meaning bumps the version.
 
+use arbor_index::{IndexError, RunStore};
 use serde::{Deserialize, Serialize};
 
 /// Version of the report schema.
@@ -209,5 +210,69 @@ mod tests {
         assert_eq!(display_key(&[0xff]), "0xff");
         assert!(now_rfc3339().ends_with('Z'));
         assert_eq!(now_rfc3339().len(), "2026-11-26T04:00:00.000Z".len());
+    }
+}
+
+/// Marks `failed` every stored run still `running`: at start no run of this
+/// process exists yet, so those were cut off when an earlier process
+/// stopped (killed, crashed, restarted). Returns how many.
+pub fn fail_orphaned_runs(runs: &RunStore) -> Result<usize, IndexError> {
+    let mut failed = 0;
+    for raw in runs.list_runs(usize::MAX)? {
+        let Ok(mut summary) = serde_json::from_slice::<RunSummary>(&raw) else {
+            // Unreadable summaries are reported when read (GetRun).
+            continue;
+        };
+        if summary.status != RunStatus::Running {
+            continue;
+        }
+        summary.status = RunStatus::Failed;
+        summary.error = format!(
+            "the agent stopped before the run finished (marked failed at the next start, {})",
+            now_rfc3339()
+        );
+        summary.finished_at = now_rfc3339();
+        let json = serde_json::to_vec(&summary)
+            .map_err(|e| IndexError::InvalidRequest(format!("run {}: {e}", summary.run_id)))?;
+        runs.put_run(&summary.run_id, &json)?;
+        failed += 1;
+    }
+    Ok(failed)
+}
+
+#[cfg(test)]
+mod orphan_tests {
+    use super::*;
+    use arbor_index::RunStore;
+
+    fn summary(run_id: &str, status: &str) -> RunSummary {
+        RunSummary {
+            schema_version: SCHEMA_VERSION,
+            run_id: run_id.into(),
+            status: RunStatus::parse(status).expect("a run status"),
+            ..RunSummary::default()
+        }
+    }
+
+    #[test]
+    fn runs_left_running_by_a_stopped_process_are_marked_failed() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let runs = RunStore::open(dir.path()).unwrap();
+        for (id, status) in [("r1", "completed"), ("r2", "running"), ("r3", "failed")] {
+            runs.put_run(id, &serde_json::to_vec(&summary(id, status)).unwrap())
+                .unwrap();
+        }
+        assert_eq!(fail_orphaned_runs(&runs).unwrap(), 1);
+        let read = |id: &str| -> RunSummary {
+            serde_json::from_slice(&runs.get_run(id).unwrap().unwrap()).unwrap()
+        };
+        let orphan = read("r2");
+        assert_eq!(orphan.status, RunStatus::Failed);
+        assert!(orphan.error.contains("agent stopped"), "{}", orphan.error);
+        assert!(!orphan.finished_at.is_empty());
+        assert_eq!(read("r1").status, RunStatus::Completed);
+        assert_eq!(read("r3").status, RunStatus::Failed);
+        // A second start finds nothing left to fail.
+        assert_eq!(fail_orphaned_runs(&runs).unwrap(), 0);
     }
 }

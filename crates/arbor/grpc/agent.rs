@@ -25,9 +25,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{debug, instrument};
 
+use crate::grpc::status::index_status;
 use crate::proto::v1 as pb;
 use crate::proto::v1::agent_service_server::AgentService;
-use crate::status::index_status;
 use crate::wire;
 use arbor_agent::dataset::{AgentState, MAX_COLUMN_DIGEST_KEYS, SessionOwner};
 
@@ -89,12 +89,15 @@ impl AgentService for AgentServer {
         &self,
         request: Request<pb::DescribeRequest>,
     ) -> Result<Response<pb::DescribeResponse>, Status> {
-        crate::auth::DatasetScope::admit(&request, &request.get_ref().dataset)?;
+        crate::grpc::auth::DatasetScope::admit(&request, &request.get_ref().dataset)?;
         let owner = session_owner(&request);
         let req = request.into_inner();
         let dataset = req.dataset;
         let wanted = wire::optional_key_id("DescribeRequest.key_id", &req.key_id)?;
-        let ds = self.state.comparable(&dataset).map_err(crate::status::op)?;
+        let ds = self
+            .state
+            .comparable(&dataset)
+            .map_err(crate::grpc::status::op)?;
         let index = wanted
             .and_then(|k| ds.index_for(k))
             .unwrap_or_else(|| ds.index());
@@ -107,7 +110,7 @@ impl AgentService for AgentServer {
         let session = self
             .state
             .open_session(&dataset, &owner, snapshot)
-            .map_err(crate::status::op)?;
+            .map_err(crate::grpc::status::op)?;
         debug!(session, records = description.count(), "session opened");
         Ok(Response::new(wire::describe_response(
             &description,
@@ -120,7 +123,7 @@ impl AgentService for AgentServer {
         &self,
         request: Request<pb::GetNodesRequest>,
     ) -> Result<Response<pb::GetNodesResponse>, Status> {
-        crate::auth::DatasetScope::admit(&request, &request.get_ref().dataset)?;
+        crate::grpc::auth::DatasetScope::admit(&request, &request.get_ref().dataset)?;
         let req = request.into_inner();
         if req.parents.len() > self.state.limits().max_parents_per_request {
             return Err(Status::invalid_argument(format!(
@@ -143,7 +146,7 @@ impl AgentService for AgentServer {
         let snapshot = self
             .state
             .session(&req.dataset, req.session)
-            .map_err(crate::status::op)?;
+            .map_err(crate::grpc::status::op)?;
         let children =
             blocking(move || snapshot.get().children(&parents).map_err(index_status)).await?;
         Ok(Response::new(wire::children_response(&children)))
@@ -156,7 +159,7 @@ impl AgentService for AgentServer {
         &self,
         request: Request<pb::StreamLeavesRequest>,
     ) -> Result<Response<Self::StreamLeavesStream>, Status> {
-        crate::auth::DatasetScope::admit(&request, &request.get_ref().dataset)?;
+        crate::grpc::auth::DatasetScope::admit(&request, &request.get_ref().dataset)?;
         let req = request.into_inner();
         if req.ranges.len() > self.state.limits().max_ranges_per_request {
             return Err(Status::invalid_argument(format!(
@@ -174,7 +177,7 @@ impl AgentService for AgentServer {
         let snapshot = self
             .state
             .session(&req.dataset, req.session)
-            .map_err(crate::status::op)?;
+            .map_err(crate::grpc::status::op)?;
         let (tx, rx) = mpsc::channel(LEAF_STREAM_BUFFER);
         tokio::task::spawn_blocking(move || {
             let mut batch = Vec::with_capacity(LEAVES_PER_BATCH);
@@ -214,7 +217,7 @@ impl AgentService for AgentServer {
         &self,
         request: Request<pb::ColumnDigestsRequest>,
     ) -> Result<Response<pb::ColumnDigestsResponse>, Status> {
-        crate::auth::DatasetScope::admit(&request, &request.get_ref().dataset)?;
+        crate::grpc::auth::DatasetScope::admit(&request, &request.get_ref().dataset)?;
         let req = request.into_inner();
         if req.keys.len() > MAX_COLUMN_DIGEST_KEYS {
             return Err(Status::invalid_argument(format!(
@@ -226,12 +229,12 @@ impl AgentService for AgentServer {
         let ds = Arc::clone(
             self.state
                 .dataset(&req.dataset)
-                .map_err(crate::status::op)?,
+                .map_err(crate::grpc::status::op)?,
         );
         let keys = req.keys;
         let (columns, entries) = blocking(move || {
             let (columns, digests) = arbor_agent::dataset::column_digests(&ds, &keys, key_id)
-                .map_err(crate::status::op)?;
+                .map_err(crate::grpc::status::op)?;
             let entries = keys
                 .into_iter()
                 .zip(digests)
@@ -258,7 +261,7 @@ impl AgentService for AgentServer {
         &self,
         request: Request<pb::EndSessionRequest>,
     ) -> Result<Response<pb::EndSessionResponse>, Status> {
-        crate::auth::DatasetScope::admit(&request, &request.get_ref().dataset)?;
+        crate::grpc::auth::DatasetScope::admit(&request, &request.get_ref().dataset)?;
         let req = request.into_inner();
         self.state.end_session(&req.dataset, req.session);
         Ok(Response::new(pb::EndSessionResponse {}))

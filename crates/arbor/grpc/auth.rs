@@ -53,7 +53,7 @@ pub fn identify<'a, T>(
         return auth
             .by_token(token)
             .map(Some)
-            .map_err(crate::status::denied);
+            .map_err(crate::grpc::status::denied);
     }
     Ok(client_cn(request).and_then(|cn| auth.by_cert_cn(&cn)))
 }
@@ -72,12 +72,12 @@ pub fn check<T>(
     dataset: &str,
 ) -> Result<String, Status> {
     let principal = identify(auth, request)?.ok_or_else(|| {
-        crate::status::denied(Denied::Unauthenticated(format!(
+        crate::grpc::status::denied(Denied::Unauthenticated(format!(
             "{call} needs credentials: a client certificate or a bearer token"
         )))
     })?;
     auth.admit(principal, call, dataset)
-        .map_err(crate::status::denied)
+        .map_err(crate::grpc::status::denied)
 }
 
 #[cfg(test)]

@@ -103,7 +103,7 @@ impl RepairService for RepairServer {
         let d = self
             .repairs
             .serving(&req.dataset)
-            .map_err(crate::status::op)?;
+            .map_err(crate::grpc::status::op)?;
         if req.canonical_keys.len() > MAX_FETCH_KEYS {
             return Err(Status::invalid_argument(format!(
                 "FetchRecordsRequest.canonical_keys: {} keys, at most {MAX_FETCH_KEYS}",
@@ -168,7 +168,7 @@ impl RepairService for RepairServer {
                 tx.blocking_send(Ok(last)).map_err(|_| None)
             });
             if let Err(Some(e)) = fetched {
-                let _ = tx.blocking_send(Err(crate::status::op(e)));
+                let _ = tx.blocking_send(Err(crate::grpc::status::op(e)));
             }
         });
         Ok(Response::new(Box::pin(
@@ -185,7 +185,7 @@ impl RepairService for RepairServer {
         let d = self
             .repairs
             .accepting(&req.dataset)
-            .map_err(crate::status::op)?;
+            .map_err(crate::grpc::status::op)?;
         if req.writes.len() > MAX_WRITES_PER_BATCH {
             return Err(Status::invalid_argument(format!(
                 "ApplyChangesRequest.writes: {} writes, at most {MAX_WRITES_PER_BATCH}",
@@ -205,7 +205,7 @@ impl RepairService for RepairServer {
             if req.dry_run {
                 let sql = repairs
                     .render(&req.dataset, &writes, key_id)
-                    .map_err(crate::status::op)?;
+                    .map_err(crate::grpc::status::op)?;
                 return Ok(pb::ApplyChangesResponse {
                     results: keys
                         .zip(sql)
@@ -220,7 +220,7 @@ impl RepairService for RepairServer {
             }
             let (outcomes, replayed) = repairs
                 .apply(&req.dataset, &req.run_id, &writes, key_id)
-                .map_err(crate::status::op)?;
+                .map_err(crate::grpc::status::op)?;
             Ok(pb::ApplyChangesResponse {
                 results: keys
                     .zip(outcomes)

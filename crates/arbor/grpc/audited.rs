@@ -71,8 +71,8 @@ impl<S> Audited<S> {
     ) -> Result<Caller, Status> {
         let mut caller = who(request);
         let decided = match &self.auth {
-            Some(auth) => crate::auth::check(auth, request, call, dataset),
-            None if !self.insecure && crate::auth::writes_or_reveals(call) => {
+            Some(auth) => crate::grpc::auth::check(auth, request, call, dataset),
+            None if !self.insecure && crate::grpc::auth::writes_or_reveals(call) => {
                 Err(Status::permission_denied(format!(
                     "{call} writes or reveals values, and this agent has no [agent.auth]: \
                      add principals, or set insecure = true for a trial on one machine"
