@@ -13,7 +13,6 @@
 //! [`proto`] and are converted to domain types at the edge.
 
 pub mod grpc;
-pub mod jobs;
 pub mod metrics;
 pub mod node;
 pub mod sync;

@@ -292,7 +292,7 @@ pub async fn run(
         .insecure(config.insecure),
     );
     let jobs = Arc::new(
-        crate::jobs::Jobs::new(&config.syncs, self_address.clone())
+        arbor_agent::jobs::Jobs::new(&config.syncs, self_address.clone(), crate::sync::GrpcRemote)
             .with_store(Arc::clone(&runs))
             .with_repairs(repairs.clone()),
     );

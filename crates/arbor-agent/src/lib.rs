@@ -11,6 +11,9 @@
 //! * [`capture`]: following a dataset's changes (rescans, polls, logical);
 //! * [`logical`]: PostgreSQL logical capture;
 //! * [`keys`]: hashing-key rotation;
+//! * [`jobs`]: sync jobs on a schedule, in real time or on request;
+//! * [`sync`]: sync runs: plan and execute over two sides, each in process
+//!   or behind another agent;
 //! * [`startup`]: opening every dataset when the agent starts;
 //! * [`repair`]: fetching values and applying planned writes with the
 //!   journal.
@@ -25,9 +28,11 @@ pub mod capture;
 pub mod config;
 pub mod dataset;
 pub mod error;
+pub mod jobs;
 pub mod keys;
 pub mod logical;
 pub mod maintain;
 pub mod repair;
 pub mod report;
 pub mod startup;
+pub mod sync;

@@ -13,6 +13,8 @@ use arbor_tree::{FINGERPRINT_BYTES, Node, Prefix, Sum256};
 
 /// Bytes gRPC puts before every message (compressed flag + u32 length).
 pub const GRPC_MESSAGE_PREFIX: u64 = 5;
+/// Largest gRPC message either side of any arbor call accepts.
+pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
 /// Leaves per `LeafBatch` message when a peer streams leaves.
 pub const LEAVES_PER_MESSAGE: usize = 1024;
 

@@ -19,7 +19,7 @@ use arbor_agent::report;
 #[derive(Clone)]
 pub struct AdminServer {
     state: Arc<AgentState>,
-    jobs: Option<Arc<crate::jobs::Jobs>>,
+    jobs: Option<Arc<arbor_agent::jobs::Jobs<crate::sync::GrpcRemote>>>,
     /// The agent's configuration (data directory, dataset keys): key
     /// rotation needs it.
     config: Option<Arc<AgentConfig>>,
@@ -42,7 +42,10 @@ impl AdminServer {
     }
 
     /// With the agent's sync jobs.
-    pub fn with_jobs(mut self, jobs: Arc<crate::jobs::Jobs>) -> AdminServer {
+    pub fn with_jobs(
+        mut self,
+        jobs: Arc<arbor_agent::jobs::Jobs<crate::sync::GrpcRemote>>,
+    ) -> AdminServer {
         self.jobs = Some(jobs);
         self
     }
@@ -299,7 +302,7 @@ impl AdminService for AdminServer {
                             "QueueConflictsRequest.rows[{i}].canonical_key: {e}"
                         ))
                     })?;
-                Ok(crate::jobs::Unresolved {
+                Ok(arbor_agent::jobs::Unresolved {
                     key: r.key,
                     canonical_key: r.canonical_key,
                     reason: r.reason,

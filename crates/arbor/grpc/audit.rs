@@ -503,8 +503,9 @@ impl AuditService for AuditServer {
                     dataset: opts.target_dataset.clone(),
                 },
                 opts.retry_for,
+                crate::sync::GrpcRemote,
             ),
-            None => crate::sync::Sides::remote(&opts),
+            None => crate::sync::remote_sides(&opts),
         };
         let (actions, report) = crate::sync::plan_with(&opts, &sides, false)
             .await

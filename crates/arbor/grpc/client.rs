@@ -24,7 +24,7 @@ use crate::proto::v1::agent_service_client::AgentServiceClient;
 use crate::wire;
 
 /// Largest gRPC message either side accepts.
-pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+pub use arbor_sync::wire::MAX_MESSAGE_BYTES;
 
 /// The TLS every `https://` address of this process is reached with: set
 /// once, at agent start from `[agent.tls]`, or at CLI start from

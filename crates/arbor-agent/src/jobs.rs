@@ -24,9 +24,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-use crate::sync::{Action, Policy, Rule, Side, SideAt, Sides, SyncOptions, SyncReport};
-use arbor_agent::config::SyncJobConfig;
-use arbor_agent::dataset::AgentState;
+use crate::config::SyncJobConfig;
+use crate::dataset::AgentState;
+use crate::sync::{Action, Policy, Remote, Rule, Side, SideAt, Sides, SyncOptions, SyncReport};
 
 /// Pause after a captured change before a real-time run starts, so a burst
 /// of changes makes one run.
@@ -105,14 +105,16 @@ pub struct JobStatus {
 /// How a job reaches its agent's own side: in process when the agent's
 /// repairs are known, else through its own address.
 #[derive(Clone)]
-struct Home {
+struct Home<R> {
     address: String,
-    repairs: Option<arbor_agent::repair::Repairs>,
+    repairs: Option<crate::repair::Repairs>,
+    /// How the peers are reached.
+    remote: R,
 }
 
-impl Home {
+impl<R: Remote> Home<R> {
     /// The sides of a run of `opts` (its source is this agent's dataset).
-    fn sides(&self, opts: &SyncOptions) -> Sides {
+    fn sides(&self, opts: &SyncOptions) -> Sides<R> {
         let source = match &self.repairs {
             Some(repairs) => SideAt::Local {
                 repairs: repairs.clone(),
@@ -127,15 +129,15 @@ impl Home {
             agent: opts.target.clone(),
             dataset: opts.target_dataset.clone(),
         };
-        Sides::new(source, target, opts.retry_for)
+        Sides::new(source, target, opts.retry_for, self.remote.clone())
     }
 }
 
 /// Every job of an agent.
-pub struct Jobs {
+pub struct Jobs<R> {
     jobs: Vec<Arc<Job>>,
     /// This agent's own side.
-    home: Home,
+    home: Home<R>,
     /// Where conflicts wait for a person.
     runs: Option<Arc<RunStore>>,
 }
@@ -170,9 +172,9 @@ fn conflict_id(job: &str, peer: &str, key: &str) -> String {
     hex::encode(&h.as_bytes()[..8])
 }
 
-impl Jobs {
+impl<R: Remote> Jobs<R> {
     /// Keeps conflicts in `runs` (without it they are only reported).
-    pub fn with_store(mut self, runs: Arc<RunStore>) -> Jobs {
+    pub fn with_store(mut self, runs: Arc<RunStore>) -> Jobs<R> {
         self.runs = Some(runs);
         self
     }
@@ -257,8 +259,9 @@ impl Jobs {
         Ok(report)
     }
 
-    /// The jobs of a configuration, run against this agent at `self_address`.
-    pub fn new(configs: &[SyncJobConfig], self_address: String) -> Jobs {
+    /// The jobs of a configuration, run against this agent at
+    /// `self_address`, its peers reached through `remote`.
+    pub fn new(configs: &[SyncJobConfig], self_address: String, remote: R) -> Jobs<R> {
         Jobs {
             jobs: configs
                 .iter()
@@ -276,13 +279,14 @@ impl Jobs {
             home: Home {
                 address: self_address,
                 repairs: None,
+                remote,
             },
             runs: None,
         }
     }
 
     /// Reaches the agent's own datasets in process, through its repairs.
-    pub fn with_repairs(mut self, repairs: arbor_agent::repair::Repairs) -> Jobs {
+    pub fn with_repairs(mut self, repairs: crate::repair::Repairs) -> Jobs<R> {
         self.home.repairs = Some(repairs);
         self
     }
@@ -322,7 +326,7 @@ impl Jobs {
     }
 
     /// Starts the scheduled and real-time triggers of every job.
-    pub fn spawn(self: &Arc<Jobs>, state: &Arc<AgentState>) {
+    pub fn spawn(self: &Arc<Jobs<R>>, state: &Arc<AgentState>) {
         for job in &self.jobs {
             if let Some(cron) = job.config.cron.clone() {
                 let (job, me, store) = (Arc::clone(job), self.home.clone(), self.runs.clone());
@@ -363,9 +367,9 @@ impl Jobs {
 }
 
 /// One run of a job: every pair in turn.
-async fn run(
+async fn run<R: Remote>(
     job: &Job,
-    home: &Home,
+    home: &Home<R>,
     store: Option<&RunStore>,
     trigger: &str,
 ) -> Result<JobRun, String> {
@@ -375,7 +379,7 @@ async fn run(
         info!(job = %c.name, trigger, "sync job still running; trigger skipped");
         return Err(format!("job {:?} is still running", c.name));
     }
-    let started_at = arbor_agent::report::now_rfc3339();
+    let started_at = crate::report::now_rfc3339();
     let mut pairs = Vec::with_capacity(c.peers.len());
     for (peer, peer_dataset) in &c.peers {
         let opts = SyncOptions {
@@ -439,7 +443,7 @@ async fn run(
     let run = JobRun {
         trigger: trigger.to_owned(),
         started_at,
-        finished_at: arbor_agent::report::now_rfc3339(),
+        finished_at: crate::report::now_rfc3339(),
         outcome: outcome.to_owned(),
         pairs,
     };
@@ -506,7 +510,7 @@ fn queue_conflicts(
     peer_dataset: &str,
     rows: &[Unresolved],
 ) -> Result<Vec<String>, String> {
-    let now = arbor_agent::report::now_rfc3339();
+    let now = crate::report::now_rfc3339();
     let mut current = std::collections::HashSet::new();
     let mut ids = Vec::with_capacity(rows.len());
     for a in rows {

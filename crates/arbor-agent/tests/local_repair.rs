@@ -1,5 +1,5 @@
 //! A one-way repair between two datasets of this process with no gRPC at
-//! all (issue 17): local [`Sides`] compare them through `LocalPeer`s and
+//! all (issue 17; this crate links no tonic): local [`Sides`] compare them through `LocalPeer`s and
 //! writes through the agent's [`Repairs`] (sink, journal, index follow-up),
 //! the same code `RepairService` serves. The oracle is the two SQLite
 //! tables, row by row.
@@ -8,12 +8,14 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use arbor::sync::{ActionKind, Extra, Policy, SideAt, Sides, SyncOptions, execute_with, plan_with};
 use arbor_agent::config::{AgentConfig, Overrides};
 use arbor_agent::dataset::{AgentState, ServiceLimits};
 use arbor_agent::maintain::catch_up;
 use arbor_agent::repair::Repairs;
 use arbor_agent::startup::open_datasets;
+use arbor_agent::sync::{
+    ActionKind, Extra, InProcess, Policy, SideAt, Sides, SyncOptions, execute_with, plan_with,
+};
 use arbor_index::RunStore;
 use rusqlite::Connection;
 use tempfile::TempDir;
@@ -73,22 +75,22 @@ fn options() -> SyncOptions {
         policy: Policy::OneWay(Extra::Delete),
         batch: 7,
         max_rows_per_sec: 0,
-        retry_for: arbor::sync::DEFAULT_RETRY_FOR,
+        retry_for: arbor_agent::sync::DEFAULT_RETRY_FOR,
         only_keys: None,
-        max_skew: arbor::sync::DEFAULT_MAX_SKEW,
-        max_share: arbor::sync::DEFAULT_MAX_SHARE,
+        max_skew: arbor_agent::sync::DEFAULT_MAX_SKEW,
+        max_share: arbor_agent::sync::DEFAULT_MAX_SHARE,
     }
 }
 
 /// One process holding datasets `crm` (the source, serving values) and
 /// `erp` (the target, taking repairs) over `crm.db` and `erp.db` in `dir`,
 /// both indexed: the two local sides of a sync.
-fn local_pair(dir: &TempDir) -> Sides {
+fn local_pair(dir: &TempDir) -> Sides<InProcess> {
     local_pair_with_repairs(dir).0
 }
 
 /// [`local_pair`], and the process's repairs (its datasets' state).
-fn local_pair_with_repairs(dir: &TempDir) -> (Sides, Repairs) {
+fn local_pair_with_repairs(dir: &TempDir) -> (Sides<InProcess>, Repairs) {
     let config = dir.path().join("agent.toml");
     let dataset = |name: &str, extra: &str| {
         format!(
@@ -128,7 +130,8 @@ fn local_pair_with_repairs(dir: &TempDir) -> (Sides, Repairs) {
             repairs: repairs.clone(),
             dataset: "erp".into(),
         },
-        arbor::sync::DEFAULT_RETRY_FOR,
+        arbor_agent::sync::DEFAULT_RETRY_FOR,
+        InProcess,
     );
     (sides, repairs)
 }
@@ -173,7 +176,7 @@ fn a_one_way_repair_between_datasets_of_one_process_needs_no_grpc() {
             &opts,
             &sides,
             &actions,
-            arbor::sync::SyncReport {
+            arbor_agent::sync::SyncReport {
                 run_id: report.run_id.clone(),
                 key_id: report.key_id.clone(),
                 ..Default::default()
