@@ -123,6 +123,223 @@ async fn bind(at: SocketAddr) -> Result<tokio::net::TcpListener, AgentError> {
 /// dataset is indexed (readiness).
 pub const LIVENESS_SERVICE: &str = "arbor.liveness";
 
+/// Opens the datasets and the run store, and fails runs an earlier
+/// process left running.
+async fn open_state(config: &AgentConfig) -> Result<(Arc<AgentState>, Arc<RunStore>), AgentError> {
+    // Connectors may block (and the PostgreSQL driver runs its own
+    // runtime): sources are only ever touched on the blocking pool.
+    let opening = config.clone();
+    let datasets = tokio::task::spawn_blocking(move || open_datasets(&opening))
+        .await
+        .map_err(|e| {
+            AgentError::Runs(IndexError::InvalidRequest(format!("opening datasets: {e}")))
+        })??;
+    let runs = Arc::new(RunStore::open(config.data_dir.join("runs")).map_err(AgentError::Runs)?);
+    let orphans = fail_orphaned_runs(&runs).map_err(AgentError::Runs)?;
+    if orphans > 0 {
+        warn!(
+            runs = orphans,
+            "runs left running by an earlier process are marked failed"
+        );
+    }
+    let state = Arc::new(AgentState::with_datasets(
+        datasets,
+        ServiceLimits::default(),
+    ));
+    Ok((state, runs))
+}
+
+/// Says what an agent without `[agent.auth]` lets callers do.
+fn warn_about_access(config: &AgentConfig) {
+    if config.insecure {
+        warn!(
+            "insecure = true: every caller may call everything, values and repairs included; \
+             for a trial on one machine only"
+        );
+    } else if config.auth.is_none() {
+        warn!(
+            addr = %config.listen,
+            "no [agent.auth]: serving on loopback only; reads are open to local callers, \
+             write and value calls are refused"
+        );
+    }
+}
+
+/// Server reflection (v1 and v1alpha) over arbor's and health's protos.
+fn reflection() -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    AgentError,
+> {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let failed = |e: tonic_reflection::server::Error| {
+        AgentError::Runs(IndexError::InvalidRequest(format!("reflection: {e}")))
+    };
+    Ok((
+        builder().build_v1().map_err(failed)?,
+        builder().build_v1alpha().map_err(failed)?,
+    ))
+}
+
+/// How this agent's own address is written for its clients.
+fn self_address(addr: SocketAddr, tls: bool) -> String {
+    let host = if addr.ip().is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        addr.ip()
+    };
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{}", SocketAddr::new(host, addr.port()))
+}
+
+/// AgentService (peers' hash exchange), gated by the principals but not
+/// audited: a denial leaves a line in the audit log.
+fn agent_service(
+    state: Arc<AgentState>,
+    auth: Option<Arc<arbor_agent::access::Auth>>,
+    audit_log: Arc<arbor_agent::audit::AuditLog>,
+) -> tonic::service::interceptor::InterceptedService<
+    AgentServiceServer<AgentServer>,
+    impl tonic::service::Interceptor + Clone,
+> {
+    tonic::service::interceptor::InterceptedService::new(
+        AgentServiceServer::new(AgentServer::new(state))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        move |mut request: Request<()>| {
+            let Some(auth) = &auth else {
+                return Ok(request);
+            };
+            match crate::grpc::auth::check(auth, &request, "AgentService/*", "") {
+                Ok(principal) => {
+                    // The service checks the dataset each message names.
+                    if let Some(scope) = crate::grpc::auth::scope_of(auth, &request) {
+                        request.extensions_mut().insert(scope);
+                    }
+                    // Sessions are counted per principal.
+                    request
+                        .extensions_mut()
+                        .insert(arbor_agent::dataset::SessionOwner(principal));
+                    Ok(request)
+                }
+                Err(status) => {
+                    audit_log.record(arbor_agent::audit::Record {
+                        who: request
+                            .remote_addr()
+                            .map_or_else(|| "unknown".to_string(), |a| a.to_string()),
+                        call: "AgentService/*",
+                        decision: "denied",
+                        outcome: format!("{:?}", status.code()),
+                        ..Default::default()
+                    });
+                    Err(status)
+                }
+            }
+        },
+    )
+}
+
+/// What every audited service shares: the audit log, metrics, principals.
+#[derive(Clone)]
+struct Edge {
+    audit_log: Arc<arbor_agent::audit::AuditLog>,
+    metrics: Arc<crate::metrics::Metrics>,
+    auth: Option<Arc<arbor_agent::access::Auth>>,
+    insecure: bool,
+}
+
+impl Edge {
+    /// `service` behind the audit log, its metrics and access control.
+    fn audited<S>(&self, service: S) -> crate::grpc::audited::Audited<S> {
+        crate::grpc::audited::Audited::new(
+            service,
+            Arc::clone(&self.audit_log),
+            Arc::clone(&self.metrics),
+        )
+        .with_auth(self.auth.clone())
+        .insecure(self.insecure)
+    }
+}
+
+/// The server's TLS from `[agent.tls]`; the same material is this
+/// process's client identity towards its peers.
+fn with_tls(
+    builder: tonic::transport::Server,
+    config: &AgentConfig,
+) -> Result<tonic::transport::Server, AgentError> {
+    let Some(tls) = &config.tls else {
+        return Ok(builder);
+    };
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let mut server_tls = ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert, &tls.key));
+    if let Some(ca) = &tls.client_ca {
+        // Mutual TLS: a client without a certificate from this CA is
+        // refused during the handshake.
+        server_tls = server_tls.client_ca_root(Certificate::from_pem(ca));
+    }
+    let builder = builder
+        .tls_config(server_tls)
+        .map_err(|e| AgentError::Tls(e.to_string()))?;
+    crate::grpc::client::set_client_tls(
+        tls.ca.as_deref(),
+        Some((&tls.client_identity.0, &tls.client_identity.1)),
+    );
+    Ok(builder)
+}
+
+/// Indexes every dataset while the server already answers (NOT_SERVING),
+/// each on its own: one that fails is reported and retried with backoff
+/// while the others serve. Then readiness, sync jobs and pruning.
+async fn index_all(
+    config: &AgentConfig,
+    state: Arc<AgentState>,
+    runs: Arc<RunStore>,
+    health: tonic_health::server::HealthReporter,
+    jobs: Arc<arbor_agent::jobs::Jobs<crate::sync::GrpcRemote>>,
+) {
+    let mut first_attempts = Vec::new();
+    for dc in config.datasets.clone() {
+        let Ok(ds) = state.dataset(&dc.name).map(Arc::clone) else {
+            continue;
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(bring_up(ds, dc, health.clone(), tx));
+        first_attempts.push(rx);
+    }
+    for attempt in first_attempts {
+        let _ = attempt.await;
+    }
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let failed: Vec<String> = state
+        .dataset_names()
+        .into_iter()
+        .filter(|n| state.dataset(n).is_ok_and(|ds| ds.failure().is_some()))
+        .collect();
+    if failed.is_empty() {
+        info!("all datasets indexed; serving");
+    } else {
+        warn!(failed = ?failed, "serving; these datasets failed to index and are retried");
+    }
+    jobs.spawn(&state);
+    tokio::spawn(prune_tombstones_daily(
+        Arc::clone(&state),
+        config.tombstone_retention,
+    ));
+    tokio::spawn(prune_runs_daily(runs, config.runs_retention));
+}
+
 /// Runs the agent until `shutdown` resolves. `on_listening` is called with
 /// the bound address once the port is open (before indexing finishes).
 pub async fn run(
@@ -136,38 +353,8 @@ pub async fn run(
         profile = crate::build::PROFILE,
         "arbor agent starting"
     );
-    // Connectors may block (and the PostgreSQL driver runs its own
-    // runtime): sources are only ever touched on the blocking pool.
-    let opening = config.clone();
-    let datasets = tokio::task::spawn_blocking(move || open_datasets(&opening))
-        .await
-        .map_err(|e| {
-            AgentError::Runs(IndexError::InvalidRequest(format!("opening datasets: {e}")))
-        })??;
-    let runs = Arc::new(RunStore::open(config.data_dir.join("runs")).map_err(AgentError::Runs)?);
-    if config.insecure {
-        warn!(
-            "insecure = true: every caller may call everything, values and repairs included; \
-             for a trial on one machine only"
-        );
-    } else if config.auth.is_none() {
-        warn!(
-            addr = %config.listen,
-            "no [agent.auth]: serving on loopback only; reads are open to local callers, \
-             write and value calls are refused"
-        );
-    }
-    let orphans = fail_orphaned_runs(&runs).map_err(AgentError::Runs)?;
-    if orphans > 0 {
-        warn!(
-            runs = orphans,
-            "runs left running by an earlier process are marked failed"
-        );
-    }
-    let state = Arc::new(AgentState::with_datasets(
-        datasets,
-        ServiceLimits::default(),
-    ));
+    let (state, runs) = open_state(&config).await?;
+    warn_about_access(&config);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -177,45 +364,20 @@ pub async fn run(
     health
         .set_service_status(LIVENESS_SERVICE, tonic_health::ServingStatus::Serving)
         .await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| AgentError::Runs(IndexError::InvalidRequest(format!("reflection: {e}"))))?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(|e| AgentError::Runs(IndexError::InvalidRequest(format!("reflection: {e}"))))?;
+    let (reflection_v1, reflection_v1alpha) = reflection()?;
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| AgentError::DataDir {
-            path: PathBuf::from(config.listen.to_string()),
-            source: e,
-        })?;
-    let addr = listener.local_addr().map_err(|e| AgentError::DataDir {
+    let listen_error = |e| AgentError::DataDir {
         path: PathBuf::from(config.listen.to_string()),
         source: e,
-    })?;
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(listen_error)?;
+    let addr = listener.local_addr().map_err(listen_error)?;
     on_listening(addr);
     info!(%addr, datasets = ?state.dataset_names(), "agent listening");
+    let self_address = self_address(addr, config.tls.is_some());
 
-    // Sync runs reach this agent through its own gRPC edge, like any client.
-    let self_host = if addr.ip().is_unspecified() {
-        std::net::IpAddr::from([127, 0, 0, 1])
-    } else {
-        addr.ip()
-    };
-    let self_address = format!(
-        "{}://{}",
-        if config.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        },
-        SocketAddr::new(self_host, addr.port())
-    );
     let auth = config.auth.clone().map(Arc::new);
     // Every privileged or audit call leaves a line in the audit log.
     let audit_log = Arc::new(
@@ -233,50 +395,18 @@ pub async fn run(
             Arc::clone(&state),
         ));
     }
-    // AgentService (peers' hash exchange) is not audited, only gated.
-    let peer_auth = auth.clone();
-    let peer_log = Arc::clone(&audit_log);
-    let agent_service = tonic::service::interceptor::InterceptedService::new(
-        AgentServiceServer::new(AgentServer::new(Arc::clone(&state)))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        move |mut request: Request<()>| {
-            let Some(auth) = &peer_auth else {
-                return Ok(request);
-            };
-            match crate::grpc::auth::check(auth, &request, "AgentService/*", "") {
-                Ok(principal) => {
-                    // The service checks the dataset each message names.
-                    if let Some(scope) = crate::grpc::auth::scope_of(auth, &request) {
-                        request.extensions_mut().insert(scope);
-                    }
-                    // Sessions are counted per principal.
-                    request
-                        .extensions_mut()
-                        .insert(arbor_agent::dataset::SessionOwner(principal));
-                    Ok(request)
-                }
-                Err(status) => {
-                    peer_log.record(arbor_agent::audit::Record {
-                        who: request
-                            .remote_addr()
-                            .map_or_else(|| "unknown".to_string(), |a| a.to_string()),
-                        call: "AgentService/*",
-                        decision: "denied",
-                        outcome: format!("{:?}", status.code()),
-                        ..Default::default()
-                    });
-                    Err(status)
-                }
-            }
-        },
-    );
+    let edge = Edge {
+        audit_log: Arc::clone(&audit_log),
+        metrics: Arc::clone(&metrics),
+        auth: auth.clone(),
+        insecure: config.insecure,
+    };
     // The agent's repair machinery: RepairService serves it to peers; its
     // own jobs and Reconcile call it in process.
     let repairs =
         arbor_agent::repair::Repairs::new(Arc::clone(&state), Arc::clone(&runs), &config.datasets);
     let audit_service = AuditServiceServer::new(
-        crate::grpc::audited::Audited::new(
+        edge.audited(
             AuditServer::new(
                 Arc::clone(&state),
                 Arc::clone(&runs),
@@ -285,67 +415,29 @@ pub async fn run(
             .with_self_address(self_address.clone())
             .with_repairs(repairs.clone())
             .with_metrics(Arc::clone(&metrics)),
-            Arc::clone(&audit_log),
-            Arc::clone(&metrics),
-        )
-        .with_auth(auth.clone())
-        .insecure(config.insecure),
+        ),
     );
     let jobs = Arc::new(
-        arbor_agent::jobs::Jobs::new(&config.syncs, self_address.clone(), crate::sync::GrpcRemote)
+        arbor_agent::jobs::Jobs::new(&config.syncs, self_address, crate::sync::GrpcRemote)
             .with_store(Arc::clone(&runs))
             .with_repairs(repairs.clone()),
     );
     let admin_service = AdminServiceServer::new(
-        crate::grpc::audited::Audited::new(
+        edge.audited(
             AdminServer::new(Arc::clone(&state))
                 .with_jobs(Arc::clone(&jobs))
                 .with_config(Arc::new(config.clone())),
-            Arc::clone(&audit_log),
-            Arc::clone(&metrics),
-        )
-        .with_auth(auth.clone())
-        .insecure(config.insecure),
+        ),
     );
-    let ingest_service = IngestServiceServer::new(
-        crate::grpc::audited::Audited::new(
-            IngestServer::new(Arc::clone(&state)),
-            Arc::clone(&audit_log),
-            Arc::clone(&metrics),
-        )
-        .with_auth(auth.clone())
-        .insecure(config.insecure),
-    )
-    .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let ingest_service =
+        IngestServiceServer::new(edge.audited(IngestServer::new(Arc::clone(&state))))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let repair_service = crate::proto::v1::repair_service_server::RepairServiceServer::new(
-        crate::grpc::audited::Audited::new(
-            crate::grpc::repair::RepairServer::new(repairs),
-            Arc::clone(&audit_log),
-            Arc::clone(&metrics),
-        )
-        .with_auth(auth.clone())
-        .insecure(config.insecure),
+        edge.audited(crate::grpc::repair::RepairServer::new(repairs)),
     )
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = &config.tls {
-        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-        let mut server_tls =
-            ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert, &tls.key));
-        if let Some(ca) = &tls.client_ca {
-            // Mutual TLS: a client without a certificate from this CA is
-            // refused during the handshake.
-            server_tls = server_tls.client_ca_root(Certificate::from_pem(ca));
-        }
-        builder = builder
-            .tls_config(server_tls)
-            .map_err(|e| AgentError::Tls(e.to_string()))?;
-        crate::grpc::client::set_client_tls(
-            tls.ca.as_deref(),
-            Some((&tls.client_identity.0, &tls.client_identity.1)),
-        );
-    }
+    let builder = with_tls(tonic::transport::Server::builder(), &config)?;
     // Health alone, in plaintext, for probes that cannot do TLS.
     let health_port = match config.health_listen {
         None => None,
@@ -365,7 +457,7 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(agent_service)
+        .add_service(agent_service(Arc::clone(&state), auth, audit_log))
         .add_service(audit_service)
         .add_service(admin_service)
         .add_service(ingest_service)
@@ -385,52 +477,7 @@ pub async fn run(
             ),
             shutdown,
         );
-
-    // Index every dataset while the server already answers (NOT_SERVING).
-    // Each dataset comes up on its own: one that fails is reported and
-    // retried with backoff while the others serve.
-    let configs: Vec<DatasetConfig> = config.datasets.clone();
-    let indexing_state = Arc::clone(&state);
-    let tombstone_retention = config.tombstone_retention;
-    let (prune_runs, runs_retention) = (Arc::clone(&runs), config.runs_retention);
-    let indexing = async move {
-        let mut first_attempts = Vec::new();
-        for dc in configs {
-            let Ok(ds) = indexing_state.dataset(&dc.name).map(Arc::clone) else {
-                continue;
-            };
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            tokio::spawn(bring_up(ds, dc, health.clone(), tx));
-            first_attempts.push(rx);
-        }
-        for attempt in first_attempts {
-            let _ = attempt.await;
-        }
-        health
-            .set_service_status("", tonic_health::ServingStatus::Serving)
-            .await;
-        let failed: Vec<String> = indexing_state
-            .dataset_names()
-            .into_iter()
-            .filter(|n| {
-                indexing_state
-                    .dataset(n)
-                    .is_ok_and(|ds| ds.failure().is_some())
-            })
-            .collect();
-        if failed.is_empty() {
-            info!("all datasets indexed; serving");
-        } else {
-            warn!(failed = ?failed, "serving; these datasets failed to index and are retried");
-        }
-        jobs.spawn(&indexing_state);
-        tokio::spawn(prune_tombstones_daily(
-            Arc::clone(&indexing_state),
-            tombstone_retention,
-        ));
-        tokio::spawn(prune_runs_daily(Arc::clone(&prune_runs), runs_retention));
-    };
-    let (served, ()) = tokio::join!(server, indexing);
+    let (served, ()) = tokio::join!(server, index_all(&config, state, runs, health, jobs));
     if let Some(port) = health_port {
         port.abort();
     }

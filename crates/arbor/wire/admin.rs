@@ -15,4 +15,3 @@ impl From<arbor_agent::keys::Rotated> for pb::RotateKeyResponse {
         }
     }
 }
-

@@ -58,4 +58,3 @@ pub fn wire_value(v: &arbor_record::Value) -> pb::TypedValue {
     };
     pb::TypedValue { value: Some(value) }
 }
-
