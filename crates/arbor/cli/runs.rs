@@ -58,6 +58,7 @@ pub(crate) async fn compare(args: CompareArgs) -> Result<u8> {
     Ok(if summary.drift() == 0 { 0 } else { 1 })
 }
 
+/// `arbor runs`: list, export, diff and show stored compare runs.
 pub(crate) async fn runs(command: RunsCommand) -> Result<u8> {
     match command {
         RunsCommand::List {
@@ -65,213 +66,231 @@ pub(crate) async fn runs(command: RunsCommand) -> Result<u8> {
             dataset,
             limit,
             json,
-        } => {
-            let mut client = audit_client(&agent).await?;
-            let list = client
-                .list_runs(pb::ListRunsRequest {
-                    limit,
-                    dataset: dataset.unwrap_or_default(),
-                })
-                .await
-                .context("list runs")?
-                .into_inner();
-            if !json {
-                outln!(
-                    "{:<22} {:<10} {:<24} {:>10} {:>10} {:>10} {:>8}",
-                    "RUN",
-                    "STATUS",
-                    "STARTED",
-                    "MISS_LEFT",
-                    "MISS_RIGHT",
-                    "CHANGED",
-                    "MS"
-                );
-            }
-            for r in list.runs {
-                let s: RunSummary = r.into();
-                if json {
-                    outln!("{}", serde_json::to_string(&s)?);
-                } else {
-                    outln!(
-                        "{:<22} {:<10} {:<24} {:>10} {:>10} {:>10} {:>8}",
-                        s.run_id,
-                        s.status,
-                        s.started_at,
-                        s.missing_left,
-                        s.missing_right,
-                        s.changed,
-                        s.cost.elapsed_ms
-                    );
-                }
-            }
-            Ok(0)
-        }
+        } => runs_list(agent, dataset, limit, json).await,
         RunsCommand::Export {
             agent,
             run_id,
             html,
             limit,
-        } => {
-            let mut client = audit_client(&agent).await?;
-            let run: RunSummary = client
-                .get_run(pb::GetRunRequest {
-                    run_id: run_id.clone(),
-                })
-                .await
-                .map_err(|s| rpc_error(&agent, &s))?
-                .into_inner()
-                .into();
-            let history: Vec<RunSummary> = client
-                .list_runs(pb::ListRunsRequest {
-                    limit: 30,
-                    dataset: run.left.dataset.clone(),
-                })
-                .await
-                .map_err(|s| rpc_error(&agent, &s))?
-                .into_inner()
-                .runs
-                .into_iter()
-                .map(Into::into)
-                .collect();
-            let mut entries = Vec::new();
-            let mut stream = client
-                .stream_drift(pb::StreamDriftRequest {
-                    run_id,
-                    limit,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|s| rpc_error(&agent, &s))?
-                .into_inner();
-            while let Some(e) = stream.message().await.map_err(|s| rpc_error(&agent, &s))? {
-                entries.push(DriftEntry::from(e));
-            }
-            std::fs::write(&html, html::render(&run, &history, &entries))
-                .with_context(|| format!("write {}", html.display()))?;
-            outln!("report of run {} written to {}", run.run_id, html.display());
-            Ok(0)
-        }
+        } => runs_export(agent, run_id, html, limit).await,
         RunsCommand::Diff {
             agent,
             first,
             second,
             json,
             limit,
-        } => {
-            let mut client = audit_client(&agent).await?;
-            let mut read = async |run: &str| -> Result<BTreeMap<String, DriftEntry>> {
-                let mut stream = client
-                    .stream_drift(pb::StreamDriftRequest {
-                        run_id: run.to_owned(),
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(|s| rpc_error(&agent, &s))?
-                    .into_inner();
-                let mut out = BTreeMap::new();
-                while let Some(e) = stream.message().await.map_err(|s| rpc_error(&agent, &s))? {
-                    let e: DriftEntry = e.into();
-                    out.insert(e.canonical_key.clone(), e);
-                }
-                Ok(out)
-            };
-            let (a, b) = (read(&first).await?, read(&second).await?);
-            let groups = [
-                (
-                    "new",
-                    b.iter()
-                        .filter(|(k, _)| !a.contains_key(*k))
-                        .map(|(_, e)| e)
-                        .collect::<Vec<_>>(),
-                ),
-                (
-                    "resolved",
-                    a.iter()
-                        .filter(|(k, _)| !b.contains_key(*k))
-                        .map(|(_, e)| e)
-                        .collect(),
-                ),
-                (
-                    "persisting",
-                    b.iter()
-                        .filter(|(k, _)| a.contains_key(*k))
-                        .map(|(_, e)| e)
-                        .collect(),
-                ),
-            ];
-            let mut out = crate::output::stdout();
-            if json {
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::json!({
-                        "first": first, "second": second,
-                        "new": groups[0].1.len(), "resolved": groups[1].1.len(), "persisting": groups[2].1.len(),
-                    })
-                )?;
-            } else {
-                writeln!(
-                    out,
-                    "{first} -> {second}: {} new, {} resolved, {} persisting",
-                    groups[0].1.len(),
-                    groups[1].1.len(),
-                    groups[2].1.len()
-                )?;
-            }
-            let limit = limit.unwrap_or(if json { 0 } else { TABLE_ROWS as usize });
-            for (group, entries) in &groups {
-                let shown = if limit == 0 {
-                    entries.len()
-                } else {
-                    limit.min(entries.len())
-                };
-                for e in &entries[..shown] {
-                    if json {
-                        writeln!(
-                            out,
-                            "{}",
-                            serde_json::json!({"group": group, "kind": e.kind, "key": e.key, "canonical_key": e.canonical_key, "columns": e.columns})
-                        )?;
-                    } else {
-                        writeln!(out, "  {group:<11} {:<14} {}", e.kind, e.key)?;
-                    }
-                }
-                if !json && shown < entries.len() {
-                    writeln!(
-                        out,
-                        "  {group:<11} … and {} more (use --limit 0 for all)",
-                        entries.len() - shown
-                    )?;
-                }
-            }
-            Ok(u8::from(!groups[0].1.is_empty()))
-        }
+        } => runs_diff(agent, first, second, json, limit).await,
         RunsCommand::Show {
             agent,
             run_id,
             output,
-        } => {
-            let mut client = audit_client(&agent).await?;
-            let summary: RunSummary = client
-                .get_run(pb::GetRunRequest {
-                    run_id: run_id.clone(),
-                })
-                .await
-                .with_context(|| format!("run {run_id}"))?
-                .into_inner()
-                .into();
-            if summary.status == RunStatus::Incomplete {
-                print_run(&mut client, &summary, &output, true).await?;
-                return Ok(2);
-            }
-            if summary.status != RunStatus::Completed {
-                print_summary(&summary, true, output.json)?;
-                return Ok(2);
-            }
-            print_run(&mut client, &summary, &output, true).await?;
-            Ok(if summary.drift() == 0 { 0 } else { 1 })
+        } => runs_show(agent, run_id, output).await,
+    }
+}
+
+/// List a dataset's (or every) stored run, newest first.
+async fn runs_list(agent: String, dataset: Option<String>, limit: u32, json: bool) -> Result<u8> {
+    let mut client = audit_client(&agent).await?;
+    let list = client
+        .list_runs(pb::ListRunsRequest {
+            limit,
+            dataset: dataset.unwrap_or_default(),
+        })
+        .await
+        .context("list runs")?
+        .into_inner();
+    if !json {
+        outln!(
+            "{:<22} {:<10} {:<24} {:>10} {:>10} {:>10} {:>8}",
+            "RUN",
+            "STATUS",
+            "STARTED",
+            "MISS_LEFT",
+            "MISS_RIGHT",
+            "CHANGED",
+            "MS"
+        );
+    }
+    for r in list.runs {
+        let s: RunSummary = r.into();
+        if json {
+            outln!("{}", serde_json::to_string(&s)?);
+        } else {
+            outln!(
+                "{:<22} {:<10} {:<24} {:>10} {:>10} {:>10} {:>8}",
+                s.run_id,
+                s.status,
+                s.started_at,
+                s.missing_left,
+                s.missing_right,
+                s.changed,
+                s.cost.elapsed_ms
+            );
         }
     }
+    Ok(0)
+}
+
+/// Writes a run's HTML report, with the dataset's recent history.
+async fn runs_export(agent: String, run_id: String, html: PathBuf, limit: u64) -> Result<u8> {
+    let mut client = audit_client(&agent).await?;
+    let run: RunSummary = client
+        .get_run(pb::GetRunRequest {
+            run_id: run_id.clone(),
+        })
+        .await
+        .map_err(|s| rpc_error(&agent, &s))?
+        .into_inner()
+        .into();
+    let history: Vec<RunSummary> = client
+        .list_runs(pb::ListRunsRequest {
+            limit: 30,
+            dataset: run.left.dataset.clone(),
+        })
+        .await
+        .map_err(|s| rpc_error(&agent, &s))?
+        .into_inner()
+        .runs
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    let mut entries = Vec::new();
+    let mut stream = client
+        .stream_drift(pb::StreamDriftRequest {
+            run_id,
+            limit,
+            ..Default::default()
+        })
+        .await
+        .map_err(|s| rpc_error(&agent, &s))?
+        .into_inner();
+    while let Some(e) = stream.message().await.map_err(|s| rpc_error(&agent, &s))? {
+        entries.push(DriftEntry::from(e));
+    }
+    std::fs::write(&html, html::render(&run, &history, &entries))
+        .with_context(|| format!("write {}", html.display()))?;
+    outln!("report of run {} written to {}", run.run_id, html.display());
+    Ok(0)
+}
+
+/// What changed between two runs' drift: new, resolved, persisting.
+async fn runs_diff(
+    agent: String,
+    first: String,
+    second: String,
+    json: bool,
+    limit: Option<usize>,
+) -> Result<u8> {
+    let mut client = audit_client(&agent).await?;
+    let mut read = async |run: &str| -> Result<BTreeMap<String, DriftEntry>> {
+        let mut stream = client
+            .stream_drift(pb::StreamDriftRequest {
+                run_id: run.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| rpc_error(&agent, &s))?
+            .into_inner();
+        let mut out = BTreeMap::new();
+        while let Some(e) = stream.message().await.map_err(|s| rpc_error(&agent, &s))? {
+            let e: DriftEntry = e.into();
+            out.insert(e.canonical_key.clone(), e);
+        }
+        Ok(out)
+    };
+    let (a, b) = (read(&first).await?, read(&second).await?);
+    let groups = [
+        (
+            "new",
+            b.iter()
+                .filter(|(k, _)| !a.contains_key(*k))
+                .map(|(_, e)| e)
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "resolved",
+            a.iter()
+                .filter(|(k, _)| !b.contains_key(*k))
+                .map(|(_, e)| e)
+                .collect(),
+        ),
+        (
+            "persisting",
+            b.iter()
+                .filter(|(k, _)| a.contains_key(*k))
+                .map(|(_, e)| e)
+                .collect(),
+        ),
+    ];
+    let mut out = crate::output::stdout();
+    if json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({
+                "first": first, "second": second,
+                "new": groups[0].1.len(), "resolved": groups[1].1.len(), "persisting": groups[2].1.len(),
+            })
+        )?;
+    } else {
+        writeln!(
+            out,
+            "{first} -> {second}: {} new, {} resolved, {} persisting",
+            groups[0].1.len(),
+            groups[1].1.len(),
+            groups[2].1.len()
+        )?;
+    }
+    let limit = limit.unwrap_or(if json { 0 } else { TABLE_ROWS as usize });
+    for (group, entries) in &groups {
+        let shown = if limit == 0 {
+            entries.len()
+        } else {
+            limit.min(entries.len())
+        };
+        for e in &entries[..shown] {
+            if json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({"group": group, "kind": e.kind, "key": e.key, "canonical_key": e.canonical_key, "columns": e.columns})
+                )?;
+            } else {
+                writeln!(out, "  {group:<11} {:<14} {}", e.kind, e.key)?;
+            }
+        }
+        if !json && shown < entries.len() {
+            writeln!(
+                out,
+                "  {group:<11} … and {} more (use --limit 0 for all)",
+                entries.len() - shown
+            )?;
+        }
+    }
+    Ok(u8::from(!groups[0].1.is_empty()))
+}
+
+/// One run: its summary and drift.
+async fn runs_show(agent: String, run_id: String, output: OutputArgs) -> Result<u8> {
+    let mut client = audit_client(&agent).await?;
+    let summary: RunSummary = client
+        .get_run(pb::GetRunRequest {
+            run_id: run_id.clone(),
+        })
+        .await
+        .with_context(|| format!("run {run_id}"))?
+        .into_inner()
+        .into();
+    if summary.status == RunStatus::Incomplete {
+        print_run(&mut client, &summary, &output, true).await?;
+        return Ok(2);
+    }
+    if summary.status != RunStatus::Completed {
+        print_summary(&summary, true, output.json)?;
+        return Ok(2);
+    }
+    print_run(&mut client, &summary, &output, true).await?;
+    Ok(if summary.drift() == 0 { 0 } else { 1 })
 }
 
 pub(crate) fn print_summary(s: &RunSummary, stats: bool, json: bool) -> Result<()> {

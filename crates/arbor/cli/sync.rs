@@ -2,12 +2,13 @@
 
 use crate::*;
 
+/// `arbor sync`: a one-shot run, or a verb an agent answers (its jobs, a
+/// job's history, conflicts and their resolution, a job run now).
 pub(crate) async fn sync(command: SyncCommand) -> Result<u8> {
-    use arbor::sync::SyncOptions;
-    let (args, execute, plan_only) = match command {
-        SyncCommand::Plan(a) => (a, false, true),
-        SyncCommand::Run { args, execute } => (args, execute, false),
-        SyncCommand::Jobs { agent, json } => return sync_jobs(&agent, json).await,
+    match command {
+        SyncCommand::Plan(args) => sync_run(args, false, true).await,
+        SyncCommand::Run { args, execute } => sync_run(args, execute, false).await,
+        SyncCommand::Jobs { agent, json } => sync_jobs(&agent, json).await,
         SyncCommand::History { agent, job, limit } => {
             let runs = admin_client(&agent)
                 .await?
@@ -19,7 +20,7 @@ pub(crate) async fn sync(command: SyncCommand) -> Result<u8> {
             for r in &runs {
                 outln!("{r}");
             }
-            return Ok(0);
+            Ok(0)
         }
         SyncCommand::Conflicts { agent } => {
             let list = admin_client(&agent)
@@ -31,7 +32,7 @@ pub(crate) async fn sync(command: SyncCommand) -> Result<u8> {
             for c in &list.conflicts {
                 outln!("{c}");
             }
-            return Ok(if list.conflicts.is_empty() { 0 } else { 1 });
+            Ok(if list.conflicts.is_empty() { 0 } else { 1 })
         }
         SyncCommand::Resolve { agent, id, take } => {
             let run = admin_client(&agent)
@@ -42,63 +43,76 @@ pub(crate) async fn sync(command: SyncCommand) -> Result<u8> {
                 .into_inner();
             outln!("{}", run.json);
             let report: serde_json::Value = serde_json::from_str(&run.json)?;
-            return Ok(if report["drift_after"] == 0 { 0 } else { 1 });
+            Ok(if report["drift_after"] == 0 { 0 } else { 1 })
         }
         SyncCommand::Trigger { agent, job } => {
-            let mut client = admin_client(&agent).await?;
-            let run = client
-                .run_sync_job(pb::RunSyncJobRequest { name: job.clone() })
+            let run = admin_client(&agent)
+                .await?
+                .run_sync_job(pb::RunSyncJobRequest { name: job })
                 .await
                 .map_err(|s| rpc_error(&agent, &s))?
                 .into_inner();
             outln!("{}", run.json);
             let parsed: serde_json::Value = serde_json::from_str(&run.json)?;
-            return Ok(if parsed["outcome"] == "completed" {
+            Ok(if parsed["outcome"] == "completed" {
                 0
             } else {
                 1
-            });
+            })
         }
+    }
+}
+
+/// A saved plan (`--plan FILE`): the file, its writes, and the report of
+/// its planning.
+fn load_plan(
+    path: &Path,
+) -> Result<(
+    arbor::sync::PlanFile,
+    Vec<arbor::sync::Action>,
+    arbor::sync::SyncReport,
+)> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("read the plan {}", path.display()))?;
+    let file: arbor::sync::PlanFile = serde_json::from_str(&text)
+        .with_context(|| format!("plan {} is not a plan file", path.display()))?;
+    let actions = file
+        .actions()
+        .map_err(|e| anyhow::anyhow!("plan {}: {e}", path.display()))?;
+    if !file.key_id.is_empty() && hex::decode(&file.key_id).map(|k| k.len()) != Ok(8) {
+        anyhow::bail!(
+            "plan {}: key_id {:?} is not 16 hex digits",
+            path.display(),
+            file.key_id
+        );
+    }
+    let report = arbor::sync::SyncReport {
+        run_id: file.run_id.clone(),
+        key_id: file.key_id.clone(),
+        planned_upserts: actions
+            .iter()
+            .filter(|a| a.action == arbor::sync::ActionKind::Upsert)
+            .count() as u64,
+        planned_deletes: actions
+            .iter()
+            .filter(|a| a.action == arbor::sync::ActionKind::Delete)
+            .count() as u64,
+        ..Default::default()
     };
-    // A saved plan names its agents, datasets and values.
-    let saved = match &args.plan {
-        None => None,
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("read the plan {}", path.display()))?;
-            let file: arbor::sync::PlanFile = serde_json::from_str(&text)
-                .with_context(|| format!("plan {} is not a plan file", path.display()))?;
-            let actions = file
-                .actions()
-                .map_err(|e| anyhow::anyhow!("plan {}: {e}", path.display()))?;
-            if !file.key_id.is_empty() && hex::decode(&file.key_id).map(|k| k.len()) != Ok(8) {
-                anyhow::bail!(
-                    "plan {}: key_id {:?} is not 16 hex digits",
-                    path.display(),
-                    file.key_id
-                );
-            }
-            let report = arbor::sync::SyncReport {
-                run_id: file.run_id.clone(),
-                key_id: file.key_id.clone(),
-                planned_upserts: actions
-                    .iter()
-                    .filter(|a| a.action == arbor::sync::ActionKind::Upsert)
-                    .count() as u64,
-                planned_deletes: actions
-                    .iter()
-                    .filter(|a| a.action == arbor::sync::ActionKind::Delete)
-                    .count() as u64,
-                ..Default::default()
-            };
-            Some((file, actions, report))
-        }
-    };
+    Ok((file, actions, report))
+}
+
+/// The options of a one-shot run: agents and datasets from the saved plan
+/// or the flags, once both agents serve; the policy from the flags.
+async fn sync_options(
+    args: &SyncArgs,
+    saved: Option<&arbor::sync::PlanFile>,
+) -> Result<arbor::sync::SyncOptions> {
     // Both agents must have indexed their datasets (just started, or
     // catching up after a restart).
     let deadline = Instant::now() + Duration::from_secs(args.wait);
-    let (source, target, dataset, target_dataset) = match &saved {
-        Some((file, _, _)) => (
+    let (source, target, dataset, target_dataset) = match saved {
+        Some(file) => (
             file.source.clone(),
             file.target.clone(),
             file.dataset.clone(),
@@ -135,7 +149,7 @@ pub(crate) async fn sync(command: SyncCommand) -> Result<u8> {
         Some(&args.fallback),
     )
     .map_err(|(field, e)| anyhow::anyhow!("--{field}: {e}"))?;
-    let opts = SyncOptions {
+    Ok(arbor::sync::SyncOptions {
         source,
         target,
         target_dataset,
@@ -149,7 +163,13 @@ pub(crate) async fn sync(command: SyncCommand) -> Result<u8> {
         only_keys: None,
         max_skew: Duration::from_secs(args.max_skew_secs),
         max_share: args.max_share,
-    };
+    })
+}
+
+/// A one-shot run: plan (or load a saved plan), optionally execute, print.
+async fn sync_run(args: SyncArgs, execute: bool, plan_only: bool) -> Result<u8> {
+    let saved = args.plan.as_deref().map(load_plan).transpose()?;
+    let opts = sync_options(&args, saved.as_ref().map(|(file, _, _)| file)).await?;
     let (actions, report) = match saved {
         Some((_, actions, report)) => (actions, report),
         None => arbor::sync::plan(&opts, !execute)
@@ -173,15 +193,33 @@ pub(crate) async fn sync(command: SyncCommand) -> Result<u8> {
     } else {
         report
     };
+    print_sync_run(&args, &opts, &report, &actions, execute, plan_only)?;
+    let clean = if execute {
+        report.drift_after == Some(0)
+    } else {
+        report.drift == 0
+    };
+    Ok(if clean { 0 } else { 1 })
+}
+
+/// Prints a run's actions and report: JSON lines, or a table and a summary.
+fn print_sync_run(
+    args: &SyncArgs,
+    opts: &arbor::sync::SyncOptions,
+    report: &arbor::sync::SyncReport,
+    actions: &[arbor::sync::Action],
+    execute: bool,
+    plan_only: bool,
+) -> Result<()> {
     let mut out = crate::output::stdout();
     if args.json {
-        writeln!(out, "{}", serde_json::to_string(&report)?)?;
-        for a in &actions {
+        writeln!(out, "{}", serde_json::to_string(report)?)?;
+        for a in actions {
             writeln!(out, "{}", serde_json::to_string(a)?)?;
         }
     } else {
         if !execute {
-            for a in &actions {
+            for a in actions {
                 writeln!(
                     out,
                     "{:<10} {:<6} {:<18} {:<24} {}",
@@ -246,12 +284,7 @@ pub(crate) async fn sync(command: SyncCommand) -> Result<u8> {
             writeln!(out, "dry run: nothing written; pass --execute to apply")?;
         }
     }
-    let clean = if execute {
-        report.drift_after == Some(0)
-    } else {
-        report.drift == 0
-    };
-    Ok(if clean { 0 } else { 1 })
+    Ok(())
 }
 
 pub(crate) async fn sync_jobs(agent: &str, json: bool) -> Result<u8> {
