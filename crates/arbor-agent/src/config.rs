@@ -693,33 +693,7 @@ fn dataset_config(
         SourceSection::Postgres(db) => db.table.clone().map(|t| (t, db.filter.is_some())),
         _ => None,
     };
-    let source = match d.source {
-        SourceSection::Sqlite {
-            path: db,
-            table,
-            query,
-            filter,
-        } => SourceConfig::Sqlite {
-            path: base.join(db),
-            relation: relation(table, query, filter).map_err(|p| invalid(field("source"), p))?,
-        },
-        SourceSection::Postgres(db) => {
-            SourceConfig::Postgres(database(db, &field).map_err(|(f, p)| invalid(f, p))?)
-        }
-        SourceSection::Mysql(db) => {
-            SourceConfig::Mysql(database(db, &field).map_err(|(f, p)| invalid(f, p))?)
-        }
-        SourceSection::Csv { path, null } => SourceConfig::Files {
-            path: base.join(path),
-            format: Format::Csv,
-            null,
-        },
-        SourceSection::Jsonl { path } => SourceConfig::Files {
-            path: base.join(path),
-            format: Format::Jsonl,
-            null: None,
-        },
-    };
+    let source = source_config(d.source, base, &field).map_err(|(f, p)| invalid(f, p))?;
     if d.key.is_empty() {
         return Err(invalid(
             field("key"),
@@ -729,73 +703,8 @@ fn dataset_config(
     let mapping = Mapping::new(d.key, d.columns)
         .map_err(|e| invalid(field("columns"), e.to_string()))?
         .with_sensitive_keys(d.key_sensitive);
-    let capture = match d.capture {
-        None | Some(CaptureSection::None) => Capture::None,
-        Some(CaptureSection::Rescan { interval_secs }) => Capture::Rescan {
-            interval: Duration::from_secs(interval_secs.max(1)),
-        },
-        Some(CaptureSection::Push {
-            rescan_interval_secs,
-        }) => Capture::Push {
-            rescan_interval: rescan_interval_secs.map(|s| Duration::from_secs(s.max(1))),
-        },
-        Some(CaptureSection::Poll {
-            column,
-            interval_secs,
-            rescan_interval_secs,
-            overlap_secs,
-        }) => {
-            if matches!(source, SourceConfig::Files { .. }) {
-                return Err(invalid(
-                    field("capture"),
-                    "poll needs a database source; files use rescan".into(),
-                ));
-            }
-            Capture::Poll {
-                column,
-                interval: Duration::from_secs(interval_secs.unwrap_or(10).max(1)),
-                rescan_interval: Duration::from_secs(rescan_interval_secs.unwrap_or(3600).max(1)),
-                overlap: Duration::from_secs(overlap_secs.unwrap_or(DEFAULT_POLL_OVERLAP_SECS)),
-            }
-        }
-        Some(CaptureSection::Logical {
-            slot,
-            publication,
-            create,
-            interval_ms,
-            max_changes,
-        }) => {
-            let Some((table, filtered)) = pg_table else {
-                return Err(invalid(
-                    field("capture"),
-                    "logical capture needs a PostgreSQL source with a table \
-                     (not a query); use poll or rescan"
-                        .into(),
-                ));
-            };
-            let slot = slot.unwrap_or_else(|| default_slot_name(&d.name));
-            if slot.is_empty()
-                || slot.len() > 63
-                || !slot
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-            {
-                return Err(invalid(
-                    field("capture.slot"),
-                    format!("{slot:?} is not a valid slot name (1 to 63 of a-z, 0-9 and _)"),
-                ));
-            }
-            Capture::Logical(LogicalCapture {
-                table,
-                filtered,
-                slot,
-                publication: publication.unwrap_or_else(|| default_slot_name(&d.name)),
-                create,
-                interval: Duration::from_millis(interval_ms.unwrap_or(100).max(1)),
-                max_changes: max_changes.unwrap_or(10_000).max(1),
-            })
-        }
-    };
+    let capture = capture_config(d.capture, &source, pg_table, &d.name, &field)
+        .map_err(|(f, p)| invalid(f, p))?;
     if d.allow_repairs && matches!(source, SourceConfig::Files { .. }) {
         return Err(invalid(
             field("allow_repairs"),
@@ -821,6 +730,117 @@ fn dataset_config(
         serve_values: d.serve_values,
         allow_repairs: d.allow_repairs,
         key_sensitive: d.key_sensitive,
+    })
+}
+
+/// A dataset's `source`, paths relative to `base`. `Err`: the field and the
+/// problem.
+fn source_config(
+    source: SourceSection,
+    base: &Path,
+    field: &dyn Fn(&str) -> String,
+) -> Result<SourceConfig, (String, String)> {
+    Ok(match source {
+        SourceSection::Sqlite {
+            path: db,
+            table,
+            query,
+            filter,
+        } => SourceConfig::Sqlite {
+            path: base.join(db),
+            relation: relation(table, query, filter).map_err(|p| (field("source"), p))?,
+        },
+        SourceSection::Postgres(db) => SourceConfig::Postgres(database(db, field)?),
+        SourceSection::Mysql(db) => SourceConfig::Mysql(database(db, field)?),
+        SourceSection::Csv { path, null } => SourceConfig::Files {
+            path: base.join(path),
+            format: Format::Csv,
+            null,
+        },
+        SourceSection::Jsonl { path } => SourceConfig::Files {
+            path: base.join(path),
+            format: Format::Jsonl,
+            null: None,
+        },
+    })
+}
+
+/// A dataset's `capture`, checked against its source (`pg_table`: the
+/// PostgreSQL table, and whether a filter narrows it). `Err`: the field
+/// and the problem.
+fn capture_config(
+    capture: Option<CaptureSection>,
+    source: &SourceConfig,
+    pg_table: Option<(String, bool)>,
+    name: &str,
+    field: &dyn Fn(&str) -> String,
+) -> Result<Capture, (String, String)> {
+    Ok(match capture {
+        None | Some(CaptureSection::None) => Capture::None,
+        Some(CaptureSection::Rescan { interval_secs }) => Capture::Rescan {
+            interval: Duration::from_secs(interval_secs.max(1)),
+        },
+        Some(CaptureSection::Push {
+            rescan_interval_secs,
+        }) => Capture::Push {
+            rescan_interval: rescan_interval_secs.map(|s| Duration::from_secs(s.max(1))),
+        },
+        Some(CaptureSection::Poll {
+            column,
+            interval_secs,
+            rescan_interval_secs,
+            overlap_secs,
+        }) => {
+            if matches!(source, SourceConfig::Files { .. }) {
+                return Err((
+                    field("capture"),
+                    "poll needs a database source; files use rescan".into(),
+                ));
+            }
+            Capture::Poll {
+                column,
+                interval: Duration::from_secs(interval_secs.unwrap_or(10).max(1)),
+                rescan_interval: Duration::from_secs(rescan_interval_secs.unwrap_or(3600).max(1)),
+                overlap: Duration::from_secs(overlap_secs.unwrap_or(DEFAULT_POLL_OVERLAP_SECS)),
+            }
+        }
+        Some(CaptureSection::Logical {
+            slot,
+            publication,
+            create,
+            interval_ms,
+            max_changes,
+        }) => {
+            let Some((table, filtered)) = pg_table else {
+                return Err((
+                    field("capture"),
+                    "logical capture needs a PostgreSQL source with a table \
+                     (not a query); use poll or rescan"
+                        .into(),
+                ));
+            };
+            let slot = slot.unwrap_or_else(|| default_slot_name(name));
+            if slot.is_empty()
+                || slot.len() > 63
+                || !slot
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
+                return Err((
+                    field("capture.slot"),
+                    format!("{slot:?} is not a valid slot name (1 to 63 of a-z, 0-9 and _)"),
+                ));
+            }
+            Capture::Logical(LogicalCapture {
+                table,
+                filtered,
+                slot,
+                publication: publication.unwrap_or_else(|| default_slot_name(name)),
+                create,
+                interval: Duration::from_millis(interval_ms.unwrap_or(100).max(1)),
+                max_changes: max_changes.unwrap_or(10_000).max(1),
+            })
+        }
     })
 }
 
@@ -1025,7 +1045,7 @@ impl AgentConfig {
             .listen
             .clone()
             .or_else(|| env("ARBOR_LISTEN"))
-            .unwrap_or(file.agent.listen);
+            .unwrap_or_else(|| file.agent.listen.clone());
         let listen: SocketAddr = listen_text.parse().map_err(|e| {
             invalid(
                 "agent.listen".into(),
@@ -1036,97 +1056,24 @@ impl AgentConfig {
             .data_dir
             .clone()
             .or_else(|| env("ARBOR_DATA_DIR").map(PathBuf::from))
-            .unwrap_or(file.agent.data_dir);
+            .unwrap_or_else(|| file.agent.data_dir.clone());
         let mut datasets = Vec::new();
         for d in file.datasets {
             let d = dataset_config(d, base, path, &datasets)?;
             datasets.push(d);
         }
-        let tls = match &file.agent.tls {
-            None => None,
-            Some(t) => {
-                let read = |field: &str, p: &Path| {
-                    let p = base.join(p);
-                    std::fs::read(&p).map_err(|e| {
-                        invalid(
-                            format!("agent.tls.{field}"),
-                            format!("cannot read {}: {e}", p.display()),
-                        )
-                    })
-                };
-                let cert = read("cert", &t.cert)?;
-                let key = read("key", &t.key)?;
-                check_identity(&cert, &key).map_err(|e| invalid("agent.tls.key".into(), e))?;
-                for (field, path) in [("client_ca", &t.client_ca), ("ca", &t.ca)] {
-                    if let Some(p) = path {
-                        certificates(&read(field, p)?).map_err(|e| {
-                            invalid(
-                                format!("agent.tls.{field}"),
-                                format!("{}: {e}", p.display()),
-                            )
-                        })?;
-                    }
-                }
-                if t.client_cert.is_some() || t.client_key.is_some() {
-                    let cc = read("client_cert", t.client_cert.as_deref().unwrap_or(&t.cert))?;
-                    let ck = read("client_key", t.client_key.as_deref().unwrap_or(&t.key))?;
-                    check_identity(&cc, &ck)
-                        .map_err(|e| invalid("agent.tls.client_key".into(), e))?;
-                }
-                Some(TlsConfig {
-                    cert,
-                    key,
-                    client_ca: t
-                        .client_ca
-                        .as_deref()
-                        .map(|p| read("client_ca", p))
-                        .transpose()?,
-                    ca: t.ca.as_deref().map(|p| read("ca", p)).transpose()?,
-                    client_identity: (
-                        read("client_cert", t.client_cert.as_deref().unwrap_or(&t.cert))?,
-                        read("client_key", t.client_key.as_deref().unwrap_or(&t.key))?,
-                    ),
-                })
-            }
-        };
-        let auth = match &file.agent.auth {
-            None => None,
-            Some(a) => {
-                let mut principals = Vec::new();
-                for (i, p) in a.principals.iter().enumerate() {
-                    let field = |f: &str| format!("agent.auth.principal[{i}].{f}");
-                    if p.cert_cn.is_none() && p.token_blake3.is_none() {
-                        return Err(invalid(
-                            field("name"),
-                            format!("{:?} needs cert_cn or token_blake3", p.name),
-                        ));
-                    }
-                    if let Some(h) = &p.token_blake3
-                        && (h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
-                    {
-                        return Err(invalid(
-                            field("token_blake3"),
-                            "expected 64 hex digits (arbor auth hash-token)".into(),
-                        ));
-                    }
-                    let roles = p
-                        .roles
-                        .iter()
-                        .map(|r| crate::access::Role::parse(r))
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(|e| invalid(field("roles"), e))?;
-                    principals.push(crate::access::Principal {
-                        name: p.name.clone(),
-                        cert_cn: p.cert_cn.clone(),
-                        token_blake3: p.token_blake3.as_ref().map(|h| h.to_lowercase()),
-                        roles,
-                        datasets: p.datasets.clone(),
-                        max_calls_per_sec: p.max_calls_per_sec,
-                    });
-                }
-                Some(crate::access::Auth::new(principals))
-            }
-        };
+        let tls = file
+            .agent
+            .tls
+            .as_ref()
+            .map(|t| tls_config(t, base, path))
+            .transpose()?;
+        let auth = file
+            .agent
+            .auth
+            .as_ref()
+            .map(|a| auth_config(a, path))
+            .transpose()?;
         let address = |field: &str, value: &Option<String>| match value {
             None => Ok(None),
             Some(a) => a.parse::<SocketAddr>().map(Some).map_err(|e| {
@@ -1136,33 +1083,8 @@ impl AgentConfig {
                 )
             }),
         };
-        // Safe by default: an agent nobody may authenticate to stays on
-        // this machine; tokens never cross a network in plaintext.
-        if auth.is_none() && !file.agent.insecure && !listen.ip().is_loopback() {
-            return Err(invalid(
-                "agent.listen".into(),
-                format!(
-                    "{listen} is reachable from other machines, but there is no [agent.auth]: \
-                     anyone could drive this agent. Add principals ([agent.auth], with \
-                     [agent.tls]), listen on 127.0.0.1, or set insecure = true for a trial"
-                ),
-            ));
-        }
-        let tokens = file
-            .agent
-            .auth
-            .as_ref()
-            .is_some_and(|a| a.principals.iter().any(|p| p.token_blake3.is_some()));
-        if tokens && tls.is_none() && !file.agent.insecure && !listen.ip().is_loopback() {
-            return Err(invalid(
-                "agent.tls".into(),
-                format!(
-                    "principals use bearer tokens and {listen} is reachable from other \
-                     machines: tokens would cross the network in plaintext. Configure \
-                     [agent.tls] (or set insecure = true for a trial)"
-                ),
-            ));
-        }
+        check_exposure(&file.agent, listen, auth.is_some(), tls.is_some())
+            .map_err(|(field, problem)| invalid(field, problem))?;
         let metrics_listen = address("metrics_listen", &file.agent.metrics_listen)?;
         let health_listen = address("health_listen", &file.agent.health_listen)?;
         let mut syncs = Vec::new();
@@ -1204,6 +1126,139 @@ impl AgentConfig {
             insecure: file.agent.insecure,
         })
     }
+}
+
+/// A config error at `field` of the file at `path`.
+fn invalid_at(path: &Path) -> impl Fn(String, String) -> ConfigError + '_ {
+    move |field, problem| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        field,
+        problem,
+    }
+}
+
+/// `[agent.tls]`: the files read (relative to `base`) and checked: the key
+/// matches the certificate, the CAs parse.
+fn tls_config(t: &TlsSection, base: &Path, path: &Path) -> Result<TlsConfig, ConfigError> {
+    let invalid = invalid_at(path);
+    let read = |field: &str, p: &Path| {
+        let p = base.join(p);
+        std::fs::read(&p).map_err(|e| {
+            invalid(
+                format!("agent.tls.{field}"),
+                format!("cannot read {}: {e}", p.display()),
+            )
+        })
+    };
+    let cert = read("cert", &t.cert)?;
+    let key = read("key", &t.key)?;
+    check_identity(&cert, &key).map_err(|e| invalid("agent.tls.key".into(), e))?;
+    for (field, path) in [("client_ca", &t.client_ca), ("ca", &t.ca)] {
+        if let Some(p) = path {
+            certificates(&read(field, p)?).map_err(|e| {
+                invalid(
+                    format!("agent.tls.{field}"),
+                    format!("{}: {e}", p.display()),
+                )
+            })?;
+        }
+    }
+    if t.client_cert.is_some() || t.client_key.is_some() {
+        let cc = read("client_cert", t.client_cert.as_deref().unwrap_or(&t.cert))?;
+        let ck = read("client_key", t.client_key.as_deref().unwrap_or(&t.key))?;
+        check_identity(&cc, &ck).map_err(|e| invalid("agent.tls.client_key".into(), e))?;
+    }
+    Ok(TlsConfig {
+        cert,
+        key,
+        client_ca: t
+            .client_ca
+            .as_deref()
+            .map(|p| read("client_ca", p))
+            .transpose()?,
+        ca: t.ca.as_deref().map(|p| read("ca", p)).transpose()?,
+        client_identity: (
+            read("client_cert", t.client_cert.as_deref().unwrap_or(&t.cert))?,
+            read("client_key", t.client_key.as_deref().unwrap_or(&t.key))?,
+        ),
+    })
+}
+
+/// `[agent.auth]`: each principal recognisable (a certificate CN or a token
+/// hash) and its roles known.
+fn auth_config(a: &AuthSection, path: &Path) -> Result<crate::access::Auth, ConfigError> {
+    let invalid = invalid_at(path);
+    let mut principals = Vec::new();
+    for (i, p) in a.principals.iter().enumerate() {
+        let field = |f: &str| format!("agent.auth.principal[{i}].{f}");
+        if p.cert_cn.is_none() && p.token_blake3.is_none() {
+            return Err(invalid(
+                field("name"),
+                format!("{:?} needs cert_cn or token_blake3", p.name),
+            ));
+        }
+        if let Some(h) = &p.token_blake3
+            && (h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(invalid(
+                field("token_blake3"),
+                "expected 64 hex digits (arbor auth hash-token)".into(),
+            ));
+        }
+        let roles = p
+            .roles
+            .iter()
+            .map(|r| crate::access::Role::parse(r))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid(field("roles"), e))?;
+        principals.push(crate::access::Principal {
+            name: p.name.clone(),
+            cert_cn: p.cert_cn.clone(),
+            token_blake3: p.token_blake3.as_ref().map(|h| h.to_lowercase()),
+            roles,
+            datasets: p.datasets.clone(),
+            max_calls_per_sec: p.max_calls_per_sec,
+        });
+    }
+    Ok(crate::access::Auth::new(principals))
+}
+
+/// Refuses an agent others could drive: reachable from other machines
+/// without principals, or with bearer tokens in plaintext. `Err`: the field
+/// and the problem.
+fn check_exposure(
+    agent: &AgentSection,
+    listen: SocketAddr,
+    has_auth: bool,
+    has_tls: bool,
+) -> Result<(), (String, String)> {
+    // Safe by default: an agent nobody may authenticate to stays on
+    // this machine; tokens never cross a network in plaintext.
+    if !has_auth && !agent.insecure && !listen.ip().is_loopback() {
+        return Err((
+            "agent.listen".into(),
+            format!(
+                "{listen} is reachable from other machines, but there is no [agent.auth]: \
+                 anyone could drive this agent. Add principals ([agent.auth], with \
+                 [agent.tls]), listen on 127.0.0.1, or set insecure = true for a trial"
+            ),
+        ));
+    }
+    let tokens = agent
+        .auth
+        .as_ref()
+        .is_some_and(|a| a.principals.iter().any(|p| p.token_blake3.is_some()));
+    if tokens && !has_tls && !agent.insecure && !listen.ip().is_loopback() {
+        return Err((
+            "agent.tls".into(),
+            format!(
+                "principals use bearer tokens and {listen} is reachable from other \
+                 machines: tokens would cross the network in plaintext. Configure \
+                 [agent.tls] (or set insecure = true for a trial)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The certificates of a PEM file: at least one, each a parseable X.509
