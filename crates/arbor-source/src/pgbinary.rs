@@ -111,11 +111,14 @@ impl Field {
     }
 
     /// Reads a (non-NULL) field as a value.
-    pub(crate) fn decode(self, b: &[u8]) -> Result<Value, String> {
+    pub(crate) fn decode(self, b: &[u8]) -> Result<Value, BinaryError> {
         Ok(match self {
             Field::Integer(w) => Value::Integer(int(b, w)?.into()),
             Field::IntegerDecimal(w) => {
-                Value::Decimal(Decimal::parse(&int(b, w)?.to_string()).map_err(|e| e.to_string())?)
+                Value::Decimal(
+                    Decimal::parse(&int(b, w)?.to_string())
+                        .map_err(|e| BinaryError::Unrepresentable(e.to_string()))?,
+                )
             }
             Field::Bool => Value::Bool(match b {
                 [0] => false,
@@ -134,7 +137,9 @@ impl Field {
                 numeric_text(b, &mut text)?;
                 // Normalised: a whole number has no point.
                 Value::Integer(text.parse::<i128>().map_err(|_| {
-                    format!("numeric {text} is not a whole number an integer column can hold")
+                    BinaryError::Unrepresentable(format!(
+                        "numeric {text} is not a whole number an integer column can hold"
+                    ))
                 })?)
             }
             Field::Float4 => Value::float(float4(b)?),
@@ -160,7 +165,7 @@ impl Field {
         b: &[u8],
         out: &mut Vec<u8>,
         scratch: &mut String,
-    ) -> Result<(), String> {
+    ) -> Result<(), BinaryError> {
         match self {
             Field::Text => encode_text(out, utf8(b)?),
             Field::Bytea => encode_bytes(out, b),
@@ -178,15 +183,40 @@ impl Field {
     }
 }
 
-fn malformed(what: &str, b: &[u8]) -> String {
-    format!("malformed binary {what} value ({} bytes)", b.len())
+/// Why bytes of PostgreSQL's binary format could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BinaryError {
+    /// A value's bytes do not have its type's layout.
+    #[error("malformed binary {kind} value ({len} bytes)")]
+    Malformed {
+        /// The type.
+        kind: &'static str,
+        /// Its length.
+        len: usize,
+    },
+    /// A well-formed value the column's kind cannot hold (infinity, NaN, a
+    /// date before year 1, text that is not UTF-8).
+    #[error("{0}")]
+    Unrepresentable(String),
+    /// The COPY stream's framing is broken.
+    #[error("malformed binary COPY data at byte {at}: {problem}")]
+    Framing {
+        /// The byte offset.
+        at: usize,
+        /// What is wrong there.
+        problem: String,
+    },
 }
 
-fn fixed<const N: usize>(b: &[u8], what: &str) -> Result<[u8; N], String> {
+fn malformed(kind: &'static str, b: &[u8]) -> BinaryError {
+    BinaryError::Malformed { kind, len: b.len() }
+}
+
+fn fixed<const N: usize>(b: &[u8], what: &'static str) -> Result<[u8; N], BinaryError> {
     b.try_into().map_err(|_| malformed(what, b))
 }
 
-fn int(b: &[u8], width: usize) -> Result<i64, String> {
+fn int(b: &[u8], width: usize) -> Result<i64, BinaryError> {
     match (width, b.len()) {
         (2, 2) => Ok(i16::from_be_bytes(fixed(b, "int2")?).into()),
         (4, 4) => Ok(i32::from_be_bytes(fixed(b, "int4")?).into()),
@@ -195,18 +225,18 @@ fn int(b: &[u8], width: usize) -> Result<i64, String> {
     }
 }
 
-fn utf8(b: &[u8]) -> Result<&str, String> {
-    std::str::from_utf8(b).map_err(|_| "value is not UTF-8".to_string())
+fn utf8(b: &[u8]) -> Result<&str, BinaryError> {
+    std::str::from_utf8(b).map_err(|_| BinaryError::Unrepresentable("value is not UTF-8".into()))
 }
 
-fn json(text: &str) -> Result<CanonicalJson, String> {
-    CanonicalJson::parse(text).map_err(|e| format!("expected json: {e}"))
+fn json(text: &str) -> Result<CanonicalJson, BinaryError> {
+    CanonicalJson::parse(text).map_err(|e| BinaryError::Unrepresentable(format!("expected json: {e}")))
 }
 
 /// A `float4` as the text reading sees it: PostgreSQL prints the shortest
 /// decimal that reads back as the same `float4`, and that decimal is then
 /// read as an `f64` (so `0.1::float4` is `0.1`, not `0.10000000149…`).
-fn float4(b: &[u8]) -> Result<f64, String> {
+fn float4(b: &[u8]) -> Result<f64, BinaryError> {
     let x = f32::from_be_bytes(fixed(b, "float4")?);
     if !x.is_finite() {
         return Ok(f64::from(x));
@@ -217,27 +247,27 @@ fn float4(b: &[u8]) -> Result<f64, String> {
         .map_err(|_| malformed("float4", b))
 }
 
-fn date(b: &[u8]) -> Result<Date, String> {
+fn date(b: &[u8]) -> Result<Date, BinaryError> {
     let days = i64::from(i32::from_be_bytes(fixed(b, "date")?)) + PG_EPOCH_DAYS;
     // Infinite dates are i32::MIN and i32::MAX, far outside this range.
     if days < FIRST_AD_DAY || days > i64::from(i32::MAX) - PG_EPOCH_DAYS {
-        return Err("expected date: a date before year 1, or infinite".into());
+        return Err(BinaryError::Unrepresentable("expected date: a date before year 1, or infinite".into()));
     }
     i32::try_from(days)
         .map(Date)
         .map_err(|_| malformed("date", b))
 }
 
-fn timestamp(b: &[u8]) -> Result<Timestamp, String> {
+fn timestamp(b: &[u8]) -> Result<Timestamp, BinaryError> {
     let raw = i64::from_be_bytes(fixed(b, "timestamp")?);
     if raw == i64::MIN || raw == i64::MAX {
-        return Err("expected timestamp: infinite timestamps are not supported".into());
+        return Err(BinaryError::Unrepresentable("expected timestamp: infinite timestamps are not supported".into()));
     }
     let micros = raw
         .checked_add(PG_EPOCH_MICROS)
         .ok_or_else(|| malformed("timestamp", b))?;
     if micros.div_euclid(MICROS_PER_DAY) < FIRST_AD_DAY {
-        return Err("expected timestamp: a time before year 1".into());
+        return Err(BinaryError::Unrepresentable("expected timestamp: a time before year 1".into()));
     }
     Ok(Timestamp(micros))
 }
@@ -249,7 +279,7 @@ fn timestamp(b: &[u8]) -> Result<Timestamp, String> {
 /// The wire form: `ndigits`, `weight`, `sign`, `dscale` (each 16 bits),
 /// then `ndigits` base-10000 digits; the value is
 /// `Σ digit[i] × 10000^(weight − i)`.
-fn numeric_text(b: &[u8], out: &mut String) -> Result<(), String> {
+fn numeric_text(b: &[u8], out: &mut String) -> Result<(), BinaryError> {
     let word = |i: usize| -> Option<u16> {
         let w = b.get(2 * i..2 * i + 2)?;
         Some(u16::from_be_bytes([w[0], w[1]]))
@@ -264,11 +294,11 @@ fn numeric_text(b: &[u8], out: &mut String) -> Result<(), String> {
     let negative = match sign {
         0x0000 => false,
         0x4000 => true,
-        0xC000 => return Err("expected decimal: NaN is not a decimal".into()),
-        0xD000 | 0xF000 => return Err("expected decimal: infinity is not a decimal".into()),
+        0xC000 => return Err(BinaryError::Unrepresentable("expected decimal: NaN is not a decimal".into())),
+        0xD000 | 0xF000 => return Err(BinaryError::Unrepresentable("expected decimal: infinity is not a decimal".into())),
         _ => return Err(malformed("numeric", b)),
     };
-    let digit = |i: i64| -> Result<u16, String> {
+    let digit = |i: i64| -> Result<u16, BinaryError> {
         if i < 0 || i >= ndigits {
             return Ok(0);
         }
@@ -325,8 +355,11 @@ fn push4(out: &mut String, d: u16) {
 /// starts (at its field count). Every row must have `fields` fields and
 /// every length must fit: after this, [`row_fields`] cannot run out of
 /// bytes.
-pub(crate) fn split_rows(raw: &[u8], fields: usize) -> Result<Vec<usize>, String> {
-    let bad = |at: usize, what: &str| format!("malformed binary COPY data at byte {at}: {what}");
+pub(crate) fn split_rows(raw: &[u8], fields: usize) -> Result<Vec<usize>, BinaryError> {
+    let bad = |at: usize, what: &str| BinaryError::Framing {
+        at,
+        problem: what.to_owned(),
+    };
     if raw.get(..SIGNATURE.len()) != Some(&SIGNATURE[..]) {
         return Err(bad(0, "no PGCOPY signature"));
     }
@@ -371,8 +404,11 @@ pub(crate) fn split_rows(raw: &[u8], fields: usize) -> Result<Vec<usize>, String
 /// Ends binary COPY output that was cut off mid-stream after its last
 /// complete row, with a trailer, so that [`split_rows`] reads the rows it
 /// holds. Fails if not even the header is complete.
-pub(crate) fn close_cut(raw: &mut Vec<u8>, fields: usize) -> Result<(), String> {
-    let bad = |at: usize, what: &str| format!("malformed binary COPY data at byte {at}: {what}");
+pub(crate) fn close_cut(raw: &mut Vec<u8>, fields: usize) -> Result<(), BinaryError> {
+    let bad = |at: usize, what: &str| BinaryError::Framing {
+        at,
+        problem: what.to_owned(),
+    };
     if raw.get(..SIGNATURE.len()) != Some(&SIGNATURE[..]) {
         return Err(bad(0, "no PGCOPY signature"));
     }
@@ -459,8 +495,8 @@ impl BinaryContext {
         mapping.all_columns()
     }
 
-    fn value_error(&self, column: &ColumnMapping, problem: String) -> SourceError {
-        self.chunk.value_error(&column.source, problem)
+    fn value_error(&self, column: &ColumnMapping, problem: impl ToString) -> SourceError {
+        self.chunk.value_error(&column.source, problem.to_string())
     }
 
     fn short_row(&self) -> SourceError {
@@ -525,7 +561,7 @@ impl BinaryContext {
             put_varint(&mut row, key_len as u64);
             for i in 0..key_len {
                 let c = columns[i];
-                let b = fields[i].ok_or_else(|| self.value_error(c, crate::NULL_KEY.into()))?;
+                let b = fields[i].ok_or_else(|| self.value_error(c, crate::NULL_KEY))?;
                 if c.transforms.is_identity() {
                     self.fields[i]
                         .encode(b, &mut row, &mut scratch)
@@ -588,7 +624,7 @@ mod tests {
         let e = Field::NumericInteger
             .decode(&numeric(2, 0, 0, &[1, 5000]))
             .unwrap_err();
-        assert!(e.contains("numeric 1.5 is not a whole number"), "{e}");
+        assert!(e.to_string().contains("numeric 1.5 is not a whole number"), "{e}");
         assert_eq!(
             Field::of(ValueKind::Integer, &Type::NUMERIC),
             Some(Field::NumericInteger)
@@ -606,7 +642,7 @@ mod tests {
         b
     }
 
-    fn text(b: &[u8]) -> Result<String, String> {
+    fn text(b: &[u8]) -> Result<String, BinaryError> {
         let mut s = String::new();
         numeric_text(b, &mut s).map(|()| s)
     }
@@ -632,6 +668,7 @@ mod tests {
         assert!(
             text(&numeric(0, 0, 0xC000, &[]))
                 .unwrap_err()
+                .to_string()
                 .contains("NaN")
         );
         assert!(text(&numeric(0, 0, 0xD000, &[])).is_err());
@@ -670,8 +707,8 @@ mod tests {
         row_fields(&raw, rows[0], &mut fields);
         assert_eq!(fields, vec![Some(&b"ab"[..]), None]);
 
-        assert!(split_rows(&raw, 3).unwrap_err().contains("expected 3"));
-        assert!(split_rows(b"hello", 2).unwrap_err().contains("signature"));
+        assert!(split_rows(&raw, 3).unwrap_err().to_string().contains("expected 3"));
+        assert!(split_rows(b"hello", 2).unwrap_err().to_string().contains("signature"));
         for cut in SIGNATURE.len()..raw.len() {
             assert!(split_rows(&raw[..cut], 2).is_err(), "cut at {cut}");
         }
@@ -680,6 +717,7 @@ mod tests {
         assert!(
             split_rows(&long, 2)
                 .unwrap_err()
+                .to_string()
                 .contains("after the trailer")
         );
     }

@@ -1028,7 +1028,7 @@ impl PostgresSource {
         let rows = read(&mut raw).map_err(|reason| {
             ChunkError::Fatal(SourceError::Read {
                 dataset: dataset.clone(),
-                reason,
+                reason: reason.to_string(),
             })
         })?;
         self.last_chunk_bytes = raw.len();
