@@ -277,7 +277,7 @@ fn stored_keys_condition(
     mapping: &Mapping,
     binary: &[bool],
     keys: &[&[Value]],
-) -> Result<String, String> {
+) -> Result<String, crate::sink::LiteralError> {
     use crate::sink::Dialect;
     crate::sink::keys_condition_with(Dialect::Mysql, mapping, keys, |column, v| {
         let Value::Uuid(u) = v else {
@@ -555,7 +555,7 @@ impl Source for MysqlSource {
         }
         keyset::fetch_in_batches(keys, |batch| {
             let cond = stored_keys_condition(&self.mapping, &self.binary_keys, batch)
-                .map_err(|p| self.value_error("(key)", p))?;
+                .map_err(|p| self.value_error("(key)", p.to_string()))?;
             let sql = format!(
                 "SELECT {} FROM {} WHERE {cond}",
                 self.columns_sql(),
@@ -661,11 +661,11 @@ impl MysqlSink {
         Ok(())
     }
 
-    fn value_err(&self, problem: String) -> SourceError {
+    fn value_err(&self, problem: crate::sink::LiteralError) -> SourceError {
         SourceError::Value {
             dataset: self.context.dataset.clone(),
             column: "(write)".into(),
-            problem,
+            problem: problem.to_string(),
         }
     }
 
@@ -677,10 +677,10 @@ impl MysqlSink {
         self.ready()?;
         let (url, dataset) = (self.url.clone(), self.context.dataset.clone());
         let write_err = |e: mysql::Error| mysql_write_error(&url, &dataset, e);
-        let value_err = |problem: String| SourceError::Value {
+        let value_err = |problem: crate::sink::LiteralError| SourceError::Value {
             dataset: dataset.clone(),
             column: "(write)".into(),
-            problem,
+            problem: problem.to_string(),
         };
         let (Some(conn), Some(statements)) = (self.conn.as_mut(), self.statements.as_ref()) else {
             unreachable!("ready above")

@@ -114,12 +114,10 @@ impl Field {
     pub(crate) fn decode(self, b: &[u8]) -> Result<Value, BinaryError> {
         Ok(match self {
             Field::Integer(w) => Value::Integer(int(b, w)?.into()),
-            Field::IntegerDecimal(w) => {
-                Value::Decimal(
-                    Decimal::parse(&int(b, w)?.to_string())
-                        .map_err(|e| BinaryError::Unrepresentable(e.to_string()))?,
-                )
-            }
+            Field::IntegerDecimal(w) => Value::Decimal(
+                Decimal::parse(&int(b, w)?.to_string())
+                    .map_err(|e| BinaryError::Unrepresentable(e.to_string()))?,
+            ),
             Field::Bool => Value::Bool(match b {
                 [0] => false,
                 [1] => true,
@@ -230,7 +228,8 @@ fn utf8(b: &[u8]) -> Result<&str, BinaryError> {
 }
 
 fn json(text: &str) -> Result<CanonicalJson, BinaryError> {
-    CanonicalJson::parse(text).map_err(|e| BinaryError::Unrepresentable(format!("expected json: {e}")))
+    CanonicalJson::parse(text)
+        .map_err(|e| BinaryError::Unrepresentable(format!("expected json: {e}")))
 }
 
 /// A `float4` as the text reading sees it: PostgreSQL prints the shortest
@@ -251,7 +250,9 @@ fn date(b: &[u8]) -> Result<Date, BinaryError> {
     let days = i64::from(i32::from_be_bytes(fixed(b, "date")?)) + PG_EPOCH_DAYS;
     // Infinite dates are i32::MIN and i32::MAX, far outside this range.
     if days < FIRST_AD_DAY || days > i64::from(i32::MAX) - PG_EPOCH_DAYS {
-        return Err(BinaryError::Unrepresentable("expected date: a date before year 1, or infinite".into()));
+        return Err(BinaryError::Unrepresentable(
+            "expected date: a date before year 1, or infinite".into(),
+        ));
     }
     i32::try_from(days)
         .map(Date)
@@ -261,13 +262,17 @@ fn date(b: &[u8]) -> Result<Date, BinaryError> {
 fn timestamp(b: &[u8]) -> Result<Timestamp, BinaryError> {
     let raw = i64::from_be_bytes(fixed(b, "timestamp")?);
     if raw == i64::MIN || raw == i64::MAX {
-        return Err(BinaryError::Unrepresentable("expected timestamp: infinite timestamps are not supported".into()));
+        return Err(BinaryError::Unrepresentable(
+            "expected timestamp: infinite timestamps are not supported".into(),
+        ));
     }
     let micros = raw
         .checked_add(PG_EPOCH_MICROS)
         .ok_or_else(|| malformed("timestamp", b))?;
     if micros.div_euclid(MICROS_PER_DAY) < FIRST_AD_DAY {
-        return Err(BinaryError::Unrepresentable("expected timestamp: a time before year 1".into()));
+        return Err(BinaryError::Unrepresentable(
+            "expected timestamp: a time before year 1".into(),
+        ));
     }
     Ok(Timestamp(micros))
 }
@@ -294,8 +299,16 @@ fn numeric_text(b: &[u8], out: &mut String) -> Result<(), BinaryError> {
     let negative = match sign {
         0x0000 => false,
         0x4000 => true,
-        0xC000 => return Err(BinaryError::Unrepresentable("expected decimal: NaN is not a decimal".into())),
-        0xD000 | 0xF000 => return Err(BinaryError::Unrepresentable("expected decimal: infinity is not a decimal".into())),
+        0xC000 => {
+            return Err(BinaryError::Unrepresentable(
+                "expected decimal: NaN is not a decimal".into(),
+            ));
+        }
+        0xD000 | 0xF000 => {
+            return Err(BinaryError::Unrepresentable(
+                "expected decimal: infinity is not a decimal".into(),
+            ));
+        }
         _ => return Err(malformed("numeric", b)),
     };
     let digit = |i: i64| -> Result<u16, BinaryError> {
@@ -624,7 +637,10 @@ mod tests {
         let e = Field::NumericInteger
             .decode(&numeric(2, 0, 0, &[1, 5000]))
             .unwrap_err();
-        assert!(e.to_string().contains("numeric 1.5 is not a whole number"), "{e}");
+        assert!(
+            e.to_string().contains("numeric 1.5 is not a whole number"),
+            "{e}"
+        );
         assert_eq!(
             Field::of(ValueKind::Integer, &Type::NUMERIC),
             Some(Field::NumericInteger)
@@ -707,8 +723,18 @@ mod tests {
         row_fields(&raw, rows[0], &mut fields);
         assert_eq!(fields, vec![Some(&b"ab"[..]), None]);
 
-        assert!(split_rows(&raw, 3).unwrap_err().to_string().contains("expected 3"));
-        assert!(split_rows(b"hello", 2).unwrap_err().to_string().contains("signature"));
+        assert!(
+            split_rows(&raw, 3)
+                .unwrap_err()
+                .to_string()
+                .contains("expected 3")
+        );
+        assert!(
+            split_rows(b"hello", 2)
+                .unwrap_err()
+                .to_string()
+                .contains("signature")
+        );
         for cut in SIGNATURE.len()..raw.len() {
             assert!(split_rows(&raw[..cut], 2).is_err(), "cut at {cut}");
         }

@@ -1318,7 +1318,7 @@ impl Source for PostgresSource {
         keyset::fetch_in_batches(keys, |batch| {
             let cond =
                 crate::sink::keys_condition(crate::sink::Dialect::Postgres, &self.mapping, batch)
-                    .map_err(|problem| self.value_error("(key)", problem))?;
+                    .map_err(|problem| self.value_error("(key)", problem.to_string()))?;
             let sql = format!(
                 "SELECT {} FROM {} WHERE {cond}",
                 self.columns_sql(),
@@ -1397,10 +1397,10 @@ impl crate::sink::Sink for PostgresSink {
         if writes.is_empty() {
             return Ok(Vec::new());
         }
-        let value_err = |p: String| SourceError::Value {
+        let value_err = |p: crate::sink::LiteralError| SourceError::Value {
             dataset: self.context.dataset.clone(),
             column: "(write)".into(),
-            problem: p,
+            problem: p.to_string(),
         };
         let wanted: Vec<&[Value]> = writes.iter().map(|w| w.key.as_slice()).collect();
         let select = self.statements.select_current(&wanted).map_err(value_err)?;
@@ -1469,7 +1469,7 @@ impl crate::sink::Sink for PostgresSink {
             .map_err(|p| SourceError::Value {
                 dataset: self.context.dataset.clone(),
                 column: "(write)".into(),
-                problem: p,
+                problem: p.to_string(),
             })
     }
 }

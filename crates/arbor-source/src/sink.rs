@@ -84,6 +84,14 @@ pub enum Dialect {
     Sqlite,
 }
 
+/// A value no SQL literal of the dialect can carry.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+pub enum LiteralError {
+    /// An infinite or NaN float: SQLite and MySQL hold neither.
+    #[error("{0} cannot be stored in this database")]
+    NonFinite(f64),
+}
+
 impl Dialect {
     /// Quotes an identifier.
     pub fn ident(self, name: &str) -> String {
@@ -110,7 +118,7 @@ impl Dialect {
     }
 
     /// A value as a literal the database coerces to the column's type.
-    pub fn literal(self, v: &Value) -> Result<String, String> {
+    pub fn literal(self, v: &Value) -> Result<String, LiteralError> {
         Ok(match v {
             Value::Null => "NULL".into(),
             Value::Bool(b) => match self {
@@ -140,7 +148,7 @@ impl Dialect {
                     };
                     format!("'{t}'")
                 } else {
-                    return Err(format!("{x} cannot be stored in this database"));
+                    return Err(LiteralError::NonFinite(x));
                 }
             }
             Value::Text(s) => self.string(s),
@@ -202,7 +210,7 @@ impl Statements {
         self.dialect
     }
 
-    fn lit(&self, column: usize, v: &Value) -> Result<String, String> {
+    fn lit(&self, column: usize, v: &Value) -> Result<String, LiteralError> {
         match v {
             Value::Uuid(u) if self.binary_uuid.get(column).copied().unwrap_or(false) => {
                 Ok(format!("X'{}'", hex::encode(u)))
@@ -211,7 +219,7 @@ impl Statements {
         }
     }
 
-    fn where_key(&self, key: &[Value]) -> Result<String, String> {
+    fn where_key(&self, key: &[Value]) -> Result<String, LiteralError> {
         let parts = self
             .mapping
             .key()
@@ -225,7 +233,7 @@ impl Statements {
                     self.lit(i, v)?
                 ))
             })
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, LiteralError>>()?;
         Ok(parts.join(" AND "))
     }
 
@@ -240,7 +248,7 @@ impl Statements {
 
     /// `SELECT … WHERE key IN (…)` for the given keys, locking the rows
     /// where the dialect can.
-    pub fn select_current(&self, keys: &[&[Value]]) -> Result<String, String> {
+    pub fn select_current(&self, keys: &[&[Value]]) -> Result<String, LiteralError> {
         let lock = match self.dialect {
             Dialect::Sqlite => "",
             _ => " FOR UPDATE",
@@ -254,7 +262,7 @@ impl Statements {
     }
 
     /// The statement of a write, given whether its row exists now.
-    pub fn statement(&self, write: &Write, exists: bool) -> Result<String, String> {
+    pub fn statement(&self, write: &Write, exists: bool) -> Result<String, LiteralError> {
         let nkey = self.mapping.key().len();
         match (&write.change, exists) {
             (Change::Delete, _) => Ok(format!(
@@ -285,7 +293,7 @@ impl Statements {
                             self.lit(nkey + i, v)?
                         ))
                     })
-                    .collect::<Result<Vec<_>, String>>()?;
+                    .collect::<Result<Vec<_>, LiteralError>>()?;
                 Ok(format!(
                     "UPDATE {} SET {} WHERE {}",
                     self.table,
@@ -301,7 +309,7 @@ impl Statements {
                     .chain(&stored)
                     .enumerate()
                     .map(|(i, v)| self.lit(i, v))
-                    .collect::<Result<Vec<_>, String>>()?;
+                    .collect::<Result<Vec<_>, LiteralError>>()?;
                 Ok(format!(
                     "INSERT INTO {} ({}) VALUES ({})",
                     self.table,
@@ -313,7 +321,7 @@ impl Statements {
     }
 
     /// The statement a write runs when its row is as planned.
-    pub fn planned_statement(&self, write: &Write) -> Result<String, String> {
+    pub fn planned_statement(&self, write: &Write) -> Result<String, LiteralError> {
         self.statement(write, write.expected.is_some())
     }
 }
@@ -324,7 +332,7 @@ pub fn keys_condition(
     dialect: Dialect,
     mapping: &Mapping,
     keys: &[&[Value]],
-) -> Result<String, String> {
+) -> Result<String, LiteralError> {
     keys_condition_with(dialect, mapping, keys, |_, v| Ok(vec![dialect.literal(v)?]))
 }
 
@@ -335,13 +343,13 @@ pub fn keys_condition_with(
     dialect: Dialect,
     mapping: &Mapping,
     keys: &[&[Value]],
-    forms: impl Fn(usize, &Value) -> Result<Vec<String>, String>,
-) -> Result<String, String> {
+    forms: impl Fn(usize, &Value) -> Result<Vec<String>, LiteralError>,
+) -> Result<String, LiteralError> {
     let cols = mapping.key();
     if keys.is_empty() {
         return Ok("1 = 0".into());
     }
-    let matches = |column: usize, v: &Value| -> Result<String, String> {
+    let matches = |column: usize, v: &Value| -> Result<String, LiteralError> {
         let forms = forms(column, v)?;
         let name = dialect.ident(&cols[column].source);
         Ok(match forms.as_slice() {
@@ -367,10 +375,10 @@ pub fn keys_condition_with(
             let parts = (0..cols.len())
                 .zip(k.iter())
                 .map(|(i, v)| matches(i, v))
-                .collect::<Result<Vec<_>, String>>()?;
+                .collect::<Result<Vec<_>, LiteralError>>()?;
             Ok(format!("({})", parts.join(" AND ")))
         })
-        .collect::<Result<Vec<_>, String>>()?;
+        .collect::<Result<Vec<_>, LiteralError>>()?;
     Ok(conds.join(" OR "))
 }
 

@@ -471,7 +471,7 @@ impl crate::sink::Sink for SqliteSink {
                     SourceError::Value {
                         dataset: self.dataset.clone(),
                         column: "(write)".into(),
-                        problem: p,
+                        problem: p.to_string(),
                     }
                 })?;
                 tx.execute_batch(&sql).map_err(write_err)?;
@@ -487,7 +487,7 @@ impl crate::sink::Sink for SqliteSink {
             .map_err(|p| SourceError::Value {
                 dataset: self.dataset.clone(),
                 column: "(write)".into(),
-                problem: p,
+                problem: p.to_string(),
             })
     }
 }
