@@ -524,7 +524,7 @@ impl LogicalCapture {
         data: &[u8],
         open: &mut Option<Transaction>,
         out: &mut Vec<Transaction>,
-    ) -> Result<(), String> {
+    ) -> Result<(), PgoutputError> {
         let mut m = Reader::new(data);
         match m.u8()? {
             b'B' => {
@@ -542,7 +542,9 @@ impl LogicalCapture {
                 let _commit_lsn = m.u64()?;
                 let end_lsn = m.u64()?;
                 let ts = m.i64()?;
-                let mut txn = open.take().ok_or("a commit without a begin")?;
+                let mut txn = open
+                    .take()
+                    .ok_or(PgoutputError::Malformed("a commit without a begin".into()))?;
                 txn.end_lsn = Lsn(end_lsn);
                 txn.commit_time_us = ts.saturating_add(PG_EPOCH_OFFSET_US);
                 out.push(txn);
@@ -565,10 +567,10 @@ impl LogicalCapture {
                     let mut positions = Vec::new();
                     for c in self.mapping.all_columns() {
                         let at = names.iter().position(|n| *n == c.source).ok_or_else(|| {
-                            format!(
+                            PgoutputError::Identity(format!(
                                 "table {} no longer has mapped column {:?}",
                                 self.table, c.source
-                            )
+                            ))
                         })?;
                         positions.push(at);
                     }
@@ -580,7 +582,9 @@ impl LogicalCapture {
                 let relid = m.u32()?;
                 let marker = m.u8()?;
                 if marker != b'N' {
-                    return Err(format!("insert tuple marker {marker:?}"));
+                    return Err(PgoutputError::Malformed(format!(
+                        "insert tuple marker {marker:?}"
+                    )));
                 }
                 let tuple = m.tuple()?;
                 if let Some(change) = self.row_change(relid, &tuple)? {
@@ -596,7 +600,9 @@ impl LogicalCapture {
                     marker = m.u8()?;
                 }
                 if marker != b'N' {
-                    return Err(format!("update tuple marker {marker:?}"));
+                    return Err(PgoutputError::Malformed(format!(
+                        "update tuple marker {marker:?}"
+                    )));
                 }
                 let tuple = m.tuple()?;
                 // A key change arrives as an update with the old key: the
@@ -616,7 +622,9 @@ impl LogicalCapture {
                 let relid = m.u32()?;
                 let marker = m.u8()?;
                 if marker != b'K' && marker != b'O' {
-                    return Err(format!("delete tuple marker {marker:?}"));
+                    return Err(PgoutputError::Malformed(format!(
+                        "delete tuple marker {marker:?}"
+                    )));
                 }
                 let tuple = m.tuple()?;
                 if let Some(key) = self.key_of(relid, &tuple)? {
@@ -634,7 +642,12 @@ impl LogicalCapture {
             }
             // Type, origin and logical messages say nothing about rows.
             b'Y' | b'O' | b'M' => {}
-            other => return Err(format!("unknown message type {:?}", other as char)),
+            other => {
+                return Err(PgoutputError::Unsupported(format!(
+                    "message type {:?}",
+                    other as char
+                )));
+            }
         }
         Ok(())
     }
@@ -642,7 +655,7 @@ impl LogicalCapture {
     /// The key of a tuple of the dataset's table (`None` for other tables).
     /// The key of a tuple as stored (before the mapping's key transforms:
     /// what a change carries outward goes through [`Mapping::key_of`]).
-    fn key_of(&self, relid: u32, tuple: &[Field<'_>]) -> Result<Option<Vec<Value>>, String> {
+    fn key_of(&self, relid: u32, tuple: &[Field<'_>]) -> Result<Option<Vec<Value>>, PgoutputError> {
         let Some(rel) = self.relation(relid)? else {
             return Ok(None);
         };
@@ -651,10 +664,10 @@ impl LogicalCapture {
             match tuple.get(at) {
                 Some(Field::Text(t)) => key.push(self.parse(c, unpad(rel, at, t))?),
                 _ => {
-                    return Err(format!(
+                    return Err(PgoutputError::Identity(format!(
                         "key column {:?} is missing from a change (check the replica identity)",
                         c.source
-                    ));
+                    )));
                 }
             }
         }
@@ -662,7 +675,11 @@ impl LogicalCapture {
     }
 
     /// The change an inserted or updated tuple makes.
-    fn row_change(&self, relid: u32, tuple: &[Field<'_>]) -> Result<Option<Captured>, String> {
+    fn row_change(
+        &self,
+        relid: u32,
+        tuple: &[Field<'_>],
+    ) -> Result<Option<Captured>, PgoutputError> {
         let Some(rel) = self.relation(relid)? else {
             return Ok(None);
         };
@@ -687,44 +704,82 @@ impl LogicalCapture {
                     row.truncate(self.mapping.key().len());
                     return Ok(Some(Captured::Refetch(self.mapping.key_of(row))));
                 }
-                None => return Err(format!("tuple has no column {at}")),
+                None => {
+                    return Err(PgoutputError::Malformed(format!(
+                        "tuple has no column {at}"
+                    )));
+                }
             }
         }
-        let record = self
-            .mapping
-            .record(row)
-            .map_err(|c| format!("key column {c:?} is NULL"))?;
+        let record = self.mapping.record(row).map_err(|c| PgoutputError::Value {
+            column: c.to_owned(),
+            problem: "NULL in a key column".into(),
+        })?;
         Ok(Some(Captured::Upsert(record)))
     }
 
-    fn relation(&self, relid: u32) -> Result<Option<&RelationInfo>, String> {
+    fn relation(&self, relid: u32) -> Result<Option<&RelationInfo>, PgoutputError> {
         if Some(relid) != self.relid {
             return Ok(None);
         }
-        self.relations
-            .get(&relid)
-            .map(Some)
-            .ok_or_else(|| format!("a change to relation {relid} before its description"))
+        self.relations.get(&relid).map(Some).ok_or_else(|| {
+            PgoutputError::Malformed(format!(
+                "a change to relation {relid} before its description"
+            ))
+        })
     }
 
-    fn parse(&self, c: &crate::ColumnMapping, t: &str) -> Result<Value, String> {
+    fn parse(&self, c: &crate::ColumnMapping, t: &str) -> Result<Value, PgoutputError> {
         text::parse(c.kind, t).map_err(|p| {
             let p = if c.redact {
                 crate::WITHHELD.to_owned()
             } else {
                 p
             };
-            format!("column {:?}: {p}", c.source)
+            PgoutputError::Value {
+                column: c.source.clone(),
+                problem: p,
+            }
         })
     }
 }
 
-fn push(open: &mut Option<Transaction>, change: Captured) -> Result<(), String> {
+fn push(open: &mut Option<Transaction>, change: Captured) -> Result<(), PgoutputError> {
     open.as_mut()
-        .ok_or("a change outside a transaction")?
+        .ok_or(PgoutputError::Malformed(
+            "a change outside a transaction".into(),
+        ))?
         .changes
         .push(change);
     Ok(())
+}
+
+/// Why a pgoutput message could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PgoutputError {
+    /// The message ends before a field it announces.
+    #[error("message cut short at byte {at}")]
+    CutShort {
+        /// Where the read ran out.
+        at: usize,
+    },
+    /// The bytes do not follow the pgoutput protocol.
+    #[error("{0}")]
+    Malformed(String),
+    /// Valid pgoutput that arbor does not read.
+    #[error("unsupported {0}")]
+    Unsupported(String),
+    /// The table's replica identity does not carry the key.
+    #[error("{0}")]
+    Identity(String),
+    /// A column's text is not a value of its kind.
+    #[error("column {column:?}: {problem}")]
+    Value {
+        /// The column.
+        column: String,
+        /// What is wrong (withheld for a redacted column).
+        problem: String,
+    },
 }
 
 /// One column of a pgoutput tuple.
@@ -748,59 +803,60 @@ impl<'a> Reader<'a> {
         Reader { buf, at: 0 }
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], PgoutputError> {
         let end = self
             .at
             .checked_add(n)
             .filter(|&e| e <= self.buf.len())
-            .ok_or_else(|| format!("message cut short at byte {}", self.at))?;
+            .ok_or(PgoutputError::CutShort { at: self.at })?;
         let s = &self.buf[self.at..end];
         self.at = end;
         Ok(s)
     }
 
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], PgoutputError> {
         let mut a = [0u8; N];
         a.copy_from_slice(self.take(N)?);
         Ok(a)
     }
 
-    fn u8(&mut self) -> Result<u8, String> {
+    fn u8(&mut self) -> Result<u8, PgoutputError> {
         Ok(self.array::<1>()?[0])
     }
 
-    fn u16(&mut self) -> Result<u16, String> {
+    fn u16(&mut self) -> Result<u16, PgoutputError> {
         Ok(u16::from_be_bytes(self.array()?))
     }
 
-    fn u32(&mut self) -> Result<u32, String> {
+    fn u32(&mut self) -> Result<u32, PgoutputError> {
         Ok(u32::from_be_bytes(self.array()?))
     }
 
-    fn i32(&mut self) -> Result<i32, String> {
+    fn i32(&mut self) -> Result<i32, PgoutputError> {
         Ok(i32::from_be_bytes(self.array()?))
     }
 
-    fn u64(&mut self) -> Result<u64, String> {
+    fn u64(&mut self) -> Result<u64, PgoutputError> {
         Ok(u64::from_be_bytes(self.array()?))
     }
 
-    fn i64(&mut self) -> Result<i64, String> {
+    fn i64(&mut self) -> Result<i64, PgoutputError> {
         Ok(i64::from_be_bytes(self.array()?))
     }
 
-    fn cstr(&mut self) -> Result<&'a str, String> {
+    fn cstr(&mut self) -> Result<&'a str, PgoutputError> {
         let rest = &self.buf[self.at..];
         let len = rest
             .iter()
             .position(|&b| b == 0)
-            .ok_or("unterminated string")?;
-        let s = std::str::from_utf8(&rest[..len]).map_err(|_| "string is not UTF-8")?;
+            .ok_or(PgoutputError::Malformed("unterminated string".into()))?;
+        let s = std::str::from_utf8(&rest[..len])
+            .map_err(|_| PgoutputError::Malformed("string is not UTF-8".into()))?;
         self.at += len + 1;
         Ok(s)
     }
 
-    fn tuple(&mut self) -> Result<Vec<Field<'a>>, String> {
+    fn tuple(&mut self) -> Result<Vec<Field<'a>>, PgoutputError> {
         let n = self.u16()?;
         let mut fields = Vec::with_capacity(usize::from(n));
         for _ in 0..n {
@@ -808,12 +864,25 @@ impl<'a> Reader<'a> {
                 b'n' => Field::Null,
                 b'u' => Field::Unchanged,
                 b't' => {
-                    let len = usize::try_from(self.u32()?).map_err(|_| "length overflow")?;
+                    let len = usize::try_from(self.u32()?)
+                        .map_err(|_| PgoutputError::Malformed("length overflow".into()))?;
                     let bytes = self.take(len)?;
-                    Field::Text(std::str::from_utf8(bytes).map_err(|_| "value is not UTF-8")?)
+                    Field::Text(
+                        std::str::from_utf8(bytes)
+                            .map_err(|_| PgoutputError::Malformed("value is not UTF-8".into()))?,
+                    )
                 }
-                b'b' => return Err("binary tuple values (arbor asks for text)".into()),
-                other => return Err(format!("unknown tuple field kind {:?}", other as char)),
+                b'b' => {
+                    return Err(PgoutputError::Unsupported(
+                        "binary tuple values (arbor asks for text)".into(),
+                    ));
+                }
+                other => {
+                    return Err(PgoutputError::Unsupported(format!(
+                        "tuple field kind {:?}",
+                        other as char
+                    )));
+                }
             });
         }
         Ok(fields)
@@ -928,7 +997,7 @@ mod tests {
         m
     }
 
-    fn run(c: &mut LogicalCapture, msgs: &[Vec<u8>]) -> Result<Vec<Transaction>, String> {
+    fn run(c: &mut LogicalCapture, msgs: &[Vec<u8>]) -> Result<Vec<Transaction>, PgoutputError> {
         let (mut open, mut out) = (None, Vec::new());
         for m in msgs {
             c.decode(m, &mut open, &mut out)?;
@@ -1068,7 +1137,7 @@ mod tests {
     fn a_relation_without_a_mapped_column_is_a_clear_error() {
         let mut c = capture();
         let err = run(&mut c, &[relation(42, &["id"])]).unwrap_err();
-        assert!(err.contains("\"name\""), "{err}");
+        assert!(err.to_string().contains("\"name\""), "{err}");
         // Other tables may look like anything.
         run(&mut c, &[relation(7, &["zzz"])]).unwrap();
     }
