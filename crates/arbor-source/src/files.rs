@@ -150,12 +150,7 @@ impl FileSource {
             .from_path(file)
             .map_err(read_err)?;
         let headers = reader.headers().map_err(read_err)?.clone();
-        let cols: Vec<_> = self
-            .mapping
-            .key()
-            .iter()
-            .chain(self.mapping.columns())
-            .collect();
+        let cols: Vec<_> = self.mapping.all_columns().collect();
         let mut index = Vec::with_capacity(cols.len());
         for c in &cols {
             let i =
@@ -228,12 +223,7 @@ impl FileSource {
             what: self.dataset(file),
             reason: e.to_string(),
         })?;
-        let cols: Vec<_> = self
-            .mapping
-            .key()
-            .iter()
-            .chain(self.mapping.columns())
-            .collect();
+        let cols: Vec<_> = self.mapping.all_columns().collect();
         let mut n = 0u64;
         for (i, line) in BufReader::new(f).lines().enumerate() {
             let line_no = i as u64 + 1;

@@ -167,6 +167,25 @@ impl From<SourceError> for ChunkError {
     }
 }
 
+/// The error of a column whose type on the server (`found`, as `server`
+/// names it) cannot be read as the kind it is mapped to.
+pub(crate) fn unreadable_column(
+    dataset: String,
+    server: &str,
+    c: &crate::ColumnMapping,
+    found: &str,
+) -> SourceError {
+    SourceError::Schema {
+        dataset,
+        problem: format!(
+            "column {:?} is {found} in {server} and cannot be read as {} (mapped to {:?})",
+            c.source,
+            c.kind,
+            c.canonical()
+        ),
+    }
+}
+
 /// The key columns, then the value columns, quoted by `ident`: `a, b, c`.
 pub(crate) fn select_list(mapping: &Mapping, ident: fn(&str) -> String) -> String {
     let cols: Vec<String> = mapping.all_columns().map(|c| ident(&c.source)).collect();

@@ -251,12 +251,7 @@ impl MysqlSource {
     }
 
     fn record(&self, row: Vec<mysql::Value>) -> Result<Record, SourceError> {
-        let cols: Vec<_> = self
-            .mapping
-            .key()
-            .iter()
-            .chain(self.mapping.columns())
-            .collect();
+        let cols: Vec<_> = self.mapping.all_columns().collect();
         let mut values = Vec::with_capacity(cols.len());
         for (v, c) in row.into_iter().zip(&cols) {
             values.push(convert(v, c.kind).map_err(|p| self.value_error(&c.source, p))?);
@@ -309,11 +304,7 @@ fn value_bytes(v: &mysql::Value) -> u64 {
 
 /// A fetched row (select-list order) into a record.
 fn row_record(context: &ChunkContext, row: Vec<mysql::Value>) -> Result<Record, SourceError> {
-    let cols = context
-        .mapping
-        .key()
-        .iter()
-        .chain(context.mapping.columns());
+    let cols = context.mapping.all_columns();
     let key_len = context.mapping.key().len();
     let mut values = Vec::with_capacity(row.len());
     for (i, (v, c)) in row.into_iter().zip(cols).enumerate() {
@@ -455,29 +446,19 @@ impl Source for MysqlSource {
             dataset: dataset.clone(),
             problem: e.to_string(),
         })?;
-        let cols: Vec<_> = self
-            .mapping
-            .key()
-            .iter()
-            .chain(self.mapping.columns())
-            .collect();
+        let cols: Vec<_> = self.mapping.all_columns().collect();
         for (c, col) in cols.iter().zip(stmt.columns().iter()) {
             if !compatible(c.kind, col) {
-                return Err(SourceError::Schema {
-                    dataset,
-                    problem: format!(
-                        "column {:?} is {:?}{} in MySQL and cannot be read as {} (mapped to {:?})",
-                        c.source,
-                        col.column_type(),
-                        if col.character_set() == BINARY_CHARSET {
-                            " (binary)"
-                        } else {
-                            ""
-                        },
-                        c.kind,
-                        c.canonical()
-                    ),
-                });
+                let found = format!(
+                    "{:?}{}",
+                    col.column_type(),
+                    if col.character_set() == BINARY_CHARSET {
+                        " (binary)"
+                    } else {
+                        ""
+                    }
+                );
+                return Err(keyset::unreadable_column(dataset, "MySQL", c, &found));
             }
         }
         self.binary_keys = stmt
@@ -605,12 +586,9 @@ impl MysqlSink {
         statement_timeout: std::time::Duration,
     ) -> Result<MysqlSink, SourceError> {
         let url = url.into();
-        let table = crate::sink::target_table(relation, &redact_url(&url))?;
+        let (table, context) = crate::sink::target(&url, relation, mapping)?;
         Ok(MysqlSink {
-            context: ChunkContext {
-                mapping,
-                dataset: format!("{}:{table}", redact_url(&url)),
-            },
+            context,
             url,
             statements: None,
             table,

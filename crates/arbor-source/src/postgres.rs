@@ -1201,26 +1201,17 @@ impl Source for PostgresSource {
                 .as_db_error()
                 .map_or_else(|| e.to_string(), |d| d.message().to_owned()),
         })?;
-        let cols: Vec<_> = self
-            .mapping
-            .key()
-            .iter()
-            .chain(self.mapping.columns())
-            .collect();
+        let cols: Vec<_> = self.mapping.all_columns().collect();
         let mut fields = Vec::with_capacity(cols.len());
         let mut select = Vec::with_capacity(cols.len());
         for (c, col) in cols.iter().zip(stmt.columns()) {
             let Some(field) = Field::of(c.kind, col.type_()) else {
-                return Err(SourceError::Schema {
+                return Err(keyset::unreadable_column(
                     dataset,
-                    problem: format!(
-                        "column {:?} is {} in PostgreSQL and cannot be read as {} (mapped to {:?})",
-                        c.source,
-                        col.type_().name(),
-                        c.kind,
-                        c.canonical()
-                    ),
-                });
+                    "PostgreSQL",
+                    c,
+                    col.type_().name(),
+                ));
             };
             fields.push(field);
             select.push(if *col.type_() == postgres::types::Type::BPCHAR {
@@ -1355,12 +1346,9 @@ impl PostgresSink {
         statement_timeout: std::time::Duration,
     ) -> Result<PostgresSink, SourceError> {
         let url = url.into();
-        let table = crate::sink::target_table(relation, &redact_url(&url))?;
+        let (table, context) = crate::sink::target(&url, relation, mapping.clone())?;
         Ok(PostgresSink {
-            context: ChunkContext {
-                mapping: mapping.clone(),
-                dataset: format!("{}:{table}", redact_url(&url)),
-            },
+            context,
             statements: crate::sink::Statements::new(
                 crate::sink::Dialect::Postgres,
                 &table,
@@ -1479,11 +1467,7 @@ fn text_values(
     context: &ChunkContext,
     row: &postgres::SimpleQueryRow,
 ) -> Result<Vec<Value>, SourceError> {
-    let cols = context
-        .mapping
-        .key()
-        .iter()
-        .chain(context.mapping.columns());
+    let cols = context.mapping.all_columns();
     cols.enumerate()
         .map(|(i, c)| match row.get(i) {
             None => Ok(Value::Null),

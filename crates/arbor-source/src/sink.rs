@@ -382,6 +382,22 @@ pub fn keys_condition_with(
     Ok(conds.join(" OR "))
 }
 
+/// What a database sink at `url` writes to: the table, and the context
+/// its errors name it by (`url:table`, the url without its password).
+pub(crate) fn target(
+    url: &str,
+    relation: crate::relation::Relation,
+    mapping: Mapping,
+) -> Result<(String, crate::keyset::ChunkContext), SourceError> {
+    let shown = crate::postgres::redact_url(url);
+    let table = target_table(relation, &shown)?;
+    let context = crate::keyset::ChunkContext {
+        mapping,
+        dataset: format!("{shown}:{table}"),
+    };
+    Ok((table, context))
+}
+
 /// The table a repair writes to: a dataset read through a query (or a
 /// filter) cannot be written back. `dataset` names it in the error.
 pub fn target_table(

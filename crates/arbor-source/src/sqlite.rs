@@ -289,9 +289,7 @@ impl Source for SqliteSource {
         };
         let cols: Vec<String> = self
             .mapping
-            .key()
-            .iter()
-            .chain(self.mapping.columns())
+            .all_columns()
             .map(|c| ident(&c.source))
             .collect();
         let filter = if since.is_some() {
