@@ -127,6 +127,8 @@ fn main() -> ExitCode {
     }
 }
 
+/// Runs one command. (Long on purpose: the dispatch of every verb, each
+/// arm a call into `cli/` or a few lines.)
 async fn run(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Agent {

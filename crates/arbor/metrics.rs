@@ -92,7 +92,8 @@ impl Metrics {
         *m.repair_writes.entry("conflict").or_default() += conflicts;
     }
 
-    /// The exposition text.
+    /// The exposition text. (Long on purpose: one block per metric family,
+    /// in the order they are exposed, each with its HELP and TYPE.)
     pub fn render(&self, state: &AgentState) -> String {
         let mut indexed = Vec::new();
         let mut lag = Vec::new();

@@ -342,6 +342,8 @@ async fn index_all(
 
 /// Runs the agent until `shutdown` resolves. `on_listening` is called with
 /// the bound address once the port is open (before indexing finishes).
+/// (Long on purpose: the wiring of every service in the order it happens;
+/// each step it takes is a named function above.)
 pub async fn run(
     config: AgentConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,

@@ -236,17 +236,21 @@ impl LogicalCapture {
             self.options.publication.clone(),
             self.options.create,
         );
-        let client = self.client()?;
-        let q = |c: &mut Client, sql: &str, params: &[&(dyn postgres::types::ToSql + Sync)]| {
-            c.query(sql, params)
-        };
+        self.check_wal_level()?;
+        let oid = self.check_replica_identity(&table_text)?;
+        self.ensure_publication(oid, &table_text, &publication, create)?;
+        self.ensure_slot(&slot, create)
+    }
 
-        let wal_level: String = q(client, "SHOW wal_level", &[])
+    /// Refuses a server without `wal_level = logical`.
+    fn check_wal_level(&mut self) -> Result<(), SourceError> {
+        let client = self.client()?;
+        let wal_level: String = client
+            .query("SHOW wal_level", &[])
             .map_err(|e| self.read_err(&e))?
             .first()
             .map(|r| r.get(0))
             .unwrap_or_default();
-        let client = self.client()?;
         if wal_level != "logical" {
             return Err(self.schema_err(format!(
                 "logical capture needs wal_level = logical (the server has {wal_level:?}); \
@@ -254,9 +258,15 @@ impl LogicalCapture {
             )));
         }
 
+        Ok(())
+    }
+
+    /// The table's oid, once its replica identity is known to carry the
+    /// dataset's key (deletes must say which record went).
+    fn check_replica_identity(&mut self, table_text: &str) -> Result<u32, SourceError> {
+        let client = self.client()?;
         // The table, its replica identity and the columns that identity carries.
-        let rows = q(
-            client,
+        let rows = client.query(
             "SELECT c.oid, c.relreplident::text FROM pg_class c WHERE c.oid = $1::text::regclass",
             &[&table_text],
         );
@@ -286,19 +296,19 @@ impl LogicalCapture {
                 } else {
                     "i.indisprimary"
                 };
-                q(
-                    client,
-                    &format!(
-                        "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a \
+                client
+                    .query(
+                        &format!(
+                            "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a \
                          ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
                          WHERE i.indrelid = $1 AND {which}"
-                    ),
-                    &[&oid],
-                )
-                .map_err(|e| self.read_err(&e))?
-                .iter()
-                .map(|r| r.get(0))
-                .collect()
+                        ),
+                        &[&oid],
+                    )
+                    .map_err(|e| self.read_err(&e))?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect()
             }
         };
         if identity != "f" {
@@ -326,12 +336,20 @@ impl LogicalCapture {
             }
         }
         self.relid = Some(oid);
+        Ok(oid)
+    }
 
+    /// The publication, created when missing and `create` allows it.
+    fn ensure_publication(
+        &mut self,
+        oid: u32,
+        table_text: &str,
+        publication: &str,
+        create: bool,
+    ) -> Result<(), SourceError> {
         // The publication.
         let client = self.client()?;
-        let published = q(
-            client,
-            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1), \
+        let published = client.query("SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1), \
                     EXISTS (SELECT 1 FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid \
                             WHERE p.pubname = $1 AND r.prrelid = $2) \
                     OR EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1 AND puballtables)",
@@ -346,7 +364,7 @@ impl LogicalCapture {
             (false, _, true) => {
                 let sql = format!(
                     "CREATE PUBLICATION {} FOR TABLE {}",
-                    ident(&publication),
+                    ident(publication),
                     table_text
                 );
                 self.client()?
@@ -359,7 +377,7 @@ impl LogicalCapture {
                     "publication {publication:?} does not include table {}; \
                      ALTER PUBLICATION {} ADD TABLE {}",
                     self.table,
-                    ident(&publication),
+                    ident(publication),
                     table_text
                 )));
             }
@@ -367,17 +385,21 @@ impl LogicalCapture {
                 return Err(self.schema_err(format!(
                     "publication {publication:?} does not exist; create it \
                      (CREATE PUBLICATION {} FOR TABLE {}) or set create = true",
-                    ident(&publication),
+                    ident(publication),
                     table_text
                 )));
             }
         }
 
+        Ok(())
+    }
+
+    /// The slot: an existing pgoutput slot of this database, or a new one
+    /// when `create` allows it (a lost slot is replaced).
+    fn ensure_slot(&mut self, slot: &str, create: bool) -> Result<SlotState, SourceError> {
         // The slot.
         let client = self.client()?;
-        let slot_rows = q(
-            client,
-            "SELECT plugin::text, confirmed_flush_lsn::text, database::text = current_database(), \
+        let slot_rows = client.query("SELECT plugin::text, confirmed_flush_lsn::text, database::text = current_database(), \
                     to_jsonb(s) ->> 'wal_status' \
              FROM pg_replication_slots s WHERE slot_name = $1",
             &[&slot],
@@ -426,12 +448,12 @@ impl LogicalCapture {
             )));
         }
         let client = self.client()?;
-        let made = q(
-            client,
-            "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
-            &[&slot],
-        )
-        .map_err(|e| self.read_err(&e))?;
+        let made = client
+            .query(
+                "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
+                &[&slot],
+            )
+            .map_err(|e| self.read_err(&e))?;
         let lsn: String = made.first().map(|r| r.get(0)).unwrap_or_default();
         let confirmed = lsn.parse::<Lsn>().map_err(|p| self.schema_err(p))?;
         debug!(%slot, %confirmed, "replication slot created");
@@ -440,7 +462,6 @@ impl LogicalCapture {
             confirmed_flush: confirmed,
         })
     }
-
     /// Reads (without consuming) the next committed transactions, stopping
     /// after about `max_changes` changes (whole transactions only). Those
     /// that touch other tables come back with no changes, so the slot can
@@ -519,6 +540,7 @@ impl LogicalCapture {
     }
 
     /// Decodes one pgoutput message into the transaction being read.
+    /// (Long on purpose: one arm per message type, in the protocol's order.)
     fn decode(
         &mut self,
         data: &[u8],

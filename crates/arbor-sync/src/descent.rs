@@ -247,6 +247,9 @@ pub async fn compare<L: Peer, R: Peer>(
     outcome
 }
 
+/// The descent itself (see the module diagram). (Long on purpose: one loop
+/// over levels whose steps share the frontier, the budgets and the stats;
+/// split, each piece would carry all of them.)
 async fn descend<L: Peer, R: Peer>(
     left: &L,
     right: &R,
