@@ -26,6 +26,7 @@ use tracing::{info, warn};
 
 use crate::config::SyncJobConfig;
 use crate::dataset::AgentState;
+use crate::error::OpError;
 use crate::sync::{Action, Policy, Remote, Rule, Side, SideAt, Sides, SyncOptions, SyncReport};
 
 /// Pause after a captured change before a real-time run starts, so a burst
@@ -167,6 +168,11 @@ pub struct Conflict {
     pub last_seen: String,
 }
 
+/// The error of a conflict call on an agent that keeps no conflicts.
+fn no_store() -> OpError {
+    OpError::NotReady("this agent keeps no conflict store".into())
+}
+
 fn conflict_id(job: &str, peer: &str, key: &str) -> String {
     let h = blake3::hash(format!("{job}\0{peer}\0{key}").as_bytes());
     hex::encode(&h.as_bytes()[..8])
@@ -180,29 +186,33 @@ impl<R: Remote> Jobs<R> {
     }
 
     /// A job's last `limit` runs, newest first, as recorded.
-    pub fn history(&self, job: &str, limit: usize) -> Result<Vec<String>, String> {
+    pub fn history(&self, job: &str, limit: usize) -> Result<Vec<String>, OpError> {
         if self.job(job).is_none() {
-            return Err(format!("no sync job {job:?}"));
+            return Err(OpError::NotFound(format!("no sync job {job:?}")));
         }
         let Some(runs) = &self.runs else {
             return Ok(Vec::new());
         };
-        runs.sync_runs(job, limit)
-            .map_err(|e| e.to_string())?
+        runs.sync_runs(job, limit)?
             .into_iter()
-            .map(|(_, raw)| String::from_utf8(raw).map_err(|e| e.to_string()))
+            .map(|(_, raw)| {
+                String::from_utf8(raw)
+                    .map_err(|e| OpError::DataLoss(format!("a recorded run of job {job:?}: {e}")))
+            })
             .collect()
     }
 
     /// Queued conflicts.
-    pub fn conflicts(&self) -> Result<Vec<Conflict>, String> {
+    pub fn conflicts(&self) -> Result<Vec<Conflict>, OpError> {
         let Some(runs) = &self.runs else {
             return Ok(Vec::new());
         };
-        runs.conflicts()
-            .map_err(|e| e.to_string())?
+        runs.conflicts()?
             .iter()
-            .map(|raw| serde_json::from_slice(raw).map_err(|e| format!("a queued conflict: {e}")))
+            .map(|raw| {
+                serde_json::from_slice(raw)
+                    .map_err(|e| OpError::DataLoss(format!("a queued conflict: {e}")))
+            })
             .collect()
     }
 
@@ -214,22 +224,23 @@ impl<R: Remote> Jobs<R> {
         peer: &str,
         peer_dataset: &str,
         rows: &[Unresolved],
-    ) -> Result<Vec<String>, String> {
-        let runs = self.runs.as_ref().ok_or("no conflict store")?;
+    ) -> Result<Vec<String>, OpError> {
+        let runs = self.runs.as_ref().ok_or_else(no_store)?;
         queue_conflicts(runs, ONE_SHOT_JOB, dataset, peer, peer_dataset, rows)
     }
 
     /// Settles a queued conflict by taking `take`'s row (`source`: this
     /// agent's, `target`: the peer's); the conflict leaves the queue when the
     /// key no longer drifts. Returns the sync report.
-    pub async fn resolve(&self, id: &str, take: Side) -> Result<SyncReport, String> {
-        let runs = self.runs.as_ref().ok_or("no conflict store")?;
+    pub async fn resolve(&self, id: &str, take: Side) -> Result<SyncReport, OpError> {
+        let runs = self.runs.as_ref().ok_or_else(no_store)?;
         let raw = runs
-            .get_conflict(id)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("no queued conflict {id:?}"))?;
-        let c: Conflict = serde_json::from_slice(&raw).map_err(|e| e.to_string())?;
-        let key = hex::decode(&c.canonical_key).map_err(|e| e.to_string())?;
+            .get_conflict(id)?
+            .ok_or_else(|| OpError::NotFound(format!("no queued conflict {id:?}")))?;
+        let unreadable =
+            |e: &dyn std::fmt::Display| OpError::DataLoss(format!("queued conflict {id:?}: {e}"));
+        let c: Conflict = serde_json::from_slice(&raw).map_err(|e| unreadable(&e))?;
+        let key = hex::decode(&c.canonical_key).map_err(|e| unreadable(&e))?;
         let opts = SyncOptions {
             source: self.home.address.clone(),
             target: c.peer.clone(),
@@ -246,14 +257,16 @@ impl<R: Remote> Jobs<R> {
             max_share: 1.0,
         };
         let sides = self.home.sides(&opts);
+        // A run that cannot reach a side now may pass later.
+        let failed = |e: crate::sync::SyncError| OpError::Unavailable(e.to_string());
         let (actions, report) = crate::sync::plan_with(&opts, &sides, false)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(failed)?;
         let report = crate::sync::execute_with(&opts, &sides, &actions, report)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(failed)?;
         if report.drift_after == Some(0) {
-            runs.delete_conflict(id).map_err(|e| e.to_string())?;
+            runs.delete_conflict(id)?;
             info!(conflict = id, key = %c.key, ?take, "conflict resolved");
         }
         Ok(report)
@@ -320,9 +333,11 @@ impl<R: Remote> Jobs<R> {
 
     /// Runs a job now (unless it is running); returns its run, or `None`
     /// when the job is unknown.
-    pub async fn run_now(&self, name: &str) -> Option<Result<JobRun, String>> {
-        let job = self.job(name)?;
-        Some(run(job, &self.home, self.runs.as_deref(), "request").await)
+    pub async fn run_now(&self, name: &str) -> Result<JobRun, OpError> {
+        let job = self
+            .job(name)
+            .ok_or_else(|| OpError::NotFound(format!("no sync job {name:?}")))?;
+        run(job, &self.home, self.runs.as_deref(), "request").await
     }
 
     /// Starts the scheduled and real-time triggers of every job.
@@ -372,12 +387,15 @@ async fn run<R: Remote>(
     home: &Home<R>,
     store: Option<&RunStore>,
     trigger: &str,
-) -> Result<JobRun, String> {
+) -> Result<JobRun, OpError> {
     let c = &job.config;
     if job.running.swap(true, Ordering::AcqRel) {
         job.skipped.fetch_add(1, Ordering::Relaxed);
         info!(job = %c.name, trigger, "sync job still running; trigger skipped");
-        return Err(format!("job {:?} is still running", c.name));
+        return Err(OpError::Conflict(format!(
+            "job {:?} is still running",
+            c.name
+        )));
     }
     let started_at = crate::report::now_rfc3339();
     let mut pairs = Vec::with_capacity(c.peers.len());
@@ -509,13 +527,13 @@ fn queue_conflicts(
     peer: &str,
     peer_dataset: &str,
     rows: &[Unresolved],
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, OpError> {
     let now = crate::report::now_rfc3339();
     let mut current = std::collections::HashSet::new();
     let mut ids = Vec::with_capacity(rows.len());
     for a in rows {
         let id = conflict_id(job, peer, &a.canonical_key);
-        let first_seen = match store.get_conflict(&id).map_err(|e| e.to_string())? {
+        let first_seen = match store.get_conflict(&id)? {
             Some(raw) => serde_json::from_slice::<Conflict>(&raw)
                 .map(|c| c.first_seen)
                 .unwrap_or_else(|_| now.clone()),
@@ -533,12 +551,12 @@ fn queue_conflicts(
             first_seen,
             last_seen: now.clone(),
         };
-        let raw = serde_json::to_vec(&c).map_err(|e| e.to_string())?;
-        store.put_conflict(&id, &raw).map_err(|e| e.to_string())?;
+        let raw = serde_json::to_vec(&c).map_err(|e| OpError::Internal(e.to_string()))?;
+        store.put_conflict(&id, &raw)?;
         current.insert(id.clone());
         ids.push(id);
     }
-    for raw in store.conflicts().map_err(|e| e.to_string())? {
+    for raw in store.conflicts()? {
         if let Ok(c) = serde_json::from_slice::<Conflict>(&raw)
             && c.job == job
             && c.dataset == dataset
@@ -546,7 +564,7 @@ fn queue_conflicts(
             && c.peer_dataset == peer_dataset
             && !current.contains(&c.id)
         {
-            store.delete_conflict(&c.id).map_err(|e| e.to_string())?;
+            store.delete_conflict(&c.id)?;
         }
     }
     Ok(ids)

@@ -196,13 +196,9 @@ impl AdminService for AdminServer {
         } else {
             req.limit as usize
         };
-        let runs = jobs.history(&req.job, limit).map_err(|e| {
-            if e.starts_with("no sync job") {
-                Status::not_found(e)
-            } else {
-                Status::internal(e)
-            }
-        })?;
+        let runs = jobs
+            .history(&req.job, limit)
+            .map_err(crate::grpc::status::op)?;
         Ok(Response::new(pb::ListSyncRunsResponse { runs }))
     }
 
@@ -215,7 +211,7 @@ impl AdminService for AdminServer {
         };
         let conflicts = jobs
             .conflicts()
-            .map_err(Status::internal)?
+            .map_err(crate::grpc::status::op)?
             .iter()
             .map(|c| serde_json::to_string(c).map_err(|e| Status::internal(e.to_string())))
             .collect::<Result<_, _>>()?;
@@ -258,13 +254,10 @@ impl AdminService for AdminServer {
             .jobs
             .as_ref()
             .ok_or_else(|| Status::not_found(format!("no queued conflict {:?}", req.id)))?;
-        let report = jobs.resolve(&req.id, take).await.map_err(|e| {
-            if e.starts_with("no queued conflict") {
-                Status::not_found(e)
-            } else {
-                Status::unavailable(e)
-            }
-        })?;
+        let report = jobs
+            .resolve(&req.id, take)
+            .await
+            .map_err(crate::grpc::status::op)?;
         Ok(Response::new(pb::SyncJobRun {
             json: serde_json::to_string(&report).map_err(|e| Status::internal(e.to_string()))?,
         }))
@@ -315,7 +308,7 @@ impl AdminService for AdminServer {
             .ok_or_else(|| Status::unimplemented("this server keeps no conflicts"))?;
         let ids = jobs
             .queue_one_shot(&req.dataset, &req.peer, &req.peer_dataset, &rows)
-            .map_err(Status::internal)?;
+            .map_err(crate::grpc::status::op)?;
         Ok(Response::new(pb::QueueConflictsResponse { ids }))
     }
 
@@ -328,13 +321,10 @@ impl AdminService for AdminServer {
             .jobs
             .as_ref()
             .ok_or_else(|| Status::not_found(format!("no sync job {name:?}")))?;
-        match jobs.run_now(&name).await {
-            None => Err(Status::not_found(format!("no sync job {name:?}"))),
-            Some(Err(busy)) => Err(Status::aborted(busy)),
-            Some(Ok(run)) => Ok(Response::new(pb::SyncJobRun {
-                json: serde_json::to_string(&run).map_err(|e| Status::internal(e.to_string()))?,
-            })),
-        }
+        let run = jobs.run_now(&name).await.map_err(crate::grpc::status::op)?;
+        Ok(Response::new(pb::SyncJobRun {
+            json: serde_json::to_string(&run).map_err(|e| Status::internal(e.to_string()))?,
+        }))
     }
 }
 
