@@ -586,7 +586,7 @@ impl MysqlSink {
         statement_timeout: std::time::Duration,
     ) -> Result<MysqlSink, SourceError> {
         let url = url.into();
-        let (table, context) = crate::sink::target(&url, relation, mapping)?;
+        let (table, context) = crate::sink::target(&redact_url(&url), relation, mapping)?;
         Ok(MysqlSink {
             context,
             url,

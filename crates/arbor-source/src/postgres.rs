@@ -1346,7 +1346,7 @@ impl PostgresSink {
         statement_timeout: std::time::Duration,
     ) -> Result<PostgresSink, SourceError> {
         let url = url.into();
-        let (table, context) = crate::sink::target(&url, relation, mapping.clone())?;
+        let (table, context) = crate::sink::target(&redact_url(&url), relation, mapping.clone())?;
         Ok(PostgresSink {
             context,
             statements: crate::sink::Statements::new(

@@ -382,15 +382,14 @@ pub fn keys_condition_with(
     Ok(conds.join(" OR "))
 }
 
-/// What a database sink at `url` writes to: the table, and the context
-/// its errors name it by (`url:table`, the url without its password).
+/// What a database sink writes to: the table, and the context its errors
+/// name it by (`shown:table`; `shown` is the url without its password).
 pub(crate) fn target(
-    url: &str,
+    shown: &str,
     relation: crate::relation::Relation,
     mapping: Mapping,
 ) -> Result<(String, crate::keyset::ChunkContext), SourceError> {
-    let shown = crate::postgres::redact_url(url);
-    let table = target_table(relation, &shown)?;
+    let table = target_table(relation, shown)?;
     let context = crate::keyset::ChunkContext {
         mapping,
         dataset: format!("{shown}:{table}"),
