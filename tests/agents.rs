@@ -5290,3 +5290,7 @@ fn a_failed_rescan_makes_compares_refuse_rather_than_answer_from_a_stale_index()
         .collect();
     wait_for_drift(dir.path(), &fixed.address, &moving.address, &want);
 }
+
+/// Network faults: a proxy between the parties cuts, slows or silences
+/// links (issue 18).
+mod faults;

@@ -2,12 +2,9 @@
 //!
 //! Each Describe pins a snapshot of the dataset's index in a **session**;
 //! GetNodes and StreamLeaves name the session, so every answer of one
-//! compare comes from the same state. Sessions end with EndSession or after
-//! [`ServiceLimits::session_idle`] without use; at most
-//! [`ServiceLimits::max_sessions`] are open at once, and one caller (a
-//! principal, or without principals an address) holds at most
-//! [`ServiceLimits::max_sessions_per_caller`]: opening one more closes that
-//! caller's least recently used session, so no caller can lock others out.
+//! compare comes from the same state. Sessions (and their limits) are
+//! [`arbor_agent::dataset`]'s; this service opens them for a caller: the
+//! principal the interceptor authenticated, else the caller's address.
 //!
 //! Requests are validated before any work (prefix ranges, ordering, batch
 //! sizes): a bad request is `InvalidArgument`, an unknown dataset or

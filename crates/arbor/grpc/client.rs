@@ -45,13 +45,25 @@ pub fn set_client_tls(ca: Option<&[u8]>, identity: Option<(&[u8], &[u8])>) {
     let _ = CLIENT_TLS.set(tls);
 }
 
+/// How often a connection to an agent is pinged (HTTP/2 PING).
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a ping may go unanswered before the connection is closed.
+pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// An endpoint for an agent address: `http://` in clear, `https://` with
 /// the process's client TLS.
 pub fn endpoint(address: &str) -> Result<Endpoint, String> {
     let endpoint = Endpoint::from_shared(address.to_owned())
         .map_err(|e| format!("invalid agent address {address:?}: {e}"))?
         .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        // A link that goes silent (a peer's host gone, a half-open
+        // connection, a black hole) fails the calls on it within about
+        // KEEP_ALIVE_INTERVAL + KEEP_ALIVE_TIMEOUT instead of hanging them
+        // for ever; they are then retried where the caller retries.
+        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
     if !address.starts_with("https://") {
         // A bearer token is a password: it never crosses a network in clear.
         if matches!(BEARER.get(), Some(Some(_))) && !is_loopback(endpoint.uri().host()) {

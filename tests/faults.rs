@@ -1,0 +1,357 @@
+//! Network faults between agents and between the CLI and an agent (issue
+//! 18): a proxy on loopback stands between two parties and cuts
+//! connections mid-stream, delays and throttles what flows back, or
+//! swallows replies (a half-open link). The oracle is the systems
+//! themselves: a compare either reports exactly the drift the two SQLite
+//! files hold or fails cleanly (exit 2, a stored failed run), never a false
+//! report; a sync never applies a write twice (a trigger on the target
+//! counts every update) and ends with the target equal to the source.
+//!
+//! `ARBOR_FAULT_CASES` (default 3) sets how many cut points each fault test
+//! tries; the long mode in `docs/reliability.md` runs more.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::*;
+
+/// What the proxy does to a connection.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// A connection is cut (both directions closed) once `after` bytes came
+    /// back from upstream on it; `connections` connections are, the first
+    /// ones to get that far.
+    Cut { after: usize, connections: usize },
+    /// Every chunk coming back waits `delay` plus up to `jitter`, and the
+    /// link carries at most `bytes_per_sec`.
+    Slow {
+        delay: Duration,
+        jitter: Duration,
+        bytes_per_sec: usize,
+    },
+    /// A connection stops forwarding replies after `after` bytes but stays
+    /// open (the caller hears nothing more); `connections` connections do,
+    /// the first ones to get that far.
+    HalfOpen { after: usize, connections: usize },
+}
+
+/// A TCP proxy on a loopback port chosen at run time in front of
+/// `upstream`, injecting `fault`.
+struct FaultProxy {
+    address: String,
+    /// Connections the fault struck.
+    struck: Arc<AtomicUsize>,
+}
+
+impl FaultProxy {
+    fn start(upstream: &str, fault: Fault) -> FaultProxy {
+        let upstream: SocketAddr = upstream
+            .trim_start_matches("http://")
+            .parse()
+            .expect("an agent address");
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        let struck = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&struck);
+        let limit = match fault {
+            Fault::Cut { connections, .. } | Fault::HalfOpen { connections, .. } => connections,
+            Fault::Slow { .. } => 0,
+        };
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = TcpStream::connect(upstream) else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let back = match fault {
+                    Fault::Cut { after, .. } => Back::CutAfter(after),
+                    Fault::HalfOpen { after, .. } => Back::SwallowAfter(after),
+                    Fault::Slow {
+                        delay,
+                        jitter,
+                        bytes_per_sec,
+                    } => Back::Slow(delay, jitter, bytes_per_sec),
+                };
+                let (c, s) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || pump(c, s, Back::Pass, None));
+                let strikes = (Arc::clone(&counter), limit);
+                std::thread::spawn(move || pump(server, client, back, Some(strikes)));
+            }
+        });
+        FaultProxy { address, struck }
+    }
+
+    fn struck(&self) -> usize {
+        self.struck.load(Ordering::Relaxed)
+    }
+}
+
+/// What happens to the bytes of one direction.
+#[derive(Debug, Clone, Copy)]
+enum Back {
+    Pass,
+    CutAfter(usize),
+    SwallowAfter(usize),
+    Slow(Duration, Duration, usize),
+}
+
+/// Copies `from` to `to` under `back` until either side closes. `strikes`:
+/// the proxy's count of connections struck, and how many may be.
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    back: Back,
+    strikes: Option<(Arc<AtomicUsize>, usize)>,
+) {
+    let mut buf = [0u8; 16 * 1024];
+    let mut passed = 0usize;
+    // A small LCG: jitter needs spread, not quality.
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    // Claims one of the strikes left; false once they are all used.
+    let strike = || match &strikes {
+        Some((struck, limit)) => struck
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < *limit).then_some(n + 1)
+            })
+            .is_ok(),
+        None => false,
+    };
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        match back {
+            Back::CutAfter(limit) if passed + n >= limit && strike() => {
+                let _ = to.write_all(&buf[..limit.saturating_sub(passed)]);
+                break;
+            }
+            Back::SwallowAfter(limit) if passed + n >= limit && strike() => {
+                let _ = to.write_all(&buf[..limit.saturating_sub(passed)]);
+                // Keep reading (the sender sees a live peer) and drop it all.
+                while matches!(from.read(&mut buf), Ok(n) if n > 0) {}
+                return;
+            }
+            Back::Slow(delay, jitter, bytes_per_sec) => {
+                seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                let spread = jitter.mul_f64((seed >> 11) as f64 / (1u64 << 53) as f64);
+                let wire = Duration::from_secs_f64(n as f64 / bytes_per_sec as f64);
+                std::thread::sleep(delay + spread + wire);
+            }
+            _ => {}
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        passed += n;
+    }
+    let _ = to.shutdown(Shutdown::Both);
+    let _ = from.shutdown(Shutdown::Both);
+}
+
+/// Cut points: a few spread over the first tens of kilobytes, where the
+/// handshake, the describe, the node levels and the leaves go by.
+fn cut_points() -> Vec<usize> {
+    let cases: usize = std::env::var("ARBOR_FAULT_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    (0..cases).map(|i| 200 + (i * 7_919) % 60_000).collect()
+}
+
+/// A compare whose peer is behind `fault` reports exactly the seeded drift
+/// or fails cleanly: `Ok(true)` reported, `Ok(false)` failed cleanly.
+fn compare_through(dir: &Path, agent: &AgentProcess, proxy: &FaultProxy) -> bool {
+    let (code, summary, drift) = compare(dir, &agent.address, &proxy.address);
+    match code {
+        1 => {
+            assert_eq!(summary["status"], "completed", "{summary}");
+            assert_eq!(drift_set(&drift), expected(dir), "a false report");
+            true
+        }
+        2 => {
+            assert_eq!(summary["status"], "failed", "{summary}");
+            assert!(drift.is_empty(), "a failed run shows no drift");
+            let error = summary["error"].as_str().unwrap_or_default();
+            assert!(!error.is_empty(), "a failed run says why: {summary}");
+            false
+        }
+        other => panic!("compare exit {other}, not 1 (drift) or 2 (failed): {summary}"),
+    }
+}
+
+#[test]
+fn a_compare_over_a_link_that_cuts_reports_the_drift_or_fails_cleanly() {
+    let dir = demo(5_000, 25);
+    let crm = AgentProcess::start(dir.path(), "crm.toml");
+    let erp = AgentProcess::start(dir.path(), "erp.toml");
+    let (mut reported, mut failed) = (0, 0);
+    for after in cut_points() {
+        let proxy = FaultProxy::start(
+            &erp.address,
+            Fault::Cut {
+                after,
+                connections: 2,
+            },
+        );
+        if compare_through(dir.path(), &crm, &proxy) {
+            reported += 1;
+        } else {
+            failed += 1;
+        }
+        assert!(
+            proxy.struck() > 0,
+            "the cut at {after} bytes never happened"
+        );
+    }
+    eprintln!("cut links: {reported} compares reported the drift, {failed} failed cleanly");
+}
+
+#[test]
+fn a_compare_over_a_slow_jittery_narrow_link_reports_the_exact_drift() {
+    let dir = demo(5_000, 25);
+    let crm = AgentProcess::start(dir.path(), "crm.toml");
+    let erp = AgentProcess::start(dir.path(), "erp.toml");
+    let proxy = FaultProxy::start(
+        &erp.address,
+        Fault::Slow {
+            delay: Duration::from_millis(2),
+            jitter: Duration::from_millis(8),
+            bytes_per_sec: 2 << 20,
+        },
+    );
+    assert!(
+        compare_through(dir.path(), &crm, &proxy),
+        "a slow link is no reason to fail"
+    );
+}
+
+/// A target whose every update is counted: `writes` gets a row per UPDATE.
+fn counted_pair(dir: &Path, rows: i64) {
+    for side in ["src", "dst"] {
+        let db = Connection::open(dir.join(format!("{side}.db"))).unwrap();
+        db.execute_batch(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);
+             CREATE TABLE writes (id INTEGER);
+             CREATE TRIGGER counted AFTER UPDATE ON t BEGIN INSERT INTO writes VALUES (NEW.id); END;",
+        )
+        .unwrap();
+        let v = if side == "src" { "new" } else { "old" };
+        for id in 1..=rows {
+            db.execute("INSERT INTO t VALUES (?1, ?2)", rusqlite::params![id, v])
+                .unwrap();
+        }
+        std::fs::write(
+            dir.join(format!("{side}.toml")),
+            dataset_agent(
+                &format!("{side}-data"),
+                &format!("{{ kind = \"sqlite\", path = \"{side}.db\", table = \"t\" }}"),
+                "key = [{ source = \"id\", kind = \"integer\" }]\n\
+                 columns = [{ source = \"v\", kind = \"text\" }]\n",
+                if side == "src" {
+                    "serve_values = true"
+                } else {
+                    "allow_repairs = true"
+                },
+            ),
+        )
+        .unwrap();
+    }
+}
+
+/// Updates per key on the target, and its values.
+fn target_state(dir: &Path) -> (BTreeMap<i64, i64>, BTreeSet<String>) {
+    let db = Connection::open(dir.join("dst.db")).unwrap();
+    let mut stmt = db
+        .prepare("SELECT id, count(*) FROM writes GROUP BY id")
+        .unwrap();
+    let counts = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let mut stmt = db.prepare("SELECT DISTINCT v FROM t").unwrap();
+    let values = stmt
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    (counts, values)
+}
+
+#[test]
+fn a_sync_over_links_that_cut_or_go_silent_applies_every_write_once() {
+    const ROWS: i64 = 300;
+    let mut outcomes = Vec::new();
+    for (i, after) in cut_points().into_iter().enumerate() {
+        let dir = TempDir::new().unwrap();
+        counted_pair(dir.path(), ROWS);
+        let src = AgentProcess::start(dir.path(), "src.toml");
+        let dst = AgentProcess::start(dir.path(), "dst.toml");
+        // Alternate the faults: a cut link, then one that goes silent.
+        let fault = if i % 2 == 0 {
+            Fault::Cut {
+                after,
+                connections: 2,
+            }
+        } else {
+            Fault::HalfOpen {
+                after,
+                connections: 1,
+            }
+        };
+        let proxy = FaultProxy::start(&dst.address, fault);
+        let out = arbor(
+            dir.path(),
+            &[
+                "sync",
+                "run",
+                "--source",
+                &src.address,
+                "--target",
+                &proxy.address,
+                "--dataset",
+                "customers",
+                "--execute",
+                "--json",
+                "--batch",
+                "40",
+                "--max-share",
+                "1",
+                "--retry-secs",
+                "60",
+            ],
+        );
+        let code = out.status.code();
+        if code != Some(0) {
+            // A clean failure: a rerun without the fault finishes the job.
+            assert_eq!(code, Some(2), "{}", said(&out));
+            let rerun = sync_run(
+                dir.path(),
+                &src,
+                &dst,
+                &["--execute", "--json", "--max-share", "1"],
+            );
+            assert_eq!(rerun.status.code(), Some(0), "{}", said(&rerun));
+        }
+        let (counts, values) = target_state(dir.path());
+        assert_eq!(
+            counts.len() as i64,
+            ROWS,
+            "every row was written ({fault:?})"
+        );
+        assert!(
+            counts.values().all(|&n| n == 1),
+            "a write applied twice under {fault:?}: {:?}",
+            counts.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>()
+        );
+        assert_eq!(values, BTreeSet::from(["new".to_owned()]));
+        assert!(proxy.struck() > 0, "{fault:?} never struck");
+        outcomes.push((fault, code));
+    }
+    eprintln!("sync under faults: {outcomes:?}");
+}
