@@ -5294,3 +5294,7 @@ fn a_failed_rescan_makes_compares_refuse_rather_than_answer_from_a_stale_index()
 /// Network faults: a proxy between the parties cuts, slows or silences
 /// links (issue 18).
 mod faults;
+
+/// Process-level crashes: agents killed with SIGKILL mid-build and
+/// mid-repair (issue 18).
+mod crashes;

@@ -231,7 +231,7 @@ fn a_compare_over_a_slow_jittery_narrow_link_reports_the_exact_drift() {
 }
 
 /// A target whose every update is counted: `writes` gets a row per UPDATE.
-fn counted_pair(dir: &Path, rows: i64) {
+pub(super) fn counted_pair(dir: &Path, rows: i64) {
     for side in ["src", "dst"] {
         let db = Connection::open(dir.join(format!("{side}.db"))).unwrap();
         db.execute_batch(
@@ -264,7 +264,7 @@ fn counted_pair(dir: &Path, rows: i64) {
 }
 
 /// Updates per key on the target, and its values.
-fn target_state(dir: &Path) -> (BTreeMap<i64, i64>, BTreeSet<String>) {
+pub(super) fn target_state(dir: &Path) -> (BTreeMap<i64, i64>, BTreeSet<String>) {
     let db = Connection::open(dir.join("dst.db")).unwrap();
     let mut stmt = db
         .prepare("SELECT id, count(*) FROM writes GROUP BY id")

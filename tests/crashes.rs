@@ -1,0 +1,219 @@
+//! Process-level crashes (issue 18): a real agent is killed with SIGKILL at
+//! a random moment, restarted on its data directory, and checked against
+//! an oracle.
+//!
+//! * During its full build: once ready again, the agent is in sync with a
+//!   fresh agent built from a copy of the same system (same root: one
+//!   round trip, no drift).
+//! * A repair target during a sync run's execution: the run fails cleanly
+//!   or finishes; a rerun finishes; every row was updated exactly once (a
+//!   trigger on the target counts updates) and the target equals the
+//!   source.
+//!
+//! `ARBOR_CRASH_KILLS` (default 3) sets the kills per scenario; the long
+//! mode in `docs/reliability.md` runs 100. Each kill prints its seed and
+//! delay, so a failure can be replayed.
+
+use super::*;
+
+/// Kills per scenario.
+fn kills() -> usize {
+    std::env::var("ARBOR_CRASH_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+}
+
+/// A delay in `range` milliseconds from `seed` (splitmix64).
+fn delay(seed: u64, range: std::ops::Range<u64>) -> Duration {
+    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    Duration::from_millis(range.start + z % (range.end - range.start))
+}
+
+/// The seed of a campaign: `ARBOR_CRASH_SEED`, else the clock.
+fn campaign_seed() -> u64 {
+    std::env::var("ARBOR_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        })
+}
+
+/// An SQLite table `t (id, v)` of `rows` rows in `dir/NAME.db`, and an
+/// agent config `NAME.toml` over it listening on `port` (0: any).
+fn table_agent(dir: &Path, name: &str, rows: i64, port: u16, extra: &str) {
+    let db = Connection::open(dir.join(format!("{name}.db"))).unwrap();
+    db.execute_batch(&format!(
+        "CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v TEXT);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows})
+         INSERT OR IGNORE INTO t SELECT i, 'value ' || i FROM n;"
+    ))
+    .unwrap();
+    let config = dataset_agent(
+        &format!("{name}-data"),
+        &format!("{{ kind = \"sqlite\", path = \"{name}.db\", table = \"t\" }}"),
+        "key = [{ source = \"id\", kind = \"integer\" }]\n\
+         columns = [{ source = \"v\", kind = \"text\" }]\n",
+        extra,
+    )
+    .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(dir.join(format!("{name}.toml")), config).unwrap();
+}
+
+/// Compares `left` with `right` (dataset `customers`) until both serve:
+/// (exit code, summary, drift).
+fn compare_ready(dir: &Path, left: &str, right: &str) -> (i32, Json, Vec<Json>) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (code, summary, drift) = compare(dir, left, right);
+        let indexing = summary["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("being indexed"));
+        if code == 2 && indexing && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        return (code, summary, drift);
+    }
+}
+
+#[test]
+fn an_agent_killed_during_its_build_comes_back_equal_to_a_fresh_build() {
+    const ROWS: i64 = 150_000;
+    let dir = TempDir::new().unwrap();
+    table_agent(dir.path(), "fresh", ROWS, 0, "");
+    let started = Instant::now();
+    let fresh = AgentProcess::start(dir.path(), "fresh.toml");
+    // Kills land within the time a build takes, measured on the fresh one.
+    let (code, _, _) = compare_ready(dir.path(), &fresh.address, &fresh.address);
+    assert_eq!(code, 0);
+    let build_ms = (started.elapsed().as_millis() as u64).max(100);
+    eprintln!("crash: a build of {ROWS} rows takes about {build_ms} ms");
+    let seed = campaign_seed();
+    for k in 0..kills() {
+        let name = format!("killed{k}");
+        std::fs::copy(
+            dir.path().join("fresh.db"),
+            dir.path().join(format!("{name}.db")),
+        )
+        .unwrap();
+        table_agent(dir.path(), &name, ROWS, 0, "");
+        let config = format!("{name}.toml");
+        // Killed once or twice while it builds, then left to finish.
+        for strike in 0..=(k % 2) {
+            let mut agent = AgentProcess::start(dir.path(), &config);
+            let wait = delay(seed ^ ((k as u64) << 8 | strike as u64), 20..build_ms);
+            eprintln!("crash: build of {name}, seed {seed}, kill {strike} after {wait:?}");
+            std::thread::sleep(wait);
+            agent.child.kill().unwrap();
+            agent.child.wait().unwrap();
+        }
+        let back = AgentProcess::start(dir.path(), &config);
+        let (code, summary, drift) = compare_ready(dir.path(), &back.address, &fresh.address);
+        assert_eq!(
+            code, 0,
+            "after the kills {name} differs from a fresh build: {summary}"
+        );
+        assert!(drift.is_empty(), "{drift:?}");
+        assert_eq!(summary["left"]["count"], ROWS, "{summary}");
+        assert_eq!(
+            summary["left"]["root"], summary["right"]["root"],
+            "{summary}"
+        );
+    }
+}
+
+#[test]
+fn a_target_killed_during_a_sync_applies_every_write_once() {
+    const ROWS: i64 = 2_000;
+    let seed = campaign_seed();
+    for k in 0..kills() {
+        let dir = TempDir::new().unwrap();
+        super::faults::counted_pair(dir.path(), ROWS);
+        // The target on a fixed port, so the run's retries find it again.
+        let port = free_port();
+        let config = std::fs::read_to_string(dir.path().join("dst.toml"))
+            .unwrap()
+            .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+        std::fs::write(dir.path().join("dst.toml"), config).unwrap();
+        let src = AgentProcess::start(dir.path(), "src.toml");
+        let mut dst = AgentProcess::start(dir.path(), "dst.toml");
+        // Throttled, so the run lasts about two seconds and the kill lands
+        // inside it.
+        let run = Command::new(ARBOR)
+            .args([
+                "sync",
+                "run",
+                "--source",
+                &src.address,
+                "--target",
+                &dst.address,
+                "--dataset",
+                "customers",
+                "--execute",
+                "--json",
+                "--batch",
+                "50",
+                "--max-share",
+                "1",
+                "--max-rows-per-sec",
+                "1000",
+                "--retry-secs",
+                "60",
+            ])
+            .current_dir(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let wait = delay(seed ^ k as u64, 300..2_200);
+        eprintln!("crash: sync target, seed {seed}, kill after {wait:?}");
+        std::thread::sleep(wait);
+        dst.child.kill().unwrap();
+        dst.child.wait().unwrap();
+        drop(dst);
+        let _dst = AgentProcess::start(dir.path(), "dst.toml");
+        let out = run.wait_with_output().unwrap();
+        let code = out.status.code();
+        assert!(matches!(code, Some(0) | Some(2)), "{}", said(&out));
+        // Whatever the run managed, a rerun finishes the job.
+        let rerun = arbor(
+            dir.path(),
+            &[
+                "sync",
+                "run",
+                "--source",
+                &src.address,
+                "--target",
+                &format!("http://127.0.0.1:{port}"),
+                "--dataset",
+                "customers",
+                "--execute",
+                "--json",
+                "--max-share",
+                "1",
+            ],
+        );
+        assert_eq!(rerun.status.code(), Some(0), "{}", said(&rerun));
+        let (counts, values) = super::faults::target_state(dir.path());
+        assert_eq!(counts.len() as i64, ROWS, "every row was written");
+        assert!(
+            counts.values().all(|&n| n == 1),
+            "a write applied twice after a kill at {wait:?} (seed {seed}): {:?}",
+            counts
+                .iter()
+                .filter(|(_, n)| **n > 1)
+                .take(5)
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(values, BTreeSet::from(["new".to_owned()]));
+        eprintln!("crash: sync target kill {k}: first run exit {code:?}");
+    }
+}
