@@ -153,14 +153,15 @@ fn pump(
     let _ = from.shutdown(Shutdown::Both);
 }
 
-/// Cut points: a few spread over the first tens of kilobytes, where the
-/// handshake, the describe, the node levels and the leaves go by.
+/// Cut points: spread over the first 15 kB coming back, where the
+/// handshake, the describe, the node levels, the leaves and the batches'
+/// answers go by (the scenarios below carry a little more than that).
 fn cut_points() -> Vec<usize> {
     let cases: usize = std::env::var("ARBOR_FAULT_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
-    (0..cases).map(|i| 200 + (i * 7_919) % 60_000).collect()
+    (0..cases).map(|i| 200 + (i * 7_919) % 15_000).collect()
 }
 
 /// A compare whose peer is behind `fault` reports exactly the seeded drift
