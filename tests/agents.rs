@@ -1898,19 +1898,30 @@ fn two_way_pair(dir: &Path) {
                                   (3, 'x', '2026-01-01T00:00:00Z');",
         )
         .unwrap();
-        std::fs::write(
-            dir.join(format!("{side}.toml")),
-            dataset_agent(
-                &format!("{side}-data"),
-                &format!("{{ kind = \"sqlite\", path = \"{side}.db\", table = \"t\" }}"),
-                "key = [{ source = \"id\", kind = \"integer\" }]\n\
-                 columns = [{ source = \"v\", kind = \"text\" }, { source = \"updated_at\", kind = \"timestamp\" }]\n\
-                 capture = { mode = \"rescan\", interval_secs = 3600 }\n",
-                "serve_values = true\nallow_repairs = true",
-            ),
-        )
-        .unwrap();
+        table_t_agent(
+            dir,
+            side,
+            "columns = [{ source = \"v\", kind = \"text\" }, { source = \"updated_at\", kind = \"timestamp\" }]\n\
+             capture = { mode = \"rescan\", interval_secs = 3600 }\n",
+            "serve_values = true\nallow_repairs = true",
+        );
     }
+}
+
+/// `NAME.toml`: an agent (data in `NAME-data`) over table `t` of
+/// `NAME.db`, keyed by integer `id`, with these `columns` lines and
+/// `extra` dataset lines.
+fn table_t_agent(dir: &Path, name: &str, columns: &str, extra: &str) {
+    std::fs::write(
+        dir.join(format!("{name}.toml")),
+        dataset_agent(
+            &format!("{name}-data"),
+            &format!("{{ kind = \"sqlite\", path = \"{name}.db\", table = \"t\" }}"),
+            &format!("key = [{{ source = \"id\", kind = \"integer\" }}]\n{columns}"),
+            extra,
+        ),
+    )
+    .unwrap();
 }
 
 /// The rows of one side of [`two_way_pair`]: id → (v, updated_at), the

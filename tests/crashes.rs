@@ -56,15 +56,24 @@ fn table_agent(dir: &Path, name: &str, rows: i64, port: u16, extra: &str) {
          INSERT OR IGNORE INTO t SELECT i, 'value ' || i FROM n;"
     ))
     .unwrap();
-    let config = dataset_agent(
-        &format!("{name}-data"),
-        &format!("{{ kind = \"sqlite\", path = \"{name}.db\", table = \"t\" }}"),
-        "key = [{ source = \"id\", kind = \"integer\" }]\n\
-         columns = [{ source = \"v\", kind = \"text\" }]\n",
+    table_t_agent(
+        dir,
+        name,
+        "columns = [{ source = \"v\", kind = \"text\" }]\n",
         extra,
-    )
-    .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
-    std::fs::write(dir.join(format!("{name}.toml")), config).unwrap();
+    );
+    if port != 0 {
+        on_port(dir, name, port);
+    }
+}
+
+/// Makes `NAME.toml` listen on `port`.
+fn on_port(dir: &Path, name: &str, port: u16) {
+    let path = dir.join(format!("{name}.toml"));
+    let config = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(path, config).unwrap();
 }
 
 /// Compares `left` with `right` (dataset `customers`) until both serve:
@@ -139,10 +148,7 @@ fn a_target_killed_during_a_sync_applies_every_write_once() {
         super::faults::counted_pair(dir.path(), ROWS);
         // The target on a fixed port, so the run's retries find it again.
         let port = free_port();
-        let config = std::fs::read_to_string(dir.path().join("dst.toml"))
-            .unwrap()
-            .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
-        std::fs::write(dir.path().join("dst.toml"), config).unwrap();
+        on_port(dir.path(), "dst", port);
         let src = AgentProcess::start(dir.path(), "src.toml");
         let mut dst = AgentProcess::start(dir.path(), "dst.toml");
         // Throttled, so the run lasts about two seconds and the kill lands

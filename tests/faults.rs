@@ -246,21 +246,16 @@ pub(super) fn counted_pair(dir: &Path, rows: i64) {
             db.execute("INSERT INTO t VALUES (?1, ?2)", rusqlite::params![id, v])
                 .unwrap();
         }
-        std::fs::write(
-            dir.join(format!("{side}.toml")),
-            dataset_agent(
-                &format!("{side}-data"),
-                &format!("{{ kind = \"sqlite\", path = \"{side}.db\", table = \"t\" }}"),
-                "key = [{ source = \"id\", kind = \"integer\" }]\n\
-                 columns = [{ source = \"v\", kind = \"text\" }]\n",
-                if side == "src" {
-                    "serve_values = true"
-                } else {
-                    "allow_repairs = true"
-                },
-            ),
-        )
-        .unwrap();
+        table_t_agent(
+            dir,
+            side,
+            "columns = [{ source = \"v\", kind = \"text\" }]\n",
+            if side == "src" {
+                "serve_values = true"
+            } else {
+                "allow_repairs = true"
+            },
+        );
     }
 }
 
