@@ -1499,13 +1499,18 @@ const TEN_ROWS_SEVEN_NULL: &str =
      FROM generate_series(1, 10) i;";
 
 fn sync_run(dir: &Path, source: &AgentProcess, target: &AgentProcess, extra: &[&str]) -> Output {
+    sync_run_at(dir, &source.address, &target.address, extra)
+}
+
+/// `arbor sync run` of dataset `customers` between these addresses.
+fn sync_run_at(dir: &Path, source: &str, target: &str, extra: &[&str]) -> Output {
     let mut args = vec![
         "sync",
         "run",
         "--source",
-        &source.address,
+        source,
         "--target",
-        &target.address,
+        target,
         "--dataset",
         "customers",
     ];

@@ -190,22 +190,11 @@ fn a_target_killed_during_a_sync_applies_every_write_once() {
         let code = out.status.code();
         assert!(matches!(code, Some(0) | Some(2)), "{}", said(&out));
         // Whatever the run managed, a rerun finishes the job.
-        let rerun = arbor(
+        let rerun = sync_run_at(
             dir.path(),
-            &[
-                "sync",
-                "run",
-                "--source",
-                &src.address,
-                "--target",
-                &format!("http://127.0.0.1:{port}"),
-                "--dataset",
-                "customers",
-                "--execute",
-                "--json",
-                "--max-share",
-                "1",
-            ],
+            &src.address,
+            &format!("http://127.0.0.1:{port}"),
+            &["--execute", "--json", "--max-share", "1"],
         );
         assert_eq!(rerun.status.code(), Some(0), "{}", said(&rerun));
         let (counts, values) = super::faults::target_state(dir.path());

@@ -301,17 +301,11 @@ fn a_sync_over_links_that_cut_or_go_silent_applies_every_write_once() {
             }
         };
         let proxy = FaultProxy::start(&dst.address, fault);
-        let out = arbor(
+        let out = sync_run_at(
             dir.path(),
+            &src.address,
+            &proxy.address,
             &[
-                "sync",
-                "run",
-                "--source",
-                &src.address,
-                "--target",
-                &proxy.address,
-                "--dataset",
-                "customers",
                 "--execute",
                 "--json",
                 "--batch",
