@@ -345,3 +345,52 @@ fn a_sync_over_links_that_cut_or_go_silent_applies_every_write_once() {
     }
     eprintln!("sync under faults: {outcomes:?}");
 }
+
+/// Issue 18, database faults: another session holds a lock on the table
+/// while the agent builds its index. The build fails with the server's
+/// statement timeout, compares say so, and once the lock is released the
+/// agent's retry builds an index equal to that of the same rows in SQLite.
+#[test]
+fn a_table_locked_during_the_build_is_reported_and_built_once_released() {
+    let dir = demo(3_000, 0);
+    let (mut pg, url, table) = crm_into_postgres(dir.path());
+    let config = format!(
+        "[agent]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"pg-data\"\n\n[[dataset]]\nname = \"customers\"\n\
+         secret = \"arbor demo secret: use secret_env or secret_file in production\"\n\
+         source = {{ kind = \"postgres\", url_env = \"ARBOR_TEST_POSTGRES_URL\", table = \"{table}\", statement_timeout_secs = 1 }}\n\
+         key = [{{ source = \"customer_id\", name = \"id\", kind = \"integer\" }}]\n\
+         columns = [\n  {{ source = \"email\", kind = \"text\" }},\n  {{ source = \"full_name\", name = \"name\", kind = \"text\" }},\n\
+           {{ source = \"balance\", kind = \"decimal\" }},\n]\n"
+    );
+    std::fs::write(dir.path().join("pg.toml"), config).unwrap();
+    let sqlite = AgentProcess::start(dir.path(), "crm.toml");
+    // Another session takes the table and keeps it.
+    let mut holder = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    holder
+        .batch_execute(&format!(
+            "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"
+        ))
+        .unwrap();
+    let postgres = AgentProcess::start(dir.path(), "pg.toml");
+    let (code, summary, drift) = compare(dir.path(), &sqlite.address, &postgres.address);
+    assert_eq!(code, 2, "{summary}");
+    assert!(drift.is_empty());
+    let error = summary["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("failed to index") && error.contains("statement timeout"),
+        "the failure names the build and the timeout: {error}"
+    );
+    holder.batch_execute("COMMIT").unwrap();
+    // The agent retries on its own (first after 5 s).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, summary, _) = compare(dir.path(), &sqlite.address, &postgres.address);
+        if code == 0 {
+            assert_eq!(summary["left"]["root"], summary["right"]["root"]);
+            break;
+        }
+        assert!(Instant::now() < deadline, "never recovered: {summary}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    pg.batch_execute(&format!("DROP TABLE {table}")).unwrap();
+}

@@ -108,7 +108,7 @@ impl OpError {
     pub fn is_transient(&self) -> bool {
         match self {
             OpError::Unavailable(_) => true,
-            OpError::Source(e) => matches!(e, SourceError::Open { .. } | SourceError::Read { .. }),
+            OpError::Source(e) => e.is_transient(),
             OpError::Index(e) => matches!(e, IndexError::Source(_)),
             _ => false,
         }

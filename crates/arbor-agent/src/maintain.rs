@@ -53,7 +53,16 @@ pub fn open_source(d: &DatasetConfig) -> Result<Box<dyn Source>, AgentError> {
             null.clone(),
         )),
     };
-    s.check().map_err(wrap)?;
+    match s.check() {
+        Ok(()) => {}
+        // A system down or busy at start stops nothing: every read checks
+        // again, so the build fails with the same error, is reported on
+        // the dataset and retried with backoff.
+        Err(e) if e.is_transient() => {
+            warn!(dataset = %d.name, error = %e, "the system cannot be checked now; its build will retry");
+        }
+        Err(e) => return Err(wrap(e)),
+    }
     Ok(arbor_source::redacting(s))
 }
 

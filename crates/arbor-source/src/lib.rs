@@ -87,6 +87,15 @@ pub enum SourceError {
     Stopped,
 }
 
+impl SourceError {
+    /// Whether trying again later may succeed: the system could not be
+    /// reached, or a read failed (a dropped connection, a timeout), as
+    /// opposed to a mapping that does not fit the schema or a bad value.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SourceError::Open { .. } | SourceError::Read { .. })
+    }
+}
+
 /// A dataset in a system, read through a mapping.
 pub trait Source: Send {
     /// The mapping this source reads through.

@@ -448,6 +448,15 @@ pub(crate) fn is_connection_error(e: &postgres::Error) -> bool {
         || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
 }
 
+/// Whether a statement was cancelled by a timeout (`statement_timeout`,
+/// `lock_timeout`): the server was busy, not wrong.
+pub(crate) fn is_timeout(e: &postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|d| {
+        // query_canceled, lock_not_available
+        matches!(d.code().code(), "57014" | "55P03")
+    })
+}
+
 impl PostgresSource {
     /// What this source's scans held (see [`ChunkStats`]).
     pub fn chunk_stats(&self) -> &ChunkStats {
@@ -1195,11 +1204,24 @@ impl Source for PostgresSource {
         );
         let dataset = self.dataset();
         let client = self.client()?;
-        let stmt = client.prepare(&probe).map_err(|e| SourceError::Schema {
-            dataset: dataset.clone(),
-            problem: e
+        let stmt = client.prepare(&probe).map_err(|e| {
+            let problem = e
                 .as_db_error()
-                .map_or_else(|| e.to_string(), |d| d.message().to_owned()),
+                .map_or_else(|| e.to_string(), |d| d.message().to_owned());
+            // A probe that timed out (a lock held by another session) or
+            // lost its connection says nothing about the schema: it is
+            // tried again, where a missing table or column is not.
+            if is_connection_error(&e) || is_timeout(&e) {
+                SourceError::Read {
+                    dataset: dataset.clone(),
+                    reason: problem,
+                }
+            } else {
+                SourceError::Schema {
+                    dataset: dataset.clone(),
+                    problem,
+                }
+            }
         })?;
         let cols: Vec<_> = self.mapping.all_columns().collect();
         let mut fields = Vec::with_capacity(cols.len());
