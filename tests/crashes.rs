@@ -5,6 +5,9 @@
 //! * During its full build: once ready again, the agent is in sync with a
 //!   fresh agent built from a copy of the same system (same root: one
 //!   round trip, no drift).
+//! * While it follows a table by polling under a steady write load: once
+//!   the writes stop, the restarted agent's index reaches that of a fresh
+//!   build of the table (no acknowledged change lost).
 //! * A repair target during a sync run's execution: the run fails cleanly
 //!   or finishes; a rerun finishes; every row was updated exactly once (a
 //!   trigger on the target counts updates) and the target equals the
@@ -210,5 +213,84 @@ fn a_target_killed_during_a_sync_applies_every_write_once() {
         );
         assert_eq!(values, BTreeSet::from(["new".to_owned()]));
         eprintln!("crash: sync target kill {k}: first run exit {code:?}");
+    }
+}
+
+/// Writes to the demo's `customers` in `db` until `stop`: updates of
+/// existing rows and inserts of new ones, each with a later `updated_at`.
+fn steady_writes(
+    db: PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let c = Connection::open(db).unwrap();
+        c.busy_timeout(Duration::from_secs(5)).unwrap();
+        let mut n: u64 = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let at = format!(
+                "2026-12-{:02} {:02}:{:02}:{:02}",
+                10 + n / 86_400,
+                n / 3_600 % 24,
+                n / 60 % 60,
+                n % 60
+            );
+            let sql = if n.is_multiple_of(3) {
+                format!(
+                    "INSERT INTO customers VALUES ({}, 'w{n}@example.org', 'New {n}', '1.00', '{at}')",
+                    1_000_000 + n
+                )
+            } else {
+                format!(
+                    "UPDATE customers SET email = 'w{n}@example.org', updated_at = '{at}' WHERE customer_id = {}",
+                    1 + n * 37 % 3_000
+                )
+            };
+            c.execute_batch(&sql).unwrap();
+            n += 1;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        n
+    })
+}
+
+#[test]
+fn an_agent_killed_while_polling_under_writes_loses_no_change() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let seed = campaign_seed();
+    for k in 0..kills() {
+        let dir = demo(3_000, 0);
+        followed_copy(
+            dir.path(),
+            "polled",
+            "capture = { mode = \"poll\", column = \"updated_at\", interval_secs = 1, rescan_interval_secs = 3600 }\n",
+        );
+        let mut polled = AgentProcess::start(dir.path(), "polled.toml");
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = steady_writes(dir.path().join("polled.db"), Arc::clone(&stop));
+        let wait = delay(seed ^ k as u64, 300..2_500);
+        eprintln!("crash: polling agent, seed {seed}, kill after {wait:?}");
+        std::thread::sleep(wait);
+        polled.child.kill().unwrap();
+        polled.child.wait().unwrap();
+        drop(polled);
+        let polled = AgentProcess::start(dir.path(), "polled.toml");
+        std::thread::sleep(Duration::from_millis(1_500));
+        stop.store(true, Ordering::Relaxed);
+        let writes = writer.join().unwrap();
+        // The oracle: a fresh build of the system as the writes left it.
+        std::fs::copy(dir.path().join("polled.db"), dir.path().join("oracle.db")).unwrap();
+        let config = std::fs::read_to_string(dir.path().join("crm.toml"))
+            .unwrap()
+            .replace("crm-data", "oracle-data")
+            .replace("path = \"crm.db\"", "path = \"oracle.db\"");
+        std::fs::write(dir.path().join("oracle.toml"), config).unwrap();
+        let oracle = AgentProcess::start(dir.path(), "oracle.toml");
+        let summary = wait_for_drift(dir.path(), &oracle.address, &polled.address, &Drift::new());
+        assert_eq!(
+            summary["left"]["root"], summary["right"]["root"],
+            "{summary}"
+        );
+        eprintln!("crash: polling agent kill {k}: {writes} writes, none lost");
     }
 }
