@@ -8,7 +8,9 @@
 //! * While it follows a table by polling under a steady write load: once
 //!   the writes stop, the restarted agent's index reaches that of a fresh
 //!   build of the table (no acknowledged change lost).
-//! * A repair target during a sync run's execution: the run fails cleanly
+//! * While it follows a table by rescanning (every second) under the same
+//!   load: the same oracle.
+//! * The source or the target of a sync run during its execution: the run fails cleanly
 //!   or finishes; a rerun finishes; every row was updated exactly once (a
 //!   trigger on the target counts updates) and the target equals the
 //!   source.
@@ -142,17 +144,26 @@ fn an_agent_killed_during_its_build_comes_back_equal_to_a_fresh_build() {
     }
 }
 
-#[test]
-fn a_target_killed_during_a_sync_applies_every_write_once() {
+/// Which agent of a sync run is killed.
+#[derive(Debug, Clone, Copy)]
+enum Killed {
+    Source,
+    Target,
+}
+
+/// Kills `killed` during a throttled sync run from `src` to `dst` and
+/// restarts it on its port; then checks every row was updated once.
+fn killed_during_a_sync(killed: Killed) {
     const ROWS: i64 = 2_000;
     let seed = campaign_seed();
     for k in 0..kills() {
         let dir = TempDir::new().unwrap();
         super::faults::counted_pair(dir.path(), ROWS);
-        // The target on a fixed port, so the run's retries find it again.
-        let port = free_port();
-        on_port(dir.path(), "dst", port);
-        let src = AgentProcess::start(dir.path(), "src.toml");
+        // Both on fixed ports, so the run's retries find them again.
+        let (src_port, dst_port) = (free_port(), free_port());
+        on_port(dir.path(), "src", src_port);
+        on_port(dir.path(), "dst", dst_port);
+        let mut src = AgentProcess::start(dir.path(), "src.toml");
         let mut dst = AgentProcess::start(dir.path(), "dst.toml");
         // Throttled, so the run lasts about two seconds and the kill lands
         // inside it.
@@ -183,20 +194,23 @@ fn a_target_killed_during_a_sync_applies_every_write_once() {
             .spawn()
             .unwrap();
         let wait = delay(seed ^ k as u64, 300..2_200);
-        eprintln!("crash: sync target, seed {seed}, kill after {wait:?}");
+        eprintln!("crash: sync {killed:?}, seed {seed}, kill after {wait:?}");
         std::thread::sleep(wait);
-        dst.child.kill().unwrap();
-        dst.child.wait().unwrap();
-        drop(dst);
-        let _dst = AgentProcess::start(dir.path(), "dst.toml");
+        let (victim, config) = match killed {
+            Killed::Source => (&mut src, "src.toml"),
+            Killed::Target => (&mut dst, "dst.toml"),
+        };
+        victim.child.kill().unwrap();
+        victim.child.wait().unwrap();
+        *victim = AgentProcess::start(dir.path(), config);
         let out = run.wait_with_output().unwrap();
         let code = out.status.code();
         assert!(matches!(code, Some(0) | Some(2)), "{}", said(&out));
         // Whatever the run managed, a rerun finishes the job.
-        let rerun = sync_run_at(
+        let rerun = sync_run(
             dir.path(),
-            &src.address,
-            &format!("http://127.0.0.1:{port}"),
+            &src,
+            &dst,
             &["--execute", "--json", "--max-share", "1"],
         );
         assert_eq!(rerun.status.code(), Some(0), "{}", said(&rerun));
@@ -212,8 +226,18 @@ fn a_target_killed_during_a_sync_applies_every_write_once() {
                 .collect::<Vec<_>>()
         );
         assert_eq!(values, BTreeSet::from(["new".to_owned()]));
-        eprintln!("crash: sync target kill {k}: first run exit {code:?}");
+        eprintln!("crash: sync {killed:?} kill {k}: first run exit {code:?}");
     }
+}
+
+#[test]
+fn a_target_killed_during_a_sync_applies_every_write_once() {
+    killed_during_a_sync(Killed::Target);
+}
+
+#[test]
+fn a_source_killed_during_a_sync_applies_every_write_once() {
+    killed_during_a_sync(Killed::Source);
 }
 
 /// Writes to the demo's `customers` in `db` until `stop`: updates of
@@ -253,23 +277,20 @@ fn steady_writes(
     })
 }
 
-#[test]
-fn an_agent_killed_while_polling_under_writes_loses_no_change() {
+/// Kills an agent following the demo table with `capture` while writes go
+/// on, restarts it, and checks it reaches a fresh build once they stop.
+fn killed_while_following_writes(mode: &str, capture: &str) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     let seed = campaign_seed();
     for k in 0..kills() {
         let dir = demo(3_000, 0);
-        followed_copy(
-            dir.path(),
-            "polled",
-            "capture = { mode = \"poll\", column = \"updated_at\", interval_secs = 1, rescan_interval_secs = 3600 }\n",
-        );
+        followed_copy(dir.path(), "polled", capture);
         let mut polled = AgentProcess::start(dir.path(), "polled.toml");
         let stop = Arc::new(AtomicBool::new(false));
         let writer = steady_writes(dir.path().join("polled.db"), Arc::clone(&stop));
         let wait = delay(seed ^ k as u64, 300..2_500);
-        eprintln!("crash: polling agent, seed {seed}, kill after {wait:?}");
+        eprintln!("crash: {mode} agent, seed {seed}, kill after {wait:?}");
         std::thread::sleep(wait);
         polled.child.kill().unwrap();
         polled.child.wait().unwrap();
@@ -291,6 +312,22 @@ fn an_agent_killed_while_polling_under_writes_loses_no_change() {
             summary["left"]["root"], summary["right"]["root"],
             "{summary}"
         );
-        eprintln!("crash: polling agent kill {k}: {writes} writes, none lost");
+        eprintln!("crash: {mode} agent kill {k}: {writes} writes, none lost");
     }
+}
+
+#[test]
+fn an_agent_killed_while_polling_under_writes_loses_no_change() {
+    killed_while_following_writes(
+        "polling",
+        "capture = { mode = \"poll\", column = \"updated_at\", interval_secs = 1, rescan_interval_secs = 3600 }\n",
+    );
+}
+
+#[test]
+fn an_agent_killed_while_rescanning_under_writes_loses_no_change() {
+    killed_while_following_writes(
+        "rescanning",
+        "capture = { mode = \"rescan\", interval_secs = 1 }\n",
+    );
 }
