@@ -346,45 +346,83 @@ fn a_sync_over_links_that_cut_or_go_silent_applies_every_write_once() {
     eprintln!("sync under faults: {outcomes:?}");
 }
 
+/// A step of a database-fault test run later (release a lock, drop a
+/// table).
+type Later = Box<dyn FnOnce()>;
+
+/// The server of a database-fault test.
+#[derive(Debug, Clone, Copy)]
+enum Server {
+    Postgres,
+    Mariadb,
+}
+
 /// Issue 18, database faults: another session holds a lock on the table
-/// while the agent builds its index. The build fails with the server's
-/// statement timeout, compares say so, and once the lock is released the
-/// agent's retry builds an index equal to that of the same rows in SQLite.
-#[test]
-fn a_table_locked_during_the_build_is_reported_and_built_once_released() {
+/// while the agent starts and builds its index. The build fails with the
+/// server's statement timeout, compares say so, and once the lock is
+/// released the agent's own retry builds an index with the root of the
+/// same rows in SQLite.
+fn a_locked_table(server: Server) {
+    use mysql::prelude::Queryable;
     let dir = demo(3_000, 0);
-    let (mut pg, url, table) = crm_into_postgres(dir.path());
-    let config = format!(
-        "[agent]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"pg-data\"\n\n[[dataset]]\nname = \"customers\"\n\
-         secret = \"arbor demo secret: use secret_env or secret_file in production\"\n\
-         source = {{ kind = \"postgres\", url_env = \"ARBOR_TEST_POSTGRES_URL\", table = \"{table}\", statement_timeout_secs = 1 }}\n\
-         key = [{{ source = \"customer_id\", name = \"id\", kind = \"integer\" }}]\n\
-         columns = [\n  {{ source = \"email\", kind = \"text\" }},\n  {{ source = \"full_name\", name = \"name\", kind = \"text\" }},\n\
-           {{ source = \"balance\", kind = \"decimal\" }},\n]\n"
-    );
-    std::fs::write(dir.path().join("pg.toml"), config).unwrap();
+    // The table, and a session that takes it and keeps it.
+    let (source, release, drop_table): (String, Later, Later) = match server {
+        Server::Postgres => {
+            let (mut pg, url, table) = crm_into_postgres(dir.path());
+            let mut holder = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            holder
+                .batch_execute(&format!(
+                    "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"
+                ))
+                .unwrap();
+            (
+                format!(
+                    "{{ kind = \"postgres\", url_env = \"ARBOR_TEST_POSTGRES_URL\", table = \"{table}\", statement_timeout_secs = 1 }}"
+                ),
+                Box::new(move || holder.batch_execute("COMMIT").unwrap()),
+                Box::new(move || pg.batch_execute(&format!("DROP TABLE {table}")).unwrap()),
+            )
+        }
+        Server::Mariadb => {
+            let (mut my, table) = crm_into_mariadb(dir.path());
+            let url = std::env::var("ARBOR_TEST_MYSQL_URL").unwrap();
+            let mut holder = mysql::Conn::new(mysql::Opts::from_url(&url).unwrap()).unwrap();
+            holder
+                .query_drop(format!("LOCK TABLES {table} WRITE"))
+                .unwrap();
+            (
+                format!(
+                    "{{ kind = \"mysql\", url_env = \"ARBOR_TEST_MYSQL_URL\", table = \"{table}\", statement_timeout_secs = 1 }}"
+                ),
+                Box::new(move || holder.query_drop("UNLOCK TABLES").unwrap()),
+                Box::new(move || my.query_drop(format!("DROP TABLE {table}")).unwrap()),
+            )
+        }
+    };
+    let config = std::fs::read_to_string(dir.path().join("crm.toml"))
+        .unwrap()
+        .replace("crm-data", "db-data")
+        .replace(
+            "source = { kind = \"sqlite\", path = \"crm.db\", table = \"customers\" }",
+            &format!("source = {source}"),
+        );
+    std::fs::write(dir.path().join("db.toml"), config).unwrap();
     let sqlite = AgentProcess::start(dir.path(), "crm.toml");
-    // Another session takes the table and keeps it.
-    let mut holder = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-    holder
-        .batch_execute(&format!(
-            "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"
-        ))
-        .unwrap();
-    let postgres = AgentProcess::start(dir.path(), "pg.toml");
-    let (code, summary, drift) = compare(dir.path(), &sqlite.address, &postgres.address);
+    let database = AgentProcess::start(dir.path(), "db.toml");
+    let (code, summary, drift) = compare(dir.path(), &sqlite.address, &database.address);
     assert_eq!(code, 2, "{summary}");
     assert!(drift.is_empty());
     let error = summary["error"].as_str().unwrap_or_default();
     assert!(
-        error.contains("failed to index") && error.contains("statement timeout"),
+        error.contains("failed to index")
+            && (error.contains("statement timeout") || error.contains("max_statement_time")),
         "the failure names the build and the timeout: {error}"
     );
-    holder.batch_execute("COMMIT").unwrap();
+    release();
     // The agent retries on its own (first after 5 s).
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (code, summary, _) = compare(dir.path(), &sqlite.address, &postgres.address);
+        let (code, summary, _) = compare(dir.path(), &sqlite.address, &database.address);
         if code == 0 {
             assert_eq!(summary["left"]["root"], summary["right"]["root"]);
             break;
@@ -392,5 +430,15 @@ fn a_table_locked_during_the_build_is_reported_and_built_once_released() {
         assert!(Instant::now() < deadline, "never recovered: {summary}");
         std::thread::sleep(Duration::from_millis(500));
     }
-    pg.batch_execute(&format!("DROP TABLE {table}")).unwrap();
+    drop_table();
+}
+
+#[test]
+fn a_postgres_table_locked_during_the_build_is_reported_and_built_once_released() {
+    a_locked_table(Server::Postgres);
+}
+
+#[test]
+fn a_mariadb_table_locked_during_the_build_is_reported_and_built_once_released() {
+    a_locked_table(Server::Mariadb);
 }
