@@ -19,10 +19,9 @@
 //! SIGTERM or SIGINT stop it gracefully: in-flight requests finish.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use arbor_index::{IndexError, RunStore};
+use arbor_index::RunStore;
 use tonic::Request;
 use tracing::{info, warn};
 
@@ -112,10 +111,7 @@ async fn bring_up(
 async fn bind(at: SocketAddr) -> Result<tokio::net::TcpListener, AgentError> {
     tokio::net::TcpListener::bind(at)
         .await
-        .map_err(|e| AgentError::DataDir {
-            path: PathBuf::from(at.to_string()),
-            source: e,
-        })
+        .map_err(|source| AgentError::Listen { addr: at, source })
 }
 
 /// The `grpc.health.v1` service name that answers SERVING as soon as the
@@ -131,9 +127,7 @@ async fn open_state(config: &AgentConfig) -> Result<(Arc<AgentState>, Arc<RunSto
     let opening = config.clone();
     let datasets = tokio::task::spawn_blocking(move || open_datasets(&opening))
         .await
-        .map_err(|e| {
-            AgentError::Runs(IndexError::InvalidRequest(format!("opening datasets: {e}")))
-        })??;
+        .map_err(|e| AgentError::Startup(format!("opening datasets: {e}")))??;
     let runs = Arc::new(RunStore::open(config.data_dir.join("runs")).map_err(AgentError::Runs)?);
     let orphans = fail_orphaned_runs(&runs).map_err(AgentError::Runs)?;
     if orphans > 0 {
@@ -182,9 +176,8 @@ fn reflection() -> Result<
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let failed = |e: tonic_reflection::server::Error| {
-        AgentError::Runs(IndexError::InvalidRequest(format!("reflection: {e}")))
-    };
+    let failed =
+        |e: tonic_reflection::server::Error| AgentError::Startup(format!("reflection: {e}"));
     Ok((
         builder().build_v1().map_err(failed)?,
         builder().build_v1alpha().map_err(failed)?,
@@ -368,9 +361,9 @@ pub async fn run(
         .await;
     let (reflection_v1, reflection_v1alpha) = reflection()?;
 
-    let listen_error = |e| AgentError::DataDir {
-        path: PathBuf::from(config.listen.to_string()),
-        source: e,
+    let listen_error = |source| AgentError::Listen {
+        addr: config.listen,
+        source,
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -382,12 +375,7 @@ pub async fn run(
 
     let auth = config.auth.clone().map(Arc::new);
     // Every privileged or audit call leaves a line in the audit log.
-    let audit_log = Arc::new(
-        arbor_agent::audit::AuditLog::open(&config.audit_log).map_err(|e| AgentError::DataDir {
-            path: config.audit_log.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?,
-    );
+    let audit_log = Arc::new(arbor_agent::audit::AuditLog::open(&config.audit_log)?);
     let metrics = Arc::new(crate::metrics::Metrics::default());
     if let Some(at) = config.metrics_listen {
         let listener = bind(at).await?;
@@ -489,4 +477,18 @@ pub async fn run(
     })?;
     info!("agent stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_port_in_use_is_named_as_such() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let at = taken.local_addr().unwrap();
+        let e = bind(at).await.unwrap_err();
+        assert_eq!(e.to_string(), format!("cannot listen on {at}"));
+        assert!(matches!(e, AgentError::Listen { .. }));
+    }
 }

@@ -43,6 +43,22 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    /// A port could not be listened on.
+    #[error("cannot listen on {addr}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The audit log could not be opened.
+    #[error(transparent)]
+    AuditLog(#[from] crate::audit::AuditError),
+    /// A start-up step failed for a reason of the process itself (a task
+    /// that panicked, a service that could not be built).
+    #[error("start-up: {0}")]
+    Startup(String),
     /// The server failed.
     #[error("gRPC server on {addr}")]
     Serve {
