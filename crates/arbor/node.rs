@@ -216,13 +216,14 @@ fn agent_service(
             match crate::grpc::auth::check(auth, &request, "AgentService/*", "") {
                 Ok(principal) => {
                     // The service checks the dataset each message names.
-                    if let Some(scope) = crate::grpc::auth::scope_of(auth, &request) {
-                        request.extensions_mut().insert(scope);
+                    if let Some(datasets) = &principal.datasets {
+                        request
+                            .extensions_mut()
+                            .insert(crate::grpc::auth::DatasetScope(datasets.clone()));
                     }
                     // Sessions are counted per principal.
-                    request
-                        .extensions_mut()
-                        .insert(arbor_agent::dataset::SessionOwner(principal));
+                    let owner = arbor_agent::dataset::SessionOwner(principal.name.clone());
+                    request.extensions_mut().insert(owner);
                     Ok(request)
                 }
                 Err(status) => {

@@ -71,7 +71,9 @@ impl<S> Audited<S> {
     ) -> Result<Caller, Status> {
         let mut caller = who(request);
         let decided = match &self.auth {
-            Some(auth) => crate::grpc::auth::check(auth, request, call, dataset),
+            Some(auth) => {
+                crate::grpc::auth::check(auth, request, call, dataset).map(|p| p.name.clone())
+            }
             None if !self.insecure && crate::grpc::auth::writes_or_reveals(call) => {
                 Err(Status::permission_denied(format!(
                     "{call} writes or reveals values, and this agent has no [agent.auth]: \

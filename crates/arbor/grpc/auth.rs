@@ -58,26 +58,22 @@ pub fn identify<'a, T>(
     Ok(client_cn(request).and_then(|cn| auth.by_cert_cn(&cn)))
 }
 
-/// The datasets the caller of `request` is limited to, if it is.
-pub fn scope_of<T>(auth: &Auth, request: &Request<T>) -> Option<DatasetScope> {
-    let principal = identify(auth, request).ok()??;
-    principal.datasets.clone().map(DatasetScope)
-}
-
-/// Admits a call or says why not; `Ok` is the principal's name.
-pub fn check<T>(
-    auth: &Auth,
+/// Admits a call or says why not; `Ok` is the principal, identified once
+/// (its name for the audit log, its datasets for the scope).
+pub fn check<'a, T>(
+    auth: &'a Auth,
     request: &Request<T>,
     call: &str,
     dataset: &str,
-) -> Result<String, Status> {
+) -> Result<&'a Principal, Status> {
     let principal = identify(auth, request)?.ok_or_else(|| {
         crate::grpc::status::denied(Denied::Unauthenticated(format!(
             "{call} needs credentials: a client certificate or a bearer token"
         )))
     })?;
     auth.admit(principal, call, dataset)
-        .map_err(crate::grpc::status::denied)
+        .map_err(crate::grpc::status::denied)?;
+    Ok(principal)
 }
 
 #[cfg(test)]
@@ -110,10 +106,12 @@ mod tests {
         let a = auth();
         let compare = "AuditService/Compare";
         assert_eq!(
-            check(&a, &with_token(Some("s3cret")), compare, "customers").unwrap(),
+            check(&a, &with_token(Some("s3cret")), compare, "customers")
+                .unwrap()
+                .name,
             "nightly"
         );
-        let code = |r: Result<String, Status>| r.unwrap_err().code();
+        let code = |r: Result<&Principal, Status>| r.unwrap_err().code();
         assert_eq!(
             code(check(&a, &with_token(None), compare, "customers")),
             tonic::Code::Unauthenticated
