@@ -2,7 +2,8 @@
 # tools/test.sh (and anything else that needs real databases).
 #
 #   arbor_databases_up     exports ARBOR_TEST_POSTGRES_URL and ARBOR_TEST_MYSQL_URL
-#                          (and ARBOR_TEST_POSTGRES_RESTART for a private instance)
+#                          (and ARBOR_TEST_POSTGRES_RESTART, ARBOR_TEST_MYSQL_RESTART:
+#                          commands that restart a private instance)
 #   arbor_databases_down   stops what arbor_databases_up started (and only that)
 #
 # For each engine, in order: a URL already in the environment is used as is;
@@ -124,17 +125,30 @@ arbor__mysql_up() {
   mariadb-install-db --no-defaults --datadir="$dir/data" --user="$user" \
     --auth-root-authentication-method=normal >"$dir/install.log" 2>&1 \
     || { cat "$dir/install.log" >&2; return 1; }
-  "$server" --no-defaults --datadir="$dir/data" --user="$user" --port="$port" \
-    --bind-address=127.0.0.1 --socket="$dir/mysqld.sock" --pid-file="$dir/mysqld.pid" \
-    --log-error="$dir/error.log" --skip-name-resolve --server-id=1 \
-    --log-bin="$dir/binlog" --binlog-format=ROW --innodb-flush-log-at-trx-commit=2 \
-    >/dev/null 2>&1 &
+  # The start, as a script: tests restart a private instance with it
+  # (ARBOR_TEST_MYSQL_RESTART), as pg_ctl restart does for PostgreSQL.
+  cat >"$dir/start.sh" <<EOF
+#!/usr/bin/env bash
+"$server" --no-defaults --datadir="$dir/data" --user="$user" --port="$port" \\
+  --bind-address=127.0.0.1 --socket="$dir/mysqld.sock" --pid-file="$dir/mysqld.pid" \\
+  --log-error="$dir/error.log" --skip-name-resolve --server-id=1 \\
+  --log-bin="$dir/binlog" --binlog-format=ROW --innodb-flush-log-at-trx-commit=2 \\
+  >/dev/null 2>&1 </dev/null &
+for i in \$(seq 1 120); do
+  mariadb-admin --no-defaults --socket="$dir/mysqld.sock" -uroot ping >/dev/null 2>&1 && exit 0
+  sleep 0.5
+done
+echo "mariadb did not answer within 60 s; see $dir/error.log" >&2
+exit 1
+EOF
+  cat >"$dir/restart.sh" <<EOF
+#!/usr/bin/env bash
+mariadb-admin --no-defaults --socket="$dir/mysqld.sock" -uroot shutdown || exit 1
+exec bash "$dir/start.sh"
+EOF
   ARBOR_DB_STARTED_MY="$dir"
-  local i
-  for i in $(seq 1 120); do
-    mariadb-admin --no-defaults --socket="$dir/mysqld.sock" -uroot ping >/dev/null 2>&1 && break
-    sleep 0.5
-  done
+  bash "$dir/start.sh" || return 1
+  export ARBOR_TEST_MYSQL_RESTART="bash $dir/restart.sh"
   mariadb --no-defaults --socket="$dir/mysqld.sock" -uroot -e "$setup_sql" \
     || { cat "$dir/error.log" >&2; return 1; }
   export ARBOR_TEST_MYSQL_URL="mysql://arbor:arbor@127.0.0.1:$port/arbor_test"

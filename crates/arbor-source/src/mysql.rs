@@ -186,8 +186,12 @@ fn open_session(
 }
 
 fn is_connection_error(e: &mysql::Error) -> bool {
-    matches!(e, mysql::Error::IoError(_) | mysql::Error::DriverError(_))
-        || matches!(e, mysql::Error::MySqlError(m) if matches!(m.code, 1053 | 2006 | 2013 | 1927))
+    // A write to a socket the server closed (a restart) comes back as a
+    // codec error around the broken pipe.
+    matches!(
+        e,
+        mysql::Error::IoError(_) | mysql::Error::CodecError(_) | mysql::Error::DriverError(_)
+    ) || matches!(e, mysql::Error::MySqlError(m) if matches!(m.code, 1053 | 2006 | 2013 | 1927))
 }
 
 impl MysqlSource {
@@ -240,6 +244,19 @@ impl MysqlSource {
             self.conn = Some(self.connect()?);
         }
         Ok(self.conn.as_mut().expect("connected above"))
+    }
+
+    /// A failed read. A connection the error left unusable (the server
+    /// restarted, the link broke) is dropped, so the next call connects
+    /// again instead of failing on the dead socket for ever.
+    fn read_failed(&mut self, e: mysql::Error) -> SourceError {
+        if is_connection_error(&e) {
+            self.conn = None;
+        }
+        SourceError::Read {
+            dataset: self.dataset(),
+            reason: e.to_string(),
+        }
     }
 
     fn value_error(&self, column: &str, problem: String) -> SourceError {
@@ -442,10 +459,18 @@ impl Source for MysqlSource {
     fn check(&mut self) -> Result<(), SourceError> {
         let probe = format!("SELECT {} FROM {} LIMIT 0", self.columns_sql(), self.from());
         let dataset = self.dataset();
-        let stmt = self.conn()?.prep(&probe).map_err(|e| SourceError::Schema {
-            dataset: dataset.clone(),
-            problem: e.to_string(),
-        })?;
+        let stmt = match self.conn()?.prep(&probe) {
+            Ok(stmt) => stmt,
+            // A lost connection says nothing of the schema: a read error,
+            // retried, not a reason to stop.
+            Err(e) if is_connection_error(&e) => return Err(self.read_failed(e)),
+            Err(e) => {
+                return Err(SourceError::Schema {
+                    dataset,
+                    problem: e.to_string(),
+                });
+            }
+        };
         let cols: Vec<_> = self.mapping.all_columns().collect();
         for (c, col) in cols.iter().zip(stmt.columns().iter()) {
             if !compatible(c.kind, col) {
@@ -507,14 +532,10 @@ impl Source for MysqlSource {
             .map(|s| mysql::Value::Bytes(s.as_bytes().to_vec()))
             .into_iter()
             .collect();
-        let dataset = self.dataset();
-        let rows: Vec<mysql::Row> =
-            self.conn()?
-                .exec(sql.as_str(), params)
-                .map_err(|e| SourceError::Read {
-                    dataset,
-                    reason: e.to_string(),
-                })?;
+        let rows: Vec<mysql::Row> = match self.conn()?.exec(sql.as_str(), params) {
+            Ok(rows) => rows,
+            Err(e) => return Err(self.read_failed(e)),
+        };
         let mut last = None;
         for row in rows {
             let mut values = row.unwrap();
@@ -542,14 +563,10 @@ impl Source for MysqlSource {
                 self.columns_sql(),
                 self.from()
             );
-            let dataset = self.dataset();
-            let rows: Vec<mysql::Row> =
-                self.conn()?
-                    .exec(sql.as_str(), ())
-                    .map_err(|e| SourceError::Read {
-                        dataset,
-                        reason: e.to_string(),
-                    })?;
+            let rows: Vec<mysql::Row> = match self.conn()?.exec(sql.as_str(), ()) {
+                Ok(rows) => rows,
+                Err(e) => return Err(self.read_failed(e)),
+            };
             rows.into_iter()
                 .map(|row| self.record(row.unwrap()))
                 .collect()

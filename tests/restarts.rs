@@ -1,0 +1,128 @@
+//! Database restarts (issue 18): the server an agent follows is restarted
+//! while the agent captures its changes under a steady write load.
+//!
+//! * PostgreSQL, followed by logical capture: the slot survives the
+//!   restart; the agent reconnects and resumes from what its index holds.
+//! * MariaDB, followed by polling (and a rescan for deletes): the agent
+//!   reconnects and resumes from its watermark.
+//!
+//! The oracle in both: once the writes stop, the agent's index equals a
+//! fresh build of the table (same root), so no acknowledged change was
+//! lost and none applied twice.
+//!
+//! A restart cuts every session of the server, so these tests must not
+//! run beside others: `tools/test.sh` runs the suite with
+//! `--skip restarts::`, then this module alone, one test at a time. They
+//! need the restart commands `tools/databases.sh` exports for its private
+//! instances; under CI their absence is a failure.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::crashes::{LogicalFollow, Server, server_config, steady_server_writes};
+use super::*;
+
+/// Restarts of the server per test.
+const RESTARTS: usize = 2;
+
+/// The command that restarts the private instance, from `var`.
+fn restart_command(var: &str) -> Option<String> {
+    let command = std::env::var(var).ok();
+    if command.is_none() {
+        skip(&format!(
+            "{var} is not set: the server is not a private instance of tools/databases.sh"
+        ));
+    }
+    command
+}
+
+fn restart(command: &str) {
+    let started = Instant::now();
+    let status = Command::new("sh").arg("-c").arg(command).status().unwrap();
+    assert!(status.success(), "restart failed: {command}");
+    eprintln!("restart: {command:?} took {:?}", started.elapsed());
+}
+
+/// Restarts the server twice under writes while `followed` follows
+/// `table`, then checks it equals a fresh build made by `fresh`.
+fn restarted_under_writes(
+    dir: &Path,
+    server: Server,
+    table: &str,
+    command: &str,
+    followed: &str,
+    fresh: &str,
+) {
+    let agent = AgentProcess::start(dir, followed);
+    let (code, summary, _) = compare(dir, &agent.address, &agent.address);
+    assert_eq!(code, 0, "{summary}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = steady_server_writes(server, table.to_owned(), Arc::clone(&stop), 5_000_000);
+    for _ in 0..RESTARTS {
+        std::thread::sleep(Duration::from_millis(1_500));
+        restart(command);
+    }
+    std::thread::sleep(Duration::from_millis(1_500));
+    stop.store(true, Ordering::Relaxed);
+    let writes = writer.join().unwrap();
+    let oracle = AgentProcess::start(dir, fresh);
+    let summary = wait_in_sync(dir, &oracle.address, &agent.address);
+    assert_eq!(
+        summary["left"]["root"], summary["right"]["root"],
+        "{summary}"
+    );
+    eprintln!("restart: {server:?}: {RESTARTS} restarts, {writes} writes, none lost");
+}
+
+#[test]
+fn postgres_restarted_during_logical_capture_under_writes_loses_no_change() {
+    let Some(command) = restart_command("ARBOR_TEST_POSTGRES_RESTART") else {
+        return;
+    };
+    let dir = demo(2_000, 0);
+    let Some(follow) = LogicalFollow::new(dir.path(), "arbor_restart") else {
+        return;
+    };
+    follow.config(dir.path(), "logical", true);
+    follow.config(dir.path(), "fresh", false);
+    restarted_under_writes(
+        dir.path(),
+        Server::Postgres,
+        &follow.table,
+        &command,
+        "logical.toml",
+        "fresh.toml",
+    );
+}
+
+#[test]
+fn mariadb_restarted_during_poll_capture_under_writes_loses_no_change() {
+    use mysql::prelude::Queryable;
+    let Some(command) = restart_command("ARBOR_TEST_MYSQL_RESTART") else {
+        return;
+    };
+    let dir = demo(2_000, 0);
+    let (mut my, table) = crm_into_mariadb(dir.path());
+    // Every write stamps the row, so polling sees it.
+    my.query_drop(format!(
+        "ALTER TABLE {table} MODIFY updated_at datetime(6) NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6)"
+    ))
+    .unwrap();
+    let capture = "capture = { mode = \"poll\", column = \"updated_at\", interval_secs = 1, rescan_interval_secs = 5 }\n";
+    for (name, capture) in [("polled", capture), ("fresh", "")] {
+        std::fs::write(
+            dir.path().join(format!("{name}.toml")),
+            server_config(name, "mysql", "ARBOR_TEST_MYSQL_URL", &table, capture),
+        )
+        .unwrap();
+    }
+    drop(my);
+    restarted_under_writes(
+        dir.path(),
+        Server::Mariadb,
+        &table,
+        &command,
+        "polled.toml",
+        "fresh.toml",
+    );
+}
