@@ -30,7 +30,7 @@ fn kills() -> usize {
 }
 
 /// A delay in `range` milliseconds from `seed` (splitmix64).
-fn delay(seed: u64, range: std::ops::Range<u64>) -> Duration {
+pub(super) fn delay(seed: u64, range: std::ops::Range<u64>) -> Duration {
     let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -39,7 +39,7 @@ fn delay(seed: u64, range: std::ops::Range<u64>) -> Duration {
 }
 
 /// The seed of a campaign: `ARBOR_CRASH_SEED`, else the clock.
-fn campaign_seed() -> u64 {
+pub(super) fn campaign_seed() -> u64 {
     std::env::var("ARBOR_CRASH_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -53,7 +53,7 @@ fn campaign_seed() -> u64 {
 
 /// An SQLite table `t (id, v)` of `rows` rows in `dir/NAME.db`, and an
 /// agent config `NAME.toml` over it listening on `port` (0: any).
-fn table_agent(dir: &Path, name: &str, rows: i64, port: u16, extra: &str) {
+pub(super) fn table_agent(dir: &Path, name: &str, rows: i64, port: u16, extra: &str) {
     let db = Connection::open(dir.join(format!("{name}.db"))).unwrap();
     db.execute_batch(&format!(
         "CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v TEXT);
@@ -330,4 +330,211 @@ fn an_agent_killed_while_rescanning_under_writes_loses_no_change() {
         "rescanning",
         "capture = { mode = \"rescan\", interval_secs = 1 }\n",
     );
+}
+
+/// A database server the demo's customers were copied into.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Server {
+    Postgres,
+    Mariadb,
+}
+
+/// A connection to a [`Server`] that comes back after the server restarts.
+enum ServerConn {
+    Postgres(Box<postgres::Client>),
+    Mariadb(mysql::Conn),
+}
+
+impl ServerConn {
+    fn connect(server: Server) -> Result<ServerConn, String> {
+        match server {
+            Server::Postgres => {
+                let url = std::env::var("ARBOR_TEST_POSTGRES_URL").unwrap();
+                postgres::Client::connect(&url, postgres::NoTls)
+                    .map(|c| ServerConn::Postgres(Box::new(c)))
+                    .map_err(|e| e.to_string())
+            }
+            Server::Mariadb => {
+                let url = std::env::var("ARBOR_TEST_MYSQL_URL").unwrap();
+                mysql::Conn::new(mysql::Opts::from_url(&url).unwrap())
+                    .map(ServerConn::Mariadb)
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    fn execute(&mut self, sql: &str) -> Result<(), String> {
+        match self {
+            ServerConn::Postgres(pg) => pg.batch_execute(sql).map_err(|e| e.to_string()),
+            ServerConn::Mariadb(my) => {
+                mysql::prelude::Queryable::query_drop(my, sql).map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
+/// Writes to a table of the demo's shape on `server` until `stop`:
+/// inserts, updates and deletes in turn, one transaction each (about 200
+/// a second). A write that fails (the server restarting) is retried on a
+/// new connection. Returns the number of writes that succeeded.
+pub(super) fn steady_server_writes(
+    server: Server,
+    table: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    first_id: i64,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut conn = ServerConn::connect(server).unwrap();
+        let mut n: u64 = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let id = first_id + n as i64;
+            let sql = match n % 4 {
+                0 | 1 => format!(
+                    "INSERT INTO {table} (customer_id, email, full_name, balance) \
+                     VALUES ({id}, 'w{n}@example.org', 'New {n}', {n}.25)"
+                ),
+                2 => format!(
+                    "UPDATE {table} SET email = 'u{n}@example.org', balance = balance + 1 \
+                     WHERE customer_id = {}",
+                    1 + (n * 37) as i64 % 2_000
+                ),
+                _ => format!("DELETE FROM {table} WHERE customer_id = {}", id - 3),
+            };
+            if let Err(e) = conn.execute(&sql) {
+                eprintln!("crash: a write to {server:?} failed ({e}); reconnecting");
+                let deadline = Instant::now() + Duration::from_secs(60);
+                conn = loop {
+                    std::thread::sleep(Duration::from_millis(100));
+                    match ServerConn::connect(server) {
+                        Ok(c) => break c,
+                        Err(e) => assert!(Instant::now() < deadline, "{server:?} is gone: {e}"),
+                    }
+                };
+                // An insert whose commit was lost may be there or not: the
+                // next turn writes new ids, and the oracle is the table.
+            }
+            n += 1;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        n
+    })
+}
+
+/// The demo's customers in a PostgreSQL table followed by logical
+/// capture, with the configs of agents over it.
+pub(super) struct LogicalFollow {
+    pub table: String,
+    slot: String,
+    _guard: SlotGuard,
+}
+
+impl LogicalFollow {
+    /// `None` where the server cannot capture logically (a failure under CI).
+    pub fn new(dir: &Path, prefix: &str) -> Option<LogicalFollow> {
+        let (mut pg, url, table) = crm_into_postgres(dir);
+        if !logical_capture_available(&mut pg) {
+            return None;
+        }
+        let slot = format!("{prefix}_{}", std::process::id());
+        let _guard = SlotGuard {
+            url,
+            slot: slot.clone(),
+        };
+        Some(LogicalFollow {
+            table,
+            slot,
+            _guard,
+        })
+    }
+
+    /// Writes `NAME.toml`: an agent over the table, following it by
+    /// logical capture or (`follow` false) building it once.
+    pub fn config(&self, dir: &Path, name: &str, follow: bool) {
+        let capture = if follow {
+            format!(
+                "capture = {{ mode = \"logical\", slot = \"{0}\", publication = \"{0}\", create = true, interval_ms = 50 }}\n",
+                self.slot
+            )
+        } else {
+            String::new()
+        };
+        std::fs::write(
+            dir.join(format!("{name}.toml")),
+            server_config(
+                name,
+                "postgres",
+                "ARBOR_TEST_POSTGRES_URL",
+                &self.table,
+                &capture,
+            ),
+        )
+        .unwrap();
+    }
+}
+
+/// An agent config over the demo's customers in a server's `table`.
+pub(super) fn server_config(
+    name: &str,
+    kind: &str,
+    url_env: &str,
+    table: &str,
+    capture: &str,
+) -> String {
+    format!(
+        "[agent]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{name}-data\"\n\n[[dataset]]\nname = \"customers\"\n\
+         secret = \"arbor demo secret: use secret_env or secret_file in production\"\n\
+         source = {{ kind = \"{kind}\", url_env = \"{url_env}\", table = \"{table}\" }}\n\
+         key = [{{ source = \"customer_id\", name = \"id\", kind = \"integer\" }}]\n\
+         columns = [\n  {{ source = \"email\", kind = \"text\" }},\n  {{ source = \"full_name\", name = \"name\", kind = \"text\" }},\n\
+           {{ source = \"balance\", kind = \"decimal\" }},\n]\n{capture}"
+    )
+}
+
+#[test]
+fn an_agent_killed_while_capturing_logically_under_writes_loses_no_change() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = demo(2_000, 0);
+    let Some(follow) = LogicalFollow::new(dir.path(), "arbor_crash") else {
+        return;
+    };
+    follow.config(dir.path(), "logical", true);
+    let seed = campaign_seed();
+    let mut agent = AgentProcess::start(dir.path(), "logical.toml");
+    let (code, summary, _) = compare_ready(dir.path(), &agent.address, &agent.address);
+    assert_eq!(code, 0, "{summary}");
+    let mut total = 0;
+    for k in 0..kills() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = steady_server_writes(
+            Server::Postgres,
+            follow.table.clone(),
+            Arc::clone(&stop),
+            1_000_000 * (k as i64 + 1),
+        );
+        let wait = delay(seed ^ k as u64, 200..2_000);
+        eprintln!("crash: logical capture, seed {seed}, kill {k} after {wait:?}");
+        std::thread::sleep(wait);
+        agent.child.kill().unwrap();
+        agent.child.wait().unwrap();
+        drop(agent);
+        // Writes go on while it is down and while it starts again.
+        std::thread::sleep(Duration::from_millis(300));
+        agent = AgentProcess::start(dir.path(), "logical.toml");
+        std::thread::sleep(Duration::from_millis(1_000));
+        stop.store(true, Ordering::Relaxed);
+        let writes = writer.join().unwrap();
+        total += writes;
+        // The oracle: a fresh build of the table as the writes left it.
+        let fresh_name = format!("fresh{k}");
+        follow.config(dir.path(), &fresh_name, false);
+        let fresh = AgentProcess::start(dir.path(), &format!("{fresh_name}.toml"));
+        let summary = wait_in_sync(dir.path(), &fresh.address, &agent.address);
+        assert_eq!(
+            summary["left"]["root"], summary["right"]["root"],
+            "{summary}"
+        );
+        eprintln!("crash: logical capture kill {k}: {writes} writes, none lost");
+    }
+    eprintln!("crash: logical capture: {} kills, {total} writes", kills());
 }

@@ -442,3 +442,118 @@ fn a_postgres_table_locked_during_the_build_is_reported_and_built_once_released(
 fn a_mariadb_table_locked_during_the_build_is_reported_and_built_once_released() {
     a_locked_table(Server::Mariadb);
 }
+
+/// A tmpfs of `size` mounted at `at`, unmounted when dropped.
+struct SmallDisk {
+    at: PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(at: &Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(at).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "cannot mount a tmpfs at {} (the full-disk test runs as root, as tools/test.sh does)",
+            at.display()
+        );
+        SmallDisk { at: at.to_owned() }
+    }
+
+    fn resize(&self, size: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.at)
+            .status()
+            .unwrap();
+        assert!(status.success(), "cannot resize {}", self.at.display());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.at).status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_the_build_clearly_and_it_recovers_once_space_returns() {
+    const ROWS: i64 = 200_000;
+    let dir = TempDir::new().unwrap();
+    super::crashes::table_agent(dir.path(), "fresh", ROWS, 0, "");
+    std::fs::copy(dir.path().join("fresh.db"), dir.path().join("small.db")).unwrap();
+    super::crashes::table_agent(dir.path(), "small", ROWS, 0, "");
+    // The agent's data directory on a filesystem too small for its index.
+    let disk = SmallDisk::mount(&dir.path().join("small-data"), "3m");
+    let small = AgentProcess::start(dir.path(), "small.toml");
+    // The CLI's own words, not a parsed summary: a dataset that failed to
+    // index is refused before any summary.
+    let attempt = |left: &str, right: &str| {
+        let out = arbor(
+            dir.path(),
+            &[
+                "compare",
+                "--agent",
+                left,
+                "--dataset",
+                "customers",
+                "--peer",
+                right,
+                "--json",
+            ],
+        );
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let error = loop {
+        let (code, stderr) = attempt(&small.address, &small.address);
+        assert_ne!(code, Some(0), "an index cannot fit in 3 MiB");
+        if stderr.contains("failed to index") {
+            break stderr;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the build never failed: {stderr}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        error.contains("No space left on device") && error.contains("small-data"),
+        "the error names the full disk and where: {error}"
+    );
+    eprintln!("full disk: {error}");
+    // Space comes back: the agent's own retry builds the index.
+    disk.resize("512m");
+    let fresh = AgentProcess::start(dir.path(), "fresh.toml");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let (code, stderr) = attempt(&small.address, &fresh.address);
+        if code == Some(0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no recovery once space returned: {stderr}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (code, summary, drift) = compare(dir.path(), &small.address, &fresh.address);
+    assert_eq!(code, 0, "{summary}");
+    assert!(drift.is_empty());
+    assert_eq!(summary["left"]["root"], summary["right"]["root"]);
+    assert_eq!(summary["left"]["count"], ROWS);
+    // And what it wrote opens again: no corrupt index.
+    drop(small);
+    let again = AgentProcess::start(dir.path(), "small.toml");
+    let (code, summary, _) = compare(dir.path(), &again.address, &fresh.address);
+    assert_eq!(code, 0, "{summary}");
+    drop((again, fresh));
+    drop(disk);
+}
