@@ -2925,76 +2925,119 @@ fn a_realtime_sync_job_carries_postgres_commits_to_mariadb_and_jobs_are_listed()
     mysql::prelude::Queryable::query_drop(&mut my, format!("DROP TABLE {my_table}")).unwrap();
 }
 
+/// PostgreSQL and MariaDB copies of the demo's customers, and two agents'
+/// configs (`pg.toml`, `my.toml`) that sync them both ways in real time:
+/// PostgreSQL followed by logical capture, MariaDB by polling a column
+/// every write stamps. Email is PostgreSQL's, balance MariaDB's, the rest
+/// follows PostgreSQL. `None` where the server cannot capture logically
+/// (a failure under CI).
+struct RealtimePair {
+    pg: postgres::Client,
+    pg_table: String,
+    my: mysql::Conn,
+    my_table: String,
+    _slot: SlotGuard,
+}
+
+impl RealtimePair {
+    fn new(dir: &Path) -> Option<RealtimePair> {
+        use mysql::prelude::Queryable;
+        let (mut pg, url, pg_table) = crm_into_postgres(dir);
+        if !logical_capture_available(&mut pg) {
+            return None;
+        }
+        let (mut my, my_table) = crm_into_mariadb(dir);
+        // MariaDB stamps every write, so polling sees arbor's writes too.
+        my.query_drop(format!(
+            "ALTER TABLE {my_table} MODIFY updated_at datetime(6) NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6)"
+        ))
+        .unwrap();
+        let slot = unique_table("arbor_echo");
+        let _slot = SlotGuard {
+            url,
+            slot: slot.clone(),
+        };
+        let (pg_port, my_port) = (free_port(), free_port());
+        let columns = "key = [{ source = \"customer_id\", name = \"id\", kind = \"integer\" }]\n\
+             columns = [\n  { source = \"email\", kind = \"text\" },\n  { source = \"full_name\", name = \"name\", kind = \"text\" },\n\
+               { source = \"balance\", kind = \"decimal\" },\n]\nserve_values = true\nallow_repairs = true\n";
+        // Consistent rules on both sides: email is PostgreSQL's, balance is
+        // MariaDB's, the rest follows PostgreSQL.
+        let config = |port: u16,
+                      data: &str,
+                      source: String,
+                      capture: String,
+                      peer: u16,
+                      mine: &str,
+                      theirs: &str,
+                      fallback: &str| {
+            format!(
+                "[agent]\ninsecure = true\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{data}\"\n\n[[dataset]]\nname = \"customers\"\n\
+                 secret = \"arbor demo secret: use secret_env or secret_file in production\"\n\
+                 source = {source}\n{columns}capture = {capture}\n\n\
+                 [[sync]]\nname = \"both-ways\"\ndataset = \"customers\"\npeers = [{{ address = \"http://127.0.0.1:{peer}\" }}]\n\
+                 policy = \"two_way\"\nrule = \"ownership\"\nowners = {{ email = \"{mine}\", balance = \"{theirs}\" }}\n\
+                 fallback = \"{fallback}\"\nrealtime = true\nexecute = true\n"
+            )
+        };
+        std::fs::write(
+            dir.join("pg.toml"),
+            config(
+                pg_port,
+                "pg-data",
+                format!("{{ kind = \"postgres\", url_env = \"ARBOR_TEST_POSTGRES_URL\", table = \"{pg_table}\" }}"),
+                format!("{{ mode = \"logical\", slot = \"{slot}\", publication = \"{slot}\", create = true, interval_ms = 20 }}"),
+                my_port,
+                "source",
+                "target",
+                "priority:source",
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("my.toml"),
+            config(
+                my_port,
+                "my-data",
+                format!("{{ kind = \"mysql\", url_env = \"ARBOR_TEST_MYSQL_URL\", table = \"{my_table}\" }}"),
+                "{ mode = \"poll\", column = \"updated_at\", interval_secs = 1, rescan_interval_secs = 3600 }".into(),
+                pg_port,
+                "target",
+                "source",
+                "priority:target",
+            ),
+        )
+        .unwrap();
+        Some(RealtimePair {
+            pg,
+            pg_table,
+            my,
+            my_table,
+            _slot,
+        })
+    }
+
+    /// Drops both tables.
+    fn drop_tables(mut self) {
+        use mysql::prelude::Queryable;
+        self.pg
+            .batch_execute(&format!("DROP TABLE {}", self.pg_table))
+            .unwrap();
+        self.my
+            .query_drop(format!("DROP TABLE {}", self.my_table))
+            .unwrap();
+    }
+}
+
 #[test]
 fn two_way_realtime_jobs_converge_without_echo_loops() {
     use mysql::prelude::Queryable;
     let dir = demo(500, 0);
-    let (mut pg, url, pg_table) = crm_into_postgres(dir.path());
-    if !logical_capture_available(&mut pg) {
+    let Some(mut pair) = RealtimePair::new(dir.path()) else {
         return;
-    }
-    let (mut my, my_table) = crm_into_mariadb(dir.path());
-    // MariaDB stamps every write, so polling sees arbor's writes too.
-    my.query_drop(format!(
-        "ALTER TABLE {my_table} MODIFY updated_at datetime(6) NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6)"
-    ))
-    .unwrap();
-    let slot = unique_table("arbor_echo");
-    let _guard = SlotGuard {
-        url,
-        slot: slot.clone(),
     };
-    let (pg_port, my_port) = (free_port(), free_port());
-    let columns = "key = [{ source = \"customer_id\", name = \"id\", kind = \"integer\" }]\n\
-         columns = [\n  { source = \"email\", kind = \"text\" },\n  { source = \"full_name\", name = \"name\", kind = \"text\" },\n\
-           { source = \"balance\", kind = \"decimal\" },\n]\nserve_values = true\nallow_repairs = true\n";
-    // Consistent rules on both sides: email is PostgreSQL's, balance is
-    // MariaDB's, the rest follows PostgreSQL.
-    let config = |port: u16,
-                  data: &str,
-                  source: String,
-                  capture: String,
-                  peer: u16,
-                  mine: &str,
-                  theirs: &str,
-                  fallback: &str| {
-        format!(
-            "[agent]\ninsecure = true\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{data}\"\n\n[[dataset]]\nname = \"customers\"\n\
-             secret = \"arbor demo secret: use secret_env or secret_file in production\"\n\
-             source = {source}\n{columns}capture = {capture}\n\n\
-             [[sync]]\nname = \"both-ways\"\ndataset = \"customers\"\npeers = [{{ address = \"http://127.0.0.1:{peer}\" }}]\n\
-             policy = \"two_way\"\nrule = \"ownership\"\nowners = {{ email = \"{mine}\", balance = \"{theirs}\" }}\n\
-             fallback = \"{fallback}\"\nrealtime = true\nexecute = true\n"
-        )
-    };
-    std::fs::write(
-        dir.path().join("pg.toml"),
-        config(
-            pg_port,
-            "pg-data",
-            format!("{{ kind = \"postgres\", url_env = \"ARBOR_TEST_POSTGRES_URL\", table = \"{pg_table}\" }}"),
-            format!("{{ mode = \"logical\", slot = \"{slot}\", publication = \"{slot}\", create = true, interval_ms = 20 }}"),
-            my_port,
-            "source",
-            "target",
-            "priority:source",
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("my.toml"),
-        config(
-            my_port,
-            "my-data",
-            format!("{{ kind = \"mysql\", url_env = \"ARBOR_TEST_MYSQL_URL\", table = \"{my_table}\" }}"),
-            "{ mode = \"poll\", column = \"updated_at\", interval_secs = 1, rescan_interval_secs = 3600 }".into(),
-            pg_port,
-            "target",
-            "source",
-            "priority:target",
-        ),
-    )
-    .unwrap();
+    let (pg_table, my_table) = (pair.pg_table.clone(), pair.my_table.clone());
+    let (pg, my) = (&mut pair.pg, &mut pair.my);
     let pg_agent = AgentProcess::start(dir.path(), "pg.toml");
     let my_agent = AgentProcess::start(dir.path(), "my.toml");
     let (code, summary, _) = compare(dir.path(), &pg_agent.address, &my_agent.address);
@@ -3015,8 +3058,8 @@ fn two_way_realtime_jobs_converge_without_echo_loops() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (p, m) = (
-            postgres_customers(&mut pg, &pg_table),
-            mariadb_customers(&mut my, &my_table),
+            postgres_customers(pg, &pg_table),
+            mariadb_customers(my, &my_table),
         );
         if p == m
             && p[&5].0 == "from-pg@x"
@@ -3048,8 +3091,8 @@ fn two_way_realtime_jobs_converge_without_echo_loops() {
     assert_eq!(before, after, "a job keeps running (an echo loop)");
     // And nothing bounced back over the edits.
     let (p, m) = (
-        postgres_customers(&mut pg, &pg_table),
-        mariadb_customers(&mut my, &my_table),
+        postgres_customers(pg, &pg_table),
+        mariadb_customers(my, &my_table),
     );
     assert_eq!(p, m);
     assert_eq!(
@@ -3057,8 +3100,7 @@ fn two_way_realtime_jobs_converge_without_echo_loops() {
         ("from-pg@x", Some("4242"))
     );
     drop((pg_agent, my_agent));
-    pg.batch_execute(&format!("DROP TABLE {pg_table}")).unwrap();
-    my.query_drop(format!("DROP TABLE {my_table}")).unwrap();
+    pair.drop_tables();
 }
 
 #[test]
@@ -5314,3 +5356,9 @@ mod faults;
 /// Process-level crashes: agents killed with SIGKILL mid-build and
 /// mid-repair (issue 18).
 mod crashes;
+
+/// Two-way real-time sync soaked under writes and restarts.
+mod soak;
+
+/// Database servers restarted under capture; run alone (tools/test.sh).
+mod restarts;

@@ -1,0 +1,281 @@
+//! The soak (issue 18): two-way real-time sync between PostgreSQL and
+//! MariaDB under continuous writes on both sides, with the agents killed
+//! (SIGKILL) and restarted at random.
+//!
+//! The first half of the soak is chaos: writes on both sides and an agent
+//! killed every few seconds. The second half is steady: the same writes,
+//! no kills, the agents' resident memory sampled every second. Then the
+//! writes stop and the oracle is checked:
+//!
+//! * both tables are equal, and every write is accounted for under the
+//!   rule: each email holds the last one PostgreSQL wrote (PostgreSQL owns
+//!   email), each balance the last one MariaDB wrote (MariaDB owns
+//!   balance), rows inserted on PostgreSQL are on both sides unless
+//!   PostgreSQL deleted them, and then on neither;
+//! * no echo loop: once quiet, neither side's job runs again;
+//! * memory is flat: over the steady half, after a quarter of it as
+//!   warm-up, neither agent's RSS grows by 10 % or more.
+//!
+//! `ARBOR_SOAK_SECS` (default 60) sets the length; the long mode in
+//! `docs/reliability.md` runs 1,200. `ARBOR_CRASH_SEED` replays the kills.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::crashes::{campaign_seed, delay};
+use super::*;
+
+/// Rows of the demo table (ids 0 to 499), which both writers update.
+const ROWS: i64 = 500;
+/// Pause between one writer's writes: about 150 a second on each side.
+const WRITE_PAUSE: Duration = Duration::from_millis(5);
+/// Most RSS growth over the steady half, after its warm-up.
+const MAX_RSS_GROWTH: f64 = 0.10;
+
+fn soak_secs() -> u64 {
+    std::env::var("ARBOR_SOAK_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60)
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS for {pid}"))
+}
+
+/// What PostgreSQL's writer did: the last email of each row it updated,
+/// the rows it inserted and those it deleted again.
+#[derive(Default)]
+struct PgWrites {
+    emails: BTreeMap<i64, String>,
+    inserted: BTreeSet<i64>,
+    deleted: BTreeSet<i64>,
+    count: u64,
+}
+
+fn postgres_writer(
+    url: String,
+    table: String,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<PgWrites> {
+    std::thread::spawn(move || {
+        let mut pg = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let mut w = PgWrites::default();
+        let mut live = std::collections::VecDeque::new();
+        while !stop.load(Ordering::Relaxed) {
+            let n = w.count as i64;
+            match n % 5 {
+                0 => {
+                    let id = 1_000_000 + n;
+                    pg.batch_execute(&format!(
+                        "INSERT INTO {table} (customer_id, email, full_name) VALUES ({id}, 'ins{n}@pg', 'Inserted {n}')"
+                    ))
+                    .unwrap();
+                    w.inserted.insert(id);
+                    live.push_back(id);
+                }
+                // Every other insert goes again, the oldest first.
+                1 if (n / 5) % 2 == 0 => {
+                    if let Some(id) = live.pop_front() {
+                        pg.batch_execute(&format!("DELETE FROM {table} WHERE customer_id = {id}"))
+                            .unwrap();
+                        w.deleted.insert(id);
+                    }
+                }
+                _ => {
+                    let id = (n * 7_919) % ROWS;
+                    let email = format!("e{n}@pg");
+                    pg.batch_execute(&format!(
+                        "UPDATE {table} SET email = '{email}' WHERE customer_id = {id}"
+                    ))
+                    .unwrap();
+                    w.emails.insert(id, email);
+                }
+            }
+            w.count += 1;
+            std::thread::sleep(WRITE_PAUSE);
+        }
+        w
+    })
+}
+
+/// What MariaDB's writer did: the last balance of each row it updated.
+#[derive(Default)]
+struct MyWrites {
+    balances: BTreeMap<i64, i64>,
+    count: u64,
+}
+
+fn mariadb_writer(table: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<MyWrites> {
+    std::thread::spawn(move || {
+        use mysql::prelude::Queryable;
+        let url = std::env::var("ARBOR_TEST_MYSQL_URL").unwrap();
+        let mut my = mysql::Conn::new(mysql::Opts::from_url(&url).unwrap()).unwrap();
+        let mut w = MyWrites::default();
+        while !stop.load(Ordering::Relaxed) {
+            let n = w.count as i64;
+            let id = (n * 104_729) % ROWS;
+            let balance = 10_000 + n;
+            my.query_drop(format!(
+                "UPDATE {table} SET balance = {balance} WHERE customer_id = {id}"
+            ))
+            .unwrap();
+            w.balances.insert(id, balance);
+            w.count += 1;
+            std::thread::sleep(WRITE_PAUSE);
+        }
+        w
+    })
+}
+
+/// A balance as a number, however each server prints it.
+fn amount(balance: &Option<String>) -> Option<f64> {
+    balance.as_deref().map(|b| b.parse::<f64>().unwrap())
+}
+
+#[test]
+fn two_way_realtime_sync_under_writes_and_restarts_converges_with_flat_memory() {
+    let dir = demo(ROWS as u64, 0);
+    let Some(mut pair) = RealtimePair::new(dir.path()) else {
+        return;
+    };
+    let original = postgres_customers(&mut pair.pg, &pair.pg_table);
+    let mut agents = [
+        AgentProcess::start(dir.path(), "pg.toml"),
+        AgentProcess::start(dir.path(), "my.toml"),
+    ];
+    let configs = ["pg.toml", "my.toml"];
+    let (code, summary, _) = compare(dir.path(), &agents[0].address, &agents[1].address);
+    assert_eq!(code, 0, "{summary}");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let url = std::env::var("ARBOR_TEST_POSTGRES_URL").unwrap();
+    let pg_writer = postgres_writer(url, pair.pg_table.clone(), Arc::clone(&stop));
+    let my_writer = mariadb_writer(pair.my_table.clone(), Arc::clone(&stop));
+
+    // Chaos: an agent killed every 2 to 8 s, restarted at once.
+    let secs = soak_secs();
+    let seed = campaign_seed();
+    let chaos_end = Instant::now() + Duration::from_secs(secs / 2);
+    let mut kills = 0u64;
+    while Instant::now() < chaos_end {
+        std::thread::sleep(delay(seed ^ kills, 2_000..8_000).min(chaos_end - Instant::now()));
+        let which = (seed ^ kills.wrapping_mul(0x9e37)) as usize % 2;
+        eprintln!("soak: seed {seed}, kill {kills}: {}", configs[which]);
+        agents[which].child.kill().unwrap();
+        agents[which].child.wait().unwrap();
+        agents[which] = AgentProcess::start(dir.path(), configs[which]);
+        kills += 1;
+    }
+
+    // Steady: the same writes, no kills; memory sampled every second.
+    let steady_end = Instant::now() + Duration::from_secs(secs - secs / 2);
+    let mut samples: Vec<[u64; 2]> = Vec::new();
+    while Instant::now() < steady_end {
+        samples.push([rss_kib(agents[0].child.id()), rss_kib(agents[1].child.id())]);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (pg_writes, my_writes) = (pg_writer.join().unwrap(), my_writer.join().unwrap());
+    eprintln!(
+        "soak: {secs} s, {kills} kills, {} PostgreSQL writes, {} MariaDB writes",
+        pg_writes.count, my_writes.count
+    );
+
+    // The oracle, once both sides are equal.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let (p, m) = loop {
+        let p = postgres_customers(&mut pair.pg, &pair.pg_table);
+        let m = mariadb_customers(&mut pair.my, &pair.my_table);
+        if p == m {
+            break (p, m);
+        }
+        let differ: Vec<_> = p
+            .iter()
+            .filter(|(k, v)| m.get(k) != Some(v))
+            .map(|(k, v)| (k, v, m.get(k)))
+            .take(3)
+            .collect();
+        assert!(
+            Instant::now() < deadline,
+            "the sides did not converge: {} rows on PostgreSQL, {} on MariaDB, e.g. {differ:?}",
+            p.len(),
+            m.len()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(original.len() as i64, ROWS);
+    let gone: Vec<&i64> = original.keys().filter(|id| !p.contains_key(id)).collect();
+    assert!(
+        gone.is_empty(),
+        "rows nobody deleted are gone from both sides: {gone:?}"
+    );
+    for id in 0..ROWS {
+        let row = &p[&id];
+        let email = pg_writes.emails.get(&id).unwrap_or(&original[&id].0);
+        assert_eq!(&row.0, email, "row {id}: PostgreSQL owns email");
+        let balance = my_writes
+            .balances
+            .get(&id)
+            .map(|&b| b as f64)
+            .or_else(|| amount(&original[&id].2));
+        assert_eq!(amount(&row.2), balance, "row {id}: MariaDB owns balance");
+    }
+    for id in &pg_writes.inserted {
+        assert_eq!(
+            p.contains_key(id),
+            !pg_writes.deleted.contains(id),
+            "row {id}, inserted on PostgreSQL{}",
+            if pg_writes.deleted.contains(id) {
+                " and deleted"
+            } else {
+                ""
+            }
+        );
+    }
+    assert_eq!(
+        p.len() as i64,
+        ROWS + (pg_writes.inserted.len() - pg_writes.deleted.len()) as i64
+    );
+    drop(m);
+
+    // No echo loop: quiet, neither job runs again.
+    let runs = |agent: &str| -> u64 {
+        let out = arbor(dir.path(), &["sync", "jobs", "--agent", agent, "--json"]);
+        let job: Json = serde_json::from_slice(&out.stdout).unwrap();
+        job["runs"].as_u64().unwrap()
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    let before = (runs(&agents[0].address), runs(&agents[1].address));
+    std::thread::sleep(Duration::from_secs(3));
+    let after = (runs(&agents[0].address), runs(&agents[1].address));
+    assert_eq!(before, after, "a job keeps running (an echo loop)");
+
+    // Flat memory over the steady half, after a quarter of it as warm-up.
+    let warm = samples.len() / 4;
+    for (side, name) in configs.iter().enumerate() {
+        let series: Vec<u64> = samples.iter().map(|s| s[side]).collect();
+        let base = series[warm];
+        let peak = *series[warm..].iter().max().unwrap();
+        let growth = peak as f64 / base as f64 - 1.0;
+        eprintln!(
+            "soak: {name} RSS {} KiB after warm-up, peak {peak} KiB ({:+.1} %), samples {series:?}",
+            base,
+            growth * 100.0
+        );
+        assert!(
+            growth < MAX_RSS_GROWTH,
+            "{name}: RSS grew {:.1} % over the steady half: {series:?}",
+            growth * 100.0
+        );
+    }
+    drop(agents);
+    pair.drop_tables();
+}
