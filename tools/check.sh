@@ -13,6 +13,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 cargo build --workspace --locked --bins
 tools/reflection_check.sh
-cargo test --workspace --locked
+cargo deny --offline --log-level error check licenses bans sources
+cargo test --workspace --locked -- --skip restarts::
+cargo test --locked --test agents -- --test-threads=1 restarts::
 cargo bench --workspace --no-run --locked
 echo "check: clean"

@@ -16,6 +16,9 @@ set -euo pipefail
 mode=build
 # The manifest test validates against this release's bundled schemas.
 KUBERNETES_VALIDATE_VERSION=1.37.0
+# tools/fuzz.sh (AFL++ through cargo-afl) and the licence and ban checks.
+CARGO_AFL_VERSION=0.18.2
+CARGO_DENY_VERSION=0.20.2
 case "${1:-}" in
   "") ;;
   --test) mode=test ;;
@@ -79,6 +82,8 @@ if [ "$mode" = test ]; then
     || want chromium "the HTML report test renders in headless Chromium"
   # The packaging test verifies the systemd unit.
   command -v systemd-analyze >/dev/null 2>&1 || want systemd "the packaging test runs systemd-analyze verify"
+  # cargo-afl builds AFL++ from its own source with make and cc.
+  command -v make >/dev/null 2>&1 || want make "cargo-afl builds AFL++ for tools/fuzz.sh"
   # The reflection check and the manifest test make virtualenvs.
   python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || want python3-venv "python3 -m venv for grpcio and kubernetes-validate"
 fi
@@ -112,6 +117,26 @@ if [ "$mode" = test ]; then
   fi
 fi
 
+# Cargo tools (crates.io), probed by running them: the pinned version, and
+# for cargo-afl the AFL++ it built for this toolchain.
+afl_ready() { # afl-fuzz answers through cargo-afl (read whole: no SIGPIPE)
+  local out
+  out=$(cargo afl fuzz -h 2>&1 || true)
+  [[ $out == *afl-fuzz* ]]
+}
+if [ "$mode" = test ]; then
+  cargo_tool() { # cargo_tool CRATE VERSION: installs CRATE@VERSION
+    echo "setup: installing $1 $2 (cargo install)"
+    cargo install --locked --quiet "$1@$2"
+  }
+  cargo deny --version 2>/dev/null | grep -qx "cargo-deny $CARGO_DENY_VERSION" \
+    || cargo_tool cargo-deny "$CARGO_DENY_VERSION"
+  cargo afl --version 2>/dev/null | grep -q "^cargo-afl $CARGO_AFL_VERSION " \
+    || cargo_tool cargo-afl "$CARGO_AFL_VERSION"
+  # Installing cargo-afl builds AFL++; a newer toolchain needs its own.
+  afl_ready || cargo afl config --build --force >/dev/null
+fi
+
 # Check again, the same way: an install that did not give the consumer what
 # it looks for fails here, not forty minutes into a build.
 failed=()
@@ -123,6 +148,8 @@ if [ "$mode" = test ]; then
     || failed+=("chromium")
   python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || failed+=("python3 venv")
   "$k8s_venv/bin/kubernetes-validate" --version >/dev/null 2>&1 || failed+=("kubernetes-validate")
+  cargo deny --version 2>/dev/null | grep -qx "cargo-deny $CARGO_DENY_VERSION" || failed+=("cargo-deny")
+  afl_ready || failed+=("cargo-afl with AFL++")
 fi
 command -v cargo >/dev/null 2>&1 || failed+=("cargo (install a Rust toolchain with rustup)")
 if [ ${#failed[@]} -gt 0 ]; then

@@ -18,10 +18,18 @@ echo "test: building (target dir $CARGO_TARGET_DIR)"
 cargo build --workspace --locked --bins
 echo "test: a client that is not ours, through server reflection"
 tools/reflection_check.sh
+echo "test: licences, banned crates and sources (cargo-deny, offline)"
+cargo deny --offline --log-level error check licenses bans sources
+echo "test: every decoder of outside bytes under AFL++, ${ARBOR_FUZZ_SECONDS:=15} s each (tools/fuzz.sh)"
+tools/fuzz.sh --seconds "$ARBOR_FUZZ_SECONDS"
 echo "test: the workspace tests"
 log=$(mktemp)
 set -o pipefail
-cargo test --workspace --locked 2>&1 | tee "$log"
+# Database restarts cut every session of the servers: the suite runs
+# without them, then they run alone, one at a time.
+cargo test --workspace --locked -- --skip restarts:: 2>&1 | tee "$log"
+echo "test: database restarts under capture, alone"
+cargo test --locked --test agents -- --test-threads=1 restarts:: 2>&1 | tee -a "$log"
 # One closing line over every test binary (cargo's last line is a doc-test
 # binary's, often with 0 tests).
 awk '/^test result:/ {

@@ -12,6 +12,8 @@
 //! Only this package links tonic and prost; generated types stay in
 //! [`proto`] and are converted to domain types at the edge.
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 pub mod grpc;
 pub mod metrics;
 pub mod node;

@@ -477,7 +477,6 @@ mod tests {
     mod decoders_never_panic {
         use super::*;
         use proptest::prelude::*;
-        use prost::Message;
 
         fn value(kind: u8, text: String, bytes: Vec<u8>, x: f64) -> pb::TypedValue {
             use pb::typed_value::Value as V;
@@ -498,30 +497,13 @@ mod tests {
         }
 
         proptest! {
+            /// Arbitrary bytes as every message (`fuzz::wire`, the fuzz
+            /// target, with the level and key count in the first byte).
             #[test]
             fn arbitrary_bytes_as_every_response(
                 bytes in proptest::collection::vec(any::<u8>(), 0..300),
-                level in 0u8..20,
-                keys in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..4), 0..4),
             ) {
-                if let Ok(r) = pb::DescribeResponse::decode(&bytes[..]) {
-                    let _ = description(&r);
-                }
-                if let Ok(r) = pb::GetNodesResponse::decode(&bytes[..]) {
-                    let _ = children_from_response(level, &r);
-                }
-                if let Ok(e) = pb::LeafEntry::decode(&bytes[..]) {
-                    let _ = leaf(e);
-                }
-                if let Ok(v) = pb::TypedValue::decode(&bytes[..]) {
-                    let _ = typed_value("v", &v);
-                }
-                if let Ok(r) = pb::ColumnDigestsResponse::decode(&bytes[..]) {
-                    let _ = column_digests_from_response(&keys, r);
-                }
-                if let Ok(e) = pb::NodeEntry::decode(&bytes[..]) {
-                    let _ = node_from_entry(level, &e);
-                }
+                crate::fuzz::wire(&bytes);
             }
 
             #[test]

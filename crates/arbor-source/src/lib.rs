@@ -14,6 +14,8 @@
 //! CSV/JSONL follow the same trait.
 
 pub mod files;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 pub mod keyset;
 pub mod mapping;
 pub mod mysql;

@@ -150,7 +150,7 @@ pub struct LogicalCapture {
     mapping: Mapping,
     options: LogicalOptions,
     client: Option<crate::postgres::PgClient>,
-    relid: Option<u32>,
+    pub(crate) relid: Option<u32>,
     relations: HashMap<u32, RelationInfo>,
 }
 
@@ -541,7 +541,7 @@ impl LogicalCapture {
 
     /// Decodes one pgoutput message into the transaction being read.
     /// (Long on purpose: one arm per message type, in the protocol's order.)
-    fn decode(
+    pub(crate) fn decode(
         &mut self,
         data: &[u8],
         open: &mut Option<Transaction>,
