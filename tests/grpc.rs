@@ -131,6 +131,7 @@ fn fast_retry() -> RetryPolicy {
         first_backoff: Duration::from_millis(20),
         max_backoff: Duration::from_millis(100),
         call_timeout: Duration::from_secs(20),
+        span: None,
     }
 }
 

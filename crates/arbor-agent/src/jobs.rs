@@ -333,11 +333,19 @@ impl<R: Remote> Jobs<R> {
 
     /// Runs a job now (unless it is running); returns its run, or `None`
     /// when the job is unknown.
+    ///
+    /// The run is a task of its own: a caller that goes away (a command
+    /// line that gives up or is interrupted) leaves it to finish, where
+    /// dropping it midway would stop a repair between two batches.
     pub async fn run_now(&self, name: &str) -> Result<JobRun, OpError> {
-        let job = self
-            .job(name)
-            .ok_or_else(|| OpError::NotFound(format!("no sync job {name:?}")))?;
-        run(job, &self.home, self.runs.as_deref(), "request").await
+        let job = Arc::clone(
+            self.job(name)
+                .ok_or_else(|| OpError::NotFound(format!("no sync job {name:?}")))?,
+        );
+        let (home, store) = (self.home.clone(), self.runs.clone());
+        tokio::spawn(async move { run(&job, &home, store.as_deref(), "request").await })
+            .await
+            .map_err(|e| OpError::Internal(format!("the run of sync job {name:?} failed: {e}")))?
     }
 
     /// Starts the scheduled and real-time triggers of every job.
@@ -397,6 +405,9 @@ async fn run<R: Remote>(
             c.name
         )));
     }
+    // However the run ends (a panic, the task dropped), the job is free
+    // again: a flag left set would skip every later trigger for ever.
+    let _running = Running(&job.running);
     let started_at = crate::report::now_rfc3339();
     let mut pairs = Vec::with_capacity(c.peers.len());
     for (peer, peer_dataset) in &c.peers {
@@ -483,8 +494,16 @@ async fn run<R: Remote>(
         }
     }
     *job.last.lock().await = Some(run.clone());
-    job.running.store(false, Ordering::Release);
     Ok(run)
+}
+
+/// Marks a job as no longer running when dropped.
+struct Running<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 /// A row no rule settled: its key (human form), canonical key (hex) and

@@ -45,6 +45,13 @@ pub fn set_client_tls(ca: Option<&[u8]>, identity: Option<(&[u8], &[u8])>) {
     let _ = CLIENT_TLS.set(tls);
 }
 
+/// Longest a peer's Describe may take. It is a run's first call and opens
+/// the connection: a peer that accepts TCP but never speaks HTTP/2 (a
+/// black hole) is bounded neither by the connect timeout, which ends with
+/// TCP, nor by the keep-alive, which starts once HTTP/2 is up. A peer that
+/// describes its index answers in milliseconds.
+pub const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How often a connection to an agent is pinged (HTTP/2 PING).
 pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a ping may go unanswered before the connection is closed.
@@ -106,6 +113,11 @@ pub struct RetryPolicy {
     pub max_backoff: Duration,
     /// Deadline of each call.
     pub call_timeout: Duration,
+    /// No retry starts once this long has passed since the first attempt
+    /// (`None`: `attempts` alone bounds them). Attempts that each wait out
+    /// a deadline (a peer that never answers) would otherwise stretch a
+    /// span meant for an agent's restart many times over.
+    pub span: Option<Duration>,
 }
 
 impl Default for RetryPolicy {
@@ -115,6 +127,7 @@ impl Default for RetryPolicy {
             first_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(2),
             call_timeout: Duration::from_secs(60),
+            span: None,
         }
     }
 }
@@ -127,6 +140,7 @@ impl RetryPolicy {
         let attempts = (span.as_secs() / base.max_backoff.as_secs().max(1)) as u32 + base.attempts;
         RetryPolicy {
             attempts: attempts.max(base.attempts),
+            span: Some(span),
             ..base
         }
     }
@@ -232,10 +246,20 @@ impl GrpcPeer {
     {
         let mut backoff = self.retry.first_backoff;
         let mut attempt = 1;
+        let started = std::time::Instant::now();
+        let within_span = |backoff: Duration| {
+            self.retry
+                .span
+                .is_none_or(|span| started.elapsed() + backoff < span)
+        };
         loop {
             match f(self.client.clone()).await {
                 Ok(v) => return Ok(v),
-                Err(s) if is_transient(&s) && attempt < self.retry.attempts => {
+                Err(s)
+                    if is_transient(&s)
+                        && attempt < self.retry.attempts
+                        && within_span(backoff) =>
+                {
                     warn!(peer = %self.address, call = what, attempt, code = ?s.code(), "transient peer error, retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(self.retry.max_backoff);
@@ -367,7 +391,15 @@ impl GrpcPeer {
         let resp = self
             .call("Describe", |mut c| {
                 let req = req.clone();
-                async move { c.describe(req).await.map(tonic::Response::into_inner) }
+                async move {
+                    match tokio::time::timeout(DESCRIBE_TIMEOUT, c.describe(req)).await {
+                        Ok(answer) => answer.map(tonic::Response::into_inner),
+                        Err(_) => Err(Status::deadline_exceeded(format!(
+                            "no answer to Describe within {} s",
+                            DESCRIBE_TIMEOUT.as_secs()
+                        ))),
+                    }
+                }
             })
             .await?;
         let (description, session) = wire::description(&resp)
