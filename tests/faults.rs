@@ -557,3 +557,139 @@ fn a_full_disk_fails_the_build_clearly_and_it_recovers_once_space_returns() {
     drop((again, fresh));
     drop(disk);
 }
+
+/// A black hole: accepts connections and never says a byte, not even the
+/// HTTP/2 handshake. Its connections stay open until it is dropped.
+struct BlackHole {
+    address: String,
+    _held: Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl BlackHole {
+    fn start() -> BlackHole {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = Arc::clone(&held);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                keep.lock().unwrap().push(stream);
+            }
+        });
+        BlackHole {
+            address,
+            _held: held,
+        }
+    }
+}
+
+/// `arbor ARGS` in `dir`: (exit code, stdout, stderr, time taken).
+fn timed(dir: &Path, args: &[&str]) -> (Option<i32>, String, String, Duration) {
+    let started = Instant::now();
+    let out = arbor(dir, args);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        started.elapsed(),
+    )
+}
+
+/// Longest a call to a black hole may take: the CLI's 10 s health check;
+/// for an agent's job, its 60 s retry span plus one 10 s Describe, with
+/// room for a loaded machine.
+const BLACK_HOLE_BOUND: Duration = Duration::from_secs(100);
+
+#[test]
+fn a_peer_or_agent_that_never_answers_fails_the_call_in_bounded_time() {
+    let dir = demo(500, 5);
+    let hole = BlackHole::start();
+    let hole_at = hole.address.trim_start_matches("http://").to_owned();
+    // An agent with a sync job whose peer never answers: the agent itself
+    // connects, so its own deadlines must end the run.
+    let config = std::fs::read_to_string(dir.path().join("crm.toml")).unwrap()
+        + &format!(
+            "\n[[sync]]\nname = \"into-the-hole\"\ndataset = \"customers\"\npeers = [{{ address = \"{}\" }}]\n\
+             policy = \"one_way\"\nschedule = \"0 3 * * *\"\n",
+            hole.address
+        );
+    std::fs::write(dir.path().join("hub.toml"), config).unwrap();
+    let hub = AgentProcess::start(dir.path(), "hub.toml");
+    for (what, args) in [
+        (
+            "the CLI's peer",
+            [
+                "compare",
+                "--agent",
+                &hub.address,
+                "--dataset",
+                "customers",
+                "--peer",
+                &hole.address,
+                "--json",
+            ],
+        ),
+        (
+            "the CLI's agent",
+            [
+                "compare",
+                "--agent",
+                &hole.address,
+                "--dataset",
+                "customers",
+                "--peer",
+                &hub.address,
+                "--json",
+            ],
+        ),
+    ] {
+        let (code, stdout, stderr, took) = timed(dir.path(), &args);
+        eprintln!("black hole as {what}: exit {code:?} after {took:?}\n{stdout}{stderr}");
+        assert!(took < BLACK_HOLE_BOUND, "{what}: took {took:?}");
+        assert_eq!(code, Some(2), "{what}: a black hole is a failure");
+        assert!(
+            stderr.contains(&hole_at),
+            "{what}: the error names the address that never answered"
+        );
+    }
+    // The job runs in the agent; the trigger's own call may end first.
+    let started = Instant::now();
+    let trigger = Command::new(ARBOR)
+        .args([
+            "sync",
+            "trigger",
+            "--agent",
+            &hub.address,
+            "--job",
+            "into-the-hole",
+        ])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let run = loop {
+        let out = arbor(
+            dir.path(),
+            &["sync", "jobs", "--agent", &hub.address, "--json"],
+        );
+        let job: Json = serde_json::from_slice(&out.stdout).unwrap();
+        if !job["last_run"].is_null() && job["running"] == false {
+            break job["last_run"].clone();
+        }
+        assert!(
+            started.elapsed() < BLACK_HOLE_BOUND,
+            "the job against a black hole never ended: {job}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let took = started.elapsed();
+    eprintln!("black hole as an agent's job peer: ended after {took:?}: {run}");
+    let text = run.to_string();
+    assert!(text.contains("failed"), "the run failed: {run}");
+    assert!(
+        text.contains(&hole_at),
+        "the run's error names the peer: {run}"
+    );
+    drop(trigger);
+}
