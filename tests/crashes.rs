@@ -538,3 +538,100 @@ fn an_agent_killed_while_capturing_logically_under_writes_loses_no_change() {
     }
     eprintln!("crash: logical capture: {} kills, {total} writes", kills());
 }
+
+/// `arbor keys rotate` on `agent`'s dataset `customers`.
+fn rotate_keys(dir: &Path, agent: &str) -> Output {
+    arbor(
+        dir,
+        &[
+            "keys",
+            "rotate",
+            "--agent",
+            agent,
+            "--dataset",
+            "customers",
+            "--json",
+        ],
+    )
+}
+
+#[test]
+fn an_agent_killed_during_a_key_rotation_comes_back_serving_and_finishes_it() {
+    const ROWS: i64 = 150_000;
+    let next = "next_secret = \"the rotated key, of enough length\"\n";
+    let dir = TempDir::new().unwrap();
+    table_agent(dir.path(), "fresh", ROWS, 0, next);
+    let fresh = AgentProcess::start(dir.path(), "fresh.toml");
+    let (code, _, _) = compare_ready(dir.path(), &fresh.address, &fresh.address);
+    assert_eq!(code, 0);
+    // The oracle rotates whole; kills land within the time that takes.
+    let started = Instant::now();
+    let rotated = rotate_keys(dir.path(), &fresh.address);
+    assert!(rotated.status.success(), "{}", said(&rotated));
+    let rotate_ms = (started.elapsed().as_millis() as u64).max(100);
+    let k2 = serde_json::from_slice::<Json>(&rotated.stdout).unwrap()["key_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    eprintln!("crash: a rotation of {ROWS} rows takes about {rotate_ms} ms");
+    let seed = campaign_seed();
+    for k in 0..kills() {
+        let name = format!("rotated{k}");
+        std::fs::copy(
+            dir.path().join("fresh.db"),
+            dir.path().join(format!("{name}.db")),
+        )
+        .unwrap();
+        table_agent(dir.path(), &name, ROWS, 0, next);
+        let config = format!("{name}.toml");
+        let mut agent = AgentProcess::start(dir.path(), &config);
+        let (code, _, _) = compare_ready(dir.path(), &agent.address, &agent.address);
+        assert_eq!(code, 0);
+        let rotation = Command::new(ARBOR)
+            .args([
+                "keys",
+                "rotate",
+                "--agent",
+                &agent.address,
+                "--dataset",
+                "customers",
+            ])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let wait = delay(seed ^ k as u64, 20..rotate_ms);
+        eprintln!("crash: key rotation of {name}, seed {seed}, kill after {wait:?}");
+        std::thread::sleep(wait);
+        agent.child.kill().unwrap();
+        agent.child.wait().unwrap();
+        rotation.wait_with_output().unwrap();
+        drop(agent);
+        let back = AgentProcess::start(dir.path(), &config);
+        // Back and serving, under whichever key it settled on.
+        let (code, summary, drift) = compare_ready(dir.path(), &back.address, &fresh.address);
+        assert_eq!(code, 0, "after a kill mid-rotation: {summary}");
+        assert!(drift.is_empty());
+        let finished = summary["left"]["key_id"] == k2.as_str();
+        if !finished {
+            // The rotation did not survive the kill: it runs again whole.
+            let again = rotate_keys(dir.path(), &back.address);
+            assert!(again.status.success(), "{}", said(&again));
+            let r: Json = serde_json::from_slice(&again.stdout).unwrap();
+            assert_eq!(r["key_id"], k2.as_str(), "{r}");
+            assert_eq!(r["records"], ROWS, "{r}");
+        }
+        let (code, summary, _) = compare_ready(dir.path(), &back.address, &fresh.address);
+        assert_eq!(code, 0, "{summary}");
+        assert_eq!(summary["left"]["key_id"], k2.as_str(), "{summary}");
+        assert_eq!(
+            summary["left"]["root"], summary["right"]["root"],
+            "{summary}"
+        );
+        eprintln!(
+            "crash: key rotation kill {k}: rotation {} before the kill",
+            if finished { "finished" } else { "not finished" }
+        );
+    }
+}
