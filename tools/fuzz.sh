@@ -27,7 +27,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-command -v cargo-afl >/dev/null 2>&1 || {
+# As cargo finds it: on PATH or in $CARGO_HOME/bin.
+cargo afl --version >/dev/null 2>&1 || {
   echo "fuzz: cargo-afl is missing; run tools/setup.sh --test" >&2
   exit 1
 }
