@@ -10,6 +10,11 @@
 //! fresh build of the table (same root), so no acknowledged change was
 //! lost and none applied twice.
 //!
+//! * PostgreSQL restarted during a throttled repair into it: the run ends
+//!   0 or 2, a rerun finishes, and a trigger counting committed updates
+//!   shows every row written exactly once (a batch committed before the
+//!   restart cut its answer is found already applied, not applied again).
+//!
 //! A restart cuts every session of the server, so these tests must not
 //! run beside others: `tools/test.sh` runs the suite with
 //! `--skip restarts::`, then this module alone, one test at a time. They
@@ -125,4 +130,121 @@ fn mariadb_restarted_during_poll_capture_under_writes_loses_no_change() {
         "polled.toml",
         "fresh.toml",
     );
+}
+
+#[test]
+fn postgres_restarted_during_a_repair_batch_applies_every_write_once() {
+    const ROWS: i64 = 2_000;
+    let Some(command) = restart_command("ARBOR_TEST_POSTGRES_RESTART") else {
+        return;
+    };
+    let dir = TempDir::new().unwrap();
+    // The source: SQLite rows 'new'; the target: PostgreSQL rows 'old',
+    // each committed UPDATE counted by a trigger in its own transaction.
+    super::faults::counted_pair(dir.path(), ROWS);
+    let url = std::env::var("ARBOR_TEST_POSTGRES_URL").unwrap();
+    let mut pg = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let table = unique_table("restart_dst");
+    pg.batch_execute(&format!(
+        "CREATE TABLE {table} (id int8 PRIMARY KEY, v text);
+         CREATE TABLE {table}_writes (id int8);
+         CREATE FUNCTION {table}_count() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN INSERT INTO {table}_writes VALUES (NEW.id); RETURN NEW; END $$;
+         CREATE TRIGGER counted AFTER UPDATE ON {table} FOR EACH ROW EXECUTE FUNCTION {table}_count();
+         INSERT INTO {table} SELECT g, 'old' FROM generate_series(1, {ROWS}) g;"
+    ))
+    .unwrap();
+    std::fs::write(
+        dir.path().join("dst.toml"),
+        dataset_agent(
+            "dst-data",
+            &format!("{{ kind = \"postgres\", url_env = \"ARBOR_TEST_POSTGRES_URL\", table = \"{table}\" }}"),
+            "key = [{ source = \"id\", kind = \"integer\" }]\ncolumns = [{ source = \"v\", kind = \"text\" }]\n",
+            "allow_repairs = true",
+        ),
+    )
+    .unwrap();
+    let src = AgentProcess::start(dir.path(), "src.toml");
+    let dst = AgentProcess::start(dir.path(), "dst.toml");
+    // Throttled to about two seconds; the server restarts in the middle.
+    let run = Command::new(ARBOR)
+        .args([
+            "sync",
+            "run",
+            "--source",
+            &src.address,
+            "--target",
+            &dst.address,
+            "--dataset",
+            "customers",
+            "--execute",
+            "--json",
+            "--batch",
+            "50",
+            "--max-share",
+            "1",
+            "--max-rows-per-sec",
+            "1000",
+            "--retry-secs",
+            "60",
+        ])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_millis(900));
+    restart(&command);
+    let out = run.wait_with_output().unwrap();
+    let code = out.status.code();
+    eprintln!(
+        "restart: the run ended after {:?} (restart at 0.9 s): {}",
+        started.elapsed(),
+        said(&out)
+    );
+    assert!(matches!(code, Some(0) | Some(2)), "{}", said(&out));
+    // Whatever the run managed, a rerun finishes the job.
+    let rerun = sync_run(
+        dir.path(),
+        &src,
+        &dst,
+        &["--execute", "--json", "--max-share", "1"],
+    );
+    assert_eq!(rerun.status.code(), Some(0), "{}", said(&rerun));
+    let mut pg = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let twice: Vec<(i64, i64)> = pg
+        .query(
+            &format!(
+                "SELECT id, count(*) FROM {table}_writes GROUP BY id HAVING count(*) <> 1 LIMIT 5"
+            ),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(twice.is_empty(), "rows written other than once: {twice:?}");
+    let counted: i64 = pg
+        .query_one(
+            &format!("SELECT count(DISTINCT id) FROM {table}_writes"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(counted, ROWS, "every row was written");
+    let values: Vec<String> = pg
+        .query(&format!("SELECT DISTINCT v FROM {table}"), &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(values, vec!["new".to_owned()]);
+    eprintln!(
+        "restart: a repair through a PostgreSQL restart: first run exit {code:?}, every row written once"
+    );
+    pg.batch_execute(&format!(
+        "DROP TABLE {table}; DROP TABLE {table}_writes; DROP FUNCTION {table}_count()"
+    ))
+    .unwrap();
 }
