@@ -15,6 +15,10 @@
 //!   trigger on the target counts updates) and the target equals the
 //!   source.
 //!
+//! * While it follows PostgreSQL by logical capture, while changes are
+//!   pushed to it (IngestChanges), and during a key rotation: the same
+//!   oracle, a fresh build of the system.
+//!
 //! `ARBOR_CRASH_KILLS` (default 3) sets the kills per scenario; the long
 //! mode in `docs/reliability.md` runs 100. Each kill prints its seed and
 //! delay, so a failure can be replayed.
@@ -634,4 +638,153 @@ fn an_agent_killed_during_a_key_rotation_comes_back_serving_and_finishes_it() {
             if finished { "finished" } else { "not finished" }
         );
     }
+}
+
+/// Pushes batches of changes to `address` until `stop`, each first
+/// committed to the SQLite table `t` in `db` (as an integration beside a
+/// system would), then sent with IngestChanges and retried until the
+/// agent acknowledges it (an agent killed meanwhile comes back on the
+/// same port). Returns the batches acknowledged.
+fn steady_ingest(
+    db: PathBuf,
+    address: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    use arbor::proto::v1 as pb;
+    use pb::change_event::Op;
+    use pb::typed_value::Value as V;
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let mut sqlite = Connection::open(db).unwrap();
+        let mut n: i64 = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let int = |i: i64| pb::TypedValue {
+                value: Some(V::Integer(i.to_string())),
+            };
+            let text = |t: String| pb::TypedValue {
+                value: Some(V::Text(t)),
+            };
+            // Ten updates of existing rows, one new row, and the delete of
+            // the row the batch before last added.
+            let mut changes = Vec::new();
+            let tx = sqlite.transaction().unwrap();
+            for i in 0..10 {
+                let id = 1 + (n * 10 + i) * 37 % 2_000;
+                let v = format!("batch {n}");
+                tx.execute(
+                    "UPDATE t SET v = ?2 WHERE id = ?1",
+                    rusqlite::params![id, v],
+                )
+                .unwrap();
+                changes.push(pb::ChangeEvent {
+                    op: Op::Upsert as i32,
+                    key: vec![int(id)],
+                    values: vec![text(v)],
+                });
+            }
+            let new = 100_000 + n;
+            tx.execute("INSERT INTO t VALUES (?1, 'new')", [new])
+                .unwrap();
+            changes.push(pb::ChangeEvent {
+                op: Op::Upsert as i32,
+                key: vec![int(new)],
+                values: vec![text("new".into())],
+            });
+            if n >= 2 {
+                tx.execute("DELETE FROM t WHERE id = ?1", [new - 2])
+                    .unwrap();
+                changes.push(pb::ChangeEvent {
+                    op: Op::Delete as i32,
+                    key: vec![int(new - 2)],
+                    values: vec![],
+                });
+            }
+            tx.commit().unwrap();
+            let request = pb::IngestRequest {
+                dataset: "customers".into(),
+                changes,
+                watermark: format!("batch {n}").into_bytes(),
+            };
+            let deadline = Instant::now() + Duration::from_secs(60);
+            runtime.block_on(async {
+                loop {
+                    let sent = async {
+                        let mut client = pb::ingest_service_client::IngestServiceClient::connect(
+                            address.clone(),
+                        )
+                        .await
+                        .map_err(|e| e.to_string())?;
+                        client
+                            .ingest_changes(request.clone())
+                            .await
+                            .map_err(|s| s.to_string())
+                    };
+                    match sent.await {
+                        Ok(_) => break,
+                        Err(e) => {
+                            assert!(Instant::now() < deadline, "ingest never acknowledged: {e}");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+            });
+            n += 1;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        n as u64
+    })
+}
+
+#[test]
+fn an_agent_killed_while_changes_are_pushed_to_it_loses_no_acknowledged_change() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = TempDir::new().unwrap();
+    let port = free_port();
+    table_agent(
+        dir.path(),
+        "pushed",
+        2_000,
+        port,
+        "capture = { mode = \"push\" }\n",
+    );
+    let mut agent = AgentProcess::start(dir.path(), "pushed.toml");
+    let (code, _, _) = compare_ready(dir.path(), &agent.address, &agent.address);
+    assert_eq!(code, 0);
+    let stop = Arc::new(AtomicBool::new(false));
+    let pusher = steady_ingest(
+        dir.path().join("pushed.db"),
+        agent.address.clone(),
+        Arc::clone(&stop),
+    );
+    let seed = campaign_seed();
+    for k in 0..kills() {
+        let wait = delay(seed ^ k as u64, 200..1_500);
+        eprintln!("crash: ingest, seed {seed}, kill {k} after {wait:?}");
+        std::thread::sleep(wait);
+        agent.child.kill().unwrap();
+        agent.child.wait().unwrap();
+        drop(agent);
+        agent = AgentProcess::start(dir.path(), "pushed.toml");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let batches = pusher.join().unwrap();
+    // The oracle: a fresh build of the table every acknowledged batch was
+    // committed to first.
+    std::fs::copy(dir.path().join("pushed.db"), dir.path().join("oracle.db")).unwrap();
+    table_agent(dir.path(), "oracle", 0, 0, "");
+    let oracle = AgentProcess::start(dir.path(), "oracle.toml");
+    let (code, summary, drift) = compare_ready(dir.path(), &agent.address, &oracle.address);
+    assert_eq!(
+        code,
+        0,
+        "{summary}\nfirst drift: {:?}",
+        drift.iter().take(5).collect::<Vec<_>>()
+    );
+    assert_eq!(summary["left"]["root"], summary["right"]["root"]);
+    eprintln!(
+        "crash: ingest: {} kills, {batches} batches acknowledged, none lost",
+        kills()
+    );
 }
