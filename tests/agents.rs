@@ -94,20 +94,8 @@ fn demo(rows: u64, drift: u64) -> TempDir {
 fn compare(dir: &Path, left: &str, right: &str) -> (i32, Json, Vec<Json>) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let out = arbor(
-            dir,
-            &[
-                "compare",
-                "--agent",
-                left,
-                "--dataset",
-                "customers",
-                "--peer",
-                right,
-                // No --limit: machine output is complete by default.
-                "--json",
-            ],
-        );
+        // No --limit: machine output is complete by default.
+        let out = cli_compare(dir, left, right, &["--json"]);
         let code = out.status.code().unwrap_or(-1);
         let text = String::from_utf8_lossy(&out.stdout);
         let mut lines = text
@@ -336,6 +324,20 @@ fn a_different_secret_is_an_error_not_drift() {
     );
 }
 
+/// `arbor keys rotate --json` on `agent`'s dataset `customers`.
+fn rotate_keys(dir: &Path, agent: &str) -> Output {
+    let args = [
+        "keys",
+        "rotate",
+        "--agent",
+        agent,
+        "--dataset",
+        "customers",
+        "--json",
+    ];
+    arbor(dir, &args)
+}
+
 #[test]
 fn compares_keep_working_across_a_key_rotation() {
     let dir = demo(3_000, 15);
@@ -360,18 +362,7 @@ fn compares_keep_working_across_a_key_rotation() {
     let mut crm = AgentProcess::start(dir.path(), "crm.toml");
     let erp = AgentProcess::start(dir.path(), "erp.toml");
     let rotate = |agent: &str| -> Json {
-        let out = arbor(
-            dir.path(),
-            &[
-                "keys",
-                "rotate",
-                "--agent",
-                agent,
-                "--dataset",
-                "customers",
-                "--json",
-            ],
-        );
+        let out = rotate_keys(dir.path(), agent);
         assert!(
             out.status.success(),
             "keys rotate: {}",

@@ -155,6 +155,57 @@ enum Killed {
     Target,
 }
 
+/// Starts a sync run of `customers` from `src` to `dst`, executed in
+/// batches of 50 throttled to 1,000 rows a second (about two seconds for
+/// 2,000 rows), retrying for a minute: a fault injected meanwhile lands
+/// inside it.
+pub(super) fn throttled_sync(dir: &Path, src: &AgentProcess, dst: &AgentProcess) -> Child {
+    Command::new(ARBOR)
+        .args([
+            "sync",
+            "run",
+            "--source",
+            &src.address,
+            "--target",
+            &dst.address,
+            "--dataset",
+            "customers",
+            "--execute",
+            "--json",
+            "--batch",
+            "50",
+            "--max-share",
+            "1",
+            "--max-rows-per-sec",
+            "1000",
+            "--retry-secs",
+            "60",
+        ])
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for a throttled run that met a fault: it must end 0 or 2, never
+/// anything else; then a rerun must finish what it left. Returns the first
+/// run's exit code.
+pub(super) fn end_and_rerun(
+    dir: &Path,
+    run: Child,
+    src: &AgentProcess,
+    dst: &AgentProcess,
+) -> Option<i32> {
+    let out = run.wait_with_output().unwrap();
+    let code = out.status.code();
+    eprintln!("sync run through the fault: {}", said(&out));
+    assert!(matches!(code, Some(0) | Some(2)), "{}", said(&out));
+    let rerun = sync_run(dir, src, dst, &["--execute", "--json", "--max-share", "1"]);
+    assert_eq!(rerun.status.code(), Some(0), "{}", said(&rerun));
+    code
+}
+
 /// Kills `killed` during a throttled sync run from `src` to `dst` and
 /// restarts it on its port; then checks every row was updated once.
 fn killed_during_a_sync(killed: Killed) {
@@ -171,32 +222,7 @@ fn killed_during_a_sync(killed: Killed) {
         let mut dst = AgentProcess::start(dir.path(), "dst.toml");
         // Throttled, so the run lasts about two seconds and the kill lands
         // inside it.
-        let run = Command::new(ARBOR)
-            .args([
-                "sync",
-                "run",
-                "--source",
-                &src.address,
-                "--target",
-                &dst.address,
-                "--dataset",
-                "customers",
-                "--execute",
-                "--json",
-                "--batch",
-                "50",
-                "--max-share",
-                "1",
-                "--max-rows-per-sec",
-                "1000",
-                "--retry-secs",
-                "60",
-            ])
-            .current_dir(dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let run = throttled_sync(dir.path(), &src, &dst);
         let wait = delay(seed ^ k as u64, 300..2_200);
         eprintln!("crash: sync {killed:?}, seed {seed}, kill after {wait:?}");
         std::thread::sleep(wait);
@@ -207,17 +233,7 @@ fn killed_during_a_sync(killed: Killed) {
         victim.child.kill().unwrap();
         victim.child.wait().unwrap();
         *victim = AgentProcess::start(dir.path(), config);
-        let out = run.wait_with_output().unwrap();
-        let code = out.status.code();
-        assert!(matches!(code, Some(0) | Some(2)), "{}", said(&out));
-        // Whatever the run managed, a rerun finishes the job.
-        let rerun = sync_run(
-            dir.path(),
-            &src,
-            &dst,
-            &["--execute", "--json", "--max-share", "1"],
-        );
-        assert_eq!(rerun.status.code(), Some(0), "{}", said(&rerun));
+        let code = end_and_rerun(dir.path(), run, &src, &dst);
         let (counts, values) = super::faults::target_state(dir.path());
         assert_eq!(counts.len() as i64, ROWS, "every row was written");
         assert!(
@@ -541,22 +557,6 @@ fn an_agent_killed_while_capturing_logically_under_writes_loses_no_change() {
         eprintln!("crash: logical capture kill {k}: {writes} writes, none lost");
     }
     eprintln!("crash: logical capture: {} kills, {total} writes", kills());
-}
-
-/// `arbor keys rotate` on `agent`'s dataset `customers`.
-fn rotate_keys(dir: &Path, agent: &str) -> Output {
-    arbor(
-        dir,
-        &[
-            "keys",
-            "rotate",
-            "--agent",
-            agent,
-            "--dataset",
-            "customers",
-            "--json",
-        ],
-    )
 }
 
 #[test]

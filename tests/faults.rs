@@ -493,19 +493,7 @@ fn a_full_disk_fails_the_build_clearly_and_it_recovers_once_space_returns() {
     // The CLI's own words, not a parsed summary: a dataset that failed to
     // index is refused before any summary.
     let attempt = |left: &str, right: &str| {
-        let out = arbor(
-            dir.path(),
-            &[
-                "compare",
-                "--agent",
-                left,
-                "--dataset",
-                "customers",
-                "--peer",
-                right,
-                "--json",
-            ],
-        );
+        let out = cli_compare(dir.path(), left, right, &["--json"]);
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -583,18 +571,6 @@ impl BlackHole {
     }
 }
 
-/// `arbor ARGS` in `dir`: (exit code, stdout, stderr, time taken).
-fn timed(dir: &Path, args: &[&str]) -> (Option<i32>, String, String, Duration) {
-    let started = Instant::now();
-    let out = arbor(dir, args);
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-        started.elapsed(),
-    )
-}
-
 /// Longest a call to a black hole may take: the CLI's 10 s health check;
 /// for an agent's job, its 60 s retry span plus one 10 s Describe, with
 /// room for a loaded machine.
@@ -615,38 +591,24 @@ fn a_peer_or_agent_that_never_answers_fails_the_call_in_bounded_time() {
         );
     std::fs::write(dir.path().join("hub.toml"), config).unwrap();
     let hub = AgentProcess::start(dir.path(), "hub.toml");
-    for (what, args) in [
-        (
-            "the CLI's peer",
-            [
-                "compare",
-                "--agent",
-                &hub.address,
-                "--dataset",
-                "customers",
-                "--peer",
-                &hole.address,
-                "--json",
-            ],
-        ),
-        (
-            "the CLI's agent",
-            [
-                "compare",
-                "--agent",
-                &hole.address,
-                "--dataset",
-                "customers",
-                "--peer",
-                &hub.address,
-                "--json",
-            ],
-        ),
+    for (what, left, right) in [
+        ("the CLI's peer", &hub.address, &hole.address),
+        ("the CLI's agent", &hole.address, &hub.address),
     ] {
-        let (code, stdout, stderr, took) = timed(dir.path(), &args);
-        eprintln!("black hole as {what}: exit {code:?} after {took:?}\n{stdout}{stderr}");
+        let started = Instant::now();
+        let out = cli_compare(dir.path(), left, right, &["--json"]);
+        let took = started.elapsed();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        eprintln!(
+            "black hole as {what}: exit {:?} after {took:?}\n{stderr}",
+            out.status.code()
+        );
         assert!(took < BLACK_HOLE_BOUND, "{what}: took {took:?}");
-        assert_eq!(code, Some(2), "{what}: a black hole is a failure");
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{what}: a black hole is a failure"
+        );
         assert!(
             stderr.contains(&hole_at),
             "{what}: the error names the address that never answered"

@@ -167,51 +167,10 @@ fn postgres_restarted_during_a_repair_batch_applies_every_write_once() {
     let src = AgentProcess::start(dir.path(), "src.toml");
     let dst = AgentProcess::start(dir.path(), "dst.toml");
     // Throttled to about two seconds; the server restarts in the middle.
-    let run = Command::new(ARBOR)
-        .args([
-            "sync",
-            "run",
-            "--source",
-            &src.address,
-            "--target",
-            &dst.address,
-            "--dataset",
-            "customers",
-            "--execute",
-            "--json",
-            "--batch",
-            "50",
-            "--max-share",
-            "1",
-            "--max-rows-per-sec",
-            "1000",
-            "--retry-secs",
-            "60",
-        ])
-        .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
+    let run = super::crashes::throttled_sync(dir.path(), &src, &dst);
     std::thread::sleep(Duration::from_millis(900));
     restart(&command);
-    let out = run.wait_with_output().unwrap();
-    let code = out.status.code();
-    eprintln!(
-        "restart: the run ended after {:?} (restart at 0.9 s): {}",
-        started.elapsed(),
-        said(&out)
-    );
-    assert!(matches!(code, Some(0) | Some(2)), "{}", said(&out));
-    // Whatever the run managed, a rerun finishes the job.
-    let rerun = sync_run(
-        dir.path(),
-        &src,
-        &dst,
-        &["--execute", "--json", "--max-share", "1"],
-    );
-    assert_eq!(rerun.status.code(), Some(0), "{}", said(&rerun));
+    let code = super::crashes::end_and_rerun(dir.path(), run, &src, &dst);
     let mut pg = postgres::Client::connect(&url, postgres::NoTls).unwrap();
     let twice: Vec<(i64, i64)> = pg
         .query(
