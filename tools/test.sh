@@ -19,6 +19,9 @@ cargo build --workspace --locked --bins
 echo "test: a client that is not ours, through server reflection"
 tools/reflection_check.sh
 echo "test: licences, banned crates and sources (cargo-deny, offline)"
+# cargo-deny reads every package of the graph, dev-dependencies included,
+# which a build of the binaries has not downloaded.
+cargo fetch --locked >/dev/null
 cargo deny --offline --log-level error check licenses bans sources
 echo "test: every decoder of outside bytes under AFL++, ${ARBOR_FUZZ_SECONDS:=15} s each (tools/fuzz.sh)"
 tools/fuzz.sh --seconds "$ARBOR_FUZZ_SECONDS"
