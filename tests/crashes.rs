@@ -145,7 +145,16 @@ fn an_agent_killed_during_its_build_comes_back_equal_to_a_fresh_build() {
             summary["left"]["root"], summary["right"]["root"],
             "{summary}"
         );
+        drop(back);
+        forget_agent(dir.path(), &name);
     }
+}
+
+/// Removes an agent's system and data directory once its case is checked:
+/// a long campaign would otherwise keep every index it built.
+fn forget_agent(dir: &Path, name: &str) {
+    std::fs::remove_dir_all(dir.join(format!("{name}-data"))).unwrap();
+    std::fs::remove_file(dir.join(format!("{name}.db"))).unwrap();
 }
 
 /// Which agent of a sync run is killed.
@@ -637,6 +646,8 @@ fn an_agent_killed_during_a_key_rotation_comes_back_serving_and_finishes_it() {
             "crash: key rotation kill {k}: rotation {} before the kill",
             if finished { "finished" } else { "not finished" }
         );
+        drop(back);
+        forget_agent(dir.path(), &name);
     }
 }
 
