@@ -233,6 +233,36 @@ impl Dataset {
         Ok(stats)
     }
 
+    /// Applies a batch of changes the system pushed (IngestChanges), or
+    /// refuses it as unavailable while a rescan reads the system.
+    pub fn apply_pushed(
+        &self,
+        changes: &[Change],
+        watermark: Option<&[u8]>,
+    ) -> Result<ApplyStats, OpError> {
+        // A rescan holds the system for its whole pass and writes what it
+        // read: a batch applied meanwhile could be overwritten by that older
+        // view (a pushed delete undone, a pushed update rolled back). The
+        // batch waits for the pass instead, by being refused as unavailable:
+        // the pusher retries it, and what the pass read already holds every
+        // batch the system committed before pushing.
+        let _system = match &self.source {
+            None => None,
+            Some(source) => match source.try_lock() {
+                Ok(guard) => Some(guard),
+                Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    return Err(OpError::Unavailable(
+                        "the dataset is being read from its system (a rescan); \
+                         push the batch again when it is done"
+                            .into(),
+                    ));
+                }
+            },
+        };
+        self.apply(changes, watermark).map_err(OpError::Index)
+    }
+
     /// Makes every index's write-ahead log durable.
     pub fn sync_wal(&self) -> Result<(), IndexError> {
         self.indexes().iter().try_for_each(|i| i.sync_wal())

@@ -8,7 +8,6 @@ use arbor_record::Record;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
-use crate::grpc::status::index_status;
 use crate::proto::v1 as pb;
 use crate::proto::v1::ingest_service_server::IngestService;
 use crate::wire;
@@ -116,10 +115,11 @@ impl IngestService for IngestServer {
         let changes = ingested_changes(mapping, &req)?;
         let watermark = (!req.watermark.is_empty()).then_some(req.watermark);
         let applied = Arc::clone(&ds);
-        let stats = tokio::task::spawn_blocking(move || ds.apply(&changes, watermark.as_deref()))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(index_status)?;
+        let stats =
+            tokio::task::spawn_blocking(move || ds.apply_pushed(&changes, watermark.as_deref()))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(crate::grpc::status::op)?;
         if stats.inserted + stats.updated + stats.deleted > 0 {
             applied.changed();
         }
