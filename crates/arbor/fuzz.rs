@@ -173,6 +173,14 @@ mod tests {
     }
 
     proptest! {
+        /// Arbitrary bytes as every message a peer or an agent answers
+        /// (the level and key count in the first byte); the structured
+        /// cases are beside the conversions, in `wire.rs`.
+        #[test]
+        fn wire_takes_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            wire(&bytes);
+        }
+
         /// Every target takes arbitrary bytes without a panic (the fuzzer
         /// goes far deeper; this keeps the entry points honest in CI).
         #[test]

@@ -497,15 +497,6 @@ mod tests {
         }
 
         proptest! {
-            /// Arbitrary bytes as every message (`fuzz::wire`, the fuzz
-            /// target, with the level and key count in the first byte).
-            #[test]
-            fn arbitrary_bytes_as_every_response(
-                bytes in proptest::collection::vec(any::<u8>(), 0..300),
-            ) {
-                crate::fuzz::wire(&bytes);
-            }
-
             #[test]
             fn structured_nodes_and_descriptions(
                 gaps in proptest::collection::vec(any::<u64>(), 0..8),
