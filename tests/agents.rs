@@ -117,7 +117,17 @@ fn compare(dir: &Path, left: &str, right: &str) -> (i32, Json, Vec<Json>) {
 /// A copy of the demo's crm system as `NAME.db`, and `NAME.toml`: the crm
 /// agent's config over it, followed with `capture` (a `capture = …` line).
 fn followed_copy(dir: &Path, name: &str, capture: &str) {
-    std::fs::copy(dir.join("crm.db"), dir.join(format!("{name}.db"))).unwrap();
+    copy_of(dir, "crm", name, capture);
+}
+
+/// [`followed_copy`] of the SQLite system `FROM.db` (a copy of the crm
+/// system, as writes left it).
+fn copy_of(dir: &Path, from: &str, name: &str, capture: &str) {
+    std::fs::copy(
+        dir.join(format!("{from}.db")),
+        dir.join(format!("{name}.db")),
+    )
+    .unwrap();
     let config = std::fs::read_to_string(dir.join("crm.toml"))
         .unwrap()
         .replace("crm-data", &format!("{name}-data"))

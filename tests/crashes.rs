@@ -329,12 +329,7 @@ fn killed_while_following_writes(mode: &str, capture: &str) {
         stop.store(true, Ordering::Relaxed);
         let writes = writer.join().unwrap();
         // The oracle: a fresh build of the system as the writes left it.
-        std::fs::copy(dir.path().join("polled.db"), dir.path().join("oracle.db")).unwrap();
-        let config = std::fs::read_to_string(dir.path().join("crm.toml"))
-            .unwrap()
-            .replace("crm-data", "oracle-data")
-            .replace("path = \"crm.db\"", "path = \"oracle.db\"");
-        std::fs::write(dir.path().join("oracle.toml"), config).unwrap();
+        copy_of(dir.path(), "polled", "oracle", "");
         let oracle = AgentProcess::start(dir.path(), "oracle.toml");
         let summary = wait_for_drift(dir.path(), &oracle.address, &polled.address, &Drift::new());
         assert_eq!(
