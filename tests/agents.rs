@@ -27,6 +27,39 @@ impl AgentProcess {
         AgentProcess::start_with(dir, config, &[("RUST_LOG", "warn")], Stdio::inherit())
     }
 
+    /// Starts an agent and waits until it has indexed (or caught up with
+    /// its system): an agent killed before then has not seen its system yet.
+    fn start_indexed(dir: &Path, config: &str) -> AgentProcess {
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_check_response::ServingStatus;
+        use tonic_health::pb::health_client::HealthClient;
+        let agent = AgentProcess::start(dir, config);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !rt.block_on(async {
+            let Ok(channel) = tonic::transport::Endpoint::from_shared(agent.address.clone())
+                .unwrap()
+                .connect()
+                .await
+            else {
+                return false;
+            };
+            HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32)
+        }) {
+            assert!(
+                Instant::now() < deadline,
+                "{config} never finished indexing"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        agent
+    }
+
     /// An agent with these environment variables, logging into `stderr`.
     fn start_with(dir: &Path, config: &str, env: &[(&str, &str)], stderr: Stdio) -> AgentProcess {
         let mut child = Command::new(ARBOR)
@@ -1957,8 +1990,11 @@ fn edit(dir: &Path, side: &str, sql: &str) {
 /// Issue 16 item 7: in two-way sync a delete is settled by the rule like any
 /// other change. Key 1 is deleted on `a`; key 2 deleted on `a` and then
 /// updated on `b`; key 3 updated on `b` (with an old `updated_at`) and then
-/// deleted on `a`. Each agent learns of its side's changes at a restart, in
-/// that order, so the times its index records follow the edits.
+/// deleted on `a`. Each agent learns of its side's changes at a restart. A
+/// change a restart finds is known only to come after the agent last read
+/// its system (not to be as new as the restart), so `b` reads its system
+/// once after `a` saw the deletes: its edit of key 2 is then known to be
+/// later than them.
 #[test]
 fn two_way_deletes_are_settled_by_the_rule_and_never_outrank_a_later_write() {
     let updated = |v: &str| (v.to_owned(), "2026-01-01T00:00:00Z".to_owned());
@@ -1986,19 +2022,21 @@ fn two_way_deletes_are_settled_by_the_rule_and_never_outrank_a_later_write() {
         let dir = TempDir::new().unwrap();
         two_way_pair(dir.path());
         // Both indexed; then the edits, each side restarted to see its own.
-        let a = AgentProcess::start(dir.path(), "a.toml");
-        let b = AgentProcess::start(dir.path(), "b.toml");
+        let a = AgentProcess::start_indexed(dir.path(), "a.toml");
+        let b = AgentProcess::start_indexed(dir.path(), "b.toml");
         drop(b);
         edit(
             dir.path(),
             "b",
             "UPDATE t SET v = 'old', updated_at = '2026-02-01T00:00:00Z' WHERE id = 3",
         );
-        let b = AgentProcess::start(dir.path(), "b.toml");
+        let b = AgentProcess::start_indexed(dir.path(), "b.toml");
         drop(a);
         std::thread::sleep(Duration::from_millis(5));
         edit(dir.path(), "a", "DELETE FROM t WHERE id IN (1, 2, 3)");
-        let a = AgentProcess::start(dir.path(), "a.toml");
+        let a = AgentProcess::start_indexed(dir.path(), "a.toml");
+        drop(b);
+        let b = AgentProcess::start_indexed(dir.path(), "b.toml");
         drop(b);
         std::thread::sleep(Duration::from_millis(5));
         edit(
@@ -2006,7 +2044,7 @@ fn two_way_deletes_are_settled_by_the_rule_and_never_outrank_a_later_write() {
             "b",
             "UPDATE t SET v = 'later', updated_at = '2026-02-01T00:00:00Z' WHERE id = 2",
         );
-        let b = AgentProcess::start(dir.path(), "b.toml");
+        let b = AgentProcess::start_indexed(dir.path(), "b.toml");
         let policy = ["--policy", "two-way", "--rule", rule];
         let run = [
             &["run"][..],
@@ -2073,7 +2111,7 @@ fn two_way_deletes_are_settled_by_the_rule_and_never_outrank_a_later_write() {
                 "a",
                 "INSERT INTO t VALUES (1, 'again', '2025-01-01T00:00:00Z')",
             );
-            let a = AgentProcess::start(dir.path(), "a.toml");
+            let a = AgentProcess::start_indexed(dir.path(), "a.toml");
             for rule in ["priority:target", "lww:updated_at"] {
                 let policy = ["--policy", "two-way", "--rule", rule];
                 let run = [
@@ -2140,6 +2178,103 @@ fn a_rebuild_keeps_deletes_made_meanwhile() {
     assert_eq!(report["planned_deletes"], 1, "{report} {actions:?}");
     assert!(!two_way_rows(dir.path(), "a").contains_key(&2));
     assert!(!two_way_rows(dir.path(), "b").contains_key(&2));
+}
+
+/// Issue 18, the soak's open finding: a delete undone in two-way sync.
+/// Two ways a row deleted on `a` came back, both with change times that
+/// made `b`'s copy look newer than the delete:
+///
+/// * key 4 was copied to `b` by a plan executed after `a` deleted it (a
+///   real-time job's fetch racing the delete): `b`'s index stamped the copy
+///   with the repair's time. A copy now carries the time the row was
+///   changed on `a`.
+/// * key 5 was written to `b` by a repair whose agent died before its index
+///   saw it: `b`'s restart found the row and stamped it with the restart's
+///   time. A row a rescan finds is now known only to come after the index
+///   last read its system, and takes that time.
+///
+/// With `a` given priority both deletes must win. Before the fix both rows
+/// were copied back to `a`.
+#[test]
+fn a_delete_is_not_undone_by_a_copy_landing_after_it_or_a_row_found_late() {
+    let dir = TempDir::new().unwrap();
+    two_way_pair(dir.path());
+    let a = AgentProcess::start_indexed(dir.path(), "a.toml");
+    let b = AgentProcess::start_indexed(dir.path(), "b.toml");
+    drop(a);
+    edit(
+        dir.path(),
+        "a",
+        "INSERT INTO t VALUES (4, 'four', '2026-03-01T00:00:00Z'), (5, 'five', '2026-03-01T00:00:00Z')",
+    );
+    let a = AgentProcess::start_indexed(dir.path(), "a.toml");
+    let policy = ["--policy", "two-way", "--rule", "priority:source"];
+    // The plan copies 4 and 5 to b; it is executed (for 4) only later.
+    let (code, report, _) = sync_json(
+        dir.path(),
+        &[
+            &["plan"][..],
+            &sync_endpoints(&a, &b, &policy),
+            &["--out", "plan.json"],
+        ]
+        .concat(),
+    );
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(report["planned_upserts"], 2, "{report}");
+    let mut plan: Json =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("plan.json")).unwrap())
+            .unwrap();
+    plan["writes"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|w| w["key"] == "4");
+    // 5 reaches b's system while b's agent is down, as a repair's write
+    // does when the agent dies before reading it back into its index.
+    drop(b);
+    edit(
+        dir.path(),
+        "b",
+        "INSERT INTO t VALUES (5, 'five', '2026-03-01T00:00:00Z')",
+    );
+    // Then a deletes both, and sees it.
+    drop(a);
+    edit(dir.path(), "a", "DELETE FROM t WHERE id IN (4, 5)");
+    let a = AgentProcess::start_indexed(dir.path(), "a.toml");
+    let b = AgentProcess::start_indexed(dir.path(), "b.toml");
+    // The saved copy of 4 lands on b after the delete (the plan names the
+    // agents where they listen now).
+    plan["source"] = a.address.clone().into();
+    plan["target"] = b.address.clone().into();
+    std::fs::write(dir.path().join("plan.json"), plan.to_string()).unwrap();
+    let (code, report, _) = sync_json(
+        dir.path(),
+        &[
+            &["run"][..],
+            &sync_endpoints(&a, &b, &[]),
+            &["--plan", "plan.json", "--execute"],
+        ]
+        .concat(),
+    );
+    assert_eq!(report["applied"], 1, "exit {code}: {report}");
+    assert!(two_way_rows(dir.path(), "b").contains_key(&4));
+    // Now two-way sync settles both keys: the deletes win.
+    let (code, report, actions) = sync_json(
+        dir.path(),
+        &[
+            &["run"][..],
+            &sync_endpoints(&a, &b, &policy),
+            &["--execute"],
+        ]
+        .concat(),
+    );
+    assert_eq!(code, 0, "{report} {actions:?}");
+    assert_eq!(report["planned_deletes"], 2, "{report} {actions:?}");
+    assert_eq!(report["planned_upserts"], 0, "{report} {actions:?}");
+    let want: BTreeMap<i64, (String, String)> = (1..=3)
+        .map(|k| (k, ("x".to_owned(), "2026-01-01T00:00:00Z".to_owned())))
+        .collect();
+    assert_eq!(two_way_rows(dir.path(), "a"), want);
+    assert_eq!(two_way_rows(dir.path(), "b"), want);
 }
 
 /// Issue 16 item 8: lww does not decide silently. An edit whose writer
@@ -2369,39 +2504,6 @@ mod sync_model {
         }
     }
 
-    /// Starts an agent and waits until it has indexed (killing one mid-build
-    /// would make its next start rebuild, forgetting the deletes between).
-    fn start_indexed(dir: &Path, config: &str) -> AgentProcess {
-        use tonic_health::pb::HealthCheckRequest;
-        use tonic_health::pb::health_check_response::ServingStatus;
-        use tonic_health::pb::health_client::HealthClient;
-        let agent = AgentProcess::start(dir, config);
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !rt.block_on(async {
-            let Ok(channel) = tonic::transport::Endpoint::from_shared(agent.address.clone())
-                .unwrap()
-                .connect()
-                .await
-            else {
-                return false;
-            };
-            HealthClient::new(channel)
-                .check(HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-                .is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32)
-        }) {
-            assert!(
-                Instant::now() < deadline,
-                "{config} never finished indexing"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        agent
-    }
-
     fn rows_of(dir: &Path, side: &str) -> BTreeMap<i64, (String, Option<i64>)> {
         let db = Connection::open(dir.join(format!("{side}.db"))).unwrap();
         let mut stmt = db.prepare("SELECT id, v, updated_at FROM t").unwrap();
@@ -2456,8 +2558,8 @@ mod sync_model {
             },
         );
         let mut agents = [
-            Some(start_indexed(dir.path(), "a.toml")),
-            Some(start_indexed(dir.path(), "b.toml")),
+            Some(AgentProcess::start_indexed(dir.path(), "a.toml")),
+            Some(AgentProcess::start_indexed(dir.path(), "b.toml")),
         ];
         let mut ops = ops.to_vec();
         ops.push(Op::Sync);
@@ -2471,7 +2573,10 @@ mod sync_model {
                 agents[i] = None;
                 std::thread::sleep(Duration::from_millis(2));
                 edit(dir.path(), ["a", "b"][i], sql);
-                agents[i] = Some(start_indexed(dir.path(), ["a.toml", "b.toml"][i]));
+                agents[i] = Some(AgentProcess::start_indexed(
+                    dir.path(),
+                    ["a.toml", "b.toml"][i],
+                ));
             };
             match *op {
                 Op::Upsert {

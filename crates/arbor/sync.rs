@@ -66,6 +66,7 @@ pub fn planned_write(a: &Action) -> pb::PlannedWrite {
             .map(wire::wire_value)
             .collect(),
         expected_digest: a.expected.map(|d| d.0.to_vec()).unwrap_or_default(),
+        made_at_us: a.made_at_us.unwrap_or(0),
     }
 }
 

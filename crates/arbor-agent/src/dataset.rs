@@ -207,11 +207,35 @@ impl Dataset {
         changes: &[Change],
         watermark: Option<&[u8]>,
     ) -> Result<ApplyStats, IndexError> {
+        self.apply_at(changes, None, watermark)
+    }
+
+    /// [`Dataset::apply`] with each change's commit time (see
+    /// [`Index::apply_timed`]).
+    pub fn apply_timed(
+        &self,
+        changes: &[Change],
+        times: &[Option<i64>],
+        watermark: Option<&[u8]>,
+    ) -> Result<ApplyStats, IndexError> {
+        self.apply_at(changes, Some(times), watermark)
+    }
+
+    fn apply_at(
+        &self,
+        changes: &[Change],
+        times: Option<&[Option<i64>]>,
+        watermark: Option<&[u8]>,
+    ) -> Result<ApplyStats, IndexError> {
         let _serial = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());
         let indexes = self.indexes();
-        let stats = indexes[0].apply(changes, watermark)?;
+        let apply = |index: &Index| match times {
+            Some(times) => index.apply_timed(changes, times, watermark),
+            None => index.apply(changes, watermark),
+        };
+        let stats = apply(&indexes[0])?;
         for other in &indexes[1..] {
-            other.apply(changes, watermark)?;
+            apply(other)?;
         }
         // Pending is only set and taken under `apply_lock`, held here: a
         // read first keeps the usual apply (no rotation) off the write lock
@@ -261,6 +285,16 @@ impl Dataset {
             },
         };
         self.apply(changes, watermark).map_err(OpError::Index)
+    }
+
+    /// Records that every index holds each insert and update the system
+    /// committed before `as_of_us` (see [`Index::mark_current`]): a capture
+    /// calls it once it has applied everything it read from then.
+    pub fn mark_current(&self, as_of_us: i64) -> Result<(), IndexError> {
+        let _serial = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.indexes()
+            .iter()
+            .try_for_each(|i| i.mark_current(as_of_us))
     }
 
     /// Makes every index's write-ahead log durable.

@@ -12,7 +12,7 @@
 //! index already carries this slot's watermark, with the slot not ahead of
 //! it, catches up from the slot instead of rebuilding.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arbor_index::Change;
 use arbor_record::Value;
@@ -62,7 +62,12 @@ pub struct Follower {
     max_changes: u32,
     applied: Lsn,
     failures: u32,
+    /// When the index was last marked current (µs since the Unix epoch).
+    marked_us: i64,
 }
+
+/// How often, at most, a follower records that its index is current.
+const MARK_CURRENT_EVERY_US: i64 = 1_000_000;
 
 /// Failed reads of the slot before it is checked (and maybe replaced) again.
 const REPREPARE_AFTER_FAILURES: u32 = 3;
@@ -130,6 +135,7 @@ pub fn prepare(
             max_changes: config.max_changes,
             applied: resume.unwrap_or(slot.confirmed_flush),
             failures: 0,
+            marked_us: 0,
         },
         resume.is_none(),
     ))
@@ -152,6 +158,7 @@ impl Follower {
     /// Reads, applies and confirms the slot's next transactions.
     #[instrument(skip_all, fields(dataset = name, slot = %self.slot))]
     pub fn step(&mut self, ds: &Dataset, name: &str) -> Result<StepStats, OpError> {
+        let started_us = arbor_index::now_us();
         let txns = match self.capture.peek(self.max_changes) {
             Ok(t) => {
                 self.failures = 0;
@@ -173,10 +180,17 @@ impl Follower {
             ..StepStats::default()
         };
         let Some(last) = txns.last().map(|t| t.end_lsn) else {
+            self.mark_current(ds, started_us)?;
             return Ok(stats);
         };
+        // Each change is stamped with its transaction's commit time, not
+        // the time it is applied: after a restart the slot replays changes
+        // made while the agent was down, and two-way sync must not take
+        // them for changes newer than the other side's deletes.
         let mut changes = Vec::new();
-        let mut refetch: Vec<Vec<Value>> = Vec::new();
+        let mut times = Vec::new();
+        // Keys to read again, each with the commit time that named it.
+        let mut refetch: Vec<(Vec<Value>, i64)> = Vec::new();
         let mut truncated = false;
         let mut commits = Vec::new();
         for t in txns.iter().filter(|t| t.end_lsn > self.applied) {
@@ -187,9 +201,16 @@ impl Follower {
                 match c {
                     Captured::Upsert(r) => changes.push(Change::Upsert(r.clone())),
                     Captured::Delete(k) => changes.push(Change::Delete(k.clone())),
-                    Captured::Refetch(k) => refetch.push(k.clone()),
-                    Captured::Truncate => truncated = true,
+                    Captured::Refetch(k) => {
+                        refetch.push((k.clone(), t.commit_time_us));
+                        continue;
+                    }
+                    Captured::Truncate => {
+                        truncated = true;
+                        continue;
+                    }
                 }
+                times.push(Some(t.commit_time_us));
             }
         }
         let mark = watermark(&self.slot, last.max(self.applied));
@@ -208,28 +229,29 @@ impl Follower {
                     .source
                     .as_ref()
                     .ok_or_else(|| OpError::NoSystem(name.to_owned()))?;
+                let (keys, named_at): (Vec<_>, Vec<_>) = refetch.into_iter().unzip();
                 let found = {
                     let mut source = source.lock().unwrap_or_else(|p| p.into_inner());
-                    source.fetch(&refetch).map_err(OpError::Source)?
+                    source.fetch(&keys).map_err(OpError::Source)?
                 };
-                for (key, row) in refetch.into_iter().zip(found) {
+                for ((key, row), at) in keys.into_iter().zip(found).zip(named_at) {
                     changes.push(match row {
                         Some(r) => Change::Upsert(r),
                         None => Change::Delete(key),
                     });
+                    times.push(Some(at));
                 }
             }
             let s = ds
-                .apply(&changes, Some(mark.as_bytes()))
+                .apply_timed(&changes, &times, Some(mark.as_bytes()))
                 .map_err(OpError::Index)?;
             stats.changes = changes.len() as u64;
             (stats.inserted, stats.updated, stats.deleted) = (s.inserted, s.updated, s.deleted);
         }
         // Durable before the slot forgets the changes.
         ds.sync_wal().map_err(OpError::Index)?;
-        let now_us = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as i64);
+        self.mark_current(ds, started_us)?;
+        let now_us = arbor_index::now_us();
         stats.lags = commits
             .iter()
             .map(|&c| Duration::from_micros(now_us.saturating_sub(c).max(0) as u64))
@@ -253,6 +275,17 @@ impl Follower {
             ds.changed();
         }
         Ok(stats)
+    }
+
+    /// Records that the index is current as of `started_us`, when the peek
+    /// just applied began, if it drained the slot (at most once a
+    /// [`MARK_CURRENT_EVERY_US`]: an idle follower peeks 50 times a second).
+    fn mark_current(&mut self, ds: &Dataset, started_us: i64) -> Result<(), OpError> {
+        if self.capture.drained() && started_us - self.marked_us >= MARK_CURRENT_EVERY_US {
+            ds.mark_current(started_us).map_err(OpError::Index)?;
+            self.marked_us = started_us;
+        }
+        Ok(())
     }
 
     /// Prepares the slot again after failures; when it had to be created

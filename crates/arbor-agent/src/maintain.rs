@@ -219,6 +219,8 @@ pub fn poll(
         .as_ref()
         .ok_or_else(|| OpError::NoSystem(name.to_owned()))?;
     let mut changed = Vec::new();
+    // Rows committed before the read began are in what it returns.
+    let started_us = arbor_index::now_us();
     let next = {
         let mut source = source.lock().unwrap_or_else(|p| p.into_inner());
         source
@@ -243,6 +245,7 @@ pub fn poll(
             .map_err(OpError::Index)?;
         applied += s.inserted + s.updated;
     }
+    ds.mark_current(started_us).map_err(OpError::Index)?;
     Ok((applied, next))
 }
 

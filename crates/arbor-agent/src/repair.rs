@@ -433,9 +433,20 @@ impl Repairs {
         })?;
         // The index follows what the system now stores: written rows, and
         // conflicting rows too (a conflict means the index was behind the
-        // system, so the next plan starts from the truth).
+        // system, so the next plan starts from the truth). A written change
+        // keeps the time it was made where it came from; a conflicting row
+        // was changed by someone else, seen now.
         let touched: Vec<Vec<arbor_record::Value>> =
             to_write.iter().map(|w| w.key.clone()).collect();
+        let now_us = arbor_index::now_us();
+        let made_at: Vec<Option<i64>> = to_write
+            .iter()
+            .zip(&outcomes)
+            .map(|(w, o)| match o {
+                Outcome::Conflict { .. } => Some(now_us),
+                _ => w.made_at_us,
+            })
+            .collect();
         if let Some(source) = &ds.source
             && !touched.is_empty()
         {
@@ -451,7 +462,8 @@ impl Repairs {
                     None => IndexChange::Delete(k),
                 })
                 .collect();
-            ds.apply(&changes, None).map_err(OpError::Index)?;
+            ds.apply_timed(&changes, &made_at, None)
+                .map_err(OpError::Index)?;
         }
         let entries: Vec<([u8; 32], Vec<u8>)> = pending
             .iter()

@@ -154,9 +154,7 @@ pub fn watermark_text(w: Option<&[u8]>) -> String {
 
 /// RFC 3339 UTC of the current time, millisecond precision.
 pub fn now_rfc3339() -> String {
-    let us = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64);
+    let us = arbor_index::now_us();
     let t = arbor_record::Timestamp(us - us % 1000).to_string();
     // Timestamp prints six fraction digits; reports use three.
     format!("{}Z", &t[..t.len() - 4])

@@ -204,6 +204,10 @@ pub struct Action {
     /// The row's values for an upsert.
     #[serde(skip)]
     pub values: Option<Vec<Value>>,
+    /// When the change it carries was made where it comes from (µs since
+    /// the Unix epoch; see [`arbor_source::sink::Write::made_at_us`]).
+    #[serde(skip)]
+    pub made_at_us: Option<i64>,
 }
 
 impl Action {
@@ -233,6 +237,7 @@ impl Action {
             key,
             expected: self.expected,
             change,
+            made_at_us: self.made_at_us,
         })
     }
 }
@@ -285,6 +290,10 @@ pub struct PlanEntry {
     /// New values, canonical column order (upserts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub values: Option<Vec<arbor_record::TypedValue>>,
+    /// When the change was made where it comes from, µs since the Unix
+    /// epoch (absent: not known, or a plan saved before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub made_at_us: Option<i64>,
 }
 
 impl PlanFile {
@@ -312,6 +321,7 @@ impl PlanFile {
                         .values
                         .as_ref()
                         .map(|v| v.iter().map(arbor_record::TypedValue::from_value).collect()),
+                    made_at_us: a.made_at_us,
                 })
                 .collect(),
         }
@@ -368,6 +378,7 @@ impl PlanFile {
                     key_bytes,
                     expected,
                     values,
+                    made_at_us: e.made_at_us,
                 })
             })
             .collect()

@@ -64,6 +64,10 @@ pub mod meta {
     pub const STATE: &[u8] = b"state";
     /// Opaque watermark of the source's changes the index reflects.
     pub const WATERMARK: &[u8] = b"watermark";
+    /// When the index was last known current (i64 µs since the Unix epoch,
+    /// BE): it held every change its system had committed before then, so a
+    /// change a rescan finds later was made after it.
+    pub const CURRENT_AS_OF: &[u8] = b"current_as_of";
     /// `STATE` value of a usable index.
     pub const STATE_READY: &[u8] = b"ready";
     /// `STATE` value while a full build runs.

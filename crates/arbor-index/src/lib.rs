@@ -38,6 +38,6 @@ pub use runs::RunStore;
 pub use snapshot::{Description, IndexSnapshot, Leaf, SharedSnapshot};
 pub use store::{
     ApplyStats, BUILD_CHUNK_RECORDS, BuildFeed, BuildStats, BuildStopped, Change, HashedChange,
-    INDEX_FORMAT, Index, IndexConfig, KeyRepeats, RescanStats, rescan_each,
+    INDEX_FORMAT, Index, IndexConfig, KeyRepeats, RescanStats, now_us, rescan_each,
 };
 pub use verify::{BadRecord, MAX_REPORTED_PROBLEMS, NodeMismatch, VerifyReport};

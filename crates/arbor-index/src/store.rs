@@ -173,6 +173,26 @@ pub enum Change {
     Delete(Vec<Value>),
 }
 
+/// The time an apply records for the inserts and updates it writes (the
+/// `changed` column family), which two-way sync weighs against the other
+/// side's deletes.
+#[derive(Debug, Clone, Copy)]
+enum Stamp<'a> {
+    /// Seen as it happened (a capture, a repair read back, a push): now.
+    Now,
+    /// Found by a rescan: made at some moment after the index was last
+    /// current, and only that is known, so that moment is its time (none
+    /// when it is not known). "Now" would claim it newer than every delete
+    /// the other side made meanwhile: a row a crashed agent's repair wrote,
+    /// or one edited before the other side deleted it, would come back.
+    FoundAfter(Option<i64>),
+    /// Each change's own time, in the order of the changes: a commit time
+    /// read from the system's log, or the time a repair's change was made
+    /// on the side it came from (`None`: not known, so none is recorded
+    /// for an insert or update, and a delete is stamped now).
+    Each(&'a [Option<i64>]),
+}
+
 /// A change whose key is already encoded and hashed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HashedChange {
@@ -506,6 +526,7 @@ impl Index {
     {
         let _guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let started = Instant::now();
+        let started_us = now_us();
         self.begin_build()?;
 
         // This thread (through `fill`) reads and hashes batches; the writer
@@ -573,7 +594,7 @@ impl Index {
         })?;
         let (records, nodes) = (written.records, written.nodes);
         let vanished = self.tombstone_vanished()?;
-        self.finish_build(depth, watermark)?;
+        self.finish_build(depth, watermark, started_us)?;
         self.clear_cf(cf::SCAN)?;
         if vanished > 0 {
             info!(
@@ -711,9 +732,7 @@ impl Index {
     fn tombstone_vanished(&self) -> Result<u64, IndexError> {
         let (records, scan) = (self.cf(cf::RECORDS), self.cf(cf::SCAN));
         let (tombstones, changed) = (self.cf(cf::TOMBSTONES), self.cf(cf::CHANGED));
-        let now_us = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as i64);
+        let now_us = now_us();
         let mut it = self.db.raw_iterator_cf(scan);
         it.seek_to_first();
         let (mut batch, mut vanished) = (WriteBatch::default(), 0u64);
@@ -739,7 +758,14 @@ impl Index {
         Ok(vanished)
     }
 
-    fn finish_build(&self, depth: u8, watermark: Option<&[u8]>) -> Result<(), IndexError> {
+    /// Marks the build the index, current as of `started_us` (it read the
+    /// system after then).
+    fn finish_build(
+        &self,
+        depth: u8,
+        watermark: Option<&[u8]>,
+        started_us: i64,
+    ) -> Result<(), IndexError> {
         // Unlogged writes live only in memtables until flushed: flush before
         // the synced `ready` marks them as the index.
         for name in [cf::RECORDS, cf::NODES] {
@@ -754,6 +780,7 @@ impl Index {
             Some(w) => batch.put_cf(m, meta::WATERMARK, w),
             None => batch.delete_cf(m, meta::WATERMARK),
         }
+        batch.put_cf(m, meta::CURRENT_AS_OF, started_us.to_be_bytes());
         batch.put_cf(m, meta::STATE, meta::STATE_READY);
         self.write(batch, true)
     }
@@ -771,18 +798,60 @@ impl Index {
         self.time_of(cf::CHANGED, canonical_key)
     }
 
+    /// When the index was last known current (µs since the Unix epoch): it
+    /// held every change its system had committed before then. `None` for
+    /// an index built before arbor recorded it.
+    pub fn current_as_of(&self) -> Result<Option<i64>, IndexError> {
+        match self.get_meta(meta::CURRENT_AS_OF)? {
+            None => Ok(None),
+            Some(v) => {
+                let b: [u8; 8] = v.as_slice().try_into().map_err(|_| {
+                    IndexError::corrupt(cf::META, meta::CURRENT_AS_OF, "expected 8 bytes")
+                })?;
+                Ok(Some(i64::from_be_bytes(b)))
+            }
+        }
+    }
+
+    /// Records that the index holds every change its system committed
+    /// before `as_of_us` (a capture that read everything up to then has
+    /// applied it). Never moves the mark back; an index not ready is left.
+    pub fn mark_current(&self, as_of_us: i64) -> Result<(), IndexError> {
+        let _guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.is_ready()? || self.current_as_of()?.is_some_and(|t| t >= as_of_us) {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            self.cf(cf::META),
+            meta::CURRENT_AS_OF,
+            as_of_us.to_be_bytes(),
+        );
+        self.write(batch, false)
+    }
+
     fn time_of(&self, name: &'static str, canonical_key: &[u8]) -> Result<Option<i64>, IndexError> {
         let position = self.config.keys.position_of_encoded_key(canonical_key);
         let key = cf::record_key(position, canonical_key);
+        self.time_of_record(name, &key)
+    }
+
+    /// The time stored under a record key in column family `name`
+    /// (tombstones, changed).
+    fn time_of_record(
+        &self,
+        name: &'static str,
+        record_key: &[u8],
+    ) -> Result<Option<i64>, IndexError> {
         match self
             .db
-            .get_cf(self.cf(name), &key)
+            .get_pinned_cf(self.cf(name), record_key)
             .map_err(IndexError::storage("read a change time"))?
         {
             None => Ok(None),
             Some(v) => {
-                let b: [u8; 8] = v.as_slice().try_into().map_err(|_| {
-                    IndexError::corrupt(name, &key, format!("{} bytes, expected 8", v.len()))
+                let b: [u8; 8] = v.as_ref().try_into().map_err(|_| {
+                    IndexError::corrupt(name, record_key, format!("{} bytes, expected 8", v.len()))
                 })?;
                 Ok(Some(i64::from_be_bytes(b)))
             }
@@ -831,6 +900,24 @@ impl Index {
         changes: &[Change],
         watermark: Option<&[u8]>,
     ) -> Result<ApplyStats, IndexError> {
+        self.apply_stamped(&self.hash_changes(changes), watermark, Stamp::Now)
+    }
+
+    /// [`Index::apply`] with each change's own time (µs since the Unix
+    /// epoch: a commit time from the system's log, or when a repaired change
+    /// was made where it came from), recorded as the time of its insert,
+    /// update or delete instead of now. `None`: not known.
+    pub fn apply_timed(
+        &self,
+        changes: &[Change],
+        times: &[Option<i64>],
+        watermark: Option<&[u8]>,
+    ) -> Result<ApplyStats, IndexError> {
+        self.apply_stamped(&self.hash_changes(changes), watermark, Stamp::Each(times))
+    }
+
+    /// Encodes and hashes typed changes under this index's key.
+    fn hash_changes(&self, changes: &[Change]) -> Vec<HashedChange> {
         let keys = &self.config.keys;
         let hash_one = |scratch: &mut Vec<u8>, c: &Change| match c {
             Change::Upsert(r) => HashedChange::Upsert(r.hash(keys, scratch)),
@@ -842,13 +929,12 @@ impl Index {
                 }
             }
         };
-        let hashed: Vec<HashedChange> = if changes.len() >= PARALLEL_HASH_MIN {
+        if changes.len() >= PARALLEL_HASH_MIN {
             changes.par_iter().map_init(Vec::new, hash_one).collect()
         } else {
             let mut scratch = Vec::new();
             changes.iter().map(|c| hash_one(&mut scratch, c)).collect()
-        };
-        self.apply_hashed(&hashed, watermark)
+        }
     }
 
     /// Applies changes in one atomic WriteBatch: each record put or delete,
@@ -859,6 +945,17 @@ impl Index {
         &self,
         changes: &[HashedChange],
         watermark: Option<&[u8]>,
+    ) -> Result<ApplyStats, IndexError> {
+        self.apply_stamped(changes, watermark, Stamp::Now)
+    }
+
+    /// [`Index::apply_hashed`], recording each insert's and update's time as
+    /// `stamp` says.
+    fn apply_stamped(
+        &self,
+        changes: &[HashedChange],
+        watermark: Option<&[u8]>,
+        stamp: Stamp,
     ) -> Result<ApplyStats, IndexError> {
         let _guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         self.ensure_ready()?;
@@ -890,9 +987,21 @@ impl Index {
             state.insert(key, (before, before));
         }
 
+        if let Stamp::Each(times) = stamp
+            && times.len() != changes.len()
+        {
+            return Err(IndexError::InvalidRequest(format!(
+                "{} change times for {} changes",
+                times.len(),
+                changes.len()
+            )));
+        }
+        let now_us = now_us();
+        // The time of each key's last effective change in the batch.
+        let mut made_at: BTreeMap<&[u8], Option<i64>> = BTreeMap::new();
         let mut deltas: BTreeMap<Prefix, Node> = BTreeMap::new();
         let mut stats = ApplyStats::default();
-        for (change, rk) in changes.iter().zip(&record_keys) {
+        for (i, (change, rk)) in changes.iter().zip(&record_keys).enumerate() {
             let (position, after) = match change {
                 HashedChange::Upsert(r) => (r.position, Some(r.digest)),
                 HashedChange::Delete { position, .. } => (*position, None),
@@ -924,6 +1033,14 @@ impl Index {
                 }
             };
             *current = after;
+            let at = match stamp {
+                Stamp::Now => Some(now_us),
+                // A rescan's deletes are seen gone now.
+                Stamp::FoundAfter(current_as_of) if after.is_some() => current_as_of,
+                Stamp::FoundAfter(_) => Some(now_us),
+                Stamp::Each(times) => times[i],
+            };
+            made_at.insert(rk.as_slice(), at);
             for (p, d) in ancestor_deltas(position, delta, depth) {
                 *deltas.entry(p).or_default() += d;
             }
@@ -935,24 +1052,30 @@ impl Index {
         let mark_seen = self.rescanning.load(Ordering::Acquire);
         let tombstones_cf = self.cf(cf::TOMBSTONES);
         let changed_cf = self.cf(cf::CHANGED);
-        let now_us = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as i64);
         for (key, (before, after)) in &state {
+            let mut at = made_at.get(key).copied().flatten();
             match (before, after) {
                 (b, a) if b == a => {}
-                (None, Some(a)) => {
+                (before, Some(a)) => {
                     batch.put_cf(records_cf, key, a.0);
-                    batch.delete_cf(tombstones_cf, key);
-                    batch.put_cf(changed_cf, key, now_us.to_be_bytes());
-                }
-                (_, Some(a)) => {
-                    batch.put_cf(records_cf, key, a.0);
-                    batch.put_cf(changed_cf, key, now_us.to_be_bytes());
+                    if before.is_none() {
+                        if let Stamp::FoundAfter(_) = stamp
+                            && let Some(deleted) = self.time_of_record(cf::TOMBSTONES, key)?
+                        {
+                            // Seen deleted here, and found again: made after
+                            // that delete, whenever the index was current.
+                            at = Some(at.map_or(deleted + 1, |t| t.max(deleted + 1)));
+                        }
+                        batch.delete_cf(tombstones_cf, key);
+                    }
+                    match at {
+                        Some(at) => batch.put_cf(changed_cf, key, at.to_be_bytes()),
+                        None => batch.delete_cf(changed_cf, key),
+                    }
                 }
                 (_, None) => {
                     batch.delete_cf(records_cf, key);
-                    batch.put_cf(tombstones_cf, key, now_us.to_be_bytes());
+                    batch.put_cf(tombstones_cf, key, at.unwrap_or(now_us).to_be_bytes());
                     batch.delete_cf(changed_cf, key);
                 }
             }
@@ -992,15 +1115,20 @@ impl Index {
         Ok(stats.remove(0))
     }
 
-    /// Applies one rescan chunk, hashed under this index's key.
-    fn rescan_chunk(&self, chunk: &[Record]) -> Result<ApplyStats, IndexError> {
+    /// Applies one rescan chunk, hashed under this index's key; what it
+    /// changes was written after `current_as_of` (see [`Stamp::FoundAfter`]).
+    fn rescan_chunk(
+        &self,
+        chunk: &[Record],
+        current_as_of: Option<i64>,
+    ) -> Result<ApplyStats, IndexError> {
         let hashed: Vec<HashedChange> = HashedBatch::hash_records(&self.config.keys, chunk)
             .to_records()
             .into_iter()
             .map(HashedChange::Upsert)
             .collect();
         // Marks every key as seen in the same batch (see `rescanning`).
-        self.apply_hashed(&hashed, None)
+        self.apply_stamped(&hashed, None, Stamp::FoundAfter(current_as_of))
     }
 
     /// Removes the records this rescan did not see, committing `watermark`
@@ -1065,7 +1193,14 @@ where
     for index in indexes {
         index.rescanning.store(true, Ordering::Release);
     }
+    // What the pass finds changed was written after each index was last
+    // current; once done, each is current as of the pass's start.
+    let started_us = now_us();
     let outcome = (|| {
+        let current_as_of = indexes
+            .iter()
+            .map(|i| i.current_as_of())
+            .collect::<Result<Vec<_>, _>>()?;
         let mut stats = vec![RescanStats::default(); indexes.len()];
         let mut source = records.into_iter();
         loop {
@@ -1079,9 +1214,9 @@ where
             if chunk.is_empty() {
                 break;
             }
-            for (index, stats) in indexes.iter().zip(&mut stats) {
+            for ((index, stats), as_of) in indexes.iter().zip(&mut stats).zip(&current_as_of) {
                 stats.records_read += chunk.len() as u64;
-                let applied = index.rescan_chunk(&chunk)?;
+                let applied = index.rescan_chunk(&chunk, *as_of)?;
                 stats.applied.inserted += applied.inserted;
                 stats.applied.updated += applied.updated;
                 stats.applied.unchanged += applied.unchanged;
@@ -1107,6 +1242,7 @@ where
         // Records not seen by this scan vanished from the source.
         for (index, stats) in indexes.iter().zip(&mut stats) {
             stats.vanished += index.remove_unseen(watermark)?;
+            index.mark_current(started_us)?;
         }
         Ok(stats)
     })();
@@ -1126,6 +1262,14 @@ where
         );
     }
     Ok(stats)
+}
+
+/// Now, in µs since the Unix epoch: the unit of the index's change times
+/// (tombstones, `changed`, [`Index::current_as_of`]).
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
 }
 
 fn read_u32(name: &'static [u8], v: &[u8]) -> Result<u32, IndexError> {

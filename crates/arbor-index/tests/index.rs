@@ -302,6 +302,104 @@ fn deletes_leave_tombstones_until_the_key_comes_back() {
 }
 
 #[test]
+fn timed_changes_keep_their_own_times() {
+    let dir = TempDir::new().unwrap();
+    let index = build(&dir, "t", [(1, 1), (2, 2), (3, 3)]);
+    let key = |k: i64| arbor_record::tuple_bytes(&[Value::Integer(k.into())]);
+    let before = arbor_index::now_us();
+    index
+        .apply_timed(
+            &[
+                Change::Upsert(record(1, 10)),
+                Change::Delete(vec![Value::Integer(2)]),
+                // The last effective change of a key in a batch sets its time.
+                Change::Upsert(record(4, 4)),
+                Change::Upsert(record(4, 40)),
+                // No change: no time.
+                Change::Upsert(record(3, 3)),
+                // Not known: none recorded for an upsert, now for a delete.
+                Change::Upsert(record(5, 5)),
+            ],
+            &[
+                Some(1_000),
+                Some(2_000),
+                Some(3_000),
+                Some(4_000),
+                Some(9_000),
+                None,
+            ],
+            None,
+        )
+        .unwrap();
+    assert_eq!(index.changed_at(&key(1)).unwrap(), Some(1_000));
+    assert_eq!(index.tombstone_of(&key(2)).unwrap(), Some(2_000));
+    assert_eq!(index.changed_at(&key(4)).unwrap(), Some(4_000));
+    assert_eq!(index.changed_at(&key(3)).unwrap(), None);
+    assert_eq!(index.changed_at(&key(5)).unwrap(), None);
+    index
+        .apply_timed(&[Change::Delete(vec![Value::Integer(5)])], &[None], None)
+        .unwrap();
+    assert!(index.tombstone_of(&key(5)).unwrap().unwrap() >= before);
+    // A time for every change, or nothing is applied.
+    assert!(matches!(
+        index.apply_timed(&[Change::Upsert(record(1, 11))], &[], None),
+        Err(IndexError::InvalidRequest(_))
+    ));
+    assert_eq!(index.changed_at(&key(1)).unwrap(), Some(1_000));
+}
+
+/// A rescan finds what changed while nobody looked: it dates those rows to
+/// when the index was last current (the build's or last rescan's start, or
+/// a capture's mark), not to now, and a row found again after this index
+/// saw it deleted to just after that delete.
+#[test]
+fn a_rescan_dates_what_it_finds_to_when_the_index_was_last_current() {
+    let dir = TempDir::new().unwrap();
+    let before_build = arbor_index::now_us();
+    let index = build(&dir, "t", [(1, 1), (2, 2), (3, 3)]);
+    let key = |k: i64| arbor_record::tuple_bytes(&[Value::Integer(k.into())]);
+    let built_as_of = index.current_as_of().unwrap().expect("set by the build");
+    assert!(built_as_of >= before_build);
+    index
+        .apply(&[Change::Delete(vec![Value::Integer(3)])], None)
+        .unwrap();
+    let deleted = index.tombstone_of(&key(3)).unwrap().unwrap();
+    // Marks only move forward.
+    index.mark_current(built_as_of - 1).unwrap();
+    assert_eq!(index.current_as_of().unwrap(), Some(built_as_of));
+    let before_rescan = arbor_index::now_us();
+    // Changed: 1 updated, 4 new, 3 back after its delete.
+    index
+        .rescan(
+            [(1, 10), (2, 2), (3, 3), (4, 4)]
+                .into_iter()
+                .map(|(k, v)| Ok::<_, IndexError>(record(k, v))),
+            None,
+        )
+        .unwrap();
+    assert_eq!(index.changed_at(&key(1)).unwrap(), Some(built_as_of));
+    assert_eq!(index.changed_at(&key(4)).unwrap(), Some(built_as_of));
+    assert_eq!(index.changed_at(&key(2)).unwrap(), None);
+    assert_eq!(index.changed_at(&key(3)).unwrap(), Some(deleted + 1));
+    assert_eq!(index.tombstone_of(&key(3)).unwrap(), None);
+    let rescanned_as_of = index.current_as_of().unwrap().unwrap();
+    assert!(rescanned_as_of >= before_rescan);
+    // A capture's mark moves it on; the next rescan dates from there.
+    let marked = arbor_index::now_us();
+    index.mark_current(marked).unwrap();
+    index
+        .rescan(
+            [(1, 10), (2, 20), (3, 3), (4, 4)]
+                .into_iter()
+                .map(|(k, v)| Ok::<_, IndexError>(record(k, v))),
+            None,
+        )
+        .unwrap();
+    assert_eq!(index.changed_at(&key(2)).unwrap(), Some(marked));
+    assert_eq!(index.changed_at(&key(1)).unwrap(), Some(built_as_of));
+}
+
+#[test]
 fn a_rebuild_leaves_tombstones_for_the_records_it_no_longer_finds() {
     let dir = TempDir::new().unwrap();
     let index = build(&dir, "t", (1..=5).map(|k| (k, k)));

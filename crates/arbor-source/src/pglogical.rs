@@ -152,6 +152,8 @@ pub struct LogicalCapture {
     client: Option<crate::postgres::PgClient>,
     pub(crate) relid: Option<u32>,
     relations: HashMap<u32, RelationInfo>,
+    /// The last peek returned everything committed when it began.
+    drained: bool,
 }
 
 impl LogicalCapture {
@@ -174,7 +176,15 @@ impl LogicalCapture {
             client: None,
             relid: None,
             relations: HashMap::new(),
+            drained: false,
         }
+    }
+
+    /// Whether the last [`LogicalCapture::peek`] returned every transaction
+    /// committed before it began (it stopped short of `max_changes`), so a
+    /// consumer that applied them was current as of that moment.
+    pub fn drained(&self) -> bool {
+        self.drained
     }
 
     /// The slot's name.
@@ -490,6 +500,9 @@ impl LogicalCapture {
                     self.read_err(&e)
                 }
             })?;
+        // The server counts every message it decodes against the limit;
+        // fewer rows than the limit means it reached the end of the WAL.
+        self.drained = rows.len() < n as usize;
         let mut out = Vec::new();
         let mut open: Option<Transaction> = None;
         for row in rows {

@@ -44,6 +44,11 @@ pub struct Write {
     pub expected: Option<Digest>,
     /// What to do.
     pub change: Change,
+    /// When the change was made on the side it comes from (µs since the
+    /// Unix epoch): the time the written side's index records for it, so
+    /// that a copied row or a carried delete keeps its own time rather than
+    /// the repair's. `None`: not known. Sinks do not read it.
+    pub made_at_us: Option<i64>,
 }
 
 /// What became of one write.
@@ -517,6 +522,7 @@ mod tests {
             key: vec![Value::Integer(1)],
             expected: Some(digest(&old)),
             change: Change::Upsert(new.clone()),
+            made_at_us: None,
         };
         let got = decide(
             &keys,
@@ -536,6 +542,7 @@ mod tests {
             key: vec![Value::Integer(2)],
             expected: Some(digest(&rec(2, "x"))),
             change: Change::Delete,
+            made_at_us: None,
         };
         assert_eq!(
             decide(&keys, &mapping(), &[del], &[None])[0],
@@ -549,6 +556,7 @@ mod tests {
             key: vec![Value::Integer(7)],
             expected: None,
             change: Change::Upsert(rec(7, "o'brien \\ co")),
+            made_at_us: None,
         };
         let pg = Statements::new(Dialect::Postgres, "crm.customers", mapping());
         assert_eq!(
@@ -583,6 +591,7 @@ mod tests {
             key: vec![Value::Integer(1)],
             expected: None,
             change: Change::Delete,
+            made_at_us: None,
         };
         assert!(check_batch(&mapping(), &[w.clone(), w], "t").is_err());
     }

@@ -74,6 +74,7 @@ fn planned_writes(d: &DatasetConfig, req: &pb::ApplyChangesRequest) -> Result<Ve
                 key,
                 expected,
                 change,
+                made_at_us: (w.made_at_us > 0).then_some(w.made_at_us),
             })
         })
         .collect()

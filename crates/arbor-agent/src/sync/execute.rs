@@ -156,6 +156,7 @@ mod tests {
             key_bytes: arbor_record::tuple_bytes(&[Value::Integer(key.into())]),
             expected: None,
             values: Some(vec![Value::text("x".repeat(bytes))]),
+            made_at_us: None,
         }
     }
 

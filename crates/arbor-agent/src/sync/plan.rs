@@ -128,6 +128,7 @@ fn listed(drift: &[arbor_sync::Drift]) -> Vec<Action> {
             key_bytes: d.key.clone(),
             expected: None,
             values: None,
+            made_at_us: None,
         })
         .collect()
 }
@@ -195,8 +196,15 @@ fn decide(
                 Side::Target => d.right,
             },
             values: None,
+            made_at_us: None,
         };
         let take = |f: &mut Fetched| f.rows.remove(&d.key).flatten();
+        // When a side's row was last changed, as its index knows: a copy
+        // carries it to the written side.
+        let (made_on_source, made_on_target) = (
+            source.changed.get(&d.key).copied(),
+            target.changed.get(&d.key).copied(),
+        );
         // Two-way: a key one side's capture saw deleted while the other side
         // holds it is settled by the rule (see `settle_delete`): the delete
         // is carried over, the row is copied back, or a person decides.
@@ -221,7 +229,12 @@ fn decide(
                     rule, &columns, row_side, row, changed_at, deleted_at, &clock,
                 ) {
                     Ok(DeleteOutcome::Delete) => {
-                        actions.push(base(ActionKind::Delete, row_side, deleted_on));
+                        // Carried with its own time: the written side's
+                        // tombstone must not look newer than the delete.
+                        actions.push(Action {
+                            made_at_us: Some(deleted_at),
+                            ..base(ActionKind::Delete, row_side, deleted_on)
+                        });
                         continue;
                     }
                     // Copied to the deleting side below, like any one-sided row.
@@ -245,6 +258,7 @@ fn decide(
             (DriftKind::MissingRight, _) => match take(source) {
                 Some(v) => actions.push(Action {
                     values: Some(v),
+                    made_at_us: made_on_source,
                     ..base(ActionKind::Upsert, Side::Target, Why::MissingOnTarget)
                 }),
                 None => report.vanished += 1,
@@ -261,6 +275,7 @@ fn decide(
             (DriftKind::MissingLeft, Policy::TwoWay(_)) => match take(target) {
                 Some(v) => actions.push(Action {
                     values: Some(v),
+                    made_at_us: made_on_target,
                     ..base(ActionKind::Upsert, Side::Source, Why::MissingOnSource)
                 }),
                 None => report.vanished += 1,
@@ -268,6 +283,7 @@ fn decide(
             (DriftKind::Changed, Policy::OneWay(_)) => match take(source) {
                 Some(v) => actions.push(Action {
                     values: Some(v),
+                    made_at_us: made_on_source,
                     ..base(ActionKind::Upsert, Side::Target, Why::Changed)
                 }),
                 None => report.vanished += 1,
@@ -277,17 +293,22 @@ fn decide(
                     report.vanished += 1;
                     continue;
                 };
+                // The settled row holds both sides' changes (a merge) or
+                // the winner's: it is as new as the later of them.
+                let made_at_us = made_on_source.max(made_on_target);
                 match settle(rule, &columns, &s, &t, &clock) {
                     Ok((to_source, to_target)) => {
                         if let Some(v) = to_source {
                             actions.push(Action {
                                 values: Some(v),
+                                made_at_us,
                                 ..base(ActionKind::Upsert, Side::Source, Why::Changed)
                             });
                         }
                         if let Some(v) = to_target {
                             actions.push(Action {
                                 values: Some(v),
+                                made_at_us,
                                 ..base(ActionKind::Upsert, Side::Target, Why::Changed)
                             });
                         }
