@@ -10,10 +10,11 @@
 //! fresh build of the table (same root), so no acknowledged change was
 //! lost and none applied twice.
 //!
-//! * PostgreSQL restarted during a throttled repair into it: the run ends
-//!   0 or 2, a rerun finishes, and a trigger counting committed updates
-//!   shows every row written exactly once (a batch committed before the
-//!   restart cut its answer is found already applied, not applied again).
+//! * PostgreSQL, and MariaDB, restarted during a throttled repair into it:
+//!   the run ends 0 or 2, a rerun finishes, and a trigger counting
+//!   committed updates shows every row written exactly once (a batch
+//!   committed before the restart cut its answer is found already applied,
+//!   not applied again).
 //!
 //! A restart cuts every session of the server, so these tests must not
 //! run beside others: `tools/test.sh` runs the suite with
@@ -154,23 +155,13 @@ fn postgres_restarted_during_a_repair_batch_applies_every_write_once() {
          INSERT INTO {table} SELECT g, 'old' FROM generate_series(1, {ROWS}) g;"
     ))
     .unwrap();
-    std::fs::write(
-        dir.path().join("dst.toml"),
-        dataset_agent(
-            "dst-data",
-            &format!("{{ kind = \"postgres\", url_env = \"ARBOR_TEST_POSTGRES_URL\", table = \"{table}\" }}"),
-            "key = [{ source = \"id\", kind = \"integer\" }]\ncolumns = [{ source = \"v\", kind = \"text\" }]\n",
-            "allow_repairs = true",
+    let code = repair_through_a_restart(
+        dir.path(),
+        &command,
+        &format!(
+            "{{ kind = \"postgres\", url_env = \"ARBOR_TEST_POSTGRES_URL\", table = \"{table}\" }}"
         ),
-    )
-    .unwrap();
-    let src = AgentProcess::start(dir.path(), "src.toml");
-    let dst = AgentProcess::start(dir.path(), "dst.toml");
-    // Throttled to about two seconds; the server restarts in the middle.
-    let run = super::crashes::throttled_sync(dir.path(), &src, &dst);
-    std::thread::sleep(Duration::from_millis(900));
-    restart(&command);
-    let code = super::crashes::end_and_rerun(dir.path(), run, &src, &dst);
+    );
     let mut pg = postgres::Client::connect(&url, postgres::NoTls).unwrap();
     let twice: Vec<(i64, i64)> = pg
         .query(
@@ -206,4 +197,79 @@ fn postgres_restarted_during_a_repair_batch_applies_every_write_once() {
         "DROP TABLE {table}; DROP TABLE {table}_writes; DROP FUNCTION {table}_count()"
     ))
     .unwrap();
+}
+
+#[test]
+fn mariadb_restarted_during_a_repair_batch_applies_every_write_once() {
+    use mysql::prelude::Queryable;
+    const ROWS: i64 = 2_000;
+    let Some(command) = restart_command("ARBOR_TEST_MYSQL_RESTART") else {
+        return;
+    };
+    let dir = TempDir::new().unwrap();
+    super::faults::counted_pair(dir.path(), ROWS);
+    let url = std::env::var("ARBOR_TEST_MYSQL_URL").unwrap();
+    let mut my = mysql::Conn::new(mysql::Opts::from_url(&url).unwrap()).unwrap();
+    let table = unique_table("restart_dst");
+    my.query_drop(format!(
+        "CREATE TABLE {table} (id bigint PRIMARY KEY, v text)"
+    ))
+    .unwrap();
+    my.query_drop(format!("CREATE TABLE {table}_writes (id bigint)"))
+        .unwrap();
+    my.query_drop(format!(
+        "CREATE TRIGGER {table}_counted AFTER UPDATE ON {table} FOR EACH ROW INSERT INTO {table}_writes VALUES (NEW.id)"
+    ))
+    .unwrap();
+    my.query_drop(format!(
+        "INSERT INTO {table} SELECT seq, 'old' FROM seq_1_to_{ROWS}"
+    ))
+    .unwrap();
+    let code = repair_through_a_restart(
+        dir.path(),
+        &command,
+        &format!("{{ kind = \"mysql\", url_env = \"ARBOR_TEST_MYSQL_URL\", table = \"{table}\" }}"),
+    );
+    let mut my = mysql::Conn::new(mysql::Opts::from_url(&url).unwrap()).unwrap();
+    let twice: Vec<(i64, i64)> = my
+        .query(format!(
+            "SELECT id, count(*) FROM {table}_writes GROUP BY id HAVING count(*) <> 1 LIMIT 5"
+        ))
+        .unwrap();
+    assert!(twice.is_empty(), "rows written other than once: {twice:?}");
+    let counted: i64 = my
+        .query_first(format!("SELECT count(DISTINCT id) FROM {table}_writes"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(counted, ROWS, "every row was written");
+    let values: Vec<String> = my.query(format!("SELECT DISTINCT v FROM {table}")).unwrap();
+    assert_eq!(values, vec!["new".to_owned()]);
+    eprintln!(
+        "restart: a repair through a MariaDB restart: first run exit {code:?}, every row written once"
+    );
+    my.query_drop(format!("DROP TABLE {table}, {table}_writes"))
+        .unwrap();
+}
+
+/// Runs a throttled sync (about two seconds) from `src.toml` into a
+/// target agent over `dst_source`, restarts the target's server 900 ms in,
+/// and ends it (a rerun if the first run failed); returns the first run's
+/// exit code.
+fn repair_through_a_restart(dir: &Path, command: &str, dst_source: &str) -> Option<i32> {
+    std::fs::write(
+        dir.join("dst.toml"),
+        dataset_agent(
+            "dst-data",
+            dst_source,
+            "key = [{ source = \"id\", kind = \"integer\" }]\ncolumns = [{ source = \"v\", kind = \"text\" }]\n",
+            "allow_repairs = true",
+        ),
+    )
+    .unwrap();
+    let src = AgentProcess::start(dir, "src.toml");
+    let dst = AgentProcess::start(dir, "dst.toml");
+    let run = super::crashes::throttled_sync(dir, &src, &dst);
+    std::thread::sleep(Duration::from_millis(900));
+    restart(command);
+    super::crashes::end_and_rerun(dir, run, &src, &dst)
 }
