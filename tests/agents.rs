@@ -3042,6 +3042,8 @@ struct RealtimePair {
     pg_table: String,
     my: mysql::Conn,
     my_table: String,
+    /// The metrics ports of `pg.toml` and `my.toml`.
+    metrics: [u16; 2],
     _slot: SlotGuard,
 }
 
@@ -3064,12 +3066,14 @@ impl RealtimePair {
             slot: slot.clone(),
         };
         let (pg_port, my_port) = (free_port(), free_port());
+        let metrics = [free_port(), free_port()];
         let columns = "key = [{ source = \"customer_id\", name = \"id\", kind = \"integer\" }]\n\
              columns = [\n  { source = \"email\", kind = \"text\" },\n  { source = \"full_name\", name = \"name\", kind = \"text\" },\n\
                { source = \"balance\", kind = \"decimal\" },\n]\nserve_values = true\nallow_repairs = true\n";
         // Consistent rules on both sides: email is PostgreSQL's, balance is
         // MariaDB's, the rest follows PostgreSQL.
         let config = |port: u16,
+                      metrics: u16,
                       data: &str,
                       source: String,
                       capture: String,
@@ -3078,7 +3082,8 @@ impl RealtimePair {
                       theirs: &str,
                       fallback: &str| {
             format!(
-                "[agent]\ninsecure = true\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{data}\"\n\n[[dataset]]\nname = \"customers\"\n\
+                "[agent]\ninsecure = true\nlisten = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:{metrics}\"\n\
+                 data_dir = \"{data}\"\n\n[[dataset]]\nname = \"customers\"\n\
                  secret = \"arbor demo secret: use secret_env or secret_file in production\"\n\
                  source = {source}\n{columns}capture = {capture}\n\n\
                  [[sync]]\nname = \"both-ways\"\ndataset = \"customers\"\npeers = [{{ address = \"http://127.0.0.1:{peer}\" }}]\n\
@@ -3090,6 +3095,7 @@ impl RealtimePair {
             dir.join("pg.toml"),
             config(
                 pg_port,
+                metrics[0],
                 "pg-data",
                 format!("{{ kind = \"postgres\", url_env = \"ARBOR_TEST_POSTGRES_URL\", table = \"{pg_table}\" }}"),
                 format!("{{ mode = \"logical\", slot = \"{slot}\", publication = \"{slot}\", create = true, interval_ms = 20 }}"),
@@ -3104,6 +3110,7 @@ impl RealtimePair {
             dir.join("my.toml"),
             config(
                 my_port,
+                metrics[1],
                 "my-data",
                 format!("{{ kind = \"mysql\", url_env = \"ARBOR_TEST_MYSQL_URL\", table = \"{my_table}\" }}"),
                 "{ mode = \"poll\", column = \"updated_at\", interval_secs = 1, rescan_interval_secs = 3600 }".into(),
@@ -3119,6 +3126,7 @@ impl RealtimePair {
             pg_table,
             my,
             my_table,
+            metrics,
             _slot,
         })
     }
@@ -3509,6 +3517,32 @@ fn parse_prometheus(text: &str) -> BTreeMap<String, f64> {
     samples
 }
 
+/// The samples an agent serves on its metrics port, checked as
+/// Prometheus text (see [`parse_prometheus`]). An agent just started may
+/// not listen yet: connecting is retried for a few seconds.
+fn scrape_metrics(port: u16) -> BTreeMap<String, f64> {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut conn = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(conn) => break conn,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("metrics port {port}: {e}"),
+        }
+    };
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    parse_prometheus(body)
+}
+
 #[test]
 fn metrics_are_served_as_prometheus_text() {
     let dir = demo(2_000, 20);
@@ -3524,19 +3558,11 @@ fn metrics_are_served_as_prometheus_text() {
     let erp = AgentProcess::start(dir.path(), "erp.toml");
     let (code, _, _) = compare(dir.path(), &crm.address, &erp.address);
     assert_eq!(code, 1);
-    let scrape = || -> String {
-        use std::io::{Read, Write};
-        let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let mut response = String::new();
-        conn.read_to_string(&mut response).unwrap();
-        let (head, body) = response.split_once("\r\n\r\n").unwrap();
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        assert!(head.contains("text/plain; version=0.0.4"), "{head}");
-        body.to_owned()
-    };
-    let samples = parse_prometheus(&scrape());
+    let samples = scrape_metrics(port);
+    // RocksDB's bounded memory: blocks read by the compare, memtables of
+    // the run store's writes.
+    assert!(samples["arbor_rocksdb_block_cache_bytes"] > 0.0);
+    assert!(samples["arbor_rocksdb_memtable_bytes"] > 0.0);
     assert_eq!(
         samples["arbor_records_indexed{dataset=\"customers\"}"],
         2_000.0

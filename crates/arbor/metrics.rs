@@ -11,6 +11,8 @@
 //! | `arbor_runs_total` | counter | outcome (`completed`, `failed`) |
 //! | `arbor_repair_writes_total` | counter | outcome (`applied`, `already_applied`, `conflict`) |
 //! | `arbor_throttle_waits_total` | counter | — (scans that paused for `max_rows_per_sec`) |
+//! | `arbor_rocksdb_block_cache_bytes` | gauge | — (the process's shared block cache in use) |
+//! | `arbor_rocksdb_memtable_bytes` | gauge | — (memtables of every index and the run store) |
 //! | `arbor_rpc_duration_seconds` | histogram | call, outcome |
 //!
 //! The HTTP side is a few lines over a TCP listener: one GET per
@@ -211,6 +213,27 @@ impl Metrics {
             vec![format!(
                 "arbor_throttle_waits_total {}",
                 arbor_source::keyset::throttle_waits()
+            )],
+        );
+        let rocksdb = arbor_index::rocksdb_memory();
+        section(
+            &mut text,
+            "arbor_rocksdb_block_cache_bytes",
+            "gauge",
+            "Bytes of RocksDB's block cache in use (shared by every index; bounded).",
+            vec![format!(
+                "arbor_rocksdb_block_cache_bytes {}",
+                rocksdb.block_cache_bytes
+            )],
+        );
+        section(
+            &mut text,
+            "arbor_rocksdb_memtable_bytes",
+            "gauge",
+            "Bytes of RocksDB memtables, every index and the run store together (bounded).",
+            vec![format!(
+                "arbor_rocksdb_memtable_bytes {}",
+                rocksdb.memtable_bytes
             )],
         );
         let mut hist = Vec::new();

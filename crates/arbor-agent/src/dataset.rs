@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use arbor_index::{ApplyStats, Change, Index, IndexError, SharedSnapshot};
+use arbor_index::{ApplyStats, Change, ChangeTime, Index, IndexError, SharedSnapshot};
 use arbor_record::{Digest, KeyId, decode_tuple};
 use arbor_source::Source;
 
@@ -210,12 +210,13 @@ impl Dataset {
         self.apply_at(changes, None, watermark)
     }
 
-    /// [`Dataset::apply`] with each change's commit time (see
+    /// [`Dataset::apply`] with each change's own time: a commit time, or
+    /// when a repaired change was made where it came from (see
     /// [`Index::apply_timed`]).
     pub fn apply_timed(
         &self,
         changes: &[Change],
-        times: &[Option<i64>],
+        times: &[ChangeTime],
         watermark: Option<&[u8]>,
     ) -> Result<ApplyStats, IndexError> {
         self.apply_at(changes, Some(times), watermark)
@@ -224,7 +225,7 @@ impl Dataset {
     fn apply_at(
         &self,
         changes: &[Change],
-        times: Option<&[Option<i64>]>,
+        times: Option<&[ChangeTime]>,
         watermark: Option<&[u8]>,
     ) -> Result<ApplyStats, IndexError> {
         let _serial = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());

@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use arbor_index::Change;
+use arbor_index::{Change, ChangeTime};
 use arbor_record::Value;
 use arbor_source::pglogical::{self, Captured, LogicalOptions, Lsn};
 use tracing::{info, instrument, warn};
@@ -210,7 +210,7 @@ impl Follower {
                         continue;
                     }
                 }
-                times.push(Some(t.commit_time_us));
+                times.push(ChangeTime::Made(Some(t.commit_time_us)));
             }
         }
         let mark = watermark(&self.slot, last.max(self.applied));
@@ -239,7 +239,7 @@ impl Follower {
                         Some(r) => Change::Upsert(r),
                         None => Change::Delete(key),
                     });
-                    times.push(Some(at));
+                    times.push(ChangeTime::Made(Some(at)));
                 }
             }
             let s = ds

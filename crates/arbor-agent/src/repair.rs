@@ -25,7 +25,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use arbor_index::{Change as IndexChange, RunStore};
+use arbor_index::{Change as IndexChange, ChangeTime, RunStore};
 use arbor_record::tuple_bytes;
 use arbor_source::sink::{Change, Outcome, Sink, Write};
 use arbor_source::sqlite::SqliteSink;
@@ -438,15 +438,7 @@ impl Repairs {
         // was changed by someone else, seen now.
         let touched: Vec<Vec<arbor_record::Value>> =
             to_write.iter().map(|w| w.key.clone()).collect();
-        let now_us = arbor_index::now_us();
-        let made_at: Vec<Option<i64>> = to_write
-            .iter()
-            .zip(&outcomes)
-            .map(|(w, o)| match o {
-                Outcome::Conflict { .. } => Some(now_us),
-                _ => w.made_at_us,
-            })
-            .collect();
+
         if let Some(source) = &ds.source
             && !touched.is_empty()
         {
@@ -454,6 +446,27 @@ impl Repairs {
                 let mut s = source.lock().unwrap_or_else(|p| p.into_inner());
                 s.fetch(&touched).map_err(OpError::Source)?
             };
+            // A row as this batch wrote it keeps the time of the change it
+            // copies, even if capture indexed it first; one that is not
+            // (a conflict, or changed again since) is seen now.
+            let made_at: Vec<ChangeTime> = to_write
+                .iter()
+                .zip(&outcomes)
+                .zip(&rows)
+                .map(|((w, o), row)| {
+                    let as_written = match (&w.change, row) {
+                        (Change::Upsert(sent), Some(stored)) => sent.values == stored.values,
+                        (Change::Delete, None) => true,
+                        _ => false,
+                    };
+                    match o {
+                        Outcome::Applied | Outcome::AlreadyApplied if as_written => {
+                            ChangeTime::Ours(w.made_at_us)
+                        }
+                        _ => ChangeTime::Seen,
+                    }
+                })
+                .collect();
             let changes: Vec<IndexChange> = touched
                 .into_iter()
                 .zip(rows)

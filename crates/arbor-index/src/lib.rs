@@ -37,7 +37,8 @@ pub use error::{IndexError, SourceError};
 pub use runs::RunStore;
 pub use snapshot::{Description, IndexSnapshot, Leaf, SharedSnapshot};
 pub use store::{
-    ApplyStats, BUILD_CHUNK_RECORDS, BuildFeed, BuildStats, BuildStopped, Change, HashedChange,
-    INDEX_FORMAT, Index, IndexConfig, KeyRepeats, RescanStats, now_us, rescan_each,
+    ApplyStats, BUILD_CHUNK_RECORDS, BuildFeed, BuildStats, BuildStopped, Change, ChangeTime,
+    HashedChange, INDEX_FORMAT, Index, IndexConfig, KeyRepeats, RescanStats, RocksdbMemory, now_us,
+    rescan_each, rocksdb_memory,
 };
 pub use verify::{BadRecord, MAX_REPORTED_PROBLEMS, NodeMismatch, VerifyReport};

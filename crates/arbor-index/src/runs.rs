@@ -67,6 +67,9 @@ impl RunStore {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
+        // Its memtables count against the process's budget, with the
+        // indexes' (journals grow with every repair write).
+        opts.set_write_buffer_manager(&crate::store::write_buffers());
         let cfs = [RUNS, DRIFT, JOURNAL, CONFLICTS, SYNC_RUNS]
             .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path.as_ref(), cfs)

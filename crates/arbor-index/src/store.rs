@@ -14,7 +14,7 @@
 //!   records, flush, and mark it `ready` (synced). A crash in between leaves
 //!   `building`, which [`Index::open`] reports so nothing half-built is used.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,7 +28,7 @@ use arbor_tree::{Node, Prefix, ancestor_deltas, stored_depth};
 use rayon::prelude::*;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
-    IngestExternalFileOptions, Options, WriteBatch, WriteOptions,
+    IngestExternalFileOptions, Options, WriteBatch, WriteBufferManager, WriteOptions,
 };
 use tracing::{debug, info, instrument};
 
@@ -69,6 +69,41 @@ fn block_cache() -> Cache {
 }
 /// RocksDB memtable size per column family.
 const WRITE_BUFFER_BYTES: usize = 64 << 20;
+/// Memtable memory of every RocksDB database the process opens (each
+/// index's column families and the run store), together. Without a shared
+/// budget each column family of each index could hold four write buffers
+/// of [`WRITE_BUFFER_BYTES`]: an agent with many datasets had no bound, and
+/// one under steady writes grew for as long as its memtables took to fill
+/// (the soak's memory finding). Past about 90 % of it the largest memtable
+/// is flushed. Builds ingest files and do not go through memtables.
+const MEMTABLE_BUDGET_BYTES: usize = 64 << 20;
+
+/// The process-wide memtable budget (see [`MEMTABLE_BUDGET_BYTES`]).
+pub(crate) fn write_buffers() -> WriteBufferManager {
+    static BUFFERS: std::sync::OnceLock<WriteBufferManager> = std::sync::OnceLock::new();
+    BUFFERS
+        .get_or_init(|| WriteBufferManager::new_write_buffer_manager(MEMTABLE_BUDGET_BYTES, false))
+        .clone()
+}
+
+/// What RocksDB holds in memory for the whole process, both bounded:
+/// cached blocks (at most [`BLOCK_CACHE_BYTES`]) and memtables (about
+/// [`MEMTABLE_BUDGET_BYTES`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RocksdbMemory {
+    /// Bytes of the shared block cache in use.
+    pub block_cache_bytes: u64,
+    /// Bytes of memtables, every database together.
+    pub memtable_bytes: u64,
+}
+
+/// RocksDB's memory in this process now.
+pub fn rocksdb_memory() -> RocksdbMemory {
+    RocksdbMemory {
+        block_cache_bytes: block_cache().get_usage() as u64,
+        memtable_bytes: write_buffers().get_usage() as u64,
+    }
+}
 /// The build's spilled records, inside the index directory.
 const BUILD_SPILL_DIR: &str = "build-spill";
 
@@ -186,11 +221,25 @@ enum Stamp<'a> {
     /// the other side made meanwhile: a row a crashed agent's repair wrote,
     /// or one edited before the other side deleted it, would come back.
     FoundAfter(Option<i64>),
-    /// Each change's own time, in the order of the changes: a commit time
-    /// read from the system's log, or the time a repair's change was made
-    /// on the side it came from (`None`: not known, so none is recorded
-    /// for an insert or update, and a delete is stamped now).
-    Each(&'a [Option<i64>]),
+    /// Each change's own time, in the order of the changes.
+    Each(&'a [ChangeTime]),
+}
+
+/// The time an apply records for one change (see [`Index::apply_timed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeTime {
+    /// Seen now, by whoever applies it: stamped now.
+    Seen,
+    /// Made at this time (µs since the Unix epoch; a commit time read from
+    /// the system's log). `None`: not known, so no time is recorded for an
+    /// insert or update, and a delete is stamped now.
+    Made(Option<i64>),
+    /// This agent's own repair, which copied a change made at this time on
+    /// the side it came from (`None` as for `Made`). Recorded even when the
+    /// index already holds the row as written: capture may have indexed
+    /// the repair's write first, stamping it when it saw it, which would
+    /// make the copy look newer than the change it copies.
+    Ours(Option<i64>),
 }
 
 /// A change whose key is already encoded and hashed.
@@ -274,6 +323,7 @@ fn db_options() -> (Options, Vec<ColumnFamilyDescriptor>) {
     opts.create_missing_column_families(true);
     opts.increase_parallelism(2);
     opts.set_max_background_jobs(2);
+    opts.set_write_buffer_manager(&write_buffers());
     let cache = block_cache();
     let cfs = cf::ALL
         .iter()
@@ -903,14 +953,12 @@ impl Index {
         self.apply_stamped(&self.hash_changes(changes), watermark, Stamp::Now)
     }
 
-    /// [`Index::apply`] with each change's own time (µs since the Unix
-    /// epoch: a commit time from the system's log, or when a repaired change
-    /// was made where it came from), recorded as the time of its insert,
-    /// update or delete instead of now. `None`: not known.
+    /// [`Index::apply`] with each change's own time (see [`ChangeTime`]),
+    /// recorded as the time of its insert, update or delete instead of now.
     pub fn apply_timed(
         &self,
         changes: &[Change],
-        times: &[Option<i64>],
+        times: &[ChangeTime],
         watermark: Option<&[u8]>,
     ) -> Result<ApplyStats, IndexError> {
         self.apply_stamped(&self.hash_changes(changes), watermark, Stamp::Each(times))
@@ -997,14 +1045,31 @@ impl Index {
             )));
         }
         let now_us = now_us();
-        // The time of each key's last effective change in the batch.
+        // The time of each key's last effective change in the batch, and
+        // the keys a repair's own write restamps though they are unchanged.
         let mut made_at: BTreeMap<&[u8], Option<i64>> = BTreeMap::new();
+        let mut restamp: BTreeSet<&[u8]> = BTreeSet::new();
         let mut deltas: BTreeMap<Prefix, Node> = BTreeMap::new();
         let mut stats = ApplyStats::default();
         for (i, (change, rk)) in changes.iter().zip(&record_keys).enumerate() {
             let (position, after) = match change {
                 HashedChange::Upsert(r) => (r.position, Some(r.digest)),
                 HashedChange::Delete { position, .. } => (*position, None),
+            };
+            let at = match stamp {
+                Stamp::Now => Some(now_us),
+                // A rescan's deletes are seen gone now.
+                Stamp::FoundAfter(current_as_of) if after.is_some() => current_as_of,
+                Stamp::FoundAfter(_) => Some(now_us),
+                Stamp::Each(times) => match times[i] {
+                    ChangeTime::Seen => Some(now_us),
+                    ChangeTime::Made(at) => at,
+                    ChangeTime::Ours(at) => {
+                        restamp.insert(rk.as_slice());
+                        made_at.insert(rk.as_slice(), at);
+                        at
+                    }
+                },
             };
             let current = &mut state
                 .get_mut(rk.as_slice())
@@ -1033,13 +1098,6 @@ impl Index {
                 }
             };
             *current = after;
-            let at = match stamp {
-                Stamp::Now => Some(now_us),
-                // A rescan's deletes are seen gone now.
-                Stamp::FoundAfter(current_as_of) if after.is_some() => current_as_of,
-                Stamp::FoundAfter(_) => Some(now_us),
-                Stamp::Each(times) => times[i],
-            };
             made_at.insert(rk.as_slice(), at);
             for (p, d) in ancestor_deltas(position, delta, depth) {
                 *deltas.entry(p).or_default() += d;
@@ -1055,7 +1113,19 @@ impl Index {
         for (key, (before, after)) in &state {
             let mut at = made_at.get(key).copied().flatten();
             match (before, after) {
-                (b, a) if b == a => {}
+                (b, a) if b == a => {
+                    if restamp.contains(key) {
+                        match a {
+                            Some(_) => match at {
+                                Some(at) => batch.put_cf(changed_cf, key, at.to_be_bytes()),
+                                None => batch.delete_cf(changed_cf, key),
+                            },
+                            None => {
+                                batch.put_cf(tombstones_cf, key, at.unwrap_or(now_us).to_be_bytes())
+                            }
+                        }
+                    }
+                }
                 (before, Some(a)) => {
                     batch.put_cf(records_cf, key, a.0);
                     if before.is_none() {

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use arbor_index::{Change, Index, IndexConfig, IndexError, IndexSnapshot, Leaf, cf};
+use arbor_index::{Change, ChangeTime, Index, IndexConfig, IndexError, IndexSnapshot, Leaf, cf};
 use arbor_record::{Column, DatasetKeys, Record, Schema, Value, ValueKind};
 use arbor_tree::{Node, Prefix};
 use proptest::prelude::*;
@@ -321,12 +321,12 @@ fn timed_changes_keep_their_own_times() {
                 Change::Upsert(record(5, 5)),
             ],
             &[
-                Some(1_000),
-                Some(2_000),
-                Some(3_000),
-                Some(4_000),
-                Some(9_000),
-                None,
+                ChangeTime::Made(Some(1_000)),
+                ChangeTime::Made(Some(2_000)),
+                ChangeTime::Made(Some(3_000)),
+                ChangeTime::Made(Some(4_000)),
+                ChangeTime::Made(Some(9_000)),
+                ChangeTime::Made(None),
             ],
             None,
         )
@@ -337,15 +337,50 @@ fn timed_changes_keep_their_own_times() {
     assert_eq!(index.changed_at(&key(3)).unwrap(), None);
     assert_eq!(index.changed_at(&key(5)).unwrap(), None);
     index
-        .apply_timed(&[Change::Delete(vec![Value::Integer(5)])], &[None], None)
+        .apply_timed(
+            &[Change::Delete(vec![Value::Integer(5)])],
+            &[ChangeTime::Made(None)],
+            None,
+        )
         .unwrap();
     assert!(index.tombstone_of(&key(5)).unwrap().unwrap() >= before);
+    // A repair's own write keeps its copied time even where capture
+    // indexed it first (the index already holds it as written); a change
+    // made elsewhere that changes nothing records nothing.
+    index
+        .apply(
+            &[
+                Change::Upsert(record(6, 6)),
+                Change::Delete(vec![Value::Integer(1)]),
+            ],
+            None,
+        )
+        .unwrap();
+    assert!(index.changed_at(&key(6)).unwrap().unwrap() >= before);
+    index
+        .apply_timed(
+            &[
+                Change::Upsert(record(6, 6)),
+                Change::Delete(vec![Value::Integer(1)]),
+                Change::Upsert(record(4, 40)),
+            ],
+            &[
+                ChangeTime::Ours(Some(500)),
+                ChangeTime::Ours(Some(600)),
+                ChangeTime::Made(Some(700)),
+            ],
+            None,
+        )
+        .unwrap();
+    assert_eq!(index.changed_at(&key(6)).unwrap(), Some(500));
+    assert_eq!(index.tombstone_of(&key(1)).unwrap(), Some(600));
+    assert_eq!(index.changed_at(&key(4)).unwrap(), Some(4_000));
     // A time for every change, or nothing is applied.
     assert!(matches!(
-        index.apply_timed(&[Change::Upsert(record(1, 11))], &[], None),
+        index.apply_timed(&[Change::Upsert(record(7, 7))], &[], None),
         Err(IndexError::InvalidRequest(_))
     ));
-    assert_eq!(index.changed_at(&key(1)).unwrap(), Some(1_000));
+    assert_eq!(index.changed_at(&key(7)).unwrap(), None);
 }
 
 /// A rescan finds what changed while nobody looked: it dates those rows to
