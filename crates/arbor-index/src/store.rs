@@ -14,7 +14,7 @@
 //!   records, flush, and mark it `ready` (synced). A crash in between leaves
 //!   `building`, which [`Index::open`] reports so nothing half-built is used.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -208,9 +208,9 @@ pub enum Change {
     Delete(Vec<Value>),
 }
 
-/// The time an apply records for the inserts and updates it writes (the
-/// `changed` column family), which two-way sync weighs against the other
-/// side's deletes.
+/// The times an apply records for what it writes (`changed` for inserts and
+/// updates, `tombstones` for deletes), which two-way sync weighs against
+/// the other side's changes.
 #[derive(Debug, Clone, Copy)]
 enum Stamp<'a> {
     /// Seen as it happened (a capture, a repair read back, a push): now.
@@ -240,6 +240,19 @@ pub enum ChangeTime {
     /// the repair's write first, stamping it when it saw it, which would
     /// make the copy look newer than the change it copies.
     Ours(Option<i64>),
+}
+
+/// One key's state while [`Index::apply_hashed`] runs through a batch.
+struct KeyState {
+    /// Its digest before the batch.
+    before: Option<Digest>,
+    /// Its digest after the batch's changes so far.
+    after: Option<Digest>,
+    /// The time of its last effective change in the batch (see [`Stamp`]).
+    at: Option<i64>,
+    /// A repair's own write: its time is recorded even if the batch leaves
+    /// the key as it was ([`ChangeTime::Ours`]).
+    restamp: bool,
 }
 
 /// A change whose key is already encoded and hashed.
@@ -852,15 +865,9 @@ impl Index {
     /// held every change its system had committed before then. `None` for
     /// an index built before arbor recorded it.
     pub fn current_as_of(&self) -> Result<Option<i64>, IndexError> {
-        match self.get_meta(meta::CURRENT_AS_OF)? {
-            None => Ok(None),
-            Some(v) => {
-                let b: [u8; 8] = v.as_slice().try_into().map_err(|_| {
-                    IndexError::corrupt(cf::META, meta::CURRENT_AS_OF, "expected 8 bytes")
-                })?;
-                Ok(Some(i64::from_be_bytes(b)))
-            }
-        }
+        self.get_meta(meta::CURRENT_AS_OF)?
+            .map(|v| read_time(cf::META, meta::CURRENT_AS_OF, &v))
+            .transpose()
     }
 
     /// Records that the index holds every change its system committed
@@ -893,19 +900,11 @@ impl Index {
         name: &'static str,
         record_key: &[u8],
     ) -> Result<Option<i64>, IndexError> {
-        match self
-            .db
+        self.db
             .get_pinned_cf(self.cf(name), record_key)
             .map_err(IndexError::storage("read a change time"))?
-        {
-            None => Ok(None),
-            Some(v) => {
-                let b: [u8; 8] = v.as_ref().try_into().map_err(|_| {
-                    IndexError::corrupt(name, record_key, format!("{} bytes, expected 8", v.len()))
-                })?;
-                Ok(Some(i64::from_be_bytes(b)))
-            }
-        }
+            .map(|v| read_time(name, record_key, &v))
+            .transpose()
     }
 
     /// Forgets tombstones and change times older than `before_us` (µs since
@@ -1005,6 +1004,15 @@ impl Index {
         watermark: Option<&[u8]>,
         stamp: Stamp,
     ) -> Result<ApplyStats, IndexError> {
+        if let Stamp::Each(times) = stamp
+            && times.len() != changes.len()
+        {
+            return Err(IndexError::InvalidRequest(format!(
+                "{} change times for {} changes",
+                times.len(),
+                changes.len()
+            )));
+        }
         let _guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         self.ensure_ready()?;
         let depth = self.depth()?;
@@ -1026,29 +1034,24 @@ impl Index {
             .db
             .batched_multi_get_cf(records_cf, distinct.iter().copied(), true);
         // Per key: the digest before the batch, then the batch's running state.
-        let mut state: BTreeMap<&[u8], (Option<Digest>, Option<Digest>)> = BTreeMap::new();
+        let mut state: BTreeMap<&[u8], KeyState> = BTreeMap::new();
         for (key, stored) in distinct.iter().zip(found) {
             let before = match stored.map_err(IndexError::storage("read a record"))? {
                 Some(v) => Some(cf::record_digest(key, &v)?),
                 None => None,
             };
-            state.insert(key, (before, before));
+            state.insert(
+                key,
+                KeyState {
+                    before,
+                    after: before,
+                    at: None,
+                    restamp: false,
+                },
+            );
         }
 
-        if let Stamp::Each(times) = stamp
-            && times.len() != changes.len()
-        {
-            return Err(IndexError::InvalidRequest(format!(
-                "{} change times for {} changes",
-                times.len(),
-                changes.len()
-            )));
-        }
         let now_us = now_us();
-        // The time of each key's last effective change in the batch, and
-        // the keys a repair's own write restamps though they are unchanged.
-        let mut made_at: BTreeMap<&[u8], Option<i64>> = BTreeMap::new();
-        let mut restamp: BTreeSet<&[u8]> = BTreeSet::new();
         let mut deltas: BTreeMap<Prefix, Node> = BTreeMap::new();
         let mut stats = ApplyStats::default();
         for (i, (change, rk)) in changes.iter().zip(&record_keys).enumerate() {
@@ -1056,25 +1059,25 @@ impl Index {
                 HashedChange::Upsert(r) => (r.position, Some(r.digest)),
                 HashedChange::Delete { position, .. } => (*position, None),
             };
-            let at = match stamp {
-                Stamp::Now => Some(now_us),
+            let (at, ours) = match stamp {
+                Stamp::Now => (Some(now_us), false),
                 // A rescan's deletes are seen gone now.
-                Stamp::FoundAfter(current_as_of) if after.is_some() => current_as_of,
-                Stamp::FoundAfter(_) => Some(now_us),
+                Stamp::FoundAfter(current_as_of) if after.is_some() => (current_as_of, false),
+                Stamp::FoundAfter(_) => (Some(now_us), false),
                 Stamp::Each(times) => match times[i] {
-                    ChangeTime::Seen => Some(now_us),
-                    ChangeTime::Made(at) => at,
-                    ChangeTime::Ours(at) => {
-                        restamp.insert(rk.as_slice());
-                        made_at.insert(rk.as_slice(), at);
-                        at
-                    }
+                    ChangeTime::Seen => (Some(now_us), false),
+                    ChangeTime::Made(at) => (at, false),
+                    ChangeTime::Ours(at) => (at, true),
                 },
             };
-            let current = &mut state
+            let key = state
                 .get_mut(rk.as_slice())
-                .expect("every change's key was read above")
-                .1;
+                .expect("every change's key was read above");
+            if ours {
+                // Recorded even if the change turns out to change nothing.
+                (key.at, key.restamp) = (at, true);
+            }
+            let current = &mut key.after;
             let delta = match (*current, after) {
                 (Some(b), Some(a)) if a == b => {
                     stats.unchanged += 1;
@@ -1098,7 +1101,7 @@ impl Index {
                 }
             };
             *current = after;
-            made_at.insert(rk.as_slice(), at);
+            key.at = at;
             for (p, d) in ancestor_deltas(position, delta, depth) {
                 *deltas.entry(p).or_default() += d;
             }
@@ -1110,11 +1113,11 @@ impl Index {
         let mark_seen = self.rescanning.load(Ordering::Acquire);
         let tombstones_cf = self.cf(cf::TOMBSTONES);
         let changed_cf = self.cf(cf::CHANGED);
-        for (key, (before, after)) in &state {
-            let mut at = made_at.get(key).copied().flatten();
+        for (key, k) in &state {
+            let (before, after, mut at) = (&k.before, &k.after, k.at);
             match (before, after) {
                 (b, a) if b == a => {
-                    if restamp.contains(key) {
+                    if k.restamp {
                         match a {
                             Some(_) => match at {
                                 Some(at) => batch.put_cf(changed_cf, key, at.to_be_bytes()),
@@ -1134,7 +1137,8 @@ impl Index {
                         {
                             // Seen deleted here, and found again: made after
                             // that delete, whenever the index was current.
-                            at = Some(at.map_or(deleted + 1, |t| t.max(deleted + 1)));
+                            let just_after = deleted.saturating_add(1);
+                            at = Some(at.map_or(just_after, |t| t.max(just_after)));
                         }
                         batch.delete_cf(tombstones_cf, key);
                     }
@@ -1340,6 +1344,14 @@ pub fn now_us() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// A stored time (i64 µs, big-endian) under `key` of column family `cf`.
+fn read_time(cf: &'static str, key: &[u8], v: &[u8]) -> Result<i64, IndexError> {
+    let b: [u8; 8] = v
+        .try_into()
+        .map_err(|_| IndexError::corrupt(cf, key, format!("{} bytes, expected 8", v.len())))?;
+    Ok(i64::from_be_bytes(b))
 }
 
 fn read_u32(name: &'static [u8], v: &[u8]) -> Result<u32, IndexError> {
