@@ -55,10 +55,11 @@ fn soak_secs() -> u64 {
 }
 
 /// Resident memory of a process, in KiB.
-/// RocksDB's configured bounds in an agent, KiB: the 256 MiB block cache
-/// and the 64 MiB memtable budget, with a tenth more for the budget's
-/// slack (a flush starts near it, and writes go on meanwhile).
-const ROCKSDB_BOUND_KIB: u64 = (256 + 64 + 32) * 1024;
+/// RocksDB's configured bounds in an agent, KiB: the block cache and the
+/// memtable budget, with half the budget again as slack (a flush starts
+/// near it, and writes go on meanwhile).
+const ROCKSDB_BOUND_KIB: u64 =
+    ((arbor_index::BLOCK_CACHE_BYTES + arbor_index::MEMTABLE_BUDGET_BYTES * 3 / 2) / 1024) as u64;
 
 /// One agent's memory at one moment.
 #[derive(Debug, Clone, Copy)]

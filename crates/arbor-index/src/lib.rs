@@ -37,8 +37,8 @@ pub use error::{IndexError, SourceError};
 pub use runs::RunStore;
 pub use snapshot::{Description, IndexSnapshot, Leaf, SharedSnapshot};
 pub use store::{
-    ApplyStats, BUILD_CHUNK_RECORDS, BuildFeed, BuildStats, BuildStopped, Change, ChangeTime,
-    HashedChange, INDEX_FORMAT, Index, IndexConfig, KeyRepeats, RescanStats, RocksdbMemory, now_us,
-    rescan_each, rocksdb_memory,
+    ApplyStats, BLOCK_CACHE_BYTES, BUILD_CHUNK_RECORDS, BuildFeed, BuildStats, BuildStopped,
+    Change, ChangeTime, HashedChange, INDEX_FORMAT, Index, IndexConfig, KeyRepeats,
+    MEMTABLE_BUDGET_BYTES, RescanStats, RocksdbMemory, now_us, rescan_each, rocksdb_memory,
 };
 pub use verify::{BadRecord, MAX_REPORTED_PROBLEMS, NodeMismatch, VerifyReport};

@@ -58,7 +58,7 @@ const PARALLEL_HASH_MIN: usize = 1_024;
 /// 20,000 drifting keys touches ~40,000 random 4 KiB blocks (deep nodes,
 /// then leaves in the same ranges): 64 MiB thrashed and sent every read to
 /// the file system. Memory is taken only as blocks are cached.
-const BLOCK_CACHE_BYTES: usize = 256 << 20;
+pub const BLOCK_CACHE_BYTES: usize = 256 << 20;
 
 /// The process-wide block cache (see [`BLOCK_CACHE_BYTES`]).
 fn block_cache() -> Cache {
@@ -72,11 +72,11 @@ const WRITE_BUFFER_BYTES: usize = 64 << 20;
 /// Memtable memory of every RocksDB database the process opens (each
 /// index's column families and the run store), together. Without a shared
 /// budget each column family of each index could hold four write buffers
-/// of [`WRITE_BUFFER_BYTES`]: an agent with many datasets had no bound, and
+/// of `WRITE_BUFFER_BYTES`: an agent with many datasets had no bound, and
 /// one under steady writes grew for as long as its memtables took to fill
 /// (the soak's memory finding). Past about 90 % of it the largest memtable
 /// is flushed. Builds ingest files and do not go through memtables.
-const MEMTABLE_BUDGET_BYTES: usize = 64 << 20;
+pub const MEMTABLE_BUDGET_BYTES: usize = 64 << 20;
 
 /// The process-wide memtable budget (see [`MEMTABLE_BUDGET_BYTES`]).
 pub(crate) fn write_buffers() -> WriteBufferManager {
